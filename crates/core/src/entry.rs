@@ -1,0 +1,82 @@
+//! Log entries: the unit of replication. An entry is immutable once created by a leader.
+
+use crate::{LogIndex, MembershipChange, Term};
+use bytes::Bytes;
+use std::fmt;
+
+/// Where an entry sits in the log and which term created it. Two entries with the same position
+/// are the same entry (Raft's Log Matching property).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct LogPosition {
+    pub index: LogIndex,
+    pub term: Term,
+}
+
+impl LogPosition {
+    pub const fn new(index: LogIndex, term: Term) -> Self {
+        Self { index, term }
+    }
+}
+
+impl fmt::Display for LogPosition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@t{}", self.index, self.term)
+    }
+}
+
+/// What an entry carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryPayload {
+    /// Appended by every new leader at the start of its term so that it can commit (and so learn
+    /// the commit index of) entries of earlier terms (Raft §5.4.2, dissertation §6.4).
+    Noop,
+    /// An opaque command for the state machine.
+    Command(Bytes),
+    /// A single-server membership change (dissertation §4.1); takes effect as soon as it is in a
+    /// node's log.
+    Membership(MembershipChange),
+}
+
+/// One slot of the replicated log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub index: LogIndex,
+    pub term: Term,
+    pub payload: EntryPayload,
+}
+
+/// Bytes an entry costs on the wire and in batching limits, beyond its payload.
+pub const ENTRY_OVERHEAD_BYTES: usize = 24;
+
+impl Entry {
+    pub fn position(&self) -> LogPosition {
+        LogPosition::new(self.index, self.term)
+    }
+
+    /// Size used by batching limits: payload plus a fixed header.
+    pub fn size_bytes(&self) -> usize {
+        let payload = match &self.payload {
+            EntryPayload::Noop => 0,
+            EntryPayload::Command(data) => data.len(),
+            EntryPayload::Membership(_) => 16,
+        };
+        ENTRY_OVERHEAD_BYTES + payload
+    }
+
+    pub fn command(&self) -> Option<&Bytes> {
+        match &self.payload {
+            EntryPayload::Command(data) => Some(data),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Entry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.payload {
+            EntryPayload::Noop => write!(f, "{} noop", self.position()),
+            EntryPayload::Command(data) => write!(f, "{} cmd({}B)", self.position(), data.len()),
+            EntryPayload::Membership(change) => write!(f, "{} {change}", self.position()),
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! Types shared by every replicated-log protocol in ballot, and the replica interface they all
+//! implement.
+//!
+//! Raft today and Multi-Paxos, ZAB and PBFT later all turn client proposals into one ordered log of
+//! committed commands (a replicated state machine, seed 002). The storage layer, the server and the
+//! simulator depend on [`Replica`] and the types here, never on a protocol by name.
+//!
+//! This crate owns no behaviour: no I/O, no clock, no randomness.
+
+pub mod entry;
+pub mod error;
+pub mod membership;
+pub mod ready;
+pub mod replica;
+pub mod state;
+
+pub use entry::{Entry, EntryPayload, LogPosition};
+pub use error::ReplicaError;
+pub use membership::{Membership, MembershipChange};
+pub use ready::{ReadState, Ready};
+pub use replica::{ProtocolMessage, ReadMode, Replica, Role, Status};
+pub use state::{HardState, PersistedState, Snapshot, SnapshotMeta};
+
+/// Identifies a node of a cluster. Never zero: zero is reserved so that wire formats can use it
+/// for "none".
+pub type NodeId = u64;
+
+/// Position of an entry in the replicated log. The first entry has index 1; index 0 is the empty
+/// log's sentinel.
+pub type LogIndex = u64;
+
+/// Leadership era that created an entry. Raft calls it a term; other protocols map their own
+/// era (Paxos ballot round, ZAB epoch, PBFT view) onto this number in their log entries.
+pub type Term = u64;

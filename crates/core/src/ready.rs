@@ -1,0 +1,79 @@
+//! The batch of outputs a replica hands to whoever drives it (the server or the simulator).
+//!
+//! Contract for handling a [`Ready`], in this order:
+//!
+//! 1. send [`Ready::messages`] at once: they do not depend on this batch being durable (a
+//!    leader may replicate entries in parallel with writing them itself, dissertation §10.2.1);
+//! 2. persist [`Ready::snapshot`], then [`Ready::entries`] (an entry at an index that is already
+//!    stored replaces it and every entry after it), then [`Ready::hard_state`], and make them
+//!    durable (fsync);
+//! 3. only then send [`Ready::messages_after_persist`] (votes, append acknowledgements);
+//! 4. restore the state machine from [`Ready::snapshot`] if any, then apply
+//!    [`Ready::committed_entries`] in order;
+//! 5. serve each [`ReadState`] once the applied index reaches its index;
+//! 6. call [`crate::Replica::advance`].
+//!
+//! A replica hands out no new `Ready` until `advance` is called, so at most one batch is in
+//! flight between the protocol and the disk.
+
+use crate::{Entry, HardState, LogIndex, Snapshot};
+
+/// A read barrier that has been confirmed: a read with this id may be served from the local state
+/// machine once it has applied `index`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadState {
+    pub request_id: u64,
+    pub index: LogIndex,
+}
+
+/// One batch of outputs. See the module documentation for the order in which to handle it.
+#[derive(Debug, Clone)]
+pub struct Ready<M> {
+    pub messages: Vec<M>,
+    pub snapshot: Option<Snapshot>,
+    pub entries: Vec<Entry>,
+    pub hard_state: Option<HardState>,
+    pub messages_after_persist: Vec<M>,
+    pub committed_entries: Vec<Entry>,
+    pub read_states: Vec<ReadState>,
+    /// Reads that will never be confirmed by this replica (it lost leadership, or the read was
+    /// refused after being queued); the caller should retry elsewhere.
+    pub dropped_reads: Vec<u64>,
+    /// The log has grown past the configured threshold since the last snapshot: the caller should
+    /// snapshot its state machine at its applied index and hand it over with
+    /// [`crate::Replica::snapshot_taken`].
+    pub snapshot_wanted: bool,
+}
+
+impl<M> Default for Ready<M> {
+    fn default() -> Self {
+        Self {
+            messages: Vec::new(),
+            snapshot: None,
+            entries: Vec::new(),
+            hard_state: None,
+            messages_after_persist: Vec::new(),
+            committed_entries: Vec::new(),
+            read_states: Vec::new(),
+            dropped_reads: Vec::new(),
+            snapshot_wanted: false,
+        }
+    }
+}
+
+impl<M> Ready<M> {
+    /// Whether anything must be written before `messages_after_persist` may leave.
+    pub fn must_persist(&self) -> bool {
+        self.snapshot.is_some() || !self.entries.is_empty() || self.hard_state.is_some()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+            && !self.must_persist()
+            && self.messages_after_persist.is_empty()
+            && self.committed_entries.is_empty()
+            && self.read_states.is_empty()
+            && self.dropped_reads.is_empty()
+            && !self.snapshot_wanted
+    }
+}
