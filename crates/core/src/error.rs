@@ -31,6 +31,15 @@ pub enum ReplicaError {
     /// Bad input: the change makes no sense for the current membership.
     #[error("invalid membership change: {reason}")]
     InvalidMembershipChange { reason: String },
+    /// Retry later: the learner must catch up before it may vote.
+    #[error("learner n{node} is {behind_entries} entries behind the leader")]
+    LearnerBehind { node: NodeId, behind_entries: u64 },
+    /// Bad input: the node is a learner, so it cannot lead or vote.
+    #[error("n{node} is not a voter")]
+    NotAVoter { node: NodeId },
+    /// Bad input: a snapshot handed to the replica does not fit its log.
+    #[error("invalid snapshot: {reason}")]
+    InvalidSnapshot { reason: String },
     /// Bad input: the node is not a member.
     #[error("n{node} is not a member of the cluster")]
     UnknownNode { node: NodeId },
@@ -49,6 +58,7 @@ impl ReplicaError {
                 | ReplicaError::TransferInProgress { .. }
                 | ReplicaError::MembershipChangePending
                 | ReplicaError::Busy { .. }
+                | ReplicaError::LearnerBehind { .. }
         )
     }
 

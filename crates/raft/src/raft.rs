@@ -1,0 +1,497 @@
+//! The Raft replica: its state, role transitions, message dispatch and the `Replica` interface.
+//!
+//! The rules themselves live beside this file by topic: `election.rs` (§5.2, PreVote,
+//! CheckQuorum), `replication.rs` (§5.3–5.4, pipelining, commit), `read.rs` (ReadIndex and
+//! leases), `snapshot.rs` (§7), `membership.rs` (§4 of the dissertation), `transfer.rs` (§3.10).
+//! Nothing here reads a clock, touches I/O or draws from a global random source.
+
+use crate::config::{Break, Config};
+use crate::log::RaftLog;
+use crate::membership::MembershipLog;
+use crate::message::{Message, MessageBody};
+use crate::progress::Progress;
+use crate::read::ReadQueue;
+use crate::snapshot::IncomingSnapshot;
+use ballot_core::{
+    Entry, EntryPayload, HardState, LogIndex, LogPosition, MembershipChange, NodeId,
+    PersistedState, ReadMode, Ready, Replica, ReplicaError, Role, Snapshot, Status, Term,
+};
+use bytes::Bytes;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::collections::BTreeMap;
+
+/// A leadership transfer in progress (dissertation §3.10).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Transfer {
+    pub(crate) target: NodeId,
+    pub(crate) started_tick: u64,
+    pub(crate) timeout_now_sent: bool,
+}
+
+/// One Raft node as a pure state machine. See the crate documentation for how to drive it.
+#[derive(Debug)]
+pub struct Raft {
+    pub(crate) config: Config,
+    pub(crate) id: NodeId,
+    pub(crate) term: Term,
+    pub(crate) voted_for: Option<NodeId>,
+    pub(crate) role: Role,
+    pub(crate) leader: Option<NodeId>,
+    pub(crate) log: RaftLog,
+    pub(crate) memberships: MembershipLog,
+    pub(crate) rng: ChaCha8Rng,
+    /// Logical clock: ticks since this incarnation started.
+    pub(crate) now_ticks: u64,
+    pub(crate) election_elapsed_ticks: u32,
+    pub(crate) heartbeat_elapsed_ticks: u32,
+    /// Randomized in `[min, max)` on every reset.
+    pub(crate) election_timeout_ticks: u32,
+    /// Until this tick a restarted node grants no votes: it may have promised a leader not to
+    /// vote (the CheckQuorum lease) before it crashed, and that promise was not persisted.
+    pub(crate) votes_refused_until_tick: u64,
+    /// Votes received in the current (pre-)election.
+    pub(crate) votes: BTreeMap<NodeId, bool>,
+    /// Leader only: one entry per other member.
+    pub(crate) progress: BTreeMap<NodeId, Progress>,
+    /// Leader only: index of the first entry of its term (its no-op).
+    pub(crate) term_start_index: LogIndex,
+    pub(crate) reads: ReadQueue,
+    pub(crate) transfer: Option<Transfer>,
+    /// Tick at which the last leadership transfer started; leases are not trusted for a while
+    /// after it, since the target may campaign through followers' leases.
+    pub(crate) last_transfer_tick: Option<u64>,
+    /// Latest snapshot (taken locally or installed from the leader), sent to lagging followers.
+    pub(crate) snapshot: Option<Snapshot>,
+    pub(crate) incoming_snapshot: Option<IncomingSnapshot>,
+    pub(crate) snapshot_to_install: Option<Snapshot>,
+    pub(crate) snapshot_requested: bool,
+    pub(crate) outbox: Vec<Message>,
+    pub(crate) outbox_after_persist: Vec<Message>,
+    /// Leader: new entries wait to be sent in one batch when the next `Ready` is built.
+    pub(crate) append_due: bool,
+    /// Leader: the commit index advanced and followers should hear of it.
+    pub(crate) commit_due: bool,
+    pub(crate) last_hard_state: HardState,
+    pub(crate) ready_in_flight: bool,
+}
+
+impl Raft {
+    /// A replica rebuilt from what it persisted (empty for a brand-new node).
+    pub fn new(config: Config, persisted: PersistedState) -> Result<Raft, String> {
+        config.validate()?;
+        let PersistedState { hard_state, snapshot, entries } = persisted;
+        let (compacted, base_membership) = match &snapshot {
+            Some(snapshot) => (snapshot.meta.last_included, snapshot.meta.membership.clone()),
+            None => (LogPosition::default(), config.bootstrap_membership.clone()),
+        };
+        let entries: Vec<Entry> = entries.into_iter().filter(|e| e.index > compacted.index).collect();
+        if let Some(first) = entries.first() {
+            if first.index != compacted.index + 1 {
+                return Err(format!(
+                    "persisted log starts at index {} but the snapshot ends at {}",
+                    first.index, compacted.index
+                ));
+            }
+        }
+        if hard_state.term < entries.last().map(|e| e.term).unwrap_or(compacted.term) {
+            return Err("persisted term is older than the last log entry".into());
+        }
+        let log = RaftLog::restore(compacted, entries, hard_state.commit_index);
+        let mut raft = Raft {
+            id: config.id,
+            term: hard_state.term,
+            voted_for: hard_state.voted_for,
+            role: Role::Follower,
+            leader: None,
+            log,
+            memberships: MembershipLog::new(base_membership),
+            rng: ChaCha8Rng::seed_from_u64(config.rng_seed),
+            now_ticks: 0,
+            election_elapsed_ticks: 0,
+            heartbeat_elapsed_ticks: 0,
+            election_timeout_ticks: 0,
+            votes_refused_until_tick: 0,
+            votes: BTreeMap::new(),
+            progress: BTreeMap::new(),
+            term_start_index: 0,
+            reads: ReadQueue::default(),
+            transfer: None,
+            last_transfer_tick: None,
+            snapshot,
+            incoming_snapshot: None,
+            snapshot_to_install: None,
+            snapshot_requested: false,
+            outbox: Vec::new(),
+            outbox_after_persist: Vec::new(),
+            append_due: false,
+            commit_due: false,
+            last_hard_state: hard_state,
+            ready_in_flight: false,
+            config,
+        };
+        raft.track_membership_entries(raft.log.first_index());
+        if raft.term > 0 && raft.config.check_quorum {
+            raft.votes_refused_until_tick = raft.config.election_timeout_min_ticks as u64;
+        }
+        raft.reset_election_timer();
+        Ok(raft)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub(crate) fn is_broken(&self, which: Break) -> bool {
+        self.config.broken == Some(which)
+    }
+
+    pub(crate) fn reset_election_timer(&mut self) {
+        self.election_elapsed_ticks = 0;
+        self.election_timeout_ticks = self
+            .rng
+            .random_range(self.config.election_timeout_min_ticks..self.config.election_timeout_max_ticks);
+    }
+
+    /// Whether a leader we heard from recently still holds our promise not to elect another
+    /// (CheckQuorum, dissertation §4.2.3 and §9.6).
+    pub(crate) fn in_leader_lease(&self) -> bool {
+        self.config.check_quorum
+            && self.leader.is_some()
+            && self.election_elapsed_ticks < self.config.election_timeout_min_ticks
+    }
+
+    /// Whether the leader committed an entry of its own term, so its commit index is current.
+    pub(crate) fn current_term_committed(&self) -> bool {
+        self.role == Role::Leader
+            && self.log.commit_index >= self.term_start_index
+            && self.log.term_at(self.log.commit_index) == Some(self.term)
+    }
+
+    pub(crate) fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        debug_assert!(term >= self.term, "terms never go back");
+        if term > self.term {
+            self.term = term;
+            self.voted_for = None;
+        }
+        if self.role == Role::Leader {
+            self.reads.drop_all();
+        }
+        self.role = Role::Follower;
+        self.leader = leader;
+        self.votes.clear();
+        self.progress.clear();
+        self.transfer = None;
+        self.append_due = false;
+        self.commit_due = false;
+        self.reset_election_timer();
+    }
+
+    /// Queues a message. Messages that replicate the leader's log may leave before the leader's
+    /// own write is durable; everything else waits for the persistence of the current batch
+    /// (a vote, a term, an acknowledged entry must be on disk before anyone hears of it).
+    pub(crate) fn send(&mut self, to: NodeId, body: MessageBody) {
+        self.send_with_term(to, self.term, body);
+    }
+
+    pub(crate) fn send_with_term(&mut self, to: NodeId, term: Term, body: MessageBody) {
+        let message = Message { from: self.id, to, term, body };
+        let immediate = self.role == Role::Leader
+            && matches!(
+                message.body,
+                MessageBody::AppendEntries { .. }
+                    | MessageBody::Heartbeat { .. }
+                    | MessageBody::InstallSnapshot { .. }
+                    | MessageBody::TimeoutNow
+            );
+        if immediate {
+            self.outbox.push(message);
+        } else {
+            self.outbox_after_persist.push(message);
+        }
+    }
+
+    fn hard_state(&self) -> HardState {
+        let voted_for = if self.is_broken(Break::PersistVote) { None } else { self.voted_for };
+        HardState { term: self.term, voted_for, commit_index: self.log.commit_index }
+    }
+
+    /// Sends what was deferred to batch it: new entries, commit notices, read rounds.
+    fn flush(&mut self) {
+        if self.role != Role::Leader {
+            return;
+        }
+        if std::mem::take(&mut self.append_due) {
+            self.broadcast_append();
+        }
+        if self.reads.round_due {
+            self.broadcast_heartbeat();
+        }
+        if std::mem::take(&mut self.commit_due) {
+            self.broadcast_commit();
+        }
+    }
+
+    fn snapshot_due(&self) -> bool {
+        let snapshot_index = self.snapshot.as_ref().map(|s| s.meta.last_included.index).unwrap_or(0);
+        !self.snapshot_requested
+            && self.log.applied_index.saturating_sub(snapshot_index) >= self.config.snapshot_threshold_entries
+    }
+
+    /// Rejects proposals this node cannot take, naming why.
+    pub(crate) fn check_can_propose(&self) -> Result<(), ReplicaError> {
+        if self.role != Role::Leader {
+            if !self.membership().contains(self.id) && !self.membership().voters.is_empty() {
+                return Err(ReplicaError::Removed);
+            }
+            return Err(ReplicaError::NotLeader { leader_hint: self.leader });
+        }
+        if let Some(transfer) = self.transfer {
+            return Err(ReplicaError::TransferInProgress { target: transfer.target });
+        }
+        let uncommitted = (self.log.last_index() - self.log.commit_index) as usize;
+        if uncommitted >= self.config.uncommitted_entries_max {
+            return Err(ReplicaError::Busy {
+                what: "uncommitted entry queue",
+                limit: self.config.uncommitted_entries_max,
+            });
+        }
+        Ok(())
+    }
+
+    /// Leader: appends an entry of its term and schedules replication.
+    pub(crate) fn append_entry(&mut self, payload: EntryPayload) -> LogPosition {
+        debug_assert_eq!(self.role, Role::Leader);
+        let position = LogPosition::new(self.log.last_index() + 1, self.term);
+        let is_membership = matches!(payload, EntryPayload::Membership(_));
+        self.log.append(Entry { index: position.index, term: position.term, payload });
+        if is_membership {
+            self.track_membership_entries(position.index);
+        }
+        self.append_due = true;
+        position
+    }
+
+    fn dispatch(&mut self, message: Message) {
+        let from = message.from;
+        match message.body {
+            MessageBody::PreVote { last_log } => self.handle_pre_vote(from, message.term, last_log),
+            MessageBody::PreVoteResponse { granted } => {
+                if self.role == Role::PreCandidate && message.term == self.term + 1 {
+                    self.handle_vote_response(from, granted);
+                }
+            }
+            MessageBody::RequestVote { last_log, .. } => self.handle_request_vote(from, last_log),
+            MessageBody::RequestVoteResponse { granted } => {
+                if self.role == Role::Candidate {
+                    self.handle_vote_response(from, granted);
+                }
+            }
+            MessageBody::AppendEntries { prev_log, entries, leader_commit } => {
+                self.handle_append(from, prev_log, entries, leader_commit)
+            }
+            MessageBody::AppendEntriesResponse(result) => self.handle_append_response(from, result),
+            MessageBody::Heartbeat { leader_commit, read_round } => {
+                self.handle_heartbeat(from, leader_commit, read_round)
+            }
+            MessageBody::HeartbeatResponse { read_round } => {
+                self.handle_heartbeat_response(from, read_round)
+            }
+            MessageBody::InstallSnapshot { meta, offset, data, done } => {
+                self.handle_install_snapshot(from, meta, offset, data, done)
+            }
+            MessageBody::InstallSnapshotResponse { last_included, received_bytes, done } => {
+                self.handle_install_snapshot_response(from, last_included, received_bytes, done)
+            }
+            MessageBody::TimeoutNow => self.handle_timeout_now(),
+        }
+    }
+
+    /// Raft §5.1: a higher term makes us a follower in it, a lower term marks a stale sender.
+    /// Returns whether the message should be handled further.
+    fn observe_term(&mut self, message: &Message) -> bool {
+        use MessageBody::*;
+        if message.term > self.term {
+            match &message.body {
+                PreVote { .. } | RequestVote { .. } => {
+                    let transfer = matches!(message.body, RequestVote { leadership_transfer: true, .. });
+                    let unchecked_pre_vote =
+                        matches!(message.body, PreVote { .. }) && self.is_broken(Break::NoPrevoteCheck);
+                    if self.in_leader_lease() && !transfer && !unchecked_pre_vote {
+                        return false; // we have a live leader: do not even raise our term
+                    }
+                    if matches!(message.body, PreVote { .. }) {
+                        return true; // pre-votes never change our term
+                    }
+                    self.become_follower(message.term, None);
+                }
+                PreVoteResponse { granted: true } => return true, // for our prospective term
+                AppendEntries { .. } | Heartbeat { .. } | InstallSnapshot { .. } | TimeoutNow => {
+                    self.become_follower(message.term, Some(message.from))
+                }
+                _ => self.become_follower(message.term, None),
+            }
+            return true;
+        }
+        if message.term < self.term {
+            match &message.body {
+                // A stale leader (or one whose term we out-ran while partitioned) learns our term
+                // from the answer and steps down; otherwise it could keep a node with a higher
+                // term out of the cluster forever under CheckQuorum.
+                AppendEntries { .. } | Heartbeat { .. } | InstallSnapshot { .. } => {
+                    self.send(message.from, HeartbeatResponse { read_round: 0 })
+                }
+                PreVote { .. } => self.send(message.from, PreVoteResponse { granted: false }),
+                _ => {}
+            }
+            return false;
+        }
+        true
+    }
+
+    /// Checks the invariants that must hold between any two steps. Cheap enough to run always
+    /// in debug builds; each names the property it protects.
+    pub(crate) fn check_invariants(&self) {
+        let log = &self.log;
+        assert!(log.applied_index <= log.commit_index, "applied beyond the commit index");
+        assert!(log.commit_index <= log.last_index(), "commit index beyond the end of the log");
+        assert!(log.compacted().index <= log.applied_index, "compacted entries that were never applied");
+        assert!(self.log.last_position().term <= self.term, "log holds an entry from a future term");
+        if self.role == Role::Leader {
+            assert_eq!(self.leader, Some(self.id), "a leader follows itself");
+            for (id, progress) in &self.progress {
+                assert!(
+                    progress.match_index <= log.last_index(),
+                    "n{id} matched beyond the leader's log (Leader Append-Only)"
+                );
+            }
+        } else {
+            assert!(self.progress.is_empty(), "only a leader tracks progress");
+        }
+    }
+}
+
+impl Replica for Raft {
+    type Message = Message;
+
+    fn id(&self) -> NodeId {
+        self.id
+    }
+
+    fn tick(&mut self) {
+        self.now_ticks += 1;
+        if self.role == Role::Leader {
+            self.tick_leader();
+        } else {
+            self.tick_election();
+        }
+        if cfg!(debug_assertions) {
+            self.check_invariants();
+        }
+    }
+
+    fn step(&mut self, message: Message) {
+        if message.to != self.id || message.from == self.id {
+            return;
+        }
+        if self.observe_term(&message) {
+            self.dispatch(message);
+        }
+        if cfg!(debug_assertions) {
+            self.check_invariants();
+        }
+    }
+
+    fn propose(&mut self, command: Bytes) -> Result<LogPosition, ReplicaError> {
+        self.check_can_propose()?;
+        if command.len() > self.config.command_bytes_max {
+            return Err(ReplicaError::CommandTooLarge {
+                bytes: command.len(),
+                max: self.config.command_bytes_max,
+            });
+        }
+        Ok(self.append_entry(EntryPayload::Command(command)))
+    }
+
+    fn propose_membership_change(&mut self, change: MembershipChange) -> Result<LogPosition, ReplicaError> {
+        self.propose_membership(change)
+    }
+
+    fn read(&mut self, request_id: u64, mode: ReadMode) -> Result<(), ReplicaError> {
+        self.start_read(request_id, mode)
+    }
+
+    fn transfer_leadership(&mut self, target: NodeId) -> Result<(), ReplicaError> {
+        self.start_transfer(target)
+    }
+
+    fn has_ready(&self) -> bool {
+        if self.ready_in_flight {
+            return false;
+        }
+        !self.outbox.is_empty()
+            || !self.outbox_after_persist.is_empty()
+            || self.snapshot_to_install.is_some()
+            || self.log.has_unstable()
+            || self.hard_state() != self.last_hard_state
+            || self.log.has_committed_to_apply()
+            || self.reads.has_output()
+            || (self.role == Role::Leader && (self.append_due || self.commit_due || self.reads.round_due))
+            || self.snapshot_due()
+    }
+
+    fn ready(&mut self) -> Ready<Message> {
+        assert!(!self.ready_in_flight, "ready() called again before advance()");
+        self.flush();
+        let hard_state = self.hard_state();
+        let ready = Ready {
+            messages: std::mem::take(&mut self.outbox),
+            snapshot: self.snapshot_to_install.take(),
+            entries: self.log.take_unstable(),
+            hard_state: (hard_state != self.last_hard_state).then_some(hard_state),
+            messages_after_persist: std::mem::take(&mut self.outbox_after_persist),
+            committed_entries: self.log.take_committed(),
+            read_states: self.reads.take_released(),
+            dropped_reads: self.reads.take_dropped(),
+            snapshot_wanted: self.snapshot_due(),
+        };
+        self.snapshot_requested |= ready.snapshot_wanted;
+        self.last_hard_state = hard_state;
+        self.ready_in_flight = true;
+        ready
+    }
+
+    fn advance(&mut self) {
+        assert!(self.ready_in_flight, "advance() without a ready in flight");
+        self.ready_in_flight = false;
+        self.log.persisted();
+        if self.role == Role::Leader {
+            self.maybe_commit();
+        }
+        if cfg!(debug_assertions) {
+            self.check_invariants();
+        }
+    }
+
+    fn snapshot_taken(&mut self, snapshot: Snapshot) -> Result<(), ReplicaError> {
+        self.compact_with(snapshot)
+    }
+
+    fn status(&self) -> Status {
+        Status {
+            id: self.id,
+            role: self.role,
+            term: self.term,
+            leader: self.leader,
+            commit_index: self.log.commit_index,
+            applied_index: self.log.applied_index,
+            last_log: self.log.last_position(),
+            first_log_index: self.log.first_index(),
+            membership: self.membership().clone(),
+        }
+    }
+
+    fn entry_term(&self, index: LogIndex) -> Option<Term> {
+        self.log.term_at(index)
+    }
+}

@@ -1,0 +1,168 @@
+//! Snapshots and log compaction (Raft §7): the caller snapshots its state machine when asked,
+//! the replica drops the log behind it, and followers whose next entry was compacted away get
+//! the snapshot in chunks (InstallSnapshot), one chunk in flight at a time.
+
+use crate::message::MessageBody;
+use crate::progress::ReplicationState;
+use crate::raft::Raft;
+use ballot_core::{NodeId, ReplicaError, Role, Snapshot, SnapshotMeta};
+use bytes::Bytes;
+
+/// A snapshot being received chunk by chunk.
+#[derive(Debug)]
+pub(crate) struct IncomingSnapshot {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+}
+
+impl Raft {
+    pub(crate) fn start_snapshot(&mut self, to: NodeId) {
+        let Some(snapshot) = &self.snapshot else {
+            debug_assert!(false, "log compacted without a snapshot");
+            return;
+        };
+        let last_included = snapshot.meta.last_included.index;
+        if let Some(progress) = self.progress.get_mut(&to) {
+            progress.become_snapshot(last_included);
+        }
+        self.send_snapshot_chunk(to);
+    }
+
+    pub(crate) fn send_snapshot_chunk(&mut self, to: NodeId) {
+        let Some(snapshot) = self.snapshot.clone() else { return };
+        let Some(progress) = self.progress.get_mut(&to) else { return };
+        let ReplicationState::Snapshot { mut last_included, acked_bytes } = progress.state else { return };
+        let mut offset = acked_bytes as usize;
+        if last_included != snapshot.meta.last_included.index {
+            // A newer snapshot replaced the one we were sending: start over with it.
+            last_included = snapshot.meta.last_included.index;
+            progress.become_snapshot(last_included);
+            offset = 0;
+        }
+        let end = (offset + self.config.snapshot_chunk_bytes).min(snapshot.data.len());
+        progress.waiting = true;
+        let body = MessageBody::InstallSnapshot {
+            meta: snapshot.meta,
+            offset: offset as u64,
+            data: snapshot.data.slice(offset.min(end)..end),
+            done: end == snapshot.data.len(),
+        };
+        self.send(to, body);
+    }
+
+    pub(crate) fn handle_install_snapshot(
+        &mut self,
+        from: NodeId,
+        meta: SnapshotMeta,
+        offset: u64,
+        data: Bytes,
+        done: bool,
+    ) {
+        self.accept_leader(from);
+        let last_included = meta.last_included;
+        let reply = |received_bytes: u64, done: bool| MessageBody::InstallSnapshotResponse {
+            last_included: last_included.index,
+            received_bytes,
+            done,
+        };
+        if last_included.index <= self.log.commit_index || self.log.matches(last_included) {
+            // We already hold everything it covers; keeping our log loses nothing we acknowledged.
+            self.incoming_snapshot = None;
+            self.log.commit_to(last_included.index);
+            self.send(from, reply(offset + data.len() as u64, true));
+            return;
+        }
+        if offset == 0 {
+            self.incoming_snapshot = Some(IncomingSnapshot { meta: meta.clone(), data: Vec::new() });
+        }
+        let in_order = self
+            .incoming_snapshot
+            .as_ref()
+            .is_some_and(|incoming| incoming.meta == meta && incoming.data.len() as u64 == offset);
+        if !in_order {
+            let received = match &self.incoming_snapshot {
+                Some(incoming) if incoming.meta == meta => incoming.data.len() as u64,
+                _ => 0,
+            };
+            self.send(from, reply(received, false));
+            return;
+        }
+        let incoming = self.incoming_snapshot.as_mut().expect("checked in order");
+        incoming.data.extend_from_slice(&data);
+        let received = incoming.data.len() as u64;
+        if !done {
+            self.send(from, reply(received, false));
+            return;
+        }
+        let incoming = self.incoming_snapshot.take().expect("checked in order");
+        self.install_snapshot(Snapshot { meta: incoming.meta, data: Bytes::from(incoming.data) });
+        self.send(from, reply(received, true));
+    }
+
+    fn install_snapshot(&mut self, snapshot: Snapshot) {
+        self.log.install_snapshot(snapshot.meta.last_included);
+        self.memberships.reset(snapshot.meta.membership.clone());
+        self.snapshot = Some(snapshot.clone());
+        self.snapshot_to_install = Some(snapshot);
+        self.snapshot_requested = false;
+    }
+
+    pub(crate) fn handle_install_snapshot_response(
+        &mut self,
+        from: NodeId,
+        last_included: u64,
+        received_bytes: u64,
+        done: bool,
+    ) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let Some(progress) = self.progress.get_mut(&from) else { return };
+        progress.recent_active = true;
+        let ReplicationState::Snapshot { last_included: sending, .. } = progress.state else {
+            return;
+        };
+        if sending != last_included {
+            return;
+        }
+        if done {
+            progress.acknowledge(last_included);
+            progress.become_probe();
+            self.maybe_commit();
+            self.send_append(from);
+        } else {
+            progress.state = ReplicationState::Snapshot { last_included, acked_bytes: received_bytes };
+            progress.waiting = false;
+            self.send_snapshot_chunk(from);
+        }
+    }
+
+    /// The caller snapshotted its state machine; drop the log behind it, keeping a few trailing
+    /// entries so slightly lagging followers still catch up from the log.
+    pub(crate) fn compact_with(&mut self, mut snapshot: Snapshot) -> Result<(), ReplicaError> {
+        let index = snapshot.meta.last_included.index;
+        let invalid = |reason: String| Err(ReplicaError::InvalidSnapshot { reason });
+        if index > self.log.applied_index {
+            return invalid(format!("index {index} is beyond the applied index {}", self.log.applied_index));
+        }
+        let current = self.snapshot.as_ref().map(|s| s.meta.last_included.index).unwrap_or(0);
+        if index <= current {
+            self.snapshot_requested = false;
+            return Ok(()); // an older snapshot than the one we have: nothing to do
+        }
+        let Some(term) = self.log.term_at(index) else {
+            return invalid(format!("index {index} is no longer in the log"));
+        };
+        // The protocol, not the caller, knows the exact term and membership at that point.
+        snapshot.meta.last_included.term = term;
+        snapshot.meta.membership = self.memberships.at(index).clone();
+        self.snapshot = Some(snapshot);
+        self.snapshot_requested = false;
+        let compact_to = index.saturating_sub(self.config.snapshot_trailing_entries);
+        if compact_to > self.log.compacted().index {
+            self.log.compact_to(compact_to);
+            self.memberships.compact_to(compact_to);
+        }
+        Ok(())
+    }
+}
