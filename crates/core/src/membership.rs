@@ -41,7 +41,10 @@ impl fmt::Display for MembershipChange {
 
 impl Membership {
     pub fn with_voters(voters: impl IntoIterator<Item = NodeId>) -> Self {
-        Self { voters: voters.into_iter().collect(), learners: BTreeSet::new() }
+        Self {
+            voters: voters.into_iter().collect(),
+            learners: BTreeSet::new(),
+        }
     }
 
     pub fn is_voter(&self, id: NodeId) -> bool {
@@ -68,7 +71,10 @@ impl Membership {
 
     /// Whether `acked` contains a majority of the voters. Non-voters in `acked` do not count.
     pub fn is_quorum<'a>(&self, acked: impl IntoIterator<Item = &'a NodeId>) -> bool {
-        let count = acked.into_iter().filter(|id| self.voters.contains(id)).count();
+        let count = acked
+            .into_iter()
+            .filter(|id| self.voters.contains(id))
+            .count();
         count >= self.quorum_size()
     }
 
@@ -118,7 +124,10 @@ impl Membership {
 impl fmt::Display for Membership {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let list = |set: &BTreeSet<NodeId>| {
-            set.iter().map(|id| format!("n{id}")).collect::<Vec<_>>().join(",")
+            set.iter()
+                .map(|id| format!("n{id}"))
+                .collect::<Vec<_>>()
+                .join(",")
         };
         write!(f, "voters[{}]", list(&self.voters))?;
         if !self.learners.is_empty() {
@@ -152,8 +161,12 @@ mod tests {
         ));
         let with_learner = m.apply(MembershipChange::AddLearner(4)).unwrap();
         assert!(with_learner.is_learner(4));
-        let promoted = with_learner.apply(MembershipChange::PromoteLearner(4)).unwrap();
+        let promoted = with_learner
+            .apply(MembershipChange::PromoteLearner(4))
+            .unwrap();
         assert_eq!(promoted.voters.len(), 4);
-        assert!(Membership::with_voters([1]).apply(MembershipChange::Remove(1)).is_err());
+        assert!(Membership::with_voters([1])
+            .apply(MembershipChange::Remove(1))
+            .is_err());
     }
 }

@@ -125,8 +125,12 @@ pub enum Break {
 }
 
 impl Break {
-    pub const ALL: [Break; 4] =
-        [Break::PersistVote, Break::CommitOldTerm, Break::NoPrevoteCheck, Break::StaleRead];
+    pub const ALL: [Break; 4] = [
+        Break::PersistVote,
+        Break::CommitOldTerm,
+        Break::NoPrevoteCheck,
+        Break::StaleRead,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -139,9 +143,15 @@ impl Break {
 
     pub fn description(self) -> &'static str {
         match self {
-            Break::PersistVote => "votes are not persisted; a restarted node may vote twice in one term",
-            Break::CommitOldTerm => "old-term entries are committed by counting replicas, no no-op per term",
-            Break::NoPrevoteCheck => "pre-votes granted without checking leader liveness or log freshness",
+            Break::PersistVote => {
+                "votes are not persisted; a restarted node may vote twice in one term"
+            }
+            Break::CommitOldTerm => {
+                "old-term entries are committed by counting replicas, no no-op per term"
+            }
+            Break::NoPrevoteCheck => {
+                "pre-votes granted without checking leader liveness or log freshness"
+            }
             Break::StaleRead => "reads served from local state without ReadIndex or lease",
         }
     }
@@ -156,9 +166,12 @@ impl fmt::Display for Break {
 impl FromStr for Break {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Break::ALL.into_iter().find(|b| b.name() == s).ok_or_else(|| {
-            let names: Vec<_> = Break::ALL.iter().map(|b| b.name()).collect();
-            format!("unknown break '{s}'; expected one of: {}", names.join(", "))
-        })
+        Break::ALL
+            .into_iter()
+            .find(|b| b.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = Break::ALL.iter().map(|b| b.name()).collect();
+                format!("unknown break '{s}'; expected one of: {}", names.join(", "))
+            })
     }
 }

@@ -94,20 +94,39 @@ impl Raft {
         }
         let last_log = self.log.last_position();
         for voter in self.other_voters() {
-            self.send(voter, MessageBody::RequestVote { last_log, leadership_transfer });
+            self.send(
+                voter,
+                MessageBody::RequestVote {
+                    last_log,
+                    leadership_transfer,
+                },
+            );
         }
     }
 
     fn other_voters(&self) -> Vec<NodeId> {
-        self.membership().voters.iter().copied().filter(|&id| id != self.id).collect()
+        self.membership()
+            .voters
+            .iter()
+            .copied()
+            .filter(|&id| id != self.id)
+            .collect()
     }
 
     fn granted_votes(&self) -> Vec<NodeId> {
-        self.votes.iter().filter(|(_, &granted)| granted).map(|(&id, _)| id).collect()
+        self.votes
+            .iter()
+            .filter(|(_, &granted)| granted)
+            .map(|(&id, _)| id)
+            .collect()
     }
 
     pub(crate) fn become_leader(&mut self) {
-        debug_assert_eq!(self.role, Role::Candidate, "only a candidate becomes leader");
+        debug_assert_eq!(
+            self.role,
+            Role::Candidate,
+            "only a candidate becomes leader"
+        );
         self.role = Role::Leader;
         self.leader = Some(self.id);
         self.votes.clear();

@@ -25,7 +25,11 @@ pub(crate) struct RaftLog {
 
 impl RaftLog {
     /// A log restored from storage: everything given is already durable.
-    pub(crate) fn restore(compacted: LogPosition, entries: Vec<Entry>, commit_index: LogIndex) -> Self {
+    pub(crate) fn restore(
+        compacted: LogPosition,
+        entries: Vec<Entry>,
+        commit_index: LogIndex,
+    ) -> Self {
         for (offset, entry) in entries.iter().enumerate() {
             assert_eq!(
                 entry.index,
@@ -59,7 +63,10 @@ impl RaftLog {
     }
 
     pub(crate) fn last_position(&self) -> LogPosition {
-        self.entries.last().map(Entry::position).unwrap_or(self.compacted)
+        self.entries
+            .last()
+            .map(Entry::position)
+            .unwrap_or(self.compacted)
     }
 
     /// Term of the entry at `index`; `None` if it is compacted away (and not the compaction
@@ -75,7 +82,8 @@ impl RaftLog {
         if index <= self.compacted.index {
             return None;
         }
-        self.entries.get((index - self.compacted.index - 1) as usize)
+        self.entries
+            .get((index - self.compacted.index - 1) as usize)
     }
 
     pub(crate) fn matches(&self, position: LogPosition) -> bool {
@@ -108,15 +116,26 @@ impl RaftLog {
 
     /// Leader append at the end of its own log.
     pub(crate) fn append(&mut self, entry: Entry) {
-        assert_eq!(entry.index, self.last_index() + 1, "appends must extend the log by one");
-        assert!(entry.term >= self.last_position().term, "terms in a log never decrease");
+        assert_eq!(
+            entry.index,
+            self.last_index() + 1,
+            "appends must extend the log by one"
+        );
+        assert!(
+            entry.term >= self.last_position().term,
+            "terms in a log never decrease"
+        );
         self.entries.push(entry);
     }
 
     /// Follower append after a successful consistency check at `prev`: skips entries already
     /// present, truncates from the first conflicting one (Raft §5.3), appends the rest.
     /// Returns the index from which the log was truncated, if it was.
-    pub(crate) fn append_after(&mut self, prev: LogPosition, entries: Vec<Entry>) -> Option<LogIndex> {
+    pub(crate) fn append_after(
+        &mut self,
+        prev: LogPosition,
+        entries: Vec<Entry>,
+    ) -> Option<LogIndex> {
         debug_assert!(self.matches(prev) || prev.index < self.compacted.index);
         let mut truncated = None;
         for entry in entries {
@@ -131,7 +150,11 @@ impl RaftLog {
                     self.entries.push(entry);
                 }
                 None => {
-                    assert_eq!(entry.index, self.last_index() + 1, "appended entries leave no gap");
+                    assert_eq!(
+                        entry.index,
+                        self.last_index() + 1,
+                        "appended entries leave no gap"
+                    );
                     self.entries.push(entry);
                 }
             }
@@ -145,7 +168,8 @@ impl RaftLog {
             "truncating committed entry {index} (commit index {}) would break State Machine Safety",
             self.commit_index
         );
-        self.entries.truncate((index - self.compacted.index - 1) as usize);
+        self.entries
+            .truncate((index - self.compacted.index - 1) as usize);
         self.unstable_from = self.unstable_from.min(index);
         self.stable_index = self.stable_index.min(index - 1);
         if let Some(to) = self.persisting_to {
@@ -170,7 +194,11 @@ impl RaftLog {
 
     /// Last index of an entry with `term` in our log, for the leader's side of the fast back-off.
     pub(crate) fn last_index_of_term(&self, term: Term) -> Option<LogIndex> {
-        self.entries.iter().rev().find(|entry| entry.term == term).map(|entry| entry.index)
+        self.entries
+            .iter()
+            .rev()
+            .find(|entry| entry.term == term)
+            .map(|entry| entry.index)
     }
 
     pub(crate) fn commit_to(&mut self, index: LogIndex) -> bool {
@@ -207,7 +235,11 @@ impl RaftLog {
         }
         let from = self.applied_index + 1;
         let out: Vec<Entry> = (from..=self.commit_index)
-            .map(|index| self.entry(index).expect("committed entries are in the log").clone())
+            .map(|index| {
+                self.entry(index)
+                    .expect("committed entries are in the log")
+                    .clone()
+            })
             .collect();
         self.applied_index = self.commit_index;
         out
@@ -229,9 +261,13 @@ impl RaftLog {
         if index <= self.compacted.index {
             return;
         }
-        assert!(index <= self.applied_index, "only applied entries may be compacted");
+        assert!(
+            index <= self.applied_index,
+            "only applied entries may be compacted"
+        );
         let term = self.term_at(index).expect("compaction point is in the log");
-        self.entries.drain(..(index - self.compacted.index) as usize);
+        self.entries
+            .drain(..(index - self.compacted.index) as usize);
         self.compacted = LogPosition::new(index, term);
     }
 
@@ -239,7 +275,10 @@ impl RaftLog {
     /// first checks that our log does not already contain the snapshot's last entry; if it did,
     /// discarding the suffix could drop entries this node acknowledged.)
     pub(crate) fn install_snapshot(&mut self, last_included: LogPosition) {
-        assert!(last_included.index > self.commit_index, "a snapshot never rolls back commits");
+        assert!(
+            last_included.index > self.commit_index,
+            "a snapshot never rolls back commits"
+        );
         self.entries.clear();
         self.compacted = last_included;
         self.commit_index = last_included.index;
@@ -256,11 +295,19 @@ mod tests {
     use ballot_core::EntryPayload;
 
     fn entry(index: LogIndex, term: Term) -> Entry {
-        Entry { index, term, payload: EntryPayload::Noop }
+        Entry {
+            index,
+            term,
+            payload: EntryPayload::Noop,
+        }
     }
 
     fn log_with_terms(terms: &[Term]) -> RaftLog {
-        let entries = terms.iter().enumerate().map(|(i, &t)| entry(i as u64 + 1, t)).collect();
+        let entries = terms
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| entry(i as u64 + 1, t))
+            .collect();
         RaftLog::restore(LogPosition::default(), entries, 0)
     }
 
@@ -285,8 +332,15 @@ mod tests {
     #[test]
     fn stale_append_does_not_truncate_longer_log() {
         let mut log = log_with_terms(&[1, 1, 1, 1]);
-        assert_eq!(log.append_after(LogPosition::new(1, 1), vec![entry(2, 1)]), None);
-        assert_eq!(log.last_index(), 4, "a delayed shorter append must not cut matching entries");
+        assert_eq!(
+            log.append_after(LogPosition::new(1, 1), vec![entry(2, 1)]),
+            None
+        );
+        assert_eq!(
+            log.last_index(),
+            4,
+            "a delayed shorter append must not cut matching entries"
+        );
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! fix to the single-server change bug described by Ongaro in the raft-dev list, 2015).
 
 use crate::raft::Raft;
-use ballot_core::{EntryPayload, LogIndex, LogPosition, Membership, MembershipChange, ReplicaError, Role};
+use ballot_core::{
+    EntryPayload, LogIndex, LogPosition, Membership, MembershipChange, ReplicaError, Role,
+};
 
 #[derive(Debug, Clone)]
 pub(crate) struct MembershipLog {
@@ -18,11 +20,17 @@ pub(crate) struct MembershipLog {
 
 impl MembershipLog {
     pub(crate) fn new(base: Membership) -> Self {
-        Self { base, changes: Vec::new() }
+        Self {
+            base,
+            changes: Vec::new(),
+        }
     }
 
     pub(crate) fn current(&self) -> &Membership {
-        self.changes.last().map(|(_, membership)| membership).unwrap_or(&self.base)
+        self.changes
+            .last()
+            .map(|(_, membership)| membership)
+            .unwrap_or(&self.base)
     }
 
     /// Membership in force once the log up to `index` is applied.
@@ -40,17 +48,22 @@ impl MembershipLog {
     }
 
     pub(crate) fn push(&mut self, index: LogIndex, membership: Membership) {
-        debug_assert!(index > self.latest_change_index(), "membership changes are ordered by index");
+        debug_assert!(
+            index > self.latest_change_index(),
+            "membership changes are ordered by index"
+        );
         self.changes.push((index, membership));
     }
 
     pub(crate) fn truncate_from(&mut self, index: LogIndex) {
-        self.changes.retain(|(change_index, _)| *change_index < index);
+        self.changes
+            .retain(|(change_index, _)| *change_index < index);
     }
 
     pub(crate) fn compact_to(&mut self, index: LogIndex) {
         let base = self.at(index).clone();
-        self.changes.retain(|(change_index, _)| *change_index > index);
+        self.changes
+            .retain(|(change_index, _)| *change_index > index);
         self.base = base;
     }
 
@@ -70,11 +83,16 @@ impl Raft {
         let last = self.log.last_index();
         let mut changed = false;
         for index in from.max(self.log.first_index())..=last {
-            let Some(entry) = self.log.entry(index) else { continue };
+            let Some(entry) = self.log.entry(index) else {
+                continue;
+            };
             if let EntryPayload::Membership(change) = entry.payload {
                 // Validated by the leader when proposed; the same change applies cleanly here
                 // because membership follows the log.
-                let next = self.membership().apply(change).unwrap_or_else(|_| self.membership().clone());
+                let next = self
+                    .membership()
+                    .apply(change)
+                    .unwrap_or_else(|_| self.membership().clone());
                 self.memberships.push(index, next);
                 changed = true;
             }
@@ -88,15 +106,24 @@ impl Raft {
         if self.role != Role::Leader {
             return;
         }
-        let members: Vec<_> = self.membership().members().filter(|&id| id != self.id).collect();
+        let members: Vec<_> = self
+            .membership()
+            .members()
+            .filter(|&id| id != self.id)
+            .collect();
         let next_index = self.log.last_index() + 1;
         for id in &members {
-            self.progress.entry(*id).or_insert_with(|| crate::progress::Progress::new(next_index));
+            self.progress
+                .entry(*id)
+                .or_insert_with(|| crate::progress::Progress::new(next_index));
         }
         self.progress.retain(|id, _| members.contains(id));
     }
 
-    pub(crate) fn propose_membership(&mut self, change: MembershipChange) -> Result<LogPosition, ReplicaError> {
+    pub(crate) fn propose_membership(
+        &mut self,
+        change: MembershipChange,
+    ) -> Result<LogPosition, ReplicaError> {
         self.check_can_propose()?;
         if !self.current_term_committed() {
             return Err(ReplicaError::LeaderNotReady);
@@ -120,7 +147,10 @@ impl Raft {
         };
         let behind_entries = self.log.last_index().saturating_sub(progress.match_index);
         if behind_entries > self.config.entries_per_message_max as u64 {
-            return Err(ReplicaError::LearnerBehind { node: id, behind_entries });
+            return Err(ReplicaError::LearnerBehind {
+                node: id,
+                behind_entries,
+            });
         }
         Ok(())
     }

@@ -15,23 +15,50 @@ pub struct Message {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MessageBody {
-    PreVote { last_log: LogPosition },
-    PreVoteResponse { granted: bool },
+    PreVote {
+        last_log: LogPosition,
+    },
+    PreVoteResponse {
+        granted: bool,
+    },
     /// `leadership_transfer` lets the vote through a follower's leader lease (CheckQuorum), since
     /// the current leader asked for it (dissertation §3.10).
-    RequestVote { last_log: LogPosition, leadership_transfer: bool },
-    RequestVoteResponse { granted: bool },
-    AppendEntries { prev_log: LogPosition, entries: Vec<Entry>, leader_commit: LogIndex },
+    RequestVote {
+        last_log: LogPosition,
+        leadership_transfer: bool,
+    },
+    RequestVoteResponse {
+        granted: bool,
+    },
+    AppendEntries {
+        prev_log: LogPosition,
+        entries: Vec<Entry>,
+        leader_commit: LogIndex,
+    },
     AppendEntriesResponse(AppendResult),
     /// Keeps followers from campaigning, carries the commit index, and (with a non-zero
     /// `read_round`) confirms leadership for ReadIndex.
-    Heartbeat { leader_commit: LogIndex, read_round: u64 },
-    HeartbeatResponse { read_round: u64 },
+    Heartbeat {
+        leader_commit: LogIndex,
+        read_round: u64,
+    },
+    HeartbeatResponse {
+        read_round: u64,
+    },
     /// One chunk of a snapshot; `offset` is the byte offset of `data` in the whole image.
-    InstallSnapshot { meta: SnapshotMeta, offset: u64, data: Bytes, done: bool },
+    InstallSnapshot {
+        meta: SnapshotMeta,
+        offset: u64,
+        data: Bytes,
+        done: bool,
+    },
     /// `received_bytes` is how much of the snapshot the follower now holds in order; with `done`
     /// the follower installed it.
-    InstallSnapshotResponse { last_included: LogIndex, received_bytes: u64, done: bool },
+    InstallSnapshotResponse {
+        last_included: LogIndex,
+        received_bytes: u64,
+        done: bool,
+    },
     /// Leadership transfer: start an election now, ignoring the election timer.
     TimeoutNow,
 }
@@ -44,7 +71,11 @@ pub enum AppendResult {
     /// whole term per round trip instead of one entry (Raft §5.3, the optimisation at its end):
     /// `conflict_term` is the follower's term at `prev_index` (None if its log is shorter), and
     /// `first_index` is the first index the follower holds in that term (or its log length + 1).
-    Conflict { prev_index: LogIndex, conflict_term: Option<Term>, first_index: LogIndex },
+    Conflict {
+        prev_index: LogIndex,
+        conflict_term: Option<Term>,
+        first_index: LogIndex,
+    },
 }
 
 impl ProtocolMessage for Message {
@@ -75,7 +106,10 @@ impl fmt::Display for Message {
         match &self.body {
             MessageBody::PreVote { last_log } => write!(f, "PreVote last={last_log}"),
             MessageBody::PreVoteResponse { granted } => write!(f, "PreVoteResp granted={granted}"),
-            MessageBody::RequestVote { last_log, leadership_transfer } => {
+            MessageBody::RequestVote {
+                last_log,
+                leadership_transfer,
+            } => {
                 write!(f, "RequestVote last={last_log}")?;
                 if *leadership_transfer {
                     write!(f, " (transfer)")?;
@@ -83,7 +117,11 @@ impl fmt::Display for Message {
                 Ok(())
             }
             MessageBody::RequestVoteResponse { granted } => write!(f, "VoteResp granted={granted}"),
-            MessageBody::AppendEntries { prev_log, entries, leader_commit } => {
+            MessageBody::AppendEntries {
+                prev_log,
+                entries,
+                leader_commit,
+            } => {
                 write!(f, "Append prev={prev_log} commit={leader_commit} entries=")?;
                 match (entries.first(), entries.last()) {
                     (Some(first), Some(last)) => write!(f, "[{}..={}]", first.index, last.index),
@@ -101,19 +139,31 @@ impl fmt::Display for Message {
                 f,
                 "AppendResp conflict at={prev_index} term={conflict_term:?} first={first_index}"
             ),
-            MessageBody::Heartbeat { leader_commit, read_round } => {
+            MessageBody::Heartbeat {
+                leader_commit,
+                read_round,
+            } => {
                 write!(f, "Heartbeat commit={leader_commit} round={read_round}")
             }
             MessageBody::HeartbeatResponse { read_round } => {
                 write!(f, "HeartbeatResp round={read_round}")
             }
-            MessageBody::InstallSnapshot { meta, offset, data, done } => write!(
+            MessageBody::InstallSnapshot {
+                meta,
+                offset,
+                data,
+                done,
+            } => write!(
                 f,
                 "InstallSnapshot upto={} offset={offset} len={} done={done}",
                 meta.last_included,
                 data.len()
             ),
-            MessageBody::InstallSnapshotResponse { last_included, received_bytes, done } => write!(
+            MessageBody::InstallSnapshotResponse {
+                last_included,
+                received_bytes,
+                done,
+            } => write!(
                 f,
                 "InstallSnapshotResp upto={last_included} received={received_bytes} done={done}"
             ),

@@ -14,7 +14,10 @@ pub(crate) enum ReplicationState {
     /// Appends are pipelined optimistically; `next_index` runs ahead of `match_index`.
     Replicate,
     /// Sending snapshot chunks; `sent_bytes` have been sent, `acked_bytes` confirmed.
-    Snapshot { last_included: LogIndex, acked_bytes: u64 },
+    Snapshot {
+        last_included: LogIndex,
+        acked_bytes: u64,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -32,6 +35,8 @@ pub(crate) struct Progress {
     pub(crate) acked_round: u64,
     /// Highest commit index sent to it.
     pub(crate) commit_sent: LogIndex,
+    /// `match_index` when the previous heartbeat answer arrived, to spot a stalled pipeline.
+    pub(crate) match_at_last_heartbeat: LogIndex,
 }
 
 impl Progress {
@@ -45,6 +50,7 @@ impl Progress {
             recent_active: true,
             acked_round: 0,
             commit_sent: 0,
+            match_at_last_heartbeat: 0,
         }
     }
 
@@ -66,7 +72,10 @@ impl Progress {
     }
 
     pub(crate) fn become_snapshot(&mut self, last_included: LogIndex) {
-        self.state = ReplicationState::Snapshot { last_included, acked_bytes: 0 };
+        self.state = ReplicationState::Snapshot {
+            last_included,
+            acked_bytes: 0,
+        };
         self.waiting = false;
         self.inflight.clear();
     }

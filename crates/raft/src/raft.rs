@@ -80,12 +80,22 @@ impl Raft {
     /// A replica rebuilt from what it persisted (empty for a brand-new node).
     pub fn new(config: Config, persisted: PersistedState) -> Result<Raft, String> {
         config.validate()?;
-        let PersistedState { hard_state, snapshot, entries } = persisted;
+        let PersistedState {
+            hard_state,
+            snapshot,
+            entries,
+        } = persisted;
         let (compacted, base_membership) = match &snapshot {
-            Some(snapshot) => (snapshot.meta.last_included, snapshot.meta.membership.clone()),
+            Some(snapshot) => (
+                snapshot.meta.last_included,
+                snapshot.meta.membership.clone(),
+            ),
             None => (LogPosition::default(), config.bootstrap_membership.clone()),
         };
-        let entries: Vec<Entry> = entries.into_iter().filter(|e| e.index > compacted.index).collect();
+        let entries: Vec<Entry> = entries
+            .into_iter()
+            .filter(|e| e.index > compacted.index)
+            .collect();
         if let Some(first) = entries.first() {
             if first.index != compacted.index + 1 {
                 return Err(format!(
@@ -148,9 +158,9 @@ impl Raft {
 
     pub(crate) fn reset_election_timer(&mut self) {
         self.election_elapsed_ticks = 0;
-        self.election_timeout_ticks = self
-            .rng
-            .random_range(self.config.election_timeout_min_ticks..self.config.election_timeout_max_ticks);
+        self.election_timeout_ticks = self.rng.random_range(
+            self.config.election_timeout_min_ticks..self.config.election_timeout_max_ticks,
+        );
     }
 
     /// Whether a leader we heard from recently still holds our promise not to elect another
@@ -195,7 +205,12 @@ impl Raft {
     }
 
     pub(crate) fn send_with_term(&mut self, to: NodeId, term: Term, body: MessageBody) {
-        let message = Message { from: self.id, to, term, body };
+        let message = Message {
+            from: self.id,
+            to,
+            term,
+            body,
+        };
         let immediate = self.role == Role::Leader
             && matches!(
                 message.body,
@@ -212,8 +227,16 @@ impl Raft {
     }
 
     fn hard_state(&self) -> HardState {
-        let voted_for = if self.is_broken(Break::PersistVote) { None } else { self.voted_for };
-        HardState { term: self.term, voted_for, commit_index: self.log.commit_index }
+        let voted_for = if self.is_broken(Break::PersistVote) {
+            None
+        } else {
+            self.voted_for
+        };
+        HardState {
+            term: self.term,
+            voted_for,
+            commit_index: self.log.commit_index,
+        }
     }
 
     /// Sends what was deferred to batch it: new entries, commit notices, read rounds.
@@ -233,9 +256,14 @@ impl Raft {
     }
 
     fn snapshot_due(&self) -> bool {
-        let snapshot_index = self.snapshot.as_ref().map(|s| s.meta.last_included.index).unwrap_or(0);
+        let snapshot_index = self
+            .snapshot
+            .as_ref()
+            .map(|s| s.meta.last_included.index)
+            .unwrap_or(0);
         !self.snapshot_requested
-            && self.log.applied_index.saturating_sub(snapshot_index) >= self.config.snapshot_threshold_entries
+            && self.log.applied_index.saturating_sub(snapshot_index)
+                >= self.config.snapshot_threshold_entries
     }
 
     /// Rejects proposals this node cannot take, naming why.
@@ -244,10 +272,14 @@ impl Raft {
             if !self.membership().contains(self.id) && !self.membership().voters.is_empty() {
                 return Err(ReplicaError::Removed);
             }
-            return Err(ReplicaError::NotLeader { leader_hint: self.leader });
+            return Err(ReplicaError::NotLeader {
+                leader_hint: self.leader,
+            });
         }
         if let Some(transfer) = self.transfer {
-            return Err(ReplicaError::TransferInProgress { target: transfer.target });
+            return Err(ReplicaError::TransferInProgress {
+                target: transfer.target,
+            });
         }
         let uncommitted = (self.log.last_index() - self.log.commit_index) as usize;
         if uncommitted >= self.config.uncommitted_entries_max {
@@ -264,7 +296,11 @@ impl Raft {
         debug_assert_eq!(self.role, Role::Leader);
         let position = LogPosition::new(self.log.last_index() + 1, self.term);
         let is_membership = matches!(payload, EntryPayload::Membership(_));
-        self.log.append(Entry { index: position.index, term: position.term, payload });
+        self.log.append(Entry {
+            index: position.index,
+            term: position.term,
+            payload,
+        });
         if is_membership {
             self.track_membership_entries(position.index);
         }
@@ -287,22 +323,30 @@ impl Raft {
                     self.handle_vote_response(from, granted);
                 }
             }
-            MessageBody::AppendEntries { prev_log, entries, leader_commit } => {
-                self.handle_append(from, prev_log, entries, leader_commit)
-            }
+            MessageBody::AppendEntries {
+                prev_log,
+                entries,
+                leader_commit,
+            } => self.handle_append(from, prev_log, entries, leader_commit),
             MessageBody::AppendEntriesResponse(result) => self.handle_append_response(from, result),
-            MessageBody::Heartbeat { leader_commit, read_round } => {
-                self.handle_heartbeat(from, leader_commit, read_round)
-            }
+            MessageBody::Heartbeat {
+                leader_commit,
+                read_round,
+            } => self.handle_heartbeat(from, leader_commit, read_round),
             MessageBody::HeartbeatResponse { read_round } => {
                 self.handle_heartbeat_response(from, read_round)
             }
-            MessageBody::InstallSnapshot { meta, offset, data, done } => {
-                self.handle_install_snapshot(from, meta, offset, data, done)
-            }
-            MessageBody::InstallSnapshotResponse { last_included, received_bytes, done } => {
-                self.handle_install_snapshot_response(from, last_included, received_bytes, done)
-            }
+            MessageBody::InstallSnapshot {
+                meta,
+                offset,
+                data,
+                done,
+            } => self.handle_install_snapshot(from, meta, offset, data, done),
+            MessageBody::InstallSnapshotResponse {
+                last_included,
+                received_bytes,
+                done,
+            } => self.handle_install_snapshot_response(from, last_included, received_bytes, done),
             MessageBody::TimeoutNow => self.handle_timeout_now(),
         }
     }
@@ -314,9 +358,15 @@ impl Raft {
         if message.term > self.term {
             match &message.body {
                 PreVote { .. } | RequestVote { .. } => {
-                    let transfer = matches!(message.body, RequestVote { leadership_transfer: true, .. });
-                    let unchecked_pre_vote =
-                        matches!(message.body, PreVote { .. }) && self.is_broken(Break::NoPrevoteCheck);
+                    let transfer = matches!(
+                        message.body,
+                        RequestVote {
+                            leadership_transfer: true,
+                            ..
+                        }
+                    );
+                    let unchecked_pre_vote = matches!(message.body, PreVote { .. })
+                        && self.is_broken(Break::NoPrevoteCheck);
                     if self.in_leader_lease() && !transfer && !unchecked_pre_vote {
                         return false; // we have a live leader: do not even raise our term
                     }
@@ -353,10 +403,22 @@ impl Raft {
     /// in debug builds; each names the property it protects.
     pub(crate) fn check_invariants(&self) {
         let log = &self.log;
-        assert!(log.applied_index <= log.commit_index, "applied beyond the commit index");
-        assert!(log.commit_index <= log.last_index(), "commit index beyond the end of the log");
-        assert!(log.compacted().index <= log.applied_index, "compacted entries that were never applied");
-        assert!(self.log.last_position().term <= self.term, "log holds an entry from a future term");
+        assert!(
+            log.applied_index <= log.commit_index,
+            "applied beyond the commit index"
+        );
+        assert!(
+            log.commit_index <= log.last_index(),
+            "commit index beyond the end of the log"
+        );
+        assert!(
+            log.compacted().index <= log.applied_index,
+            "compacted entries that were never applied"
+        );
+        assert!(
+            self.log.last_position().term <= self.term,
+            "log holds an entry from a future term"
+        );
         if self.role == Role::Leader {
             assert_eq!(self.leader, Some(self.id), "a leader follows itself");
             for (id, progress) in &self.progress {
@@ -413,7 +475,10 @@ impl Replica for Raft {
         Ok(self.append_entry(EntryPayload::Command(command)))
     }
 
-    fn propose_membership_change(&mut self, change: MembershipChange) -> Result<LogPosition, ReplicaError> {
+    fn propose_membership_change(
+        &mut self,
+        change: MembershipChange,
+    ) -> Result<LogPosition, ReplicaError> {
         self.propose_membership(change)
     }
 
@@ -436,12 +501,16 @@ impl Replica for Raft {
             || self.hard_state() != self.last_hard_state
             || self.log.has_committed_to_apply()
             || self.reads.has_output()
-            || (self.role == Role::Leader && (self.append_due || self.commit_due || self.reads.round_due))
+            || (self.role == Role::Leader
+                && (self.append_due || self.commit_due || self.reads.round_due))
             || self.snapshot_due()
     }
 
     fn ready(&mut self) -> Ready<Message> {
-        assert!(!self.ready_in_flight, "ready() called again before advance()");
+        assert!(
+            !self.ready_in_flight,
+            "ready() called again before advance()"
+        );
         self.flush();
         let hard_state = self.hard_state();
         let ready = Ready {

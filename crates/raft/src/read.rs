@@ -50,7 +50,8 @@ impl ReadQueue {
     }
 
     pub(crate) fn drop_all(&mut self) {
-        self.dropped.extend(self.pending.drain(..).map(|read| read.request_id));
+        self.dropped
+            .extend(self.pending.drain(..).map(|read| read.request_id));
         self.round_due = false;
         self.lease_start_tick = None;
     }
@@ -64,20 +65,29 @@ impl ReadQueue {
 }
 
 impl Raft {
-    pub(crate) fn start_read(&mut self, request_id: u64, mode: ReadMode) -> Result<(), ReplicaError> {
+    pub(crate) fn start_read(
+        &mut self,
+        request_id: u64,
+        mode: ReadMode,
+    ) -> Result<(), ReplicaError> {
         if self.is_broken(Break::StaleRead) {
             let index = self.log.commit_index;
             self.reads.released.push(ReadState { request_id, index });
             return Ok(());
         }
         if self.role != Role::Leader {
-            return Err(ReplicaError::NotLeader { leader_hint: self.leader });
+            return Err(ReplicaError::NotLeader {
+                leader_hint: self.leader,
+            });
         }
         if !self.current_term_committed() {
             return Err(ReplicaError::LeaderNotReady);
         }
         if self.reads.pending.len() >= self.config.pending_reads_max {
-            return Err(ReplicaError::Busy { what: "read queue", limit: self.config.pending_reads_max });
+            return Err(ReplicaError::Busy {
+                what: "read queue",
+                limit: self.config.pending_reads_max,
+            });
         }
         let index = self.log.commit_index;
         let sole_voter = self.membership().voters.len() == 1 && self.membership().is_voter(self.id);
@@ -86,7 +96,11 @@ impl Raft {
             return Ok(());
         }
         let round = self.reads.round + 1;
-        self.reads.pending.push_back(PendingRead { request_id, index, round });
+        self.reads.pending.push_back(PendingRead {
+            request_id,
+            index,
+            round,
+        });
         self.reads.round_due = true;
         Ok(())
     }
@@ -96,13 +110,17 @@ impl Raft {
             (self.config.election_timeout_min_ticks - self.config.lease_clock_drift_ticks) as u64;
         // A transfer target campaigns through followers' leases, so ours is void for a while.
         let transfer_quiet_ticks = 2 * self.config.election_timeout_max_ticks as u64;
-        let recent_transfer =
-            self.last_transfer_tick.is_some_and(|tick| self.now_ticks < tick + transfer_quiet_ticks);
+        let recent_transfer = self
+            .last_transfer_tick
+            .is_some_and(|tick| self.now_ticks < tick + transfer_quiet_ticks);
         self.config.check_quorum
             && self.transfer.is_none()
             && !recent_transfer
             && self.current_term_committed()
-            && self.reads.lease_start_tick.is_some_and(|start| self.now_ticks < start + lease_ticks)
+            && self
+                .reads
+                .lease_start_tick
+                .is_some_and(|start| self.now_ticks < start + lease_ticks)
     }
 
     /// Sends a new heartbeat round to every follower. It keeps followers from campaigning,
@@ -111,7 +129,9 @@ impl Raft {
         self.reads.round += 1;
         self.reads.round_due = false;
         let round = self.reads.round;
-        self.reads.round_sent_ticks.push_back((round, self.now_ticks));
+        self.reads
+            .round_sent_ticks
+            .push_back((round, self.now_ticks));
         let commit_index = self.log.commit_index;
         let mut beats = Vec::with_capacity(self.progress.len());
         for (&id, progress) in self.progress.iter_mut() {
@@ -120,7 +140,13 @@ impl Raft {
             beats.push((id, leader_commit));
         }
         for (id, leader_commit) in beats {
-            self.send(id, MessageBody::Heartbeat { leader_commit, read_round: round });
+            self.send(
+                id,
+                MessageBody::Heartbeat {
+                    leader_commit,
+                    read_round: round,
+                },
+            );
         }
         self.confirm_read_rounds();
     }
@@ -158,9 +184,16 @@ impl Raft {
             }
             reads.round_sent_ticks.pop_front();
         }
-        while reads.pending.front().is_some_and(|read| read.round <= confirmed) {
+        while reads
+            .pending
+            .front()
+            .is_some_and(|read| read.round <= confirmed)
+        {
             let read = reads.pending.pop_front().expect("checked non-empty");
-            reads.released.push(ReadState { request_id: read.request_id, index: read.index });
+            reads.released.push(ReadState {
+                request_id: read.request_id,
+                index: read.index,
+            });
         }
     }
 }

@@ -20,7 +20,9 @@ impl Raft {
     /// of batches, or the next snapshot chunk.
     pub(crate) fn send_append(&mut self, to: NodeId) {
         loop {
-            let Some(progress) = self.progress.get(&to) else { return };
+            let Some(progress) = self.progress.get(&to) else {
+                return;
+            };
             if !progress.can_send(self.config.inflight_messages_max) {
                 return;
             }
@@ -37,7 +39,11 @@ impl Raft {
                 return;
             };
             let entries = if next_index <= self.log.last_index() {
-                self.log.slice(next_index, self.config.entries_per_message_max, self.config.bytes_per_message_max)
+                self.log.slice(
+                    next_index,
+                    self.config.entries_per_message_max,
+                    self.config.bytes_per_message_max,
+                )
             } else {
                 Vec::new()
             };
@@ -50,11 +56,41 @@ impl Raft {
             progress.sent_append(last_index);
             progress.commit_sent = progress.commit_sent.max(leader_commit.min(last_index));
             let prev_log = LogPosition::new(prev_index, prev_term);
-            self.send(to, MessageBody::AppendEntries { prev_log, entries, leader_commit });
+            self.send(
+                to,
+                MessageBody::AppendEntries {
+                    prev_log,
+                    entries,
+                    leader_commit,
+                },
+            );
             if probing {
                 return;
             }
         }
+    }
+
+    /// An append with no entries at the follower's expected position: it succeeds if the
+    /// follower is where we think, and draws a conflict reply otherwise.
+    fn send_empty_append(&mut self, to: NodeId) {
+        let Some(progress) = self.progress.get(&to) else {
+            return;
+        };
+        let prev_index = progress.next_index - 1;
+        let Some(prev_term) = self.log.term_at(prev_index) else {
+            self.start_snapshot(to);
+            return;
+        };
+        let leader_commit = self.log.commit_index;
+        let prev_log = LogPosition::new(prev_index, prev_term);
+        self.send(
+            to,
+            MessageBody::AppendEntries {
+                prev_log,
+                entries: Vec::new(),
+                leader_commit,
+            },
+        );
     }
 
     /// Tells followers that have all entries up to the new commit index about it, without
@@ -70,7 +106,13 @@ impl Raft {
             }
         }
         for (id, leader_commit) in notices {
-            self.send(id, MessageBody::Heartbeat { leader_commit, read_round: 0 });
+            self.send(
+                id,
+                MessageBody::Heartbeat {
+                    leader_commit,
+                    read_round: 0,
+                },
+            );
         }
     }
 
@@ -86,7 +128,11 @@ impl Raft {
         let (prev_log, entries) = self.skip_committed_prefix(prev_log, entries);
         if !self.log.matches(prev_log) {
             let (conflict_term, first_index) = self.log.conflict_hint(prev_log.index);
-            let result = AppendResult::Conflict { prev_index: prev_log.index, conflict_term, first_index };
+            let result = AppendResult::Conflict {
+                prev_index: prev_log.index,
+                conflict_term,
+                first_index,
+            };
             self.send(from, MessageBody::AppendEntriesResponse(result));
             return;
         }
@@ -99,18 +145,31 @@ impl Raft {
         self.track_membership_entries(truncated_from.unwrap_or(old_last + 1));
         // Only entries verified by this message are known to match the leader's log.
         self.log.commit_to(leader_commit.min(match_index));
-        self.send(from, MessageBody::AppendEntriesResponse(AppendResult::Success { match_index }));
+        self.send(
+            from,
+            MessageBody::AppendEntriesResponse(AppendResult::Success { match_index }),
+        );
     }
 
     /// Entries at or below our commit index are already ours (State Machine Safety), so an append
     /// that starts there is cut to start at the commit index.
-    fn skip_committed_prefix(&self, prev_log: LogPosition, entries: Vec<Entry>) -> (LogPosition, Vec<Entry>) {
+    fn skip_committed_prefix(
+        &self,
+        prev_log: LogPosition,
+        entries: Vec<Entry>,
+    ) -> (LogPosition, Vec<Entry>) {
         let commit_index = self.log.commit_index;
         if prev_log.index >= commit_index {
             return (prev_log, entries);
         }
-        let commit_term = self.log.term_at(commit_index).expect("the commit point is in the log or snapshot");
-        let entries = entries.into_iter().filter(|e| e.index > commit_index).collect();
+        let commit_term = self
+            .log
+            .term_at(commit_index)
+            .expect("the commit point is in the log or snapshot");
+        let entries = entries
+            .into_iter()
+            .filter(|e| e.index > commit_index)
+            .collect();
         (LogPosition::new(commit_index, commit_term), entries)
     }
 
@@ -129,7 +188,9 @@ impl Raft {
         if self.role != Role::Leader {
             return;
         }
-        let Some(progress) = self.progress.get_mut(&from) else { return };
+        let Some(progress) = self.progress.get_mut(&from) else {
+            return;
+        };
         progress.recent_active = true;
         match result {
             AppendResult::Success { match_index } => {
@@ -138,12 +199,26 @@ impl Raft {
                         progress.become_replicate();
                     }
                     self.maybe_commit();
+                    let Some(progress) = self.progress.get(&from) else {
+                        return;
+                    };
+                    if self.log.commit_index.min(progress.match_index) > progress.commit_sent {
+                        // Commit moved on before this follower had the entries: tell it now.
+                        self.commit_due = true;
+                    }
                     self.send_timeout_now_if_caught_up(from);
-                } else if progress.state == ReplicationState::Probe {
-                    progress.waiting = false;
+                } else if progress.state == ReplicationState::Probe
+                    && match_index == progress.match_index
+                {
+                    // The probe landed where we already knew the follower matches: pipeline from there.
+                    progress.become_replicate();
                 }
             }
-            AppendResult::Conflict { prev_index, conflict_term, first_index } => {
+            AppendResult::Conflict {
+                prev_index,
+                conflict_term,
+                first_index,
+            } => {
                 let stale = match progress.state {
                     ReplicationState::Probe => prev_index + 1 != progress.next_index,
                     ReplicationState::Replicate => prev_index <= progress.match_index,
@@ -152,13 +227,17 @@ impl Raft {
                 if stale {
                     return;
                 }
-                let hinted = match conflict_term.and_then(|term| self.log.last_index_of_term(term)) {
+                let hinted = match conflict_term.and_then(|term| self.log.last_index_of_term(term))
+                {
                     // We hold entries of the follower's term: resume right after our last one.
                     Some(last_of_term) if last_of_term < prev_index => last_of_term + 1,
                     _ => first_index,
                 };
                 let progress = self.progress.get_mut(&from).expect("looked up above");
-                progress.next_index = hinted.clamp(progress.match_index + 1, prev_index.max(progress.match_index + 1));
+                progress.next_index = hinted.clamp(
+                    progress.match_index + 1,
+                    prev_index.max(progress.match_index + 1),
+                );
                 progress.become_probe();
             }
         }
@@ -201,7 +280,12 @@ impl Raft {
     }
 
     /// Follower: the leader's heartbeat, possibly a read-round confirmation request.
-    pub(crate) fn handle_heartbeat(&mut self, from: NodeId, leader_commit: LogIndex, read_round: u64) {
+    pub(crate) fn handle_heartbeat(
+        &mut self,
+        from: NodeId,
+        leader_commit: LogIndex,
+        read_round: u64,
+    ) {
         self.accept_leader(from);
         // The leader sends min(commit, what we matched), so this never commits an entry we hold
         // from another leader.
@@ -213,18 +297,33 @@ impl Raft {
         if self.role != Role::Leader {
             return;
         }
-        let Some(progress) = self.progress.get_mut(&from) else { return };
+        let Some(progress) = self.progress.get_mut(&from) else {
+            return;
+        };
         progress.recent_active = true;
         progress.acked_round = progress.acked_round.max(read_round);
-        // A lost probe or snapshot chunk is re-sent once per heartbeat round trip.
-        if progress.state != ReplicationState::Replicate {
-            progress.waiting = false;
-        }
+        // A lost probe or snapshot chunk is re-sent once per heartbeat round trip. A follower in
+        // replicate state that answers heartbeats but acknowledged nothing since the last one has
+        // probably lost an append: an append it cannot accept makes it reply with a conflict,
+        // which restarts probing from its real match point.
+        let stalled = progress.match_index == progress.match_at_last_heartbeat;
+        progress.match_at_last_heartbeat = progress.match_index;
         let behind = progress.match_index < self.log.last_index();
+        let mut force = false;
+        match progress.state {
+            ReplicationState::Replicate if stalled && behind => {
+                progress.inflight.pop_front();
+                force = true;
+            }
+            ReplicationState::Replicate => {}
+            _ => progress.waiting = false,
+        }
         if read_round > 0 {
             self.confirm_read_rounds();
         }
-        if behind {
+        if force {
+            self.send_empty_append(from);
+        } else if behind {
             self.send_append(from);
         }
     }

@@ -29,9 +29,19 @@ impl Raft {
     }
 
     pub(crate) fn send_snapshot_chunk(&mut self, to: NodeId) {
-        let Some(snapshot) = self.snapshot.clone() else { return };
-        let Some(progress) = self.progress.get_mut(&to) else { return };
-        let ReplicationState::Snapshot { mut last_included, acked_bytes } = progress.state else { return };
+        let Some(snapshot) = self.snapshot.clone() else {
+            return;
+        };
+        let Some(progress) = self.progress.get_mut(&to) else {
+            return;
+        };
+        let ReplicationState::Snapshot {
+            mut last_included,
+            acked_bytes,
+        } = progress.state
+        else {
+            return;
+        };
         let mut offset = acked_bytes as usize;
         if last_included != snapshot.meta.last_included.index {
             // A newer snapshot replaced the one we were sending: start over with it.
@@ -73,7 +83,10 @@ impl Raft {
             return;
         }
         if offset == 0 {
-            self.incoming_snapshot = Some(IncomingSnapshot { meta: meta.clone(), data: Vec::new() });
+            self.incoming_snapshot = Some(IncomingSnapshot {
+                meta: meta.clone(),
+                data: Vec::new(),
+            });
         }
         let in_order = self
             .incoming_snapshot
@@ -95,7 +108,10 @@ impl Raft {
             return;
         }
         let incoming = self.incoming_snapshot.take().expect("checked in order");
-        self.install_snapshot(Snapshot { meta: incoming.meta, data: Bytes::from(incoming.data) });
+        self.install_snapshot(Snapshot {
+            meta: incoming.meta,
+            data: Bytes::from(incoming.data),
+        });
         self.send(from, reply(received, true));
     }
 
@@ -117,9 +133,15 @@ impl Raft {
         if self.role != Role::Leader {
             return;
         }
-        let Some(progress) = self.progress.get_mut(&from) else { return };
+        let Some(progress) = self.progress.get_mut(&from) else {
+            return;
+        };
         progress.recent_active = true;
-        let ReplicationState::Snapshot { last_included: sending, .. } = progress.state else {
+        let ReplicationState::Snapshot {
+            last_included: sending,
+            ..
+        } = progress.state
+        else {
             return;
         };
         if sending != last_included {
@@ -131,7 +153,10 @@ impl Raft {
             self.maybe_commit();
             self.send_append(from);
         } else {
-            progress.state = ReplicationState::Snapshot { last_included, acked_bytes: received_bytes };
+            progress.state = ReplicationState::Snapshot {
+                last_included,
+                acked_bytes: received_bytes,
+            };
             progress.waiting = false;
             self.send_snapshot_chunk(from);
         }
@@ -143,9 +168,16 @@ impl Raft {
         let index = snapshot.meta.last_included.index;
         let invalid = |reason: String| Err(ReplicaError::InvalidSnapshot { reason });
         if index > self.log.applied_index {
-            return invalid(format!("index {index} is beyond the applied index {}", self.log.applied_index));
+            return invalid(format!(
+                "index {index} is beyond the applied index {}",
+                self.log.applied_index
+            ));
         }
-        let current = self.snapshot.as_ref().map(|s| s.meta.last_included.index).unwrap_or(0);
+        let current = self
+            .snapshot
+            .as_ref()
+            .map(|s| s.meta.last_included.index)
+            .unwrap_or(0);
         if index <= current {
             self.snapshot_requested = false;
             return Ok(()); // an older snapshot than the one we have: nothing to do

@@ -8,7 +8,9 @@ use ballot_core::{NodeId, ReplicaError, Role};
 impl Raft {
     pub(crate) fn start_transfer(&mut self, target: NodeId) -> Result<(), ReplicaError> {
         if self.role != Role::Leader {
-            return Err(ReplicaError::NotLeader { leader_hint: self.leader });
+            return Err(ReplicaError::NotLeader {
+                leader_hint: self.leader,
+            });
         }
         if target == self.id {
             return Ok(());
@@ -23,9 +25,15 @@ impl Raft {
             if transfer.target == target {
                 return Ok(());
             }
-            return Err(ReplicaError::TransferInProgress { target: transfer.target });
+            return Err(ReplicaError::TransferInProgress {
+                target: transfer.target,
+            });
         }
-        self.transfer = Some(Transfer { target, started_tick: self.now_ticks, timeout_now_sent: false });
+        self.transfer = Some(Transfer {
+            target,
+            started_tick: self.now_ticks,
+            timeout_now_sent: false,
+        });
         self.last_transfer_tick = Some(self.now_ticks);
         self.send_timeout_now_if_caught_up(target);
         if self.transfer.is_some_and(|t| !t.timeout_now_sent) {
@@ -36,14 +44,22 @@ impl Raft {
 
     /// Called whenever `target` acknowledges entries.
     pub(crate) fn send_timeout_now_if_caught_up(&mut self, from: NodeId) {
-        let Some(transfer) = self.transfer else { return };
+        let Some(transfer) = self.transfer else {
+            return;
+        };
         if transfer.target != from || transfer.timeout_now_sent {
             return;
         }
-        let caught_up = self.progress.get(&from).is_some_and(|p| p.match_index == self.log.last_index());
+        let caught_up = self
+            .progress
+            .get(&from)
+            .is_some_and(|p| p.match_index == self.log.last_index());
         if caught_up {
             self.send(from, MessageBody::TimeoutNow);
-            self.transfer = Some(Transfer { timeout_now_sent: true, ..transfer });
+            self.transfer = Some(Transfer {
+                timeout_now_sent: true,
+                ..transfer
+            });
         }
     }
 

@@ -1,0 +1,738 @@
+//! One test per Raft rule; each names the section of the paper (Raft, 2014) or of Ongaro's
+//! dissertation it checks.
+
+mod common;
+
+use ballot_core::{
+    Entry, EntryPayload, LogPosition, Membership, MembershipChange, PersistedState, ReadMode,
+    Replica, ReplicaError, Role,
+};
+use ballot_raft::{AppendResult, Config, Message, MessageBody, Raft};
+use bytes::Bytes;
+use common::{config_for, Cluster};
+
+fn msg(from: u64, to: u64, term: u64, body: MessageBody) -> Message {
+    Message {
+        from,
+        to,
+        term,
+        body,
+    }
+}
+
+fn entry(index: u64, term: u64) -> Entry {
+    Entry {
+        index,
+        term,
+        payload: EntryPayload::Command(Bytes::from(format!("e{index}t{term}"))),
+    }
+}
+
+/// A follower restored with the given log, in `term`.
+fn follower_with_log(id: u64, term: u64, terms: &[u64]) -> Raft {
+    let entries = terms
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| entry(i as u64 + 1, t))
+        .collect();
+    let persisted = PersistedState {
+        hard_state: ballot_core::HardState {
+            term,
+            voted_for: None,
+            commit_index: 0,
+        },
+        snapshot: None,
+        entries,
+    };
+    let mut config = config_for(id, &[1, 2, 3]);
+    config.check_quorum = false;
+    Raft::new(config, persisted).unwrap()
+}
+
+fn drain(raft: &mut Raft) -> (Vec<Message>, Vec<Message>, Option<ballot_core::HardState>) {
+    let ready = raft.ready();
+    raft.advance();
+    (
+        ready.messages,
+        ready.messages_after_persist,
+        ready.hard_state,
+    )
+}
+
+/// n1 just won the election of term 1; its no-op is not yet acknowledged by anyone.
+fn fresh_leader() -> Raft {
+    let mut leader = Raft::new(config_for(1, &[1, 2, 3]), PersistedState::default()).unwrap();
+    while leader.status().role == Role::Follower {
+        leader.tick();
+    }
+    drain(&mut leader);
+    leader.step(msg(2, 1, 1, MessageBody::PreVoteResponse { granted: true }));
+    drain(&mut leader);
+    leader.step(msg(
+        2,
+        1,
+        1,
+        MessageBody::RequestVoteResponse { granted: true },
+    ));
+    assert_eq!(leader.status().role, Role::Leader);
+    drain(&mut leader);
+    leader
+}
+
+#[test]
+fn s6_4_reads_and_membership_changes_wait_for_the_leaders_noop() {
+    let mut leader = fresh_leader();
+    assert_eq!(
+        leader.read(1, ReadMode::ReadIndex),
+        Err(ReplicaError::LeaderNotReady)
+    );
+    assert_eq!(
+        leader.read(1, ReadMode::Lease),
+        Err(ReplicaError::LeaderNotReady)
+    );
+    assert_eq!(
+        leader.propose_membership_change(MembershipChange::AddLearner(4)),
+        Err(ReplicaError::LeaderNotReady)
+    );
+    leader.step(msg(
+        2,
+        1,
+        1,
+        MessageBody::AppendEntriesResponse(AppendResult::Success { match_index: 1 }),
+    ));
+    assert_eq!(leader.status().commit_index, 1);
+    assert_eq!(leader.read(1, ReadMode::ReadIndex), Ok(()));
+    assert!(leader
+        .propose_membership_change(MembershipChange::AddLearner(4))
+        .is_ok());
+}
+
+#[test]
+fn s5_2_one_leader_is_elected_and_commits_a_noop() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    assert_eq!(cluster.leader(), Some(1));
+    let status = cluster.node(1).status();
+    assert_eq!(status.term, 1);
+    cluster.tick_all(5);
+    for id in 1..=3 {
+        let applied = &cluster.applied[&id];
+        assert!(
+            matches!(applied[0].payload, EntryPayload::Noop),
+            "n{id} applied the leader's no-op first"
+        );
+    }
+}
+
+#[test]
+fn s5_2_vote_is_persisted_before_the_reply_leaves() {
+    let mut raft = follower_with_log(2, 1, &[1]);
+    raft.step(msg(
+        1,
+        2,
+        2,
+        MessageBody::RequestVote {
+            last_log: LogPosition::new(1, 1),
+            leadership_transfer: false,
+        },
+    ));
+    let ready = raft.ready();
+    assert!(
+        ready.messages.is_empty(),
+        "a vote must not leave before it is durable"
+    );
+    let hard_state = ready.hard_state.expect("term and vote must be persisted");
+    assert_eq!((hard_state.term, hard_state.voted_for), (2, Some(1)));
+    assert!(matches!(
+        ready.messages_after_persist[0].body,
+        MessageBody::RequestVoteResponse { granted: true }
+    ));
+}
+
+#[test]
+fn s5_2_one_vote_per_term() {
+    let mut raft = follower_with_log(3, 1, &[1]);
+    let last_log = LogPosition::new(1, 1);
+    raft.step(msg(
+        1,
+        3,
+        2,
+        MessageBody::RequestVote {
+            last_log,
+            leadership_transfer: false,
+        },
+    ));
+    raft.step(msg(
+        2,
+        3,
+        2,
+        MessageBody::RequestVote {
+            last_log,
+            leadership_transfer: false,
+        },
+    ));
+    let (_, after, _) = drain(&mut raft);
+    let grants: Vec<bool> = after
+        .iter()
+        .map(|m| matches!(m.body, MessageBody::RequestVoteResponse { granted: true }))
+        .collect();
+    assert_eq!(grants, vec![true, false]);
+}
+
+#[test]
+fn s5_4_1_vote_denied_to_a_less_up_to_date_log() {
+    let mut raft = follower_with_log(3, 2, &[1, 2]);
+    // Same last term, shorter log.
+    raft.step(msg(
+        1,
+        3,
+        3,
+        MessageBody::RequestVote {
+            last_log: LogPosition::new(1, 2),
+            leadership_transfer: false,
+        },
+    ));
+    // Older last term, longer log.
+    raft.step(msg(
+        2,
+        3,
+        4,
+        MessageBody::RequestVote {
+            last_log: LogPosition::new(9, 1),
+            leadership_transfer: false,
+        },
+    ));
+    let (_, after, _) = drain(&mut raft);
+    assert!(after
+        .iter()
+        .all(|m| matches!(m.body, MessageBody::RequestVoteResponse { granted: false })));
+    assert_eq!(
+        raft.status().term,
+        4,
+        "a higher term is adopted even when the vote is denied"
+    );
+}
+
+#[test]
+fn s5_1_lower_term_is_rejected_and_higher_term_steps_down() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    let term = cluster.node(1).status().term;
+    // A stale leader's append is rejected with our term.
+    let follower = cluster.node_mut(2);
+    follower.step(msg(
+        3,
+        2,
+        term - 1,
+        MessageBody::Heartbeat {
+            leader_commit: 0,
+            read_round: 0,
+        },
+    ));
+    assert_eq!(follower.status().leader, Some(1));
+    let (_, after, _) = drain(follower);
+    assert_eq!(after[0].term, term);
+    // The leader steps down on a higher term.
+    let leader = cluster.node_mut(1);
+    leader.step(msg(
+        3,
+        1,
+        term + 5,
+        MessageBody::HeartbeatResponse { read_round: 0 },
+    ));
+    assert_eq!(leader.status().role, Role::Follower);
+    assert_eq!(leader.status().term, term + 5);
+}
+
+#[test]
+fn s5_3_consistency_check_rejects_and_hints_conflict_term() {
+    // Follower log terms: 1 1 2 2 2; leader claims prev (5, 3).
+    let mut raft = follower_with_log(2, 3, &[1, 1, 2, 2, 2]);
+    raft.step(msg(
+        1,
+        2,
+        3,
+        MessageBody::AppendEntries {
+            prev_log: LogPosition::new(5, 3),
+            entries: vec![],
+            leader_commit: 0,
+        },
+    ));
+    let (_, after, _) = drain(&mut raft);
+    assert_eq!(
+        after[0].body,
+        MessageBody::AppendEntriesResponse(AppendResult::Conflict {
+            prev_index: 5,
+            conflict_term: Some(2),
+            first_index: 3
+        })
+    );
+}
+
+#[test]
+fn s5_3_follower_truncates_conflicting_suffix_and_appends() {
+    let mut raft = follower_with_log(2, 3, &[1, 1, 2, 2, 2]);
+    let entries = vec![entry(3, 3), entry(4, 3)];
+    raft.step(msg(
+        1,
+        2,
+        3,
+        MessageBody::AppendEntries {
+            prev_log: LogPosition::new(2, 1),
+            entries,
+            leader_commit: 4,
+        },
+    ));
+    let ready = raft.ready();
+    assert_eq!(
+        ready
+            .entries
+            .iter()
+            .map(|e| (e.index, e.term))
+            .collect::<Vec<_>>(),
+        vec![(3, 3), (4, 3)]
+    );
+    assert_eq!(
+        raft.status().last_log,
+        LogPosition::new(4, 3),
+        "entry 5 of term 2 is gone"
+    );
+    assert_eq!(raft.status().commit_index, 4);
+    assert!(matches!(
+        ready.messages_after_persist[0].body,
+        MessageBody::AppendEntriesResponse(AppendResult::Success { match_index: 4 })
+    ));
+}
+
+#[test]
+fn s5_3_divergent_follower_is_repaired_in_few_round_trips() {
+    // n3 holds a long suffix from a term nobody else has; the leader's fast back-off skips it
+    // by whole terms instead of one entry per round trip.
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    for _ in 0..50 {
+        cluster.propose(1, b"x");
+    }
+    cluster.settle();
+    cluster.isolate(1);
+    for _ in 0..100 {
+        let _ = cluster.node_mut(1).propose(Bytes::from_static(b"lost"));
+    }
+    cluster.settle();
+    cluster.heal();
+    cluster.isolate(1);
+    cluster.tick_all(40); // n2 or n3 takes over
+    let new_leader = cluster
+        .leader()
+        .filter(|&id| id != 1)
+        .expect("a new leader among n2, n3");
+    cluster.propose(new_leader, b"y");
+    cluster.heal();
+    cluster.delivered.clear();
+    cluster.tick_all(10);
+    let rejections = cluster
+        .delivered
+        .iter()
+        .filter(|m| {
+            m.from == 1
+                && matches!(
+                    m.body,
+                    MessageBody::AppendEntriesResponse(AppendResult::Conflict { .. })
+                )
+        })
+        .count();
+    assert!(
+        rejections <= 3,
+        "{rejections} rejections: back-off should skip a term per round trip"
+    );
+    let leader_log = cluster.node(new_leader).status().last_log;
+    assert_eq!(
+        cluster.node(1).status().last_log,
+        leader_log,
+        "old leader's uncommitted suffix replaced"
+    );
+}
+
+#[test]
+fn s5_4_2_entries_of_older_terms_are_not_committed_by_counting_replicas() {
+    // Figure 8: n1 becomes leader of term 3 holding an entry of term 2 that n2 also holds.
+    // A majority (n1, n2) has it, but it must not commit until an entry of term 3 does.
+    let mut config = config_for(1, &[1, 2, 3]);
+    config.check_quorum = false;
+    let persisted = PersistedState {
+        hard_state: ballot_core::HardState {
+            term: 2,
+            voted_for: None,
+            commit_index: 0,
+        },
+        snapshot: None,
+        entries: vec![entry(1, 2)],
+    };
+    let mut leader = Raft::new(config.clone(), persisted).unwrap();
+    config.broken = Some(ballot_raft::Break::CommitOldTerm);
+    for _ in 0..40 {
+        leader.tick();
+        if leader.status().role != Role::Follower {
+            break;
+        }
+    }
+    drain(&mut leader);
+    // Grant pre-vote and vote from n2.
+    leader.step(msg(2, 1, 3, MessageBody::PreVoteResponse { granted: true }));
+    drain(&mut leader);
+    leader.step(msg(
+        2,
+        1,
+        3,
+        MessageBody::RequestVoteResponse { granted: true },
+    ));
+    assert_eq!(leader.status().role, Role::Leader);
+    drain(&mut leader);
+    // n2 acknowledges only entry 1 (of term 2).
+    leader.step(msg(
+        2,
+        1,
+        3,
+        MessageBody::AppendEntriesResponse(AppendResult::Success { match_index: 1 }),
+    ));
+    drain(&mut leader);
+    assert_eq!(
+        leader.status().commit_index,
+        0,
+        "term-2 entry must not commit by counting replicas"
+    );
+    // Once the term-3 no-op at index 2 is on n2 too, both commit.
+    leader.step(msg(
+        2,
+        1,
+        3,
+        MessageBody::AppendEntriesResponse(AppendResult::Success { match_index: 2 }),
+    ));
+    assert_eq!(leader.status().commit_index, 2);
+}
+
+#[test]
+fn s9_6_prevote_keeps_an_isolated_node_from_raising_its_term() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    let term = cluster.node(1).status().term;
+    cluster.isolate(3);
+    cluster.tick_all(200);
+    assert_eq!(
+        cluster.node(3).status().term,
+        term,
+        "pre-votes fail, so the term stays"
+    );
+    cluster.heal();
+    cluster.tick_all(50);
+    assert_eq!(
+        cluster.leader(),
+        Some(1),
+        "rejoining did not disrupt the leader"
+    );
+    assert_eq!(cluster.node(1).status().term, term);
+}
+
+#[test]
+fn s9_6_without_prevote_an_isolated_node_disrupts_on_rejoin() {
+    // The contrast case that shows the test above can fail.
+    let mut cluster = Cluster::with_config(3, |c| c.pre_vote = false);
+    cluster.elect(1);
+    let term = cluster.node(1).status().term;
+    cluster.isolate(3);
+    cluster.tick_all(200);
+    assert!(cluster.node(3).status().term > term);
+    cluster.heal();
+    cluster.tick_all(50);
+    let max_term = (1..=3)
+        .map(|id| cluster.node(id).status().term)
+        .max()
+        .unwrap();
+    assert!(max_term > term, "the rejoining node forced a new term");
+}
+
+#[test]
+fn s6_2_check_quorum_leader_steps_down_when_cut_off() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    cluster.isolate(1);
+    cluster.tick(1, 31);
+    cluster.settle();
+    assert_ne!(
+        cluster.node(1).status().role,
+        Role::Leader,
+        "leader without quorum steps down"
+    );
+}
+
+#[test]
+fn s10_2_proposals_between_readies_are_batched_and_pipelined() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    cluster.settle();
+    for _ in 0..100 {
+        cluster.propose(1, b"v");
+    }
+    let ready = cluster.node_mut(1).ready();
+    let appends: Vec<&Message> = ready
+        .messages
+        .iter()
+        .filter(|m| matches!(m.body, MessageBody::AppendEntries { .. }))
+        .collect();
+    assert_eq!(appends.len(), 2, "one batched append per follower");
+    assert!(
+        ready.messages_after_persist.is_empty(),
+        "leader sends appends before its own fsync"
+    );
+    cluster.node_mut(1).advance();
+    cluster.queue.extend(ready.messages);
+    cluster.settle();
+    assert_eq!(cluster.commands_applied(2).len(), 100);
+}
+
+#[test]
+fn s10_2_inflight_window_bounds_unacknowledged_appends() {
+    let mut cluster = Cluster::with_config(3, |c| {
+        c.inflight_messages_max = 4;
+        c.entries_per_message_max = 10;
+    });
+    cluster.elect(1);
+    cluster.settle();
+    for _ in 0..200 {
+        cluster.propose(1, b"v");
+    }
+    let ready = cluster.node_mut(1).ready();
+    let to_two = ready.messages.iter().filter(|m| m.to == 2).count();
+    assert_eq!(to_two, 4, "window of 4 appends of 10 entries each");
+    cluster.node_mut(1).advance();
+    cluster.queue.extend(ready.messages);
+    cluster.settle();
+    assert_eq!(
+        cluster.commands_applied(3).len(),
+        200,
+        "acks reopen the window until done"
+    );
+}
+
+#[test]
+fn s6_4_read_index_waits_for_a_quorum_round() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    cluster.node_mut(1).read(7, ReadMode::ReadIndex).unwrap();
+    cluster.isolate(1);
+    cluster.settle();
+    assert!(
+        cluster.reads.get(&1).is_none_or(|r| r.is_empty()),
+        "no quorum, no read"
+    );
+    cluster.heal();
+    cluster.tick_all(3);
+    let reads = &cluster.reads[&1];
+    assert_eq!(reads[0].request_id, 7);
+    assert_eq!(reads[0].index, cluster.node(1).status().commit_index);
+    assert!(matches!(
+        cluster.node_mut(2).read(8, ReadMode::ReadIndex),
+        Err(ReplicaError::NotLeader {
+            leader_hint: Some(1)
+        })
+    ));
+}
+
+#[test]
+fn s6_4_lease_read_needs_no_round_trip_while_the_lease_lasts() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    cluster.tick_all(4); // a heartbeat round confirms the lease
+    cluster.isolate(1);
+    cluster.node_mut(1).read(1, ReadMode::Lease).unwrap();
+    cluster.settle();
+    assert_eq!(
+        cluster.reads[&1].len(),
+        1,
+        "served from the lease without contacting anyone"
+    );
+    cluster.tick(1, 14);
+    cluster.node_mut(1).read(2, ReadMode::Lease).unwrap();
+    cluster.settle();
+    assert_eq!(
+        cluster.reads[&1].len(),
+        1,
+        "lease expired: the read waits for a quorum"
+    );
+}
+
+#[test]
+fn s7_lagging_follower_catches_up_by_snapshot_in_chunks() {
+    let mut cluster = Cluster::with_config(3, |c| {
+        c.snapshot_threshold_entries = 20;
+        c.snapshot_trailing_entries = 0;
+        c.snapshot_chunk_bytes = 7;
+    });
+    cluster.elect(1);
+    cluster.isolate(3);
+    for _ in 0..50 {
+        cluster.propose(1, b"v");
+        cluster.settle();
+    }
+    // The application takes the snapshot it was asked for.
+    let applied = cluster.node(1).status().applied_index;
+    let snapshot = ballot_core::Snapshot {
+        meta: ballot_core::SnapshotMeta {
+            last_included: LogPosition::new(applied, 0),
+            membership: Membership::default(),
+        },
+        data: Bytes::from_static(b"state-machine-image-of-thirty-bytes"),
+    };
+    cluster.node_mut(1).snapshot_taken(snapshot).unwrap();
+    assert_eq!(
+        cluster.node(1).status().first_log_index,
+        applied + 1,
+        "log compacted"
+    );
+    cluster.heal();
+    cluster.delivered.clear();
+    cluster.tick_all(20);
+    let chunks = cluster
+        .delivered
+        .iter()
+        .filter(|m| matches!(m.body, MessageBody::InstallSnapshot { .. }))
+        .count();
+    assert!(
+        chunks >= 5,
+        "a 35-byte snapshot in 7-byte chunks takes 5 messages, saw {chunks}"
+    );
+    let installed = cluster.disks[&3]
+        .snapshot
+        .as_ref()
+        .expect("n3 installed the snapshot");
+    assert_eq!(&installed.data[..], b"state-machine-image-of-thirty-bytes");
+    assert_eq!(
+        installed.meta.membership,
+        Membership::with_voters([1, 2, 3]),
+        "membership comes from the log"
+    );
+    assert_eq!(
+        cluster.node(3).status().commit_index,
+        cluster.node(1).status().commit_index
+    );
+}
+
+#[test]
+fn dissertation_4_1_learner_catches_up_then_is_promoted() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    for _ in 0..300 {
+        cluster.propose(1, b"v");
+    }
+    cluster.settle();
+    cluster
+        .node_mut(1)
+        .propose_membership_change(MembershipChange::AddLearner(4))
+        .unwrap();
+    assert_eq!(
+        cluster
+            .node_mut(1)
+            .propose_membership_change(MembershipChange::Remove(2)),
+        Err(ReplicaError::MembershipChangePending)
+    );
+    // The new node joins with no membership of its own: it learns it from the log.
+    let joining = Raft::new(
+        Config::new(4, Membership::default()),
+        PersistedState::default(),
+    )
+    .unwrap();
+    cluster.nodes.insert(4, joining);
+    cluster.disks.insert(4, Default::default());
+    cluster.settle();
+    cluster.tick_all(5);
+    assert!(cluster.node(4).status().membership.is_learner(4));
+    assert_eq!(
+        cluster.commands_applied(4).len(),
+        300,
+        "learner replicated the whole log"
+    );
+    cluster
+        .node_mut(1)
+        .propose_membership_change(MembershipChange::PromoteLearner(4))
+        .unwrap();
+    cluster.tick_all(5);
+    assert!(cluster.node(2).status().membership.is_voter(4));
+    assert_eq!(cluster.node(1).status().membership.quorum_size(), 3);
+}
+
+#[test]
+fn dissertation_4_2_2_removed_leader_steps_down_after_commit() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    cluster.settle();
+    cluster
+        .node_mut(1)
+        .propose_membership_change(MembershipChange::Remove(1))
+        .unwrap();
+    cluster.tick_all(3);
+    assert_ne!(cluster.node(1).status().role, Role::Leader);
+    assert_eq!(
+        cluster.node_mut(1).propose(Bytes::new()),
+        Err(ReplicaError::Removed)
+    );
+    cluster.tick_all(60);
+    let leader = cluster
+        .leader()
+        .expect("n2 or n3 leads the two-node cluster");
+    assert_ne!(leader, 1);
+}
+
+#[test]
+fn dissertation_3_10_leadership_transfer() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    cluster.settle();
+    cluster.node_mut(1).transfer_leadership(3).unwrap();
+    assert!(matches!(
+        cluster.node_mut(1).propose(Bytes::new()),
+        Err(ReplicaError::TransferInProgress { target: 3 })
+    ));
+    cluster.settle();
+    assert_eq!(cluster.leader(), Some(3));
+    assert!(cluster.node(3).status().term > 1);
+}
+
+#[test]
+fn restart_recovers_term_vote_and_log_from_disk() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    cluster.propose(1, b"a");
+    cluster.tick_all(5);
+    let before = cluster.node(2).status();
+    cluster.restart(2);
+    let after = cluster.node(2).status();
+    assert_eq!((after.term, after.last_log), (before.term, before.last_log));
+    cluster.tick_all(5);
+    assert_eq!(
+        cluster.commands_applied(2),
+        vec![Bytes::from_static(b"a")],
+        "re-applied after restart"
+    );
+}
+
+#[test]
+fn bad_input_is_refused_with_a_named_error() {
+    let mut cluster = Cluster::with_config(1, |c| c.command_bytes_max = 8);
+    cluster.elect(1);
+    let too_big = cluster
+        .node_mut(1)
+        .propose(Bytes::from_static(b"123456789"));
+    assert_eq!(
+        too_big,
+        Err(ReplicaError::CommandTooLarge { bytes: 9, max: 8 })
+    );
+    assert_eq!(
+        cluster.node_mut(1).transfer_leadership(9),
+        Err(ReplicaError::UnknownNode { node: 9 })
+    );
+    let mut bad = Config::new(1, Membership::with_voters([1]));
+    bad.election_timeout_min_ticks = bad.heartbeat_interval_ticks;
+    assert!(Raft::new(bad, PersistedState::default())
+        .unwrap_err()
+        .contains("heartbeat"));
+}
