@@ -21,7 +21,8 @@ pub struct Disk {
 impl Disk {
     fn write(&mut self, entries: &[Entry]) {
         if let Some(first) = entries.first() {
-            self.entries.retain(|e| e.index < first.index);
+            let keep = self.entries.partition_point(|e| e.index < first.index);
+            self.entries.truncate(keep);
             self.entries.extend_from_slice(entries);
         }
     }
@@ -45,6 +46,10 @@ pub struct Cluster {
     /// Every message delivered, for assertions on what was said.
     pub delivered: Vec<Message>,
     pub configure: fn(&mut Config),
+    /// Hand the replica an (empty) snapshot whenever it asks, as a long-running server would.
+    pub auto_snapshot: bool,
+    /// Keep a copy of every delivered message in `delivered` (off in benchmarks).
+    pub record_delivered: bool,
 }
 
 pub fn config_for(id: NodeId, voters: &[NodeId]) -> Config {
@@ -69,6 +74,8 @@ impl Cluster {
             cut: BTreeSet::new(),
             delivered: Vec::new(),
             configure,
+            auto_snapshot: false,
+            record_delivered: true,
         };
         for &id in &voters {
             let mut config = config_for(id, &voters);
@@ -101,7 +108,9 @@ impl Cluster {
                 progressed = true;
                 if !self.cut.contains(&(message.from, message.to)) {
                     if let Some(node) = self.nodes.get_mut(&message.to) {
-                        self.delivered.push(message.clone());
+                        if self.record_delivered {
+                            self.delivered.push(message.clone());
+                        }
                         node.step(message);
                     }
                 }
@@ -142,6 +151,15 @@ impl Cluster {
             .extend(ready.committed_entries);
         self.reads.entry(id).or_default().extend(ready.read_states);
         node.advance();
+        if ready.snapshot_wanted && self.auto_snapshot {
+            let status = node.status();
+            let last_included = ballot_core::LogPosition::new(status.applied_index, 0);
+            let meta = ballot_core::SnapshotMeta { last_included, membership: status.membership };
+            node.snapshot_taken(Snapshot { meta, data: Bytes::new() }).unwrap();
+            let first = node.status().first_log_index;
+            disk.entries.retain(|e| e.index >= first);
+            self.applied.insert(id, Vec::new());
+        }
         true
     }
 
