@@ -13,6 +13,10 @@
 //! 5. serve each [`ReadState`] once the applied index reaches its index;
 //! 6. call [`crate::Replica::advance`].
 //!
+//! Storage may tear a batch on a crash: some of `entries` durable, `hard_state` not. Replicas
+//! accept such a state on restart (a log entry newer than the persisted term), since nothing that
+//! depended on the lost part was sent.
+//!
 //! A replica hands out no new `Ready` until `advance` is called, so at most one batch is in
 //! flight between the protocol and the disk.
 

@@ -110,8 +110,9 @@ pub trait Replica {
     /// The last `Ready` has been fully handled: persisted, applied, sent.
     fn advance(&mut self);
 
-    /// The caller's state machine has been snapshotted at `snapshot.meta.last_included` (an index
-    /// it has applied); the replica may drop log entries up to it.
+    /// The caller's state machine has been snapshotted at `snapshot.meta.last_included.index` (an
+    /// index it has applied); the replica may drop log entries up to it. The replica fills in the
+    /// term and the membership at that index itself: only it knows them for certain.
     fn snapshot_taken(&mut self, snapshot: Snapshot) -> Result<(), ReplicaError>;
 
     fn status(&self) -> Status;

@@ -28,18 +28,25 @@ fn commit_throughput(c: &mut Criterion) {
     for batch in [1usize, 16, 256] {
         group.throughput(Throughput::Elements(batch as u64));
         let mut cluster = cluster();
-        group.bench_with_input(BenchmarkId::new("entries_per_batch", batch), &batch, |b, &batch| {
-            b.iter(|| {
-                for _ in 0..batch {
-                    cluster.node_mut(1).propose(Bytes::from_static(VALUE)).unwrap();
-                }
-                cluster.settle();
-                // Keep memory flat: applied entries are not needed by the benchmark.
-                for applied in cluster.applied.values_mut() {
-                    applied.clear();
-                }
-            })
-        });
+        group.bench_with_input(
+            BenchmarkId::new("entries_per_batch", batch),
+            &batch,
+            |b, &batch| {
+                b.iter(|| {
+                    for _ in 0..batch {
+                        cluster
+                            .node_mut(1)
+                            .propose(Bytes::from_static(VALUE))
+                            .unwrap();
+                    }
+                    cluster.settle();
+                    // Keep memory flat: applied entries are not needed by the benchmark.
+                    for applied in cluster.applied.values_mut() {
+                        applied.clear();
+                    }
+                })
+            },
+        );
     }
     group.finish();
 }

@@ -110,8 +110,8 @@ impl Config {
 /// A deliberate bug. Each one violates a rule the simulator's checkers must catch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Break {
-    /// Votes are not persisted: after a crash a node may vote twice in one term, so two leaders
-    /// can be elected in one term (Election Safety).
+    /// Votes are not persisted (and a restarted node votes at once): after a crash a node may
+    /// vote twice in one term, so two leaders can be elected in one term (Election Safety).
     PersistVote,
     /// The leader commits entries of earlier terms by counting replicas, and appends no no-op at
     /// the start of its term (Raft §5.4.2, figure 8): a committed entry can be overwritten.
@@ -144,7 +144,7 @@ impl Break {
     pub fn description(self) -> &'static str {
         match self {
             Break::PersistVote => {
-                "votes are not persisted; a restarted node may vote twice in one term"
+                "votes are not persisted; a node restarted mid-election may vote twice in one term"
             }
             Break::CommitOldTerm => {
                 "old-term entries are committed by counting replicas, no no-op per term"

@@ -85,6 +85,7 @@ impl Raft {
             snapshot,
             entries,
         } = persisted;
+        let persisted_hard_state = hard_state;
         let (compacted, base_membership) = match &snapshot {
             Some(snapshot) => (
                 snapshot.meta.last_included,
@@ -104,8 +105,14 @@ impl Raft {
                 ));
             }
         }
-        if hard_state.term < entries.last().map(|e| e.term).unwrap_or(compacted.term) {
-            return Err("persisted term is older than the last log entry".into());
+        // Entries are written before the hard state, so a crash between the two can leave log
+        // entries of a term newer than the persisted one. The newer term is adopted without a
+        // vote: a vote in it would have been persisted before anyone heard of it.
+        let mut hard_state = hard_state;
+        let last_term = entries.last().map(|e| e.term).unwrap_or(compacted.term);
+        if hard_state.term < last_term {
+            hard_state.term = last_term;
+            hard_state.voted_for = None;
         }
         let log = RaftLog::restore(compacted, entries, hard_state.commit_index);
         let mut raft = Raft {
@@ -136,12 +143,13 @@ impl Raft {
             outbox_after_persist: Vec::new(),
             append_due: false,
             commit_due: false,
-            last_hard_state: hard_state,
+            last_hard_state: persisted_hard_state,
             ready_in_flight: false,
             config,
         };
         raft.track_membership_entries(raft.log.first_index());
-        if raft.term > 0 && raft.config.check_quorum {
+        // (The persist-vote break forgets votes, so it also forgets this promise.)
+        if raft.term > 0 && raft.config.check_quorum && !raft.is_broken(Break::PersistVote) {
             raft.votes_refused_until_tick = raft.config.election_timeout_min_ticks as u64;
         }
         raft.reset_election_timer();

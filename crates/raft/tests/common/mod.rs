@@ -154,8 +154,15 @@ impl Cluster {
         if ready.snapshot_wanted && self.auto_snapshot {
             let status = node.status();
             let last_included = ballot_core::LogPosition::new(status.applied_index, 0);
-            let meta = ballot_core::SnapshotMeta { last_included, membership: status.membership };
-            node.snapshot_taken(Snapshot { meta, data: Bytes::new() }).unwrap();
+            let meta = ballot_core::SnapshotMeta {
+                last_included,
+                membership: status.membership,
+            };
+            node.snapshot_taken(Snapshot {
+                meta,
+                data: Bytes::new(),
+            })
+            .unwrap();
             let first = node.status().first_log_index;
             disk.entries.retain(|e| e.index >= first);
             self.applied.insert(id, Vec::new());

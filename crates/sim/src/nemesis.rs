@@ -1,0 +1,512 @@
+//! The nemesis: injects the faults of the enabled [`FaultSet`] during the chaos phase, undoes them
+//! at the heal, and drives the membership change cycle (remove, re-add as learner, promote) to
+//! completion. The fault model itself is written down in `faults.rs`.
+//!
+//! It owns when and where faults happen. It never injects anything after the heal (it only
+//! restarts nodes and finishes an interrupted membership cycle), never reaches into a replica
+//! except through the `Replica` calls an operator could make (`propose_membership_change`,
+//! `transfer_leadership`), and draws all its randomness from its own child generator.
+
+use crate::faults::{self, FaultKind, FaultSet};
+use crate::network::LinkFaults;
+use crate::node::{Liveness, NodeStart};
+use crate::simulation::{Simulation, World};
+use crate::trace_event;
+use ballot_core::{MembershipChange, NodeId, Replica};
+use rand::seq::SliceRandom;
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+/// Ticks between retries of a membership proposal that has not committed.
+const MEMBERSHIP_RETRY_TICKS: u64 = 60;
+/// Ticks a removed node stays out before it is re-added (during chaos).
+const READD_DELAY_MIN_TICKS: u64 = 30;
+const READD_DELAY_MAX_TICKS: u64 = 200;
+/// A learner is promoted once it has applied within this many entries of the commit frontier.
+const CATCH_UP_SLACK_ENTRIES: u64 = 20;
+
+/// Where the remove / re-add / promote cycle stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MembershipCycle {
+    Idle,
+    Removing { node: NodeId, retry_at: u64 },
+    Removed { node: NodeId, readd_at: u64 },
+    Adding { node: NodeId, retry_at: u64 },
+    Promoting { node: NodeId, retry_at: u64 },
+}
+
+pub(crate) struct Nemesis {
+    pub rng: ChaCha8Rng,
+    faults: FaultSet,
+    chaos: bool,
+    next_episode_at: u64,
+    partition_heal_at: Option<u64>,
+    slow: Option<(u64, u64)>,
+    pub cycle: MembershipCycle,
+}
+
+impl Nemesis {
+    pub fn new(faults: FaultSet, rng: ChaCha8Rng) -> Self {
+        Self {
+            rng,
+            faults,
+            chaos: false,
+            next_episode_at: 0,
+            partition_heal_at: None,
+            slow: None,
+            cycle: MembershipCycle::Idle,
+        }
+    }
+
+    pub fn start_chaos<M: ballot_core::ProtocolMessage>(&mut self, world: &mut World<M>) {
+        self.chaos = true;
+        self.next_episode_at = world.now + self.interval();
+        world.network.faults = self.link_faults();
+    }
+
+    /// End of chaos: no more faults; crashed nodes restart on the next tick.
+    pub fn heal<M: ballot_core::ProtocolMessage>(&mut self, world: &mut World<M>) {
+        self.chaos = false;
+        self.partition_heal_at = None;
+        self.slow = None;
+        world.network.heal();
+        world.network.faults = LinkFaults::RELIABLE;
+        if let MembershipCycle::Removed { node, .. } = self.cycle {
+            self.cycle = MembershipCycle::Removed {
+                node,
+                readd_at: world.now,
+            };
+        }
+    }
+
+    pub fn membership_restored(&self) -> bool {
+        self.cycle == MembershipCycle::Idle
+    }
+
+    fn interval(&mut self) -> u64 {
+        self.rng
+            .random_range(faults::NEMESIS_INTERVAL_MIN_TICKS..=faults::NEMESIS_INTERVAL_MAX_TICKS)
+    }
+
+    fn episode(&mut self) -> u64 {
+        self.rng
+            .random_range(faults::EPISODE_MIN_TICKS..=faults::EPISODE_MAX_TICKS)
+    }
+
+    /// Per-message faults for the current moment of the chaos phase.
+    fn link_faults(&self) -> LinkFaults {
+        let mut link = LinkFaults::RELIABLE;
+        if self.faults.contains(FaultKind::Reorder) {
+            link.latency_max_ticks = faults::REORDER_LATENCY_MAX_TICKS;
+        }
+        if let Some((_, extra)) = self.slow {
+            link.latency_min_ticks += extra;
+            link.latency_max_ticks += extra;
+        }
+        if self.faults.contains(FaultKind::Drop) {
+            link.drop_probability = faults::DROP_PROBABILITY;
+        }
+        if self.faults.contains(FaultKind::Duplicate) {
+            link.duplicate_probability = faults::DUPLICATE_PROBABILITY;
+        }
+        link
+    }
+}
+
+impl<R: Replica, F: FnMut(NodeStart) -> Result<R, String>> Simulation<R, F> {
+    /// The nemesis's turn in a tick.
+    pub(crate) fn nemesis_act(&mut self) {
+        let now = self.world.now;
+        self.restart_due();
+        self.advance_membership_cycle();
+        if !self.nemesis.chaos {
+            return;
+        }
+        self.crash_during_elections();
+        if self.nemesis.partition_heal_at.is_some_and(|at| now >= at) {
+            self.nemesis.partition_heal_at = None;
+            self.world.network.heal();
+            trace_event!(self.world.trace, now, "FAULT healed: partition");
+        }
+        if self.nemesis.slow.is_some_and(|(until, _)| now >= until) {
+            self.nemesis.slow = None;
+            self.world.network.faults = self.nemesis.link_faults();
+            trace_event!(self.world.trace, now, "FAULT healed: slow network");
+        }
+        if now < self.nemesis.next_episode_at {
+            return;
+        }
+        self.nemesis.next_episode_at = now + self.nemesis.interval();
+        let episodes = self
+            .nemesis
+            .faults
+            .iter()
+            .filter(|k| k.is_episode())
+            .count();
+        if episodes == 0 {
+            return;
+        }
+        let pick = self.nemesis.rng.random_range(0..episodes);
+        let kind = self
+            .nemesis
+            .faults
+            .iter()
+            .filter(|k| k.is_episode())
+            .nth(pick)
+            .expect("in range");
+        self.inject(kind);
+    }
+
+    /// Crash, with a small probability, each node whose term changed 1 to 3 ticks ago: late
+    /// enough that its vote (or campaign) has left, early enough to be in the same election.
+    fn crash_during_elections(&mut self) {
+        let faults = self.nemesis.faults;
+        let torn = faults.contains(FaultKind::TornTail);
+        if !(faults.contains(FaultKind::Crash) || torn) {
+            return;
+        }
+        let now = self.world.now;
+        for index in 0..self.nodes.len() {
+            let observed = self.world.observed[index];
+            let changed =
+                observed.term > 0 && (1..=3).contains(&(now - observed.term_since.min(now)));
+            if !changed
+                || !self.nodes[index].is_running()
+                || !self
+                    .nemesis
+                    .rng
+                    .random_bool(faults::ELECTION_CRASH_PROBABILITY / 3.0)
+            {
+                continue;
+            }
+            let down = self
+                .nemesis
+                .rng
+                .random_range(faults::QUICK_REBOOT_MIN_TICKS..=faults::QUICK_REBOOT_MAX_TICKS);
+            let torn_items = torn.then(|| {
+                self.nemesis
+                    .rng
+                    .random_range(0..=self.nodes[index].disk.unsynced_items())
+            });
+            self.crash(index as NodeId + 1, now + down, torn_items);
+        }
+    }
+
+    fn restart_due(&mut self) {
+        let now = self.world.now;
+        let chaos = self.nemesis.chaos;
+        for index in 0..self.nodes.len() {
+            if let Liveness::Crashed { restart_at } = self.nodes[index].liveness {
+                if !chaos || now >= restart_at {
+                    self.restart(index as NodeId + 1);
+                }
+            }
+        }
+    }
+
+    fn inject(&mut self, kind: FaultKind) {
+        let now = self.world.now;
+        let ids: Vec<NodeId> = (1..=self.nodes.len() as NodeId).collect();
+        let count = ids.len();
+        match kind {
+            FaultKind::Delay => {
+                let until = now + self.nemesis.episode();
+                let extra = self
+                    .nemesis
+                    .rng
+                    .random_range(faults::DELAY_EXTRA_MIN_TICKS..=faults::DELAY_EXTRA_MAX_TICKS);
+                self.nemesis.slow = Some((until, extra));
+                self.world.network.faults = self.nemesis.link_faults();
+                trace_event!(
+                    self.world.trace,
+                    now,
+                    "FAULT delay: +{extra} ticks per message until {until}"
+                );
+            }
+            kind if kind.is_partition() => {
+                if count < 2 {
+                    return;
+                }
+                self.world.network.heal();
+                let victim = match kind {
+                    FaultKind::IsolateLeader => self.current_leader(),
+                    _ => None,
+                }
+                .unwrap_or_else(|| ids[self.nemesis.rng.random_range(0..count)]);
+                let network = &mut self.world.network;
+                let mut shuffled = ids.clone();
+                shuffled.shuffle(&mut self.nemesis.rng);
+                match kind {
+                    FaultKind::Partition | FaultKind::IsolateLeader => {
+                        network.isolate(victim);
+                        trace_event!(self.world.trace, now, "FAULT {kind}: n{victim} isolated");
+                    }
+                    FaultKind::Asymmetric => {
+                        let inbound = self.nemesis.rng.random_bool(0.5);
+                        for &other in ids.iter().filter(|&&o| o != victim) {
+                            if inbound {
+                                network.block(other, victim);
+                            } else {
+                                network.block(victim, other);
+                            }
+                        }
+                        let direction = if inbound {
+                            "cannot receive"
+                        } else {
+                            "cannot send"
+                        };
+                        trace_event!(
+                            self.world.trace,
+                            now,
+                            "FAULT asymmetric: n{victim} {direction}"
+                        );
+                    }
+                    FaultKind::Majority => {
+                        let (majority, minority) = shuffled.split_at(count / 2 + 1);
+                        network.split(majority, minority);
+                        trace_event!(
+                            self.world.trace,
+                            now,
+                            "FAULT majority: {majority:?} | {minority:?}"
+                        );
+                    }
+                    _ => {
+                        // Bridge: the first shuffled node connects two halves of the rest.
+                        let (bridge, rest) = shuffled.split_first().expect("at least 2 nodes");
+                        let (left, right) = rest.split_at(rest.len() / 2);
+                        network.bridge(left, right);
+                        trace_event!(
+                            self.world.trace,
+                            now,
+                            "FAULT bridge: {left:?} -n{bridge}- {right:?}"
+                        );
+                    }
+                }
+                self.nemesis.partition_heal_at = Some(now + self.nemesis.episode());
+            }
+            FaultKind::Crash | FaultKind::TornTail => {
+                let victims: Vec<NodeId> = ids
+                    .iter()
+                    .copied()
+                    .filter(|&id| self.nodes[id as usize - 1].is_running())
+                    .collect();
+                if victims.is_empty() {
+                    return;
+                }
+                let victim = victims[self.nemesis.rng.random_range(0..victims.len())];
+                let down = if self.nemesis.rng.random_bool(0.5) {
+                    self.nemesis.rng.random_range(
+                        faults::QUICK_REBOOT_MIN_TICKS..=faults::QUICK_REBOOT_MAX_TICKS,
+                    )
+                } else {
+                    self.nemesis
+                        .rng
+                        .random_range(faults::CRASH_DOWN_MIN_TICKS..=faults::CRASH_DOWN_MAX_TICKS)
+                };
+                let torn = (kind == FaultKind::TornTail).then(|| {
+                    let items = self.nodes[victim as usize - 1].disk.unsynced_items();
+                    self.nemesis.rng.random_range(0..=items)
+                });
+                self.crash(victim, now + down, torn);
+            }
+            FaultKind::Membership => self.start_membership_cycle(),
+            FaultKind::Transfer => {
+                let Some(leader) = self.current_leader() else {
+                    return;
+                };
+                let voters: Vec<NodeId> = self
+                    .world
+                    .committed_membership
+                    .voters
+                    .iter()
+                    .copied()
+                    .filter(|&v| v != leader)
+                    .collect();
+                if voters.is_empty() {
+                    return;
+                }
+                let target = voters[self.nemesis.rng.random_range(0..voters.len())];
+                let replica = self.nodes[leader as usize - 1]
+                    .replica
+                    .as_mut()
+                    .expect("leader runs");
+                let result = replica.transfer_leadership(target);
+                trace_event!(
+                    self.world.trace,
+                    now,
+                    "FAULT transfer: n{leader} -> n{target}: {result:?}"
+                );
+            }
+            _ => {}
+        }
+    }
+
+    /// Propose `change` on the current leader; `true` if it was accepted.
+    fn propose_change(&mut self, change: MembershipChange) -> bool {
+        let now = self.world.now;
+        let Some(leader) = self.current_leader() else {
+            return false;
+        };
+        let replica = self.nodes[leader as usize - 1]
+            .replica
+            .as_mut()
+            .expect("leader runs");
+        let result = replica.propose_membership_change(change);
+        trace_event!(
+            self.world.trace,
+            now,
+            "FAULT membership: {change} on n{leader}: {result:?}"
+        );
+        result.is_ok()
+    }
+
+    fn start_membership_cycle(&mut self) {
+        if self.nemesis.cycle != MembershipCycle::Idle {
+            return;
+        }
+        let Some(leader) = self.current_leader() else {
+            return;
+        };
+        let membership = &self.world.committed_membership;
+        if membership.voters.len() < 3 || !membership.learners.is_empty() {
+            return;
+        }
+        let candidates: Vec<NodeId> = membership
+            .voters
+            .iter()
+            .copied()
+            .filter(|&v| v != leader)
+            .collect();
+        let node = candidates[self.nemesis.rng.random_range(0..candidates.len())];
+        if self.propose_change(MembershipChange::Remove(node)) {
+            self.nemesis.cycle = MembershipCycle::Removing {
+                node,
+                retry_at: self.world.now + MEMBERSHIP_RETRY_TICKS,
+            };
+        }
+    }
+
+    fn advance_membership_cycle(&mut self) {
+        let now = self.world.now;
+        let membership = &self.world.committed_membership;
+        match self.nemesis.cycle {
+            MembershipCycle::Idle => {}
+            MembershipCycle::Removing { node, retry_at } => {
+                if !membership.contains(node) {
+                    self.stop_removed(node);
+                } else if now >= retry_at {
+                    self.nemesis.cycle = MembershipCycle::Removing {
+                        node,
+                        retry_at: now + MEMBERSHIP_RETRY_TICKS,
+                    };
+                    if self.leader_membership_has(node, |m, n| m.contains(n)) {
+                        self.propose_change(MembershipChange::Remove(node));
+                    }
+                }
+            }
+            MembershipCycle::Removed { node, readd_at } => {
+                if now >= readd_at {
+                    self.readd(node);
+                }
+            }
+            MembershipCycle::Adding { node, retry_at } => {
+                if membership.is_voter(node) {
+                    self.nemesis.cycle = MembershipCycle::Idle;
+                } else if membership.is_learner(node) {
+                    let applied = self.nodes[node as usize - 1].applied_index;
+                    let frontier = self.world.state_machine_safety.highest_applied();
+                    if applied + CATCH_UP_SLACK_ENTRIES >= frontier
+                        && self.propose_change(MembershipChange::PromoteLearner(node))
+                    {
+                        self.nemesis.cycle = MembershipCycle::Promoting {
+                            node,
+                            retry_at: now + MEMBERSHIP_RETRY_TICKS,
+                        };
+                    }
+                } else if now >= retry_at {
+                    self.nemesis.cycle = MembershipCycle::Adding {
+                        node,
+                        retry_at: now + MEMBERSHIP_RETRY_TICKS,
+                    };
+                    if !self.leader_membership_has(node, |m, n| m.contains(n)) {
+                        self.propose_change(MembershipChange::AddLearner(node));
+                    }
+                }
+            }
+            MembershipCycle::Promoting { node, retry_at } => {
+                if membership.is_voter(node) {
+                    trace_event!(
+                        self.world.trace,
+                        now,
+                        "FAULT healed: n{node} is a voter again"
+                    );
+                    self.nemesis.cycle = MembershipCycle::Idle;
+                } else if now >= retry_at {
+                    self.nemesis.cycle = MembershipCycle::Promoting {
+                        node,
+                        retry_at: now + MEMBERSHIP_RETRY_TICKS,
+                    };
+                    if self.leader_membership_has(node, |m, n| m.is_learner(n)) {
+                        self.propose_change(MembershipChange::PromoteLearner(node));
+                    }
+                }
+            }
+        }
+    }
+
+    fn leader_membership_has(
+        &self,
+        node: NodeId,
+        test: impl Fn(&ballot_core::Membership, NodeId) -> bool,
+    ) -> bool {
+        self.current_leader()
+            .and_then(|leader| self.nodes[leader as usize - 1].replica.as_ref())
+            .is_some_and(|replica| test(&replica.status().membership, node))
+    }
+
+    /// The removal committed: stop the node, wipe its disk, forget messages meant for it.
+    fn stop_removed(&mut self, node: NodeId) {
+        let now = self.world.now;
+        trace_event!(
+            self.world.trace,
+            now,
+            "FAULT membership: n{node} removed, stopped and wiped"
+        );
+        self.nodes[node as usize - 1].remove();
+        self.world.network.purge_to(node);
+        self.world.clients.on_node_down(now, node);
+        let delay = self
+            .nemesis
+            .rng
+            .random_range(READD_DELAY_MIN_TICKS..=READD_DELAY_MAX_TICKS);
+        let readd_at = if self.nemesis.chaos { now + delay } else { now };
+        self.nemesis.cycle = MembershipCycle::Removed { node, readd_at };
+    }
+
+    /// Propose the node back as a learner and start a fresh, empty incarnation of it that boots
+    /// with the leader's membership (which now lists it as a learner).
+    fn readd(&mut self, node: NodeId) {
+        let now = self.world.now;
+        if !self.propose_change(MembershipChange::AddLearner(node)) {
+            self.nemesis.cycle = MembershipCycle::Removed {
+                node,
+                readd_at: now + 5,
+            };
+            return;
+        }
+        let leader = self.current_leader().expect("just proposed on it");
+        let membership = self.nodes[leader as usize - 1]
+            .replica
+            .as_ref()
+            .expect("leader runs")
+            .status()
+            .membership;
+        let slot = &mut self.nodes[node as usize - 1];
+        slot.bootstrap_membership = membership;
+        self.restart(node);
+        self.nemesis.cycle = MembershipCycle::Adding {
+            node,
+            retry_at: now + MEMBERSHIP_RETRY_TICKS,
+        };
+    }
+}

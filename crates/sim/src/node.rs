@@ -1,0 +1,371 @@
+//! A simulated node: the replica (absent while crashed), its disk, the key-value state machine,
+//! and the handling of `Ready` batches exactly as `ballot_core::ready` prescribes.
+//!
+//! It owns the order of effects of one `Ready`: messages at once; snapshot, entries and hard state
+//! written unsynced; after the fsync latency, durable; then `messages_after_persist`, snapshot
+//! restore, applies, read states, `advance`, and a requested snapshot. It never takes a new `Ready`
+//! while one is being persisted, never sends `messages_after_persist` before the write is durable,
+//! never applies an entry past what the replica handed out, and never decides what to check or
+//! whom to tell: every observable effect goes to a [`ReadyHandler`].
+
+use crate::disk::{Disk, PendingWrite};
+use crate::kv::{ApplyResult, Command, KvStore};
+use ballot_core::{
+    Entry, EntryPayload, LogIndex, LogPosition, Membership, NodeId, PersistedState, ReadState,
+    Replica, Snapshot, SnapshotMeta,
+};
+
+/// Whether the node runs, waits to restart, or has left the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    Running,
+    Crashed {
+        restart_at: u64,
+    },
+    /// Removed from the membership and stopped; its disk is wiped when it comes back.
+    Removed,
+    /// The replica refused to start from the durable state; the node stays down.
+    Refused,
+}
+
+/// What a new incarnation of a replica is built from; handed to the simulation's factory.
+#[derive(Debug, Clone)]
+pub struct NodeStart {
+    pub node_id: NodeId,
+    /// The durable state to restart from (empty for a brand-new or re-added node).
+    pub persisted: PersistedState,
+    /// The membership a node with no snapshot and no membership entries starts from: all voters
+    /// for the initial cluster; the leader's membership (with this node as learner) on a re-add.
+    pub bootstrap_membership: Membership,
+    /// Seed for the replica's own random source, different for every incarnation.
+    pub rng_seed: u64,
+    /// 0 for the first start of a node, then counting restarts and re-adds.
+    pub incarnation: u64,
+}
+
+/// Everything a node reports while it handles a `Ready`.
+pub trait ReadyHandler<R: Replica> {
+    fn send(&mut self, now: u64, message: R::Message);
+    /// `entries` were just written (unsynced) to `node`'s disk; `replica` already holds them.
+    fn entries_written(&mut self, now: u64, node: NodeId, replica: &R, entries: &[Entry]);
+    fn snapshot_restored(&mut self, now: u64, node: NodeId, meta: &SnapshotMeta);
+    /// `entry` was applied after `previous_applied`; `result` is the command's result, if any.
+    fn applied(
+        &mut self,
+        now: u64,
+        node: NodeId,
+        previous_applied: LogIndex,
+        entry: &Entry,
+        result: Option<ApplyResult>,
+    );
+    fn read_served(&mut self, now: u64, node: NodeId, read: ReadState, kv: &KvStore);
+    fn read_dropped(&mut self, now: u64, node: NodeId, request_id: u64);
+    /// The node snapshotted its state machine at `at`; `Err` if the replica refused it.
+    fn snapshot_taken(
+        &mut self,
+        now: u64,
+        node: NodeId,
+        at: LogPosition,
+        outcome: Result<(), String>,
+    );
+    /// The replica broke the `Ready` contract (or handed out something unusable).
+    fn contract_broken(&mut self, now: u64, node: NodeId, description: String);
+}
+
+/// The parts of a `Ready` that wait for the write to become durable.
+struct PendingReady<M> {
+    durable_at: u64,
+    restores_snapshot: bool,
+    messages_after_persist: Vec<M>,
+    committed_entries: Vec<Entry>,
+    read_states: Vec<ReadState>,
+    dropped_reads: Vec<u64>,
+    snapshot_wanted: bool,
+}
+
+/// Bound on `Ready` batches handled for one node in one drain, so a replica that always has
+/// output cannot hang the simulator.
+const READIES_PER_DRAIN_MAX: usize = 64;
+
+pub struct Node<R: Replica> {
+    pub id: NodeId,
+    pub replica: Option<R>,
+    pub liveness: Liveness,
+    pub disk: Disk,
+    pub kv: KvStore,
+    pub applied_index: LogIndex,
+    /// Membership as of `applied_index` (the bootstrap one, then snapshots and applied changes):
+    /// what a snapshot taken now must record.
+    pub applied_membership: Membership,
+    pub bootstrap_membership: Membership,
+    pub incarnation: u64,
+    pending: Option<PendingReady<R::Message>>,
+    /// Confirmed reads waiting for the applied index to reach theirs.
+    waiting_reads: Vec<ReadState>,
+}
+
+impl<R: Replica> Node<R> {
+    pub fn new(id: NodeId, bootstrap_membership: Membership) -> Self {
+        Self {
+            id,
+            replica: None,
+            liveness: Liveness::Crashed { restart_at: 0 },
+            disk: Disk::default(),
+            kv: KvStore::default(),
+            applied_index: 0,
+            applied_membership: bootstrap_membership.clone(),
+            bootstrap_membership,
+            incarnation: 0,
+            pending: None,
+            waiting_reads: Vec::new(),
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.replica.is_some()
+    }
+
+    pub fn is_persisting(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// What the next incarnation starts from; the state machine is rebuilt from the durable
+    /// snapshot and the replica re-delivers the committed entries after it.
+    pub fn prepare_start(&mut self, rng_seed: u64) -> NodeStart {
+        let persisted = self.disk.to_persisted_state();
+        match &persisted.snapshot {
+            Some(snapshot) => {
+                // A snapshot that cannot be decoded was written by this simulator, so failing to
+                // read it back is a simulator bug, not a protocol one.
+                self.kv = KvStore::restore(&snapshot.data).expect("durable snapshot decodes");
+                self.applied_index = snapshot.meta.last_included.index;
+                self.applied_membership = snapshot.meta.membership.clone();
+            }
+            None => {
+                self.kv = KvStore::default();
+                self.applied_index = 0;
+                self.applied_membership = self.bootstrap_membership.clone();
+            }
+        }
+        NodeStart {
+            node_id: self.id,
+            persisted,
+            bootstrap_membership: self.bootstrap_membership.clone(),
+            rng_seed,
+            incarnation: self.incarnation,
+        }
+    }
+
+    pub fn start(&mut self, replica: R) {
+        self.replica = Some(replica);
+        self.liveness = Liveness::Running;
+        self.incarnation += 1;
+    }
+
+    /// Power loss: the replica and everything in memory are gone; unsynced writes are lost, or
+    /// with `torn_items` a prefix of them survives.
+    pub fn crash(&mut self, restart_at: u64, torn_items: Option<usize>) {
+        self.replica = None;
+        self.pending = None;
+        self.waiting_reads.clear();
+        self.disk.crash(torn_items);
+        self.liveness = Liveness::Crashed { restart_at };
+    }
+
+    /// Stop for good and forget everything: a later re-add is a new, empty incarnation.
+    /// The caller sets `bootstrap_membership` before starting it again.
+    pub fn remove(&mut self) {
+        self.crash(u64::MAX, None);
+        self.disk = Disk::default();
+        self.liveness = Liveness::Removed;
+    }
+
+    /// Handle every `Ready` the replica has, finishing a pending one once its write is durable.
+    pub fn drain(
+        &mut self,
+        now: u64,
+        fsync_ticks: &mut impl FnMut() -> u64,
+        handler: &mut impl ReadyHandler<R>,
+    ) {
+        for _ in 0..READIES_PER_DRAIN_MAX {
+            if let Some(pending) = &self.pending {
+                if now < pending.durable_at {
+                    return;
+                }
+                let pending = self.pending.take().expect("checked above");
+                self.complete(now, pending, handler);
+                continue;
+            }
+            let Some(replica) = self.replica.as_mut() else {
+                return;
+            };
+            if !replica.has_ready() {
+                return;
+            }
+            let mut ready = replica.ready();
+            for message in ready.messages.drain(..) {
+                handler.send(now, message);
+            }
+            let replica = self.replica.as_ref().expect("running");
+            if !ready.entries.is_empty() {
+                handler.entries_written(now, self.id, replica, &ready.entries);
+            }
+            let must_persist = ready.must_persist();
+            let restores_snapshot = ready.snapshot.is_some();
+            if must_persist {
+                let write = PendingWrite {
+                    snapshot: ready.snapshot.take(),
+                    entries: std::mem::take(&mut ready.entries),
+                    hard_state: ready.hard_state.take(),
+                };
+                if let Err(error) = self.disk.write(write) {
+                    handler.contract_broken(now, self.id, format!("unusable write: {error}"));
+                }
+            }
+            self.pending = Some(PendingReady {
+                durable_at: if must_persist {
+                    now + fsync_ticks()
+                } else {
+                    now
+                },
+                restores_snapshot,
+                messages_after_persist: ready.messages_after_persist,
+                committed_entries: ready.committed_entries,
+                read_states: ready.read_states,
+                dropped_reads: ready.dropped_reads,
+                snapshot_wanted: ready.snapshot_wanted,
+            });
+        }
+    }
+
+    fn complete(
+        &mut self,
+        now: u64,
+        pending: PendingReady<R::Message>,
+        handler: &mut impl ReadyHandler<R>,
+    ) {
+        self.disk.sync();
+        for message in pending.messages_after_persist {
+            handler.send(now, message);
+        }
+        if pending.restores_snapshot {
+            self.restore_snapshot(now, handler);
+        }
+        for entry in &pending.committed_entries {
+            self.apply(now, entry, handler);
+        }
+        self.waiting_reads.extend(pending.read_states);
+        self.serve_reads(now, handler);
+        for request_id in pending.dropped_reads {
+            handler.read_dropped(now, self.id, request_id);
+        }
+        let Some(replica) = self.replica.as_mut() else {
+            return;
+        };
+        replica.advance();
+        if pending.snapshot_wanted {
+            self.take_snapshot(now, handler);
+        }
+    }
+
+    fn restore_snapshot(&mut self, now: u64, handler: &mut impl ReadyHandler<R>) {
+        let Some(snapshot) = self.disk.snapshot() else {
+            return;
+        };
+        match KvStore::restore(&snapshot.data) {
+            Ok(kv) => {
+                self.kv = kv;
+                self.applied_index = snapshot.meta.last_included.index;
+                self.applied_membership = snapshot.meta.membership.clone();
+                handler.snapshot_restored(now, self.id, &snapshot.meta);
+            }
+            Err(error) => {
+                handler.contract_broken(now, self.id, format!("snapshot does not decode: {error}"))
+            }
+        }
+    }
+
+    fn apply(&mut self, now: u64, entry: &Entry, handler: &mut impl ReadyHandler<R>) {
+        let previous = self.applied_index;
+        if entry.index <= previous {
+            // Already in the state machine (e.g. covered by a restored snapshot): report it so the
+            // order check sees it, but never apply twice.
+            handler.applied(now, self.id, previous, entry, None);
+            return;
+        }
+        let result = match &entry.payload {
+            EntryPayload::Command(data) => match Command::decode(data) {
+                Ok(command) => Some(self.kv.apply(&command)),
+                Err(error) => {
+                    handler.contract_broken(
+                        now,
+                        self.id,
+                        format!("entry {} does not decode: {error}", entry.position()),
+                    );
+                    None
+                }
+            },
+            EntryPayload::Membership(change) => {
+                if let Ok(next) = self.applied_membership.apply(*change) {
+                    self.applied_membership = next;
+                }
+                None
+            }
+            EntryPayload::Noop => None,
+        };
+        self.applied_index = entry.index;
+        handler.applied(now, self.id, previous, entry, result);
+    }
+
+    fn serve_reads(&mut self, now: u64, handler: &mut impl ReadyHandler<R>) {
+        let applied = self.applied_index;
+        let kv = &self.kv;
+        let id = self.id;
+        self.waiting_reads.retain(|read| {
+            let ready = read.index <= applied;
+            if ready {
+                handler.read_served(now, id, *read, kv);
+            }
+            !ready
+        });
+    }
+
+    /// Snapshot the state machine at the applied index, store it durably, hand it to the replica
+    /// and drop the disk entries the replica compacted away.
+    fn take_snapshot(&mut self, now: u64, handler: &mut impl ReadyHandler<R>) {
+        let Some(replica) = self.replica.as_mut() else {
+            return;
+        };
+        if self.applied_index == 0 || self.applied_index <= self.disk.snapshot_index() {
+            return;
+        }
+        // Steps keep arriving while a `Ready` is persisted, so the replica may already have
+        // installed a newer snapshot from the leader and forgotten this index: nothing to do then.
+        let Some(term) = replica.entry_term(self.applied_index) else {
+            let at = LogPosition::new(self.applied_index, 0);
+            handler.snapshot_taken(
+                now,
+                self.id,
+                at,
+                Err("the replica no longer knows this index".into()),
+            );
+            return;
+        };
+        let at = LogPosition::new(self.applied_index, term);
+        let snapshot = Snapshot {
+            meta: SnapshotMeta {
+                last_included: at,
+                membership: self.applied_membership.clone(),
+            },
+            data: self.kv.snapshot(),
+        };
+        self.disk.store_local_snapshot(snapshot.clone());
+        let outcome = replica
+            .snapshot_taken(snapshot)
+            .map_err(|error| error.to_string());
+        if outcome.is_ok() {
+            self.disk.compact_before(replica.status().first_log_index);
+        }
+        handler.snapshot_taken(now, self.id, at, outcome);
+    }
+}

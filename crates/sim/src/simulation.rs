@@ -1,0 +1,896 @@
+//! The simulation loop: configuration, phases (chaos, heal, leader stability, probe, drain), one
+//! tick at a time, and the report.
+//!
+//! It owns virtual time and the wiring between nodes, network, clients, nemesis and checkers. One
+//! tick: deliver every message due, tick every running replica, let clients and the nemesis act,
+//! drain every node's `Ready`s, run the incremental checks. It never reads a wall clock and never
+//! draws randomness except from child generators of one `ChaCha8Rng` seeded with the run's seed,
+//! each consumer with its own, so a seed reproduces a run exactly.
+
+use crate::checkers::{
+    leader_stability, liveness, payload_digest, ElectionSafety, LeaderCompleteness, LogMatching,
+    StateMachineSafety, Violation,
+};
+use crate::client::Clients;
+use crate::faults::FaultSet;
+use crate::kv::{ApplyResult, Command, KvStore};
+use crate::linearizability::{self, Outcome, Verdict};
+use crate::nemesis::Nemesis;
+use crate::network::{Arrival, Network, SendOutcome};
+use crate::node::{Liveness, Node, NodeStart, ReadyHandler};
+use crate::trace::Trace;
+use crate::trace_event;
+use ballot_core::{
+    Entry, EntryPayload, LogIndex, LogPosition, Membership, NodeId, ProtocolMessage, ReadState,
+    Replica, Role, SnapshotMeta, Term,
+};
+use rand::{Rng, RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::ops::Range;
+
+pub const NODES_MAX: usize = 9;
+
+/// What to simulate. `Default` gives 3 nodes, 2,000 chaos ticks, no faults, 5 clients on 3 keys.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimConfig {
+    /// Cluster size, 1..=9; node ids are `1..=nodes`, all voters at the start.
+    pub nodes: usize,
+    pub seed: u64,
+    /// Ticks of the chaos phase.
+    pub steps: u64,
+    /// Liveness bound after the heal: a leader with a quorum, every operation invoked after the
+    /// heal decided, and the probe committed, each within this many ticks.
+    pub heal_ticks: u64,
+    pub faults: FaultSet,
+    pub clients: usize,
+    pub keys: u64,
+    pub op_timeout_ticks: u64,
+    /// The protocol's maximum election timeout, used to size the leader-stability scenario.
+    pub election_timeout_ticks: u64,
+    /// A write becomes durable 0..=this many ticks after it is issued.
+    pub fsync_ticks_max: u64,
+    pub trace: bool,
+    pub check_linearizability: bool,
+    /// Stop at the first safety violation (the trace up to it is kept).
+    pub stop_at_first_violation: bool,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        let election_timeout_ticks = 30;
+        Self {
+            nodes: 3,
+            seed: 0,
+            steps: 2000,
+            heal_ticks: 20 * election_timeout_ticks,
+            faults: FaultSet::none(),
+            clients: 5,
+            keys: 3,
+            op_timeout_ticks: 200,
+            election_timeout_ticks,
+            fsync_ticks_max: 2,
+            trace: false,
+            check_linearizability: true,
+            stop_at_first_violation: true,
+        }
+    }
+}
+
+impl SimConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=NODES_MAX).contains(&self.nodes) {
+            return Err(format!(
+                "nodes must be in 1..={NODES_MAX}, got {}",
+                self.nodes
+            ));
+        }
+        if self.keys == 0 {
+            return Err("keys must be at least 1".into());
+        }
+        if self.op_timeout_ticks == 0 || self.election_timeout_ticks == 0 {
+            return Err("op timeout and election timeout must be at least 1 tick".into());
+        }
+        if self.heal_ticks < self.op_timeout_ticks {
+            return Err(format!(
+                "heal_ticks ({}) must be at least op_timeout_ticks ({}) so operations after the heal can complete",
+                self.heal_ticks, self.op_timeout_ticks
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimReport {
+    pub seed: u64,
+    pub ops_invoked: u64,
+    /// Successful writes and compare-and-swaps, and reads that returned.
+    pub ops_committed: u64,
+    pub ops_failed: u64,
+    pub ops_unknown: u64,
+    pub ticks: u64,
+    pub messages_delivered: u64,
+    pub violations: Vec<Violation>,
+    /// Empty unless the trace was on.
+    pub trace: Vec<String>,
+    pub max_term: Term,
+    /// Times any node became leader.
+    pub leader_changes: u64,
+    /// `None` when not checked (disabled, or the run stopped at a safety violation).
+    pub linearizability: Option<Verdict>,
+}
+
+impl SimReport {
+    pub fn passed(&self) -> bool {
+        self.violations.is_empty()
+    }
+}
+
+/// The last `status()` seen of a node, for diffs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Observed {
+    pub role: Role,
+    pub term: Term,
+    pub leader: Option<NodeId>,
+    /// Tick at which `term` was first seen.
+    pub term_since: u64,
+}
+
+/// Everything but the nodes, so that a node can report into it while it is borrowed.
+pub(crate) struct World<M> {
+    pub now: u64,
+    pub network: Network<M>,
+    pub trace: Trace,
+    pub clients: Clients,
+    pub election_safety: ElectionSafety,
+    pub log_matching: LogMatching,
+    pub leader_completeness: LeaderCompleteness,
+    pub state_machine_safety: StateMachineSafety,
+    pub violations: Vec<Violation>,
+    pub observed: Vec<Observed>,
+    /// Membership after every membership entry committed so far.
+    pub committed_membership: Membership,
+    committed_membership_index: LogIndex,
+    /// Indexes first applied during the current drain, to check against current leaders.
+    new_commits: Vec<LogIndex>,
+    pub max_term: Term,
+    pub leader_changes: u64,
+}
+
+impl<M> World<M> {
+    pub fn violation(&mut self, violation: Violation) {
+        trace_event!(self.trace, self.now, "VIOLATION {violation}");
+        self.violations.push(violation);
+    }
+
+    pub fn has_safety_violation(&self) -> bool {
+        self.violations.iter().any(Violation::is_safety)
+    }
+}
+
+impl<R: Replica> ReadyHandler<R> for World<R::Message> {
+    fn send(&mut self, now: u64, message: R::Message) {
+        if !self.trace.is_enabled() {
+            self.network.send(now, message);
+            return;
+        }
+        let line = message.to_string();
+        match self.network.send(now, message) {
+            SendOutcome::Queued {
+                deliver_at,
+                duplicated: false,
+            } => {
+                trace_event!(self.trace, now, "send {line} (due {deliver_at})")
+            }
+            SendOutcome::Queued {
+                deliver_at,
+                duplicated: true,
+            } => {
+                trace_event!(
+                    self.trace,
+                    now,
+                    "send {line} (due {deliver_at}, duplicated)"
+                )
+            }
+            SendOutcome::Dropped(reason) => {
+                trace_event!(self.trace, now, "drop {line} ({reason:?})")
+            }
+        }
+    }
+
+    fn entries_written(&mut self, now: u64, node: NodeId, replica: &R, entries: &[Entry]) {
+        if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
+            trace_event!(
+                self.trace,
+                now,
+                "n{node} writes {}..={} (last {})",
+                first.index,
+                last.index,
+                last.position()
+            );
+        }
+        for entry in entries {
+            let previous_term = if entry.index <= 1 {
+                Some(0)
+            } else {
+                replica.entry_term(entry.index - 1)
+            };
+            let digest = payload_digest(&entry.payload);
+            if let Some(v) = self.log_matching.observe_written(
+                now,
+                node,
+                entry.position(),
+                digest,
+                previous_term,
+            ) {
+                self.violation(v);
+            }
+        }
+    }
+
+    fn snapshot_restored(&mut self, now: u64, node: NodeId, meta: &SnapshotMeta) {
+        trace_event!(
+            self.trace,
+            now,
+            "n{node} restores snapshot at {} ({})",
+            meta.last_included,
+            meta.membership
+        );
+    }
+
+    fn applied(
+        &mut self,
+        now: u64,
+        node: NodeId,
+        previous_applied: LogIndex,
+        entry: &Entry,
+        result: Option<ApplyResult>,
+    ) {
+        trace_event!(self.trace, now, "n{node} applies {entry}");
+        let digest = payload_digest(&entry.payload);
+        let check = self.state_machine_safety.observe_apply(
+            now,
+            node,
+            previous_applied,
+            entry.index,
+            entry.term,
+            digest,
+        );
+        if let Some(v) = check.violation {
+            self.violation(v);
+        }
+        if !check.first {
+            return;
+        }
+        trace_event!(self.trace, now, "commit {entry} (first applied by n{node})");
+        let bound = self.observed[node as usize - 1].term;
+        self.leader_completeness
+            .record_commit(entry.index, entry.term, bound);
+        self.new_commits.push(entry.index);
+        let op_id = match &entry.payload {
+            EntryPayload::Command(data) => Command::decode(data).ok().map(|c| c.op_id()),
+            EntryPayload::Membership(change) => {
+                if entry.index > self.committed_membership_index {
+                    self.committed_membership_index = entry.index;
+                    if let Ok(next) = self.committed_membership.apply(*change) {
+                        trace_event!(self.trace, now, "membership committed: {next}");
+                        self.committed_membership = next;
+                    }
+                }
+                None
+            }
+            EntryPayload::Noop => None,
+        };
+        self.clients
+            .on_first_apply(now, entry.index, entry.term, op_id, result, &mut self.trace);
+    }
+
+    fn read_served(&mut self, now: u64, node: NodeId, read: ReadState, kv: &KvStore) {
+        trace_event!(
+            self.trace,
+            now,
+            "n{node} serves read {} at index {}",
+            read.request_id,
+            read.index
+        );
+        self.clients
+            .on_read_served(now, node, read, kv, &mut self.trace);
+    }
+
+    fn read_dropped(&mut self, now: u64, node: NodeId, request_id: u64) {
+        trace_event!(self.trace, now, "n{node} drops read {request_id}");
+        self.clients.on_read_dropped(now, node, request_id);
+    }
+
+    fn snapshot_taken(
+        &mut self,
+        now: u64,
+        node: NodeId,
+        at: LogPosition,
+        outcome: Result<(), String>,
+    ) {
+        match outcome {
+            Ok(()) => trace_event!(self.trace, now, "n{node} snapshots at {at}"),
+            Err(error) => {
+                trace_event!(self.trace, now, "n{node} snapshot at {at} refused: {error}")
+            }
+        }
+    }
+
+    fn contract_broken(&mut self, now: u64, node: NodeId, description: String) {
+        self.violation(Violation::new(
+            "replica-contract",
+            now,
+            format!("n{node}: {description}"),
+        ));
+    }
+}
+
+pub(crate) struct Simulation<R: Replica, F> {
+    pub config: SimConfig,
+    pub nodes: Vec<Node<R>>,
+    pub world: World<R::Message>,
+    pub nemesis: Nemesis,
+    factory: F,
+    seed_rng: ChaCha8Rng,
+    fsync_rng: ChaCha8Rng,
+}
+
+/// Run one simulation. `factory` builds a replica for every (re)start of a node; it owns the
+/// protocol configuration and gets the node id, the durable state, the bootstrap membership and a
+/// per-incarnation seed in [`NodeStart`]. A factory error (the replica refuses its durable state)
+/// is reported as a `restart` violation and the node stays down.
+///
+/// Panics if `config` is invalid (see [`SimConfig::validate`]).
+pub fn run<R, F>(config: &SimConfig, factory: F) -> SimReport
+where
+    R: Replica,
+    F: FnMut(NodeStart) -> Result<R, String>,
+{
+    if let Err(error) = config.validate() {
+        panic!("invalid simulation config: {error}");
+    }
+    Simulation::new(config.clone(), factory).run()
+}
+
+/// Run `run` for every seed in `seeds` on all cores; reports come back ordered by seed.
+/// `progress` is called once per finished seed, from the worker threads.
+pub fn run_many<R, F>(
+    config: &SimConfig,
+    seeds: Range<u64>,
+    factory: F,
+    progress: Option<&(dyn Fn(&SimReport) + Sync)>,
+) -> Vec<SimReport>
+where
+    R: Replica,
+    F: Fn(NodeStart) -> Result<R, String> + Sync,
+{
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let next = AtomicU64::new(seeds.start);
+    let mut reports: Vec<SimReport> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let seed = next.fetch_add(1, Ordering::Relaxed);
+                        if seed >= seeds.end {
+                            return done;
+                        }
+                        let report = run(
+                            &SimConfig {
+                                seed,
+                                ..config.clone()
+                            },
+                            &factory,
+                        );
+                        if let Some(progress) = progress {
+                            progress(&report);
+                        }
+                        done.push(report);
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("simulation thread panicked"))
+            .collect()
+    });
+    reports.sort_by_key(|r| r.seed);
+    reports
+}
+
+impl<R: Replica, F: FnMut(NodeStart) -> Result<R, String>> Simulation<R, F> {
+    fn new(config: SimConfig, factory: F) -> Self {
+        let mut master = ChaCha8Rng::seed_from_u64(config.seed);
+        let mut child = || ChaCha8Rng::seed_from_u64(master.next_u64());
+        let node_count = config.nodes;
+        let membership = Membership::with_voters(1..=node_count as NodeId);
+        let nodes = (1..=node_count as NodeId)
+            .map(|id| Node::new(id, membership.clone()))
+            .collect();
+        let idle = Observed {
+            role: Role::Follower,
+            term: 0,
+            leader: None,
+            term_since: 0,
+        };
+        let world = World {
+            now: 0,
+            network: Network::new(node_count as NodeId, child()),
+            trace: Trace::new(config.trace),
+            clients: Clients::new(
+                config.clients,
+                node_count,
+                config.keys,
+                config.op_timeout_ticks,
+                child(),
+            ),
+            election_safety: ElectionSafety::default(),
+            log_matching: LogMatching::default(),
+            leader_completeness: LeaderCompleteness::default(),
+            state_machine_safety: StateMachineSafety::default(),
+            violations: Vec::new(),
+            observed: vec![idle; node_count],
+            committed_membership: membership,
+            committed_membership_index: 0,
+            new_commits: Vec::new(),
+            max_term: 0,
+            leader_changes: 0,
+        };
+        let nemesis = Nemesis::new(config.faults, child());
+        let seed_rng = child();
+        let fsync_rng = child();
+        Self {
+            config,
+            nodes,
+            world,
+            nemesis,
+            factory,
+            seed_rng,
+            fsync_rng,
+        }
+    }
+
+    fn run(mut self) -> SimReport {
+        for id in 1..=self.config.nodes as NodeId {
+            self.restart(id);
+        }
+        self.nemesis.start_chaos(&mut self.world);
+        let finished = self.chaos()
+            && self.heal_and_check_liveness()
+            && self.leader_stability()
+            && self.probe();
+        let mut verdict = None;
+        if finished {
+            self.drain_clients();
+            if self.config.check_linearizability {
+                verdict = Some(self.check_linearizability());
+            }
+        }
+        self.report(verdict)
+    }
+
+    /// Whether the run may go on: false once a safety violation stops it.
+    fn may_continue(&self) -> bool {
+        !(self.config.stop_at_first_violation && self.world.has_safety_violation())
+    }
+
+    fn chaos(&mut self) -> bool {
+        for _ in 0..self.config.steps {
+            self.tick();
+            if !self.may_continue() {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn heal_and_check_liveness(&mut self) -> bool {
+        let heal_at = self.world.now;
+        trace_event!(
+            self.world.trace,
+            heal_at,
+            "HEAL: faults off, partitions lifted, crashed nodes restart"
+        );
+        self.nemesis.heal(&mut self.world);
+        let end = heal_at + self.config.heal_ticks;
+        let quiesce_at = end - self.config.op_timeout_ticks;
+        let mut leader_seen = None;
+        while self.world.now < end {
+            self.world.clients.invoking = self.world.now < quiesce_at;
+            self.tick();
+            if !self.may_continue() {
+                return false;
+            }
+            leader_seen = leader_seen.or_else(|| self.leader_with_quorum());
+        }
+        self.world.clients.invoking = false;
+        let now = self.world.now;
+        if let Some(v) = liveness::check_leader(now, leader_seen, self.config.heal_ticks) {
+            self.world.violation(v);
+        }
+        let (undecided, first) = self.world.clients.undecided_since(heal_at);
+        if let Some(v) = liveness::check_operations(now, undecided, first) {
+            self.world.violation(v);
+        }
+        if !self.nemesis.membership_restored() {
+            let description = format!(
+                "membership not restored to all voters within {} ticks of the heal",
+                self.config.heal_ticks
+            );
+            self.world
+                .violation(Violation::new(liveness::NAME, now, description));
+        }
+        true
+    }
+
+    /// The PreVote scenario of `checkers::leader_stability`, when a partition fault is enabled.
+    fn leader_stability(&mut self) -> bool {
+        if !self.config.faults.has_partition() || self.config.nodes < 3 {
+            return true;
+        }
+        let Some((leader, term)) = self.leader_with_quorum() else {
+            return true;
+        };
+        let Some(follower) = self
+            .world
+            .committed_membership
+            .voters
+            .iter()
+            .copied()
+            .find(|&id| id != leader && self.nodes[id as usize - 1].is_running())
+        else {
+            return true;
+        };
+        let phase =
+            leader_stability::ISOLATION_ELECTION_TIMEOUTS * self.config.election_timeout_ticks;
+        trace_event!(
+            self.world.trace,
+            self.world.now,
+            "STABILITY: leader n{leader} term {term}; isolating n{follower} for {phase} ticks"
+        );
+        self.world.network.isolate(follower);
+        for round in 0..2 * phase {
+            if round == phase {
+                trace_event!(
+                    self.world.trace,
+                    self.world.now,
+                    "STABILITY: n{follower} rejoins"
+                );
+                self.world.network.heal();
+            }
+            self.tick();
+            if !self.may_continue() {
+                return false;
+            }
+            let views = self
+                .nodes
+                .iter()
+                .zip(&self.world.observed)
+                .filter(|(n, _)| n.is_running())
+                .map(|(n, o)| (n.id, o.role, o.term));
+            if let Some(v) = leader_stability::check_tick(self.world.now, leader, term, views) {
+                self.world.violation(v);
+                break;
+            }
+        }
+        self.world.network.heal();
+        true
+    }
+
+    /// A final write must commit within the liveness bound.
+    fn probe(&mut self) -> bool {
+        self.world.clients.request_probe();
+        let end = self.world.now + self.config.heal_ticks;
+        while self.world.now < end {
+            self.tick();
+            if !self.may_continue() {
+                return false;
+            }
+            if let Some(outcome) = self.world.clients.probe_outcome() {
+                if outcome != Outcome::Written {
+                    let description = format!("the probe write ended {outcome:?}");
+                    self.world.violation(Violation::new(
+                        liveness::NAME,
+                        self.world.now,
+                        description,
+                    ));
+                }
+                return true;
+            }
+        }
+        let description = format!(
+            "the probe write did not commit within {} ticks",
+            self.config.heal_ticks
+        );
+        self.world
+            .violation(Violation::new(liveness::NAME, self.world.now, description));
+        true
+    }
+
+    /// Let outstanding operations finish (or time out) before the history is judged.
+    fn drain_clients(&mut self) {
+        self.world.clients.invoking = false;
+        let end = self.world.now + self.config.op_timeout_ticks + 1;
+        while self.world.clients.outstanding() > 0 && self.world.now < end && self.may_continue() {
+            self.tick();
+        }
+    }
+
+    fn check_linearizability(&mut self) -> Verdict {
+        let now = self.world.now;
+        match linearizability::check(self.world.clients.history()) {
+            Ok(Verdict::NotLinearizable { key, explanation }) => {
+                let description = format!("key {key}: {explanation}");
+                self.world
+                    .violation(Violation::new("linearizability", now, description));
+                Verdict::NotLinearizable { key, explanation }
+            }
+            Ok(verdict) => verdict,
+            Err(error) => {
+                // The simulator recorded the history, so a malformed one is its own bug.
+                self.world.violation(Violation::new(
+                    "linearizability",
+                    now,
+                    format!("malformed history: {error}"),
+                ));
+                Verdict::Inconclusive {
+                    key: 0,
+                    explored: 0,
+                }
+            }
+        }
+    }
+
+    fn report(self, linearizability: Option<Verdict>) -> SimReport {
+        let counts = self.world.clients.counts();
+        SimReport {
+            seed: self.config.seed,
+            ops_invoked: counts.invoked,
+            ops_committed: counts.committed,
+            ops_failed: counts.failed,
+            ops_unknown: counts.unknown,
+            ticks: self.world.now,
+            messages_delivered: self.world.network.stats.delivered,
+            violations: self.world.violations,
+            trace: self.world.trace.into_lines(),
+            max_term: self.world.max_term,
+            leader_changes: self.world.leader_changes,
+            linearizability,
+        }
+    }
+
+    /// One tick of virtual time.
+    pub(crate) fn tick(&mut self) {
+        let now = self.world.now;
+        while let Some(arrival) = self.world.network.pop_due(now) {
+            match arrival {
+                Arrival::Deliver(message) => self.deliver(message),
+                Arrival::Dropped(message) => {
+                    trace_event!(
+                        self.world.trace,
+                        now,
+                        "drop {message} (partitioned in flight)"
+                    )
+                }
+            }
+        }
+        for index in 0..self.nodes.len() {
+            if let Some(replica) = self.nodes[index].replica.as_mut() {
+                replica.tick();
+                self.observe(index);
+            }
+        }
+        self.world.clients.act(
+            now,
+            &mut self.nodes,
+            &self.world.state_machine_safety,
+            &mut self.world.trace,
+        );
+        self.nemesis_act();
+        self.drain_all();
+        self.world.now += 1;
+    }
+
+    fn deliver(&mut self, message: R::Message) {
+        let index = message.to() as usize - 1;
+        match self.nodes.get_mut(index).and_then(|n| n.replica.as_mut()) {
+            Some(replica) => {
+                trace_event!(self.world.trace, self.world.now, "deliver {message}");
+                replica.step(message);
+                self.observe(index);
+            }
+            None => trace_event!(
+                self.world.trace,
+                self.world.now,
+                "drop {message} (n{} is down)",
+                index + 1
+            ),
+        }
+    }
+
+    pub(crate) fn drain_all(&mut self) {
+        let fsync_max = self.config.fsync_ticks_max;
+        for index in 0..self.nodes.len() {
+            let rng = &mut self.fsync_rng;
+            let mut fsync_ticks = || rng.random_range(0..=fsync_max);
+            self.nodes[index].drain(self.world.now, &mut fsync_ticks, &mut self.world);
+            if !self.world.new_commits.is_empty() {
+                self.check_new_commits();
+            }
+            self.observe(index);
+        }
+    }
+
+    /// Entries first committed in the last drain must be in every leader of a later term.
+    fn check_new_commits(&mut self) {
+        let commits = std::mem::take(&mut self.world.new_commits);
+        for (slot, node) in self.nodes.iter().enumerate() {
+            let observed = self.world.observed[slot];
+            let Some(replica) = node
+                .replica
+                .as_ref()
+                .filter(|_| observed.role == Role::Leader)
+            else {
+                continue;
+            };
+            for &index in &commits {
+                let check = self.world.leader_completeness.check_entry(
+                    self.world.now,
+                    node.id,
+                    observed.term,
+                    index,
+                    || replica.status().first_log_index,
+                    |i| replica.entry_term(i),
+                );
+                if let Some(v) = check {
+                    self.world.violation(v);
+                }
+            }
+        }
+        self.world.new_commits = commits;
+        self.world.new_commits.clear();
+    }
+
+    /// Diff the node's status against the last one seen: trace role and term changes, and run the
+    /// checks that fire when a node becomes leader.
+    pub(crate) fn observe(&mut self, index: usize) {
+        let Some(replica) = self.nodes[index].replica.as_ref() else {
+            return;
+        };
+        let status = replica.status();
+        let before = self.world.observed[index];
+        let now = self.world.now;
+        let term_since = if status.term == before.term {
+            before.term_since
+        } else {
+            now
+        };
+        self.world.observed[index] = Observed {
+            role: status.role,
+            term: status.term,
+            leader: status.leader,
+            term_since,
+        };
+        if status.role == before.role && status.term == before.term {
+            return;
+        }
+        trace_event!(
+            self.world.trace,
+            now,
+            "n{} is {} in term {} (was {} in term {})",
+            status.id,
+            status.role,
+            status.term,
+            before.role,
+            before.term
+        );
+        self.world.max_term = self.world.max_term.max(status.term);
+        if status.role != Role::Leader {
+            return;
+        }
+        self.world.leader_changes += 1;
+        if let Some(v) =
+            self.world
+                .election_safety
+                .observe(now, status.id, status.role, status.term)
+        {
+            self.world.violation(v);
+        }
+        let check = self.world.leader_completeness.check_new_leader(
+            now,
+            status.id,
+            status.term,
+            status.first_log_index,
+            |i| replica.entry_term(i),
+        );
+        if let Some(v) = check {
+            self.world.violation(v);
+        }
+    }
+
+    /// Start (or restart) node `id` from its disk. A replica that refuses to start from what its
+    /// disk durably holds is a violation: every state the disk can be in after a crash is one the
+    /// `Ready` contract allows.
+    pub(crate) fn restart(&mut self, id: NodeId) {
+        let now = self.world.now;
+        let seed = self.seed_rng.next_u64();
+        let node = &mut self.nodes[id as usize - 1];
+        let start = node.prepare_start(seed);
+        trace_event!(
+            self.world.trace,
+            now,
+            "n{id} starts (incarnation {}, {} entries, snapshot at {}, {:?})",
+            start.incarnation,
+            start.persisted.entries.len(),
+            node.disk.snapshot_index(),
+            start.persisted.hard_state
+        );
+        match (self.factory)(start) {
+            Ok(replica) => node.start(replica),
+            Err(error) => {
+                node.liveness = Liveness::Refused;
+                let description =
+                    format!("n{id} refuses to restart from its durable state: {error}");
+                self.world
+                    .violation(Violation::new("restart", now, description));
+                return;
+            }
+        }
+        self.world.observed[id as usize - 1] = Observed {
+            role: Role::Follower,
+            term: 0,
+            leader: None,
+            term_since: now,
+        };
+        self.observe(id as usize - 1);
+    }
+
+    /// Crash node `id`; with `torn_items`, that many unsynced items survive (torn tail).
+    pub(crate) fn crash(&mut self, id: NodeId, restart_at: u64, torn_items: Option<usize>) {
+        let now = self.world.now;
+        match torn_items {
+            Some(kept) => trace_event!(
+                self.world.trace,
+                now,
+                "CRASH n{id} (restart at {restart_at}, torn tail keeps {kept} unsynced items)"
+            ),
+            None => trace_event!(
+                self.world.trace,
+                now,
+                "CRASH n{id} (restart at {restart_at})"
+            ),
+        }
+        self.nodes[id as usize - 1].crash(restart_at, torn_items);
+        self.world.clients.on_node_down(now, id);
+    }
+
+    /// The running leader with the highest term, if any.
+    pub(crate) fn current_leader(&self) -> Option<NodeId> {
+        self.nodes
+            .iter()
+            .zip(&self.world.observed)
+            .filter(|(n, o)| n.is_running() && o.role == Role::Leader)
+            .max_by_key(|(_, o)| o.term)
+            .map(|(n, _)| n.id)
+    }
+
+    fn leader_with_quorum(&self) -> Option<(NodeId, Term)> {
+        let views: Vec<liveness::NodeView> = self
+            .nodes
+            .iter()
+            .zip(&self.world.observed)
+            .filter(|(n, _)| n.is_running() && n.liveness == Liveness::Running)
+            .map(|(n, o)| liveness::NodeView {
+                id: n.id,
+                role: o.role,
+                term: o.term,
+                leader: o.leader,
+            })
+            .collect();
+        liveness::leader_with_quorum(&views, &self.world.committed_membership)
+    }
+}
