@@ -2,7 +2,6 @@
 //! narrated demo (`demo`); the server, dev cluster, clients, bench and check follow.
 
 mod cmd;
-mod raft_replica;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

@@ -261,6 +261,9 @@ impl fmt::Display for FaultSet {
         if self.is_empty() {
             return f.write_str("none");
         }
+        if *self == FaultSet::all() {
+            return f.write_str("all");
+        }
         let names: Vec<_> = self.iter().map(FaultKind::name).collect();
         f.write_str(&names.join(","))
     }

@@ -624,7 +624,8 @@ impl<R: Replica, F: FnMut(NodeStart) -> Result<R, String>> Simulation<R, F> {
         let now = self.world.now;
         match linearizability::check(self.world.clients.history()) {
             Ok(Verdict::NotLinearizable { key, explanation }) => {
-                let description = format!("key {key}: {explanation}");
+                // The explanation already names the key.
+                let description = explanation.clone();
                 self.world
                     .violation(Violation::new("linearizability", now, description));
                 Verdict::NotLinearizable { key, explanation }

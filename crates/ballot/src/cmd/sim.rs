@@ -1,7 +1,7 @@
 //! `ballot sim raft`: many seeded simulations with a one-line verdict, one seed replayed with its
 //! trace, or a deliberately broken Raft run until the checkers catch it.
 
-use crate::raft_replica;
+use ballot::raft_replica;
 use ballot_raft::Break;
 use ballot_sim::{run_many, FaultKind, FaultSet, SimConfig, SimReport};
 use clap::{Args, ValueEnum};
@@ -25,9 +25,10 @@ pub struct SimArgs {
     /// Cluster size (1 to 9). Node ids are 1..=N, all voters at the start.
     #[arg(long, default_value_t = 3)]
     nodes: usize,
-    /// How many seeds to run, starting at --first-seed.
-    #[arg(long, default_value_t = 100)]
-    seeds: u64,
+    /// How many seeds to run, starting at --first-seed [default: 100; with --break, 5000, stopping
+    /// at the first violation].
+    #[arg(long)]
+    seeds: Option<u64>,
     #[arg(long, default_value_t = 0)]
     first_seed: u64,
     /// Run exactly this seed (replay). Same seed, same flags: same run, event for event.
@@ -120,11 +121,12 @@ pub fn run(args: SimArgs) -> ExitCode {
             }
             vec![report]
         }
-        None => run_seeds(
-            &config,
-            args.first_seed..args.first_seed + args.seeds,
-            broken,
-        ),
+        None => {
+            let seeds = args
+                .seeds
+                .unwrap_or(if broken.is_some() { 5000 } else { 100 });
+            run_seeds(&config, args.first_seed..args.first_seed + seeds, broken)
+        }
     };
     let failing: Vec<&SimReport> = reports
         .iter()

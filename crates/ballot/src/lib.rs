@@ -1,0 +1,21 @@
+//! The tools layer of ballot as a library, so integration tests and benchmarks use exactly what
+//! the binary uses.
+
+pub mod raft_replica {
+    //! Builds Raft replicas for the simulator: the one place the tools layer names Raft.
+
+    use ballot_raft::{Break, Config, Raft};
+    use ballot_sim::NodeStart;
+
+    /// A Raft replica as `ballot sim raft` runs it: default timeouts, a snapshot every 200
+    /// entries (so runs exercise compaction and InstallSnapshot), an optional deliberate bug.
+    pub fn build(start: NodeStart, broken: Option<Break>) -> Result<Raft, String> {
+        let mut config = Config::new(start.node_id, start.bootstrap_membership);
+        config.rng_seed = start.rng_seed;
+        config.broken = broken;
+        config.snapshot_threshold_entries = 200;
+        config.snapshot_trailing_entries = 20;
+        config.snapshot_chunk_bytes = 512;
+        Raft::new(config, start.persisted)
+    }
+}

@@ -1,0 +1,96 @@
+//! The `ballot sim` command as a user runs it: summary line, exit codes, errors, help.
+
+use std::process::Command;
+
+fn ballot(args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_ballot"))
+        .args(args)
+        .output()
+        .expect("ballot runs");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_clean_run_ends_with_one_summary_line_and_exit_zero() {
+    let (code, stdout, _) = ballot(&[
+        "sim", "raft", "--nodes", "3", "--seeds", "20", "--faults", "all",
+    ]);
+    assert_eq!(code, 0, "{stdout}");
+    let last = stdout.lines().last().unwrap();
+    assert!(
+        last.starts_with("sim raft: 20 seeds (0..=19), 3 nodes, faults all"),
+        "{last}"
+    );
+    assert!(last.contains(" 0 violations"), "{last}");
+}
+
+#[test]
+fn a_break_is_caught_with_seed_trace_and_replay_command() {
+    let (code, stdout, _) = ballot(&["sim", "raft", "--nodes", "5", "--break", "stale-read"]);
+    assert_eq!(code, 1, "a caught break exits 1:\n{stdout}");
+    assert!(stdout.contains("[linearizability]"), "{stdout}");
+    assert!(stdout.contains("--- last"), "the trace tail is shown");
+    let replay = stdout
+        .lines()
+        .find(|l| l.starts_with("replay: "))
+        .expect("a replay command");
+    assert!(
+        replay.contains("--break stale-read") && replay.contains("--seed "),
+        "{replay}"
+    );
+}
+
+#[test]
+fn one_seed_replays_with_a_trace() {
+    let (code, stdout, _) = ballot(&["sim", "raft", "--seed", "3", "--trace", "--steps", "300"]);
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("is leader in term"),
+        "role changes are traced"
+    );
+    assert!(stdout.contains("RequestVote"), "messages are traced");
+    assert!(stdout
+        .lines()
+        .last()
+        .unwrap()
+        .starts_with("sim raft: 1 seed (3)"));
+}
+
+#[test]
+fn bad_flags_get_a_clear_error_and_exit_two() {
+    let (code, _, stderr) = ballot(&["sim", "raft", "--nodes", "0"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("nodes"), "{stderr}");
+    let (code, _, stderr) = ballot(&["sim", "raft", "--faults", "drop,earthquake"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("unknown fault 'earthquake'"), "{stderr}");
+    let (code, _, stderr) = ballot(&["sim", "raft", "--break", "everything"]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("persist-vote"),
+        "the error lists the valid breaks: {stderr}"
+    );
+}
+
+#[test]
+fn help_explains_every_fault_and_break() {
+    let (code, stdout, _) = ballot(&["sim", "--help"]);
+    assert_eq!(code, 0);
+    for word in [
+        "torn-tail",
+        "isolate-leader",
+        "membership",
+        "transfer",
+        "commit-old-term",
+        "no-prevote-check",
+        "stale-read",
+        "persist-vote",
+        "linearizability",
+    ] {
+        assert!(stdout.contains(word), "--help does not mention {word}");
+    }
+}
