@@ -94,3 +94,44 @@ fn help_explains_every_fault_and_break() {
         assert!(stdout.contains(word), "--help does not mention {word}");
     }
 }
+
+#[test]
+fn the_demo_tells_elections_faults_and_the_verdict() {
+    let (code, stdout, _) = ballot(&["demo"]);
+    assert_eq!(code, 0, "{stdout}");
+    for expected in [
+        "is elected leader for term",
+        "crashes",
+        "isolated from the others",
+        "Linearizable: yes",
+        "Violations: 0",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "demo output lacks '{expected}':\n{stdout}"
+        );
+    }
+}
+
+#[test]
+fn a_closed_pipe_ends_the_trace_quietly() {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ballot"))
+        .args(["sim", "raft", "--seed", "1", "--trace"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 64];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut first)
+        .unwrap();
+    drop(child.stdout.take()); // like `| head`
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

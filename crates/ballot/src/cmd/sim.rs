@@ -5,7 +5,7 @@ use ballot::raft_replica;
 use ballot_raft::Break;
 use ballot_sim::{run_many, FaultKind, FaultSet, SimConfig, SimReport};
 use clap::{Args, ValueEnum};
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -114,10 +114,8 @@ pub fn run(args: SimArgs) -> ExitCode {
                 ..config.clone()
             };
             let report = ballot_sim::run(&config, |start| raft_replica::build(start, broken));
-            if args.trace {
-                for line in &report.trace {
-                    println!("{line}");
-                }
+            if args.trace && print_lines(&report.trace).is_err() {
+                return ExitCode::SUCCESS; // the reader went away (e.g. `| head`)
             }
             vec![report]
         }
@@ -200,9 +198,7 @@ fn explain_failure(config: &SimConfig, args: &SimArgs, seed: u64) {
     };
     let report = ballot_sim::run(&config, |start| raft_replica::build(start, args.broken));
     if args.trace && args.seed.is_none() {
-        for line in &report.trace {
-            println!("{line}");
-        }
+        let _ = print_lines(&report.trace);
     } else if args.seed.is_none() {
         let skip = report.trace.len().saturating_sub(TAIL_LINES);
         println!(
@@ -246,4 +242,13 @@ fn print_summary(config: &SimConfig, args: &SimArgs, reports: &[SimReport], star
         config.faults,
         started.elapsed().as_secs_f64()
     );
+}
+
+/// Prints lines, stopping quietly when the reader closes the pipe.
+fn print_lines(lines: &[String]) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    for line in lines {
+        writeln!(out, "{line}")?;
+    }
+    out.flush()
 }
