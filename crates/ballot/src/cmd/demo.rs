@@ -106,7 +106,7 @@ fn narrate(line: &str, completions: &mut u64, verbose: bool) -> Option<String> {
     }
     if event.starts_with("client ") && event.contains(" completes: ") {
         *completions += 1;
-        if verbose || *completions % 150 == 1 {
+        if verbose || (*completions - 1).is_multiple_of(150) {
             return at(event.to_string());
         }
     }

@@ -160,7 +160,7 @@ fn run_seeds(
     let show_progress = std::io::stderr().is_terminal();
     let progress = |_: &SimReport| {
         let finished = done.fetch_add(1, Ordering::Relaxed) + 1;
-        if show_progress && (finished % 10 == 0 || finished == total) {
+        if show_progress && (finished.is_multiple_of(10) || finished == total) {
             eprint!("\r  {finished}/{total} seeds");
         }
     };
