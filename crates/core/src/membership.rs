@@ -78,6 +78,17 @@ impl Membership {
         count >= self.quorum_size()
     }
 
+    /// The highest value a quorum of voters has reached, given each voter's value: a commit index
+    /// from match indexes, a confirmed read round from acknowledged rounds. `None` without voters.
+    pub fn quorum_value(&self, value_of: impl Fn(NodeId) -> u64) -> Option<u64> {
+        let mut values: Vec<u64> = self.voters.iter().map(|&id| value_of(id)).collect();
+        if values.is_empty() {
+            return None;
+        }
+        values.sort_unstable_by(|a, b| b.cmp(a));
+        Some(values[self.quorum_size() - 1])
+    }
+
     /// The membership after `change`, or why `change` is not valid here. Validation lives here so
     /// that every protocol rejects the same bad changes with the same words.
     pub fn apply(&self, change: MembershipChange) -> Result<Membership, ReplicaError> {
@@ -148,6 +159,18 @@ mod tests {
         assert_eq!(m.quorum_size(), 2);
         assert!(!m.is_quorum(&[1, 4]));
         assert!(m.is_quorum(&[1, 3]));
+    }
+
+    #[test]
+    fn quorum_value_is_the_majoritys_lowest() {
+        let m = Membership::with_voters([1, 2, 3, 4, 5]);
+        let matched = |id: NodeId| [0, 9, 7, 5, 3, 1][id as usize];
+        assert_eq!(
+            m.quorum_value(matched),
+            Some(5),
+            "n1, n2, n3 hold 5 or more"
+        );
+        assert_eq!(Membership::default().quorum_value(matched), None);
     }
 
     #[test]

@@ -11,7 +11,7 @@
 use crate::config::Break;
 use crate::message::MessageBody;
 use crate::raft::Raft;
-use ballot_core::{LogIndex, NodeId, ReadMode, ReadState, ReplicaError, Role};
+use ballot_core::{LogIndex, ReadMode, ReadState, ReplicaError, Role};
 use std::collections::VecDeque;
 
 #[derive(Debug, Clone, Copy)]
@@ -153,23 +153,15 @@ impl Raft {
 
     /// Releases reads whose round a quorum of voters has acknowledged.
     pub(crate) fn confirm_read_rounds(&mut self) {
-        let membership = self.membership();
-        let mut acked: Vec<u64> = membership
-            .voters
-            .iter()
-            .map(|&id: &NodeId| {
-                if id == self.id {
-                    self.reads.round
-                } else {
-                    self.progress.get(&id).map(|p| p.acked_round).unwrap_or(0)
-                }
-            })
-            .collect();
-        if acked.is_empty() {
+        let Some(confirmed) = self.membership().quorum_value(|id| {
+            if id == self.id {
+                self.reads.round
+            } else {
+                self.progress.get(&id).map_or(0, |p| p.acked_round)
+            }
+        }) else {
             return;
-        }
-        acked.sort_unstable_by(|a, b| b.cmp(a));
-        let confirmed = acked[membership.quorum_size() - 1];
+        };
         let reads = &mut self.reads;
         if confirmed <= reads.confirmed_round {
             return;

@@ -247,23 +247,15 @@ impl Raft {
     /// Advances the commit index to the highest index a quorum of voters holds, if that entry is
     /// of the current term (Raft §5.4.2: never by counting replicas of older entries).
     pub(crate) fn maybe_commit(&mut self) {
-        let membership = self.membership();
-        let mut matched: Vec<LogIndex> = membership
-            .voters
-            .iter()
-            .map(|&id| {
-                if id == self.id {
-                    self.log.stable_index
-                } else {
-                    self.progress.get(&id).map(|p| p.match_index).unwrap_or(0)
-                }
-            })
-            .collect();
-        if matched.is_empty() {
+        let Some(quorum_index) = self.membership().quorum_value(|id| {
+            if id == self.id {
+                self.log.stable_index
+            } else {
+                self.progress.get(&id).map_or(0, |p| p.match_index)
+            }
+        }) else {
             return;
-        }
-        matched.sort_unstable_by(|a, b| b.cmp(a));
-        let quorum_index = matched[membership.quorum_size() - 1];
+        };
         if quorum_index <= self.log.commit_index {
             return;
         }
