@@ -7,6 +7,7 @@
 //!
 //! This crate owns no behaviour: no I/O, no clock, no randomness.
 
+pub mod codec;
 pub mod entry;
 pub mod error;
 pub mod membership;

@@ -51,6 +51,7 @@
 //! assert!(applied.iter().any(|entry| entry.position() == position));
 //! ```
 
+pub mod codec;
 mod config;
 mod election;
 mod log;
