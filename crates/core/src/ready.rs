@@ -4,9 +4,9 @@
 //!
 //! 1. send [`Ready::messages`] at once: they do not depend on this batch being durable (a
 //!    leader may replicate entries in parallel with writing them itself, dissertation §10.2.1);
-//! 2. persist [`Ready::snapshot`], then [`Ready::entries`] (an entry at an index that is already
-//!    stored replaces it and every entry after it), then [`Ready::hard_state`], and make them
-//!    durable (fsync);
+//! 2. persist [`Ready::snapshot`] (it replaces the stored log: drop every stored entry), then
+//!    [`Ready::entries`] (an entry at an index that is already stored replaces it and every entry
+//!    after it), then [`Ready::hard_state`], and make them durable (fsync);
 //! 3. only then send [`Ready::messages_after_persist`] (votes, append acknowledgements);
 //! 4. restore the state machine from [`Ready::snapshot`] if any, then apply
 //!    [`Ready::committed_entries`] in order;

@@ -140,6 +140,7 @@ impl Raft {
             progress.recent_active = true;
         }
         self.term_start_index = self.log.last_index() + 1;
+        self.timeout_now_sent_this_term = false;
         if !self.is_broken(Break::CommitOldTerm) {
             // Raft §5.4.2 / §8: a new leader commits entries of earlier terms only indirectly,
             // by committing one of its own; the no-op makes that happen at once.
@@ -152,7 +153,9 @@ impl Raft {
     /// change either way (dissertation §9.6). The lease check happened in `observe_term`.
     pub(crate) fn handle_pre_vote(&mut self, from: NodeId, term: Term, last_log: LogPosition) {
         let granted = self.is_broken(Break::NoPrevoteCheck)
-            || (term > self.term && self.log.is_up_to_date(last_log) && self.may_vote_now());
+            || (term > self.term
+                && self.log.is_up_to_date(last_log)
+                && !self.heard_from_leader_recently());
         let reply_term = if granted { term } else { self.term };
         self.send_with_term(from, reply_term, MessageBody::PreVoteResponse { granted });
     }
@@ -162,16 +165,12 @@ impl Raft {
     pub(crate) fn handle_request_vote(&mut self, from: NodeId, last_log: LogPosition) {
         let can_vote =
             self.voted_for == Some(from) || (self.voted_for.is_none() && self.leader.is_none());
-        let granted = can_vote && self.log.is_up_to_date(last_log) && self.may_vote_now();
+        let granted = can_vote && self.log.is_up_to_date(last_log);
         if granted {
             self.voted_for = Some(from);
             self.reset_election_timer();
         }
         self.send(from, MessageBody::RequestVoteResponse { granted });
-    }
-
-    fn may_vote_now(&self) -> bool {
-        self.now_ticks >= self.votes_refused_until_tick
     }
 
     pub(crate) fn handle_vote_response(&mut self, from: NodeId, granted: bool) {

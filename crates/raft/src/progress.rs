@@ -37,6 +37,8 @@ pub(crate) struct Progress {
     pub(crate) commit_sent: LogIndex,
     /// `match_index` when the previous heartbeat answer arrived, to spot a stalled pipeline.
     pub(crate) match_at_last_heartbeat: LogIndex,
+    /// Heartbeat answers in a row that brought no progress while entries were outstanding.
+    pub(crate) stalled_heartbeats: u8,
 }
 
 impl Progress {
@@ -51,6 +53,7 @@ impl Progress {
             acked_round: 0,
             commit_sent: 0,
             match_at_last_heartbeat: 0,
+            stalled_heartbeats: 0,
         }
     }
 

@@ -47,9 +47,12 @@ pub struct Raft {
     pub(crate) heartbeat_elapsed_ticks: u32,
     /// Randomized in `[min, max)` on every reset.
     pub(crate) election_timeout_ticks: u32,
-    /// Until this tick a restarted node grants no votes: it may have promised a leader not to
-    /// vote (the CheckQuorum lease) before it crashed, and that promise was not persisted.
-    pub(crate) votes_refused_until_tick: u64,
+    /// When this node last heard from a leader of its term. Within an election timeout of it, the
+    /// node has promised that leader not to help elect another (the CheckQuorum lease) and grants
+    /// no pre-votes. Kept apart from `leader`, which term changes clear, because the promise must
+    /// outlive them. A restarted node counts as having heard from a leader at tick 0: it may have
+    /// made the promise before it crashed, and promises are not persisted.
+    pub(crate) last_leader_contact_tick: Option<u64>,
     /// Votes received in the current (pre-)election.
     pub(crate) votes: BTreeMap<NodeId, bool>,
     /// Leader only: one entry per other member.
@@ -58,14 +61,22 @@ pub struct Raft {
     pub(crate) term_start_index: LogIndex,
     pub(crate) reads: ReadQueue,
     pub(crate) transfer: Option<Transfer>,
-    /// Tick at which the last leadership transfer started; leases are not trusted for a while
-    /// after it, since the target may campaign through followers' leases.
-    pub(crate) last_transfer_tick: Option<u64>,
+    /// A TimeoutNow went out in this term. Its target may campaign through followers' leases at
+    /// any later time (the message may be delayed), so the leader trusts no lease for the rest of
+    /// the term.
+    pub(crate) timeout_now_sent_this_term: bool,
+    /// Highest term whose hard state is durable. A leader's appends may leave before its own
+    /// entries are durable, but never before its term is: otherwise a restarted node could lead
+    /// the same term again with different entries (found by review: a sole voter elects itself
+    /// inside one tick).
+    pub(crate) durable_term: Term,
     /// Latest snapshot (taken locally or installed from the leader), sent to lagging followers.
     pub(crate) snapshot: Option<Snapshot>,
     pub(crate) incoming_snapshot: Option<IncomingSnapshot>,
     pub(crate) snapshot_to_install: Option<Snapshot>,
-    pub(crate) snapshot_requested: bool,
+    /// Applied index when a snapshot was last asked for; asked again one threshold later if the
+    /// caller never answered (or failed to).
+    pub(crate) snapshot_requested_at: Option<LogIndex>,
     pub(crate) outbox: Vec<Message>,
     pub(crate) outbox_after_persist: Vec<Message>,
     /// Leader: new entries wait to be sent in one batch when the next `Ready` is built.
@@ -128,17 +139,18 @@ impl Raft {
             election_elapsed_ticks: 0,
             heartbeat_elapsed_ticks: 0,
             election_timeout_ticks: 0,
-            votes_refused_until_tick: 0,
+            last_leader_contact_tick: None,
             votes: BTreeMap::new(),
             progress: BTreeMap::new(),
             term_start_index: 0,
             reads: ReadQueue::default(),
             transfer: None,
-            last_transfer_tick: None,
+            timeout_now_sent_this_term: false,
+            durable_term: persisted_hard_state.term,
             snapshot,
             incoming_snapshot: None,
             snapshot_to_install: None,
-            snapshot_requested: false,
+            snapshot_requested_at: None,
             outbox: Vec::new(),
             outbox_after_persist: Vec::new(),
             append_due: false,
@@ -150,7 +162,7 @@ impl Raft {
         raft.track_membership_entries(raft.log.first_index());
         // (The persist-vote break forgets votes, so it also forgets this promise.)
         if raft.term > 0 && raft.config.check_quorum && !raft.is_broken(Break::PersistVote) {
-            raft.votes_refused_until_tick = raft.config.election_timeout_min_ticks as u64;
+            raft.last_leader_contact_tick = Some(0);
         }
         raft.reset_election_timer();
         Ok(raft)
@@ -174,9 +186,17 @@ impl Raft {
     /// Whether a leader we heard from recently still holds our promise not to elect another
     /// (CheckQuorum, dissertation §4.2.3 and §9.6).
     pub(crate) fn in_leader_lease(&self) -> bool {
-        self.config.check_quorum
-            && self.leader.is_some()
-            && self.election_elapsed_ticks < self.config.election_timeout_min_ticks
+        self.config.check_quorum && self.heard_from_leader_recently()
+    }
+
+    /// Whether a leader was alive within the minimum election timeout (we are it, or we heard
+    /// from it). PreVote refuses candidates then (dissertation §9.6), with or without CheckQuorum.
+    pub(crate) fn heard_from_leader_recently(&self) -> bool {
+        let window = self.config.election_timeout_min_ticks as u64;
+        self.role == Role::Leader
+            || self
+                .last_leader_contact_tick
+                .is_some_and(|tick| self.now_ticks < tick + window)
     }
 
     /// Whether the leader committed an entry of its own term, so its commit index is current.
@@ -220,6 +240,7 @@ impl Raft {
             body,
         };
         let immediate = self.role == Role::Leader
+            && self.durable_term == self.term
             && matches!(
                 message.body,
                 MessageBody::AppendEntries { .. }
@@ -264,14 +285,15 @@ impl Raft {
     }
 
     fn snapshot_due(&self) -> bool {
+        let threshold = self.config.snapshot_threshold_entries;
         let snapshot_index = self
             .snapshot
             .as_ref()
-            .map(|s| s.meta.last_included.index)
-            .unwrap_or(0);
-        !self.snapshot_requested
-            && self.log.applied_index.saturating_sub(snapshot_index)
-                >= self.config.snapshot_threshold_entries
+            .map_or(0, |s| s.meta.last_included.index);
+        let asked_long_ago = self
+            .snapshot_requested_at
+            .is_none_or(|asked| self.log.applied_index.saturating_sub(asked) >= threshold);
+        asked_long_ago && self.log.applied_index.saturating_sub(snapshot_index) >= threshold
     }
 
     /// Rejects proposals this node cannot take, naming why.
@@ -321,7 +343,10 @@ impl Raft {
         match message.body {
             MessageBody::PreVote { last_log } => self.handle_pre_vote(from, message.term, last_log),
             MessageBody::PreVoteResponse { granted } => {
-                if self.role == Role::PreCandidate && message.term == self.term + 1 {
+                // A grant carries the term we would campaign in; a refusal the voter's own term,
+                // which is ours (a higher one made us a follower in `observe_term`).
+                let for_this_round = if granted { self.term + 1 } else { self.term };
+                if self.role == Role::PreCandidate && message.term == for_this_round {
                     self.handle_vote_response(from, granted);
                 }
             }
@@ -532,7 +557,9 @@ impl Replica for Raft {
             dropped_reads: self.reads.take_dropped(),
             snapshot_wanted: self.snapshot_due(),
         };
-        self.snapshot_requested |= ready.snapshot_wanted;
+        if ready.snapshot_wanted {
+            self.snapshot_requested_at = Some(self.log.applied_index);
+        }
         self.last_hard_state = hard_state;
         self.ready_in_flight = true;
         ready
@@ -542,6 +569,7 @@ impl Replica for Raft {
         assert!(self.ready_in_flight, "advance() without a ready in flight");
         self.ready_in_flight = false;
         self.log.persisted();
+        self.durable_term = self.last_hard_state.term;
         if self.role == Role::Leader {
             self.maybe_commit();
         }

@@ -108,14 +108,11 @@ impl Raft {
     fn lease_valid(&self) -> bool {
         let lease_ticks =
             (self.config.election_timeout_min_ticks - self.config.lease_clock_drift_ticks) as u64;
-        // A transfer target campaigns through followers' leases, so ours is void for a while.
-        let transfer_quiet_ticks = 2 * self.config.election_timeout_max_ticks as u64;
-        let recent_transfer = self
-            .last_transfer_tick
-            .is_some_and(|tick| self.now_ticks < tick + transfer_quiet_ticks);
+        // A transfer target campaigns through followers' leases, so after a TimeoutNow no lease
+        // holds for the rest of the term, however late that message arrives.
         self.config.check_quorum
             && self.transfer.is_none()
-            && !recent_transfer
+            && !self.timeout_now_sent_this_term
             && self.current_term_committed()
             && self
                 .reads

@@ -8,6 +8,9 @@ use crate::progress::ReplicationState;
 use crate::raft::Raft;
 use ballot_core::{Entry, LogIndex, LogPosition, NodeId, Role};
 
+/// Heartbeat answers without progress before a replicating follower is probed again.
+const STALLED_HEARTBEATS_MAX: u8 = 2;
+
 impl Raft {
     pub(crate) fn broadcast_append(&mut self) {
         let followers: Vec<NodeId> = self.progress.keys().copied().collect();
@@ -180,6 +183,7 @@ impl Raft {
             self.become_follower(term, Some(from));
         }
         self.leader = Some(from);
+        self.last_leader_contact_tick = Some(self.now_ticks);
         self.election_elapsed_ticks = 0;
     }
 
@@ -241,7 +245,14 @@ impl Raft {
                 progress.become_probe();
             }
         }
-        self.send_append(from);
+        // A follower receiving a snapshot is driven by the snapshot's own acknowledgements.
+        let sending_snapshot = self
+            .progress
+            .get(&from)
+            .is_some_and(|p| matches!(p.state, ReplicationState::Snapshot { .. }));
+        if !sending_snapshot {
+            self.send_append(from);
+        }
     }
 
     /// Advances the commit index to the highest index a quorum of voters holds, if that entry is
@@ -297,13 +308,20 @@ impl Raft {
         // A lost probe or snapshot chunk is re-sent once per heartbeat round trip. A follower in
         // replicate state that answers heartbeats but acknowledged nothing since the last one has
         // probably lost an append: an append it cannot accept makes it reply with a conflict,
-        // which restarts probing from its real match point.
-        let stalled = progress.match_index == progress.match_at_last_heartbeat;
-        progress.match_at_last_heartbeat = progress.match_index;
+        // which restarts probing from its real match point. Two quiet rounds in a row are needed,
+        // so a round trip merely longer than the heartbeat interval does not restart probing.
         let behind = progress.match_index < self.log.last_index();
+        if progress.match_index == progress.match_at_last_heartbeat && behind {
+            progress.stalled_heartbeats = progress.stalled_heartbeats.saturating_add(1);
+        } else {
+            progress.stalled_heartbeats = 0;
+        }
+        progress.match_at_last_heartbeat = progress.match_index;
+        let stalled = progress.stalled_heartbeats >= STALLED_HEARTBEATS_MAX;
         let mut force = false;
         match progress.state {
-            ReplicationState::Replicate if stalled && behind => {
+            ReplicationState::Replicate if stalled => {
+                progress.stalled_heartbeats = 0;
                 progress.inflight.pop_front();
                 force = true;
             }

@@ -120,7 +120,7 @@ impl Raft {
         self.memberships.reset(snapshot.meta.membership.clone());
         self.snapshot = Some(snapshot.clone());
         self.snapshot_to_install = Some(snapshot);
-        self.snapshot_requested = false;
+        self.snapshot_requested_at = None;
     }
 
     pub(crate) fn handle_install_snapshot_response(
@@ -179,7 +179,7 @@ impl Raft {
             .map(|s| s.meta.last_included.index)
             .unwrap_or(0);
         if index <= current {
-            self.snapshot_requested = false;
+            self.snapshot_requested_at = None;
             return Ok(()); // an older snapshot than the one we have: nothing to do
         }
         let Some(term) = self.log.term_at(index) else {
@@ -189,7 +189,7 @@ impl Raft {
         snapshot.meta.last_included.term = term;
         snapshot.meta.membership = self.memberships.at(index).clone();
         self.snapshot = Some(snapshot);
-        self.snapshot_requested = false;
+        self.snapshot_requested_at = None;
         let compact_to = index.saturating_sub(self.config.snapshot_trailing_entries);
         if compact_to > self.log.compacted().index {
             self.log.compact_to(compact_to);

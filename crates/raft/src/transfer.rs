@@ -34,7 +34,6 @@ impl Raft {
             started_tick: self.now_ticks,
             timeout_now_sent: false,
         });
-        self.last_transfer_tick = Some(self.now_ticks);
         self.send_timeout_now_if_caught_up(target);
         if self.transfer.is_some_and(|t| !t.timeout_now_sent) {
             self.send_append(target);
@@ -56,6 +55,7 @@ impl Raft {
             .is_some_and(|p| p.match_index == self.log.last_index());
         if caught_up {
             self.send(from, MessageBody::TimeoutNow);
+            self.timeout_now_sent_this_term = true;
             self.transfer = Some(Transfer {
                 timeout_now_sent: true,
                 ..transfer

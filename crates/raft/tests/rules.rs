@@ -736,3 +736,127 @@ fn bad_input_is_refused_with_a_named_error() {
         .unwrap_err()
         .contains("heartbeat"));
 }
+
+// The three tests below come from a review of this crate; each failed before its fix.
+
+#[test]
+fn s10_2_1_a_leader_sends_nothing_before_its_term_is_durable() {
+    // A sole voter elects itself inside one tick. If its appends left before its new term was on
+    // disk and it crashed, it could lead the same term again with other entries at the same
+    // indexes, and a learner would apply both histories.
+    let membership = Membership {
+        voters: [1].into(),
+        learners: [2].into(),
+    };
+    let mut n1 = Raft::new(Config::new(1, membership), PersistedState::default()).unwrap();
+    while n1.status().role != Role::Leader {
+        n1.tick();
+    }
+    n1.propose(Bytes::from_static(b"X")).unwrap();
+    let ready = n1.ready();
+    assert_eq!(
+        ready.hard_state.map(|h| h.term),
+        Some(1),
+        "the new term is in this batch"
+    );
+    assert!(
+        ready
+            .messages
+            .iter()
+            .all(|m| !matches!(m.body, MessageBody::AppendEntries { .. })),
+        "appends must wait until the term is durable"
+    );
+    assert!(ready
+        .messages_after_persist
+        .iter()
+        .any(|m| matches!(m.body, MessageBody::AppendEntries { .. })));
+    // (Once the term is durable, appends leave before the leader's own fsync again: see
+    // s10_2_proposals_between_readies_are_batched_and_pipelined.)
+}
+
+#[test]
+fn s6_4_a_delayed_timeout_now_voids_the_lease_for_the_term() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    cluster.settle();
+    cluster.node_mut(1).transfer_leadership(2).unwrap();
+    cluster.handle_ready(1);
+    let held = cluster
+        .queue
+        .iter()
+        .position(|m| matches!(m.body, MessageBody::TimeoutNow))
+        .unwrap();
+    let timeout_now = cluster.queue.remove(held).unwrap();
+    cluster.settle();
+    cluster.tick_all(70); // the transfer is abandoned; heartbeats keep confirming rounds
+    assert_eq!(cluster.leader(), Some(1));
+    cluster.isolate(1);
+    cluster.node_mut(2).step(timeout_now); // arrives late: n2 campaigns through n3's lease
+    cluster.settle();
+    assert_eq!(cluster.node(2).status().role, Role::Leader);
+    let written = cluster.propose(2, b"W");
+    cluster.settle();
+    assert!(cluster.node(2).status().commit_index >= written.index);
+    cluster.node_mut(1).read(77, ReadMode::Lease).unwrap();
+    cluster.settle();
+    let stale = cluster
+        .reads
+        .get(&1)
+        .into_iter()
+        .flatten()
+        .any(|r| r.request_id == 77 && r.index < written.index);
+    assert!(
+        !stale,
+        "the old leader served a lease read that misses a committed write"
+    );
+}
+
+#[test]
+fn s9_6_the_lease_promise_outlives_a_term_change() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    cluster.tick_all(4); // n2 acknowledged a heartbeat round: it promised n1 not to elect another
+    let term = cluster.node(2).status().term;
+    let last_log = cluster.node(2).status().last_log;
+    // A late refusal of a pre-vote n2 once sent raises its term and clears its leader...
+    cluster.node_mut(2).step(msg(
+        3,
+        2,
+        term + 1,
+        MessageBody::PreVoteResponse { granted: false },
+    ));
+    assert_eq!(cluster.node(2).status().leader, None);
+    // ...but the promise is about time, not terms: it still grants no vote.
+    cluster.node_mut(2).step(msg(
+        3,
+        2,
+        term + 2,
+        MessageBody::RequestVote {
+            last_log,
+            leadership_transfer: false,
+        },
+    ));
+    let ready = cluster.node_mut(2).ready();
+    let granted = ready
+        .messages_after_persist
+        .iter()
+        .any(|m| matches!(m.body, MessageBody::RequestVoteResponse { granted: true }));
+    assert!(!granted, "vote granted inside the lease");
+}
+
+#[test]
+fn s9_6_prevote_refuses_while_a_leader_is_alive_even_without_check_quorum() {
+    let mut cluster = Cluster::with_config(3, |c| c.check_quorum = false);
+    cluster.elect(1);
+    cluster.tick_all(2);
+    let term = cluster.node(2).status().term;
+    let last_log = cluster.node(1).status().last_log;
+    cluster
+        .node_mut(2)
+        .step(msg(3, 2, term + 1, MessageBody::PreVote { last_log }));
+    let ready = cluster.node_mut(2).ready();
+    assert!(ready
+        .messages_after_persist
+        .iter()
+        .all(|m| matches!(m.body, MessageBody::PreVoteResponse { granted: false })));
+}
