@@ -1,0 +1,313 @@
+//! Raft messages between nodes over TCP: one outgoing connection per peer, frames batched into
+//! one write per wake-up, a bounded queue per peer, reconnection with exponential back-off.
+//!
+//! Raft tolerates lost messages, so the transport never blocks the node: when a peer's queue is
+//! full (the peer is down or slow) new messages to it are dropped and counted. Incoming frames
+//! go to one channel; when the node falls behind, reading pauses and TCP pushes back on senders.
+//!
+//! Wire format. A connection starts with a hello, then carries frames:
+//!
+//! ```text
+//! hello  magic "BALLOTP1" | token_len u16 | cluster token | sender node id u64
+//! frame  len u32 | Raft message (ballot_raft::codec)
+//! ```
+//!
+//! A hello with another cluster token (a node of another cluster dialling the wrong port) is
+//! refused, so clusters cannot mix.
+
+use ballot_core::NodeId;
+use ballot_raft::{codec, Message};
+use bytes::{BufMut, Bytes, BytesMut};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+const HELLO_MAGIC: &[u8; 8] = b"BALLOTP1";
+
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    pub node_id: NodeId,
+    /// Must be equal on every node of a cluster (etcd's `--initial-cluster-token`).
+    pub cluster_token: String,
+    /// Messages queued per peer before new ones are dropped.
+    pub queue_messages_max: usize,
+    /// Largest frame accepted from a peer.
+    pub frame_bytes_max: usize,
+    /// Bytes gathered into one socket write.
+    pub write_batch_bytes_max: usize,
+    pub reconnect_backoff_min: Duration,
+    pub reconnect_backoff_max: Duration,
+}
+
+impl TransportConfig {
+    pub fn new(node_id: NodeId, cluster_token: impl Into<String>) -> Self {
+        Self {
+            node_id,
+            cluster_token: cluster_token.into(),
+            queue_messages_max: 4096,
+            frame_bytes_max: 64 << 20,
+            write_batch_bytes_max: 1 << 20,
+            reconnect_backoff_min: Duration::from_millis(20),
+            reconnect_backoff_max: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct TransportStats {
+    pub messages_sent: AtomicU64,
+    pub messages_dropped: AtomicU64,
+    pub messages_received: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub socket_writes: AtomicU64,
+    pub connects: AtomicU64,
+    pub hellos_refused: AtomicU64,
+}
+
+struct Peer {
+    queue: mpsc::Sender<Bytes>,
+    writer: JoinHandle<()>,
+}
+
+/// The running transport. Dropping it stops its tasks.
+pub struct Transport {
+    config: Arc<TransportConfig>,
+    peers: Mutex<HashMap<NodeId, Peer>>,
+    listener: JoinHandle<()>,
+    pub stats: Arc<TransportStats>,
+}
+
+impl Transport {
+    /// Listens on `listen` and delivers every valid incoming message to `inbound`. Returns the
+    /// bound address (useful with port 0).
+    pub async fn start(
+        config: TransportConfig,
+        listen: SocketAddr,
+        inbound: mpsc::Sender<Message>,
+    ) -> std::io::Result<(Arc<Transport>, SocketAddr)> {
+        let listener = TcpListener::bind(listen).await?;
+        let local = listener.local_addr()?;
+        let config = Arc::new(config);
+        let stats = Arc::new(TransportStats::default());
+        let accept = tokio::spawn(accept_loop(
+            listener,
+            config.clone(),
+            stats.clone(),
+            inbound,
+        ));
+        let transport = Transport {
+            config,
+            peers: Mutex::new(HashMap::new()),
+            listener: accept,
+            stats,
+        };
+        Ok((Arc::new(transport), local))
+    }
+
+    /// Adds or re-addresses a peer.
+    pub fn set_peer(&self, id: NodeId, address: SocketAddr) {
+        let (queue, receiver) = mpsc::channel(self.config.queue_messages_max);
+        let writer = tokio::spawn(write_loop(
+            id,
+            address,
+            self.config.clone(),
+            self.stats.clone(),
+            receiver,
+        ));
+        if let Some(old) = self
+            .peers
+            .lock()
+            .expect("peer map lock")
+            .insert(id, Peer { queue, writer })
+        {
+            old.writer.abort();
+        }
+    }
+
+    pub fn remove_peer(&self, id: NodeId) {
+        if let Some(old) = self.peers.lock().expect("peer map lock").remove(&id) {
+            old.writer.abort();
+        }
+    }
+
+    /// Queues `message` for its addressee; never waits. Unknown peers and full queues drop it.
+    pub fn send(&self, message: &Message) {
+        let mut frame = BytesMut::with_capacity(64);
+        frame.put_u32_le(0);
+        codec::encode(message, &mut frame);
+        let len = (frame.len() - 4) as u32;
+        frame[..4].copy_from_slice(&len.to_le_bytes());
+        let peers = self.peers.lock().expect("peer map lock");
+        let queued = peers
+            .get(&message.to)
+            .is_some_and(|peer| peer.queue.try_send(frame.freeze()).is_ok());
+        let counter = if queued {
+            &self.stats.messages_sent
+        } else {
+            &self.stats.messages_dropped
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Transport {
+    fn drop(&mut self) {
+        self.listener.abort();
+        for (_, peer) in self.peers.lock().expect("peer map lock").drain() {
+            peer.writer.abort();
+        }
+    }
+}
+
+fn hello(config: &TransportConfig) -> Bytes {
+    let mut hello = BytesMut::new();
+    hello.put_slice(HELLO_MAGIC);
+    hello.put_u16_le(config.cluster_token.len() as u16);
+    hello.put_slice(config.cluster_token.as_bytes());
+    hello.put_u64_le(config.node_id);
+    hello.freeze()
+}
+
+async fn write_loop(
+    peer: NodeId,
+    address: SocketAddr,
+    config: Arc<TransportConfig>,
+    stats: Arc<TransportStats>,
+    mut queue: mpsc::Receiver<Bytes>,
+) {
+    let hello = hello(&config);
+    let mut backoff = config.reconnect_backoff_min;
+    let mut pending: Option<Bytes> = None;
+    loop {
+        let mut stream = match TcpStream::connect(address).await {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::debug!(peer, %address, %error, "peer connect failed; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(config.reconnect_backoff_max);
+                continue;
+            }
+        };
+        stats.connects.fetch_add(1, Ordering::Relaxed);
+        let _ = stream.set_nodelay(true);
+        backoff = config.reconnect_backoff_min;
+        if stream.write_all(&hello).await.is_err() {
+            continue;
+        }
+        let mut batch = BytesMut::with_capacity(64 * 1024);
+        loop {
+            let first = match pending.take() {
+                Some(frame) => frame,
+                None => match queue.recv().await {
+                    Some(frame) => frame,
+                    None => return, // transport dropped
+                },
+            };
+            batch.clear();
+            batch.put_slice(&first);
+            while batch.len() < config.write_batch_bytes_max {
+                match queue.try_recv() {
+                    Ok(frame) => batch.put_slice(&frame),
+                    Err(_) => break,
+                }
+            }
+            if stream.write_all(&batch).await.is_err() {
+                break; // reconnect; the batch is lost, as Raft allows
+            }
+            stats.socket_writes.fetch_add(1, Ordering::Relaxed);
+            stats
+                .bytes_sent
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    config: Arc<TransportConfig>,
+    stats: Arc<TransportStats>,
+    inbound: mpsc::Sender<Message>,
+) {
+    loop {
+        let Ok((stream, remote)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let config = config.clone();
+        let stats = stats.clone();
+        let inbound = inbound.clone();
+        tokio::spawn(async move {
+            if let Err(reason) = read_loop(stream, &config, &stats, &inbound).await {
+                tracing::debug!(%remote, %reason, "peer connection closed");
+            }
+        });
+    }
+}
+
+async fn read_loop(
+    stream: TcpStream,
+    config: &TransportConfig,
+    stats: &TransportStats,
+    inbound: &mpsc::Sender<Message>,
+) -> Result<(), String> {
+    let mut reader = BufReader::with_capacity(256 * 1024, stream);
+    let mut magic = [0u8; 8];
+    reader
+        .read_exact(&mut magic)
+        .await
+        .map_err(|e| e.to_string())?;
+    if &magic != HELLO_MAGIC {
+        stats.hellos_refused.fetch_add(1, Ordering::Relaxed);
+        return Err("not a ballot peer (bad magic)".into());
+    }
+    let token_len = reader.read_u16_le().await.map_err(|e| e.to_string())? as usize;
+    let mut token = vec![0u8; token_len];
+    reader
+        .read_exact(&mut token)
+        .await
+        .map_err(|e| e.to_string())?;
+    let sender = reader.read_u64_le().await.map_err(|e| e.to_string())?;
+    if token != config.cluster_token.as_bytes() {
+        stats.hellos_refused.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(sender, "refused a peer with another cluster token");
+        return Err(format!(
+            "n{sender} belongs to another cluster (token mismatch)"
+        ));
+    }
+    let mut payload = Vec::new();
+    loop {
+        let len = match reader.read_u32_le().await {
+            Ok(len) => len as usize,
+            Err(_) => return Ok(()), // closed
+        };
+        if len > config.frame_bytes_max {
+            return Err(format!(
+                "frame of {len} bytes from n{sender} exceeds {}",
+                config.frame_bytes_max
+            ));
+        }
+        payload.resize(len, 0);
+        reader
+            .read_exact(&mut payload)
+            .await
+            .map_err(|e| e.to_string())?;
+        let message = codec::decode(&payload).map_err(|e| format!("from n{sender}: {e}"))?;
+        if message.from != sender || message.to != config.node_id {
+            return Err(format!(
+                "n{sender} sent a message {} -> {} on its connection",
+                message.from, message.to
+            ));
+        }
+        stats.messages_received.fetch_add(1, Ordering::Relaxed);
+        if inbound.send(message).await.is_err() {
+            return Ok(()); // node stopped
+        }
+    }
+}
