@@ -3,4 +3,5 @@
 //!
 //! - [`transport`]: Raft messages between peers over TCP, one connection per peer, batched.
 
+pub mod config;
 pub mod transport;

@@ -1,0 +1,303 @@
+//! Node configuration with etcd's names and meanings, so scripts written for etcd start ballot by
+//! changing the binary name. Parsing of flags, `BALLOT_*` variables and the TOML file happens in
+//! the binary; this module owns the values, their validation and what is derived from them.
+
+use ballot_core::NodeId;
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+/// Milliseconds per Raft tick.
+pub const TICK_MILLIS: u64 = ballot_raft::TICK_MILLIS_DEFAULT;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterState {
+    /// Bootstrap a new cluster from `initial_cluster`.
+    New,
+    /// Join a cluster that already runs (after `member add`).
+    Existing,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub listen_client_urls: Vec<String>,
+    pub advertise_client_urls: Vec<String>,
+    pub listen_peer_urls: Vec<String>,
+    pub initial_advertise_peer_urls: Vec<String>,
+    /// `name=peer-url` pairs, as etcd's `--initial-cluster`.
+    pub initial_cluster: Vec<(String, String)>,
+    pub initial_cluster_state: ClusterState,
+    pub initial_cluster_token: String,
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_ms: u64,
+    /// Applied entries between two snapshots.
+    pub snapshot_count: u64,
+    pub max_request_bytes: usize,
+    pub max_txn_ops: usize,
+    /// Where `/metrics` and `/health` are served (empty: on the first client URL's port + 1).
+    pub listen_metrics_urls: Vec<String>,
+}
+
+impl Default for ServerConfig {
+    /// etcd's defaults.
+    fn default() -> Self {
+        Self {
+            name: "default".into(),
+            data_dir: PathBuf::from("default.ballot"),
+            listen_client_urls: vec!["http://localhost:2379".into()],
+            advertise_client_urls: vec!["http://localhost:2379".into()],
+            listen_peer_urls: vec!["http://localhost:2380".into()],
+            initial_advertise_peer_urls: vec!["http://localhost:2380".into()],
+            initial_cluster: vec![("default".into(), "http://localhost:2380".into())],
+            initial_cluster_state: ClusterState::New,
+            initial_cluster_token: "ballot-cluster".into(),
+            heartbeat_interval_ms: 100,
+            election_timeout_ms: 1000,
+            snapshot_count: 100_000,
+            max_request_bytes: 1536 * 1024,
+            max_txn_ops: 128,
+            listen_metrics_urls: Vec::new(),
+        }
+    }
+}
+
+/// A configuration that cannot run, with the flag at fault and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("--{flag}: {reason}")]
+pub struct ConfigError {
+    pub flag: &'static str,
+    pub reason: String,
+}
+
+fn config_error(flag: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        flag,
+        reason: reason.into(),
+    }
+}
+
+impl ServerConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.name.is_empty() {
+            return Err(config_error("name", "must not be empty"));
+        }
+        for (flag, urls) in [
+            ("listen-client-urls", &self.listen_client_urls),
+            ("advertise-client-urls", &self.advertise_client_urls),
+            ("listen-peer-urls", &self.listen_peer_urls),
+            (
+                "initial-advertise-peer-urls",
+                &self.initial_advertise_peer_urls,
+            ),
+        ] {
+            if urls.is_empty() {
+                return Err(config_error(flag, "needs at least one URL"));
+            }
+            for url in urls {
+                parse_url(url).map_err(|reason| config_error(flag, reason))?;
+            }
+        }
+        for url in &self.listen_metrics_urls {
+            parse_url(url).map_err(|reason| config_error("listen-metrics-urls", reason))?;
+        }
+        if self.heartbeat_interval_ms < TICK_MILLIS {
+            return Err(config_error(
+                "heartbeat-interval",
+                format!(
+                    "{} ms is below the {TICK_MILLIS} ms tick",
+                    self.heartbeat_interval_ms
+                ),
+            ));
+        }
+        if self.election_timeout_ms < 5 * self.heartbeat_interval_ms {
+            return Err(config_error(
+                "election-timeout",
+                format!(
+                    "{} ms must be at least 5 times --heartbeat-interval ({} ms)",
+                    self.election_timeout_ms, self.heartbeat_interval_ms
+                ),
+            ));
+        }
+        if self.snapshot_count == 0 {
+            return Err(config_error("snapshot-count", "must be at least 1"));
+        }
+        if self.max_txn_ops == 0 {
+            return Err(config_error("max-txn-ops", "must be at least 1"));
+        }
+        if self.max_request_bytes < 1024 {
+            return Err(config_error("max-request-bytes", "must be at least 1024"));
+        }
+        self.validate_initial_cluster()
+    }
+
+    fn validate_initial_cluster(&self) -> Result<(), ConfigError> {
+        let flag = "initial-cluster";
+        if self.initial_cluster.is_empty() {
+            return Err(config_error(flag, "names no member"));
+        }
+        let mut names: Vec<&str> = self
+            .initial_cluster
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .collect();
+        names.sort_unstable();
+        if let Some(pair) = names.windows(2).find(|pair| pair[0] == pair[1]) {
+            return Err(config_error(
+                flag,
+                format!("member '{}' appears twice", pair[0]),
+            ));
+        }
+        for (_, url) in &self.initial_cluster {
+            parse_url(url).map_err(|reason| config_error(flag, reason))?;
+        }
+        let Some((_, own_url)) = self
+            .initial_cluster
+            .iter()
+            .find(|(name, _)| name == &self.name)
+        else {
+            return Err(config_error(
+                flag,
+                format!("does not name this member '{}'", self.name),
+            ));
+        };
+        if !self.initial_advertise_peer_urls.contains(own_url) {
+            return Err(config_error(
+                flag,
+                format!(
+                    "gives '{}' the peer URL {own_url}, but --initial-advertise-peer-urls says {}",
+                    self.name,
+                    self.initial_advertise_peer_urls.join(",")
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Ticks between heartbeats and the election timeout range `[min, 2 * min)`.
+    pub fn raft_ticks(&self) -> (u32, u32, u32) {
+        let heartbeat = (self.heartbeat_interval_ms / TICK_MILLIS).max(1) as u32;
+        let election_min =
+            (self.election_timeout_ms / TICK_MILLIS).max(heartbeat as u64 + 1) as u32;
+        (heartbeat, election_min, 2 * election_min)
+    }
+
+    /// This node's id, derived like every other member's from the cluster token and its name.
+    pub fn node_id(&self) -> NodeId {
+        member_id(&self.initial_cluster_token, &self.name)
+    }
+}
+
+/// A member's id: a hash of the cluster token and the member name, so every node derives the
+/// same ids from the same `--initial-cluster`, and two clusters with different tokens differ.
+pub fn member_id(cluster_token: &str, name: &str) -> NodeId {
+    // FNV-1a, 64 bit: stable across versions and platforms, unlike std's hasher.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in cluster_token.bytes().chain([b'/']).chain(name.bytes()) {
+        hash ^= byte as u64;
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash.max(1)
+}
+
+/// `http://host:port` to a socket address. `https` is refused: TLS is not supported yet.
+pub fn parse_url(url: &str) -> Result<SocketAddr, String> {
+    let rest = if let Some(rest) = url.strip_prefix("http://") {
+        rest
+    } else if url.starts_with("https://") {
+        return Err(format!(
+            "{url}: TLS (https) is not supported yet; use http://"
+        ));
+    } else {
+        return Err(format!("{url}: expected http://host:port"));
+    };
+    let host_port = rest.trim_end_matches('/');
+    host_port
+        .to_socket_addrs()
+        .map_err(|error| format!("{url}: {error}"))?
+        .next()
+        .ok_or_else(|| format!("{url}: the host resolves to no address"))
+}
+
+/// `name1=http://a:2380,name2=http://b:2380` into pairs.
+pub fn parse_initial_cluster(text: &str) -> Result<Vec<(String, String)>, ConfigError> {
+    text.split(',')
+        .filter(|part| !part.trim().is_empty())
+        .map(|part| {
+            let (name, url) = part.trim().split_once('=').ok_or_else(|| {
+                config_error("initial-cluster", format!("'{part}' is not name=url"))
+            })?;
+            Ok((name.to_string(), url.to_string()))
+        })
+        .collect()
+}
+
+impl fmt::Display for ClusterState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ClusterState::New => "new",
+            ClusterState::Existing => "existing",
+        })
+    }
+}
+
+impl std::str::FromStr for ClusterState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "new" => Ok(ClusterState::New),
+            "existing" => Ok(ClusterState::Existing),
+            other => Err(format!("'{other}' is neither 'new' nor 'existing'")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn three_nodes(name: &str) -> ServerConfig {
+        let port = |n: u16| format!("http://127.0.0.1:{}", 2380 + 10 * n);
+        ServerConfig {
+            name: name.into(),
+            initial_cluster: (1..=3).map(|n| (format!("n{n}"), port(n))).collect(),
+            initial_advertise_peer_urls: vec![port(name[1..].parse().unwrap())],
+            ..ServerConfig::default()
+        }
+    }
+
+    #[test]
+    fn etcd_defaults_are_valid_and_ids_are_stable() {
+        ServerConfig::default().validate().unwrap();
+        three_nodes("n2").validate().unwrap();
+        assert_eq!(member_id("t", "n1"), member_id("t", "n1"));
+        assert_ne!(member_id("t", "n1"), member_id("t", "n2"));
+        assert_ne!(member_id("a", "n1"), member_id("b", "n1"));
+        assert_eq!(ServerConfig::default().raft_ticks(), (10, 100, 200));
+    }
+
+    #[test]
+    fn bad_configurations_name_the_flag() {
+        let mut config = three_nodes("n1");
+        config.election_timeout_ms = 300;
+        assert_eq!(config.validate().unwrap_err().flag, "election-timeout");
+        let mut config = three_nodes("n4");
+        config.initial_advertise_peer_urls = vec!["http://127.0.0.1:2420".into()];
+        let error = config.validate().unwrap_err();
+        assert!(
+            error.to_string().contains("does not name this member 'n4'"),
+            "{error}"
+        );
+        let mut config = three_nodes("n1");
+        config.listen_client_urls = vec!["https://127.0.0.1:2379".into()];
+        assert!(config.validate().unwrap_err().to_string().contains("TLS"));
+        assert!(parse_initial_cluster("a=http://x:1,b").is_err());
+        assert_eq!(
+            parse_initial_cluster("a=http://x:1,b=http://y:2")
+                .unwrap()
+                .len(),
+            2
+        );
+    }
+}
