@@ -7,7 +7,7 @@
 
 use crate::{
     LogIndex, LogPosition, Membership, MembershipChange, NodeId, Ready, ReplicaError, Snapshot,
-    Term,
+    SnapshotMeta, Term,
 };
 use bytes::Bytes;
 use std::fmt;
@@ -112,8 +112,10 @@ pub trait Replica {
 
     /// The caller's state machine has been snapshotted at `snapshot.meta.last_included.index` (an
     /// index it has applied); the replica may drop log entries up to it. The replica fills in the
-    /// term and the membership at that index itself: only it knows them for certain.
-    fn snapshot_taken(&mut self, snapshot: Snapshot) -> Result<(), ReplicaError>;
+    /// term and the membership at that index itself: only it knows them for certain, and returns
+    /// the completed metadata, which is what the caller should store beside the data. A snapshot
+    /// no newer than the replica's own changes nothing and comes back as given.
+    fn snapshot_taken(&mut self, snapshot: Snapshot) -> Result<SnapshotMeta, ReplicaError>;
 
     fn status(&self) -> Status;
 

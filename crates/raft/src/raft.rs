@@ -14,7 +14,8 @@ use crate::read::ReadQueue;
 use crate::snapshot::IncomingSnapshot;
 use ballot_core::{
     Entry, EntryPayload, HardState, LogIndex, LogPosition, MembershipChange, NodeId,
-    PersistedState, ReadMode, Ready, Replica, ReplicaError, Role, Snapshot, Status, Term,
+    PersistedState, ReadMode, Ready, Replica, ReplicaError, Role, Snapshot, SnapshotMeta, Status,
+    Term,
 };
 use bytes::Bytes;
 use rand::{Rng, SeedableRng};
@@ -578,7 +579,7 @@ impl Replica for Raft {
         }
     }
 
-    fn snapshot_taken(&mut self, snapshot: Snapshot) -> Result<(), ReplicaError> {
+    fn snapshot_taken(&mut self, snapshot: Snapshot) -> Result<SnapshotMeta, ReplicaError> {
         self.compact_with(snapshot)
     }
 

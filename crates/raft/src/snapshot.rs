@@ -164,7 +164,10 @@ impl Raft {
 
     /// The caller snapshotted its state machine; drop the log behind it, keeping a few trailing
     /// entries so slightly lagging followers still catch up from the log.
-    pub(crate) fn compact_with(&mut self, mut snapshot: Snapshot) -> Result<(), ReplicaError> {
+    pub(crate) fn compact_with(
+        &mut self,
+        mut snapshot: Snapshot,
+    ) -> Result<SnapshotMeta, ReplicaError> {
         let index = snapshot.meta.last_included.index;
         let invalid = |reason: String| Err(ReplicaError::InvalidSnapshot { reason });
         if index > self.log.applied_index {
@@ -180,7 +183,7 @@ impl Raft {
             .unwrap_or(0);
         if index <= current {
             self.snapshot_requested_at = None;
-            return Ok(()); // an older snapshot than the one we have: nothing to do
+            return Ok(snapshot.meta); // not newer than the one we have: nothing to do
         }
         let Some(term) = self.log.term_at(index) else {
             return invalid(format!("index {index} is no longer in the log"));
@@ -188,6 +191,7 @@ impl Raft {
         // The protocol, not the caller, knows the exact term and membership at that point.
         snapshot.meta.last_included.term = term;
         snapshot.meta.membership = self.memberships.at(index).clone();
+        let meta = snapshot.meta.clone();
         self.snapshot = Some(snapshot);
         self.snapshot_requested_at = None;
         let compact_to = index.saturating_sub(self.config.snapshot_trailing_entries);
@@ -195,6 +199,6 @@ impl Raft {
             self.log.compact_to(compact_to);
             self.memberships.compact_to(compact_to);
         }
-        Ok(())
+        Ok(meta)
     }
 }

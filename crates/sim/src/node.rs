@@ -362,6 +362,7 @@ impl<R: Replica> Node<R> {
         self.disk.store_local_snapshot(snapshot.clone());
         let outcome = replica
             .snapshot_taken(snapshot)
+            .map(|_| ())
             .map_err(|error| error.to_string());
         if outcome.is_ok() {
             self.disk.compact_before(replica.status().first_log_index);

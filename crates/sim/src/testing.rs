@@ -410,8 +410,12 @@ impl Replica for Fake {
         }
     }
 
-    fn snapshot_taken(&mut self, snapshot: Snapshot) -> Result<(), ReplicaError> {
+    fn snapshot_taken(
+        &mut self,
+        snapshot: Snapshot,
+    ) -> Result<ballot_core::SnapshotMeta, ReplicaError> {
         let at = snapshot.meta.last_included;
+        let meta = snapshot.meta.clone();
         let keep: Vec<Entry> = self
             .log
             .iter()
@@ -422,7 +426,7 @@ impl Replica for Fake {
         self.log_start = at;
         self.snapshot = Some(snapshot);
         self.snapshot_asked = false;
-        Ok(())
+        Ok(meta)
     }
 
     fn status(&self) -> Status {
