@@ -1,7 +1,10 @@
 //! The ballot node: a thin tokio shell around synchronous, tested cores (the Raft replica, the
 //! WAL, the MVCC state machine). It owns sockets, threads and clocks; the cores own decisions.
 //!
+//! - [`node`]: the raft loop that owns the replica, the WAL and the state machine.
 //! - [`transport`]: Raft messages between peers over TCP, one connection per peer, batched.
+//! - [`config`]: etcd-compatible configuration.
 
 pub mod config;
+pub mod node;
 pub mod transport;

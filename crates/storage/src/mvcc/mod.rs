@@ -1,4 +1,31 @@
-//! The MVCC key-value state machine (being written). Its vocabulary, shared with watches and
-//! the server, is in [`types`].
+//! The MVCC key-value state machine: etcd v3 semantics (revisions, ranges, transactions,
+//! compaction, leases) on redb, with the applied log index in the same transaction as the data.
+//!
+//! It applies committed commands in log order ([`MvccStore::apply_batch`]) and answers reads
+//! ([`MvccStore::range`], [`History`](types::History) for watches, [`MvccStore::hash_kv`]). It
+//! never reads a clock or decides anything on its own: lease expiry and compaction arrive as
+//! commands from the leader (principle 5). The on-disk layout, invariants and crash cases are in
+//! `docs/design/storage.md` ("MVCC state machine", "Leases"); [`layout`] mirrors them.
+//!
+//! - [`types`]: the vocabulary shared with the watch hub and the server.
+//! - [`store`]: [`MvccStore`], durability and batching.
+//! - [`apply`], [`compaction`]: the write path. [`view`]: the read path.
+//! - [`codec`]: the command encoding for the Raft log. [`limits`]: sizes and stateless checks.
+//! - [`snapshot`]: whole-state snapshot and restore.
 
 pub mod types;
+
+mod apply;
+pub mod codec;
+mod compaction;
+pub mod error;
+mod invariants;
+pub mod layout;
+pub mod limits;
+mod snapshot;
+pub mod store;
+mod view;
+
+pub use codec::CommandCodec;
+pub use error::{ApplyError, CodecError, MvccError};
+pub use store::{Applied, MvccOptions, MvccStore, NON_DURABLE_COMMITS_MAX};

@@ -1,1 +1,820 @@
-//! (being written)
+//! The write-ahead log: the replicated log's entries, the hard state and snapshot markers of one
+//! replica, in segmented, checksummed, append-only files, with group commit.
+//!
+//! The format, the crash cases and the invariants are in `docs/design/storage.md`, "Write-ahead
+//! log"; [`format`] mirrors the byte layout, `replay` the invariants (checked before every write
+//! and again on every read), `segment` the files, [`GroupCommit`] many waiters per `fdatasync`.
+//!
+//! [`Wal`] is the single writer: [`Wal::append`] writes a batch (the `Ready` contract: entries,
+//! then hard state; an entry at a stored index replaces it and every later one) and returns its
+//! [`Sequence`]; [`Wal::sync`] makes everything appended durable with one `fdatasync`.
+//!
+//! Never does: skip a damaged record (a torn tail of the last segment is cut and reported, any
+//! other damage refuses to open), write anything for an append it rejects, retry a failed
+//! `fdatasync` (the WAL stops; reopen it), or take the data directory lock (the caller holds it).
+
+mod error;
+mod format;
+mod group_commit;
+mod replay;
+mod segment;
+
+pub use error::{Defect, Violation, WalError};
+pub use format::RecordKind;
+pub use group_commit::{GroupCommit, GroupCommitStats, BATCH_HISTOGRAM_BUCKETS};
+
+use crate::dir_lock::create_dir_durably;
+use ballot_core::{Entry, HardState, LogIndex, LogPosition, Term};
+use format::{Record, SnapshotMarker};
+use replay::{LogState, Replay};
+use segment::{io_error, ScanEnd, SegmentName};
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Default size a segment is preallocated to and rolled over at.
+pub const SEGMENT_SIZE_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+pub const SEGMENT_SIZE_BYTES_MIN: u64 = 1024;
+/// Default bound on one record, header included.
+pub const RECORD_BYTES_MAX_DEFAULT: usize = 4 * 1024 * 1024;
+/// `record_bytes_max` must leave room for every fixed-size record.
+pub const RECORD_BYTES_MAX_MIN: usize = 64;
+/// The length field is a u32; we stay well below it.
+pub const RECORD_BYTES_MAX_LIMIT: usize = 1 << 30;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalOptions {
+    /// A new segment is preallocated to this size; a record that does not fit in what is left
+    /// opens the next segment.
+    pub segment_size_bytes: u64,
+    /// Largest record (header included) that may be written, and that is accepted when reading.
+    /// Open a log with at least the bound it was written with.
+    pub record_bytes_max: usize,
+}
+
+impl Default for WalOptions {
+    fn default() -> Self {
+        Self {
+            segment_size_bytes: SEGMENT_SIZE_BYTES_DEFAULT,
+            record_bytes_max: RECORD_BYTES_MAX_DEFAULT,
+        }
+    }
+}
+
+impl WalOptions {
+    fn validate(&self) -> Result<(), WalError> {
+        if self.segment_size_bytes < SEGMENT_SIZE_BYTES_MIN {
+            return Err(WalError::InvalidOption {
+                name: "segment_size_bytes",
+                value: self.segment_size_bytes,
+                reason: "below the minimum of 1024 bytes",
+            });
+        }
+        if !(RECORD_BYTES_MAX_MIN..=RECORD_BYTES_MAX_LIMIT).contains(&self.record_bytes_max) {
+            return Err(WalError::InvalidOption {
+                name: "record_bytes_max",
+                value: self.record_bytes_max as u64,
+                reason: "must be between 64 bytes and 1 GiB",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Position of an append in the order of appends. An append is durable once a sync has returned
+/// a sequence at least as large as the one its append returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Sequence(pub u64);
+
+/// What [`Wal::open`] found on disk.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Recovered {
+    /// The latest hard state written (the default if none ever was).
+    pub hard_state: HardState,
+    /// Index of the first live entry: one past the latest snapshot marker, 1 without one.
+    pub first_index: LogIndex,
+    /// The live entries, `first_index` onwards, contiguous, after every replacement.
+    pub entries: Vec<Entry>,
+    /// The latest snapshot marker: the snapshot store must hold a snapshot at least this new.
+    pub snapshot: Option<LogPosition>,
+    /// The torn tail cut off the last segment, if there was one.
+    pub tail_repair: Option<TailRepair>,
+}
+
+impl Recovered {
+    pub fn last_index(&self) -> LogIndex {
+        self.first_index + self.entries.len() as u64 - 1
+    }
+}
+
+/// A torn tail cut off the last segment: everything from `offset` on was written after the last
+/// successful `fdatasync`, so nothing acknowledged was in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TailRepair {
+    pub file: PathBuf,
+    pub offset: u64,
+    /// Bytes from `offset` to the last non-zero byte of the file.
+    pub bytes_discarded: u64,
+    pub reason: Defect,
+}
+
+/// One record of a segment, as listed by [`dump_segment`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordInfo {
+    pub offset: u64,
+    pub bytes: u64,
+    pub kind: RecordKind,
+    /// The entry's index, for entry records.
+    pub index: Option<LogIndex>,
+}
+
+/// The segment being appended to.
+#[derive(Debug)]
+struct ActiveSegment {
+    name: SegmentName,
+    path: PathBuf,
+    /// Shared with a group-commit syncer, which runs `fdatasync` without holding the WAL.
+    file: Arc<File>,
+    write_offset: u64,
+}
+
+/// A record waiting to be written by [`Wal::write_records`].
+#[derive(Clone, Copy)]
+enum Outgoing<'a> {
+    Entry(&'a Entry),
+    HardState(HardState),
+    Marker(SnapshotMarker),
+}
+
+/// What a group-commit syncer needs to run one `fdatasync` without holding the WAL.
+#[derive(Debug)]
+pub(crate) struct SyncTicket {
+    pub file: Arc<File>,
+    pub path: PathBuf,
+    pub upto: Sequence,
+    pub entries_upto: u64,
+}
+
+/// The single writer of a WAL directory. See the module documentation.
+#[derive(Debug)]
+pub struct Wal {
+    dir: PathBuf,
+    options: WalOptions,
+    /// Every kept segment, oldest first; the last is `active`.
+    segments: Vec<SegmentName>,
+    active: ActiveSegment,
+    log: LogState,
+    appended: Sequence,
+    synced: Sequence,
+    /// Entries appended since open, for group-commit statistics.
+    entries_appended: u64,
+    /// Reused for encoding.
+    buffer: Vec<u8>,
+    /// Why the WAL stopped accepting writes, after a failed write or sync.
+    stopped: Option<String>,
+}
+
+impl Wal {
+    /// Opens (creating it if needed) the WAL in `dir` (`<data-dir>/wal`), replays it, cuts a torn
+    /// tail off the last segment, and returns the writer positioned after the last valid record.
+    pub fn open(dir: impl AsRef<Path>, options: WalOptions) -> Result<(Wal, Recovered), WalError> {
+        options.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        create_dir_durably(&dir).map_err(io_error("create directory", &dir))?;
+        let names = segment::list_segments(&dir)?;
+        if names.is_empty() {
+            return Self::create(dir, options);
+        }
+        let mut replay = Replay::new(names[0].first_index.max(1));
+        let mut tail_repair = None;
+        let mut active_end = 0;
+        for (position, name) in names.iter().enumerate() {
+            let path = dir.join(name.file_name());
+            if position > 0 && name.number != names[position - 1].number + 1 {
+                return Err(corrupt_invariant(
+                    &path,
+                    0,
+                    Violation::SegmentNumberGap {
+                        previous: names[position - 1].number,
+                        found: name.number,
+                    },
+                ));
+            }
+            let bytes = fs::read(&path).map_err(io_error("read", &path))?;
+            let is_last = position == names.len() - 1;
+            let end = replay_segment(&mut replay, &path, *name, &bytes, position == 0, options)?;
+            match end {
+                ScanEnd::Clean { end } if is_last => active_end = end,
+                ScanEnd::Clean { end } if end == bytes.len() as u64 => {}
+                ScanEnd::Clean { end } => {
+                    // Segments before the last were cut to their last record when the next one
+                    // was opened.
+                    return Err(WalError::Corrupt {
+                        file: path,
+                        offset: end,
+                        defect: Defect::ZerosBeforeEnd,
+                    });
+                }
+                ScanEnd::Defect { offset, defect } => {
+                    let after = offset + 1;
+                    let torn_tail = is_last
+                        && offset > 0
+                        && segment::valid_record_after(&bytes, after, options.record_bytes_max)
+                            .is_none();
+                    if !torn_tail {
+                        return Err(WalError::Corrupt {
+                            file: path,
+                            offset,
+                            defect,
+                        });
+                    }
+                    tail_repair = Some(TailRepair {
+                        bytes_discarded: segment::nonzero_bytes_after(&bytes, offset),
+                        file: path,
+                        offset,
+                        reason: defect,
+                    });
+                    active_end = offset;
+                }
+            }
+        }
+        if let Err((first_missing, last_missing)) = replay.state.check_complete() {
+            return Err(WalError::MissingEntries {
+                dir,
+                first_missing,
+                last_missing,
+            });
+        }
+        let last_name = *names.last().expect("not empty");
+        let path = dir.join(last_name.file_name());
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io_error("open", &path))?;
+        if let Some(repair) = &tail_repair {
+            file.set_len(repair.offset)
+                .and_then(|()| file.sync_all())
+                .map_err(io_error("cut torn tail of", &path))?;
+        }
+        segment::preallocate(&file, &path, options.segment_size_bytes)?;
+        // A writer killed before its fdatasync leaves records in the page cache that replay reads
+        // as valid: make them durable before the caller treats what was recovered as such (a
+        // replica acknowledges recovered entries to its leader).
+        file.sync_all().map_err(io_error("sync", &path))?;
+        segment::sync_dir(&dir)?;
+        let log = replay.state.clone();
+        let recovered = Recovered {
+            hard_state: log.hard_state().unwrap_or_default(),
+            first_index: log.first_index(),
+            entries: replay.into_entries(),
+            snapshot: log.marker().map(|marker| marker.position),
+            tail_repair,
+        };
+        let wal = Wal {
+            dir,
+            options,
+            segments: names,
+            active: ActiveSegment {
+                name: last_name,
+                path,
+                file: Arc::new(file),
+                write_offset: active_end,
+            },
+            log,
+            appended: Sequence(0),
+            synced: Sequence(0),
+            entries_appended: 0,
+            buffer: Vec::new(),
+            stopped: None,
+        };
+        Ok((wal, recovered))
+    }
+
+    /// A new, empty WAL: segment 1, first index 1.
+    fn create(dir: PathBuf, options: WalOptions) -> Result<(Wal, Recovered), WalError> {
+        let name = SegmentName {
+            number: 1,
+            first_index: 1,
+        };
+        let log = LogState::new(1);
+        let preamble = preamble(&log, name);
+        let (file, path) =
+            segment::create_segment(&dir, name, &preamble, options.segment_size_bytes)?;
+        let recovered = Recovered {
+            first_index: 1,
+            ..Recovered::default()
+        };
+        let wal = Wal {
+            dir,
+            options,
+            segments: vec![name],
+            active: ActiveSegment {
+                name,
+                path,
+                file: Arc::new(file),
+                write_offset: preamble.len() as u64,
+            },
+            log,
+            appended: Sequence(0),
+            synced: Sequence(0),
+            entries_appended: 0,
+            buffer: Vec::new(),
+            stopped: None,
+        };
+        Ok((wal, recovered))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn options(&self) -> WalOptions {
+        self.options
+    }
+
+    /// First live index: one past the latest snapshot marker.
+    pub fn first_index(&self) -> LogIndex {
+        self.log.first_index()
+    }
+
+    /// Last live index (`first_index() - 1` when the log is empty).
+    pub fn last_index(&self) -> LogIndex {
+        self.log.last_index()
+    }
+
+    /// Term of a live entry, or of the snapshot marker's entry.
+    pub fn term_at(&self, index: LogIndex) -> Option<Term> {
+        self.log.term_at(index)
+    }
+
+    pub fn hard_state(&self) -> HardState {
+        self.log.hard_state().unwrap_or_default()
+    }
+
+    /// The latest snapshot marker written.
+    pub fn snapshot(&self) -> Option<LogPosition> {
+        self.log.marker().map(|marker| marker.position)
+    }
+
+    /// The sequence of the last append.
+    pub fn appended_sequence(&self) -> Sequence {
+        self.appended
+    }
+
+    /// Every append up to this sequence is durable.
+    pub fn synced_sequence(&self) -> Sequence {
+        self.synced
+    }
+
+    /// Paths of the kept segments, oldest first.
+    pub fn segment_paths(&self) -> Vec<PathBuf> {
+        self.segments
+            .iter()
+            .map(|name| self.dir.join(name.file_name()))
+            .collect()
+    }
+
+    /// Writes `entries` and then `hard_state` (the `Ready` order). An entry at an index already
+    /// stored replaces it and every later entry. Nothing is durable until [`Wal::sync`] returns a
+    /// sequence at least as large as the one returned here. A batch that breaks a limit or an
+    /// invariant is refused whole and changes nothing. An empty batch writes nothing and returns
+    /// the last sequence.
+    pub fn append(
+        &mut self,
+        entries: &[Entry],
+        hard_state: Option<HardState>,
+    ) -> Result<Sequence, WalError> {
+        self.check_running()?;
+        if entries.is_empty() && hard_state.is_none() {
+            return Ok(self.appended);
+        }
+        self.validate_append(entries, hard_state.as_ref())?;
+        let records = entries
+            .iter()
+            .map(Outgoing::Entry)
+            .chain(hard_state.map(Outgoing::HardState));
+        self.write_records(records)?;
+        self.entries_appended += entries.len() as u64;
+        Ok(self.appended)
+    }
+
+    /// Makes every append so far durable with one `fdatasync` of the last segment (earlier
+    /// segments were synced when the next one was opened). Returns the durable sequence.
+    pub fn sync(&mut self) -> Result<Sequence, WalError> {
+        self.check_running()?;
+        if self.synced == self.appended {
+            return Ok(self.synced);
+        }
+        let upto = self.appended;
+        let path = self.active.path.clone();
+        let result = self.active.file.sync_data();
+        self.sync_finished(upto, &path, result)?;
+        Ok(self.synced)
+    }
+
+    /// Prefix compaction, after a snapshot through `index` (or later) has been saved: writes and
+    /// syncs a snapshot marker, then deletes every segment whose live entries are all at or below
+    /// `index` (never the last one, never the one holding `index + 1`). Returns how many segments
+    /// were deleted. A no-op for an index at or below the current marker.
+    pub fn compact_to(&mut self, index: LogIndex) -> Result<usize, WalError> {
+        self.check_running()?;
+        if index <= self.log.floor().index {
+            return Ok(0);
+        }
+        if index > self.log.last_index() {
+            return Err(WalError::CompactBeyondLog {
+                index,
+                last_index: self.log.last_index(),
+            });
+        }
+        let term = self.log.term_at(index).expect("a live index has a term");
+        let marker = SnapshotMarker {
+            position: LogPosition::new(index, term),
+            keep_later_entries: true,
+        };
+        self.log
+            .check_marker(&marker)
+            .map_err(|violation| WalError::InvalidAppend { violation })?;
+        self.write_records([Outgoing::Marker(marker)].into_iter())?;
+        self.sync()?;
+        let deletable = compactable_segments(&self.segments, index);
+        self.delete_oldest_segments(deletable)
+    }
+
+    /// After saving a snapshot received from a leader (Raft §7): if the log holds the snapshot's
+    /// last entry (same index and term), this is [`Wal::compact_to`]; otherwise the whole log is
+    /// discarded and the next entry must be `position.index + 1`. Durable when it returns.
+    /// Returns how many segments were deleted. A no-op for a snapshot not newer than the marker.
+    pub fn install_snapshot(&mut self, position: LogPosition) -> Result<usize, WalError> {
+        self.check_running()?;
+        if position.index <= self.log.floor().index {
+            return Ok(0);
+        }
+        if self.log.term_at(position.index) == Some(position.term) {
+            return self.compact_to(position.index);
+        }
+        let marker = SnapshotMarker {
+            position,
+            keep_later_entries: false,
+        };
+        self.write_records([Outgoing::Marker(marker)].into_iter())?;
+        // The new segment's preamble repeats the marker, so every older segment can go.
+        self.guarded(|wal| wal.open_next_segment())?;
+        self.delete_oldest_segments(self.segments.len() - 1)
+    }
+
+    fn validate_append(
+        &self,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+    ) -> Result<(), WalError> {
+        let record_bytes_max = self.options.record_bytes_max;
+        for entry in entries {
+            let record_bytes = format::entry_record_bytes(entry);
+            if record_bytes > record_bytes_max {
+                return Err(WalError::RecordTooLarge {
+                    index: Some(entry.index),
+                    record_bytes: record_bytes as u64,
+                    record_bytes_max,
+                });
+            }
+        }
+        let invalid = |violation| WalError::InvalidAppend { violation };
+        if let Some(first) = entries.first() {
+            self.log
+                .check_entry(first.index, first.term)
+                .map_err(invalid)?;
+        }
+        for pair in entries.windows(2) {
+            if pair[1].index != pair[0].index + 1 {
+                return Err(invalid(Violation::NotConsecutive {
+                    index: pair[1].index,
+                    previous_index: pair[0].index,
+                }));
+            }
+            if pair[1].term < pair[0].term {
+                return Err(invalid(Violation::TermDecreased {
+                    index: pair[1].index,
+                    term: pair[1].term,
+                    previous_term: pair[0].term,
+                }));
+            }
+        }
+        if let Some(hard_state) = hard_state {
+            if hard_state.voted_for == Some(0) {
+                return Err(invalid(Violation::VoteForNodeZero));
+            }
+            self.log.check_hard_state(hard_state).map_err(invalid)?;
+        }
+        Ok(())
+    }
+
+    /// Encodes and writes records, one `write` per segment touched, opening new segments as
+    /// needed, and applies each to the log state. Counts as one append. Stops the WAL on failure.
+    fn write_records<'a>(
+        &mut self,
+        records: impl Iterator<Item = Outgoing<'a>>,
+    ) -> Result<(), WalError> {
+        let mut buffer = std::mem::take(&mut self.buffer);
+        buffer.clear();
+        let result = self.guarded(|wal| {
+            for record in records {
+                let record_bytes = match record {
+                    Outgoing::Entry(entry) => format::entry_record_bytes(entry),
+                    Outgoing::HardState(_) => format::HARD_STATE_RECORD_BYTES,
+                    Outgoing::Marker(_) => format::SNAPSHOT_MARKER_RECORD_BYTES,
+                } as u64;
+                if wal.needs_next_segment(buffer.len() as u64, record_bytes) {
+                    wal.write_out(&mut buffer)?;
+                    wal.open_next_segment()?;
+                }
+                wal.encode_and_apply(record, &mut buffer);
+            }
+            wal.write_out(&mut buffer)
+        });
+        self.buffer = buffer;
+        result?;
+        self.appended = Sequence(self.appended.0 + 1);
+        Ok(())
+    }
+
+    fn encode_and_apply(&mut self, record: Outgoing<'_>, buffer: &mut Vec<u8>) {
+        let written = match record {
+            Outgoing::Entry(entry) => {
+                self.log.apply_entry(entry.index, entry.term);
+                format::encode_entry(entry, buffer)
+            }
+            Outgoing::HardState(hard_state) => {
+                self.log.apply_hard_state(hard_state);
+                format::encode_hard_state(&hard_state, buffer)
+            }
+            Outgoing::Marker(marker) => {
+                self.log.apply_marker(marker);
+                format::encode_snapshot_marker(&marker, buffer)
+            }
+        };
+        assert!(
+            written <= self.options.record_bytes_max,
+            "records are bounded before they are encoded"
+        );
+    }
+
+    /// Whether a record of `record_bytes`, after `pending_bytes` not yet written, must go to a new
+    /// segment. A segment holding only its preamble takes the record anyway (and grows), or a
+    /// record larger than a segment would open segments forever.
+    fn needs_next_segment(&self, pending_bytes: u64, record_bytes: u64) -> bool {
+        let end = self.active.write_offset + pending_bytes;
+        end > format::PREAMBLE_BYTES_MAX && end + record_bytes > self.options.segment_size_bytes
+    }
+
+    fn write_out(&mut self, buffer: &mut Vec<u8>) -> Result<(), WalError> {
+        if buffer.is_empty() {
+            return Ok(());
+        }
+        let active = &mut self.active;
+        active
+            .file
+            .write_all_at(buffer, active.write_offset)
+            .map_err(io_error("write", &active.path))?;
+        active.write_offset += buffer.len() as u64;
+        buffer.clear();
+        Ok(())
+    }
+
+    /// Syncs and cuts the active segment (replay requires every segment but the last to be
+    /// complete and durable), then creates the next one, starting at the next index.
+    fn open_next_segment(&mut self) -> Result<(), WalError> {
+        let active = &self.active;
+        active
+            .file
+            .set_len(active.write_offset)
+            .and_then(|()| active.file.sync_all())
+            .map_err(io_error("sync and cut", &active.path))?;
+        self.synced = self.appended;
+        let name = SegmentName {
+            number: active.name.number + 1,
+            first_index: self.log.last_index() + 1,
+        };
+        let preamble = preamble(&self.log, name);
+        let (file, path) =
+            segment::create_segment(&self.dir, name, &preamble, self.options.segment_size_bytes)?;
+        self.segments.push(name);
+        self.active = ActiveSegment {
+            name,
+            path,
+            file: Arc::new(file),
+            write_offset: preamble.len() as u64,
+        };
+        Ok(())
+    }
+
+    fn delete_oldest_segments(&mut self, count: usize) -> Result<usize, WalError> {
+        assert!(
+            count < self.segments.len(),
+            "the last segment is never deleted"
+        );
+        if count == 0 {
+            return Ok(0);
+        }
+        let dir = self.dir.clone();
+        for name in self.segments.drain(..count) {
+            let path = dir.join(name.file_name());
+            fs::remove_file(&path).map_err(io_error("delete", &path))?;
+        }
+        segment::sync_dir(&dir)?;
+        Ok(count)
+    }
+
+    fn check_running(&self) -> Result<(), WalError> {
+        match &self.stopped {
+            None => Ok(()),
+            Some(cause) => Err(WalError::Stopped {
+                dir: self.dir.clone(),
+                cause: cause.clone(),
+            }),
+        }
+    }
+
+    /// Runs a step that writes or syncs; if it fails, what is on disk is unknown (assumption 2),
+    /// so the WAL stops.
+    fn guarded<R>(
+        &mut self,
+        step: impl FnOnce(&mut Self) -> Result<R, WalError>,
+    ) -> Result<R, WalError> {
+        let result = step(self);
+        if let Err(error) = &result {
+            self.stopped = Some(error.to_string());
+        }
+        result
+    }
+
+    /// For group commit: what to `fdatasync` to make every append so far durable, or `None` if
+    /// everything already is.
+    pub(crate) fn sync_ticket(&self) -> Result<Option<SyncTicket>, WalError> {
+        self.check_running()?;
+        if self.synced == self.appended {
+            return Ok(None);
+        }
+        Ok(Some(SyncTicket {
+            file: Arc::clone(&self.active.file),
+            path: self.active.path.clone(),
+            upto: self.appended,
+            entries_upto: self.entries_appended,
+        }))
+    }
+
+    /// Records the outcome of a sync of everything up to `upto`. A failure stops the WAL.
+    pub(crate) fn sync_finished(
+        &mut self,
+        upto: Sequence,
+        path: &Path,
+        result: io::Result<()>,
+    ) -> Result<(), WalError> {
+        self.guarded(|wal| {
+            result.map_err(io_error("fdatasync", path))?;
+            wal.synced = wal.synced.max(upto);
+            Ok(())
+        })
+    }
+
+    pub(crate) fn entries_appended(&self) -> u64 {
+        self.entries_appended
+    }
+}
+
+/// A segment's first records: its header, then the hard state and the snapshot marker in force,
+/// so that deleting older segments never loses the latest of either.
+fn preamble(log: &LogState, name: SegmentName) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    format::encode_segment_header(name.number, name.first_index, &mut bytes);
+    if let Some(hard_state) = log.hard_state() {
+        format::encode_hard_state(&hard_state, &mut bytes);
+    }
+    if let Some(marker) = log.marker() {
+        let repeated = SnapshotMarker {
+            keep_later_entries: true,
+            ..marker
+        };
+        format::encode_snapshot_marker(&repeated, &mut bytes);
+    }
+    assert!(bytes.len() as u64 <= format::PREAMBLE_BYTES_MAX);
+    bytes
+}
+
+/// How many of the oldest segments hold only entries at or below `index`. Segment `k`'s live
+/// entries all lie below the first index of every later segment (a segment starts where the log
+/// ended when it was opened), so it may go once some later segment starts at or below
+/// `index + 1`. The last segment always stays.
+fn compactable_segments(segments: &[SegmentName], index: LogIndex) -> usize {
+    let mut lowest_later_start = LogIndex::MAX;
+    let mut deletable = 0;
+    for k in (0..segments.len() - 1).rev() {
+        lowest_later_start = lowest_later_start.min(segments[k + 1].first_index);
+        if lowest_later_start <= index + 1 {
+            // Every older segment also qualifies: its later segments include this one's.
+            deletable = k + 1;
+            break;
+        }
+    }
+    deletable
+}
+
+fn corrupt_invariant(path: &Path, offset: u64, violation: Violation) -> WalError {
+    WalError::Corrupt {
+        file: path.to_path_buf(),
+        offset,
+        defect: Defect::Invariant(violation),
+    }
+}
+
+/// Replays one segment's records into `replay`, checking each against the invariants and the
+/// header against the file name. Returns how the segment ended.
+fn replay_segment(
+    replay: &mut Replay,
+    path: &Path,
+    name: SegmentName,
+    bytes: &[u8],
+    is_oldest: bool,
+    options: WalOptions,
+) -> Result<ScanEnd, WalError> {
+    let mut saw_header = false;
+    let end = segment::scan(bytes, options.record_bytes_max, |offset, _, record| {
+        let checked = match record {
+            Record::SegmentHeader(_) if offset != 0 => Err(Violation::SegmentHeaderNotFirst),
+            Record::SegmentHeader(header) => {
+                saw_header = true;
+                check_header_name(&header, name)
+                    .and_then(|()| replay.state.check_segment_header(&header, is_oldest))
+            }
+            _ if !saw_header => Err(Violation::MissingSegmentHeader),
+            Record::Entry(entry) => replay.entry(entry),
+            Record::HardState(hard_state) => replay.hard_state(hard_state),
+            Record::SnapshotMarker(marker) => replay.marker(marker),
+        };
+        checked.map_err(|violation| corrupt_invariant(path, offset, violation))
+    })?;
+    if !saw_header && matches!(end, ScanEnd::Clean { .. }) {
+        return Err(corrupt_invariant(path, 0, Violation::MissingSegmentHeader));
+    }
+    Ok(end)
+}
+
+fn check_header_name(header: &format::SegmentHeader, name: SegmentName) -> Result<(), Violation> {
+    let disagrees = |field, in_header, in_name| Violation::HeaderDisagreesWithName {
+        field,
+        in_header,
+        in_name,
+    };
+    if header.segment_number != name.number {
+        return Err(disagrees(
+            "segment number",
+            header.segment_number,
+            name.number,
+        ));
+    }
+    if header.first_index != name.first_index {
+        return Err(disagrees(
+            "first index",
+            header.first_index,
+            name.first_index,
+        ));
+    }
+    Ok(())
+}
+
+/// Lists the records of one segment file, for tools and tests. Fails with
+/// [`WalError::Corrupt`] at the first defect (a zeroed end is not one).
+pub fn dump_segment(
+    path: impl AsRef<Path>,
+    record_bytes_max: usize,
+) -> Result<Vec<RecordInfo>, WalError> {
+    let path = path.as_ref();
+    let bytes = fs::read(path).map_err(io_error("read", path))?;
+    let mut records = Vec::new();
+    let end = segment::scan(&bytes, record_bytes_max, |offset, size, record| {
+        records.push(RecordInfo {
+            offset,
+            bytes: size as u64,
+            kind: record.kind(),
+            index: match &record {
+                Record::Entry(entry) => Some(entry.index),
+                _ => None,
+            },
+        });
+        Ok(())
+    })?;
+    match end {
+        ScanEnd::Clean { .. } => Ok(records),
+        ScanEnd::Defect { offset, defect } => Err(WalError::Corrupt {
+            file: path.to_path_buf(),
+            offset,
+            defect,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests;

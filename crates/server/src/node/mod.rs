@@ -1,0 +1,257 @@
+//! A running ballot node: the raft loop thread, its ticker, the peer transport, and the handle
+//! through which client APIs reach them. See `docs/design/server.md`.
+
+mod raft_loop;
+
+use crate::config::ServerConfig;
+use crate::transport::{Transport, TransportConfig};
+use ballot_core::{
+    LogIndex, LogPosition, MembershipChange, NodeId, ReadMode, ReplicaError, Role, Term,
+};
+use ballot_storage::mvcc::types::{Command, CommandResult};
+use ballot_storage::mvcc::{ApplyError, MvccStore};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// Inputs queued for the raft loop before callers are told to back off.
+pub const INPUTS_QUEUED_MAX: usize = 4096;
+
+/// What a caller can be told instead of a result. The messages are etcd's where etcd has one,
+/// so etcd client libraries recognise them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeError {
+    #[error("etcdserver: not leader")]
+    NotLeader { leader: Option<NodeId> },
+    #[error("etcdserver: leader changed")]
+    LeaderChanged,
+    #[error("etcdserver: request timed out")]
+    Timeout,
+    #[error("etcdserver: too many requests")]
+    TooManyRequests,
+    #[error("etcdserver: server stopped")]
+    Stopped,
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    #[error("{0}")]
+    Rejected(ReplicaError),
+    #[error("{0}")]
+    Apply(ApplyError),
+    #[error("etcdserver: storage failure: {0}")]
+    Storage(String),
+}
+
+impl From<ReplicaError> for NodeError {
+    fn from(error: ReplicaError) -> Self {
+        match error {
+            ReplicaError::NotLeader { leader_hint } => NodeError::NotLeader {
+                leader: leader_hint,
+            },
+            ReplicaError::Busy { .. } => NodeError::TooManyRequests,
+            other => NodeError::Rejected(other),
+        }
+    }
+}
+
+/// A snapshot of the node's state for Status, metrics and health.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub id: NodeId,
+    pub role: Option<Role>,
+    pub term: Term,
+    pub leader: Option<NodeId>,
+    pub commit_index: LogIndex,
+    pub applied_index: LogIndex,
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+    pub leader_changes: u64,
+    pub proposals_committed: u64,
+    pub proposals_failed: u64,
+    pub wal_syncs: u64,
+    /// fdatasync latencies in microseconds, bucketed for the Prometheus histogram.
+    pub wal_sync_micros_buckets: Vec<(u64, u64)>,
+    pub wal_sync_micros_sum: u64,
+}
+
+pub(crate) enum Input {
+    Tick,
+    Peer(ballot_raft::Message),
+    Propose {
+        command: Command,
+        reply: oneshot::Sender<Result<CommandResult, NodeError>>,
+    },
+    Read {
+        mode: ReadMode,
+        reply: oneshot::Sender<Result<(), NodeError>>,
+    },
+    ChangeMembership {
+        change: MembershipChange,
+        reply: oneshot::Sender<Result<LogPosition, NodeError>>,
+    },
+    TransferLeadership {
+        target: NodeId,
+        reply: oneshot::Sender<Result<(), NodeError>>,
+    },
+    Stop,
+}
+
+/// How client APIs talk to the node. Cheap to clone.
+#[derive(Clone)]
+pub struct NodeHandle {
+    inputs: mpsc::Sender<Input>,
+    store: Arc<MvccStore>,
+    status: Arc<Mutex<NodeStatus>>,
+    request_timeout: Duration,
+}
+
+impl NodeHandle {
+    /// The local state machine, for serializable reads (and linearizable ones after `read`).
+    pub fn store(&self) -> &Arc<MvccStore> {
+        &self.store
+    }
+
+    pub fn status(&self) -> NodeStatus {
+        self.status.lock().expect("status lock").clone()
+    }
+
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, NodeError>>) -> Input,
+    ) -> Result<T, NodeError> {
+        let (reply, answer) = oneshot::channel();
+        self.inputs
+            .try_send(make(reply))
+            .map_err(|error| match error {
+                mpsc::error::TrySendError::Full(_) => NodeError::TooManyRequests,
+                mpsc::error::TrySendError::Closed(_) => NodeError::Stopped,
+            })?;
+        match tokio::time::timeout(self.request_timeout, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(NodeError::Stopped),
+            Err(_) => Err(NodeError::Timeout),
+        }
+    }
+
+    /// Replicates and applies `command` (on the leader); answers with its result.
+    pub async fn propose(&self, command: Command) -> Result<CommandResult, NodeError> {
+        self.call(|reply| Input::Propose { command, reply }).await
+    }
+
+    /// Waits until the local store reflects every write committed before this call (ReadIndex or
+    /// lease, on the leader); then a read of `store()` is linearizable.
+    pub async fn read(&self, mode: ReadMode) -> Result<(), NodeError> {
+        self.call(|reply| Input::Read { mode, reply }).await
+    }
+
+    pub async fn change_membership(
+        &self,
+        change: MembershipChange,
+    ) -> Result<LogPosition, NodeError> {
+        self.call(|reply| Input::ChangeMembership { change, reply })
+            .await
+    }
+
+    pub async fn transfer_leadership(&self, target: NodeId) -> Result<(), NodeError> {
+        self.call(|reply| Input::TransferLeadership { target, reply })
+            .await
+    }
+}
+
+/// The addresses a started node actually bound (useful with port 0).
+#[derive(Debug, Clone)]
+pub struct BoundAddresses {
+    pub peer: SocketAddr,
+}
+
+/// A started node. Dropping it does not stop it; call [`Node::stop`].
+pub struct Node {
+    pub handle: NodeHandle,
+    pub transport: Arc<Transport>,
+    pub addresses: BoundAddresses,
+    loop_thread: Option<std::thread::JoinHandle<()>>,
+    ticker_stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Node {
+    /// Opens the data directory (recovering the WAL, snapshot and state machine), binds the peer
+    /// listener and starts the raft loop. Must run inside a tokio runtime.
+    pub async fn start(config: ServerConfig) -> Result<Node, String> {
+        config.validate().map_err(|error| error.to_string())?;
+        let (inputs, receiver) = mpsc::channel(INPUTS_QUEUED_MAX);
+        let (peer_sender, mut peer_receiver) = mpsc::channel(INPUTS_QUEUED_MAX);
+        let peer_listen = crate::config::parse_url(&config.listen_peer_urls[0])?;
+        let transport_config =
+            TransportConfig::new(config.node_id(), config.initial_cluster_token.clone());
+        let (transport, peer_addr) = Transport::start(transport_config, peer_listen, peer_sender)
+            .await
+            .map_err(|error| format!("cannot listen for peers on {peer_listen}: {error}"))?;
+        for (name, url) in &config.initial_cluster {
+            let id = crate::config::member_id(&config.initial_cluster_token, name);
+            if id != config.node_id() {
+                transport.set_peer(id, crate::config::parse_url(url)?);
+            }
+        }
+        let forward = inputs.clone();
+        tokio::spawn(async move {
+            while let Some(message) = peer_receiver.recv().await {
+                if forward.send(Input::Peer(message)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let status = Arc::new(Mutex::new(NodeStatus {
+            id: config.node_id(),
+            ..NodeStatus::default()
+        }));
+        let opened =
+            raft_loop::RaftLoop::open(&config, transport.clone(), status.clone(), receiver)?;
+        let store = opened.store();
+        let loop_thread = std::thread::Builder::new()
+            .name(format!("raft-{}", config.name))
+            .spawn(move || opened.run())
+            .map_err(|error| error.to_string())?;
+        let ticker_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        spawn_ticker(inputs.clone(), ticker_stop.clone());
+        let handle = NodeHandle {
+            inputs,
+            store,
+            status,
+            request_timeout: Duration::from_secs(5),
+        };
+        Ok(Node {
+            handle,
+            transport,
+            addresses: BoundAddresses { peer: peer_addr },
+            loop_thread: Some(loop_thread),
+            ticker_stop,
+        })
+    }
+
+    /// Stops the raft loop after the batch it is on, and waits for it (the WAL is synced).
+    pub fn stop(mut self) {
+        self.ticker_stop
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.handle.inputs.try_send(Input::Stop);
+        if let Some(thread) = self.loop_thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// One tick every `TICK_MILLIS`. A tick that finds the queue full is skipped: the loop is busy,
+/// and a late tick only delays timeouts, which is safe.
+fn spawn_ticker(inputs: mpsc::Sender<Input>, stop: Arc<std::sync::atomic::AtomicBool>) {
+    std::thread::Builder::new()
+        .name("raft-ticker".into())
+        .spawn(move || {
+            let period = Duration::from_millis(crate::config::TICK_MILLIS);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(period);
+                if let Err(mpsc::error::TrySendError::Closed(_)) = inputs.try_send(Input::Tick) {
+                    return;
+                }
+            }
+        })
+        .expect("spawn ticker thread");
+}

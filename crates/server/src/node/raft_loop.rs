@@ -1,0 +1,471 @@
+//! The raft loop: the one thread that owns the replica, the WAL, the snapshot store and the
+//! state machine's write side. Inputs are handled in batches; after each batch every `Ready` is
+//! handled in the order of the contract in `ballot_core::ready`. A storage failure stops the node
+//! (fail-stop): continuing after a failed fsync could acknowledge what is not durable.
+
+use super::{Input, NodeError, NodeStatus};
+use crate::config::{ClusterState, ServerConfig};
+use crate::transport::Transport;
+use ballot_core::{
+    EntryPayload, LogIndex, LogPosition, Membership, NodeId, PersistedState, Ready, Replica, Role,
+    Snapshot, SnapshotMeta, Term,
+};
+use ballot_raft::{Message, Raft};
+use ballot_storage::dir_lock::DirLock;
+use ballot_storage::mvcc::types::{Command, CommandResult};
+use ballot_storage::mvcc::{CommandCodec, MvccStore};
+use ballot_storage::snapshot_store::SnapshotStore;
+use ballot_storage::wal::{Wal, WalOptions};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::{mpsc, oneshot};
+
+/// Inputs handled before the replica's outputs are processed; bounds the latency one batch adds.
+const INPUTS_PER_BATCH_MAX: usize = 1024;
+/// Snapshots kept in `snap/`.
+const SNAPSHOTS_RETAINED: usize = 3;
+/// Upper bounds (µs) of the WAL fsync latency histogram buckets.
+pub(crate) const SYNC_MICROS_BUCKETS: [u64; 10] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 100_000, 1_000_000,
+];
+
+type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
+
+pub(crate) struct RaftLoop {
+    raft: Raft,
+    wal: Wal,
+    snapshots: SnapshotStore,
+    store: Arc<MvccStore>,
+    transport: Arc<Transport>,
+    inputs: mpsc::Receiver<Input>,
+    status: Arc<Mutex<NodeStatus>>,
+    /// Proposals by the log position they were given; answered when that index is applied.
+    proposals: BTreeMap<LogIndex, (Term, Reply<CommandResult>)>,
+    membership_changes: BTreeMap<LogIndex, (Term, Reply<LogPosition>)>,
+    reads_unconfirmed: HashMap<u64, Reply<()>>,
+    reads_confirmed: Vec<(LogIndex, Reply<()>)>,
+    next_read_id: u64,
+    counters: Counters,
+    _lock: DirLock,
+}
+
+#[derive(Default)]
+struct Counters {
+    last_leader: Option<NodeId>,
+    leader_changes: u64,
+    proposals_committed: u64,
+    proposals_failed: u64,
+    wal_syncs: u64,
+    sync_buckets: [u64; SYNC_MICROS_BUCKETS.len() + 1],
+    sync_micros_sum: u64,
+}
+
+impl RaftLoop {
+    /// Recovers everything from the data directory and builds the replica.
+    pub(crate) fn open(
+        config: &ServerConfig,
+        transport: Arc<Transport>,
+        status: Arc<Mutex<NodeStatus>>,
+        inputs: mpsc::Receiver<Input>,
+    ) -> Result<RaftLoop, String> {
+        let data_dir = &config.data_dir;
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
+        let lock = DirLock::acquire(data_dir).map_err(|e| e.to_string())?;
+        let snapshots = SnapshotStore::open(data_dir.join("snap"), SNAPSHOTS_RETAINED)
+            .map_err(|e| e.to_string())?;
+        let store =
+            Arc::new(MvccStore::open(data_dir.join("state.redb")).map_err(|e| e.to_string())?);
+        let snapshot = snapshots.latest().map_err(|e| e.to_string())?;
+        let (wal, recovered) = open_wal(data_dir, snapshot.as_ref(), &store)?;
+        let persisted = PersistedState {
+            hard_state: recovered.hard_state,
+            snapshot,
+            entries: recovered.entries,
+        };
+        let raft = Raft::new(raft_config(config), persisted)
+            .map_err(|e| format!("cannot restore the replica: {e}"))?;
+        Ok(RaftLoop {
+            raft,
+            wal,
+            snapshots,
+            store,
+            transport,
+            inputs,
+            status,
+            proposals: BTreeMap::new(),
+            membership_changes: BTreeMap::new(),
+            reads_unconfirmed: HashMap::new(),
+            reads_confirmed: Vec::new(),
+            next_read_id: 1,
+            counters: Counters::default(),
+            _lock: lock,
+        })
+    }
+
+    pub(crate) fn store(&self) -> Arc<MvccStore> {
+        self.store.clone()
+    }
+
+    pub(crate) fn run(mut self) {
+        while let Some(first) = self.inputs.blocking_recv() {
+            let mut running = self.handle_input(first);
+            let mut handled = 1;
+            while running && handled < INPUTS_PER_BATCH_MAX {
+                match self.inputs.try_recv() {
+                    Ok(input) => running = self.handle_input(input),
+                    Err(_) => break,
+                }
+                handled += 1;
+            }
+            if let Err(error) = self.handle_readies() {
+                tracing::error!(%error, "storage failure: stopping this node");
+                break;
+            }
+            self.publish_status();
+            if !running {
+                break;
+            }
+        }
+        let _ = self.wal.sync();
+        let _ = self.store.flush();
+    }
+
+    /// Returns false on `Stop`.
+    fn handle_input(&mut self, input: Input) -> bool {
+        match input {
+            Input::Tick => self.raft.tick(),
+            Input::Peer(message) => self.raft.step(message),
+            Input::Propose { command, reply } => match self.raft.propose(command.encode()) {
+                Ok(position) => {
+                    self.proposals
+                        .insert(position.index, (position.term, reply));
+                }
+                Err(error) => {
+                    let _ = reply.send(Err(error.into()));
+                }
+            },
+            Input::Read { mode, reply } => {
+                let id = self.next_read_id;
+                self.next_read_id += 1;
+                match self.raft.read(id, mode) {
+                    Ok(()) => {
+                        self.reads_unconfirmed.insert(id, reply);
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(error.into()));
+                    }
+                }
+            }
+            Input::ChangeMembership { change, reply } => {
+                match self.raft.propose_membership_change(change) {
+                    Ok(position) => {
+                        self.membership_changes
+                            .insert(position.index, (position.term, reply));
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(error.into()));
+                    }
+                }
+            }
+            Input::TransferLeadership { target, reply } => {
+                let _ = reply.send(
+                    self.raft
+                        .transfer_leadership(target)
+                        .map_err(NodeError::from),
+                );
+            }
+            Input::Stop => return false,
+        }
+        true
+    }
+
+    fn handle_readies(&mut self) -> Result<(), String> {
+        while self.raft.has_ready() {
+            let ready = self.raft.ready();
+            self.handle_ready(ready)?;
+        }
+        Ok(())
+    }
+
+    /// The contract of `ballot_core::ready`, step by step.
+    fn handle_ready(&mut self, ready: Ready<Message>) -> Result<(), String> {
+        for message in &ready.messages {
+            self.transport.send(message);
+        }
+        if let Some(snapshot) = &ready.snapshot {
+            self.install_snapshot(snapshot)?;
+        }
+        if !ready.entries.is_empty() || ready.hard_state.is_some() {
+            self.wal
+                .append(&ready.entries, ready.hard_state)
+                .map_err(|e| e.to_string())?;
+        }
+        if ready.must_persist() {
+            self.sync_wal()?;
+        }
+        for message in &ready.messages_after_persist {
+            self.transport.send(message);
+        }
+        self.apply(&ready.committed_entries)?;
+        for read in &ready.read_states {
+            if let Some(reply) = self.reads_unconfirmed.remove(&read.request_id) {
+                self.reads_confirmed.push((read.index, reply));
+            }
+        }
+        for request_id in &ready.dropped_reads {
+            if let Some(reply) = self.reads_unconfirmed.remove(request_id) {
+                let _ = reply.send(Err(NodeError::LeaderChanged));
+            }
+        }
+        self.release_reads();
+        self.raft.advance();
+        if ready.snapshot_wanted {
+            self.take_snapshot()?;
+        }
+        Ok(())
+    }
+
+    fn sync_wal(&mut self) -> Result<(), String> {
+        let started = Instant::now();
+        self.wal.sync().map_err(|e| e.to_string())?;
+        let micros = started.elapsed().as_micros() as u64;
+        let counters = &mut self.counters;
+        counters.wal_syncs += 1;
+        counters.sync_micros_sum += micros;
+        let bucket = SYNC_MICROS_BUCKETS
+            .iter()
+            .position(|&bound| micros <= bound)
+            .unwrap_or(SYNC_MICROS_BUCKETS.len());
+        counters.sync_buckets[bucket] += 1;
+        Ok(())
+    }
+
+    /// Applies committed entries in one store transaction and answers their proposers.
+    fn apply(&mut self, entries: &[ballot_core::Entry]) -> Result<(), String> {
+        let Some(last) = entries.last() else {
+            return Ok(());
+        };
+        let mut commands = Vec::new();
+        let mut terms = Vec::new();
+        for entry in entries {
+            match &entry.payload {
+                EntryPayload::Command(data) => match Command::decode(data) {
+                    Ok(command) => {
+                        commands.push((entry.index, command));
+                        terms.push(entry.term);
+                    }
+                    // Only this server's own encoder writes commands, so this is a bug or a
+                    // corrupt entry that passed the WAL's checksum: apply nothing, say so loudly.
+                    Err(error) => {
+                        tracing::error!(index = entry.index, %error, "undecodable command skipped")
+                    }
+                },
+                EntryPayload::Membership(_) => {
+                    self.answer_membership_change(entry.index, entry.term)
+                }
+                EntryPayload::Noop => {}
+            }
+        }
+        let applied = self
+            .store
+            .apply_batch(&commands)
+            .map_err(|e| e.to_string())?;
+        for (outcome, term) in applied.into_iter().zip(terms) {
+            let Some((proposed_term, reply)) = self.proposals.remove(&outcome.index) else {
+                continue;
+            };
+            let answer = if proposed_term != term {
+                Err(NodeError::LeaderChanged)
+            } else {
+                outcome.result.map_err(NodeError::Apply)
+            };
+            match answer {
+                Ok(_) => self.counters.proposals_committed += 1,
+                Err(_) => self.counters.proposals_failed += 1,
+            }
+            let _ = reply.send(answer);
+        }
+        if self.store.applied_index() < last.index {
+            self.store
+                .mark_applied(last.index)
+                .map_err(|e| e.to_string())?;
+        }
+        // Proposals whose index now holds something else (a no-op or a membership change of a
+        // later leader) were lost.
+        let lost: Vec<LogIndex> = self
+            .proposals
+            .range(..=last.index)
+            .map(|(&index, _)| index)
+            .collect();
+        for index in lost {
+            if let Some((_, reply)) = self.proposals.remove(&index) {
+                self.counters.proposals_failed += 1;
+                let _ = reply.send(Err(NodeError::LeaderChanged));
+            }
+        }
+        Ok(())
+    }
+
+    fn answer_membership_change(&mut self, index: LogIndex, term: Term) {
+        if let Some((proposed_term, reply)) = self.membership_changes.remove(&index) {
+            let answer = if proposed_term == term {
+                Ok(LogPosition::new(index, term))
+            } else {
+                Err(NodeError::LeaderChanged)
+            };
+            let _ = reply.send(answer);
+        }
+    }
+
+    /// Answers the confirmed reads whose read index the store has reached.
+    fn release_reads(&mut self) {
+        let applied = self.store.applied_index();
+        let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads_confirmed)
+            .into_iter()
+            .partition(|(index, _)| *index <= applied);
+        self.reads_confirmed = waiting;
+        for (_, reply) in due {
+            let _ = reply.send(Ok(()));
+        }
+    }
+
+    fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), String> {
+        self.snapshots.save(snapshot).map_err(|e| e.to_string())?;
+        self.store
+            .restore(&snapshot.data)
+            .map_err(|e| e.to_string())?;
+        self.wal
+            .install_snapshot(snapshot.meta.last_included)
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// The replica asked for a snapshot: take one at the applied index, store it, compact the WAL.
+    fn take_snapshot(&mut self) -> Result<(), String> {
+        self.store.flush().map_err(|e| e.to_string())?;
+        let applied = self.store.applied_index();
+        let data = self.store.snapshot().map_err(|e| e.to_string())?;
+        let draft = Snapshot {
+            meta: SnapshotMeta {
+                last_included: LogPosition::new(applied, 0),
+                membership: Membership::default(),
+            },
+            data: data.clone(),
+        };
+        let meta = match self.raft.snapshot_taken(draft) {
+            Ok(meta) => meta,
+            Err(error) => {
+                tracing::warn!(%error, "snapshot not taken");
+                return Ok(());
+            }
+        };
+        self.snapshots
+            .save(&Snapshot { meta, data })
+            .map_err(|e| e.to_string())?;
+        let compact_to = self.raft.status().first_log_index.saturating_sub(1);
+        self.wal.compact_to(compact_to).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    fn publish_status(&mut self) {
+        let status = self.raft.status();
+        if status.leader.is_some() && status.leader != self.counters.last_leader {
+            self.counters.leader_changes += 1;
+        }
+        self.counters.last_leader = status.leader;
+        let counters = &self.counters;
+        let mut cumulative = 0;
+        let buckets = SYNC_MICROS_BUCKETS
+            .iter()
+            .chain(std::iter::once(&u64::MAX))
+            .zip(counters.sync_buckets.iter())
+            .map(|(&bound, &count)| {
+                cumulative += count;
+                (bound, cumulative)
+            })
+            .collect();
+        let mut shared = self.status.lock().expect("status lock");
+        *shared = NodeStatus {
+            id: status.id,
+            role: Some(status.role),
+            term: status.term,
+            leader: status.leader,
+            commit_index: status.commit_index,
+            applied_index: self.store.applied_index(),
+            voters: status.membership.voters.iter().copied().collect(),
+            learners: status.membership.learners.iter().copied().collect(),
+            leader_changes: counters.leader_changes,
+            proposals_committed: counters.proposals_committed,
+            proposals_failed: counters.proposals_failed,
+            wal_syncs: counters.wal_syncs,
+            wal_sync_micros_buckets: buckets,
+            wal_sync_micros_sum: counters.sync_micros_sum,
+        };
+        debug_assert!(status.role != Role::Leader || status.leader == Some(status.id));
+    }
+}
+
+/// Opens the WAL and reconciles it with the snapshot store and the state machine: a state
+/// machine behind the latest snapshot is restored from it, and a WAL whose snapshot marker is
+/// older learns of the snapshot (dropping entries it covers, or all entries if they conflict).
+fn open_wal(
+    data_dir: &Path,
+    snapshot: Option<&Snapshot>,
+    store: &MvccStore,
+) -> Result<(Wal, ballot_storage::wal::Recovered), String> {
+    let wal_dir = data_dir.join("wal");
+    let (mut wal, recovered) =
+        Wal::open(&wal_dir, WalOptions::default()).map_err(|e| e.to_string())?;
+    if let Some(repair) = &recovered.tail_repair {
+        tracing::warn!(
+            ?repair,
+            "cut a torn tail off the WAL (it held nothing acknowledged)"
+        );
+    }
+    let Some(snapshot) = snapshot else {
+        return Ok((wal, recovered));
+    };
+    let position = snapshot.meta.last_included;
+    if store.applied_index() < position.index {
+        store.restore(&snapshot.data).map_err(|e| e.to_string())?;
+    }
+    if recovered
+        .snapshot
+        .is_none_or(|marker| marker.index < position.index)
+    {
+        wal.install_snapshot(position).map_err(|e| e.to_string())?;
+        drop(wal);
+        return Wal::open(&wal_dir, WalOptions::default()).map_err(|e| e.to_string());
+    }
+    Ok((wal, recovered))
+}
+
+fn raft_config(config: &ServerConfig) -> ballot_raft::Config {
+    let members: Vec<NodeId> = config
+        .initial_cluster
+        .iter()
+        .map(|(name, _)| crate::config::member_id(&config.initial_cluster_token, name))
+        .collect();
+    let bootstrap = match config.initial_cluster_state {
+        ClusterState::New => Membership::with_voters(members),
+        // A joining node learns the membership from the leader's log or snapshot.
+        ClusterState::Existing => Membership::default(),
+    };
+    let mut raft = ballot_raft::Config::new(config.node_id(), bootstrap);
+    let (heartbeat, election_min, election_max) = config.raft_ticks();
+    raft.heartbeat_interval_ticks = heartbeat;
+    raft.election_timeout_min_ticks = election_min;
+    raft.election_timeout_max_ticks = election_max;
+    raft.snapshot_threshold_entries = config.snapshot_count;
+    raft.command_bytes_max = config.max_request_bytes + 4096;
+    // Outside the simulator a different seed per start is what we want; nothing replays it.
+    raft.rng_seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(config.node_id(), |elapsed| {
+            elapsed.as_nanos() as u64 ^ config.node_id()
+        });
+    raft
+}
