@@ -178,3 +178,92 @@ fn tempdir() -> TempDir {
     std::fs::create_dir_all(&dir).unwrap();
     TempDir(dir)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_follow_writes_and_leases_expire_through_the_log() {
+    use ballot_storage::mvcc::types::EventKind;
+    use ballot_storage::watch::WatchCreate;
+    let root = tempdir();
+    let configs = configs(root.path(), 3);
+    let mut nodes = Vec::new();
+    for config in &configs {
+        nodes.push(Node::start(config.clone()).await.unwrap());
+    }
+    let all: Vec<NodeHandle> = nodes.iter().map(|n| n.handle.clone()).collect();
+    let leader = wait_for_leader(&all.iter().collect::<Vec<_>>()).await;
+    let follower = (leader + 1) % 3;
+
+    // A watch on a follower sees writes made through the leader, in order.
+    let mut stream = all[follower].open_watch_stream().await.unwrap();
+    let create = WatchCreate {
+        range: KeyRange::prefix("w/"),
+        prev_kv: true,
+        ..Default::default()
+    };
+    let watch_id = stream.create(&all[follower], create).await.unwrap();
+    for i in 0..5 {
+        all[leader]
+            .propose(put(&format!("w/{i}"), "v"))
+            .await
+            .unwrap();
+    }
+    all[leader].propose(put("other", "v")).await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        let response = tokio::time::timeout(Duration::from_secs(5), stream.responses.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(response.watch_id, watch_id);
+        seen.extend(response.events.into_iter().map(|e| (e.kind, e.kv.key)));
+    }
+    let expected: Vec<_> = (0..5)
+        .map(|i| (EventKind::Put, Bytes::from(format!("w/{i}"))))
+        .collect();
+    assert_eq!(seen, expected);
+
+    // A lease keeps its key while kept alive, and its expiry (decided by the leader, applied
+    // through the log) deletes the key on every node.
+    let granted = all[leader]
+        .propose(Command::LeaseGrant {
+            id: 0,
+            ttl_seconds: 2,
+        })
+        .await
+        .unwrap();
+    let CommandResult::LeaseGrant { id, .. } = granted else {
+        panic!("{granted:?}")
+    };
+    let attached = PutRequest {
+        key: Bytes::from("leased"),
+        value: Bytes::from("x"),
+        lease: id,
+        ..Default::default()
+    };
+    all[leader].propose(Command::Put(attached)).await.unwrap();
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert_eq!(all[leader].lease_keep_alive(id).await.unwrap(), 2);
+    }
+    let (lease, remaining) = all[leader].lease_time_to_live(id).await.unwrap();
+    assert_eq!(lease.keys, vec![Bytes::from("leased")]);
+    assert!(remaining >= 1 && remaining <= 2, "remaining {remaining} s");
+    assert!(matches!(
+        all[follower].lease_keep_alive(id).await,
+        Err(NodeError::NotLeader { .. })
+    ));
+    assert!(
+        get(&all[follower], "leased").is_some(),
+        "kept alive past its TTL"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&all[follower], "leased").is_some() {
+        assert!(Instant::now() < deadline, "the lease never expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(stream);
+    drop(all);
+    for node in nodes {
+        node.stop();
+    }
+}

@@ -8,8 +8,11 @@ use crate::transport::{Transport, TransportConfig};
 use ballot_core::{
     LogIndex, LogPosition, MembershipChange, NodeId, ReadMode, ReplicaError, Role, Term,
 };
+use ballot_storage::lessor::LessorError;
 use ballot_storage::mvcc::types::{Command, CommandResult};
+use ballot_storage::mvcc::types::{Lease, LeaseId};
 use ballot_storage::mvcc::{ApplyError, MvccStore};
+use ballot_storage::watch::{StreamId, WatchCreate, WatchError, WatchId, WatchResponse};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -38,8 +41,21 @@ pub enum NodeError {
     Rejected(ReplicaError),
     #[error("{0}")]
     Apply(ApplyError),
+    #[error("{0}")]
+    Watch(WatchError),
+    #[error("{0}")]
+    Lease(LessorError),
     #[error("etcdserver: storage failure: {0}")]
     Storage(String),
+}
+
+impl From<LessorError> for NodeError {
+    fn from(error: LessorError) -> Self {
+        match error {
+            LessorError::NotLeader => NodeError::NotLeader { leader: None },
+            other => NodeError::Lease(other),
+        }
+    }
 }
 
 impl From<ReplicaError> for NodeError {
@@ -93,7 +109,88 @@ pub(crate) enum Input {
         target: NodeId,
         reply: oneshot::Sender<Result<(), NodeError>>,
     },
+    WatchOpen {
+        reply: oneshot::Sender<Result<(StreamId, mpsc::Receiver<WatchResponse>), NodeError>>,
+    },
+    WatchCreate {
+        stream: StreamId,
+        create: WatchCreate,
+        reply: oneshot::Sender<Result<WatchId, NodeError>>,
+    },
+    WatchCancel {
+        stream: StreamId,
+        watch_id: WatchId,
+        reply: oneshot::Sender<Result<(), NodeError>>,
+    },
+    WatchProgress {
+        stream: StreamId,
+    },
+    WatchClose {
+        stream: StreamId,
+    },
+    LeaseKeepAlive {
+        id: LeaseId,
+        reply: oneshot::Sender<Result<i64, NodeError>>,
+    },
+    LeaseTimeToLive {
+        id: LeaseId,
+        reply: oneshot::Sender<Result<(Lease, i64), NodeError>>,
+    },
     Stop,
+}
+
+/// One client watch stream: create and cancel watches on it, read their responses from
+/// `responses`. Closed on drop.
+pub struct WatchStream {
+    pub id: StreamId,
+    pub responses: mpsc::Receiver<WatchResponse>,
+    inputs: mpsc::Sender<Input>,
+}
+
+impl WatchStream {
+    pub async fn create(
+        &self,
+        handle: &NodeHandle,
+        create: WatchCreate,
+    ) -> Result<WatchId, NodeError> {
+        let stream = self.id;
+        handle
+            .call(|reply| Input::WatchCreate {
+                stream,
+                create,
+                reply,
+            })
+            .await
+    }
+
+    pub async fn cancel(&self, handle: &NodeHandle, watch_id: WatchId) -> Result<(), NodeError> {
+        let stream = self.id;
+        handle
+            .call(|reply| Input::WatchCancel {
+                stream,
+                watch_id,
+                reply,
+            })
+            .await
+    }
+
+    /// etcd's RequestProgress: an empty response with the current revision once caught up.
+    pub fn request_progress(&self) {
+        let _ = self
+            .inputs
+            .try_send(Input::WatchProgress { stream: self.id });
+    }
+}
+
+impl Drop for WatchStream {
+    fn drop(&mut self) {
+        let inputs = self.inputs.clone();
+        let stream = self.id;
+        // The close must not be lost to a momentarily full queue, or the hub keeps the stream.
+        tokio::spawn(async move {
+            let _ = inputs.send(Input::WatchClose { stream }).await;
+        });
+    }
 }
 
 /// How client APIs talk to the node. Cheap to clone.
@@ -154,6 +251,27 @@ impl NodeHandle {
 
     pub async fn transfer_leadership(&self, target: NodeId) -> Result<(), NodeError> {
         self.call(|reply| Input::TransferLeadership { target, reply })
+            .await
+    }
+
+    pub async fn open_watch_stream(&self) -> Result<WatchStream, NodeError> {
+        let (id, responses) = self.call(|reply| Input::WatchOpen { reply }).await?;
+        Ok(WatchStream {
+            id,
+            responses,
+            inputs: self.inputs.clone(),
+        })
+    }
+
+    /// Renews a lease on the leader; answers with its TTL once the renewal is replicated, so a
+    /// new leader continues from it.
+    pub async fn lease_keep_alive(&self, id: LeaseId) -> Result<i64, NodeError> {
+        self.call(|reply| Input::LeaseKeepAlive { id, reply }).await
+    }
+
+    /// The lease as replicated, and its remaining TTL in seconds by the leader's clock.
+    pub async fn lease_time_to_live(&self, id: LeaseId) -> Result<(Lease, i64), NodeError> {
+        self.call(|reply| Input::LeaseTimeToLive { id, reply })
             .await
     }
 }

@@ -12,10 +12,15 @@ use ballot_core::{
 };
 use ballot_raft::{Message, Raft};
 use ballot_storage::dir_lock::DirLock;
+use ballot_storage::lessor::{LeaseTtl, Lessor, LessorConfig};
 use ballot_storage::mvcc::types::{Command, CommandResult};
+use ballot_storage::mvcc::types::{Lease, LeaseId};
 use ballot_storage::mvcc::{CommandCodec, MvccStore};
 use ballot_storage::snapshot_store::SnapshotStore;
 use ballot_storage::wal::{Wal, WalOptions};
+use ballot_storage::watch::{
+    StreamId, WatchHub, WatchLimits, WatchResponse, RESPONSE_OVERHEAD_BYTES,
+};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -26,6 +31,8 @@ use tokio::sync::{mpsc, oneshot};
 const INPUTS_PER_BATCH_MAX: usize = 1024;
 /// Snapshots kept in `snap/`.
 const SNAPSHOTS_RETAINED: usize = 3;
+/// Responses buffered per client watch stream between the loop and the gRPC task.
+const WATCH_STREAM_RESPONSES_MAX: usize = 256;
 /// Upper bounds (µs) of the WAL fsync latency histogram buckets.
 pub(crate) const SYNC_MICROS_BUCKETS: [u64; 10] = [
     100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 100_000, 1_000_000,
@@ -47,6 +54,14 @@ pub(crate) struct RaftLoop {
     reads_unconfirmed: HashMap<u64, Reply<()>>,
     reads_confirmed: Vec<(LogIndex, Reply<()>)>,
     next_read_id: u64,
+    watch_hub: WatchHub,
+    watch_streams: HashMap<StreamId, mpsc::Sender<WatchResponse>>,
+    lessor: Lessor,
+    /// Keep-alives granted by the lessor whose checkpoint is not proposed yet.
+    keepalives_unproposed: Vec<(LeaseId, i64, Reply<i64>)>,
+    /// Keep-alives answered when the checkpoint at this index is applied.
+    keepalives_proposed: BTreeMap<LogIndex, (Term, Vec<(i64, Reply<i64>)>)>,
+    started: Instant,
     counters: Counters,
     _lock: DirLock,
 }
@@ -80,6 +95,7 @@ impl RaftLoop {
             Arc::new(MvccStore::open(data_dir.join("state.redb")).map_err(|e| e.to_string())?);
         let snapshot = snapshots.latest().map_err(|e| e.to_string())?;
         let (wal, recovered) = open_wal(data_dir, snapshot.as_ref(), &store)?;
+        let watch_hub = WatchHub::new(WatchLimits::default(), store.revision());
         let persisted = PersistedState {
             hard_state: recovered.hard_state,
             snapshot,
@@ -100,6 +116,12 @@ impl RaftLoop {
             reads_unconfirmed: HashMap::new(),
             reads_confirmed: Vec::new(),
             next_read_id: 1,
+            watch_hub,
+            watch_streams: HashMap::new(),
+            lessor: Lessor::new(LessorConfig::default()),
+            keepalives_unproposed: Vec::new(),
+            keepalives_proposed: BTreeMap::new(),
+            started: Instant::now(),
             counters: Counters::default(),
             _lock: lock,
         })
@@ -124,19 +146,25 @@ impl RaftLoop {
                 tracing::error!(%error, "storage failure: stopping this node");
                 break;
             }
+            self.follow_leadership();
+            self.pump_watches();
             self.publish_status();
             if !running {
                 break;
             }
         }
-        let _ = self.wal.sync();
-        let _ = self.store.flush();
+        if let Err(error) = self.wal.sync() {
+            tracing::error!(%error, "final WAL sync failed at shutdown");
+        }
+        if let Err(error) = self.store.flush() {
+            tracing::error!(%error, "final state machine flush failed at shutdown");
+        }
     }
 
     /// Returns false on `Stop`.
     fn handle_input(&mut self, input: Input) -> bool {
         match input {
-            Input::Tick => self.raft.tick(),
+            Input::Tick => self.tick(),
             Input::Peer(message) => self.raft.step(message),
             Input::Propose { command, reply } => match self.raft.propose(command.encode()) {
                 Ok(position) => {
@@ -177,9 +205,177 @@ impl RaftLoop {
                         .map_err(NodeError::from),
                 );
             }
+            Input::WatchOpen { reply } => {
+                let answer = self
+                    .watch_hub
+                    .open_stream()
+                    .map_err(NodeError::Watch)
+                    .map(|stream| {
+                        let (sender, receiver) = mpsc::channel(WATCH_STREAM_RESPONSES_MAX);
+                        self.watch_streams.insert(stream, sender);
+                        (stream, receiver)
+                    });
+                let _ = reply.send(answer);
+            }
+            Input::WatchCreate {
+                stream,
+                create,
+                reply,
+            } => {
+                let answer = self.watch_hub.create_watch(stream, create, &*self.store);
+                let _ = reply.send(answer.map_err(NodeError::Watch));
+            }
+            Input::WatchCancel {
+                stream,
+                watch_id,
+                reply,
+            } => {
+                let _ = reply.send(
+                    self.watch_hub
+                        .cancel(stream, watch_id)
+                        .map_err(NodeError::Watch),
+                );
+            }
+            Input::WatchProgress { stream } => {
+                let _ = self.watch_hub.request_progress(stream);
+            }
+            Input::WatchClose { stream } => {
+                let _ = self.watch_hub.close_stream(stream);
+                self.watch_streams.remove(&stream);
+            }
+            Input::LeaseKeepAlive { id, reply } => {
+                let now = self.now_ms();
+                match self.lessor.keep_alive(id, now) {
+                    Ok(ttl) => self.keepalives_unproposed.push((id, ttl, reply)),
+                    Err(error) => {
+                        let _ = reply.send(Err(self.lessor_error(error)));
+                    }
+                }
+            }
+            Input::LeaseTimeToLive { id, reply } => {
+                let _ = reply.send(self.lease_time_to_live(id));
+            }
             Input::Stop => return false,
         }
         true
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn lessor_error(&self, error: ballot_storage::lessor::LessorError) -> NodeError {
+        match NodeError::from(error) {
+            NodeError::NotLeader { .. } => NodeError::NotLeader {
+                leader: self.raft.status().leader,
+            },
+            other => other,
+        }
+    }
+
+    fn lease_time_to_live(&self, id: LeaseId) -> Result<(Lease, i64), NodeError> {
+        let remaining_ms = self
+            .lessor
+            .remaining_ttl_ms(id, self.now_ms())
+            .map_err(|e| self.lessor_error(e))?;
+        let lease = self
+            .store
+            .lease(id)
+            .map_err(|e| NodeError::Storage(e.to_string()))?;
+        let lease = lease.ok_or(NodeError::Lease(
+            ballot_storage::lessor::LessorError::LeaseNotFound { id },
+        ))?;
+        Ok((lease, remaining_ms.div_ceil(1000) as i64))
+    }
+
+    /// One tick of logical time for the replica, and of wall time for the lessor and watches.
+    fn tick(&mut self) {
+        self.raft.tick();
+        let now = self.now_ms();
+        self.watch_hub.progress(now);
+        if !self.lessor.is_leader() {
+            return;
+        }
+        for command in self.lessor.tick(now) {
+            let checkpointed: Vec<LeaseId> = match &command {
+                Command::LeaseCheckpoint { checkpoints } => {
+                    checkpoints.iter().map(|(id, _)| *id).collect()
+                }
+                _ => Vec::new(),
+            };
+            let Ok(position) = self.raft.propose(command.encode()) else {
+                continue;
+            };
+            if checkpointed.is_empty() {
+                continue;
+            }
+            let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.keepalives_unproposed)
+                .into_iter()
+                .partition(|(id, _, _)| checkpointed.contains(id));
+            self.keepalives_unproposed = waiting;
+            let replies = due
+                .into_iter()
+                .map(|(_, ttl, reply)| (ttl, reply))
+                .collect();
+            self.keepalives_proposed
+                .insert(position.index, (position.term, replies));
+        }
+    }
+
+    /// The lessor keeps lease clocks only while this node leads.
+    fn follow_leadership(&mut self) {
+        let leading = self.raft.status().role == Role::Leader;
+        if leading && !self.lessor.is_leader() {
+            match self.store.leases() {
+                Ok(leases) => self
+                    .lessor
+                    .become_leader(self.now_ms(), leases.iter().map(LeaseTtl::from)),
+                Err(error) => tracing::error!(%error, "cannot read leases; lease expiry paused"),
+            }
+        } else if !leading && self.lessor.is_leader() {
+            self.lessor.step_down();
+            let leader = self.raft.status().leader;
+            for (_, _, reply) in self.keepalives_unproposed.drain(..) {
+                let _ = reply.send(Err(NodeError::NotLeader { leader }));
+            }
+        }
+    }
+
+    /// Moves watch responses to the client streams that have room for them.
+    fn pump_watches(&mut self) {
+        let mut streams = self.watch_hub.take_woken();
+        for &stream in self.watch_streams.keys() {
+            if self.watch_hub.has_pending(stream).unwrap_or(false) && !streams.contains(&stream) {
+                streams.push(stream);
+            }
+        }
+        for stream in streams {
+            let Some(sender) = self.watch_streams.get(&stream) else {
+                continue;
+            };
+            // A poll yields at most one response per RESPONSE_OVERHEAD_BYTES of budget (or one
+            // oversized one), so a budget sized to the free slots never loses a response.
+            for _ in 0..WATCH_STREAM_RESPONSES_MAX {
+                let room = sender.capacity();
+                if room == 0 || !self.watch_hub.has_pending(stream).unwrap_or(false) {
+                    break;
+                }
+                let Ok(responses) =
+                    self.watch_hub
+                        .poll(stream, &*self.store, room * RESPONSE_OVERHEAD_BYTES)
+                else {
+                    break;
+                };
+                if responses.is_empty() {
+                    break;
+                }
+                for response in responses {
+                    if sender.try_send(response).is_err() {
+                        tracing::error!(%stream, "watch response dropped: stream channel full or closed");
+                    }
+                }
+            }
+        }
     }
 
     fn handle_readies(&mut self) -> Result<(), String> {
@@ -273,6 +469,21 @@ impl RaftLoop {
             .store
             .apply_batch(&commands)
             .map_err(|e| e.to_string())?;
+        let now = self.now_ms();
+        for ((outcome, (index, command)), &term) in applied.iter().zip(&commands).zip(&terms) {
+            if let Some(first) = outcome.events.first() {
+                self.watch_hub
+                    .on_apply(first.kv.mod_revision, &outcome.events);
+            }
+            match (command, &outcome.result) {
+                (_, Ok(CommandResult::LeaseGrant { id, ttl_seconds })) => {
+                    self.lessor.on_granted(*id, *ttl_seconds, now)
+                }
+                (Command::LeaseRevoke { id }, Ok(_)) => self.lessor.on_revoked(*id),
+                (Command::LeaseCheckpoint { .. }, _) => self.answer_keepalives(*index, term),
+                _ => {}
+            }
+        }
         for (outcome, term) in applied.into_iter().zip(terms) {
             let Some((proposed_term, reply)) = self.proposals.remove(&outcome.index) else {
                 continue;
@@ -293,6 +504,14 @@ impl RaftLoop {
                 .mark_applied(last.index)
                 .map_err(|e| e.to_string())?;
         }
+        let lost_keepalives: Vec<LogIndex> = self
+            .keepalives_proposed
+            .range(..=last.index)
+            .map(|(&i, _)| i)
+            .collect();
+        for index in lost_keepalives {
+            self.answer_keepalives(index, 0);
+        }
         // Proposals whose index now holds something else (a no-op or a membership change of a
         // later leader) were lost.
         let lost: Vec<LogIndex> = self
@@ -307,6 +526,19 @@ impl RaftLoop {
             }
         }
         Ok(())
+    }
+
+    fn answer_keepalives(&mut self, index: LogIndex, term: Term) {
+        if let Some((proposed_term, replies)) = self.keepalives_proposed.remove(&index) {
+            for (ttl, reply) in replies {
+                let answer = if proposed_term == term {
+                    Ok(ttl)
+                } else {
+                    Err(NodeError::LeaderChanged)
+                };
+                let _ = reply.send(answer);
+            }
+        }
     }
 
     fn answer_membership_change(&mut self, index: LogIndex, term: Term) {
@@ -333,13 +565,25 @@ impl RaftLoop {
     }
 
     fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), String> {
-        self.snapshots.save(snapshot).map_err(|e| e.to_string())?;
+        match self.snapshots.save(snapshot) {
+            // An older snapshot than one we keep: the state machine is already past it.
+            Err(ballot_storage::snapshot_store::SnapshotError::Stale { .. }) => {
+                tracing::warn!(
+                    index = snapshot.meta.last_included.index,
+                    "ignored a stale snapshot"
+                );
+            }
+            other => {
+                other.map_err(|e| e.to_string())?;
+            }
+        }
         self.store
             .restore(&snapshot.data)
             .map_err(|e| e.to_string())?;
         self.wal
             .install_snapshot(snapshot.meta.last_included)
             .map_err(|e| e.to_string())?;
+        self.watch_hub.restore(self.store.revision());
         Ok(())
     }
 
@@ -422,7 +666,7 @@ fn open_wal(
     if let Some(repair) = &recovered.tail_repair {
         tracing::warn!(
             ?repair,
-            "cut a torn tail off the WAL (it held nothing acknowledged)"
+            "cut a damaged tail off the WAL (written after the last fsync, or rotted since)"
         );
     }
     let Some(snapshot) = snapshot else {
