@@ -25,6 +25,8 @@ enum Command {
     /// A three-node Raft cluster in the simulator, narrated: election, writes, reads, a leader
     /// crash and re-election, then a summary.
     Demo(cmd::demo::DemoArgs),
+    /// Run one ballot node (etcd's flags; each also as a BALLOT_* variable or in --config-file).
+    Server(cmd::server::ServerArgs),
 }
 
 fn main() -> ExitCode {
@@ -32,5 +34,6 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Sim(args) => cmd::sim::run(args),
         Command::Demo(args) => cmd::demo::run(args),
+        Command::Server(args) => cmd::server::run(args),
     }
 }

@@ -6,5 +6,6 @@
 //! - [`config`]: etcd-compatible configuration.
 
 pub mod config;
+pub mod http;
 pub mod node;
 pub mod transport;

@@ -1,0 +1,272 @@
+//! `ballot server`: one node, configured with etcd's flag names so etcd scripts work by changing
+//! the binary name. Each flag has a `BALLOT_*` environment variable; `--config-file` names a TOML
+//! file with the same keys (without the dashes' leading `--`). Precedence: flag, variable, file,
+//! default.
+
+use ballot_server::config::{parse_initial_cluster, parse_url, ClusterState, ServerConfig};
+use ballot_server::node::Node;
+use clap::Args;
+use serde::Deserialize;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Args, Debug, Default)]
+pub struct ServerArgs {
+    /// Human-readable name of this member [default: default]
+    #[arg(long, env = "BALLOT_NAME")]
+    name: Option<String>,
+    /// Where the WAL, snapshots and the state machine live [default: <name>.ballot]
+    #[arg(long, env = "BALLOT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// URLs to serve clients on, comma separated [default: http://localhost:2379]
+    #[arg(long, env = "BALLOT_LISTEN_CLIENT_URLS")]
+    listen_client_urls: Option<String>,
+    /// Client URLs to tell other members and clients about [default: http://localhost:2379]
+    #[arg(long, env = "BALLOT_ADVERTISE_CLIENT_URLS")]
+    advertise_client_urls: Option<String>,
+    /// URLs to serve peers on [default: http://localhost:2380]
+    #[arg(long, env = "BALLOT_LISTEN_PEER_URLS")]
+    listen_peer_urls: Option<String>,
+    /// This member's peer URLs, as the others reach it [default: http://localhost:2380]
+    #[arg(long, env = "BALLOT_INITIAL_ADVERTISE_PEER_URLS")]
+    initial_advertise_peer_urls: Option<String>,
+    /// Every initial member as name=peer-url, comma separated [default: default=http://localhost:2380]
+    #[arg(long, env = "BALLOT_INITIAL_CLUSTER")]
+    initial_cluster: Option<String>,
+    /// `new` to bootstrap a cluster, `existing` to join one after `member add` [default: new]
+    #[arg(long, env = "BALLOT_INITIAL_CLUSTER_STATE")]
+    initial_cluster_state: Option<ClusterState>,
+    /// Equal on every member; keeps clusters apart [default: ballot-cluster]
+    #[arg(long, env = "BALLOT_INITIAL_CLUSTER_TOKEN")]
+    initial_cluster_token: Option<String>,
+    /// Milliseconds between leader heartbeats [default: 100]
+    #[arg(long, env = "BALLOT_HEARTBEAT_INTERVAL")]
+    heartbeat_interval: Option<u64>,
+    /// Milliseconds without a leader before an election; at least 5 heartbeats [default: 1000]
+    #[arg(long, env = "BALLOT_ELECTION_TIMEOUT")]
+    election_timeout: Option<u64>,
+    /// Applied entries between two snapshots [default: 100000]
+    #[arg(long, env = "BALLOT_SNAPSHOT_COUNT")]
+    snapshot_count: Option<u64>,
+    /// Largest client request accepted, in bytes [default: 1572864]
+    #[arg(long, env = "BALLOT_MAX_REQUEST_BYTES")]
+    max_request_bytes: Option<usize>,
+    /// Most operations in one transaction [default: 128]
+    #[arg(long, env = "BALLOT_MAX_TXN_OPS")]
+    max_txn_ops: Option<usize>,
+    /// Where /metrics and /health are served [default: the first client URL's port + 10000]
+    #[arg(long, env = "BALLOT_LISTEN_METRICS_URLS")]
+    listen_metrics_urls: Option<String>,
+    /// A TOML file with any of the settings above (keys as the flags, e.g. `data-dir = "..."`)
+    #[arg(long, env = "BALLOT_CONFIG_FILE")]
+    config_file: Option<PathBuf>,
+}
+
+/// The TOML file: every key optional, named as the flags.
+#[derive(Deserialize, Default, Debug)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct FileConfig {
+    name: Option<String>,
+    data_dir: Option<PathBuf>,
+    listen_client_urls: Option<String>,
+    advertise_client_urls: Option<String>,
+    listen_peer_urls: Option<String>,
+    initial_advertise_peer_urls: Option<String>,
+    initial_cluster: Option<String>,
+    initial_cluster_state: Option<String>,
+    initial_cluster_token: Option<String>,
+    heartbeat_interval: Option<u64>,
+    election_timeout: Option<u64>,
+    snapshot_count: Option<u64>,
+    max_request_bytes: Option<usize>,
+    max_txn_ops: Option<usize>,
+    listen_metrics_urls: Option<String>,
+}
+
+fn urls(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// Flags and variables (already merged by clap), then the file, then etcd's defaults.
+pub fn resolve(args: &ServerArgs) -> Result<ServerConfig, String> {
+    let file: FileConfig = match &args.config_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("--config-file {}: {e}", path.display()))?;
+            toml::from_str(&text).map_err(|e| format!("--config-file {}: {e}", path.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    let defaults = ServerConfig::default();
+    let name = args.name.clone().or(file.name).unwrap_or(defaults.name);
+    let pick = |flag: &Option<String>, from_file: &Option<String>| {
+        flag.clone().or_else(|| from_file.clone())
+    };
+    let cluster_state = match (&args.initial_cluster_state, &file.initial_cluster_state) {
+        (Some(state), _) => *state,
+        (None, Some(text)) => text
+            .parse()
+            .map_err(|e| format!("--initial-cluster-state: {e}"))?,
+        (None, None) => ClusterState::New,
+    };
+    let initial_cluster = match pick(&args.initial_cluster, &file.initial_cluster) {
+        Some(text) => parse_initial_cluster(&text).map_err(|e| e.to_string())?,
+        None => defaults.initial_cluster,
+    };
+    Ok(ServerConfig {
+        data_dir: args
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from(format!("{name}.ballot"))),
+        listen_client_urls: pick(&args.listen_client_urls, &file.listen_client_urls)
+            .map_or(defaults.listen_client_urls, |l| urls(&l)),
+        advertise_client_urls: pick(&args.advertise_client_urls, &file.advertise_client_urls)
+            .map_or(defaults.advertise_client_urls, |l| urls(&l)),
+        listen_peer_urls: pick(&args.listen_peer_urls, &file.listen_peer_urls)
+            .map_or(defaults.listen_peer_urls, |l| urls(&l)),
+        initial_advertise_peer_urls: pick(
+            &args.initial_advertise_peer_urls,
+            &file.initial_advertise_peer_urls,
+        )
+        .map_or(defaults.initial_advertise_peer_urls, |l| urls(&l)),
+        initial_cluster,
+        initial_cluster_state: cluster_state,
+        initial_cluster_token: pick(&args.initial_cluster_token, &file.initial_cluster_token)
+            .unwrap_or(defaults.initial_cluster_token),
+        heartbeat_interval_ms: args
+            .heartbeat_interval
+            .or(file.heartbeat_interval)
+            .unwrap_or(defaults.heartbeat_interval_ms),
+        election_timeout_ms: args
+            .election_timeout
+            .or(file.election_timeout)
+            .unwrap_or(defaults.election_timeout_ms),
+        snapshot_count: args
+            .snapshot_count
+            .or(file.snapshot_count)
+            .unwrap_or(defaults.snapshot_count),
+        max_request_bytes: args
+            .max_request_bytes
+            .or(file.max_request_bytes)
+            .unwrap_or(defaults.max_request_bytes),
+        max_txn_ops: args
+            .max_txn_ops
+            .or(file.max_txn_ops)
+            .unwrap_or(defaults.max_txn_ops),
+        listen_metrics_urls: pick(&args.listen_metrics_urls, &file.listen_metrics_urls)
+            .map_or(Vec::new(), |l| urls(&l)),
+        name,
+    })
+}
+
+pub fn run(args: ServerArgs) -> ExitCode {
+    use std::io::IsTerminal;
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .try_init();
+    let config = match resolve(&args)
+        .and_then(|config| config.validate().map(|_| config).map_err(|e| e.to_string()))
+    {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: ServerConfig) -> ExitCode {
+    let metrics_url = config.listen_metrics_urls.first().cloned();
+    let node = match Node::start(config.clone()).await {
+        Ok(node) => node,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    let metrics_addr = match metrics_url {
+        Some(url) => parse_url(&url),
+        None => parse_url(&config.listen_client_urls[0]).map(|mut addr| {
+            addr.set_port(addr.port().wrapping_add(10_000));
+            addr
+        }),
+    };
+    match metrics_addr {
+        Ok(addr) => {
+            match ballot_server::http::serve(addr, node.handle.clone(), node.transport.clone())
+                .await
+            {
+                Ok(bound) => tracing::info!("metrics and health on http://{bound}"),
+                Err(error) => tracing::warn!(%error, "cannot serve /metrics on {addr}"),
+            }
+        }
+        Err(error) => tracing::warn!(%error, "no metrics endpoint"),
+    }
+    tracing::info!(
+        name = %config.name,
+        id = format!("{:x}", config.node_id()),
+        peer = %node.addresses.peer,
+        data_dir = %config.data_dir.display(),
+        "ballot server started"
+    );
+    wait_for_shutdown().await;
+    tracing::info!("shutting down");
+    node.stop();
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_shutdown() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_beat_the_file_which_beats_the_defaults() {
+        let dir = std::env::temp_dir().join(format!("ballot-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("node.toml");
+        std::fs::write(
+            &file,
+            "name = \"from-file\"\nsnapshot-count = 7\nheartbeat-interval = 50\n",
+        )
+        .unwrap();
+        let args = ServerArgs {
+            config_file: Some(file.clone()),
+            heartbeat_interval: Some(20),
+            ..ServerArgs::default()
+        };
+        let config = resolve(&args).unwrap();
+        assert_eq!(config.name, "from-file");
+        assert_eq!(config.data_dir, PathBuf::from("from-file.ballot"));
+        assert_eq!(config.snapshot_count, 7);
+        assert_eq!(
+            config.heartbeat_interval_ms, 20,
+            "the flag wins over the file"
+        );
+        assert_eq!(config.max_txn_ops, 128, "etcd's default");
+        std::fs::write(&file, "nmae = \"typo\"\n").unwrap();
+        let error = resolve(&args).unwrap_err();
+        assert!(error.contains("unknown field `nmae`"), "{error}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
