@@ -15,6 +15,7 @@
 //!   9 InstallSnapshot         SnapshotMeta | offset u64 | data (len u32 | bytes) | done u8
 //!  10 InstallSnapshotResponse last_included u64 | received_bytes u64 | done u8
 //!  11 TimeoutNow
+//!  12 ForwardProposals        count u32 | (len u32 | bytes) * count
 //! ```
 
 use crate::message::{AppendResult, Message, MessageBody};
@@ -124,6 +125,13 @@ pub fn encode(message: &Message, out: &mut impl BufMut) {
             out.put_u8(*done as u8);
         }
         MessageBody::TimeoutNow => out.put_u8(11),
+        MessageBody::ForwardProposals { commands } => {
+            out.put_u8(12);
+            out.put_u32_le(commands.len() as u32);
+            for command in commands {
+                put_bytes(out, command);
+            }
+        }
     }
 }
 
@@ -214,6 +222,19 @@ pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
             done: input.bool("snapshot done")?,
         },
         11 => MessageBody::TimeoutNow,
+        12 => {
+            let count = input.u32("proposal count")? as usize;
+            if count > ENTRIES_PER_MESSAGE_DECODE_MAX {
+                return Err(input.error(
+                    "proposal count",
+                    format!("{count} exceeds {ENTRIES_PER_MESSAGE_DECODE_MAX}"),
+                ));
+            }
+            let commands = (0..count)
+                .map(|_| input.bytes("forwarded command"))
+                .collect::<Result<_, _>>()?;
+            MessageBody::ForwardProposals { commands }
+        }
         other => return Err(input.error("message kind", format!("unknown kind {other}"))),
     };
     input.finish("message")?;
@@ -288,6 +309,9 @@ mod tests {
                 done: true,
             },
             MessageBody::TimeoutNow,
+            MessageBody::ForwardProposals {
+                commands: vec![Bytes::from_static(b"a"), Bytes::new()],
+            },
         ]
     }
 

@@ -61,6 +61,11 @@ pub enum MessageBody {
     },
     /// Leadership transfer: start an election now, ignoring the election timer.
     TimeoutNow,
+    /// Commands a follower asks the leader to append on its behalf (fire and forget: the
+    /// follower learns the outcome by applying the log, like everyone else).
+    ForwardProposals {
+        commands: Vec<Bytes>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +100,7 @@ impl ProtocolMessage for Message {
                     entries.iter().map(Entry::size_bytes).sum()
                 }
                 MessageBody::InstallSnapshot { data, .. } => data.len(),
+                MessageBody::ForwardProposals { commands } => commands.iter().map(Bytes::len).sum(),
                 _ => 0,
             }
     }
@@ -168,6 +174,9 @@ impl fmt::Display for Message {
                 "InstallSnapshotResp upto={last_included} received={received_bytes} done={done}"
             ),
             MessageBody::TimeoutNow => write!(f, "TimeoutNow"),
+            MessageBody::ForwardProposals { commands } => {
+                write!(f, "ForwardProposals count={}", commands.len())
+            }
         }
     }
 }

@@ -173,6 +173,32 @@ impl Raft {
         &self.config
     }
 
+    /// Asks the leader to append `command`: appends it here if this node leads, else sends it to
+    /// the leader it knows. The outcome shows in the log only; nothing answers a forward.
+    pub fn propose_or_forward(&mut self, command: Bytes) -> Result<(), ReplicaError> {
+        if self.role == Role::Leader {
+            return self.propose(command).map(|_| ());
+        }
+        if command.len() > self.config.command_bytes_max {
+            return Err(ReplicaError::CommandTooLarge {
+                bytes: command.len(),
+                max: self.config.command_bytes_max,
+            });
+        }
+        match self.leader {
+            Some(leader) if leader != self.id => {
+                self.send(
+                    leader,
+                    MessageBody::ForwardProposals {
+                        commands: vec![command],
+                    },
+                );
+                Ok(())
+            }
+            _ => Err(ReplicaError::NotLeader { leader_hint: None }),
+        }
+    }
+
     pub(crate) fn is_broken(&self, which: Break) -> bool {
         self.config.broken == Some(which)
     }
@@ -382,6 +408,13 @@ impl Raft {
                 done,
             } => self.handle_install_snapshot_response(from, last_included, received_bytes, done),
             MessageBody::TimeoutNow => self.handle_timeout_now(),
+            MessageBody::ForwardProposals { commands } => {
+                for command in commands {
+                    // Refusals are silent: the follower's caller learns by timeout, as with a
+                    // lost message.
+                    let _ = self.propose(command);
+                }
+            }
         }
     }
 

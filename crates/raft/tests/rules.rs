@@ -860,3 +860,29 @@ fn s9_6_prevote_refuses_while_a_leader_is_alive_even_without_check_quorum() {
         .iter()
         .all(|m| matches!(m.body, MessageBody::PreVoteResponse { granted: false })));
 }
+
+#[test]
+fn a_follower_forwards_proposals_to_the_leader() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    cluster.settle();
+    cluster
+        .node_mut(2)
+        .propose_or_forward(Bytes::from_static(b"from-n2"))
+        .unwrap();
+    cluster.settle();
+    assert_eq!(
+        cluster.commands_applied(3),
+        vec![Bytes::from_static(b"from-n2")]
+    );
+    cluster.isolate(1);
+    cluster.tick_all(40);
+    let mut lone = Raft::new(config_for(9, &[9, 8, 7]), PersistedState::default()).unwrap();
+    assert!(
+        matches!(
+            lone.propose_or_forward(Bytes::new()),
+            Err(ReplicaError::NotLeader { leader_hint: None })
+        ),
+        "with no known leader the caller is told so"
+    );
+}
