@@ -183,18 +183,30 @@ impl ServerConfig {
         (heartbeat, election_min, 2 * election_min)
     }
 
-    /// This node's id, derived like every other member's from the cluster token and its name.
+    /// This node's id, derived like every other member's from the cluster token and its peer
+    /// URL (as `member add`, which knows only peer URLs, derives it too).
     pub fn node_id(&self) -> NodeId {
-        member_id(&self.initial_cluster_token, &self.name)
+        member_id(
+            &self.initial_cluster_token,
+            &self.initial_advertise_peer_urls[0],
+        )
+    }
+
+    /// Ids of the members named in `--initial-cluster`.
+    pub fn initial_member_ids(&self) -> Vec<NodeId> {
+        self.initial_cluster
+            .iter()
+            .map(|(_, url)| member_id(&self.initial_cluster_token, url))
+            .collect()
     }
 }
 
-/// A member's id: a hash of the cluster token and the member name, so every node derives the
-/// same ids from the same `--initial-cluster`, and two clusters with different tokens differ.
-pub fn member_id(cluster_token: &str, name: &str) -> NodeId {
+/// A member's id: a hash of the cluster token and the member's peer URL, so every node derives
+/// the same ids from the same `--initial-cluster`, and two clusters with different tokens differ.
+pub fn member_id(cluster_token: &str, peer_url: &str) -> NodeId {
     // FNV-1a, 64 bit: stable across versions and platforms, unlike std's hasher.
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in cluster_token.bytes().chain([b'/']).chain(name.bytes()) {
+    for byte in cluster_token.bytes().chain([b'/']).chain(peer_url.bytes()) {
         hash ^= byte as u64;
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }

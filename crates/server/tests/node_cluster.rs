@@ -267,3 +267,42 @@ async fn watches_follow_writes_and_leases_expire_through_the_log() {
         node.stop();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_member_learns_every_members_name_and_client_urls() {
+    let root = tempdir();
+    let configs = configs(root.path(), 3);
+    let mut nodes = Vec::new();
+    for config in &configs {
+        nodes.push(Node::start(config.clone()).await.unwrap());
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for node in &nodes {
+        loop {
+            let members = node.handle.status().members;
+            let complete = members.len() == 3
+                && members
+                    .iter()
+                    .all(|m| !m.name.is_empty() && !m.client_urls.is_empty());
+            if complete {
+                let mut names: Vec<_> = members.iter().map(|m| m.name.clone()).collect();
+                names.sort();
+                assert_eq!(names, ["n1", "n2", "n3"]);
+                for member in &members {
+                    let config = configs.iter().find(|c| c.name == member.name).unwrap();
+                    assert_eq!(member.client_urls, config.advertise_client_urls);
+                    assert_eq!(member.id, config.node_id());
+                }
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "members never published: {members:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    for node in nodes {
+        node.stop();
+    }
+}

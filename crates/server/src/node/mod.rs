@@ -1,7 +1,11 @@
 //! A running ballot node: the raft loop thread, its ticker, the peer transport, and the handle
 //! through which client APIs reach them. See `docs/design/server.md`.
 
+mod envelope;
+pub mod members;
 mod raft_loop;
+
+pub use members::{MemberCommand, MemberInfo};
 
 use crate::config::ServerConfig;
 use crate::transport::{Transport, TransportConfig};
@@ -88,6 +92,8 @@ pub struct NodeStatus {
     /// fdatasync latencies in microseconds, bucketed for the Prometheus histogram.
     pub wal_sync_micros_buckets: Vec<(u64, u64)>,
     pub wal_sync_micros_sum: u64,
+    /// Every voter and learner, with what the registry knows of it.
+    pub members: Vec<MemberInfo>,
 }
 
 pub(crate) enum Input {
@@ -96,6 +102,10 @@ pub(crate) enum Input {
     Propose {
         command: Command,
         reply: oneshot::Sender<Result<CommandResult, NodeError>>,
+    },
+    ProposeMember {
+        command: MemberCommand,
+        reply: oneshot::Sender<Result<(), NodeError>>,
     },
     Read {
         mode: ReadMode,
@@ -241,6 +251,12 @@ impl NodeHandle {
         self.call(|reply| Input::Read { mode, reply }).await
     }
 
+    /// Replicates a change to the member registry (on the leader).
+    pub async fn propose_member(&self, command: MemberCommand) -> Result<(), NodeError> {
+        self.call(|reply| Input::ProposeMember { command, reply })
+            .await
+    }
+
     pub async fn change_membership(
         &self,
         change: MembershipChange,
@@ -304,8 +320,8 @@ impl Node {
         let (transport, peer_addr) = Transport::start(transport_config, peer_listen, peer_sender)
             .await
             .map_err(|error| format!("cannot listen for peers on {peer_listen}: {error}"))?;
-        for (name, url) in &config.initial_cluster {
-            let id = crate::config::member_id(&config.initial_cluster_token, name);
+        for (_, url) in &config.initial_cluster {
+            let id = crate::config::member_id(&config.initial_cluster_token, url);
             if id != config.node_id() {
                 transport.set_peer(id, crate::config::parse_url(url)?);
             }

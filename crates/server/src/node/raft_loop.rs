@@ -3,6 +3,8 @@
 //! handled in the order of the contract in `ballot_core::ready`. A storage failure stops the node
 //! (fail-stop): continuing after a failed fsync could acknowledge what is not durable.
 
+use super::envelope::{decode_snapshot, encode_snapshot, LogCommand};
+use super::members::{MemberCommand, MemberInfo, MemberRegistry};
 use super::{Input, NodeError, NodeStatus};
 use crate::config::{ClusterState, ServerConfig};
 use crate::transport::Transport;
@@ -15,7 +17,7 @@ use ballot_storage::dir_lock::DirLock;
 use ballot_storage::lessor::{LeaseTtl, Lessor, LessorConfig};
 use ballot_storage::mvcc::types::{Command, CommandResult};
 use ballot_storage::mvcc::types::{Lease, LeaseId};
-use ballot_storage::mvcc::{CommandCodec, MvccStore};
+use ballot_storage::mvcc::MvccStore;
 use ballot_storage::snapshot_store::SnapshotStore;
 use ballot_storage::wal::{Wal, WalOptions};
 use ballot_storage::watch::{
@@ -50,6 +52,11 @@ pub(crate) struct RaftLoop {
     status: Arc<Mutex<NodeStatus>>,
     /// Proposals by the log position they were given; answered when that index is applied.
     proposals: BTreeMap<LogIndex, (Term, Reply<CommandResult>)>,
+    member_proposals: BTreeMap<LogIndex, (Term, Reply<()>)>,
+    registry: MemberRegistry,
+    /// What this node publishes about itself.
+    own_info: MemberInfo,
+    ticks_until_publish_check: u32,
     membership_changes: BTreeMap<LogIndex, (Term, Reply<LogPosition>)>,
     reads_unconfirmed: HashMap<u64, Reply<()>>,
     reads_confirmed: Vec<(LogIndex, Reply<()>)>,
@@ -94,7 +101,20 @@ impl RaftLoop {
         let store =
             Arc::new(MvccStore::open(data_dir.join("state.redb")).map_err(|e| e.to_string())?);
         let snapshot = snapshots.latest().map_err(|e| e.to_string())?;
-        let (wal, recovered) = open_wal(data_dir, snapshot.as_ref(), &store)?;
+        let initial_members = config.initial_cluster.iter().map(|(name, url)| MemberInfo {
+            id: crate::config::member_id(&config.initial_cluster_token, url),
+            name: name.clone(),
+            peer_urls: vec![url.clone()],
+            client_urls: Vec::new(),
+        });
+        let mut registry = MemberRegistry::open(data_dir.join("members"), initial_members)?;
+        let own_info = MemberInfo {
+            id: config.node_id(),
+            name: config.name.clone(),
+            peer_urls: config.initial_advertise_peer_urls.clone(),
+            client_urls: config.advertise_client_urls.clone(),
+        };
+        let (wal, recovered) = open_wal(data_dir, snapshot.as_ref(), &store, &mut registry)?;
         let watch_hub = WatchHub::new(WatchLimits::default(), store.revision());
         let persisted = PersistedState {
             hard_state: recovered.hard_state,
@@ -112,6 +132,10 @@ impl RaftLoop {
             inputs,
             status,
             proposals: BTreeMap::new(),
+            member_proposals: BTreeMap::new(),
+            registry,
+            own_info,
+            ticks_until_publish_check: 0,
             membership_changes: BTreeMap::new(),
             reads_unconfirmed: HashMap::new(),
             reads_confirmed: Vec::new(),
@@ -166,15 +190,28 @@ impl RaftLoop {
         match input {
             Input::Tick => self.tick(),
             Input::Peer(message) => self.raft.step(message),
-            Input::Propose { command, reply } => match self.raft.propose(command.encode()) {
-                Ok(position) => {
-                    self.proposals
-                        .insert(position.index, (position.term, reply));
+            Input::Propose { command, reply } => {
+                match self.raft.propose(LogCommand::Kv(command).encode()) {
+                    Ok(position) => {
+                        self.proposals
+                            .insert(position.index, (position.term, reply));
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(error.into()));
+                    }
                 }
-                Err(error) => {
-                    let _ = reply.send(Err(error.into()));
+            }
+            Input::ProposeMember { command, reply } => {
+                match self.raft.propose(LogCommand::Member(command).encode()) {
+                    Ok(position) => {
+                        self.member_proposals
+                            .insert(position.index, (position.term, reply));
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(error.into()));
+                    }
                 }
-            },
+            }
             Input::Read { mode, reply } => {
                 let id = self.next_read_id;
                 self.next_read_id += 1;
@@ -291,6 +328,7 @@ impl RaftLoop {
     /// One tick of logical time for the replica, and of wall time for the lessor and watches.
     fn tick(&mut self) {
         self.raft.tick();
+        self.publish_self_if_needed();
         let now = self.now_ms();
         self.watch_hub.progress(now);
         if !self.lessor.is_leader() {
@@ -303,7 +341,7 @@ impl RaftLoop {
                 }
                 _ => Vec::new(),
             };
-            let Ok(position) = self.raft.propose(command.encode()) else {
+            let Ok(position) = self.raft.propose(LogCommand::Kv(command).encode()) else {
                 continue;
             };
             if checkpointed.is_empty() {
@@ -319,6 +357,26 @@ impl RaftLoop {
                 .collect();
             self.keepalives_proposed
                 .insert(position.index, (position.term, replies));
+        }
+    }
+
+    /// Ticks between checks that the registry describes this node as it is configured.
+    const PUBLISH_CHECK_TICKS: u32 = 100;
+
+    /// Like etcd's member publication: once a second, if the replicated registry does not say
+    /// what this node's name and client URLs are, propose (or forward to the leader) that it does.
+    fn publish_self_if_needed(&mut self) {
+        if self.ticks_until_publish_check > 0 {
+            self.ticks_until_publish_check -= 1;
+            return;
+        }
+        self.ticks_until_publish_check = Self::PUBLISH_CHECK_TICKS;
+        if self.registry.get(self.own_info.id) == Some(&self.own_info) {
+            return;
+        }
+        let command = LogCommand::Member(MemberCommand::Publish(self.own_info.clone()));
+        if let Err(error) = self.raft.propose_or_forward(command.encode()) {
+            tracing::debug!(%error, "member publication postponed");
         }
     }
 
@@ -448,10 +506,14 @@ impl RaftLoop {
         let mut terms = Vec::new();
         for entry in entries {
             match &entry.payload {
-                EntryPayload::Command(data) => match Command::decode(data) {
-                    Ok(command) => {
+                EntryPayload::Command(data) => match LogCommand::decode(data) {
+                    Ok(LogCommand::Kv(command)) => {
                         commands.push((entry.index, command));
                         terms.push(entry.term);
+                    }
+                    Ok(LogCommand::Member(command)) => {
+                        self.registry.apply(entry.index, &command)?;
+                        self.answer_member_proposal(entry.index, entry.term);
                     }
                     // Only this server's own encoder writes commands, so this is a bug or a
                     // corrupt entry that passed the WAL's checksum: apply nothing, say so loudly.
@@ -504,6 +566,14 @@ impl RaftLoop {
                 .mark_applied(last.index)
                 .map_err(|e| e.to_string())?;
         }
+        let lost_members: Vec<LogIndex> = self
+            .member_proposals
+            .range(..=last.index)
+            .map(|(&i, _)| i)
+            .collect();
+        for index in lost_members {
+            self.answer_member_proposal(index, 0);
+        }
         let lost_keepalives: Vec<LogIndex> = self
             .keepalives_proposed
             .range(..=last.index)
@@ -526,6 +596,17 @@ impl RaftLoop {
             }
         }
         Ok(())
+    }
+
+    fn answer_member_proposal(&mut self, index: LogIndex, term: Term) {
+        if let Some((proposed_term, reply)) = self.member_proposals.remove(&index) {
+            let answer = if proposed_term == term {
+                Ok(())
+            } else {
+                Err(NodeError::LeaderChanged)
+            };
+            let _ = reply.send(answer);
+        }
     }
 
     fn answer_keepalives(&mut self, index: LogIndex, term: Term) {
@@ -577,9 +658,11 @@ impl RaftLoop {
                 other.map_err(|e| e.to_string())?;
             }
         }
-        self.store
-            .restore(&snapshot.data)
-            .map_err(|e| e.to_string())?;
+        let (registry_part, mvcc_part) =
+            decode_snapshot(&snapshot.data).map_err(|e| e.to_string())?;
+        self.store.restore(mvcc_part).map_err(|e| e.to_string())?;
+        self.registry
+            .restore(registry_part, snapshot.meta.last_included.index)?;
         self.wal
             .install_snapshot(snapshot.meta.last_included)
             .map_err(|e| e.to_string())?;
@@ -591,7 +674,8 @@ impl RaftLoop {
     fn take_snapshot(&mut self) -> Result<(), String> {
         self.store.flush().map_err(|e| e.to_string())?;
         let applied = self.store.applied_index();
-        let data = self.store.snapshot().map_err(|e| e.to_string())?;
+        let mvcc = self.store.snapshot().map_err(|e| e.to_string())?;
+        let data = encode_snapshot(&self.registry.snapshot(), &mvcc);
         let draft = Snapshot {
             meta: SnapshotMeta {
                 last_included: LogPosition::new(applied, 0),
@@ -647,6 +731,16 @@ impl RaftLoop {
             wal_syncs: counters.wal_syncs,
             wal_sync_micros_buckets: buckets,
             wal_sync_micros_sum: counters.sync_micros_sum,
+            members: status
+                .membership
+                .members()
+                .map(|id| {
+                    self.registry.get(id).cloned().unwrap_or(MemberInfo {
+                        id,
+                        ..MemberInfo::default()
+                    })
+                })
+                .collect(),
         };
         debug_assert!(status.role != Role::Leader || status.leader == Some(status.id));
     }
@@ -659,6 +753,7 @@ fn open_wal(
     data_dir: &Path,
     snapshot: Option<&Snapshot>,
     store: &MvccStore,
+    registry: &mut MemberRegistry,
 ) -> Result<(Wal, ballot_storage::wal::Recovered), String> {
     let wal_dir = data_dir.join("wal");
     let (mut wal, recovered) =
@@ -673,9 +768,11 @@ fn open_wal(
         return Ok((wal, recovered));
     };
     let position = snapshot.meta.last_included;
+    let (registry_part, mvcc_part) = decode_snapshot(&snapshot.data).map_err(|e| e.to_string())?;
     if store.applied_index() < position.index {
-        store.restore(&snapshot.data).map_err(|e| e.to_string())?;
+        store.restore(mvcc_part).map_err(|e| e.to_string())?;
     }
+    registry.restore_if_behind(registry_part, position.index)?;
     if recovered
         .snapshot
         .is_none_or(|marker| marker.index < position.index)
@@ -688,11 +785,7 @@ fn open_wal(
 }
 
 fn raft_config(config: &ServerConfig) -> ballot_raft::Config {
-    let members: Vec<NodeId> = config
-        .initial_cluster
-        .iter()
-        .map(|(name, _)| crate::config::member_id(&config.initial_cluster_token, name))
-        .collect();
+    let members: Vec<NodeId> = config.initial_member_ids();
     let bootstrap = match config.initial_cluster_state {
         ClusterState::New => Membership::with_voters(members),
         // A joining node learns the membership from the leader's log or snapshot.

@@ -1,0 +1,293 @@
+//! Who the members are beyond their ids: names and URLs, replicated through the log as etcd
+//! publishes member attributes, so every node can list the members and find the leader's client
+//! URLs. Raft's membership says who votes; this registry only describes them.
+//!
+//! Kept in `<data-dir>/members`, rewritten atomically (temporary file, fsync, rename, directory
+//! fsync) whenever it changes, with the log index of the last command applied to it so a replay
+//! after a restart skips what the file already reflects.
+//!
+//! ```text
+//! file      magic "BALLOTMB" | applied_index u64 | Members
+//! Members   count u32 | MemberInfo * count
+//! MemberInfo id u64 | name (len u32 | utf-8) | peer_url_count u32 | url * n | client_url_count u32 | url * n
+//! command   0 Publish MemberInfo | 1 Forget id u64
+//! ```
+
+use ballot_core::codec::{put_bytes, DecodeError, Decoder};
+use ballot_core::{LogIndex, NodeId};
+use bytes::{BufMut, Bytes};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+const FILE_MAGIC: &[u8; 8] = b"BALLOTMB";
+/// Most members a registry decodes.
+const MEMBERS_MAX: usize = 1024;
+/// Most URLs per member a registry decodes.
+const URLS_PER_MEMBER_MAX: usize = 64;
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MemberInfo {
+    pub id: NodeId,
+    /// Empty until the member has started and published itself.
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberCommand {
+    /// Sets everything known about one member (a started member publishes itself; `member add`
+    /// publishes a future member's peer URLs).
+    Publish(MemberInfo),
+    Forget(NodeId),
+}
+
+#[derive(Debug)]
+pub struct MemberRegistry {
+    members: BTreeMap<NodeId, MemberInfo>,
+    applied_index: LogIndex,
+    path: PathBuf,
+}
+
+impl MemberRegistry {
+    /// Loads the registry, or starts one from what the configuration says about the initial
+    /// members (peer URLs only; names and client URLs arrive when they publish).
+    pub fn open(
+        path: PathBuf,
+        initial: impl IntoIterator<Item = MemberInfo>,
+    ) -> Result<Self, String> {
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let (applied_index, members) =
+                    decode_file(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+                Ok(Self {
+                    members,
+                    applied_index,
+                    path,
+                })
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                let members = initial.into_iter().map(|m| (m.id, m)).collect();
+                Ok(Self {
+                    members,
+                    applied_index: 0,
+                    path,
+                })
+            }
+            Err(error) => Err(format!("{}: {error}", path.display())),
+        }
+    }
+
+    pub fn get(&self, id: NodeId) -> Option<&MemberInfo> {
+        self.members.get(&id)
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &MemberInfo> {
+        self.members.values()
+    }
+
+    /// Applies a command from the log entry at `index` (skipped if the file already has it).
+    pub fn apply(&mut self, index: LogIndex, command: &MemberCommand) -> Result<(), String> {
+        if index <= self.applied_index {
+            return Ok(());
+        }
+        match command {
+            MemberCommand::Publish(info) => {
+                self.members.insert(info.id, info.clone());
+            }
+            MemberCommand::Forget(id) => {
+                self.members.remove(id);
+            }
+        }
+        self.applied_index = index;
+        self.persist()
+    }
+
+    /// Restores from a snapshot taken at `index` unless the file is already at least that new.
+    pub fn restore_if_behind(&mut self, data: &[u8], index: LogIndex) -> Result<(), String> {
+        if self.applied_index >= index {
+            return Ok(());
+        }
+        self.restore(data, index)
+    }
+
+    /// The registry's part of a snapshot.
+    pub fn snapshot(&self) -> Bytes {
+        let mut out = Vec::new();
+        encode_members(&mut out, &self.members);
+        Bytes::from(out)
+    }
+
+    /// Replaces everything with a snapshot's registry taken at `index`.
+    pub fn restore(&mut self, data: &[u8], index: LogIndex) -> Result<(), String> {
+        let mut input = Decoder::new(data);
+        self.members = decode_members(&mut input).map_err(|e| e.to_string())?;
+        input.finish("member registry").map_err(|e| e.to_string())?;
+        self.applied_index = index;
+        self.persist()
+    }
+
+    fn persist(&self) -> Result<(), String> {
+        let mut bytes = FILE_MAGIC.to_vec();
+        bytes.put_u64_le(self.applied_index);
+        encode_members(&mut bytes, &self.members);
+        write_atomically(&self.path, &bytes).map_err(|e| format!("{}: {e}", self.path.display()))
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let temporary = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&temporary)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+fn encode_info(out: &mut Vec<u8>, info: &MemberInfo) {
+    out.put_u64_le(info.id);
+    put_bytes(out, info.name.as_bytes());
+    for urls in [&info.peer_urls, &info.client_urls] {
+        out.put_u32_le(urls.len() as u32);
+        for url in urls {
+            put_bytes(out, url.as_bytes());
+        }
+    }
+}
+
+fn decode_string(input: &mut Decoder<'_>, what: &'static str) -> Result<String, DecodeError> {
+    let bytes = input.bytes(what)?;
+    String::from_utf8(bytes.to_vec()).map_err(|_| input.error(what, "not UTF-8"))
+}
+
+fn decode_info(input: &mut Decoder<'_>) -> Result<MemberInfo, DecodeError> {
+    let id = input.u64("member id")?;
+    let name = decode_string(input, "member name")?;
+    let mut lists = [Vec::new(), Vec::new()];
+    for list in lists.iter_mut() {
+        let count = input.u32("url count")? as usize;
+        if count > URLS_PER_MEMBER_MAX {
+            return Err(input.error(
+                "url count",
+                format!("{count} exceeds {URLS_PER_MEMBER_MAX}"),
+            ));
+        }
+        for _ in 0..count {
+            list.push(decode_string(input, "url")?);
+        }
+    }
+    let [peer_urls, client_urls] = lists;
+    Ok(MemberInfo {
+        id,
+        name,
+        peer_urls,
+        client_urls,
+    })
+}
+
+fn encode_members(out: &mut Vec<u8>, members: &BTreeMap<NodeId, MemberInfo>) {
+    out.put_u32_le(members.len() as u32);
+    for info in members.values() {
+        encode_info(out, info);
+    }
+}
+
+fn decode_members(input: &mut Decoder<'_>) -> Result<BTreeMap<NodeId, MemberInfo>, DecodeError> {
+    let count = input.u32("member count")? as usize;
+    if count > MEMBERS_MAX {
+        return Err(input.error("member count", format!("{count} exceeds {MEMBERS_MAX}")));
+    }
+    (0..count)
+        .map(|_| decode_info(input).map(|info| (info.id, info)))
+        .collect()
+}
+
+fn decode_file(bytes: &[u8]) -> Result<(LogIndex, BTreeMap<NodeId, MemberInfo>), DecodeError> {
+    let Some(rest) = bytes.strip_prefix(FILE_MAGIC) else {
+        return Err(Decoder::new(bytes).error("magic", "not a ballot member registry"));
+    };
+    let mut input = Decoder::new(rest);
+    let applied_index = input.u64("applied index")?;
+    let members = decode_members(&mut input)?;
+    input.finish("member registry")?;
+    Ok((applied_index, members))
+}
+
+impl MemberCommand {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            MemberCommand::Publish(info) => {
+                out.put_u8(0);
+                encode_info(out, info);
+            }
+            MemberCommand::Forget(id) => {
+                out.put_u8(1);
+                out.put_u64_le(*id);
+            }
+        }
+    }
+
+    pub fn decode(input: &mut Decoder<'_>) -> Result<MemberCommand, DecodeError> {
+        match input.u8("member command")? {
+            0 => Ok(MemberCommand::Publish(decode_info(input)?)),
+            1 => Ok(MemberCommand::Forget(input.u64("member id")?)),
+            other => Err(input.error("member command", format!("unknown kind {other}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(id: NodeId) -> MemberInfo {
+        MemberInfo {
+            id,
+            name: format!("n{id}"),
+            peer_urls: vec![format!("http://127.0.0.1:{}", 2380 + id)],
+            client_urls: vec![format!("http://127.0.0.1:{}", 2379 + id)],
+        }
+    }
+
+    #[test]
+    fn commands_persist_and_replays_are_skipped() {
+        let dir = std::env::temp_dir().join(format!("ballot-members-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("members");
+        let mut registry = MemberRegistry::open(path.clone(), [info(1)]).unwrap();
+        registry.apply(5, &MemberCommand::Publish(info(2))).unwrap();
+        registry.apply(6, &MemberCommand::Forget(1)).unwrap();
+        let mut reopened = MemberRegistry::open(path.clone(), []).unwrap();
+        assert_eq!(reopened.all().map(|m| m.id).collect::<Vec<_>>(), vec![2]);
+        reopened.apply(4, &MemberCommand::Publish(info(1))).unwrap();
+        assert!(
+            reopened.get(1).is_none(),
+            "an entry the file already reflects is not applied again"
+        );
+        let snapshot = reopened.snapshot();
+        let mut restored = MemberRegistry::open(dir.join("other"), []).unwrap();
+        restored.restore(&snapshot, 6).unwrap();
+        assert_eq!(restored.get(2), Some(&info(2)));
+        std::fs::write(&path, b"garbage").unwrap();
+        assert!(MemberRegistry::open(path, [])
+            .unwrap_err()
+            .contains("not a ballot member registry"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn commands_round_trip() {
+        for command in [MemberCommand::Publish(info(3)), MemberCommand::Forget(3)] {
+            let mut out = Vec::new();
+            command.encode(&mut out);
+            assert_eq!(
+                MemberCommand::decode(&mut Decoder::new(&out)).unwrap(),
+                command
+            );
+        }
+    }
+}
