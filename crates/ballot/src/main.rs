@@ -25,6 +25,8 @@ enum Command {
     /// A three-node Raft cluster in the simulator, narrated: election, writes, reads, a leader
     /// crash and re-election, then a summary.
     Demo(cmd::demo::DemoArgs),
+    /// Start a local cluster of `ballot server` processes on free loopback ports; Ctrl-C stops it.
+    Dev(cmd::dev::DevArgs),
     /// Run one ballot node (etcd's flags; each also as a BALLOT_* variable or in --config-file).
     Server(cmd::server::ServerArgs),
 }
@@ -35,5 +37,6 @@ fn main() -> ExitCode {
         Command::Sim(args) => cmd::sim::run(args),
         Command::Demo(args) => cmd::demo::run(args),
         Command::Server(args) => cmd::server::run(args),
+        Command::Dev(args) => cmd::dev::run(args),
     }
 }

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
 pub mod demo;
+pub mod dev;
 pub mod server;
 pub mod sim;
