@@ -210,12 +210,18 @@ pub struct NodeHandle {
     store: Arc<MvccStore>,
     status: Arc<Mutex<NodeStatus>>,
     request_timeout: Duration,
+    cluster_token: Arc<str>,
 }
 
 impl NodeHandle {
     /// The local state machine, for serializable reads (and linearizable ones after `read`).
     pub fn store(&self) -> &Arc<MvccStore> {
         &self.store
+    }
+
+    /// Equal on every member; member ids derive from it and a peer URL.
+    pub fn cluster_token(&self) -> &str {
+        &self.cluster_token
     }
 
     pub fn status(&self) -> NodeStatus {
@@ -340,6 +346,14 @@ impl Node {
         }));
         let opened =
             raft_loop::RaftLoop::open(&config, transport.clone(), status.clone(), receiver)?;
+        for (id, url) in opened.peer_urls() {
+            match crate::config::parse_url(&url) {
+                Ok(address) => transport.set_peer(id, address),
+                Err(error) => {
+                    tracing::warn!(%error, member = id, "unusable peer URL in the member registry")
+                }
+            }
+        }
         let store = opened.store();
         let loop_thread = std::thread::Builder::new()
             .name(format!("raft-{}", config.name))
@@ -352,6 +366,7 @@ impl Node {
             store,
             status,
             request_timeout: Duration::from_secs(5),
+            cluster_token: Arc::from(config.initial_cluster_token.as_str()),
         };
         Ok(Node {
             handle,

@@ -155,6 +155,16 @@ impl RaftLoop {
         self.store.clone()
     }
 
+    /// Every other member's first peer URL, as the registry knows it (members added after the
+    /// initial cluster are only there).
+    pub(crate) fn peer_urls(&self) -> Vec<(NodeId, String)> {
+        self.registry
+            .all()
+            .filter(|member| member.id != self.own_info.id)
+            .filter_map(|member| member.peer_urls.first().map(|url| (member.id, url.clone())))
+            .collect()
+    }
+
     pub(crate) fn run(mut self) {
         while let Some(first) = self.inputs.blocking_recv() {
             let mut running = self.handle_input(first);
@@ -513,6 +523,7 @@ impl RaftLoop {
                     }
                     Ok(LogCommand::Member(command)) => {
                         self.registry.apply(entry.index, &command)?;
+                        self.follow_member_addresses(&command);
                         self.answer_member_proposal(entry.index, entry.term);
                     }
                     // Only this server's own encoder writes commands, so this is a bug or a
@@ -596,6 +607,27 @@ impl RaftLoop {
             }
         }
         Ok(())
+    }
+
+    /// Peers added or moved with `member add` / `member update` become reachable at once.
+    fn follow_member_addresses(&self, command: &MemberCommand) {
+        match command {
+            MemberCommand::Publish(info) if info.id != self.own_info.id => {
+                match info
+                    .peer_urls
+                    .first()
+                    .map(|url| crate::config::parse_url(url))
+                {
+                    Some(Ok(address)) => self.transport.set_peer(info.id, address),
+                    Some(Err(error)) => {
+                        tracing::warn!(%error, member = info.id, "unusable peer URL")
+                    }
+                    None => {}
+                }
+            }
+            MemberCommand::Forget(id) => self.transport.remove_peer(*id),
+            MemberCommand::Publish(_) => {}
+        }
     }
 
     fn answer_member_proposal(&mut self, index: LogIndex, term: Term) {
