@@ -81,6 +81,9 @@ pub struct Transport {
     config: Arc<TransportConfig>,
     peers: Mutex<HashMap<NodeId, Peer>>,
     listener: JoinHandle<()>,
+    /// The runtime the transport was started on: peers may be added from outside it (the raft
+    /// loop's thread applies `member add`).
+    runtime: tokio::runtime::Handle,
     pub stats: Arc<TransportStats>,
 }
 
@@ -107,6 +110,7 @@ impl Transport {
             peers: Mutex::new(HashMap::new()),
             listener: accept,
             stats,
+            runtime: tokio::runtime::Handle::current(),
         };
         Ok((Arc::new(transport), local))
     }
@@ -114,7 +118,7 @@ impl Transport {
     /// Adds or re-addresses a peer.
     pub fn set_peer(&self, id: NodeId, address: SocketAddr) {
         let (queue, receiver) = mpsc::channel(self.config.queue_messages_max);
-        let writer = tokio::spawn(write_loop(
+        let writer = self.runtime.spawn(write_loop(
             id,
             address,
             self.config.clone(),
