@@ -1,6 +1,8 @@
 //! The tools layer of ballot as a library, so integration tests and benchmarks use exactly what
 //! the binary uses.
 
+pub mod dev_cluster;
+
 pub mod raft_replica {
     //! Builds Raft replicas for the simulator: the one place the tools layer names Raft.
 

@@ -29,6 +29,8 @@ enum Command {
     Dev(cmd::dev::DevArgs),
     /// Run one ballot node (etcd's flags; each also as a BALLOT_* variable or in --config-file).
     Server(cmd::server::ServerArgs),
+    #[command(flatten)]
+    Client(cmd::client::ClientCommand),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +39,7 @@ fn main() -> ExitCode {
         Command::Sim(args) => cmd::sim::run(args),
         Command::Demo(args) => cmd::demo::run(args),
         Command::Server(args) => cmd::server::run(args),
+        Command::Client(command) => cmd::client::run(command),
         Command::Dev(args) => cmd::dev::run(args),
     }
 }

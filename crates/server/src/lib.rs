@@ -4,8 +4,10 @@
 //! - [`node`]: the raft loop that owns the replica, the WAL and the state machine.
 //! - [`transport`]: Raft messages between peers over TCP, one connection per peer, batched.
 //! - [`config`]: etcd-compatible configuration.
+//! - [`etcd`]: the etcd v3 gRPC services over a [`node::NodeHandle`].
 
 pub mod config;
+pub mod etcd;
 pub mod http;
 pub mod node;
 pub mod transport;

@@ -1,22 +1,12 @@
-//! `ballot dev`: a local cluster of real `ballot server` processes on free loopback ports, data
-//! under one directory, for trying ballot and for tests. Prints the endpoints and the etcdctl
-//! line to use, and stops every node on Ctrl-C (SIGTERM, so each syncs and exits cleanly).
-//!
-//! The ports chosen on first start are kept in `<data-dir>/cluster.toml`: member ids derive from
-//! peer URLs, so a restarted cluster must come back on the same ports to find its own data.
+//! `ballot dev`: a local cluster of real `ballot server` processes (see `ballot::dev_cluster`).
+//! Prints the endpoints and the etcdctl line to use, and stops every node on Ctrl-C or SIGTERM
+//! (SIGTERM to each node, so each syncs and exits cleanly).
 
+use ballot::dev_cluster::RunningCluster;
 use clap::Args;
-use serde::{Deserialize, Serialize};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
-use std::time::{Duration, Instant};
-
-/// Most nodes `ballot dev` starts.
-const NODES_MAX: usize = 7;
-/// How long to wait for every node to report a leader.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
 
 #[derive(Args, Debug)]
 pub struct DevArgs {
@@ -31,219 +21,15 @@ pub struct DevArgs {
     pub fresh: bool,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub struct DevNode {
-    pub name: String,
-    pub client_port: u16,
-    pub peer_port: u16,
-    pub metrics_port: u16,
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub struct DevCluster {
-    pub token: String,
-    pub nodes: Vec<DevNode>,
-}
-
-impl DevCluster {
-    pub fn client_urls(&self) -> Vec<String> {
-        self.nodes
-            .iter()
-            .map(|n| format!("http://127.0.0.1:{}", n.client_port))
-            .collect()
-    }
-}
-
-fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// Reads `cluster.toml`, or picks ports and writes it.
-fn plan(data_dir: &Path, nodes: usize) -> Result<DevCluster, String> {
-    let file = data_dir.join("cluster.toml");
-    if let Ok(text) = std::fs::read_to_string(&file) {
-        let cluster: DevCluster =
-            toml::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))?;
-        if cluster.nodes.len() != nodes {
-            return Err(format!(
-                "{} holds a {}-node cluster; run with --nodes {} or --fresh",
-                data_dir.display(),
-                cluster.nodes.len(),
-                cluster.nodes.len()
-            ));
-        }
-        return Ok(cluster);
-    }
-    let mut planned = Vec::new();
-    for i in 1..=nodes {
-        let port = || free_port().map_err(|e| format!("cannot find a free port: {e}"));
-        planned.push(DevNode {
-            name: format!("n{i}"),
-            client_port: port()?,
-            peer_port: port()?,
-            metrics_port: port()?,
-        });
-    }
-    let cluster = DevCluster {
-        token: format!("ballot-dev-{}", std::process::id()),
-        nodes: planned,
-    };
-    std::fs::create_dir_all(data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
-    let text = toml::to_string(&cluster).expect("cluster plan serializes");
-    std::fs::write(&file, text).map_err(|e| format!("{}: {e}", file.display()))?;
-    Ok(cluster)
-}
-
-/// The running children; dropping it stops them.
-pub struct RunningCluster {
-    pub plan: DevCluster,
-    pub data_dir: PathBuf,
-    children: Vec<(String, Child)>,
-}
-
-impl RunningCluster {
-    /// Starts every node and waits until each reports a leader.
-    pub fn start(args: &DevArgs) -> Result<RunningCluster, String> {
-        if args.nodes == 0 || args.nodes > NODES_MAX {
-            return Err(format!(
-                "--nodes must be between 1 and {NODES_MAX}, got {}",
-                args.nodes
-            ));
-        }
-        if args.fresh && args.data_dir.exists() {
-            std::fs::remove_dir_all(&args.data_dir)
-                .map_err(|e| format!("{}: {e}", args.data_dir.display()))?;
-        }
-        let plan = plan(&args.data_dir, args.nodes)?;
-        let exe =
-            std::env::current_exe().map_err(|e| format!("cannot find the ballot binary: {e}"))?;
-        let url = |port: u16| format!("http://127.0.0.1:{port}");
-        let initial_cluster: Vec<String> = plan
-            .nodes
-            .iter()
-            .map(|n| format!("{}={}", n.name, url(n.peer_port)))
-            .collect();
-        let mut running = RunningCluster {
-            plan: plan.clone(),
-            data_dir: args.data_dir.clone(),
-            children: Vec::new(),
-        };
-        for node in &plan.nodes {
-            let dir = args.data_dir.join(&node.name);
-            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            let log = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(dir.join("server.log"))
-                .map_err(|e| format!("{}: {e}", dir.display()))?;
-            let child = Command::new(&exe)
-                .arg("server")
-                .args(["--name", &node.name])
-                .arg("--data-dir")
-                .arg(dir.join("data"))
-                .args(["--listen-client-urls", &url(node.client_port)])
-                .args(["--advertise-client-urls", &url(node.client_port)])
-                .args(["--listen-peer-urls", &url(node.peer_port)])
-                .args(["--initial-advertise-peer-urls", &url(node.peer_port)])
-                .args(["--listen-metrics-urls", &url(node.metrics_port)])
-                .args(["--initial-cluster", &initial_cluster.join(",")])
-                .args(["--initial-cluster-token", &plan.token])
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().map_err(|e| e.to_string())?)
-                .stderr(log)
-                .spawn()
-                .map_err(|e| format!("cannot start {}: {e}", node.name))?;
-            running.children.push((node.name.clone(), child));
-        }
-        running.wait_healthy()?;
-        Ok(running)
-    }
-
-    fn wait_healthy(&mut self) -> Result<(), String> {
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        for node in self.plan.nodes.clone() {
-            loop {
-                if let Some((name, status)) = self.exited() {
-                    return Err(format!(
-                        "{name} exited ({status}) during startup:\n{}",
-                        self.log_tail(&name)
-                    ));
-                }
-                if health(node.metrics_port) {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    return Err(format!(
-                        "{} reported no leader within {STARTUP_TIMEOUT:?}:\n{}",
-                        node.name,
-                        self.log_tail(&node.name)
-                    ));
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        Ok(())
-    }
-
-    /// The first child that has exited, if any.
-    pub fn exited(&mut self) -> Option<(String, std::process::ExitStatus)> {
-        self.children
-            .iter_mut()
-            .find_map(|(name, child)| child.try_wait().ok().flatten().map(|s| (name.clone(), s)))
-    }
-
-    pub fn log_tail(&self, name: &str) -> String {
-        let text = std::fs::read_to_string(self.data_dir.join(name).join("server.log"))
-            .unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(15)..].join("\n")
-    }
-
-    /// SIGTERM to every node, then wait (SIGKILL after 10 s).
-    pub fn stop(&mut self) {
-        for (_, child) in &self.children {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for (_, child) in &mut self.children {
-            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        self.children.clear();
-    }
-}
-
-impl Drop for RunningCluster {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// GET /health answers 200 (the node knows a leader).
-pub fn health(metrics_port: u16) -> bool {
-    let address = SocketAddr::from(([127, 0, 0, 1], metrics_port));
-    let Ok(mut stream) = TcpStream::connect_timeout(&address, Duration::from_millis(200)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-    if stream
-        .write_all(b"GET /health HTTP/1.1\r\nhost: localhost\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    response.starts_with("HTTP/1.1 200")
-}
-
 pub fn run(args: DevArgs) -> ExitCode {
-    let mut cluster = match RunningCluster::start(&args) {
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(error) => {
+            eprintln!("error: cannot find the ballot binary: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut cluster = match RunningCluster::start(&exe, args.nodes, &args.data_dir, args.fresh) {
         Ok(cluster) => cluster,
         Err(error) => {
             eprintln!("error: {error}");
@@ -294,10 +80,23 @@ fn print_endpoints(cluster: &RunningCluster) {
             node.name, node.client_port, node.peer_port, node.metrics_port, node.name
         );
     }
-    let endpoints = cluster.plan.client_urls().join(",");
+    // etcdctl 3.4 sends an http:// endpoint as the HTTP/2 authority on some calls, which strict
+    // HTTP/2 servers refuse; host:port works for every etcdctl version.
+    let endpoints: Vec<String> = cluster
+        .plan
+        .nodes
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.client_port))
+        .collect();
+    let endpoints = endpoints.join(",");
     println!("\nTry it with etcdctl (Debian package etcd-client):");
     println!("  etcdctl --endpoints={endpoints} put greeting hello");
     println!("  etcdctl --endpoints={endpoints} get greeting");
     println!("  etcdctl --endpoints={endpoints} endpoint status -w table");
+    println!("or with ballot's own client:");
+    println!(
+        "  ballot get greeting --endpoints={}",
+        cluster.plan.client_urls().join(",")
+    );
     println!("\nCtrl-C stops the cluster; `ballot dev` again restarts it with the same data.");
 }

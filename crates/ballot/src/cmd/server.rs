@@ -214,6 +214,15 @@ async fn serve(config: ServerConfig) -> ExitCode {
         }
         Err(error) => tracing::warn!(%error, "no metrics endpoint"),
     }
+    let (stop_clients, clients_stopped) = tokio::sync::watch::channel(false);
+    let client_servers = match serve_clients(&config, &node, clients_stopped).await {
+        Ok(servers) => servers,
+        Err(error) => {
+            eprintln!("error: {error}");
+            node.stop();
+            return ExitCode::from(1);
+        }
+    };
     tracing::info!(
         name = %config.name,
         id = format!("{:x}", config.node_id()),
@@ -223,8 +232,66 @@ async fn serve(config: ServerConfig) -> ExitCode {
     );
     wait_for_shutdown().await;
     tracing::info!("shutting down");
+    let _ = stop_clients.send(true);
+    // Watch and keep-alive streams stay open until their clients leave; do not wait for them.
+    let drained = join_all(client_servers);
+    if tokio::time::timeout(CLIENT_DRAIN_WAIT, drained)
+        .await
+        .is_err()
+    {
+        tracing::info!("closing client streams still open");
+    }
     node.stop();
     ExitCode::SUCCESS
+}
+
+/// How long shutdown waits for client calls in flight.
+const CLIENT_DRAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Starts the etcd v3 gRPC services on every `--listen-client-urls` address. Every listener is
+/// bound before any serves, so a taken port fails the start instead of a later call.
+async fn serve_clients(
+    config: &ServerConfig,
+    node: &Node,
+    stopped: tokio::sync::watch::Receiver<bool>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, String> {
+    use ballot_server::etcd;
+    let routes = etcd::services(
+        node.handle.clone(),
+        etcd::cluster_id(config),
+        etcd::RequestLimits::from_config(config),
+        // Followers forward what only the leader serves to the client URL the leader published.
+        std::sync::Arc::new(etcd::cluster::RegistryLeaderChannel::new(node.handle.clone())),
+    );
+    let mut listeners = Vec::new();
+    for url in &config.listen_client_urls {
+        let addr = parse_url(url)?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|error| format!("cannot listen for clients on {url}: {error}"))?;
+        listeners.push((url.clone(), listener));
+    }
+    let mut servers = Vec::new();
+    for (url, listener) in listeners {
+        let mut stopped = stopped.clone();
+        let shutdown = async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        };
+        let routes = routes.clone();
+        tracing::info!(%url, "serving the etcd v3 API");
+        servers.push(tokio::spawn(async move {
+            if let Err(error) = etcd::serve(listener, routes, shutdown).await {
+                tracing::error!(%error, %url, "etcd v3 gRPC server failed");
+            }
+        }));
+    }
+    Ok(servers)
+}
+
+async fn join_all(tasks: Vec<tokio::task::JoinHandle<()>>) {
+    for task in tasks {
+        let _ = task.await;
+    }
 }
 
 async fn wait_for_shutdown() {

@@ -1,0 +1,263 @@
+//! `lease grant | revoke | keep-alive | timetolive | list`. Lease ids are read and printed in
+//! hexadecimal (16 digits), as etcdctl does.
+
+use super::connect::{
+    may_try_next, status_text, CallError, ConnectArgs, Endpoints, Reconnect, Retry,
+};
+use super::kv::parse_lease_id;
+use super::output::{self, OutputFormat};
+use super::ClientError;
+use ballot_proto::etcdserverpb::lease_client::LeaseClient;
+use ballot_proto::etcdserverpb::{
+    LeaseGrantRequest, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest,
+    LeaseRevokeRequest, LeaseTimeToLiveRequest,
+};
+use clap::{Args, Subcommand};
+use std::time::Duration;
+use tokio_stream::wrappers::ReceiverStream;
+
+#[derive(Args, Debug)]
+pub struct LeaseArgs {
+    #[command(subcommand)]
+    pub command: LeaseCommand,
+    #[command(flatten)]
+    pub connection: ConnectArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LeaseCommand {
+    /// Grant a lease that expires TTL seconds after its last keep-alive.
+    #[command(after_help = "Example:\n  ballot lease grant 60\n  \
+        # lease 32695410dcc0ca06 granted with TTL(60s)\n  \
+        ballot put session/42 alive --lease 32695410dcc0ca06")]
+    Grant {
+        /// Time to live, in seconds.
+        ttl: i64,
+    },
+    /// Revoke a lease: its keys are deleted.
+    #[command(after_help = "Example:\n  ballot lease revoke 32695410dcc0ca06\n  \
+        # lease 32695410dcc0ca06 revoked")]
+    Revoke {
+        /// The lease id, in hex.
+        #[arg(value_parser = parse_lease_id)]
+        id: i64,
+    },
+    /// Keep a lease alive until interrupted (Ctrl-C), printing each renewal.
+    #[command(
+        after_help = "Examples:\n  ballot lease keep-alive 32695410dcc0ca06\n  \
+        # lease 32695410dcc0ca06 keepalived with TTL(60)\n  \
+        ballot lease keep-alive 32695410dcc0ca06 --once"
+    )]
+    KeepAlive {
+        /// The lease id, in hex.
+        #[arg(value_parser = parse_lease_id)]
+        id: i64,
+        /// Renew once and exit (exit 1 if the lease is gone).
+        #[arg(long)]
+        once: bool,
+    },
+    /// Show a lease's granted and remaining TTL, and with --keys its keys.
+    #[command(
+        after_help = "Example:\n  ballot lease timetolive 2d8257079fa1bc0c --keys\n  \
+        # lease 2d8257079fa1bc0c granted with TTL(500s), remaining(472s), attached keys([foo2 foo1])"
+    )]
+    Timetolive {
+        /// The lease id, in hex.
+        #[arg(value_parser = parse_lease_id)]
+        id: i64,
+        /// Also list the keys attached to the lease.
+        #[arg(long)]
+        keys: bool,
+    },
+    /// List the ids of all leases.
+    #[command(
+        after_help = "Example:\n  ballot lease list\n  # found 1 leases\n  # 32695410dcc0ca06"
+    )]
+    List,
+}
+
+pub async fn run(args: LeaseArgs) -> Result<(), ClientError> {
+    let format = args.connection.write_out;
+    let endpoints = Endpoints::from_args(&args.connection)?;
+    match args.command {
+        LeaseCommand::Grant { ttl } => {
+            output::require(format, output::SIMPLE_JSON, "lease grant")?;
+            let request = LeaseGrantRequest { ttl, id: 0 };
+            let (_, response) = endpoints
+                .call(Retry::Write, |channel| async move {
+                    Ok::<_, CallError>(
+                        LeaseClient::new(channel)
+                            .lease_grant(request)
+                            .await?
+                            .into_inner(),
+                    )
+                })
+                .await?;
+            output::write_stdout(&output::lease_grant(format, &response))
+        }
+        LeaseCommand::Revoke { id } => {
+            output::require(format, output::SIMPLE_JSON, "lease revoke")?;
+            let (_, response) = endpoints
+                .call(Retry::Write, |channel| async move {
+                    Ok::<_, CallError>(
+                        LeaseClient::new(channel)
+                            .lease_revoke(LeaseRevokeRequest { id })
+                            .await?
+                            .into_inner(),
+                    )
+                })
+                .await?;
+            output::write_stdout(&output::lease_revoke(format, id, &response))
+        }
+        LeaseCommand::Timetolive { id, keys } => {
+            output::require(format, output::SIMPLE_JSON, "lease timetolive")?;
+            let (_, response) = endpoints
+                .call(Retry::Read, |channel| async move {
+                    Ok::<_, CallError>(
+                        LeaseClient::new(channel)
+                            .lease_time_to_live(LeaseTimeToLiveRequest { id, keys })
+                            .await?
+                            .into_inner(),
+                    )
+                })
+                .await?;
+            output::write_stdout(&output::lease_time_to_live(format, &response, keys))
+        }
+        LeaseCommand::List => {
+            output::require(format, output::ALL, "lease list")?;
+            let (_, response) = endpoints
+                .call(Retry::Read, |channel| async move {
+                    Ok::<_, CallError>(
+                        LeaseClient::new(channel)
+                            .lease_leases(LeaseLeasesRequest {})
+                            .await?
+                            .into_inner(),
+                    )
+                })
+                .await?;
+            output::write_stdout(&output::lease_list(format, &response))
+        }
+        LeaseCommand::KeepAlive { id, once: true } => {
+            output::require(format, output::SIMPLE_JSON, "lease keep-alive")?;
+            let (endpoint, response) = endpoints
+                .call(Retry::Read, |channel| keep_alive_once(channel, id))
+                .await?;
+            if response.ttl <= 0 {
+                return Err(lease_not_found(endpoint));
+            }
+            output::write_stdout(&output::lease_keep_alive(format, &response))
+        }
+        LeaseCommand::KeepAlive { id, once: false } => {
+            output::require(format, output::SIMPLE_JSON, "lease keep-alive")?;
+            tokio::select! {
+                outcome = keep_alive_forever(&endpoints, id, format) => outcome,
+                _ = tokio::signal::ctrl_c() => Ok(()),
+            }
+        }
+    }
+}
+
+fn lease_not_found(endpoint: String) -> ClientError {
+    ClientError::Server {
+        endpoint,
+        status: tonic::Status::not_found("etcdserver: requested lease not found"),
+    }
+}
+
+async fn keep_alive_once(
+    channel: tonic::transport::Channel,
+    id: i64,
+) -> Result<LeaseKeepAliveResponse, CallError> {
+    let (sender, receiver) = tokio::sync::mpsc::channel(1);
+    sender
+        .send(LeaseKeepAliveRequest { id })
+        .await
+        .expect("the receiver is alive");
+    let mut stream = LeaseClient::new(channel)
+        .lease_keep_alive(ReceiverStream::new(receiver))
+        .await?
+        .into_inner();
+    match stream.message().await? {
+        Some(response) => Ok(response),
+        None => Err(CallError::Status(tonic::Status::unavailable(
+            "the server closed the keep-alive stream without answering",
+        ))),
+    }
+}
+
+/// Renews every third of the TTL (at least every 500 ms) until the lease is gone, moving to
+/// the next endpoint when one goes away (see [`Reconnect`]).
+async fn keep_alive_forever(
+    endpoints: &Endpoints,
+    id: i64,
+    format: OutputFormat,
+) -> Result<(), ClientError> {
+    let mut reconnect = Reconnect::default();
+    loop {
+        let endpoint = reconnect.next_endpoint(endpoints);
+        let reason = match endpoints.dial(&endpoint).await {
+            Ok(channel) => {
+                match keep_alive_stream(channel, &endpoint, id, format, &mut reconnect).await {
+                    Ok(Some(reason)) => reason,
+                    Ok(None) => return Ok(()),
+                    Err(error) => return Err(error),
+                }
+            }
+            Err(reason) => reason,
+        };
+        reconnect
+            .failed(endpoints, endpoint, reason, "lease keep-alive")
+            .await?;
+    }
+}
+
+/// One keep-alive stream: `Ok(None)` when the lease is gone, `Ok(Some(reason))` when the
+/// endpoint went away or refused to serve.
+async fn keep_alive_stream(
+    channel: tonic::transport::Channel,
+    endpoint: &str,
+    id: i64,
+    format: OutputFormat,
+    reconnect: &mut Reconnect,
+) -> Result<Option<String>, ClientError> {
+    let server_error = |status| ClientError::Server {
+        endpoint: endpoint.to_string(),
+        status,
+    };
+    let (sender, receiver) = tokio::sync::mpsc::channel(1);
+    sender
+        .send(LeaseKeepAliveRequest { id })
+        .await
+        .expect("the receiver is alive");
+    let mut stream = match LeaseClient::new(channel)
+        .lease_keep_alive(ReceiverStream::new(receiver))
+        .await
+    {
+        Ok(response) => response.into_inner(),
+        Err(status) if may_try_next(Retry::Read, &status) => return Ok(Some(status_text(&status))),
+        Err(status) => return Err(server_error(status)),
+    };
+    loop {
+        let response = match stream.message().await {
+            Ok(Some(response)) => response,
+            Ok(None) => return Ok(Some("the server closed the keep-alive stream".into())),
+            Err(status) if may_try_next(Retry::Read, &status) => {
+                return Ok(Some(status_text(&status)))
+            }
+            Err(status) => return Err(server_error(status)),
+        };
+        if response.ttl <= 0 {
+            if format == OutputFormat::Simple {
+                output::write_stdout(&output::lease_gone(id))?;
+            }
+            return Ok(None);
+        }
+        reconnect.established();
+        output::write_stdout(&output::lease_keep_alive(format, &response))?;
+        let interval_ms = (response.ttl as u64 * 1000 / 3).max(500);
+        tokio::time::sleep(Duration::from_millis(interval_ms)).await;
+        if sender.send(LeaseKeepAliveRequest { id }).await.is_err() {
+            return Ok(Some("the keep-alive stream closed".into()));
+        }
+    }
+}

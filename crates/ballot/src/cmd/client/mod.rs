@@ -1,0 +1,133 @@
+//! The client subcommands (`put`, `get`, `del`, `txn`, `watch`, `lease`, `member`, `status`,
+//! `snapshot`): etcdctl's commands and output over the etcd v3 gRPC API, so they work against
+//! ballot and against etcd alike.
+//!
+//! Each file owns one command group: it parses flags into a request, sends it through
+//! [`connect::Endpoints`] (endpoint order, timeouts, failover) and hands the response to
+//! [`output`] (simple, json, table). Nothing here keeps state between invocations.
+//!
+//! Exit status: 0 on success, 1 when a server answered with an error or no endpoint answered,
+//! 2 on bad usage (bad flags, unparsable `txn` input, an unsupported output format).
+
+pub mod connect;
+pub mod kv;
+pub mod lease;
+pub mod member;
+pub mod output;
+pub mod snapshot;
+pub mod status;
+pub mod txn;
+pub mod watch;
+
+use clap::Subcommand;
+use std::fmt;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Subcommand, Debug)]
+pub enum ClientCommand {
+    /// Put a key (etcdctl put): prints OK, then the previous key and value with --prev-kv.
+    Put(kv::PutArgs),
+    /// Get a key or a range of keys (etcdctl get): prints each key, then its value.
+    Get(kv::GetArgs),
+    /// Delete a key or a range of keys (etcdctl del): prints how many were deleted.
+    Del(kv::DelArgs),
+    /// Run a transaction read from standard input: compares, then success ops, then failure ops.
+    Txn(txn::TxnArgs),
+    /// Watch a key or range and print every event until interrupted (Ctrl-C).
+    Watch(watch::WatchArgs),
+    /// Leases: grant, revoke, keep-alive, timetolive, list.
+    Lease(lease::LeaseArgs),
+    /// Cluster membership: list, add, remove, promote, update.
+    Member(member::MemberArgs),
+    /// One row per endpoint: id, version, db size, leader, learner, raft term and indexes.
+    Status(status::StatusArgs),
+    /// Snapshots of the state machine: `snapshot save FILE`.
+    Snapshot(snapshot::SnapshotArgs),
+}
+
+/// Everything a client command can fail with, each with its exit status.
+#[derive(Debug)]
+pub enum ClientError {
+    /// Bad flags or input: nothing was sent. Exit 2.
+    Usage(String),
+    /// A server answered with an error. Exit 1.
+    Server {
+        endpoint: String,
+        status: tonic::Status,
+    },
+    /// No endpoint could serve the request: each with why. Exit 1.
+    Unreachable(Vec<(String, String)>),
+    /// Connected, but the request took longer than --command-timeout. Exit 1.
+    Timeout { endpoint: String, limit: Duration },
+    /// A failure on our side (reading standard input, writing a file). Exit 1.
+    Local(String),
+}
+
+impl ClientError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ClientError::Usage(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::Usage(message) | ClientError::Local(message) => write!(f, "{message}"),
+            ClientError::Server { endpoint, status } => {
+                write!(
+                    f,
+                    "{} (endpoint {endpoint})",
+                    connect::status_text(status)
+                )
+            }
+            ClientError::Unreachable(failures) => {
+                write!(f, "no endpoint answered:")?;
+                for (endpoint, reason) in failures {
+                    write!(f, "\n  {endpoint}: {reason}")?;
+                }
+                Ok(())
+            }
+            ClientError::Timeout { endpoint, limit } => write!(
+                f,
+                "context deadline exceeded: {endpoint} did not answer within --command-timeout {limit:?}"
+            ),
+        }
+    }
+}
+
+pub fn run(command: ClientCommand) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("Error: cannot start the tokio runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    let outcome = runtime.block_on(async {
+        match command {
+            ClientCommand::Put(args) => kv::put(args).await,
+            ClientCommand::Get(args) => kv::get(args).await,
+            ClientCommand::Del(args) => kv::del(args).await,
+            ClientCommand::Txn(args) => txn::run(args).await,
+            ClientCommand::Watch(args) => watch::run(args).await,
+            ClientCommand::Lease(args) => lease::run(args).await,
+            ClientCommand::Member(args) => member::run(args).await,
+            ClientCommand::Status(args) => status::run(args).await,
+            ClientCommand::Snapshot(args) => snapshot::run(args).await,
+        }
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("Error: {error}");
+            ExitCode::from(error.exit_code())
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! etcd's KV service: Range, Put, DeleteRange, Txn, Compact.
+//!
+//! Writes are validated at the edge (operations per txn level against `max_txn_ops`, the
+//! storage layer's stateless checks, then the encoded size against `max_request_bytes`, in
+//! etcd's order) and proposed; nothing is proposed when a check fails. A Range is linearizable by
+//! default (a ReadIndex barrier, then the local store) and served from the local store at once
+//! when `serializable`. On a follower, writes and linearizable reads go to the leader
+//! ([`super::forward`]). Transactions always go through the log, read-only ones included (the
+//! store has no read-only transaction path yet).
+
+use super::{convert, forward, status, Context};
+use ballot_core::ReadMode;
+use ballot_proto::etcdserverpb as pb;
+use ballot_proto::etcdserverpb::kv_client::KvClient;
+use ballot_storage::mvcc::limits;
+use ballot_storage::mvcc::types::{Command, CommandResult};
+use prost::Message;
+use tonic::{Request, Response, Status};
+
+pub struct KvService {
+    context: Context,
+}
+
+impl KvService {
+    pub fn new(context: Context) -> Self {
+        Self { context }
+    }
+
+    /// The edge checks of a write, in etcd's order; `Ok` means it may be proposed.
+    fn check_write(&self, message: &impl Message, command: &Command) -> Result<(), Status> {
+        limits::validate_command(command).map_err(|error| status::from_apply(&error))?;
+        let bytes = message.encoded_len();
+        let max = self.context.limits.max_request_bytes;
+        if bytes > max {
+            return Err(status::request_too_large(bytes, max));
+        }
+        Ok(())
+    }
+
+    /// Proposes `command`; on a follower, `Err(channel)` says where to forward the request.
+    async fn propose(
+        &self,
+        command: Command,
+        forwarded: bool,
+    ) -> Result<Result<CommandResult, tonic::transport::Channel>, Status> {
+        match self.context.node.propose(command).await {
+            Ok(result) => Ok(Ok(result)),
+            Err(error) => Ok(Err(self.context.leader_channel(error, forwarded)?)),
+        }
+    }
+}
+
+/// etcd's `checkTxnRequest` op budget: each level may hold at most `ops_max` compares, success
+/// ops and failure ops; a nested transaction gets what its parent level left.
+pub fn check_txn_ops(txn: &pb::TxnRequest, ops_max: usize, limit: usize) -> Result<(), Status> {
+    let ops = txn
+        .compare
+        .len()
+        .max(txn.success.len())
+        .max(txn.failure.len());
+    if ops > ops_max {
+        return Err(status::too_many_ops(ops, limit));
+    }
+    for op in txn.success.iter().chain(&txn.failure) {
+        if let Some(pb::request_op::Request::RequestTxn(nested)) = &op.request {
+            check_txn_ops(nested, ops_max - ops, limit)?;
+        }
+    }
+    Ok(())
+}
+
+fn unexpected(result: CommandResult) -> Status {
+    Status::internal(format!(
+        "unexpected result from the state machine: {result:?}"
+    ))
+}
+
+#[tonic::async_trait]
+impl pb::kv_server::Kv for KvService {
+    async fn range(
+        &self,
+        request: Request<pb::RangeRequest>,
+    ) -> Result<Response<pb::RangeResponse>, Status> {
+        let forwarded = forward::is_forwarded(request.metadata());
+        let message = request.into_inner();
+        let range = convert::range_request(&message)?;
+        limits::check_range_request(&range).map_err(|error| status::from_apply(&error))?;
+        if !message.serializable {
+            if let Err(error) = self.context.node.read(ReadMode::ReadIndex).await {
+                let channel = self.context.leader_channel(error, forwarded)?;
+                return forward::call(KvClient::new(channel).range(forward::request(message)))
+                    .await;
+            }
+        }
+        let response = self
+            .context
+            .node
+            .store()
+            .range(&range)
+            .map_err(|error| status::from_mvcc(&error))?;
+        let header = self.context.header(response.revision);
+        Ok(Response::new(convert::range_response(response, header)))
+    }
+
+    async fn put(
+        &self,
+        request: Request<pb::PutRequest>,
+    ) -> Result<Response<pb::PutResponse>, Status> {
+        let forwarded = forward::is_forwarded(request.metadata());
+        let message = request.into_inner();
+        let command = Command::Put(convert::put_request(&message));
+        self.check_write(&message, &command)?;
+        match self.propose(command, forwarded).await? {
+            Ok(CommandResult::Put(put)) => {
+                let header = self.context.header(put.revision);
+                Ok(Response::new(convert::put_response(put, header)))
+            }
+            Ok(other) => Err(unexpected(other)),
+            Err(channel) => {
+                forward::call(KvClient::new(channel).put(forward::request(message))).await
+            }
+        }
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<pb::DeleteRangeRequest>,
+    ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
+        let forwarded = forward::is_forwarded(request.metadata());
+        let message = request.into_inner();
+        let command = Command::DeleteRange(convert::delete_range_request(&message));
+        self.check_write(&message, &command)?;
+        match self.propose(command, forwarded).await? {
+            Ok(CommandResult::DeleteRange(delete)) => {
+                let header = self.context.header(delete.revision);
+                Ok(Response::new(convert::delete_range_response(
+                    delete, header,
+                )))
+            }
+            Ok(other) => Err(unexpected(other)),
+            Err(channel) => {
+                forward::call(KvClient::new(channel).delete_range(forward::request(message))).await
+            }
+        }
+    }
+
+    async fn txn(
+        &self,
+        request: Request<pb::TxnRequest>,
+    ) -> Result<Response<pb::TxnResponse>, Status> {
+        let forwarded = forward::is_forwarded(request.metadata());
+        let message = request.into_inner();
+        let ops_max = self.context.limits.max_txn_ops;
+        check_txn_ops(&message, ops_max, ops_max)?;
+        let command = Command::Txn(convert::txn_request(&message)?);
+        self.check_write(&message, &command)?;
+        match self.propose(command, forwarded).await? {
+            Ok(CommandResult::Txn(txn)) => {
+                let header = self.context.header(txn.revision);
+                Ok(Response::new(convert::txn_response(txn, header)))
+            }
+            Ok(other) => Err(unexpected(other)),
+            Err(channel) => {
+                forward::call(KvClient::new(channel).txn(forward::request(message))).await
+            }
+        }
+    }
+
+    /// `physical` is accepted and ignored: the store drops compacted history in the same redb
+    /// transaction that applies the compaction, so by the time this answers the compaction is
+    /// already physical on this member.
+    async fn compact(
+        &self,
+        request: Request<pb::CompactionRequest>,
+    ) -> Result<Response<pb::CompactionResponse>, Status> {
+        let forwarded = forward::is_forwarded(request.metadata());
+        let message = request.into_inner();
+        let command = Command::Compact {
+            revision: message.revision,
+        };
+        match self.propose(command, forwarded).await? {
+            Ok(CommandResult::Compact { .. }) => Ok(Response::new(pb::CompactionResponse {
+                header: Some(self.context.current_header()),
+            })),
+            Ok(other) => Err(unexpected(other)),
+            Err(channel) => {
+                forward::call(KvClient::new(channel).compact(forward::request(message))).await
+            }
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! The etcd v3 gRPC services (KV, Watch, Lease, Maintenance, Auth, Cluster) over a
+//! [`NodeHandle`], so unmodified etcd clients (`etcdctl`, Go `clientv3`, the `etcd-client` crate)
+//! work against ballot (DESIGN principle 9).
+//!
+//! This module is a thin shell (STYLE habit 15): each handler validates its request at the edge
+//! (bad input changes nothing, principle 8), converts it to the storage vocabulary
+//! ([`convert`]), hands it to the node, and converts the answer back. Decisions stay in the
+//! synchronous cores (Raft, the MVCC store, the watch hub, the lessor). No lock is held across an
+//! `.await`: the only shared state is the [`NodeHandle`] and the immutable [`Context`].
+//!
+//! - [`kv`], [`watch`], [`lease`], [`maintenance`], [`auth`], [`cluster`]: one file per service.
+//! - [`convert`]: proto <-> storage types; [`status`]: errors -> `tonic::Status` with etcd's
+//!   codes and exact messages; [`header`]: the `ResponseHeader` every response carries.
+//! - [`forward`]: a follower sends writes, linearizable reads, keep-alives and time-to-live
+//!   queries to the leader's client endpoint, as etcd clients expect any member to answer.
+
+pub mod auth;
+pub mod cluster;
+pub mod convert;
+pub mod forward;
+pub mod header;
+pub mod kv;
+pub mod lease;
+pub mod maintenance;
+pub mod status;
+pub mod watch;
+
+pub use forward::{LeaderChannel, NoLeaderChannel, FORWARDED_HEADER};
+pub use header::cluster_id;
+
+use crate::config::ServerConfig;
+use crate::node::NodeHandle;
+use ballot_proto::etcdserverpb::{
+    auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
+    lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
+};
+use std::sync::Arc;
+
+/// gRPC framing and header room allowed above `max_request_bytes` (etcd allows 512 KiB), so a
+/// request just over the limit reaches the handler and gets etcd's "request is too large"
+/// instead of a transport error.
+pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// The request limits checked at the API edge before anything is proposed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestLimits {
+    /// Largest encoded request that may be proposed (etcd's `--max-request-bytes`).
+    pub max_request_bytes: usize,
+    /// Most compares, success ops or failure ops per transaction level (etcd's `--max-txn-ops`).
+    pub max_txn_ops: usize,
+}
+
+impl RequestLimits {
+    pub fn from_config(config: &ServerConfig) -> Self {
+        Self {
+            max_request_bytes: config.max_request_bytes,
+            max_txn_ops: config.max_txn_ops,
+        }
+    }
+
+    /// The gRPC decoding limit for every service.
+    pub fn max_decoding_message_bytes(&self) -> usize {
+        self.max_request_bytes.saturating_add(GRPC_OVERHEAD_BYTES)
+    }
+}
+
+impl Default for RequestLimits {
+    /// etcd's defaults.
+    fn default() -> Self {
+        Self {
+            max_request_bytes: 1536 * 1024,
+            max_txn_ops: 128,
+        }
+    }
+}
+
+/// What every handler shares. Immutable; cheap to clone.
+#[derive(Clone)]
+pub struct Context {
+    pub node: NodeHandle,
+    pub cluster_id: u64,
+    pub limits: RequestLimits,
+    pub leaders: Arc<dyn LeaderChannel>,
+}
+
+/// Every etcd v3 service over `node`, ready for `Server::builder().add_routes(..)` (one copy per
+/// listen address: `Routes` is `Clone`).
+pub fn services(
+    node: NodeHandle,
+    cluster_id: u64,
+    limits: RequestLimits,
+    leaders: Arc<dyn LeaderChannel>,
+) -> tonic::service::Routes {
+    let context = Context {
+        node,
+        cluster_id,
+        limits,
+        leaders,
+    };
+    let decoding_max = limits.max_decoding_message_bytes();
+    tonic::service::Routes::new(
+        KvServer::new(kv::KvService::new(context.clone())).max_decoding_message_size(decoding_max),
+    )
+    .add_service(
+        WatchServer::new(watch::WatchService::new(context.clone()))
+            .max_decoding_message_size(decoding_max),
+    )
+    .add_service(
+        LeaseServer::new(lease::LeaseService::new(context.clone()))
+            .max_decoding_message_size(decoding_max),
+    )
+    .add_service(
+        MaintenanceServer::new(maintenance::MaintenanceService::new(context.clone()))
+            .max_decoding_message_size(decoding_max),
+    )
+    .add_service(
+        AuthServer::new(auth::AuthService::new(context.clone()))
+            .max_decoding_message_size(decoding_max),
+    )
+    .add_service(
+        ClusterServer::new(cluster::ClusterService::new(context))
+            .max_decoding_message_size(decoding_max),
+    )
+}
+
+/// Serves `routes` on `listener` until `shutdown` resolves; then stops accepting and waits for
+/// open calls to finish (watch and keep-alive streams do not: bound the wait at the caller).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    routes: tonic::service::Routes,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    tonic::transport::Server::builder()
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+}
