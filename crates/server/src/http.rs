@@ -64,21 +64,29 @@ pub async fn serve(
     Ok(local)
 }
 
-/// etcd's `/health` shape: healthy when this node knows a leader.
+/// etcd's `/health` shape: healthy when this node knows a leader and can reach it for what only
+/// the leader serves (the leader's client URL has been published).
 fn health(node: &NodeHandle) -> (&'static str, &'static str, String) {
     let status = node.status();
-    match status.leader {
-        Some(_) => (
-            "200 OK",
-            "application/json",
-            "{\"health\":\"true\",\"reason\":\"\"}\n".into(),
-        ),
-        None => (
-            "503 Service Unavailable",
-            "application/json",
-            "{\"health\":\"false\",\"reason\":\"no leader\"}\n".into(),
-        ),
-    }
+    let reason = match status.leader {
+        None => "no leader",
+        Some(leader) => {
+            let reachable = status
+                .members
+                .iter()
+                .any(|m| m.id == leader && !m.client_urls.is_empty());
+            if reachable {
+                return (
+                    "200 OK",
+                    "application/json",
+                    "{\"health\":\"true\",\"reason\":\"\"}\n".into(),
+                );
+            }
+            "the leader has not published its client URLs yet"
+        }
+    };
+    let body = format!("{{\"health\":\"false\",\"reason\":\"{reason}\"}}\n");
+    ("503 Service Unavailable", "application/json", body)
 }
 
 fn metrics(node: &NodeHandle, transport: &Transport) -> String {

@@ -370,7 +370,10 @@ impl RaftLoop {
         }
     }
 
-    /// Ticks between checks that the registry describes this node as it is configured.
+    /// Ticks between checks that the registry describes this node as it is configured: often
+    /// until it does (followers cannot forward to a leader whose client URL is unknown), then
+    /// once a second.
+    const PUBLISH_RETRY_TICKS: u32 = 10;
     const PUBLISH_CHECK_TICKS: u32 = 100;
 
     /// Like etcd's member publication: once a second, if the replicated registry does not say
@@ -380,10 +383,11 @@ impl RaftLoop {
             self.ticks_until_publish_check -= 1;
             return;
         }
-        self.ticks_until_publish_check = Self::PUBLISH_CHECK_TICKS;
         if self.registry.get(self.own_info.id) == Some(&self.own_info) {
+            self.ticks_until_publish_check = Self::PUBLISH_CHECK_TICKS;
             return;
         }
+        self.ticks_until_publish_check = Self::PUBLISH_RETRY_TICKS;
         let command = LogCommand::Member(MemberCommand::Publish(self.own_info.clone()));
         if let Err(error) = self.raft.propose_or_forward(command.encode()) {
             tracing::debug!(%error, "member publication postponed");
