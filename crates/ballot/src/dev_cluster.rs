@@ -83,6 +83,7 @@ fn plan(data_dir: &Path, nodes: usize) -> Result<DevCluster, String> {
 pub struct RunningCluster {
     pub plan: DevCluster,
     pub data_dir: PathBuf,
+    exe: PathBuf,
     children: Vec<(String, Child)>,
 }
 
@@ -105,46 +106,75 @@ impl RunningCluster {
                 .map_err(|e| format!("{}: {e}", data_dir.display()))?;
         }
         let plan = plan(data_dir, nodes)?;
-        let url = |port: u16| format!("http://127.0.0.1:{port}");
-        let initial_cluster: Vec<String> = plan
-            .nodes
-            .iter()
-            .map(|n| format!("{}={}", n.name, url(n.peer_port)))
-            .collect();
         let mut running = RunningCluster {
             plan: plan.clone(),
             data_dir: data_dir.to_path_buf(),
+            exe: exe.to_path_buf(),
             children: Vec::new(),
         };
         for node in &plan.nodes {
-            let dir = data_dir.join(&node.name);
-            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            let log = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(dir.join("server.log"))
-                .map_err(|e| format!("{}: {e}", dir.display()))?;
-            let child = Command::new(exe)
-                .arg("server")
-                .args(["--name", &node.name])
-                .arg("--data-dir")
-                .arg(dir.join("data"))
-                .args(["--listen-client-urls", &url(node.client_port)])
-                .args(["--advertise-client-urls", &url(node.client_port)])
-                .args(["--listen-peer-urls", &url(node.peer_port)])
-                .args(["--initial-advertise-peer-urls", &url(node.peer_port)])
-                .args(["--listen-metrics-urls", &url(node.metrics_port)])
-                .args(["--initial-cluster", &initial_cluster.join(",")])
-                .args(["--initial-cluster-token", &plan.token])
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().map_err(|e| e.to_string())?)
-                .stderr(log)
-                .spawn()
-                .map_err(|e| format!("cannot start {}: {e}", node.name))?;
+            let child = running.spawn(node)?;
             running.children.push((node.name.clone(), child));
         }
         running.wait_healthy()?;
         Ok(running)
+    }
+
+    fn spawn(&self, node: &DevNode) -> Result<Child, String> {
+        let url = |port: u16| format!("http://127.0.0.1:{port}");
+        let initial_cluster: Vec<String> = self
+            .plan
+            .nodes
+            .iter()
+            .map(|n| format!("{}={}", n.name, url(n.peer_port)))
+            .collect();
+        let dir = self.data_dir.join(&node.name);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("server.log"))
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        Command::new(&self.exe)
+            .arg("server")
+            .args(["--name", &node.name])
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args(["--listen-client-urls", &url(node.client_port)])
+            .args(["--advertise-client-urls", &url(node.client_port)])
+            .args(["--listen-peer-urls", &url(node.peer_port)])
+            .args(["--initial-advertise-peer-urls", &url(node.peer_port)])
+            .args(["--listen-metrics-urls", &url(node.metrics_port)])
+            .args(["--initial-cluster", &initial_cluster.join(",")])
+            .args(["--initial-cluster-token", &self.plan.token])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", node.name))
+    }
+
+    /// SIGKILL: no chance to sync or say goodbye, as in a crash.
+    pub fn kill(&mut self, name: &str) {
+        if let Some(position) = self.children.iter().position(|(n, _)| n == name) {
+            let (_, mut child) = self.children.remove(position);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a killed or stopped node again from its data directory.
+    pub fn restart(&mut self, name: &str) -> Result<(), String> {
+        let node = self
+            .plan
+            .nodes
+            .iter()
+            .find(|n| n.name == name)
+            .cloned()
+            .ok_or(format!("no node {name}"))?;
+        let child = self.spawn(&node)?;
+        self.children.push((name.to_string(), child));
+        Ok(())
     }
 
     fn wait_healthy(&mut self) -> Result<(), String> {

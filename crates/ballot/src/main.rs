@@ -22,8 +22,9 @@ enum Command {
     /// Run a protocol under the deterministic simulator: seeded faults, virtual time, and
     /// safety, liveness and linearizability checks.
     Sim(cmd::sim::SimArgs),
-    /// A three-node Raft cluster in the simulator, narrated: election, writes, reads, a leader
-    /// crash and re-election, then a summary.
+    /// A three-node cluster of real processes and a short narrated workload: writes, a
+    /// compare-and-swap, a watch, a lease, a SIGKILL of the leader and recovery
+    /// (`--simulated`: the same story in the deterministic simulator).
     Demo(cmd::demo::DemoArgs),
     /// Start a local cluster of `ballot server` processes on free loopback ports; Ctrl-C stops it.
     Dev(cmd::dev::DevArgs),

@@ -96,8 +96,8 @@ fn help_explains_every_fault_and_break() {
 }
 
 #[test]
-fn the_demo_tells_elections_faults_and_the_verdict() {
-    let (code, stdout, _) = ballot(&["demo"]);
+fn the_simulated_demo_tells_elections_faults_and_the_verdict() {
+    let (code, stdout, _) = ballot(&["demo", "--simulated"]);
     assert_eq!(code, 0, "{stdout}");
     for expected in [
         "is elected leader for term",
@@ -134,4 +134,25 @@ fn a_closed_pipe_ends_the_trace_quietly() {
     let output = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn the_demo_runs_a_real_cluster_through_a_leader_crash() {
+    let (code, stdout, stderr) = ballot(&["demo"]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    for expected in [
+        "leader: n",
+        "get /demo/ --prefix     -> /demo/color=blue, /demo/shape=circle",
+        "first attempt  -> succeeded: true",
+        "second attempt -> succeeded: false",
+        "event: PUT /demo/size=large",
+        "revoked it -> get /demo/session: []",
+        "nothing acknowledged was lost: /demo/after-crash=yes, /demo/color=green",
+        "caught up after",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "demo output lacks '{expected}':\n{stdout}"
+        );
+    }
 }

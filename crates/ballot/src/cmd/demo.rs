@@ -17,7 +17,10 @@ const TICK_SECONDS: f64 = 0.01;
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
-    /// Seed of the run; every seed tells another story, each reproducible.
+    /// Tell the story in the deterministic simulator instead of with real processes.
+    #[arg(long)]
+    simulated: bool,
+    /// With --simulated: seed of the run; every seed tells another story, each reproducible.
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Cluster size.
@@ -32,6 +35,9 @@ pub struct DemoArgs {
 }
 
 pub fn run(args: DemoArgs) -> ExitCode {
+    if !args.simulated {
+        return super::demo_live::run();
+    }
     let faults: FaultSet = "crash,isolate-leader,drop,reorder"
         .parse()
         .expect("valid fault list");

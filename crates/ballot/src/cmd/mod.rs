@@ -2,6 +2,7 @@
 
 pub mod client;
 pub mod demo;
+pub mod demo_live;
 pub mod dev;
 pub mod server;
 pub mod sim;

@@ -261,7 +261,9 @@ async fn serve_clients(
         etcd::cluster_id(config),
         etcd::RequestLimits::from_config(config),
         // Followers forward what only the leader serves to the client URL the leader published.
-        std::sync::Arc::new(etcd::cluster::RegistryLeaderChannel::new(node.handle.clone())),
+        std::sync::Arc::new(etcd::cluster::RegistryLeaderChannel::new(
+            node.handle.clone(),
+        )),
     );
     let mut listeners = Vec::new();
     for url in &config.listen_client_urls {
