@@ -204,13 +204,18 @@ impl ServerConfig {
 /// A member's id: a hash of the cluster token and the member's peer URL, so every node derives
 /// the same ids from the same `--initial-cluster`, and two clusters with different tokens differ.
 pub fn member_id(cluster_token: &str, peer_url: &str) -> NodeId {
-    // FNV-1a, 64 bit: stable across versions and platforms, unlike std's hasher.
+    fnv1a(cluster_token.bytes().chain([b'/']).chain(peer_url.bytes())).max(1)
+}
+
+/// FNV-1a, 64 bit: stable across versions and platforms, unlike std's hasher, so ids derived
+/// from it agree between nodes and releases.
+pub fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in cluster_token.bytes().chain([b'/']).chain(peer_url.bytes()) {
+    for byte in bytes {
         hash ^= byte as u64;
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    hash.max(1)
+    hash
 }
 
 /// `http://host:port` to a socket address. `https` is refused: TLS is not supported yet.

@@ -14,17 +14,12 @@ use ballot_storage::mvcc::types::Revision;
 pub fn cluster_id(config: &ServerConfig) -> u64 {
     let mut members = config.initial_member_ids();
     members.sort_unstable();
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     let bytes = config
         .initial_cluster_token
         .bytes()
         .chain([b'/'])
         .chain(members.iter().flat_map(|id| id.to_be_bytes()));
-    for byte in bytes {
-        hash ^= byte as u64;
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash.max(1)
+    crate::config::fnv1a(bytes).max(1)
 }
 
 impl Context {
