@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-BALLOT=${1:-target/release/ballot}
+BALLOT=${1:-${CARGO_TARGET_DIR:-target}/release/ballot}
 if ! command -v etcdctl >/dev/null; then
   echo "== installing etcdctl (Debian package etcd-client)"
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-client) >/dev/null
