@@ -1,7 +1,12 @@
 //! MVCC state machine throughput and size: batched puts (1,000 per `apply_batch`), single-key
 //! gets and 100-key prefix ranges, at 100k and 1M keys with 100-byte values, and the file size.
 //! Prints a table (harness = false); run with `cargo bench -p ballot-storage --bench mvcc`.
-//! `MVCC_BENCH_QUICK=1` runs the 100k case only.
+//! Then the churn table: on-disk size under put / delete / compact churn at several live sizes.
+//! `MVCC_BENCH_QUICK=1` runs the 100k case and the two smaller churn sizes only;
+//! `MVCC_BENCH_CHURN_ONLY=1` runs the churn table only; `MVCC_BENCH_CHURN_KEYS=2000,20000` (empty:
+//! no churn table) and
+//! `MVCC_BENCH_CHURN_DURABLE=1,4` pick its live sizes and durable-commit cadences,
+//! `MVCC_BENCH_CHURN_VALUE_BYTES=100` its value size (1 KiB by default).
 
 use ballot_storage::mvcc::types::*;
 use ballot_storage::mvcc::{MvccOptions, MvccStore};
@@ -73,11 +78,159 @@ fn prefix_ranges(store: &MvccStore, keys: usize, rng: &mut ChaCha8Rng) -> f64 {
     PREFIX_RANGES as f64 / started.elapsed().as_secs_f64()
 }
 
+// ---- churn: space reuse under put / delete / compact ----
+
+const CHURN_PUTS_PER_BATCH: usize = 100;
+const CHURN_ROUNDS: usize = 8;
+const CHURN_WARM_UP_ROUNDS: usize = 2;
+/// Allocation is sampled (a walk of redb's allocator) every batch up to this many live keys, and
+/// proportionally less often above; the file size after every batch.
+const CHURN_SAMPLE_EVERY_BATCH_KEYS_MAX: usize = 20_000;
+
+fn churn_key(i: usize) -> Bytes {
+    Bytes::from(format!("churn/{i:08}"))
+}
+
+/// What one churn run measured, in bytes.
+struct Churn {
+    live_bytes: u64,
+    allocated_peak_bytes: u64,
+    file_peak_bytes: u64,
+    file_end_bytes: u64,
+    puts_per_second: f64,
+}
+
+/// Every round overwrites every key in random order, deletes a tenth and puts it back, and
+/// compacts at the current revision each time a quarter of the live set has been written
+/// (so history between compactions is a quarter of the live data at every size).
+fn churn(path: &std::path::Path, keys: usize, value_bytes: usize, options: MvccOptions) -> Churn {
+    let store = MvccStore::open_with(path, options).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let live_bytes = (keys * (churn_key(0).len() + value_bytes)) as u64;
+    let sample_batches = (keys / CHURN_SAMPLE_EVERY_BATCH_KEYS_MAX).max(1);
+    let compact_every_writes = (keys / 4).max(CHURN_PUTS_PER_BATCH);
+    let mut index = store.applied_index();
+    let mut batch: Vec<(u64, Command)> = Vec::with_capacity(CHURN_PUTS_PER_BATCH + 2);
+    let (mut writes_since_compaction, mut batches, mut writes) = (0usize, 0usize, 0usize);
+    let (mut allocated_peak_bytes, mut file_peak_bytes) = (0u64, 0u64);
+    let mut measured_started = None;
+    for round in 0..CHURN_ROUNDS {
+        if round == CHURN_WARM_UP_ROUNDS {
+            measured_started = Some((Instant::now(), writes));
+        }
+        let measuring = round >= CHURN_WARM_UP_ROUNDS;
+        let mut order: Vec<usize> = (0..keys).collect();
+        order.shuffle(&mut rng);
+        for (n, &i) in order.iter().enumerate() {
+            let value = Bytes::from(vec![(round * 31 + i) as u8; value_bytes]);
+            let put = |value: Bytes| {
+                Command::Put(PutRequest {
+                    key: churn_key(i),
+                    value,
+                    ..Default::default()
+                })
+            };
+            index += 1;
+            batch.push((index, put(value.clone())));
+            if i % 10 == round % 10 {
+                index += 1;
+                let delete = DeleteRangeRequest {
+                    range: KeyRange::single(churn_key(i)),
+                    prev_kv: false,
+                };
+                batch.push((index, Command::DeleteRange(delete)));
+                index += 1;
+                batch.push((index, put(value)));
+            }
+            if batch.len() < CHURN_PUTS_PER_BATCH && n + 1 < order.len() {
+                continue;
+            }
+            writes += batch.len();
+            writes_since_compaction += batch.len();
+            store.apply_batch(&batch).unwrap();
+            batch.clear();
+            if writes_since_compaction >= compact_every_writes {
+                writes_since_compaction = 0;
+                index += 1;
+                let compact = Command::Compact {
+                    revision: store.revision(),
+                };
+                assert!(store.apply(index, &compact).unwrap().result.is_ok());
+            }
+            batches += 1;
+            if measuring {
+                file_peak_bytes = file_peak_bytes.max(store.file_bytes().unwrap());
+                if batches % sample_batches == 0 {
+                    let (pages, page_bytes, _, _) = store.space_stats().unwrap();
+                    allocated_peak_bytes = allocated_peak_bytes.max(pages * page_bytes as u64);
+                }
+            }
+        }
+    }
+    let (started, writes_before) = measured_started.expect("more rounds than warm-up");
+    let puts_per_second = (writes - writes_before) as f64 / started.elapsed().as_secs_f64();
+    Churn {
+        live_bytes,
+        allocated_peak_bytes,
+        file_peak_bytes,
+        file_end_bytes: store.file_bytes().unwrap(),
+        puts_per_second,
+    }
+}
+
+fn churn_table(dir: &std::path::Path, sizes: &[usize], durabilities: &[u32]) {
+    if sizes.is_empty() {
+        return;
+    }
+    let value_bytes = list_from_env("MVCC_BENCH_CHURN_VALUE_BYTES").map_or(1024, |v| v[0]);
+    println!();
+    println!("Churn: {value_bytes}-byte values, {CHURN_PUTS_PER_BATCH} writes per apply_batch, compaction every quarter of the live set, {CHURN_ROUNDS} rounds ({CHURN_WARM_UP_ROUNDS} warm-up)");
+    println!();
+    println!("| live keys | live bytes | durable every | writes/s | peak allocated | peak file | file at end | peak file / live |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mb = |bytes: u64| bytes as f64 / 1e6;
+    for &keys in sizes {
+        for &non_durable_commits_max in durabilities {
+            let path = dir.join(format!("churn-{keys}-{non_durable_commits_max}.redb"));
+            let _ = std::fs::remove_file(&path);
+            let options = MvccOptions {
+                non_durable_commits_max,
+                ..Default::default()
+            };
+            let measured = churn(&path, keys, value_bytes, options);
+            let live = measured.live_bytes;
+            println!(
+                "| {keys} | {:.1} MB | {non_durable_commits_max} | {:.0}k | {:.1} MB ({:.2}x) | {:.1} MB | {:.1} MB | {:.2}x |",
+                mb(live),
+                measured.puts_per_second / 1e3,
+                mb(measured.allocated_peak_bytes),
+                measured.allocated_peak_bytes as f64 / live as f64,
+                mb(measured.file_peak_bytes),
+                mb(measured.file_end_bytes),
+                measured.file_peak_bytes as f64 / live as f64,
+            );
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; nothing else is configurable.
     let quick = std::env::var("MVCC_BENCH_QUICK").is_ok();
     let dir = std::env::temp_dir().join(format!("ballot-mvcc-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
+    let churn_sizes = list_from_env("MVCC_BENCH_CHURN_KEYS").unwrap_or(if quick {
+        vec![2_000, 20_000]
+    } else {
+        vec![2_000, 20_000, 200_000]
+    });
+    let churn_durabilities = list_from_env("MVCC_BENCH_CHURN_DURABLE").unwrap_or(vec![1, 4]);
+    if std::env::var("MVCC_BENCH_CHURN_ONLY").is_ok() {
+        let durabilities: Vec<u32> = churn_durabilities.iter().map(|&d| d as u32).collect();
+        churn_table(&dir, &churn_sizes, &durabilities);
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
     println!("MVCC state machine: {VALUE_BYTES}-byte values, {PUTS_PER_BATCH} puts per apply_batch, keys in random order");
     println!();
     println!("| keys | durable every | puts/s | gets/s | 100-key prefix ranges/s | file | file / (keys+values) |");
@@ -118,5 +271,18 @@ fn main() {
             let _ = std::fs::remove_file(&path);
         }
     }
+    let durabilities: Vec<u32> = churn_durabilities.iter().map(|&d| d as u32).collect();
+    churn_table(&dir, &churn_sizes, &durabilities);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A comma-separated list of numbers from the environment, for focused runs.
+fn list_from_env(name: &str) -> Option<Vec<usize>> {
+    let text = std::env::var(name).ok()?;
+    let numbers = text.split(',').filter(|n| !n.trim().is_empty());
+    Some(
+        numbers
+            .map(|n| n.trim().parse().expect("a number"))
+            .collect(),
+    )
 }

@@ -4,13 +4,16 @@
 //! gives the same state and the same results on every replica.
 
 use super::error::{ApplyError, MvccError};
-use super::layout::{ChangeKey, Record, VersionKey, CHANGES, LEASES, LEASE_KEYS, LIVE, VERSIONS};
+use super::layout::{
+    encode_revision_record, ChangeKey, Record, VersionKey, INDEX, LEASES, LEASE_KEYS, REVISIONS,
+};
 use super::limits::validate_command;
 use super::types::*;
 use super::view::{check_read_revision, View};
 use ballot_core::LogIndex;
 use bytes::Bytes;
 use redb::{ReadableTable, Table, WriteTransaction};
+use std::ops::Bound;
 
 /// What stops a command: the request (refused, nothing written) or the store (abort the batch).
 pub(crate) enum Failure {
@@ -38,9 +41,8 @@ impl From<redb::StorageError> for Failure {
 
 /// The writable tables of one apply transaction.
 pub(crate) struct Tables<'t> {
-    pub versions: Table<'t, VersionKey, &'static [u8]>,
-    pub changes: Table<'t, ChangeKey, &'static [u8]>,
-    pub live: Table<'t, &'static [u8], ChangeKey>,
+    pub revisions: Table<'t, ChangeKey, &'static [u8]>,
+    pub index: Table<'t, VersionKey, u8>,
     pub leases: Table<'t, i64, (i64, i64)>,
     pub lease_keys: Table<'t, (i64, &'static [u8]), ()>,
 }
@@ -48,13 +50,37 @@ pub(crate) struct Tables<'t> {
 impl<'t> Tables<'t> {
     pub fn open(txn: &'t WriteTransaction) -> Result<Self, MvccError> {
         Ok(Self {
-            versions: txn.open_table(VERSIONS)?,
-            changes: txn.open_table(CHANGES)?,
-            live: txn.open_table(LIVE)?,
+            revisions: txn.open_table(REVISIONS)?,
+            index: txn.open_table(INDEX)?,
             leases: txn.open_table(LEASES)?,
             lease_keys: txn.open_table(LEASE_KEYS)?,
         })
     }
+}
+
+/// Appends revision records, given in increasing revision order and above every stored one, at
+/// the end of `mvcc_revisions` in one cursor run: redb packs such a run into full leaves, where
+/// `Table::insert` splits each full leaf in half.
+pub(crate) fn append_revision_records<R: AsRef<[u8]>>(
+    revisions: &mut Table<'_, ChangeKey, &'static [u8]>,
+    records: impl IntoIterator<Item = (ChangeKey, R)>,
+) -> Result<(), MvccError> {
+    let mut records = records.into_iter().peekable();
+    if records.peek().is_none() {
+        return Ok(());
+    }
+    let mut cursor = revisions.upper_bound_mut(Bound::<ChangeKey>::Unbounded)?;
+    for (at, record) in records {
+        match cursor.insert_before(at, record.as_ref()) {
+            Ok(()) => {}
+            Err(redb::CursorError::UnorderedKey) => {
+                panic!("revision {at:?} is above every stored revision (revisions only grow)")
+            }
+            Err(error) => return Err(redb::Error::from(error).into()),
+        }
+    }
+    cursor.close()?;
+    Ok(())
 }
 
 /// The state machine's position, as stored in `mvcc_meta`.
@@ -63,12 +89,44 @@ pub(crate) struct Position {
     pub applied_index: LogIndex,
     pub current_revision: Revision,
     pub compacted_revision: Revision,
+    pub sweep: Sweep,
+}
+
+/// How far the sweep has come: the deletion of what compaction made unreachable. A `Compact`
+/// command takes effect at once (reads below it fail); the versions it makes unreachable are
+/// deleted in bounded steps, one per apply commit (see `compaction.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Sweep {
+    /// Everything compaction at this revision made unreachable is deleted (invariant 4 holds
+    /// here). At most the compacted revision; below it, the sweep has work left.
+    pub done_revision: Revision,
+    /// The next change of the log the sweep visits.
+    pub resume: ChangeKey,
+}
+
+impl Sweep {
+    /// Nothing left to delete for compaction at `revision`.
+    pub fn finished(revision: Revision) -> Self {
+        Sweep {
+            done_revision: revision,
+            resume: (revision as u64, 0),
+        }
+    }
+
+    pub fn is_behind(&self, compacted_revision: Revision) -> bool {
+        self.done_revision < compacted_revision
+    }
 }
 
 /// Applies commands to the tables of one write transaction.
 pub(crate) struct Applier<'t> {
     pub tables: Tables<'t>,
     pub position: Position,
+    /// Revision records written but not yet in `mvcc_revisions`, in revision order: appended
+    /// in one run by [`Applier::append_pending`] before the transaction commits (and before the
+    /// sweep scans the table). One ordered run fills the leaves; `Table::insert` one at a
+    /// time splits each full leaf in half and leaves them half empty.
+    pub pending: Vec<(ChangeKey, Vec<u8>)>,
 }
 
 /// The writes of one command: they all share `revision`, numbered by `next_sub_revision`.
@@ -111,15 +169,20 @@ impl Plan {
 }
 
 /// A read view over the apply transaction's own (writable) tables.
-type WriteView<'a, 't> =
-    View<'a, Table<'t, VersionKey, &'static [u8]>, Table<'t, &'static [u8], ChangeKey>>;
+type WriteView<'a, 't> = View<'a, Table<'t, ChangeKey, &'static [u8]>, Table<'t, VersionKey, u8>>;
 
 impl<'t> Applier<'t> {
     fn view(&self) -> WriteView<'_, 't> {
         View {
-            versions: &self.tables.versions,
-            live: &self.tables.live,
+            revisions: &self.tables.revisions,
+            index: &self.tables.index,
+            pending: &self.pending,
         }
+    }
+
+    /// Appends the pending revision records to `mvcc_revisions`, in one ordered run at its end.
+    pub fn append_pending(&mut self) -> Result<(), MvccError> {
+        append_revision_records(&mut self.tables.revisions, self.pending.drain(..))
     }
 
     /// Applies one command at `index` (already known to be above the applied index).
@@ -182,8 +245,7 @@ impl<'t> Applier<'t> {
             }
             Command::Compact { revision } => {
                 self.check_compact(*revision)?;
-                self.compact(*revision)?;
-                self.position.compacted_revision = *revision;
+                self.compact(*revision);
                 Ok(CommandResult::Compact {
                     revision: *revision,
                 })
@@ -219,7 +281,7 @@ impl<'t> Applier<'t> {
     // ---- checks (no writes) ----
 
     fn check_put(&self, put: &PutRequest) -> Result<(), Failure> {
-        if (put.ignore_value || put.ignore_lease) && self.tables.live.get(&put.key[..])?.is_none() {
+        if (put.ignore_value || put.ignore_lease) && !self.view().exists(&put.key)? {
             return Err(ApplyError::KeyNotFound {
                 key: put.key.clone(),
             }
@@ -352,33 +414,32 @@ impl<'t> Applier<'t> {
         })
     }
 
-    /// Stores one change of `key` at the command's revision; returns its sub-revision.
+    /// Stores one change of `key` at the command's revision and its next sub-revision: the index
+    /// entry now, the revision record when the batch appends its pending records.
     fn write_version(
         &mut self,
         writes: &mut Writes,
         key: &[u8],
         record: &Record,
-    ) -> Result<u32, MvccError> {
+    ) -> Result<(), MvccError> {
         let sub_revision = writes.next_sub_revision;
         writes.next_sub_revision = sub_revision
             .checked_add(1)
             .expect("fewer than 2^32 changes in one revision");
-        let revision = writes.revision as u64;
-        let replaced = self
-            .tables
-            .versions
-            .insert((key, revision, sub_revision), &record.encode()[..])?;
+        let at = (writes.revision as u64, sub_revision);
+        let replaced = self.tables.index.insert((key, at.0, at.1), record.kind())?;
         assert!(
             replaced.is_none(),
             "a version (key, revision, sub-revision) is written once"
         );
         drop(replaced);
-        let replaced = self.tables.changes.insert((revision, sub_revision), key)?;
         assert!(
-            replaced.is_none(),
-            "a change (revision, sub-revision) is written once"
+            self.pending.last().is_none_or(|(last, _)| *last < at),
+            "revision records are written in revision order"
         );
-        Ok(sub_revision)
+        self.pending
+            .push((at, encode_revision_record(key, &record.encode())));
+        Ok(())
     }
 
     /// The key as a watcher's `prev_kv` sees it: as of the revision before this command.
@@ -423,10 +484,7 @@ impl<'t> Applier<'t> {
             lease,
         };
         let event_prev = self.before(writes, &put.key, &previous)?;
-        let sub_revision = self.write_version(writes, &put.key, &Record::put_from(&kv))?;
-        self.tables
-            .live
-            .insert(&put.key[..], (writes.revision as u64, sub_revision))?;
+        self.write_version(writes, &put.key, &Record::put_from(&kv))?;
         let previous_lease = previous.as_ref().map_or(0, |prev| prev.lease);
         if previous_lease != 0 && previous_lease != lease {
             self.tables
@@ -468,7 +526,6 @@ impl<'t> Applier<'t> {
         let key = &current.key[..];
         let event_prev = self.before(writes, key, &Some(current.clone()))?;
         self.write_version(writes, key, &Record::Tombstone)?;
-        self.tables.live.remove(key)?;
         if current.lease != 0 {
             self.tables.lease_keys.remove((current.lease, key))?;
         }

@@ -3,7 +3,7 @@
 
 use super::error::MvccError;
 use super::layout::*;
-use super::store::MvccStore;
+use super::store::{read_sweep, MvccStore};
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use std::collections::BTreeMap;
 
@@ -28,28 +28,40 @@ pub(crate) fn check(store: &MvccStore) -> Result<(), MvccError> {
         "invariant 6: the published applied index is the stored one"
     );
 
-    let versions = txn.open_table(VERSIONS)?;
-    let changes = txn.open_table(CHANGES)?;
-    let live = txn.open_table(LIVE)?;
+    let sweep = read_sweep(&meta)?;
+    let swept = sweep.done_revision as u64;
+    assert!(
+        swept <= compacted
+            && (swept, 0) <= sweep.resume
+            && sweep.resume <= (compacted, u32::MAX),
+        "invariant 4: the sweep ({sweep:?}) is between the revisions it started from and compacted {compacted}"
+    );
+    let revisions = txn.open_table(REVISIONS)?;
+    let index = txn.open_table(INDEX)?;
     let leases = txn.open_table(LEASES)?;
     let lease_keys = txn.open_table(LEASE_KEYS)?;
 
-    // Newest version and number of versions at or below the compacted revision, per key.
+    // Newest version of each key, and its versions at or below the revision the sweep finished.
     let mut newest: BTreeMap<Vec<u8>, ((u64, u32), Record)> = BTreeMap::new();
-    let mut at_or_below_compacted: BTreeMap<Vec<u8>, Vec<(u64, bool)>> = BTreeMap::new();
+    let mut at_or_below_swept: BTreeMap<Vec<u8>, Vec<(u64, bool)>> = BTreeMap::new();
     let mut version_count = 0u64;
-    for entry in versions.iter()? {
-        let (at, record) = entry?;
-        let ((key, revision, sub_revision), record) = (at.value(), Record::decode(record.value())?);
+    for entry in index.iter()? {
+        let (at, kind) = entry?;
+        let ((key, revision, sub_revision), kind) = (at.value(), kind.value());
         version_count += 1;
         assert!(
             revision >= 1 && revision <= current,
             "invariant 3: version at revision {revision} within 1..={current}"
         );
-        let change = changes.get((revision, sub_revision))?;
+        let stored = revisions.get((revision, sub_revision))?;
+        let stored = stored.unwrap_or_else(|| {
+            panic!("invariant 1: version ({key:?}, {revision}, {sub_revision}) has its revision record")
+        });
+        let (stored_key, record) = split_revision_record(stored.value())?;
+        let record = Record::decode(record)?;
         assert!(
-            change.is_some_and(|c| c.value() == key),
-            "invariant 2: version ({key:?}, {revision}, {sub_revision}) has its change-log entry"
+            stored_key == key && record.kind() == kind,
+            "invariant 1: revision ({revision}, {sub_revision}) holds key {key:?} and kind {kind}"
         );
         if let Record::Put {
             create_revision,
@@ -66,8 +78,8 @@ pub(crate) fn check(store: &MvccStore) -> Result<(), MvccError> {
                 "invariant 7: version 1 is created at its revision"
             );
         }
-        if revision <= compacted {
-            at_or_below_compacted
+        if revision <= swept {
+            at_or_below_swept
                 .entry(key.to_vec())
                 .or_default()
                 .push((revision, record == Record::Tombstone));
@@ -75,53 +87,35 @@ pub(crate) fn check(store: &MvccStore) -> Result<(), MvccError> {
         newest.insert(key.to_vec(), ((revision, sub_revision), record));
     }
     assert_eq!(
-        changes.len()?,
+        revisions.len()?,
         version_count,
-        "invariant 2: one change-log entry per version"
+        "invariant 2: one revision record per index entry"
     );
-    for (key, kept) in &at_or_below_compacted {
+    for (key, kept) in &at_or_below_swept {
         assert!(
             kept.len() == 1,
-            "invariant 4: key {key:?} keeps one version at or below {compacted}, has {kept:?}"
+            "invariant 4: key {key:?} keeps one version at or below {swept}, has {kept:?}"
         );
         let (revision, tombstone) = kept[0];
         assert!(
-            !tombstone || revision == compacted,
-            "invariant 4: only a tombstone at exactly {compacted} survives, not at {revision}"
+            !tombstone || revision == swept,
+            "invariant 4: only a tombstone at exactly {swept} survives, not at {revision}"
         );
     }
-    let mut live_count = 0u64;
-    for (key, (at, record)) in &newest {
-        let found = live.get(&key[..])?.map(|v| v.value());
-        match record {
-            Record::Put { lease, .. } => {
-                live_count += 1;
-                assert_eq!(
-                    found,
-                    Some(*at),
-                    "invariant 1: live key {key:?} points at its newest version"
+    for (key, (_, record)) in &newest {
+        if let Record::Put { lease, .. } = record {
+            if *lease != 0 {
+                assert!(
+                    leases.get(*lease)?.is_some(),
+                    "invariant 5: key {key:?} is attached to an existing lease {lease}"
                 );
-                if *lease != 0 {
-                    assert!(
-                        leases.get(*lease)?.is_some(),
-                        "invariant 5: key {key:?} is attached to an existing lease {lease}"
-                    );
-                    assert!(
-                        lease_keys.get((*lease, &key[..]))?.is_some(),
-                        "invariant 5: lease {lease} lists key {key:?}"
-                    );
-                }
-            }
-            Record::Tombstone => {
-                assert_eq!(found, None, "invariant 1: deleted key {key:?} is not live")
+                assert!(
+                    lease_keys.get((*lease, &key[..]))?.is_some(),
+                    "invariant 5: lease {lease} lists key {key:?}"
+                );
             }
         }
     }
-    assert_eq!(
-        live.len()?,
-        live_count,
-        "invariant 1: every live key has a newest put"
-    );
     for entry in lease_keys.iter()? {
         let (attached, _) = entry?;
         let (lease, key) = attached.value();

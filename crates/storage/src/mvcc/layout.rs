@@ -1,16 +1,20 @@
 //! The on-disk layout of `state.redb`, mirroring `docs/design/storage.md` ("MVCC state machine"):
-//! the redb tables, the version record, and their invariants. Only this module knows the bytes.
+//! the redb tables, the records, and their invariants. Only this module knows the bytes.
 //!
 //! | table | key | value |
 //! |---|---|---|
 //! | `mvcc_meta` | `&str` name | `u64` |
-//! | `mvcc_versions` | `(key, revision u64, sub_revision u32)` | version record |
-//! | `mvcc_changes` | `(revision u64, sub_revision u32)` | key |
-//! | `mvcc_live` | key | `(revision u64, sub_revision u32)` of its current version |
+//! | `mvcc_revisions` | `(revision u64, sub_revision u32)` | revision record (key and version record) |
+//! | `mvcc_index` | `(key, revision u64, sub_revision u32)` | `u8` kind of the version (1 put, 2 tombstone) |
 //! | `mvcc_leases` | `i64` id | `(ttl_seconds i64, remaining_ttl_ms i64)` |
 //! | `mvcc_lease_keys` | `(i64 id, key)` | `()` |
 //!
-//! Version record, big-endian:
+//! Values live only in `mvcc_revisions`, which is written in revision order (appended, so its
+//! leaves are packed full) and loses whole runs of old revisions at compaction; `mvcc_index` is
+//! the small key-ordered table that finds them (etcd's layout: bbolt's `key` bucket and its
+//! in-memory `keyIndex`).
+//!
+//! Revision record, big-endian: `key_len u32 | key | version record`. Version record:
 //!
 //! ```text
 //! offset size field
@@ -33,9 +37,8 @@ pub type VersionKey = (&'static [u8], u64, u32);
 pub type ChangeKey = (u64, u32);
 
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("mvcc_meta");
-pub const VERSIONS: TableDefinition<VersionKey, &[u8]> = TableDefinition::new("mvcc_versions");
-pub const CHANGES: TableDefinition<ChangeKey, &[u8]> = TableDefinition::new("mvcc_changes");
-pub const LIVE: TableDefinition<&[u8], ChangeKey> = TableDefinition::new("mvcc_live");
+pub const REVISIONS: TableDefinition<ChangeKey, &[u8]> = TableDefinition::new("mvcc_revisions");
+pub const INDEX: TableDefinition<VersionKey, u8> = TableDefinition::new("mvcc_index");
 pub const LEASES: TableDefinition<i64, (i64, i64)> = TableDefinition::new("mvcc_leases");
 pub const LEASE_KEYS: TableDefinition<(i64, &[u8]), ()> = TableDefinition::new("mvcc_lease_keys");
 
@@ -43,11 +46,17 @@ pub const META_FORMAT_VERSION: &str = "format_version";
 pub const META_APPLIED_INDEX: &str = "applied_index";
 pub const META_CURRENT_REVISION: &str = "current_revision";
 pub const META_COMPACTED_REVISION: &str = "compacted_revision";
-/// The layout described above. A file with another number is refused at open.
-pub const FORMAT_VERSION: u64 = 1;
+/// The sweep (compaction's deletions, in bounded steps): done up to this revision, and the next
+/// change it visits.
+pub const META_SWEEP_DONE_REVISION: &str = "sweep_done_revision";
+pub const META_SWEEP_RESUME_REVISION: &str = "sweep_resume_revision";
+pub const META_SWEEP_RESUME_SUB_REVISION: &str = "sweep_resume_sub_revision";
+/// The layout described above (1 was values in a key-ordered `mvcc_versions` table). A file with
+/// another number is refused at open.
+pub const FORMAT_VERSION: u64 = 2;
 
-const KIND_PUT: u8 = 1;
-const KIND_TOMBSTONE: u8 = 2;
+pub const KIND_PUT: u8 = 1;
+pub const KIND_TOMBSTONE: u8 = 2;
 const PUT_HEADER_BYTES: usize = 25;
 
 /// One version of a key as stored: a put (with everything but key and mod revision, which are
@@ -119,6 +128,14 @@ impl Record {
         bytes.first() == Some(&KIND_TOMBSTONE)
     }
 
+    /// The kind byte, as `mvcc_index` stores it.
+    pub fn kind(&self) -> u8 {
+        match self {
+            Record::Put { .. } => KIND_PUT,
+            Record::Tombstone => KIND_TOMBSTONE,
+        }
+    }
+
     /// The key-value this record describes, for `key` at `mod_revision` (None for a tombstone).
     pub fn into_kv(self, key: &[u8], mod_revision: Revision) -> Option<KeyValue> {
         match self {
@@ -156,6 +173,32 @@ impl Record {
     }
 }
 
+/// A revision record: the key, then its (encoded) version record.
+pub fn encode_revision_record(key: &[u8], record: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + key.len() + record.len());
+    out.extend_from_slice(&(key.len() as u32).to_be_bytes());
+    out.extend_from_slice(key);
+    out.extend_from_slice(record);
+    out
+}
+
+/// Splits a revision record into the key and the version record; a malformed one is corruption.
+pub fn split_revision_record(bytes: &[u8]) -> Result<(&[u8], &[u8]), MvccError> {
+    let corrupt = || {
+        MvccError::Corrupt(format!(
+            "malformed revision record of {} bytes",
+            bytes.len()
+        ))
+    };
+    let key_len = bytes.get(..4).ok_or_else(corrupt)?;
+    let key_len = u32::from_be_bytes(key_len.try_into().expect("4 bytes")) as usize;
+    let rest = &bytes[4..];
+    if key_len == 0 || key_len >= rest.len() {
+        return Err(corrupt());
+    }
+    Ok(rest.split_at(key_len))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,6 +219,20 @@ mod tests {
         for garbage in [&[][..], &[0], &[1, 2, 3], &[2, 0], &[9; 40]] {
             assert!(matches!(
                 Record::decode(garbage),
+                Err(MvccError::Corrupt(_))
+            ));
+        }
+        let stored = encode_revision_record(b"key", &put.encode());
+        let (key, record) = split_revision_record(&stored).unwrap();
+        assert_eq!((key, Record::decode(record).unwrap()), (&b"key"[..], put));
+        for garbage in [
+            &[][..],
+            &[0, 0, 0],
+            &[0, 0, 0, 0, 2],
+            &[0, 0, 0, 3, b'k', b'e', b'y'],
+        ] {
+            assert!(matches!(
+                split_revision_record(garbage),
                 Err(MvccError::Corrupt(_))
             ));
         }

@@ -9,15 +9,18 @@
 //!   0xFF end:     record_count u64 | crc32c u32 of every byte before the crc
 //! ```
 //!
-//! Versions come in `mvcc_versions` order, then leases in id order. The derived tables
-//! (`mvcc_changes`, `mvcc_live`, `mvcc_lease_keys`) are rebuilt on restore, so a snapshot cannot
-//! carry an inconsistent index. Restore checks the whole input before touching the database.
+//! Versions come in key order (then revision, sub-revision: `mvcc_index` order), then leases in
+//! id order. The derived tables (`mvcc_index`, `mvcc_lease_keys`) are rebuilt on restore, so a
+//! snapshot cannot carry an inconsistent index; the revision records are appended in revision
+//! order, so a restored `mvcc_revisions` is packed full. Restore checks the whole input before
+//! touching the database.
 
-use super::apply::{Position, Tables};
+use super::apply::{append_revision_records, Position, Sweep, Tables};
 use super::error::MvccError;
 use super::layout::*;
 use super::limits::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
-use super::store::{write_position_in, MvccStore};
+use super::store::{read_sweep, write_position_in, MvccStore};
+use super::view::View;
 use bytes::Bytes;
 use redb::{Durability, ReadableDatabase, ReadableTable};
 use std::io::Write;
@@ -76,10 +79,37 @@ impl MvccStore {
         ] {
             out.put(&get(name)?.to_be_bytes())?;
         }
+        let compacted_revision = get(META_COMPACTED_REVISION)? as i64;
+        let sweeping = read_sweep(&meta)?.is_behind(compacted_revision);
         let mut records = 0u64;
-        for entry in txn.open_table(VERSIONS)?.iter()? {
-            let (at, record) = entry?;
-            let ((key, revision, sub_revision), record) = (at.value(), record.value());
+        let revisions = txn.open_table(REVISIONS)?;
+        let index = txn.open_table(INDEX)?;
+        let view = View {
+            revisions: &revisions,
+            index: &index,
+            pending: &[],
+        };
+        for entry in index.iter()? {
+            let (at, kind) = entry?;
+            let (key, revision, sub_revision) = at.value();
+            // Only what compaction left reachable, whether or not the sweep deleted the rest.
+            let tombstone = kind.value() == KIND_TOMBSTONE;
+            if sweeping
+                && !view.reachable(key, (revision, sub_revision), tombstone, compacted_revision)?
+            {
+                continue;
+            }
+            let stored = revisions.get((revision, sub_revision))?.ok_or_else(|| {
+                MvccError::Corrupt(format!(
+                    "index entry ({revision}, {sub_revision}) has no record"
+                ))
+            })?;
+            let (stored_key, record) = split_revision_record(stored.value())?;
+            if stored_key != key {
+                return Err(MvccError::Corrupt(format!(
+                    "revision ({revision}, {sub_revision}) holds another key than its index entry"
+                )));
+            }
             out.put(&[TAG_VERSION])?;
             out.put(&(key.len() as u32).to_be_bytes())?;
             out.put(key)?;
@@ -112,14 +142,17 @@ impl MvccStore {
         let _writer = self.writer_lock();
         let mut txn = self.database().begin_write()?;
         txn.set_durability(Durability::Immediate)?;
-        txn.delete_table(VERSIONS)?;
-        txn.delete_table(CHANGES)?;
-        txn.delete_table(LIVE)?;
+        txn.delete_table(REVISIONS)?;
+        txn.delete_table(INDEX)?;
         txn.delete_table(LEASES)?;
         txn.delete_table(LEASE_KEYS)?;
         {
             let mut tables = Tables::open(&txn)?;
-            let mut newest: Option<(Vec<u8>, u64, u32, Option<i64>)> = None;
+            // Where each revision record is in the snapshot: sorted into revision order below,
+            // then encoded and appended in one run.
+            let mut revision_records: Vec<RecordInSnapshot<'_>> = Vec::new();
+            // The key being read and, if its newest version so far is a put, that put's lease.
+            let mut newest: Option<(Vec<u8>, Option<i64>)> = None;
             parse(snapshot, |item| {
                 match item {
                     Item::Version {
@@ -128,45 +161,54 @@ impl MvccStore {
                         sub_revision,
                         record,
                     } => {
-                        if let Some((last_key, r, s, lease)) =
-                            newest.take_if(|(last_key, ..)| last_key[..] != key[..])
+                        if let Some((last_key, lease)) =
+                            newest.take_if(|(last_key, _)| last_key[..] != key[..])
                         {
-                            settle_newest(&mut tables, &last_key, r, s, lease)?;
+                            settle_newest(&mut tables, &last_key, lease)?;
                         }
+                        let decoded = Record::decode(record)?;
                         tables
-                            .versions
-                            .insert((key, revision, sub_revision), record)?;
-                        if tables
-                            .changes
-                            .insert((revision, sub_revision), key)?
-                            .is_some()
-                        {
-                            return Err(MvccError::Snapshot(format!(
-                                "two versions at ({revision}, {sub_revision})"
-                            )));
-                        }
-                        let lease = match Record::decode(record)? {
+                            .index
+                            .insert((key, revision, sub_revision), decoded.kind())?;
+                        revision_records.push(((revision, sub_revision), key, record));
+                        let lease = match decoded {
                             Record::Put { lease, .. } => Some(lease),
                             Record::Tombstone => None,
                         };
-                        newest = Some((key.to_vec(), revision, sub_revision, lease));
+                        newest = Some((key.to_vec(), lease));
                     }
                     Item::Lease {
                         id,
                         ttl_seconds,
                         remaining_ttl_ms,
                     } => {
-                        if let Some((last_key, r, s, lease)) = newest.take() {
-                            settle_newest(&mut tables, &last_key, r, s, lease)?;
+                        if let Some((last_key, lease)) = newest.take() {
+                            settle_newest(&mut tables, &last_key, lease)?;
                         }
                         tables.leases.insert(id, (ttl_seconds, remaining_ttl_ms))?;
                     }
                 }
                 Ok(())
             })?;
-            if let Some((last_key, r, s, lease)) = newest.take() {
-                settle_newest(&mut tables, &last_key, r, s, lease)?;
+            if let Some((last_key, lease)) = newest.take() {
+                settle_newest(&mut tables, &last_key, lease)?;
             }
+            revision_records.sort_unstable_by_key(|(at, _, _)| *at);
+            if let Some(pair) = revision_records
+                .windows(2)
+                .find(|pair| pair[0].0 == pair[1].0)
+            {
+                let (revision, sub_revision) = pair[0].0;
+                return Err(MvccError::Snapshot(format!(
+                    "two versions at ({revision}, {sub_revision})"
+                )));
+            }
+            append_revision_records(
+                &mut tables.revisions,
+                revision_records
+                    .into_iter()
+                    .map(|(at, key, record)| (at, encode_revision_record(key, record))),
+            )?;
             // Every attached key's lease must be in the snapshot.
             for entry in tables.lease_keys.iter()? {
                 let (attached, _) = entry?;
@@ -184,21 +226,17 @@ impl MvccStore {
     }
 }
 
-/// The newest version of a key decides whether it is live and attached to a lease.
-fn settle_newest(
-    tables: &mut Tables<'_>,
-    key: &[u8],
-    revision: u64,
-    sub_revision: u32,
-    lease: Option<i64>,
-) -> Result<(), MvccError> {
+/// The newest version of a key decides whether it is attached to a lease (`None`: a tombstone).
+fn settle_newest(tables: &mut Tables<'_>, key: &[u8], lease: Option<i64>) -> Result<(), MvccError> {
     let Some(lease) = lease else { return Ok(()) };
-    tables.live.insert(key, (revision, sub_revision))?;
     if lease != 0 {
         tables.lease_keys.insert((lease, key), ())?;
     }
     Ok(())
 }
+
+/// A version found in a snapshot: `(revision, sub_revision)`, key, version record.
+type RecordInSnapshot<'a> = (ChangeKey, &'a [u8], &'a [u8]);
 
 enum Item<'a> {
     Version {
@@ -273,10 +311,15 @@ fn parse<'a>(
             "snapshot format {format}; this build reads {SNAPSHOT_FORMAT}"
         ));
     }
+    let applied_index = cursor.u64()?;
+    let current_revision = cursor.u64()? as i64;
+    let compacted_revision = cursor.u64()? as i64;
+    // A snapshot holds only what compaction left reachable: nothing to sweep.
     let position = Position {
-        applied_index: cursor.u64()?,
-        current_revision: cursor.u64()? as i64,
-        compacted_revision: cursor.u64()? as i64,
+        applied_index,
+        current_revision,
+        compacted_revision,
+        sweep: Sweep::finished(compacted_revision),
     };
     if position.current_revision < 0
         || position.compacted_revision < 0

@@ -2,12 +2,13 @@
 //! batching of applies into write transactions and their durability. Never reads a clock and
 //! never holds a read transaction beyond one call (an open reader pins freed pages).
 
-use super::apply::{Applier, Position, Tables};
+use super::apply::{Applier, Position, Sweep, Tables};
+use super::compaction::SWEEP_CHANGES_PER_COMMIT_MAX;
 use super::error::{ApplyError, MvccError};
 use super::layout::*;
 use super::limits::check_range_request;
 use super::types::*;
-use super::view::{check_read_revision, Locator, View};
+use super::view::{check_read_revision, View};
 use ballot_core::LogIndex;
 use bytes::Bytes;
 use redb::{Database, Durability, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable};
@@ -71,8 +72,8 @@ pub struct MvccStore {
 }
 
 type ReadTables = (
-    ReadOnlyTable<VersionKey, &'static [u8]>,
-    ReadOnlyTable<&'static [u8], ChangeKey>,
+    ReadOnlyTable<ChangeKey, &'static [u8]>,
+    ReadOnlyTable<VersionKey, u8>,
 );
 
 impl MvccStore {
@@ -188,11 +189,12 @@ impl MvccStore {
             applied_index: get(META_APPLIED_INDEX)?,
             current_revision: get(META_CURRENT_REVISION)? as Revision,
             compacted_revision: get(META_COMPACTED_REVISION)? as Revision,
+            sweep: read_sweep(&meta)?,
         })
     }
 
     fn read_tables(&self, txn: &ReadTransaction) -> Result<ReadTables, MvccError> {
-        Ok((txn.open_table(VERSIONS)?, txn.open_table(LIVE)?))
+        Ok((txn.open_table(REVISIONS)?, txn.open_table(INDEX)?))
     }
 
     /// Applies one committed entry (see [`Self::apply_batch`]).
@@ -260,13 +262,17 @@ impl MvccStore {
             applied_index: self.applied_index(),
             current_revision: self.revision(),
             compacted_revision: self.compacted_revision(),
+            sweep: read_sweep(&txn.open_table(META)?)?,
         };
         let (output, position) = {
             let mut applier = Applier {
                 tables: Tables::open(&txn)?,
                 position,
+                pending: Vec::new(),
             };
             let output = body(&mut applier)?;
+            applier.sweep_step(SWEEP_CHANGES_PER_COMMIT_MAX)?;
+            applier.append_pending()?;
             (output, applier.position)
         };
         write_position(&txn, &position)?;
@@ -299,10 +305,11 @@ impl MvccStore {
         check_range_request(request)?;
         let txn = self.db.begin_read()?;
         let position = self.read_position(&txn)?;
-        let (versions, live) = self.read_tables(&txn)?;
+        let (revisions, index) = self.read_tables(&txn)?;
         let view = View {
-            versions: &versions,
-            live: &live,
+            revisions: &revisions,
+            index: &index,
+            pending: &[],
         };
         Ok(view.range(
             request,
@@ -363,24 +370,29 @@ impl MvccStore {
         } else {
             revision
         };
-        let changes = txn.open_table(CHANGES)?;
-        let versions = txn.open_table(VERSIONS)?;
+        let (revisions, index) = self.read_tables(&txn)?;
+        let view = View {
+            revisions: &revisions,
+            index: &index,
+            pending: &[],
+        };
+        let sweeping = position.sweep.is_behind(position.compacted_revision);
         let mut hash = 0u32;
-        for entry in changes.range(..=(revision as u64, u32::MAX))? {
-            let (at, key) = entry?;
-            let ((change_revision, sub_revision), key) = (at.value(), key.value());
-            let record = versions
-                .get((key, change_revision, sub_revision))?
-                .ok_or_else(|| {
-                    MvccError::Corrupt(format!(
-                        "change ({change_revision}, {sub_revision}) has no version"
-                    ))
-                })?;
+        for entry in revisions.range(..=(revision as u64, u32::MAX))? {
+            let (at, stored) = entry?;
+            let (change_revision, sub_revision) = at.value();
+            let (key, record) = split_revision_record(stored.value())?;
+            let tombstone = Record::is_tombstone(record);
+            if sweeping
+                && !view.reachable(key, at.value(), tombstone, position.compacted_revision)?
+            {
+                continue;
+            }
             hash = crc32c::crc32c_append(hash, &change_revision.to_be_bytes());
             hash = crc32c::crc32c_append(hash, &sub_revision.to_be_bytes());
             hash = crc32c::crc32c_append(hash, &(key.len() as u32).to_be_bytes());
             hash = crc32c::crc32c_append(hash, key);
-            hash = crc32c::crc32c_append(hash, record.value());
+            hash = crc32c::crc32c_append(hash, record);
         }
         Ok((hash, position.compacted_revision))
     }
@@ -431,21 +443,23 @@ impl MvccStore {
         if start_revision > end_revision {
             return Ok(Ok(events));
         }
-        let (versions, live) = self.read_tables(&txn)?;
+        let (revisions, index) = self.read_tables(&txn)?;
         let view = View {
-            versions: &versions,
-            live: &live,
+            revisions: &revisions,
+            index: &index,
+            pending: &[],
         };
-        let changes = txn.open_table(CHANGES)?;
+        let sweeping = position.sweep.is_behind(position.compacted_revision);
         let limit = if limit == 0 { usize::MAX } else { limit };
         // Events of one revision are gathered apart, so the limit cuts between revisions.
         let mut pending: Vec<Event> = Vec::new();
         let mut pending_revision = 0u64;
         let first = (start_revision.max(0) as u64, 0u32);
         let mut open = true;
-        for entry in changes.range(first..=(end_revision as u64, u32::MAX))? {
-            let (at, key) = entry?;
-            let ((revision, sub_revision), key) = (at.value(), key.value());
+        for entry in revisions.range(first..=(end_revision as u64, u32::MAX))? {
+            let (at, stored) = entry?;
+            let (revision, _) = at.value();
+            let (key, record) = split_revision_record(stored.value())?;
             if revision != pending_revision {
                 open = take_revision(&mut events, &mut pending, limit);
                 if !open {
@@ -456,12 +470,15 @@ impl MvccStore {
             if !range.contains(key) {
                 continue;
             }
-            let at = Locator {
-                key: Bytes::copy_from_slice(key),
-                revision,
-                sub_revision,
-            };
-            let event = match view.load(&at, true)? {
+            // Changes at exactly the compacted revision that a later change there superseded
+            // are unreachable (the sweep deletes them).
+            let tombstone = Record::is_tombstone(record);
+            if sweeping
+                && !view.reachable(key, at.value(), tombstone, position.compacted_revision)?
+            {
+                continue;
+            }
+            let event = match Record::decode_kv(record, key, revision as Revision, true)? {
                 Some(kv) => Event {
                     kind: EventKind::Put,
                     kv,
@@ -469,7 +486,7 @@ impl MvccStore {
                 },
                 None => {
                     let kv = KeyValue {
-                        key: at.key.clone(),
+                        key: Bytes::copy_from_slice(key),
                         mod_revision: revision as Revision,
                         ..Default::default()
                     };
@@ -486,7 +503,10 @@ impl MvccStore {
             take_revision(&mut events, &mut pending, limit);
         }
         if with_prev_kv {
-            for event in &mut events {
+            // A change at the compacted revision has no previous version: compaction deletes
+            // (or the sweep will delete) every version below it of the same key.
+            let compacted = position.compacted_revision;
+            for event in events.iter_mut().filter(|e| e.kv.mod_revision > compacted) {
                 event.prev_kv = view.at_revision(&event.kv.key, event.kv.mod_revision - 1)?;
             }
         }
@@ -513,7 +533,21 @@ fn write_position(txn: &redb::WriteTransaction, position: &Position) -> Result<(
     meta.insert(META_APPLIED_INDEX, position.applied_index)?;
     meta.insert(META_CURRENT_REVISION, position.current_revision as u64)?;
     meta.insert(META_COMPACTED_REVISION, position.compacted_revision as u64)?;
+    let sweep = &position.sweep;
+    meta.insert(META_SWEEP_DONE_REVISION, sweep.done_revision as u64)?;
+    meta.insert(META_SWEEP_RESUME_REVISION, sweep.resume.0)?;
+    meta.insert(META_SWEEP_RESUME_SUB_REVISION, u64::from(sweep.resume.1))?;
     Ok(())
+}
+
+pub(crate) fn read_sweep(meta: &impl ReadableTable<&'static str, u64>) -> Result<Sweep, MvccError> {
+    let get = |name| -> Result<u64, MvccError> { Ok(meta.get(name)?.map_or(0, |v| v.value())) };
+    let resume_sub_revision = u32::try_from(get(META_SWEEP_RESUME_SUB_REVISION)?)
+        .map_err(|_| MvccError::Corrupt("sweep sub-revision over 2^32".into()))?;
+    Ok(Sweep {
+        done_revision: get(META_SWEEP_DONE_REVISION)? as Revision,
+        resume: (get(META_SWEEP_RESUME_REVISION)?, resume_sub_revision),
+    })
 }
 
 pub(crate) fn write_position_in(

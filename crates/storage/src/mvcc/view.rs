@@ -1,21 +1,29 @@
 //! Reading the versioned state, over any redb table handles: the read-only ones of a read
 //! transaction (`range`, `events`, snapshots) or the writable ones of the apply transaction
-//! (compares and ranges inside a transaction see its own earlier writes). Never writes.
+//! (compares and ranges inside a transaction see its own earlier writes, including the revision
+//! records it has not yet appended). Never writes.
 
 use super::error::{ApplyError, MvccError};
-use super::layout::{ChangeKey, Record, VersionKey};
+use super::layout::{split_revision_record, ChangeKey, Record, VersionKey, KIND_TOMBSTONE};
 use super::types::*;
 use bytes::Bytes;
 use redb::ReadableTable;
 use std::ops::Bound;
 
+/// Revision records written by the apply transaction but not yet appended to `mvcc_revisions`
+/// (they go in at the end of the batch, in one ordered run, so the leaves are packed full).
+/// In revision order.
+pub(crate) type Pending = [(ChangeKey, Vec<u8>)];
+
 /// The tables a read needs.
-pub(crate) struct View<'a, V, L> {
-    pub versions: &'a V,
-    pub live: &'a L,
+pub(crate) struct View<'a, R, I> {
+    pub revisions: &'a R,
+    pub index: &'a I,
+    pub pending: &'a Pending,
 }
 
-/// Where one version of a key lives: `(key, revision, sub_revision)` in `mvcc_versions`.
+/// Where one version of a key lives: `(revision, sub_revision)` in `mvcc_revisions`, which is
+/// `(key, revision, sub_revision)` in `mvcc_index`.
 #[derive(Debug, Clone)]
 pub(crate) struct Locator {
     pub key: Bytes,
@@ -26,8 +34,8 @@ pub(crate) struct Locator {
 /// A start and an end bound.
 type Bounds<T> = (Bound<T>, Bound<T>);
 
-/// Bounds of a key range over `mvcc_live`, or `None` when the range is empty (`key >= range_end`).
-pub(crate) fn live_bounds(range: &KeyRange) -> Option<Bounds<&[u8]>> {
+/// Bounds of a key range over keys, or `None` when the range is empty (`key >= range_end`).
+fn key_bounds(range: &KeyRange) -> Option<Bounds<&[u8]>> {
     let start = Bound::Included(&range.key[..]);
     if range.range_end.is_empty() {
         return Some((start, Bound::Included(&range.key[..])));
@@ -38,9 +46,9 @@ pub(crate) fn live_bounds(range: &KeyRange) -> Option<Bounds<&[u8]>> {
     (range.key < range.range_end).then_some((start, Bound::Excluded(&range.range_end[..])))
 }
 
-/// The same range over `mvcc_versions` (every revision of every key in it).
+/// The same range over `mvcc_index` (every revision of every key in it).
 fn version_bounds(range: &KeyRange) -> Option<Bounds<(&[u8], u64, u32)>> {
-    let (start, end) = live_bounds(range)?;
+    let (start, end) = key_bounds(range)?;
     let Bound::Included(start) = start else {
         unreachable!("ranges start at their key")
     };
@@ -52,40 +60,85 @@ fn version_bounds(range: &KeyRange) -> Option<Bounds<(&[u8], u64, u32)>> {
     Some((Bound::Included((start, 0, 0)), end))
 }
 
-impl<V, L> View<'_, V, L>
+impl<R, I> View<'_, R, I>
 where
-    V: ReadableTable<VersionKey, &'static [u8]>,
-    L: ReadableTable<&'static [u8], ChangeKey>,
+    R: ReadableTable<ChangeKey, &'static [u8]>,
+    I: ReadableTable<VersionKey, u8>,
 {
     pub fn load(&self, at: &Locator, with_value: bool) -> Result<Option<KeyValue>, MvccError> {
-        let record = self
-            .versions
-            .get((&at.key[..], at.revision, at.sub_revision))?
-            .ok_or_else(|| {
-                MvccError::Corrupt(format!(
-                    "no version ({:?}, {}, {})",
-                    at.key, at.revision, at.sub_revision
-                ))
-            })?;
-        Record::decode_kv(record.value(), &at.key, at.revision as Revision, with_value)
+        let revision_key = (at.revision, at.sub_revision);
+        let missing = || {
+            MvccError::Corrupt(format!(
+                "no revision record ({}, {}) for key {:?}",
+                at.revision, at.sub_revision, at.key
+            ))
+        };
+        let pending = self
+            .pending
+            .binary_search_by(|(pending_at, _)| pending_at.cmp(&revision_key));
+        let stored;
+        let bytes = match pending {
+            Ok(position) => &self.pending[position].1[..],
+            Err(_) => {
+                stored = self.revisions.get(revision_key)?.ok_or_else(missing)?;
+                stored.value()
+            }
+        };
+        let (key, record) = split_revision_record(bytes)?;
+        if key != &at.key[..] {
+            return Err(MvccError::Corrupt(format!(
+                "revision ({}, {}) holds key {key:?}, the index says {:?}",
+                at.revision, at.sub_revision, at.key
+            )));
+        }
+        Record::decode_kv(record, key, at.revision as Revision, with_value)
+    }
+
+    /// The newest version of `key` at or below `revision`: where it is and whether it is a put.
+    fn newest(&self, key: &[u8], revision: u64) -> Result<Option<(Locator, bool)>, MvccError> {
+        let range = (key, 0u64, 0u32)..=(key, revision, u32::MAX);
+        let Some(entry) = self.index.range(range)?.next_back() else {
+            return Ok(None);
+        };
+        let (found, kind) = entry?;
+        let (_, revision, sub_revision) = found.value();
+        let at = Locator {
+            key: Bytes::copy_from_slice(key),
+            revision,
+            sub_revision,
+        };
+        Ok(Some((at, kind.value() != KIND_TOMBSTONE)))
+    }
+
+    /// Whether the version `(key, at)` is reachable after compaction at `compacted_revision`,
+    /// that is, what the sweep leaves: every version above it, and at or below it only the key's
+    /// newest version there, unless that is a tombstone below it.
+    pub fn reachable(
+        &self,
+        key: &[u8],
+        at: ChangeKey,
+        tombstone: bool,
+        compacted_revision: Revision,
+    ) -> Result<bool, MvccError> {
+        let compacted = compacted_revision as u64;
+        if at.0 > compacted {
+            return Ok(true);
+        }
+        if tombstone && at.0 < compacted {
+            return Ok(false);
+        }
+        let newest = self.newest(key, compacted)?;
+        Ok(newest.is_some_and(|(found, _)| (found.revision, found.sub_revision) == at))
+    }
+
+    /// Whether the key exists now (without loading its value).
+    pub fn exists(&self, key: &[u8]) -> Result<bool, MvccError> {
+        Ok(matches!(self.newest(key, u64::MAX)?, Some((_, true))))
     }
 
     /// The key's current version, if it exists now.
     pub fn current(&self, key: &[u8]) -> Result<Option<KeyValue>, MvccError> {
-        let Some(found) = self.live.get(key)? else {
-            return Ok(None);
-        };
-        let (revision, sub_revision) = found.value();
-        let kv = self.load(
-            &Locator {
-                key: Bytes::copy_from_slice(key),
-                revision,
-                sub_revision,
-            },
-            true,
-        )?;
-        kv.ok_or_else(|| MvccError::Corrupt(format!("live key {key:?} points at a tombstone")))
-            .map(Some)
+        self.at_revision(key, Revision::MAX)
     }
 
     /// The key as of `revision` (its newest retained version at or below it), if it existed.
@@ -97,13 +150,16 @@ where
         if revision <= 0 {
             return Ok(None);
         }
-        let range = (key, 0u64, 0u32)..=(key, revision as u64, u32::MAX);
-        let Some(entry) = self.versions.range(range)?.next_back() else {
-            return Ok(None);
-        };
-        let (found, record) = entry?;
-        let (_, mod_revision, _) = found.value();
-        Record::decode_kv(record.value(), key, mod_revision as Revision, true)
+        match self.newest(key, revision as u64)? {
+            Some((at, true)) => {
+                let kv = self.load(&at, true)?;
+                kv.ok_or_else(|| {
+                    MvccError::Corrupt(format!("index says put, record is a tombstone: {at:?}"))
+                })
+                .map(Some)
+            }
+            _ => Ok(None),
+        }
     }
 
     /// Every key in `range` that exists at `revision`, in key order; `None` means "now".
@@ -113,58 +169,41 @@ where
         revision: Option<Revision>,
     ) -> Result<Vec<Locator>, MvccError> {
         let mut found = Vec::new();
-        match revision {
-            None => {
-                let Some(bounds) = live_bounds(range) else {
-                    return Ok(found);
-                };
-                for entry in self.live.range::<&[u8]>(bounds)? {
-                    let (key, at) = entry?;
-                    let (revision, sub_revision) = at.value();
-                    found.push(Locator {
-                        key: Bytes::copy_from_slice(key.value()),
-                        revision,
+        let Some(bounds) = version_bounds(range) else {
+            return Ok(found);
+        };
+        let revision = revision.map_or(u64::MAX, |r| r as u64);
+        // Versions come in key order, then revision order: remember the newest version at or
+        // below `revision` of the key being scanned, and keep it if it is a put.
+        let mut newest: Option<(Locator, bool)> = None;
+        for entry in self.index.range::<(&[u8], u64, u32)>(bounds)? {
+            let (at, kind) = entry?;
+            let (key, version_revision, sub_revision) = at.value();
+            if version_revision > revision {
+                continue;
+            }
+            let is_put = kind.value() != KIND_TOMBSTONE;
+            match &mut newest {
+                Some((last, last_is_put)) if &last.key[..] == key => {
+                    last.revision = version_revision;
+                    last.sub_revision = sub_revision;
+                    *last_is_put = is_put;
+                }
+                _ => {
+                    if let Some((last, true)) = newest.take() {
+                        found.push(last);
+                    }
+                    let locator = Locator {
+                        key: Bytes::copy_from_slice(key),
+                        revision: version_revision,
                         sub_revision,
-                    });
+                    };
+                    newest = Some((locator, is_put));
                 }
             }
-            Some(revision) => {
-                let Some(bounds) = version_bounds(range) else {
-                    return Ok(found);
-                };
-                // Versions come in key order, then revision order: remember the newest version
-                // at or below `revision` of the key being scanned, and keep it if it is a put.
-                let mut newest: Option<(Locator, bool)> = None;
-                for entry in self.versions.range::<(&[u8], u64, u32)>(bounds)? {
-                    let (at, record) = entry?;
-                    let (key, version_revision, sub_revision) = at.value();
-                    if version_revision > revision as u64 {
-                        continue;
-                    }
-                    let is_put = !Record::is_tombstone(record.value());
-                    match &mut newest {
-                        Some((last, last_is_put)) if &last.key[..] == key => {
-                            last.revision = version_revision;
-                            last.sub_revision = sub_revision;
-                            *last_is_put = is_put;
-                        }
-                        _ => {
-                            if let Some((last, true)) = newest.take() {
-                                found.push(last);
-                            }
-                            let locator = Locator {
-                                key: Bytes::copy_from_slice(key),
-                                revision: version_revision,
-                                sub_revision,
-                            };
-                            newest = Some((locator, is_put));
-                        }
-                    }
-                }
-                if let Some((last, true)) = newest {
-                    found.push(last);
-                }
-            }
+        }
+        if let Some((last, true)) = newest {
+            found.push(last);
         }
         Ok(found)
     }
