@@ -38,17 +38,26 @@ pub struct KeyRange {
 
 impl KeyRange {
     pub fn single(key: impl Into<Bytes>) -> Self {
-        Self { key: key.into(), range_end: Bytes::new() }
+        Self {
+            key: key.into(),
+            range_end: Bytes::new(),
+        }
     }
 
     pub fn new(key: impl Into<Bytes>, range_end: impl Into<Bytes>) -> Self {
-        Self { key: key.into(), range_end: range_end.into() }
+        Self {
+            key: key.into(),
+            range_end: range_end.into(),
+        }
     }
 
     /// Every key starting with `prefix` (every key at all for an empty prefix).
     pub fn prefix(prefix: impl Into<Bytes>) -> Self {
         let prefix: Bytes = prefix.into();
-        Self { range_end: prefix_end(&prefix), key: prefix }
+        Self {
+            range_end: prefix_end(&prefix),
+            key: prefix,
+        }
     }
 
     pub fn is_single_key(&self) -> bool {
@@ -260,15 +269,24 @@ pub enum Command {
     DeleteRange(DeleteRangeRequest),
     Txn(TxnRequest),
     /// Drop history below `revision` (reads below it fail with "compacted").
-    Compact { revision: Revision },
+    Compact {
+        revision: Revision,
+    },
     /// `id` 0: the store picks one (deterministically, so every replica picks the same).
-    LeaseGrant { id: LeaseId, ttl_seconds: i64 },
+    LeaseGrant {
+        id: LeaseId,
+        ttl_seconds: i64,
+    },
     /// Deletes every key attached to the lease at one revision, then the lease. Also how the
     /// leader's lessor expires a lease.
-    LeaseRevoke { id: LeaseId },
+    LeaseRevoke {
+        id: LeaseId,
+    },
     /// Remaining TTLs decided by the leader (after keep-alives and periodically), so that a new
     /// leader neither expires a lease early nor resets it to its full TTL.
-    LeaseCheckpoint { checkpoints: Vec<(LeaseId, i64)> },
+    LeaseCheckpoint {
+        checkpoints: Vec<(LeaseId, i64)>,
+    },
 }
 
 /// The outcome of applying one command.
@@ -308,7 +326,9 @@ pub enum HistoryError {
     #[error("mvcc: required revision has been compacted (compacted at {compact_revision})")]
     Compacted { compact_revision: Revision },
     /// etcd's `mvcc: required revision is a future revision`.
-    #[error("mvcc: required revision is a future revision (current revision is {current_revision})")]
+    #[error(
+        "mvcc: required revision is a future revision (current revision is {current_revision})"
+    )]
     FutureRevision { current_revision: Revision },
     #[error("storage error: {0}")]
     Storage(String),
