@@ -93,7 +93,7 @@ async fn get(
     serializable: bool,
 ) -> Result<Vec<(String, String)>, Failure> {
     let range_end = if prefix {
-        prefix_end(k)
+        ballot_storage::mvcc::types::prefix_end(k.as_bytes())
     } else {
         bytes::Bytes::new()
     };
@@ -113,15 +113,6 @@ async fn get(
             )
         })
         .collect())
-}
-
-/// The end of the key range covering every key with this (non-empty, ASCII) prefix.
-fn prefix_end(prefix: &str) -> bytes::Bytes {
-    let mut end = prefix.as_bytes().to_vec();
-    if let Some(last) = end.last_mut() {
-        *last += 1;
-    }
-    bytes::Bytes::from(end)
 }
 
 fn show(pairs: &[(String, String)]) -> String {
@@ -201,7 +192,7 @@ async fn workload(cluster: &mut RunningCluster) -> Result<(), Failure> {
     let (requests, receiver) = tokio::sync::mpsc::channel(4);
     let create = pb::WatchCreateRequest {
         key: key("/demo/"),
-        range_end: prefix_end("/demo/"),
+        range_end: ballot_storage::mvcc::types::prefix_end(b"/demo/"),
         ..Default::default()
     };
     requests
