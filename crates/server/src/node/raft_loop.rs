@@ -41,6 +41,8 @@ pub(crate) const SYNC_MICROS_BUCKETS: [u64; 10] = [
 ];
 
 type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
+/// Keep-alive answers (granted TTL, reply) waiting for one checkpoint entry, with its term.
+type KeepAliveWaiters = (Term, Vec<(i64, Reply<i64>)>);
 
 pub(crate) struct RaftLoop {
     raft: Raft,
@@ -67,7 +69,7 @@ pub(crate) struct RaftLoop {
     /// Keep-alives granted by the lessor whose checkpoint is not proposed yet.
     keepalives_unproposed: Vec<(LeaseId, i64, Reply<i64>)>,
     /// Keep-alives answered when the checkpoint at this index is applied.
-    keepalives_proposed: BTreeMap<LogIndex, (Term, Vec<(i64, Reply<i64>)>)>,
+    keepalives_proposed: BTreeMap<LogIndex, KeepAliveWaiters>,
     started: Instant,
     counters: Counters,
     _lock: DirLock,
