@@ -247,7 +247,7 @@ async fn watches_follow_writes_and_leases_expire_through_the_log() {
     }
     let (lease, remaining) = all[leader].lease_time_to_live(id).await.unwrap();
     assert_eq!(lease.keys, vec![Bytes::from("leased")]);
-    assert!(remaining >= 1 && remaining <= 2, "remaining {remaining} s");
+    assert!((1..=2).contains(&remaining), "remaining {remaining} s");
     assert!(matches!(
         all[follower].lease_keep_alive(id).await,
         Err(NodeError::NotLeader { .. })
