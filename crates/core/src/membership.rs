@@ -111,6 +111,9 @@ impl Membership {
                 next.learners.insert(id);
             }
             MembershipChange::PromoteLearner(id) => {
+                if !self.contains(id) {
+                    return Err(ReplicaError::UnknownNode { node: id });
+                }
                 if !self.is_learner(id) {
                     return invalid(format!("n{id} is not a learner"));
                 }

@@ -131,10 +131,12 @@ impl Raft {
         if self.memberships.latest_change_index() > self.log.commit_index {
             return Err(ReplicaError::MembershipChangePending);
         }
+        // Validate the change itself first: promoting a voter or an unknown id is a different
+        // mistake from promoting a learner that is still behind, and the caller needs to know which.
+        self.membership().apply(change)?;
         if let MembershipChange::PromoteLearner(id) = change {
             self.check_learner_caught_up(id)?;
         }
-        self.membership().apply(change)?;
         let position = self.append_entry(EntryPayload::Membership(change));
         Ok(position)
     }
@@ -146,7 +148,10 @@ impl Raft {
             return Err(ReplicaError::UnknownNode { node: id });
         };
         let behind_entries = self.log.last_index().saturating_sub(progress.match_index);
-        if behind_entries > self.config.entries_per_message_max as u64 {
+        // A learner that has never acknowledged an append (not started, or unreachable) is not
+        // caught up however short the log is: its match index is a guess, not a fact.
+        let never_acknowledged = progress.match_index == 0;
+        if never_acknowledged || behind_entries > self.config.entries_per_message_max as u64 {
             return Err(ReplicaError::LearnerBehind {
                 node: id,
                 behind_entries,

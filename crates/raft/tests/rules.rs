@@ -661,6 +661,40 @@ fn dissertation_4_1_learner_catches_up_then_is_promoted() {
 }
 
 #[test]
+fn dissertation_4_2_1_promotion_refuses_voters_and_silent_learners() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    cluster.settle();
+    // Promoting a voter (here the leader itself) is a mistake about the member, not about its
+    // progress: the answer must say so rather than "unknown node" or "behind".
+    assert!(matches!(
+        cluster
+            .node_mut(1)
+            .propose_membership_change(MembershipChange::PromoteLearner(1)),
+        Err(ReplicaError::InvalidMembershipChange { .. })
+    ));
+    assert_eq!(
+        cluster
+            .node_mut(1)
+            .propose_membership_change(MembershipChange::PromoteLearner(9)),
+        Err(ReplicaError::UnknownNode { node: 9 })
+    );
+    // A learner that was added but never started has acknowledged nothing: however short the
+    // log, it is not caught up.
+    cluster
+        .node_mut(1)
+        .propose_membership_change(MembershipChange::AddLearner(4))
+        .unwrap();
+    cluster.settle();
+    assert!(matches!(
+        cluster
+            .node_mut(1)
+            .propose_membership_change(MembershipChange::PromoteLearner(4)),
+        Err(ReplicaError::LearnerBehind { node: 4, .. })
+    ));
+}
+
+#[test]
 fn dissertation_4_2_2_removed_leader_steps_down_after_commit() {
     let mut cluster = Cluster::new(3);
     cluster.elect(1);
