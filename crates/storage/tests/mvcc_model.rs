@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 // The model
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct Model {
     current: BTreeMap<Bytes, KeyValue>,
     /// Every change of every key, in order: (revision, sub-revision, the key-value or None).
@@ -52,6 +52,21 @@ impl Txn {
 struct Path {
     succeeded: bool,
     nested: Vec<Path>,
+}
+
+impl Default for Model {
+    /// An empty store: at revision 1, as in etcd.
+    fn default() -> Self {
+        Model {
+            current: BTreeMap::new(),
+            history: BTreeMap::new(),
+            log: Vec::new(),
+            revision: 1,
+            compacted: 0,
+            applied: 0,
+            leases: BTreeMap::new(),
+        }
+    }
 }
 
 impl Model {
@@ -991,12 +1006,13 @@ fn model_follows_etcd_on_the_basics() {
             now.kvs[0].mod_revision,
             now.kvs[0].version
         ),
-        (4, 4, 1)
+        (5, 5, 1),
+        "the first write is revision 2, as in etcd"
     );
     let past = model
         .read(&RangeRequest {
             range: KeyRange::single("a"),
-            revision: 2,
+            revision: 3,
             ..Default::default()
         })
         .unwrap();
@@ -1006,6 +1022,6 @@ fn model_follows_etcd_on_the_basics() {
             past.kvs[0].version,
             past.revision
         ),
-        (1, 2, 4)
+        (2, 2, 5)
     );
 }

@@ -51,7 +51,7 @@ fn reopen_gives_the_same_state_and_skips_applied_entries() {
             store.revision(),
             store.compacted_revision()
         ),
-        (45, 41, 20)
+        (45, 42, 20)
     );
     assert_eq!(store.durable_applied_index(), 45);
     assert_eq!(
@@ -89,7 +89,7 @@ fn reopen_gives_the_same_state_and_skips_applied_entries() {
         replayed[0].was_skipped() && replayed[1].was_skipped() && replayed[0].events.is_empty()
     );
     assert!(replayed[2].result.is_ok());
-    assert_eq!(store.revision(), 42);
+    assert_eq!(store.revision(), 43);
     assert_eq!(
         store.range(&get("k1")).unwrap().kvs[0].value,
         all.kvs.iter().find(|kv| kv.key == "k1").unwrap().value

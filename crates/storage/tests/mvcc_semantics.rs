@@ -149,12 +149,12 @@ fn errors_carry_etcds_messages_and_change_nothing() {
         matches!(
             err,
             MvccError::Request(ApplyError::FutureRevision {
-                current_revision: 1
+                current_revision: 2
             })
         ),
         "{err}"
     );
-    assert_eq!(kv_numbers(&log.store, "a"), (1, 1, 1));
+    assert_eq!(kv_numbers(&log.store, "a"), (2, 2, 1));
 }
 
 #[test]
@@ -162,14 +162,14 @@ fn revisions_versions_and_recreation() {
     let mut log = Log::new();
     log.apply(put("a", "1"));
     log.apply(put("a", "2"));
-    assert_eq!(kv_numbers(&log.store, "a"), (1, 2, 2));
+    assert_eq!(kv_numbers(&log.store, "a"), (2, 3, 2));
     let deleted = log.apply(delete("a", ""));
     assert_eq!(deleted.events[0].kind, EventKind::Delete);
     assert_eq!(
         deleted.events[0].kv,
         KeyValue {
             key: "a".into(),
-            mod_revision: 3,
+            mod_revision: 4,
             ..Default::default()
         }
     );
@@ -177,7 +177,7 @@ fn revisions_versions_and_recreation() {
     log.apply(put("a", "3"));
     assert_eq!(
         kv_numbers(&log.store, "a"),
-        (4, 4, 1),
+        (5, 5, 1),
         "a put after a delete creates the key again"
     );
     // A delete that finds nothing creates no revision.
@@ -185,12 +185,12 @@ fn revisions_versions_and_recreation() {
     assert_eq!(
         nothing.result,
         Ok(CommandResult::DeleteRange(DeleteRangeResponse {
-            revision: 4,
+            revision: 5,
             deleted: 0,
             prev_kvs: vec![]
         }))
     );
-    assert_eq!(log.store.revision(), 4);
+    assert_eq!(log.store.revision(), 5);
 }
 
 #[test]
@@ -240,7 +240,7 @@ fn a_transaction_writes_at_one_revision_and_compares_before_writing() {
         panic!("{:?}", applied.result)
     };
     assert!(response.succeeded);
-    assert_eq!(response.revision, 3);
+    assert_eq!(response.revision, 4);
     assert_eq!(
         applied
             .events
@@ -248,9 +248,9 @@ fn a_transaction_writes_at_one_revision_and_compares_before_writing() {
             .map(|e| (e.kind, e.kv.mod_revision))
             .collect::<Vec<_>>(),
         vec![
-            (EventKind::Put, 3),
-            (EventKind::Delete, 3),
-            (EventKind::Put, 3)
+            (EventKind::Put, 4),
+            (EventKind::Delete, 4),
+            (EventKind::Put, 4)
         ]
     );
     let ResponseOp::Range(seen) = &response.responses[3] else {
@@ -258,7 +258,7 @@ fn a_transaction_writes_at_one_revision_and_compares_before_writing() {
     };
     let keys: Vec<&[u8]> = seen.kvs.iter().map(|kv| &kv.key[..]).collect();
     assert_eq!(keys, vec![&b"a"[..], b"c"]);
-    assert_eq!(log.store.revision(), 3);
+    assert_eq!(log.store.revision(), 4);
     // A value compare on a missing key is false (etcd), a version compare sees version 0.
     let missing_value = Compare {
         range: KeyRange::single("nope"),
@@ -280,7 +280,7 @@ fn a_transaction_writes_at_one_revision_and_compares_before_writing() {
         };
         assert_eq!(response.succeeded, expected);
         assert_eq!(
-            response.revision, 3,
+            response.revision, 4,
             "a read-only transaction creates no revision"
         );
     }
@@ -382,51 +382,51 @@ fn leases_attach_move_checkpoint_and_revoke_at_one_revision() {
 fn compaction_keeps_the_newest_version_and_history_replays() {
     let mut log = Log::new();
     for i in 1..=4 {
-        log.apply(put("a", &i.to_string())); // revisions 1..=4
+        log.apply(put("a", &i.to_string())); // revisions 2..=5
     }
-    log.apply(put("b", "1")); // 5
-    log.apply(delete("b", "")); // 6
-    log.apply(put("c", "1")); // 7
-    log.apply(Command::Compact { revision: 6 });
+    log.apply(put("b", "1")); // 6
+    log.apply(delete("b", "")); // 7
+    log.apply(put("c", "1")); // 8
+    log.apply(Command::Compact { revision: 7 });
     let at = |revision| RangeRequest {
         range: everything(),
         revision,
         ..Default::default()
     };
-    let at_compacted = log.store.range(&at(6)).unwrap();
+    let at_compacted = log.store.range(&at(7)).unwrap();
     assert_eq!(
         at_compacted
             .kvs
             .iter()
             .map(|kv| (&kv.key[..], kv.mod_revision))
             .collect::<Vec<_>>(),
-        vec![(&b"a"[..], 4)]
+        vec![(&b"a"[..], 5)]
     );
     assert!(matches!(
-        log.store.range(&at(5)),
+        log.store.range(&at(6)),
         Err(MvccError::Request(ApplyError::Compacted {
-            compacted_revision: 6
+            compacted_revision: 7
         }))
     ));
     // Replay from the compacted revision still sees the delete at it.
-    let events = log.store.events(&everything(), 6, 7, 0, true).unwrap();
+    let events = log.store.events(&everything(), 7, 8, 0, true).unwrap();
     assert_eq!(
         events
             .iter()
             .map(|e| (e.kind, e.kv.mod_revision))
             .collect::<Vec<_>>(),
-        vec![(EventKind::Delete, 6), (EventKind::Put, 7)]
-    );
-    assert_eq!(
-        log.store.events(&everything(), 5, 7, 0, false),
-        Err(HistoryError::Compacted {
-            compact_revision: 6
-        })
+        vec![(EventKind::Delete, 7), (EventKind::Put, 8)]
     );
     assert_eq!(
         log.store.events(&everything(), 6, 8, 0, false),
+        Err(HistoryError::Compacted {
+            compact_revision: 7
+        })
+    );
+    assert_eq!(
+        log.store.events(&everything(), 7, 9, 0, false),
         Err(HistoryError::FutureRevision {
-            current_revision: 7
+            current_revision: 8
         })
     );
 }
@@ -481,7 +481,7 @@ fn range_options_follow_etcd() {
     let filtered = log
         .store
         .range(&RangeRequest {
-            min_mod_revision: 3,
+            min_mod_revision: 4,
             ..base.clone()
         })
         .unwrap();
@@ -520,12 +520,12 @@ fn range_options_follow_etcd() {
     let past = log
         .store
         .range(&RangeRequest {
-            revision: 2,
+            revision: 3,
             ..base
         })
         .unwrap();
     assert_eq!(
         (keys(past.clone()), past.revision),
-        (vec!["p/a".to_owned(), "p/b".to_owned()], 5)
+        (vec!["p/a".to_owned(), "p/b".to_owned()], 6)
     );
 }

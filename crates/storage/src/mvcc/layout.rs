@@ -45,6 +45,8 @@ pub const LEASE_KEYS: TableDefinition<(i64, &[u8]), ()> = TableDefinition::new("
 pub const META_FORMAT_VERSION: &str = "format_version";
 pub const META_APPLIED_INDEX: &str = "applied_index";
 pub const META_CURRENT_REVISION: &str = "current_revision";
+/// The revision of a store nothing has been written to (etcd's too).
+pub const INITIAL_REVISION: super::types::Revision = 1;
 pub const META_COMPACTED_REVISION: &str = "compacted_revision";
 /// The sweep (compaction's deletions, in bounded steps): done up to this revision, and the next
 /// change it visits.

@@ -98,6 +98,9 @@ impl MvccStore {
             let stored = meta.get(META_FORMAT_VERSION)?.map(|v| v.value());
             if stored.is_none() {
                 meta.insert(META_FORMAT_VERSION, FORMAT_VERSION)?;
+                // As in etcd, an empty store is at revision 1 and the first write makes
+                // revision 2: clients treat a zero revision in a header as "not set".
+                meta.insert(META_CURRENT_REVISION, INITIAL_REVISION as u64)?;
             }
             stored.unwrap_or(FORMAT_VERSION)
         };
