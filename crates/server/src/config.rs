@@ -57,7 +57,7 @@ impl Default for ServerConfig {
             election_timeout_ms: 1000,
             snapshot_count: 100_000,
             max_request_bytes: 1536 * 1024,
-            max_txn_ops: 128,
+            max_txn_ops: ballot_storage::mvcc::limits::TXN_OPS_DEFAULT,
             listen_metrics_urls: Vec::new(),
         }
     }
@@ -123,11 +123,21 @@ impl ServerConfig {
         if self.snapshot_count == 0 {
             return Err(config_error("snapshot-count", "must be at least 1"));
         }
-        if self.max_txn_ops == 0 {
-            return Err(config_error("max-txn-ops", "must be at least 1"));
+        use ballot_storage::mvcc::limits::{TXN_OPS_MAX, VALUE_BYTES_MAX};
+        if self.max_txn_ops == 0 || self.max_txn_ops > TXN_OPS_MAX {
+            return Err(config_error(
+                "max-txn-ops",
+                format!("must be between 1 and {TXN_OPS_MAX}, got {}", self.max_txn_ops),
+            ));
         }
-        if self.max_request_bytes < 1024 {
-            return Err(config_error("max-request-bytes", "must be at least 1024"));
+        if self.max_request_bytes < 1024 || self.max_request_bytes > VALUE_BYTES_MAX {
+            return Err(config_error(
+                "max-request-bytes",
+                format!(
+                    "must be between 1024 and {VALUE_BYTES_MAX} (32 MiB), got {}",
+                    self.max_request_bytes
+                ),
+            ));
         }
         self.validate_initial_cluster()
     }

@@ -467,3 +467,47 @@ async fn a_follower_answers_writes_and_linearizable_reads_through_the_leader() {
     assert_eq!(error.code(), Code::FailedPrecondition);
     assert_eq!(error.message(), "etcdserver: not leader");
 }
+
+/// Raising the limits above etcd's defaults must work end to end: the store applies what the
+/// edge let through instead of refusing it after it was committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn raised_limits_are_honoured_by_the_store() {
+    let raised = RequestLimits {
+        max_request_bytes: 3 * 1024 * 1024,
+        max_txn_ops: 300,
+    };
+    let cluster = Cluster::start(raised).await;
+    let leader = cluster.leader().await;
+    let mut kv = cluster.kv(leader);
+    let wide = kv
+        .txn(pb::TxnRequest {
+            success: (0..250).map(|i| put_op(&format!("w{i:03}"), "v")).collect(),
+            ..Default::default()
+        })
+        .await
+        .expect("250 operations fit a limit of 300")
+        .into_inner();
+    assert!(wide.succeeded);
+    let counted = kv
+        .range(pb::RangeRequest {
+            key: "w".into(),
+            range_end: prefix_end("w"),
+            count_only: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(counted.count, 250);
+
+    let two_mib = vec![b'x'; 2 * 1024 * 1024];
+    kv.put(pb::PutRequest {
+        key: "large".into(),
+        value: two_mib.clone().into(),
+        ..Default::default()
+    })
+    .await
+    .expect("a 2 MiB value fits a 3 MiB request limit");
+    let stored = get(&mut kv, "large").await;
+    assert_eq!(stored.kvs[0].value.len(), two_mib.len());
+}

@@ -186,5 +186,10 @@ fn over_limit_counts_are_refused_with_the_limit_named() {
         ),
         "{error}"
     );
-    assert!(error.to_string().contains("txn_ops_max is 128"), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains(&format!("txn_ops_max is {TXN_OPS_MAX}")),
+        "{error}"
+    );
 }

@@ -12,16 +12,23 @@ use std::collections::BTreeSet;
 
 /// Longest key (also bounds `range_end`): bbolt's key limit, which etcd users never hit.
 pub const KEY_BYTES_MAX: usize = 32 * 1024;
-/// Longest value: etcd's default request size limit (`--max-request-bytes`, 1.5 MiB).
-pub const VALUE_BYTES_MAX: usize = 1536 * 1024;
-/// Most compares, success ops or failure ops in one transaction: etcd's `--max-txn-ops`.
-pub const TXN_OPS_MAX: usize = 128;
+/// Longest value the store applies: the ceiling for the server's `--max-request-bytes` (default
+/// 1.5 MiB as in etcd), which is the policy and is checked before proposing.
+pub const VALUE_BYTES_MAX: usize = 32 * 1024 * 1024;
+/// Most compares, success ops or failure ops in one transaction that the store applies. This is
+/// the ceiling, not the policy: the server refuses transactions above its `--max-txn-ops`
+/// (default [`TXN_OPS_DEFAULT`]) before proposing them, and that flag may be raised up to here.
+/// Every replica applies with the same ceiling, so a command's fate does not depend on which
+/// node's configuration proposed it.
+pub const TXN_OPS_MAX: usize = 16 * 1024;
+/// etcd's default `--max-txn-ops`.
+pub const TXN_OPS_DEFAULT: usize = 128;
 /// Deepest nesting of transactions (1: a transaction with no nested one).
 pub const TXN_DEPTH_MAX: usize = 8;
 /// Most leases in one `LeaseCheckpoint`: etcd's checkpoint batch size.
 pub const LEASE_CHECKPOINTS_MAX: usize = 1000;
-/// Longest encoded command.
-pub const COMMAND_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// Longest encoded command: the longest value plus room for its key and a transaction's framing.
+pub const COMMAND_BYTES_MAX: usize = VALUE_BYTES_MAX + 8 * 1024 * 1024;
 /// Longest lease TTL: etcd's `MaxLeaseTTL`.
 pub const LEASE_TTL_SECONDS_MAX: i64 = 9_000_000_000;
 
