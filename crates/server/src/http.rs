@@ -1,7 +1,7 @@
 //! `/metrics` (Prometheus text format) and `/health` over plain HTTP/1.1. Small enough to write
 //! by hand: two GET routes, one response per connection, bounded request size.
 
-use crate::node::NodeHandle;
+use crate::node::{LatencySnapshot, NodeHandle};
 use crate::transport::Transport;
 use ballot_core::Role;
 use std::fmt::Write as _;
@@ -177,27 +177,58 @@ fn metrics(node: &NodeHandle, transport: &Transport) -> String {
         "counter",
         stats.bytes_sent.load(Ordering::Relaxed),
     );
-    let _ = writeln!(out, "# HELP ballot_wal_fsync_duration_seconds WAL fdatasync latency.\n# TYPE ballot_wal_fsync_duration_seconds histogram");
-    for (bound, count) in &status.wal_sync_micros_buckets {
-        let le = if *bound == u64::MAX {
-            "+Inf".to_string()
-        } else {
-            format!("{}", *bound as f64 / 1e6)
-        };
-        let _ = writeln!(
-            out,
-            "ballot_wal_fsync_duration_seconds_bucket{{le=\"{le}\"}} {count}"
-        );
-    }
-    let _ = writeln!(
-        out,
-        "ballot_wal_fsync_duration_seconds_sum {}",
-        status.wal_sync_micros_sum as f64 / 1e6
+    histogram(
+        &mut out,
+        "ballot_wal_fsync_duration_seconds",
+        "WAL fdatasync latency.",
+        &[("", &status.wal_sync)],
     );
-    let _ = writeln!(
-        out,
-        "ballot_wal_fsync_duration_seconds_count {}",
-        status.wal_syncs
+    let peers: Vec<(String, &LatencySnapshot)> = status
+        .peer_round_trips
+        .iter()
+        .map(|(peer, snapshot)| (format!("to=\"{peer:x}\""), snapshot))
+        .collect();
+    let peers: Vec<(&str, &LatencySnapshot)> = peers
+        .iter()
+        .map(|(label, s)| (label.as_str(), *s))
+        .collect();
+    histogram(
+        &mut out,
+        "ballot_peer_round_trip_seconds",
+        "Heartbeat to answer time per peer (member id in hex), while this node leads.",
+        &peers,
     );
     out
+}
+
+/// One Prometheus histogram family; `series` pairs a label set (`a="b"`, or empty) with its data.
+fn histogram(out: &mut String, name: &str, help: &str, series: &[(&str, &LatencySnapshot)]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    for (labels, snapshot) in series {
+        let with = |extra: &str| match (labels.is_empty(), extra.is_empty()) {
+            (true, true) => String::new(),
+            (true, false) => format!("{{{extra}}}"),
+            (false, true) => format!("{{{labels}}}"),
+            (false, false) => format!("{{{labels},{extra}}}"),
+        };
+        for (bound, count) in &snapshot.buckets {
+            let le = if *bound == u64::MAX {
+                "+Inf".to_string()
+            } else {
+                format!("{}", *bound as f64 / 1e6)
+            };
+            let _ = writeln!(
+                out,
+                "{name}_bucket{} {count}",
+                with(&format!("le=\"{le}\""))
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{name}_sum{} {}",
+            with(""),
+            snapshot.sum_micros as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count{} {}", with(""), snapshot.count);
+    }
 }

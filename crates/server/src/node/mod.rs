@@ -2,9 +2,11 @@
 //! through which client APIs reach them. See `docs/design/server.md`.
 
 mod envelope;
+mod latency;
 pub mod members;
 mod raft_loop;
 
+pub use latency::LatencySnapshot;
 pub use members::{MemberCommand, MemberInfo};
 
 use crate::config::ServerConfig;
@@ -88,10 +90,11 @@ pub struct NodeStatus {
     pub leader_changes: u64,
     pub proposals_committed: u64,
     pub proposals_failed: u64,
-    pub wal_syncs: u64,
-    /// fdatasync latencies in microseconds, bucketed for the Prometheus histogram.
-    pub wal_sync_micros_buckets: Vec<(u64, u64)>,
-    pub wal_sync_micros_sum: u64,
+    /// WAL fdatasync latencies.
+    pub wal_sync: LatencySnapshot,
+    /// Per peer: time from a heartbeat sent to the next heartbeat answer from that peer (the
+    /// network both ways plus the peer's loop), measured only while this node leads.
+    pub peer_round_trips: Vec<(NodeId, LatencySnapshot)>,
     /// Every voter and learner, with what the registry knows of it.
     pub members: Vec<MemberInfo>,
 }

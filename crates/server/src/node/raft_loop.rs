@@ -4,6 +4,7 @@
 //! (fail-stop): continuing after a failed fsync could acknowledge what is not durable.
 
 use super::envelope::{decode_snapshot, encode_snapshot, LogCommand};
+use super::latency::{LatencyHistogram, FSYNC_BOUNDS_MICROS, ROUND_TRIP_BOUNDS_MICROS};
 use super::members::{MemberCommand, MemberInfo, MemberRegistry};
 use super::{Input, NodeError, NodeStatus};
 use crate::config::{ClusterState, ServerConfig};
@@ -12,7 +13,7 @@ use ballot_core::{
     EntryPayload, LogIndex, LogPosition, Membership, NodeId, PersistedState, Ready, Replica, Role,
     Snapshot, SnapshotMeta, Term,
 };
-use ballot_raft::{Message, Raft};
+use ballot_raft::{Message, MessageBody, Raft};
 use ballot_storage::dir_lock::DirLock;
 use ballot_storage::lessor::{LeaseTtl, Lessor, LessorConfig};
 use ballot_storage::mvcc::types::{Command, CommandResult};
@@ -35,10 +36,6 @@ const INPUTS_PER_BATCH_MAX: usize = 1024;
 const SNAPSHOTS_RETAINED: usize = 3;
 /// Responses buffered per client watch stream between the loop and the gRPC task.
 const WATCH_STREAM_RESPONSES_MAX: usize = 256;
-/// Upper bounds (µs) of the WAL fsync latency histogram buckets.
-pub(crate) const SYNC_MICROS_BUCKETS: [u64; 10] = [
-    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 100_000, 1_000_000,
-];
 
 type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
 /// Keep-alive answers (granted TTL, reply) waiting for one checkpoint entry, with its term.
@@ -75,15 +72,53 @@ pub(crate) struct RaftLoop {
     _lock: DirLock,
 }
 
-#[derive(Default)]
 struct Counters {
     last_leader: Option<NodeId>,
     leader_changes: u64,
     proposals_committed: u64,
     proposals_failed: u64,
-    wal_syncs: u64,
-    sync_buckets: [u64; SYNC_MICROS_BUCKETS.len() + 1],
-    sync_micros_sum: u64,
+    wal_sync: LatencyHistogram,
+    /// When the last heartbeat to each peer left; taken out by the peer's next answer.
+    heartbeats_unanswered: HashMap<NodeId, Instant>,
+    peer_round_trips: BTreeMap<NodeId, LatencyHistogram>,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Self {
+            last_leader: None,
+            leader_changes: 0,
+            proposals_committed: 0,
+            proposals_failed: 0,
+            wal_sync: LatencyHistogram::new(FSYNC_BOUNDS_MICROS),
+            heartbeats_unanswered: HashMap::new(),
+            peer_round_trips: BTreeMap::new(),
+        }
+    }
+}
+
+impl Counters {
+    /// Heartbeats carry no id, so a round trip is timed from the latest heartbeat to a peer to
+    /// the first answer after it. A late answer to an earlier heartbeat makes one sample short;
+    /// a lost answer makes none.
+    fn on_sent(&mut self, message: &Message) {
+        if matches!(message.body, MessageBody::Heartbeat { .. }) {
+            self.heartbeats_unanswered
+                .insert(message.to, Instant::now());
+        }
+    }
+
+    fn on_received(&mut self, message: &Message) {
+        if !matches!(message.body, MessageBody::HeartbeatResponse { .. }) {
+            return;
+        }
+        if let Some(sent) = self.heartbeats_unanswered.remove(&message.from) {
+            self.peer_round_trips
+                .entry(message.from)
+                .or_insert_with(|| LatencyHistogram::new(ROUND_TRIP_BOUNDS_MICROS))
+                .observe(sent.elapsed().as_micros() as u64);
+        }
+    }
 }
 
 impl RaftLoop {
@@ -201,7 +236,10 @@ impl RaftLoop {
     fn handle_input(&mut self, input: Input) -> bool {
         match input {
             Input::Tick => self.tick(),
-            Input::Peer(message) => self.raft.step(message),
+            Input::Peer(message) => {
+                self.counters.on_received(&message);
+                self.raft.step(message)
+            }
             Input::Propose { command, reply } => {
                 match self.raft.propose(LogCommand::Kv(command).encode()) {
                     Ok(position) => {
@@ -463,6 +501,7 @@ impl RaftLoop {
     /// The contract of `ballot_core::ready`, step by step.
     fn handle_ready(&mut self, ready: Ready<Message>) -> Result<(), String> {
         for message in &ready.messages {
+            self.counters.on_sent(message);
             self.transport.send(message);
         }
         if let Some(snapshot) = &ready.snapshot {
@@ -477,6 +516,7 @@ impl RaftLoop {
             self.sync_wal()?;
         }
         for message in &ready.messages_after_persist {
+            self.counters.on_sent(message);
             self.transport.send(message);
         }
         self.apply(&ready.committed_entries)?;
@@ -501,15 +541,9 @@ impl RaftLoop {
     fn sync_wal(&mut self) -> Result<(), String> {
         let started = Instant::now();
         self.wal.sync().map_err(|e| e.to_string())?;
-        let micros = started.elapsed().as_micros() as u64;
-        let counters = &mut self.counters;
-        counters.wal_syncs += 1;
-        counters.sync_micros_sum += micros;
-        let bucket = SYNC_MICROS_BUCKETS
-            .iter()
-            .position(|&bound| micros <= bound)
-            .unwrap_or(SYNC_MICROS_BUCKETS.len());
-        counters.sync_buckets[bucket] += 1;
+        self.counters
+            .wal_sync
+            .observe(started.elapsed().as_micros() as u64);
         Ok(())
     }
 
@@ -743,16 +777,6 @@ impl RaftLoop {
         }
         self.counters.last_leader = status.leader;
         let counters = &self.counters;
-        let mut cumulative = 0;
-        let buckets = SYNC_MICROS_BUCKETS
-            .iter()
-            .chain(std::iter::once(&u64::MAX))
-            .zip(counters.sync_buckets.iter())
-            .map(|(&bound, &count)| {
-                cumulative += count;
-                (bound, cumulative)
-            })
-            .collect();
         let mut shared = self.status.lock().expect("status lock");
         *shared = NodeStatus {
             id: status.id,
@@ -766,9 +790,12 @@ impl RaftLoop {
             leader_changes: counters.leader_changes,
             proposals_committed: counters.proposals_committed,
             proposals_failed: counters.proposals_failed,
-            wal_syncs: counters.wal_syncs,
-            wal_sync_micros_buckets: buckets,
-            wal_sync_micros_sum: counters.sync_micros_sum,
+            wal_sync: counters.wal_sync.snapshot(),
+            peer_round_trips: counters
+                .peer_round_trips
+                .iter()
+                .map(|(&peer, histogram)| (peer, histogram.snapshot()))
+                .collect(),
             members: status
                 .membership
                 .members()
