@@ -255,6 +255,16 @@ fn put_get_del_against_a_cluster() {
         cluster.ballot_ok(&["get", "--prefix", "foo", "--serializable", "--count-only"]),
         "4\n"
     );
+    for level in ["default", "consistent"] {
+        assert_eq!(
+            cluster.ballot_ok(&["get", "foo", "--level", level]),
+            "foo\nbaz\n",
+            "{level}"
+        );
+    }
+    let run = cluster.ballot(&["get", "foo", "--level", "fast"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("consistent"), "{run:?}");
     let got = json(&cluster.ballot_ok(&["get", "foo", "-w", "json"]));
     assert_eq!(got["kvs"][0]["key"], "Zm9v", "base64 of foo: {got}");
     assert_eq!(got["kvs"][0]["value"], "YmF6", "base64 of baz: {got}");

@@ -127,7 +127,10 @@ impl ServerConfig {
         if self.max_txn_ops == 0 || self.max_txn_ops > TXN_OPS_MAX {
             return Err(config_error(
                 "max-txn-ops",
-                format!("must be between 1 and {TXN_OPS_MAX}, got {}", self.max_txn_ops),
+                format!(
+                    "must be between 1 and {TXN_OPS_MAX}, got {}",
+                    self.max_txn_ops
+                ),
             ));
         }
         if self.max_request_bytes < 1024 || self.max_request_bytes > VALUE_BYTES_MAX {

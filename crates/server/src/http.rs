@@ -1,6 +1,8 @@
-//! `/metrics` (Prometheus text format) and `/health` over plain HTTP/1.1. Small enough to write
-//! by hand: two GET routes, one response per connection, bounded request size.
+//! `/metrics` (Prometheus text format), `/health` and the native key API ([`crate::native`]) over
+//! plain HTTP/1.1. Small enough to write by hand: a few routes, one response per connection,
+//! bounded head and body sizes.
 
+use crate::native::{NativeApi, KV_PATH};
 use crate::node::{LatencySnapshot, NodeHandle};
 use crate::transport::Transport;
 use ballot_core::Role;
@@ -9,59 +11,159 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 /// Largest request head read before answering 400.
 const REQUEST_BYTES_MAX: usize = 8192;
 
-/// Serves until the task is dropped. Returns the bound address.
+/// Serves until the task is dropped. Returns the bound address. With `native`, also serves the
+/// HTTP/JSON key API under [`crate::native::KV_PATH`], taking bodies up to `body_bytes_max`.
 pub async fn serve(
     listen: SocketAddr,
     node: NodeHandle,
     transport: Arc<Transport>,
+    native: Option<(Arc<NativeApi>, usize)>,
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(listen).await?;
     let local = listener.local_addr()?;
     tokio::spawn(async move {
         loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
+            let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
             let node = node.clone();
             let transport = transport.clone();
+            let native = native.clone();
             tokio::spawn(async move {
-                let mut head = Vec::with_capacity(1024);
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < REQUEST_BYTES_MAX {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let request = String::from_utf8_lossy(&head);
-                let path = request.split_whitespace().nth(1).unwrap_or("");
-                let (status, content_type, body) = match path {
-                    "/metrics" => (
-                        "200 OK",
-                        "text/plain; version=0.0.4",
-                        metrics(&node, &transport),
-                    ),
-                    "/health" => health(&node),
-                    _ => (
-                        "404 Not Found",
-                        "text/plain",
-                        "not found: try /metrics or /health\n".into(),
-                    ),
-                };
-                let response = format!(
-                    "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = stream.write_all(response.as_bytes()).await;
+                answer(stream, &node, &transport, native.as_ref()).await;
             });
         }
     });
     Ok(local)
+}
+
+/// Reads one request and writes one response; the connection closes after it.
+async fn answer(
+    mut stream: TcpStream,
+    node: &NodeHandle,
+    transport: &Transport,
+    native: Option<&(Arc<NativeApi>, usize)>,
+) {
+    let mut received = Vec::with_capacity(1024);
+    let mut buf = [0u8; 4096];
+    let head_end = loop {
+        if let Some(at) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        if received.len() >= REQUEST_BYTES_MAX {
+            let _ = respond(
+                &mut stream,
+                "400 Bad Request",
+                "text/plain",
+                b"request head too long\n",
+            )
+            .await;
+            return;
+        }
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => received.extend_from_slice(&buf[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&received[..head_end]).into_owned();
+    let mut words = head.split_whitespace();
+    let method = words.next().unwrap_or("").to_string();
+    let target = words.next().unwrap_or("").to_string();
+    let path = target.split('?').next().unwrap_or("");
+    let (status, content_type, body): (&str, &str, Vec<u8>) = match path {
+        "/metrics" => (
+            "200 OK",
+            "text/plain; version=0.0.4",
+            metrics(node, transport).into_bytes(),
+        ),
+        "/health" => {
+            let (status, content_type, body) = health(node);
+            (status, content_type, body.into_bytes())
+        }
+        _ if path.starts_with(KV_PATH) && native.is_some() => {
+            let (api, body_bytes_max) = native.expect("checked above");
+            let length = content_length(&head).unwrap_or(0);
+            if length > *body_bytes_max {
+                let message = format!(
+                    "{{\"error\":\"etcdserver: request is too large ({length} bytes; the limit is {body_bytes_max})\"}}\n"
+                );
+                let _ = respond(
+                    &mut stream,
+                    "413 Payload Too Large",
+                    "application/json",
+                    message.as_bytes(),
+                )
+                .await;
+                return;
+            }
+            let mut request_body = received[head_end..].to_vec();
+            while request_body.len() < length {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => request_body.extend_from_slice(&buf[..n]),
+                }
+            }
+            request_body.truncate(length);
+            let answer = api.handle(&method, &target, &request_body).await;
+            let mut text = answer.body.to_string();
+            text.push('\n');
+            let mut extra = String::new();
+            for (name, value) in &answer.headers {
+                let _ = write!(extra, "{name}: {value}\r\n");
+            }
+            let _ = respond_with(
+                &mut stream,
+                answer.status,
+                "application/json",
+                &extra,
+                text.as_bytes(),
+            )
+            .await;
+            return;
+        }
+        _ => (
+            "404 Not Found",
+            "text/plain",
+            b"not found: try /metrics, /health or /v1/kv/<key>\n".to_vec(),
+        ),
+    };
+    let _ = respond(&mut stream, status, content_type, &body).await;
+}
+
+fn content_length(head: &str) -> Option<usize> {
+    head.lines()
+        .filter_map(|line| line.split_once(':'))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, value)| value.trim().parse().ok())
+}
+
+async fn respond(
+    stream: &mut TcpStream,
+    status: &str,
+    content_type: &str,
+    body: &[u8],
+) -> std::io::Result<()> {
+    respond_with(stream, status, content_type, "", body).await
+}
+
+async fn respond_with(
+    stream: &mut TcpStream,
+    status: &str,
+    content_type: &str,
+    extra_headers: &str,
+    body: &[u8],
+) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n{extra_headers}connection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body).await
 }
 
 /// etcd's `/health` shape: healthy when this node knows a leader and can reach it for what only

@@ -5,9 +5,11 @@
 //! - [`transport`]: Raft messages between peers over TCP, one connection per peer, batched.
 //! - [`config`]: etcd-compatible configuration.
 //! - [`etcd`]: the etcd v3 gRPC services over a [`node::NodeHandle`].
+//! - [`http`]: `/metrics`, `/health` and [`native`], the HTTP/JSON API with read levels.
 
 pub mod config;
 pub mod etcd;
 pub mod http;
+pub mod native;
 pub mod node;
 pub mod transport;

@@ -205,10 +205,27 @@ async fn serve(config: ServerConfig) -> ExitCode {
     };
     match metrics_addr {
         Ok(addr) => {
-            match ballot_server::http::serve(addr, node.handle.clone(), node.transport.clone())
-                .await
+            use ballot_server::etcd;
+            let context = etcd::Context {
+                node: node.handle.clone(),
+                cluster_id: etcd::cluster_id(&config),
+                limits: etcd::RequestLimits::from_config(&config),
+                leaders: std::sync::Arc::new(etcd::cluster::RegistryLeaderChannel::new(
+                    node.handle.clone(),
+                )),
+            };
+            let native = std::sync::Arc::new(ballot_server::native::NativeApi::new(context));
+            match ballot_server::http::serve(
+                addr,
+                node.handle.clone(),
+                node.transport.clone(),
+                Some((native, config.max_request_bytes)),
+            )
+            .await
             {
-                Ok(bound) => tracing::info!("metrics and health on http://{bound}"),
+                Ok(bound) => tracing::info!(
+                    "metrics, health and the native key API (/v1/kv/) on http://{bound}"
+                ),
                 Err(error) => tracing::warn!(%error, "cannot serve /metrics on {addr}"),
             }
         }

@@ -4,7 +4,8 @@
 //! storage layer's stateless checks, then the encoded size against `max_request_bytes`, in
 //! etcd's order) and proposed; nothing is proposed when a check fails. A Range is linearizable by
 //! default (a ReadIndex barrier, then the local store) and served from the local store at once
-//! when `serializable`. On a follower, writes and linearizable reads go to the leader
+//! when `serializable`; ballot's read levels ([`ReadLevel`], in request metadata) add a leader
+//! lease read. On a follower, writes and linearizable reads go to the leader
 //! ([`super::forward`]). Transactions always go through the log, read-only ones included (the
 //! store has no read-only transaction path yet).
 
@@ -15,7 +16,65 @@ use ballot_proto::etcdserverpb::kv_client::KvClient;
 use ballot_storage::mvcc::limits;
 use ballot_storage::mvcc::types::{Command, CommandResult};
 use prost::Message;
+use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Request, Response, Status};
+
+/// Metadata entry choosing how a Range is served, beyond etcd's `serializable` flag: ballot's
+/// read levels, as Consul names them. Without it a Range is `consistent` (etcd's linearizable
+/// default); `serializable = true` wins over it.
+pub const READ_LEVEL_HEADER: &str = "ballot-read-level";
+
+/// How much a read may trail the latest committed write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadLevel {
+    /// Any member's local store, at once: may be arbitrarily stale (a partitioned member keeps
+    /// answering). etcd's `serializable`.
+    Stale,
+    /// The leader answers from its store while its lease holds (no round trip), otherwise after
+    /// a ReadIndex round. Linearizable unless clocks drift beyond the lease's margin.
+    Default,
+    /// A ReadIndex round on the leader before answering: linearizable whatever the clocks do.
+    Consistent,
+}
+
+impl ReadLevel {
+    pub const NAMES: &'static str = "stale, default or consistent";
+
+    pub fn parse(text: &str) -> Option<ReadLevel> {
+        match text {
+            "stale" => Some(ReadLevel::Stale),
+            "default" => Some(ReadLevel::Default),
+            "consistent" => Some(ReadLevel::Consistent),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ReadLevel::Stale => "stale",
+            ReadLevel::Default => "default",
+            ReadLevel::Consistent => "consistent",
+        }
+    }
+
+    /// The level a request asks for, if any; an unknown level is refused rather than guessed.
+    pub fn of_request(metadata: &MetadataMap) -> Result<Option<ReadLevel>, Status> {
+        let Some(value) = metadata.get(READ_LEVEL_HEADER) else {
+            return Ok(None);
+        };
+        let text = value.to_str().unwrap_or("");
+        ReadLevel::parse(text).map(Some).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "{READ_LEVEL_HEADER} is {text:?}; use {}",
+                ReadLevel::NAMES
+            ))
+        })
+    }
+
+    pub fn mark(self, metadata: &mut MetadataMap) {
+        metadata.insert(READ_LEVEL_HEADER, MetadataValue::from_static(self.name()));
+    }
+}
 
 pub struct KvService {
     context: Context,
@@ -82,14 +141,23 @@ impl pb::kv_server::Kv for KvService {
         request: Request<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
         let forwarded = forward::is_forwarded(request.metadata());
+        let level = ReadLevel::of_request(request.metadata())?;
         let message = request.into_inner();
         let range = convert::range_request(&message)?;
         limits::check_range_request(&range).map_err(|error| status::from_apply(&error))?;
-        if !message.serializable {
-            if let Err(error) = self.context.node.read(ReadMode::ReadIndex).await {
+        let mode = match (message.serializable, level) {
+            (true, _) | (false, Some(ReadLevel::Stale)) => None,
+            (false, Some(ReadLevel::Default)) => Some(ReadMode::Lease),
+            (false, Some(ReadLevel::Consistent) | None) => Some(ReadMode::ReadIndex),
+        };
+        if let Some(mode) = mode {
+            if let Err(error) = self.context.node.read(mode).await {
                 let channel = self.context.leader_channel(error, forwarded)?;
-                return forward::call(KvClient::new(channel).range(forward::request(message)))
-                    .await;
+                let mut request = forward::request(message);
+                if let Some(level) = level {
+                    level.mark(request.metadata_mut());
+                }
+                return forward::call(KvClient::new(channel).range(request)).await;
             }
         }
         let response = self

@@ -275,10 +275,16 @@ impl GetOp {
     ballot get --from-key ''                # every key\n  \
     ballot get --prefix '' --count-only\n  \
     ballot get --prefix job/ --sort-by modify --order descend --limit 10\n  \
-    ballot get foo --rev 4 -w json")]
+    ballot get foo --rev 4 -w json\n  \
+    ballot get foo --level stale            # ballot's read levels: stale, default (leader lease), consistent")]
 pub struct GetArgs {
     #[command(flatten)]
     pub op: GetOp,
+    /// ballot's read level: `stale` (the member's own store, like --serializable), `default`
+    /// (the leader answers inside its lease, no round trip) or `consistent` (a ReadIndex round;
+    /// what a plain get does). Other etcd servers ignore it.
+    #[arg(long, value_parser = ["stale", "default", "consistent"], conflicts_with = "serializable")]
+    pub level: Option<String>,
     #[command(flatten)]
     pub connection: ConnectArgs,
 }
@@ -296,7 +302,12 @@ pub async fn get(args: GetArgs) -> Result<(), ClientError> {
     let (_, response) =
         endpoints
             .call(Retry::Read, |channel| {
-                let request = request.clone();
+                let mut request = tonic::Request::new(request.clone());
+                if let Some(level) = &args.level {
+                    let level = ballot_server::etcd::kv::ReadLevel::parse(level)
+                        .expect("clap checked the level");
+                    level.mark(request.metadata_mut());
+                }
                 async move {
                     Ok::<_, CallError>(KvClient::new(channel).range(request).await?.into_inner())
                 }

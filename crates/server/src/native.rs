@@ -1,0 +1,299 @@
+//! ballot's native API: keys over HTTP/JSON with a read level per request, served next to
+//! `/metrics` and `/health`. etcd's API has two read modes (linearizable, serializable); Consul
+//! users expect three (seed 004 §09), so reads here take `?level=`:
+//!
+//! | level | served by | may return |
+//! |---|---|---|
+//! | `stale` | the member asked, from its store | anything it has applied, however old |
+//! | `default` | the leader, inside its lease (no round trip) | the latest write, unless clocks drift past the lease margin |
+//! | `consistent` | the leader, after a ReadIndex round | the latest write |
+//!
+//! Routes (keys are the rest of the path, percent-decoded):
+//!
+//! ```text
+//! GET    /v1/kv/<key>[?level=stale|default|consistent][&prefix]   200 JSON, 404 when absent
+//! PUT    /v1/kv/<key>    body: the value                          200 {"revision": N}
+//! DELETE /v1/kv/<key>[?prefix]                                    200 {"revision": N, "deleted": n}
+//! ```
+//!
+//! Each request runs through the etcd KV service in-process, so limits, errors and forwarding
+//! to the leader are the same as over gRPC; the level travels as [`READ_LEVEL_HEADER`] metadata.
+
+use crate::etcd::kv::{KvService, ReadLevel, READ_LEVEL_HEADER};
+use crate::etcd::Context;
+use ballot_proto::etcdserverpb as pb;
+use ballot_proto::etcdserverpb::kv_server::Kv;
+use serde_json::{json, Value};
+use tonic::{Code, Request, Status};
+
+/// Path prefix of the key routes.
+pub const KV_PATH: &str = "/v1/kv/";
+
+/// One HTTP answer: status line, extra headers, JSON body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub status: &'static str,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Value,
+}
+
+impl Answer {
+    fn ok(body: Value) -> Self {
+        Answer {
+            status: "200 OK",
+            headers: Vec::new(),
+            body,
+        }
+    }
+
+    fn error(status: &'static str, message: impl Into<String>) -> Self {
+        Answer {
+            status,
+            headers: Vec::new(),
+            body: json!({ "error": message.into() }),
+        }
+    }
+}
+
+pub struct NativeApi {
+    kv: KvService,
+}
+
+impl NativeApi {
+    pub fn new(context: Context) -> Self {
+        Self {
+            kv: KvService::new(context),
+        }
+    }
+
+    /// Answers one request; `target` is the path with its query string.
+    pub async fn handle(&self, method: &str, target: &str, body: &[u8]) -> Answer {
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        let Some(raw_key) = path.strip_prefix(KV_PATH) else {
+            return Answer::error("404 Not Found", format!("no route {path}"));
+        };
+        let key = match percent_decode(raw_key) {
+            Ok(key) if !key.is_empty() => key,
+            Ok(_) => return Answer::error("400 Bad Request", "the key is empty: use /v1/kv/<key>"),
+            Err(error) => return Answer::error("400 Bad Request", error),
+        };
+        let query = match Query::parse(query) {
+            Ok(query) => query,
+            Err(error) => return Answer::error("400 Bad Request", error),
+        };
+        let result = match method {
+            "GET" => self.get(key, &query).await,
+            "PUT" | "POST" => self.put(key, body).await,
+            "DELETE" => self.delete(key, &query).await,
+            other => {
+                return Answer::error(
+                    "405 Method Not Allowed",
+                    format!("{other} is not served; use GET, PUT or DELETE"),
+                )
+            }
+        };
+        result.unwrap_or_else(|status| from_status(&status))
+    }
+
+    async fn get(&self, key: Vec<u8>, query: &Query) -> Result<Answer, Status> {
+        let level = query.level.unwrap_or(ReadLevel::Default);
+        let range_end = if query.prefix {
+            prefix_end(&key)
+        } else {
+            Vec::new()
+        };
+        let mut request = Request::new(pb::RangeRequest {
+            key: key.into(),
+            range_end: range_end.into(),
+            ..Default::default()
+        });
+        level.mark(request.metadata_mut());
+        let response = self.kv.range(request).await?.into_inner();
+        let revision = response.header.as_ref().map_or(0, |h| h.revision);
+        let mut answer = if response.kvs.is_empty() && !query.prefix {
+            Answer::error("404 Not Found", "key not found")
+        } else {
+            Answer::ok(json!({
+                "level": level.name(),
+                "revision": revision,
+                "kvs": response.kvs.iter().map(key_value).collect::<Vec<_>>(),
+            }))
+        };
+        answer
+            .headers
+            .push(("x-ballot-read-level", level.name().to_string()));
+        answer
+            .headers
+            .push(("x-ballot-revision", revision.to_string()));
+        Ok(answer)
+    }
+
+    async fn put(&self, key: Vec<u8>, value: &[u8]) -> Result<Answer, Status> {
+        let response = self
+            .kv
+            .put(Request::new(pb::PutRequest {
+                key: key.into(),
+                value: value.to_vec().into(),
+                ..Default::default()
+            }))
+            .await?
+            .into_inner();
+        let revision = response.header.map_or(0, |h| h.revision);
+        Ok(Answer::ok(json!({ "revision": revision })))
+    }
+
+    async fn delete(&self, key: Vec<u8>, query: &Query) -> Result<Answer, Status> {
+        if query.level.is_some() {
+            return Ok(Answer::error(
+                "400 Bad Request",
+                "level applies to reads only",
+            ));
+        }
+        let range_end = if query.prefix {
+            prefix_end(&key)
+        } else {
+            Vec::new()
+        };
+        let response = self
+            .kv
+            .delete_range(Request::new(pb::DeleteRangeRequest {
+                key: key.into(),
+                range_end: range_end.into(),
+                ..Default::default()
+            }))
+            .await?
+            .into_inner();
+        let revision = response.header.map_or(0, |h| h.revision);
+        Ok(Answer::ok(
+            json!({ "revision": revision, "deleted": response.deleted }),
+        ))
+    }
+}
+
+#[derive(Debug, Default, PartialEq)]
+struct Query {
+    level: Option<ReadLevel>,
+    prefix: bool,
+}
+
+impl Query {
+    fn parse(query: &str) -> Result<Query, String> {
+        let mut parsed = Query::default();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match name {
+                "level" => {
+                    parsed.level =
+                        Some(ReadLevel::parse(value).ok_or_else(|| {
+                            format!("level is {value:?}; use {}", ReadLevel::NAMES)
+                        })?)
+                }
+                "prefix" if value.is_empty() || value == "true" => parsed.prefix = true,
+                "prefix" => return Err(format!("prefix takes no value, got {value:?}")),
+                other => {
+                    return Err(format!(
+                        "unknown query parameter {other:?}; known: level, prefix"
+                    ))
+                }
+            }
+        }
+        Ok(parsed)
+    }
+}
+
+fn key_value(kv: &ballot_proto::mvccpb::KeyValue) -> Value {
+    let mut out = json!({
+        "key": String::from_utf8_lossy(&kv.key),
+        "create_revision": kv.create_revision,
+        "mod_revision": kv.mod_revision,
+        "version": kv.version,
+        "lease": kv.lease,
+    });
+    // Text stays readable; anything else is passed as numbers rather than mangled.
+    match std::str::from_utf8(&kv.value) {
+        Ok(text) => out["value"] = json!(text),
+        Err(_) => out["value_bytes"] = json!(kv.value.to_vec()),
+    }
+    out
+}
+
+/// The smallest key after every key starting with `prefix` (etcd's prefix range end).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+fn percent_decode(text: &str) -> Result<Vec<u8>, String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| format!("bad percent escape at byte {i} of the key"))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Ok(out)
+}
+
+/// gRPC status -> HTTP status, keeping etcd's message.
+fn from_status(status: &Status) -> Answer {
+    let http = match status.code() {
+        Code::InvalidArgument | Code::OutOfRange => "400 Bad Request",
+        Code::NotFound => "404 Not Found",
+        Code::FailedPrecondition => "412 Precondition Failed",
+        Code::ResourceExhausted => "429 Too Many Requests",
+        Code::Unavailable => "503 Service Unavailable",
+        Code::DeadlineExceeded => "504 Gateway Timeout",
+        _ => "500 Internal Server Error",
+    };
+    let mut answer = Answer::error(http, status.message());
+    if status.message().contains(READ_LEVEL_HEADER) {
+        answer.status = "400 Bad Request";
+    }
+    answer
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_are_parsed_strictly() {
+        assert_eq!(
+            Query::parse("level=stale&prefix").unwrap(),
+            Query {
+                level: Some(ReadLevel::Stale),
+                prefix: true
+            }
+        );
+        assert!(Query::parse("level=fast")
+            .unwrap_err()
+            .contains("stale, default or consistent"));
+        assert!(Query::parse("limit=3")
+            .unwrap_err()
+            .contains("unknown query parameter"));
+    }
+
+    #[test]
+    fn keys_are_percent_decoded_and_prefixes_end_after_them() {
+        assert_eq!(percent_decode("a%2Fb%20c").unwrap(), b"a/b c");
+        assert!(percent_decode("a%zz").is_err());
+        assert_eq!(prefix_end(b"ab"), b"ac");
+        assert_eq!(prefix_end(&[b'a', 0xff]), b"b");
+        assert_eq!(prefix_end(&[0xff]), vec![0]);
+    }
+}
