@@ -10,6 +10,7 @@
 //!                kind 0 no-op:      (no body)
 //!                kind 1 command:    len u32 | bytes
 //!                kind 2 membership: change u8 (0 add-voter, 1 add-learner, 2 promote, 3 remove) | node u64
+//!                                   | Membership (the whole membership after the change)
 //! HardState    term u64 | voted_for u64 (0 = none) | commit_index u64
 //! Membership   voter_count u32 | voter u64 * n | learner_count u32 | learner u64 * m
 //! SnapshotMeta last_index u64 | last_term u64 | Membership
@@ -126,7 +127,7 @@ pub fn encode_entry(out: &mut impl BufMut, entry: &Entry) {
             out.put_u8(1);
             put_bytes(out, data);
         }
-        EntryPayload::Membership(change) => {
+        EntryPayload::Membership(change, membership) => {
             out.put_u8(2);
             let (kind, node) = match *change {
                 MembershipChange::AddVoter(node) => (0, node),
@@ -136,6 +137,7 @@ pub fn encode_entry(out: &mut impl BufMut, entry: &Entry) {
             };
             out.put_u8(kind);
             out.put_u64_le(node);
+            encode_membership(out, membership);
         }
     }
 }
@@ -149,7 +151,7 @@ pub fn decode_entry(input: &mut Decoder<'_>) -> Result<Entry, DecodeError> {
         2 => {
             let kind = input.u8("membership change")?;
             let node = input.u64("membership node")?;
-            EntryPayload::Membership(match kind {
+            let change = match kind {
                 0 => MembershipChange::AddVoter(node),
                 1 => MembershipChange::AddLearner(node),
                 2 => MembershipChange::PromoteLearner(node),
@@ -157,7 +159,8 @@ pub fn decode_entry(input: &mut Decoder<'_>) -> Result<Entry, DecodeError> {
                 other => {
                     return Err(input.error("membership change", format!("unknown kind {other}")))
                 }
-            })
+            };
+            EntryPayload::Membership(change, decode_membership(input)?)
         }
         other => return Err(input.error("entry kind", format!("unknown kind {other}"))),
     };
@@ -251,7 +254,10 @@ mod tests {
         round_trip(Entry {
             index: 9,
             term: 4,
-            payload: EntryPayload::Membership(MembershipChange::PromoteLearner(5)),
+            payload: EntryPayload::Membership(
+                MembershipChange::PromoteLearner(5),
+                Membership::with_voters([1, 5]),
+            ),
         });
     }
 

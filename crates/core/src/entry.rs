@@ -1,6 +1,6 @@
 //! Log entries: the unit of replication. An entry is immutable once created by a leader.
 
-use crate::{LogIndex, MembershipChange, Term};
+use crate::{LogIndex, Membership, MembershipChange, Term};
 use bytes::Bytes;
 use std::fmt;
 
@@ -32,9 +32,12 @@ pub enum EntryPayload {
     Noop,
     /// An opaque command for the state machine.
     Command(Bytes),
-    /// A single-server membership change (dissertation §4.1); takes effect as soon as it is in a
-    /// node's log.
-    Membership(MembershipChange),
+    /// A single-server membership change (dissertation §4.1) and the whole membership it
+    /// creates; takes effect as soon as it is in a node's log. The entry carries the result, not
+    /// only the change, so that a node which joins later and replays the log from its start
+    /// learns every member, including the ones the cluster was bootstrapped with (which no
+    /// entry adds).
+    Membership(MembershipChange, Membership),
 }
 
 /// One slot of the replicated log.
@@ -58,7 +61,9 @@ impl Entry {
         let payload = match &self.payload {
             EntryPayload::Noop => 0,
             EntryPayload::Command(data) => data.len(),
-            EntryPayload::Membership(_) => 16,
+            EntryPayload::Membership(_, membership) => {
+                16 + 8 * (membership.voters.len() + membership.learners.len())
+            }
         };
         ENTRY_OVERHEAD_BYTES + payload
     }
@@ -76,7 +81,7 @@ impl fmt::Display for Entry {
         match &self.payload {
             EntryPayload::Noop => write!(f, "{} noop", self.position()),
             EntryPayload::Command(data) => write!(f, "{} cmd({}B)", self.position(), data.len()),
-            EntryPayload::Membership(change) => write!(f, "{} {change}", self.position()),
+            EntryPayload::Membership(change, _) => write!(f, "{} {change}", self.position()),
         }
     }
 }

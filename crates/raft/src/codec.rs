@@ -274,7 +274,10 @@ mod tests {
                     Entry {
                         index: 12,
                         term: 3,
-                        payload: EntryPayload::Membership(MembershipChange::Remove(2)),
+                        payload: EntryPayload::Membership(
+                            MembershipChange::Remove(2),
+                            ballot_core::Membership::with_voters([1, 3]),
+                        ),
                     },
                 ],
             },

@@ -86,14 +86,10 @@ impl Raft {
             let Some(entry) = self.log.entry(index) else {
                 continue;
             };
-            if let EntryPayload::Membership(change) = entry.payload {
-                // Validated by the leader when proposed; the same change applies cleanly here
-                // because membership follows the log.
-                let next = self
-                    .membership()
-                    .apply(change)
-                    .unwrap_or_else(|_| self.membership().clone());
-                self.memberships.push(index, next);
+            if let EntryPayload::Membership(_, membership) = &entry.payload {
+                // The entry carries the whole membership: a node that joined with no idea of
+                // the members learns them here, whatever it believed before.
+                self.memberships.push(index, membership.clone());
                 changed = true;
             }
         }
@@ -133,11 +129,11 @@ impl Raft {
         }
         // Validate the change itself first: promoting a voter or an unknown id is a different
         // mistake from promoting a learner that is still behind, and the caller needs to know which.
-        self.membership().apply(change)?;
+        let next = self.membership().apply(change)?;
         if let MembershipChange::PromoteLearner(id) = change {
             self.check_learner_caught_up(id)?;
         }
-        let position = self.append_entry(EntryPayload::Membership(change));
+        let position = self.append_entry(EntryPayload::Membership(change, next));
         Ok(position)
     }
 

@@ -352,7 +352,7 @@ impl Raft {
     pub(crate) fn append_entry(&mut self, payload: EntryPayload) -> LogPosition {
         debug_assert_eq!(self.role, Role::Leader);
         let position = LogPosition::new(self.log.last_index() + 1, self.term);
-        let is_membership = matches!(payload, EntryPayload::Membership(_));
+        let is_membership = matches!(payload, EntryPayload::Membership(..));
         self.log.append(Entry {
             index: position.index,
             term: position.term,

@@ -658,6 +658,13 @@ fn dissertation_4_1_learner_catches_up_then_is_promoted() {
     cluster.tick_all(5);
     assert!(cluster.node(2).status().membership.is_voter(4));
     assert_eq!(cluster.node(1).status().membership.quorum_size(), 3);
+    // The joiner started knowing no member and replayed the log from its start; the bootstrap
+    // voters are in no entry of their own, yet it must count them in its quorums.
+    assert_eq!(
+        cluster.node(4).status().membership,
+        Membership::with_voters([1, 2, 3, 4]),
+        "the joined node knows every member"
+    );
 }
 
 #[test]

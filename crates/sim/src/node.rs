@@ -305,10 +305,8 @@ impl<R: Replica> Node<R> {
                     None
                 }
             },
-            EntryPayload::Membership(change) => {
-                if let Ok(next) = self.applied_membership.apply(*change) {
-                    self.applied_membership = next;
-                }
+            EntryPayload::Membership(_, membership) => {
+                self.applied_membership = membership.clone();
                 None
             }
             EntryPayload::Noop => None,

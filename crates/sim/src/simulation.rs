@@ -269,7 +269,9 @@ impl<R: Replica> ReadyHandler<R> for World<R::Message> {
         self.new_commits.push(entry.index);
         let op_id = match &entry.payload {
             EntryPayload::Command(data) => Command::decode(data).ok().map(|c| c.op_id()),
-            EntryPayload::Membership(change) => {
+            // The checker keeps its own account of the membership from the changes alone, as
+            // an oracle independent of what the entry says the result is.
+            EntryPayload::Membership(change, _) => {
                 if entry.index > self.committed_membership_index {
                     self.committed_membership_index = entry.index;
                     if let Ok(next) = self.committed_membership.apply(*change) {

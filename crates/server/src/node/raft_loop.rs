@@ -572,7 +572,7 @@ impl RaftLoop {
                         tracing::error!(index = entry.index, %error, "undecodable command skipped")
                     }
                 },
-                EntryPayload::Membership(_) => {
+                EntryPayload::Membership(..) => {
                     self.answer_membership_change(entry.index, entry.term)
                 }
                 EntryPayload::Noop => {}
@@ -672,6 +672,9 @@ impl RaftLoop {
 
     fn answer_member_proposal(&mut self, index: LogIndex, term: Term) {
         if let Some((proposed_term, reply)) = self.member_proposals.remove(&index) {
+            // The caller answers with the member list it reads from the status: publish the
+            // change first, or the answer would describe the members before it.
+            self.publish_status();
             let answer = if proposed_term == term {
                 Ok(())
             } else {
@@ -696,6 +699,7 @@ impl RaftLoop {
 
     fn answer_membership_change(&mut self, index: LogIndex, term: Term) {
         if let Some((proposed_term, reply)) = self.membership_changes.remove(&index) {
+            self.publish_status();
             let answer = if proposed_term == term {
                 Ok(LogPosition::new(index, term))
             } else {

@@ -71,7 +71,7 @@ pub fn payload_digest(payload: &EntryPayload) -> u64 {
             feed(&[1]);
             feed(data);
         }
-        EntryPayload::Membership(change) => {
+        EntryPayload::Membership(change, membership) => {
             let (tag, id) = match change {
                 MembershipChange::AddVoter(id) => (2, id),
                 MembershipChange::AddLearner(id) => (3, id),
@@ -80,6 +80,12 @@ pub fn payload_digest(payload: &EntryPayload) -> u64 {
             };
             feed(&[tag]);
             feed(&id.to_le_bytes());
+            for set in [&membership.voters, &membership.learners] {
+                feed(&(set.len() as u64).to_le_bytes());
+                for member in set {
+                    feed(&member.to_le_bytes());
+                }
+            }
         }
     }
     hash

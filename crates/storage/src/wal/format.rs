@@ -27,7 +27,8 @@ use bytes::Bytes;
 /// Length, checksum and type.
 pub const RECORD_HEADER_BYTES: usize = 9;
 pub const SEGMENT_MAGIC: [u8; 8] = *b"BALLOTWL";
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: membership entries carry the whole membership after the change.
+pub const FORMAT_VERSION: u32 = 2;
 
 const TYPE_SEGMENT_HEADER: u8 = 1;
 const TYPE_ENTRY: u8 = 2;
@@ -108,7 +109,11 @@ pub fn entry_record_bytes(entry: &Entry) -> usize {
     let body = match &entry.payload {
         EntryPayload::Noop => 0,
         EntryPayload::Command(data) => data.len(),
-        EntryPayload::Membership(_) => MEMBERSHIP_BODY_BYTES,
+        EntryPayload::Membership(_, membership) => {
+            MEMBERSHIP_BODY_BYTES
+                + 8
+                + 8 * (membership.voters.len() + membership.learners.len())
+        }
     };
     RECORD_HEADER_BYTES + ENTRY_PAYLOAD_FIXED_BYTES + body
 }
@@ -150,7 +155,7 @@ pub fn encode_entry(entry: &Entry, out: &mut Vec<u8>) -> usize {
                 out.push(ENTRY_KIND_COMMAND);
                 out.extend_from_slice(data);
             }
-            EntryPayload::Membership(change) => {
+            EntryPayload::Membership(change, membership) => {
                 out.push(ENTRY_KIND_MEMBERSHIP);
                 let (kind, node) = match *change {
                     MembershipChange::AddVoter(node) => (CHANGE_ADD_VOTER, node),
@@ -160,6 +165,7 @@ pub fn encode_entry(entry: &Entry, out: &mut Vec<u8>) -> usize {
                 };
                 out.push(kind);
                 out.extend_from_slice(&node.to_le_bytes());
+                ballot_core::codec::encode_membership(out, membership);
             }
         }
     })
@@ -301,10 +307,17 @@ fn decode_entry(reader: &mut PayloadReader<'_>) -> Result<Entry, Defect> {
         }
         ENTRY_KIND_COMMAND => EntryPayload::Command(Bytes::copy_from_slice(reader.rest())),
         ENTRY_KIND_MEMBERSHIP => {
-            reader.expect_bytes("membership entry body", MEMBERSHIP_BODY_BYTES)?;
+            reader.expect_at_least("membership entry body", MEMBERSHIP_BODY_BYTES)?;
             let kind = reader.u8();
             let node = reader.u64();
-            EntryPayload::Membership(match kind {
+            let mut members = ballot_core::codec::Decoder::new(reader.rest());
+            let membership = ballot_core::codec::decode_membership(&mut members)
+                .and_then(|membership| members.finish("membership entry").map(|_| membership))
+                .map_err(|error| Defect::BadPayload {
+                    record: "entry",
+                    reason: error.to_string(),
+                })?;
+            let change = match kind {
                 CHANGE_ADD_VOTER => MembershipChange::AddVoter(node),
                 CHANGE_ADD_LEARNER => MembershipChange::AddLearner(node),
                 CHANGE_PROMOTE_LEARNER => MembershipChange::PromoteLearner(node),
@@ -315,7 +328,8 @@ fn decode_entry(reader: &mut PayloadReader<'_>) -> Result<Entry, Defect> {
                         reason: format!("unknown membership change kind {other}"),
                     })
                 }
-            })
+            };
+            EntryPayload::Membership(change, membership)
         }
         other => {
             return Err(Defect::BadPayload {
@@ -344,6 +358,17 @@ impl<'a> PayloadReader<'a> {
             Err(Defect::BadPayload {
                 record: what,
                 reason: format!("{} bytes, {expected} expected", self.bytes.len()),
+            })
+        }
+    }
+
+    fn expect_at_least(&self, what: &'static str, expected: usize) -> Result<(), Defect> {
+        if self.bytes.len() >= expected {
+            Ok(())
+        } else {
+            Err(Defect::BadPayload {
+                record: what,
+                reason: format!("{} bytes, at least {expected} expected", self.bytes.len()),
             })
         }
     }
@@ -402,7 +427,15 @@ mod tests {
             Just(EntryPayload::Noop),
             proptest::collection::vec(any::<u8>(), 0..300)
                 .prop_map(|data| EntryPayload::Command(Bytes::from(data))),
-            arb_change().prop_map(EntryPayload::Membership),
+            (
+                arb_change(),
+                proptest::collection::btree_set(any::<u64>(), 0..5),
+                proptest::collection::btree_set(any::<u64>(), 0..3)
+            )
+                .prop_map(|(change, voters, learners)| EntryPayload::Membership(
+                    change,
+                    ballot_core::Membership { voters, learners }
+                )),
         ];
         (any::<u64>(), any::<u64>(), payload).prop_map(|(index, term, payload)| Entry {
             index,

@@ -68,7 +68,10 @@ fn entries_and_every_payload_kind_survive_a_reopen() {
         Entry {
             index: 3,
             term: 2,
-            payload: EntryPayload::Membership(MembershipChange::AddLearner(9)),
+            payload: EntryPayload::Membership(
+                MembershipChange::AddLearner(9),
+                ballot_core::Membership::with_voters([1, 2, 3]),
+            ),
         },
     ];
     let sequence = wal.append(&written, None).unwrap();
