@@ -149,7 +149,9 @@ impl pb::cluster_server::Cluster for ClusterService {
             })),
             Err(error @ NodeError::NotLeader { .. }) => {
                 let mut leader = self.leader(error, request.metadata())?;
-                forward::call(leader.member_add(forward::request(message.clone()))).await
+                self.context
+                    .relay(leader.member_add(forward::request(message.clone())))
+                    .await
             }
             Err(error) => Err(membership_status(error)),
         }
@@ -181,7 +183,9 @@ impl pb::cluster_server::Cluster for ClusterService {
             }
             Err(error @ NodeError::NotLeader { .. }) => {
                 let mut leader = self.leader(error, request.metadata())?;
-                forward::call(leader.member_remove(forward::request(request.into_inner()))).await
+                self.context
+                    .relay(leader.member_remove(forward::request(request.into_inner())))
+                    .await
             }
             Err(error) => Err(membership_status(error)),
         }
@@ -213,7 +217,9 @@ impl pb::cluster_server::Cluster for ClusterService {
             })),
             Err(error @ NodeError::NotLeader { .. }) => {
                 let mut leader = self.leader(error, request.metadata())?;
-                forward::call(leader.member_update(forward::request(message.clone()))).await
+                self.context
+                    .relay(leader.member_update(forward::request(message.clone())))
+                    .await
             }
             Err(error) => Err(membership_status(error)),
         }
@@ -226,7 +232,9 @@ impl pb::cluster_server::Cluster for ClusterService {
         if request.get_ref().linearizable {
             if let Err(error) = self.context.node.read(ReadMode::ReadIndex).await {
                 let mut leader = self.leader(error, request.metadata())?;
-                return forward::call(leader.member_list(forward::request(request.into_inner())))
+                return self
+                    .context
+                    .relay(leader.member_list(forward::request(request.into_inner())))
                     .await;
             }
         }
@@ -253,7 +261,9 @@ impl pb::cluster_server::Cluster for ClusterService {
             })),
             Err(error @ NodeError::NotLeader { .. }) => {
                 let mut leader = self.leader(error, request.metadata())?;
-                forward::call(leader.member_promote(forward::request(request.into_inner()))).await
+                self.context
+                    .relay(leader.member_promote(forward::request(request.into_inner())))
+                    .await
             }
             Err(error) => Err(membership_status(error)),
         }

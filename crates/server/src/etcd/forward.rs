@@ -9,11 +9,12 @@
 use super::{status, Context};
 use crate::node::NodeError;
 use ballot_core::NodeId;
+use ballot_proto::etcdserverpb as pb;
 use std::future::Future;
 use std::time::Duration;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::transport::Channel;
-use tonic::{Request, Status};
+use tonic::{Request, Response, Status};
 
 /// Metadata entry that marks a request forwarded by a follower.
 pub const FORWARDED_HEADER: &str = "ballot-forwarded";
@@ -80,5 +81,54 @@ pub async fn call<T>(forwarded_call: impl Future<Output = Result<T, Status>>) ->
     match tokio::time::timeout(FORWARD_TIMEOUT, forwarded_call).await {
         Ok(answer) => answer,
         Err(_) => Err(Status::unavailable(status::TIMEOUT)),
+    }
+}
+
+/// Answers that carry etcd's `ResponseHeader`. A relayed answer is re-signed by the member that
+/// was asked: etcd clients read `member_id` as "who answered me", and in etcd the member asked
+/// answers itself (it proposes through Raft rather than relaying).
+pub trait Relayed {
+    fn header_mut(&mut self) -> Option<&mut pb::ResponseHeader>;
+}
+
+macro_rules! relayed {
+    ($($response:ty),* $(,)?) => {
+        $(impl Relayed for $response {
+            fn header_mut(&mut self) -> Option<&mut pb::ResponseHeader> {
+                self.header.as_mut()
+            }
+        })*
+    };
+}
+
+relayed!(
+    pb::RangeResponse,
+    pb::PutResponse,
+    pb::DeleteRangeResponse,
+    pb::TxnResponse,
+    pb::CompactionResponse,
+    pb::LeaseGrantResponse,
+    pb::LeaseRevokeResponse,
+    pb::LeaseTimeToLiveResponse,
+    pb::MemberAddResponse,
+    pb::MemberRemoveResponse,
+    pb::MemberUpdateResponse,
+    pb::MemberListResponse,
+    pb::MemberPromoteResponse,
+    pb::MoveLeaderResponse,
+);
+
+impl Context {
+    /// [`call`], then the answer's header names this member (the leader's revision and term
+    /// stay: they describe the answer).
+    pub async fn relay<T: Relayed>(
+        &self,
+        forwarded_call: impl Future<Output = Result<Response<T>, Status>>,
+    ) -> Result<Response<T>, Status> {
+        let mut response = call(forwarded_call).await?;
+        if let Some(header) = response.get_mut().header_mut() {
+            header.member_id = self.node.status().id;
+        }
+        Ok(response)
     }
 }

@@ -157,7 +157,10 @@ impl pb::kv_server::Kv for KvService {
                 if let Some(level) = level {
                     level.mark(request.metadata_mut());
                 }
-                return forward::call(KvClient::new(channel).range(request)).await;
+                return self
+                    .context
+                    .relay(KvClient::new(channel).range(request))
+                    .await;
             }
         }
         let response = self
@@ -185,7 +188,9 @@ impl pb::kv_server::Kv for KvService {
             }
             Ok(other) => Err(unexpected(other)),
             Err(channel) => {
-                forward::call(KvClient::new(channel).put(forward::request(message))).await
+                self.context
+                    .relay(KvClient::new(channel).put(forward::request(message)))
+                    .await
             }
         }
     }
@@ -207,7 +212,9 @@ impl pb::kv_server::Kv for KvService {
             }
             Ok(other) => Err(unexpected(other)),
             Err(channel) => {
-                forward::call(KvClient::new(channel).delete_range(forward::request(message))).await
+                self.context
+                    .relay(KvClient::new(channel).delete_range(forward::request(message)))
+                    .await
             }
         }
     }
@@ -229,7 +236,9 @@ impl pb::kv_server::Kv for KvService {
             }
             Ok(other) => Err(unexpected(other)),
             Err(channel) => {
-                forward::call(KvClient::new(channel).txn(forward::request(message))).await
+                self.context
+                    .relay(KvClient::new(channel).txn(forward::request(message)))
+                    .await
             }
         }
     }
@@ -252,7 +261,9 @@ impl pb::kv_server::Kv for KvService {
             })),
             Ok(other) => Err(unexpected(other)),
             Err(channel) => {
-                forward::call(KvClient::new(channel).compact(forward::request(message))).await
+                self.context
+                    .relay(KvClient::new(channel).compact(forward::request(message)))
+                    .await
             }
         }
     }

@@ -84,7 +84,8 @@ impl pb::lease_server::Lease for LeaseService {
             ))),
             Err(error) => {
                 let channel = self.context.leader_channel(error, forwarded)?;
-                forward::call(LeaseClient::new(channel).lease_grant(forward::request(message)))
+                self.context
+                    .relay(LeaseClient::new(channel).lease_grant(forward::request(message)))
                     .await
             }
         }
@@ -108,7 +109,8 @@ impl pb::lease_server::Lease for LeaseService {
             ))),
             Err(error) => {
                 let channel = self.context.leader_channel(error, forwarded)?;
-                forward::call(LeaseClient::new(channel).lease_revoke(forward::request(message)))
+                self.context
+                    .relay(LeaseClient::new(channel).lease_revoke(forward::request(message)))
                     .await
             }
         }
@@ -156,10 +158,9 @@ impl pb::lease_server::Lease for LeaseService {
             }
             Err(error) => {
                 let channel = self.context.leader_channel(error, forwarded)?;
-                forward::call(
-                    LeaseClient::new(channel).lease_time_to_live(forward::request(message)),
-                )
-                .await
+                self.context
+                    .relay(LeaseClient::new(channel).lease_time_to_live(forward::request(message)))
+                    .await
             }
         }
     }

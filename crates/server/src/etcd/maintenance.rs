@@ -268,10 +268,10 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             }
             Err(error) => {
                 let channel = self.context.leader_channel(error, forwarded)?;
-                return forward::call(
-                    MaintenanceClient::new(channel).move_leader(forward::request(message)),
-                )
-                .await;
+                return self
+                    .context
+                    .relay(MaintenanceClient::new(channel).move_leader(forward::request(message)))
+                    .await;
             }
         }
         let deadline = Instant::now() + MOVE_LEADER_WAIT;
