@@ -400,14 +400,17 @@ async fn a_follower_answers_writes_and_linearizable_reads_through_the_leader() {
     let follower = cluster.follower(leader);
     let mut kv = cluster.kv(follower);
 
-    // The write is forwarded to the leader; its header names the leader, which answered.
+    // The write is forwarded to the leader; as in etcd, the header names the member asked.
     let written = put(&mut kv, "via-follower", "1").await;
-    assert_eq!(written.header.unwrap().member_id, cluster.ids[leader]);
+    assert_eq!(written.header.unwrap().member_id, cluster.ids[follower]);
 
-    // A linearizable read on the follower sees it at once (it is served by the leader).
+    // A linearizable read on the follower sees it at once (it is served by the leader), at
+    // the revision the leader wrote.
     let read = get(&mut kv, "via-follower").await;
     assert_eq!(values(&read), [("via-follower".into(), "1".into())]);
-    assert_eq!(read.header.unwrap().member_id, cluster.ids[leader]);
+    let header = read.header.unwrap();
+    assert_eq!(header.member_id, cluster.ids[follower]);
+    assert_eq!(header.revision, written.header.unwrap().revision);
 
     // A serializable read is the follower's own, answered by it.
     cluster.wait_applied().await;

@@ -18,7 +18,7 @@ use ballot_storage::dir_lock::DirLock;
 use ballot_storage::lessor::{LeaseTtl, Lessor, LessorConfig};
 use ballot_storage::mvcc::types::{Command, CommandResult};
 use ballot_storage::mvcc::types::{Lease, LeaseId};
-use ballot_storage::mvcc::MvccStore;
+use ballot_storage::mvcc::{MvccOptions, MvccStore};
 use ballot_storage::snapshot_store::SnapshotStore;
 use ballot_storage::wal::{Wal, WalOptions};
 use ballot_storage::watch::{
@@ -32,6 +32,8 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Inputs handled before the replica's outputs are processed; bounds the latency one batch adds.
 const INPUTS_PER_BATCH_MAX: usize = 1024;
+/// Apply commits between two durable ones when the background flusher falls behind.
+const SERVER_NON_DURABLE_COMMITS_MAX: u32 = 64;
 /// Snapshots kept in `snap/`.
 const SNAPSHOTS_RETAINED: usize = 3;
 /// Responses buffered per client watch stream between the loop and the gRPC task.
@@ -135,8 +137,18 @@ impl RaftLoop {
         let lock = DirLock::acquire(data_dir).map_err(|e| e.to_string())?;
         let snapshots = SnapshotStore::open(data_dir.join("snap"), SNAPSHOTS_RETAINED)
             .map_err(|e| e.to_string())?;
-        let store =
-            Arc::new(MvccStore::open(data_dir.join("state.redb")).map_err(|e| e.to_string())?);
+        // A background thread makes commits durable every 100 ms (`spawn_store_flusher`); the
+        // count is a backstop for bursts, bounding the freed pages non-durable commits hold back.
+        let store = Arc::new(
+            MvccStore::open_with(
+                data_dir.join("state.redb"),
+                MvccOptions {
+                    non_durable_commits_max: SERVER_NON_DURABLE_COMMITS_MAX,
+                    ..MvccOptions::default()
+                },
+            )
+            .map_err(|e| e.to_string())?,
+        );
         let snapshot = snapshots.latest().map_err(|e| e.to_string())?;
         let initial_members = config.initial_cluster.iter().map(|(name, url)| MemberInfo {
             id: crate::config::member_id(&config.initial_cluster_token, url),

@@ -285,6 +285,16 @@ impl MvccStore {
         Ok(output)
     }
 
+    /// Like [`Self::flush`], but only when some commit is not durable yet; says whether it
+    /// synced. For a background flusher that should cost nothing while the store is idle.
+    pub fn flush_if_pending(&self) -> Result<bool, MvccError> {
+        if self.durable_applied_index() == self.applied_index() {
+            return Ok(false);
+        }
+        self.flush()?;
+        Ok(true)
+    }
+
     /// Makes every applied entry durable (one fsync).
     pub fn flush(&self) -> Result<(), MvccError> {
         let mut non_durable_commits = self
