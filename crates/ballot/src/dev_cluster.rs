@@ -5,6 +5,7 @@
 //! peer URLs, so a restarted cluster must come back on the same ports to find its own data.
 
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -85,6 +86,10 @@ pub struct RunningCluster {
     pub data_dir: PathBuf,
     exe: PathBuf,
     children: Vec<(String, Child)>,
+    /// Flags appended to every node's `ballot server` command line (also on restart).
+    extra_args: Vec<String>,
+    /// Per node name, how it starts differently from a `ballot dev` node (see [`NodeOptions`]).
+    node_options: HashMap<String, NodeOptions>,
 }
 
 impl RunningCluster {
@@ -95,6 +100,18 @@ impl RunningCluster {
         nodes: usize,
         data_dir: &Path,
         fresh: bool,
+    ) -> Result<RunningCluster, String> {
+        RunningCluster::start_with_args(exe, nodes, data_dir, fresh, &[])
+    }
+
+    /// As [`RunningCluster::start`], with `extra_args` (e.g. `--snapshot-count=50`) given to
+    /// every node's `ballot server`.
+    pub fn start_with_args(
+        exe: &Path,
+        nodes: usize,
+        data_dir: &Path,
+        fresh: bool,
+        extra_args: &[String],
     ) -> Result<RunningCluster, String> {
         if nodes == 0 || nodes > NODES_MAX {
             return Err(format!(
@@ -111,6 +128,8 @@ impl RunningCluster {
             data_dir: data_dir.to_path_buf(),
             exe: exe.to_path_buf(),
             children: Vec::new(),
+            extra_args: extra_args.to_vec(),
+            node_options: HashMap::new(),
         };
         for node in &plan.nodes {
             let child = running.spawn(node)?;
@@ -126,7 +145,7 @@ impl RunningCluster {
             .plan
             .nodes
             .iter()
-            .map(|n| format!("{}={}", n.name, url(n.peer_port)))
+            .map(|n| format!("{}={}", n.name, url(self.advertised_peer_port(n))))
             .collect();
         let dir = self.data_dir.join(&node.name);
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -143,10 +162,15 @@ impl RunningCluster {
             .args(["--listen-client-urls", &url(node.client_port)])
             .args(["--advertise-client-urls", &url(node.client_port)])
             .args(["--listen-peer-urls", &url(node.peer_port)])
-            .args(["--initial-advertise-peer-urls", &url(node.peer_port)])
+            .args([
+                "--initial-advertise-peer-urls",
+                &url(self.advertised_peer_port(node)),
+            ])
             .args(["--listen-metrics-urls", &url(node.metrics_port)])
             .args(["--initial-cluster", &initial_cluster.join(",")])
             .args(["--initial-cluster-token", &self.plan.token])
+            .args(&self.extra_args)
+            .args(self.cluster_state_args(node))
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
             .stderr(log)
@@ -267,5 +291,136 @@ impl RunningCluster {
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, child)| child.id())
+    }
+}
+
+/// How a node starts differently from a `ballot dev` node; the default changes nothing.
+/// `ballot check` puts a fault-injecting proxy in front of every node's peer port and re-adds
+/// removed members, which is what these are for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeOptions {
+    /// The peer port other members are told to dial (`--initial-advertise-peer-urls`, and this
+    /// node's entry in `--initial-cluster`), e.g. a proxy's in front of the node's real
+    /// `peer_port`, on which it still listens. `None`: the real one.
+    pub advertised_peer_port: Option<u16>,
+    /// Start with `--initial-cluster-state existing`: a member added to a running cluster with
+    /// `member add`, which learns the membership from the leader instead of bootstrapping.
+    pub joins_existing: bool,
+}
+
+impl RunningCluster {
+    /// Plans a fresh cluster in an emptied `data_dir` without starting any node, so that the
+    /// caller can set [`NodeOptions`] (knowing the planned ports) before [`RunningCluster::launch`].
+    pub fn plan_fresh(exe: &Path, nodes: usize, data_dir: &Path) -> Result<RunningCluster, String> {
+        if nodes == 0 || nodes > NODES_MAX {
+            return Err(format!(
+                "--nodes must be between 1 and {NODES_MAX}, got {nodes}"
+            ));
+        }
+        if data_dir.exists() {
+            std::fs::remove_dir_all(data_dir)
+                .map_err(|e| format!("{}: {e}", data_dir.display()))?;
+        }
+        let plan = plan(data_dir, nodes)?;
+        Ok(RunningCluster {
+            plan,
+            data_dir: data_dir.to_path_buf(),
+            exe: exe.to_path_buf(),
+            children: Vec::new(),
+            extra_args: Vec::new(),
+            node_options: HashMap::new(),
+        })
+    }
+
+    /// Starts every planned node that is not running and waits until each reports a leader.
+    pub fn launch(&mut self) -> Result<(), String> {
+        for node in self.plan.nodes.clone() {
+            if !self.is_running(&node.name) {
+                let child = self.spawn(&node)?;
+                self.children.push((node.name.clone(), child));
+            }
+        }
+        self.wait_healthy()
+    }
+
+    /// Applies from the next (re)start of `name` on.
+    pub fn set_node_options(&mut self, name: &str, options: NodeOptions) {
+        self.node_options.insert(name.to_string(), options);
+    }
+
+    pub fn node_options(&self, name: &str) -> NodeOptions {
+        self.node_options.get(name).cloned().unwrap_or_default()
+    }
+
+    /// The peer port other members dial to reach `node`.
+    pub fn advertised_peer_port(&self, node: &DevNode) -> u16 {
+        self.node_options
+            .get(&node.name)
+            .and_then(|options| options.advertised_peer_port)
+            .unwrap_or(node.peer_port)
+    }
+
+    fn cluster_state_args(&self, node: &DevNode) -> Vec<&'static str> {
+        if self.node_options(&node.name).joins_existing {
+            vec!["--initial-cluster-state", "existing"]
+        } else {
+            Vec::new()
+        }
+    }
+
+    pub fn is_running(&self, name: &str) -> bool {
+        self.children.iter().any(|(n, _)| n == name)
+    }
+
+    /// SIGSTOP: the process freezes with its sockets open, as in a long GC pause or a VM stall.
+    pub fn pause(&self, name: &str) -> Result<(), String> {
+        self.signal(name, "-STOP")
+    }
+
+    /// SIGCONT after [`RunningCluster::pause`].
+    pub fn resume(&self, name: &str) -> Result<(), String> {
+        self.signal(name, "-CONT")
+    }
+
+    fn signal(&self, name: &str, signal: &str) -> Result<(), String> {
+        let pid = self.pid(name).ok_or(format!("{name} is not running"))?;
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .map_err(|e| format!("kill {signal} {pid}: {e}"))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("kill {signal} {pid} ({name}) exited with {status}"))
+        }
+    }
+
+    /// Deletes the data directory of `name`, which must not be running (its log is kept), so
+    /// that its next start is a new, empty member.
+    pub fn wipe_data(&mut self, name: &str) -> Result<(), String> {
+        if self.is_running(name) {
+            return Err(format!("{name} is running; kill it before wiping its data"));
+        }
+        let dir = self.data_dir.join(name).join("data");
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(format!("{}: {error}", dir.display())),
+        }
+    }
+
+    /// Removes and returns the children that exited since the last call (a node that died on
+    /// its own: a panic, a fail-stop on a storage error).
+    pub fn reap_exited(&mut self) -> Vec<(String, std::process::ExitStatus)> {
+        let mut exited = Vec::new();
+        self.children
+            .retain_mut(|(name, child)| match child.try_wait() {
+                Ok(Some(status)) => {
+                    exited.push((name.clone(), status));
+                    false
+                }
+                _ => true,
+            });
+        exited
     }
 }

@@ -1,5 +1,6 @@
-//! `ballot`: one binary for the whole system. For now: the deterministic simulator (`sim`) and a
-//! narrated demo (`demo`); the server, dev cluster, clients, bench and check follow.
+//! `ballot`: one binary for the whole system: the server, a local dev cluster, the etcd-style
+//! clients, a narrated demo, the load generator (`bench`), the Jepsen-style check of a real
+//! cluster (`check`) and the deterministic simulator (`sim`).
 
 mod cmd;
 
@@ -30,6 +31,12 @@ enum Command {
     Dev(cmd::dev::DevArgs),
     /// Run one ballot node (etcd's flags; each also as a BALLOT_* variable or in --config-file).
     Server(cmd::server::ServerArgs),
+    /// Load generator over the etcd v3 API (put, get, txn, mixed, watch): ops/s, latency
+    /// percentiles, errors; runs unchanged against ballot and etcd.
+    Bench(cmd::bench::BenchArgs),
+    /// A Jepsen-style test of a real local cluster: faults injected through peer proxies and
+    /// signals while clients work, then a linearizability check of the recorded history.
+    Check(cmd::check::CheckArgs),
     #[command(flatten)]
     Client(cmd::client::ClientCommand),
 }
@@ -42,5 +49,7 @@ fn main() -> ExitCode {
         Command::Server(args) => cmd::server::run(args),
         Command::Client(command) => cmd::client::run(command),
         Command::Dev(args) => cmd::dev::run(args),
+        Command::Check(args) => cmd::check::run(args),
+        Command::Bench(args) => cmd::bench::run(args),
     }
 }

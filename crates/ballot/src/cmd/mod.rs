@@ -1,5 +1,7 @@
 //! One module per subcommand.
 
+pub mod bench;
+pub mod check;
 pub mod client;
 pub mod demo;
 pub mod demo_live;

@@ -360,7 +360,14 @@ impl Node {
         let store = opened.store();
         let loop_thread = std::thread::Builder::new()
             .name(format!("raft-{}", config.name))
-            .spawn(move || opened.run())
+            .spawn(move || {
+                // Fail-stop: a node whose raft loop died must not look alive to its peers and
+                // supervisors (its ports would stay open, answering "server stopped").
+                let run = std::panic::AssertUnwindSafe(|| opened.run());
+                if std::panic::catch_unwind(run).is_err() {
+                    std::process::abort();
+                }
+            })
             .map_err(|error| error.to_string())?;
         let ticker_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         spawn_ticker(inputs.clone(), ticker_stop.clone());

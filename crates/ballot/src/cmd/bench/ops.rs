@@ -1,0 +1,129 @@
+//! One operation of each workload, as etcd v3 requests: what a client sends, and nothing about
+//! when or how often (that is [`super::driver`]).
+
+use super::args::{Plan, Workload};
+use super::keys::{self, KeySpace, SplitMix64};
+use super::stats::Outcome;
+use ballot_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use ballot_proto::etcdserverpb::kv_client::KvClient;
+use ballot_proto::etcdserverpb::{
+    request_op, Compare, PutRequest, RangeRequest, RequestOp, TxnRequest,
+};
+use bytes::Bytes;
+use std::time::Instant;
+use tonic::transport::Channel;
+
+/// What every client of a run shares: the workload, keys and value.
+pub struct Operations {
+    pub workload: Workload,
+    pub keys: KeySpace,
+    pub value: Bytes,
+    pub serializable: bool,
+    pub read_ratio: f64,
+    /// Watch values carry their send time as nanoseconds since this instant.
+    pub epoch: Instant,
+}
+
+impl Operations {
+    pub fn new(plan: &Plan, epoch: Instant) -> Self {
+        Operations {
+            workload: plan.workload,
+            keys: KeySpace::new(
+                plan.key_prefix.clone(),
+                plan.key_space,
+                plan.sequential_keys,
+            ),
+            value: keys::value(plan.value_bytes),
+            serializable: plan.serializable,
+            read_ratio: plan.read_ratio,
+            epoch,
+        }
+    }
+
+    /// Sends operation `op_number` of the workload.
+    pub async fn run(
+        &self,
+        kv: &mut KvClient<Channel>,
+        op_number: u64,
+        rng: &mut SplitMix64,
+    ) -> Result<Outcome, tonic::Status> {
+        let key = self.keys.key_for(op_number, rng);
+        match self.workload {
+            Workload::Put => self.put(kv, key, self.value.clone()).await,
+            Workload::Get => self.get(kv, key).await,
+            Workload::Txn => self.compare_and_swap(kv, key).await,
+            Workload::Mixed if rng.next_f64() < self.read_ratio => self.get(kv, key).await,
+            Workload::Mixed => self.put(kv, key, self.value.clone()).await,
+            Workload::Watch => {
+                let sent_ns = self.epoch.elapsed().as_nanos() as u64;
+                let value = keys::stamped_value(&self.value, sent_ns);
+                self.put(kv, key, value).await
+            }
+        }
+    }
+
+    pub async fn put(
+        &self,
+        kv: &mut KvClient<Channel>,
+        key: Bytes,
+        value: Bytes,
+    ) -> Result<Outcome, tonic::Status> {
+        let request = PutRequest {
+            key,
+            value,
+            ..Default::default()
+        };
+        kv.put(request).await?;
+        Ok(Outcome::Put)
+    }
+
+    async fn get(&self, kv: &mut KvClient<Channel>, key: Bytes) -> Result<Outcome, tonic::Status> {
+        kv.range(self.range_request(key)).await?;
+        Ok(Outcome::Get)
+    }
+
+    /// Reads the key, then puts it only if its mod_revision is still the one read (0: the key
+    /// does not exist). Another client swapping the same key in between makes the compare fail.
+    async fn compare_and_swap(
+        &self,
+        kv: &mut KvClient<Channel>,
+        key: Bytes,
+    ) -> Result<Outcome, tonic::Status> {
+        let current = kv
+            .range(self.range_request(key.clone()))
+            .await?
+            .into_inner();
+        let mod_revision = current.kvs.first().map_or(0, |kv| kv.mod_revision);
+        let compare = Compare {
+            result: CompareResult::Equal as i32,
+            target: CompareTarget::Mod as i32,
+            key: key.clone(),
+            range_end: Bytes::new(),
+            target_union: Some(TargetUnion::ModRevision(mod_revision)),
+        };
+        let put = RequestOp {
+            request: Some(request_op::Request::RequestPut(PutRequest {
+                key,
+                value: self.value.clone(),
+                ..Default::default()
+            })),
+        };
+        let request = TxnRequest {
+            compare: vec![compare],
+            success: vec![put],
+            failure: Vec::new(),
+        };
+        let response = kv.txn(request).await?.into_inner();
+        Ok(Outcome::Swap {
+            swapped: response.succeeded,
+        })
+    }
+
+    fn range_request(&self, key: Bytes) -> RangeRequest {
+        RangeRequest {
+            key,
+            serializable: self.serializable,
+            ..Default::default()
+        }
+    }
+}
