@@ -111,11 +111,16 @@ async fn status_hashes_snapshots_and_leadership() {
         .unwrap()
         .into_inner();
     assert!(alarms.alarms.is_empty());
-    cluster
+    let defragmented = cluster
         .maintenance(follower)
         .defragment(pb::DefragmentRequest {})
         .await
         .unwrap();
+    let note = defragmented.metadata().get("ballot-detail").unwrap();
+    assert!(
+        note.to_str().unwrap().contains("no-op"),
+        "the answer says it did nothing: {note:?}"
+    );
     cluster
         .maintenance(follower)
         .hash(pb::HashRequest {})
