@@ -110,9 +110,7 @@ pub fn entry_record_bytes(entry: &Entry) -> usize {
         EntryPayload::Noop => 0,
         EntryPayload::Command(data) => data.len(),
         EntryPayload::Membership(_, membership) => {
-            MEMBERSHIP_BODY_BYTES
-                + 8
-                + 8 * (membership.voters.len() + membership.learners.len())
+            MEMBERSHIP_BODY_BYTES + 8 + 8 * (membership.voters.len() + membership.learners.len())
         }
     };
     RECORD_HEADER_BYTES + ENTRY_PAYLOAD_FIXED_BYTES + body
