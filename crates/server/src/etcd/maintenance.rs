@@ -302,6 +302,10 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
     }
 }
 
+/// What a Defragment call is told (response metadata `ballot-detail`).
+pub const DEFRAGMENT_NOTE: &str =
+    "defragment is a no-op on ballot: the store reuses space freed by compaction online";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,7 +324,3 @@ mod tests {
         }
     }
 }
-
-/// What a Defragment call is told (response metadata `ballot-detail`).
-pub const DEFRAGMENT_NOTE: &str =
-    "defragment is a no-op on ballot: the store reuses space freed by compaction online";
