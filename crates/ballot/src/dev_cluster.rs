@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 /// Most nodes a dev cluster has.
 const NODES_MAX: usize = 7;
+/// Fresh starts tried when a planned port was taken before a server could bind it.
+const PORT_RACE_ATTEMPTS: u32 = 3;
 /// How long to wait for every node to report a leader.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -118,25 +120,38 @@ impl RunningCluster {
                 "--nodes must be between 1 and {NODES_MAX}, got {nodes}"
             ));
         }
-        if fresh && data_dir.exists() {
-            std::fs::remove_dir_all(data_dir)
-                .map_err(|e| format!("{}: {e}", data_dir.display()))?;
+        // Ports are picked free, then bound by the servers a moment later; in between another
+        // process (often some node's outgoing connection, given an ephemeral port) may take
+        // one. A fresh cluster then picks new ports and tries again.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            if fresh && data_dir.exists() {
+                std::fs::remove_dir_all(data_dir)
+                    .map_err(|e| format!("{}: {e}", data_dir.display()))?;
+            }
+            let plan = plan(data_dir, nodes)?;
+            let mut running = RunningCluster {
+                plan: plan.clone(),
+                data_dir: data_dir.to_path_buf(),
+                exe: exe.to_path_buf(),
+                children: Vec::new(),
+                extra_args: extra_args.to_vec(),
+                node_options: HashMap::new(),
+            };
+            let started = plan.nodes.iter().try_for_each(|node| {
+                let child = running.spawn(node)?;
+                running.children.push((node.name.clone(), child));
+                Ok::<(), String>(())
+            });
+            match started.and_then(|()| running.wait_healthy()) {
+                Ok(()) => return Ok(running),
+                Err(error) if fresh && attempt < PORT_RACE_ATTEMPTS && error.contains("in use") => {
+                    running.stop();
+                }
+                Err(error) => return Err(error),
+            }
         }
-        let plan = plan(data_dir, nodes)?;
-        let mut running = RunningCluster {
-            plan: plan.clone(),
-            data_dir: data_dir.to_path_buf(),
-            exe: exe.to_path_buf(),
-            children: Vec::new(),
-            extra_args: extra_args.to_vec(),
-            node_options: HashMap::new(),
-        };
-        for node in &plan.nodes {
-            let child = running.spawn(node)?;
-            running.children.push((node.name.clone(), child));
-        }
-        running.wait_healthy()?;
-        Ok(running)
     }
 
     fn spawn(&self, node: &DevNode) -> Result<Child, String> {

@@ -1198,8 +1198,17 @@ async fn cluster_member_list_add_update_promote_remove() {
     assert!(learner.is_learner() && learner.id() != 0, "{learner:?}");
     assert_eq!(learner.peer_urls(), [absent_url]);
     assert_eq!(added.member_list().len(), 4, "{added:?}");
-    let list = client.member_list().await.expect("member list");
-    let listed = member_by_id(list.members(), learner.id()).expect("the learner is listed");
+    // A plain MemberList is served by whichever member the client picks, from what it has
+    // applied (as in etcd): a follower may list the learner a moment after the leader does.
+    let learner_id = learner.id();
+    let listed = eventually("every member lists the learner", || {
+        let mut client = client.clone();
+        async move {
+            let list = client.member_list().await.ok()?;
+            member_by_id(list.members(), learner_id).cloned()
+        }
+    })
+    .await;
     assert!(
         listed.is_learner() && listed.name().is_empty(),
         "{listed:?}"

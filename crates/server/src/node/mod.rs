@@ -149,6 +149,16 @@ pub(crate) enum Input {
         id: LeaseId,
         reply: oneshot::Sender<Result<(Lease, i64), NodeError>>,
     },
+    /// A state machine snapshot built off the loop (see `RaftLoop::take_snapshot`).
+    SnapshotEncoded {
+        applied: LogIndex,
+        data: bytes::Bytes,
+    },
+    /// The snapshot file for `index` is durable (or could not be written).
+    SnapshotSaved {
+        index: LogIndex,
+        result: Result<(), String>,
+    },
     Stop,
 }
 
@@ -347,8 +357,13 @@ impl Node {
             id: config.node_id(),
             ..NodeStatus::default()
         }));
-        let opened =
-            raft_loop::RaftLoop::open(&config, transport.clone(), status.clone(), receiver)?;
+        let opened = raft_loop::RaftLoop::open(
+            &config,
+            transport.clone(),
+            status.clone(),
+            receiver,
+            inputs.clone(),
+        )?;
         for (id, url) in opened.peer_urls() {
             match crate::config::parse_url(&url) {
                 Ok(address) => transport.set_peer(id, address),

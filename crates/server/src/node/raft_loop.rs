@@ -46,7 +46,12 @@ type KeepAliveWaiters = (Term, Vec<(i64, Reply<i64>)>);
 pub(crate) struct RaftLoop {
     raft: Raft,
     wal: Wal,
-    snapshots: SnapshotStore,
+    /// Shared with the thread that saves a snapshot while the loop goes on.
+    snapshots: Arc<SnapshotStore>,
+    /// A snapshot is being encoded or saved off the loop; no second one starts meanwhile.
+    snapshot_in_progress: bool,
+    /// The loop's own input queue, for the snapshot threads to report back on.
+    loopback: mpsc::Sender<Input>,
     store: Arc<MvccStore>,
     transport: Arc<Transport>,
     inputs: mpsc::Receiver<Input>,
@@ -130,6 +135,7 @@ impl RaftLoop {
         transport: Arc<Transport>,
         status: Arc<Mutex<NodeStatus>>,
         inputs: mpsc::Receiver<Input>,
+        loopback: mpsc::Sender<Input>,
     ) -> Result<RaftLoop, String> {
         let data_dir = &config.data_dir;
         std::fs::create_dir_all(data_dir)
@@ -175,7 +181,9 @@ impl RaftLoop {
         Ok(RaftLoop {
             raft,
             wal,
-            snapshots,
+            snapshots: Arc::new(snapshots),
+            snapshot_in_progress: false,
+            loopback,
             store,
             transport,
             inputs,
@@ -354,6 +362,13 @@ impl RaftLoop {
             Input::LeaseTimeToLive { id, reply } => {
                 let _ = reply.send(self.lease_time_to_live(id));
             }
+            Input::SnapshotEncoded { applied, data } => {
+                if let Err(error) = self.snapshot_encoded(applied, data) {
+                    tracing::error!(%error, "snapshot failed");
+                    self.snapshot_in_progress = false;
+                }
+            }
+            Input::SnapshotSaved { index, result } => self.snapshot_saved(index, result),
             Input::Stop => return false,
         }
         true
@@ -759,11 +774,44 @@ impl RaftLoop {
     }
 
     /// The replica asked for a snapshot: take one at the applied index, store it, compact the WAL.
+    /// Starts a snapshot of the state machine without stopping the loop. Encoding a large
+    /// history and writing it out takes seconds, longer than an election timeout, so both run on
+    /// a thread: the loop only fixes the state (a redb read transaction, after one flush so the
+    /// WAL may later be compacted up to it), then hears back through its own input queue
+    /// ([`Input::SnapshotEncoded`], then [`Input::SnapshotSaved`]).
     fn take_snapshot(&mut self) -> Result<(), String> {
+        if self.snapshot_in_progress {
+            return Ok(());
+        }
         self.store.flush().map_err(|e| e.to_string())?;
-        let applied = self.store.applied_index();
-        let mvcc = self.store.snapshot().map_err(|e| e.to_string())?;
-        let data = encode_snapshot(&self.registry.snapshot(), &mvcc);
+        let reader = self.store.begin_snapshot().map_err(|e| e.to_string())?;
+        let applied = reader.applied_index();
+        // The registry is changed only by this loop, so it is at `applied` too.
+        let registry = self.registry.snapshot();
+        let loopback = self.loopback.clone();
+        self.snapshot_in_progress = true;
+        std::thread::Builder::new()
+            .name("snapshot-encode".into())
+            .spawn(move || {
+                let input = match reader.into_bytes() {
+                    Ok(mvcc) => Input::SnapshotEncoded {
+                        applied,
+                        data: encode_snapshot(&registry, &mvcc),
+                    },
+                    Err(error) => Input::SnapshotSaved {
+                        index: applied,
+                        result: Err(error.to_string()),
+                    },
+                };
+                let _ = loopback.blocking_send(input);
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// The replica takes the encoded snapshot (its log is compacted in memory; the WAL still
+    /// holds the entries), then a thread makes it durable.
+    fn snapshot_encoded(&mut self, applied: LogIndex, data: bytes::Bytes) -> Result<(), String> {
         let draft = Snapshot {
             meta: SnapshotMeta {
                 last_included: LogPosition::new(applied, 0),
@@ -774,16 +822,45 @@ impl RaftLoop {
         let meta = match self.raft.snapshot_taken(draft) {
             Ok(meta) => meta,
             Err(error) => {
+                // E.g. a newer snapshot arrived from the leader meanwhile.
                 tracing::warn!(%error, "snapshot not taken");
+                self.snapshot_in_progress = false;
                 return Ok(());
             }
         };
-        self.snapshots
-            .save(&Snapshot { meta, data })
+        let snapshots = self.snapshots.clone();
+        let loopback = self.loopback.clone();
+        std::thread::Builder::new()
+            .name("snapshot-save".into())
+            .spawn(move || {
+                let index = meta.last_included.index;
+                let result = snapshots
+                    .save(&Snapshot { meta, data })
+                    .map(|_| ())
+                    .map_err(|e| e.to_string());
+                let _ = loopback.blocking_send(Input::SnapshotSaved { index, result });
+            })
             .map_err(|e| e.to_string())?;
-        let compact_to = self.raft.status().first_log_index.saturating_sub(1);
-        self.wal.compact_to(compact_to).map_err(|e| e.to_string())?;
         Ok(())
+    }
+
+    /// The snapshot at `index` is durable: the WAL may drop what it covers (the store was made
+    /// durable up to `index` before the snapshot was read).
+    fn snapshot_saved(&mut self, index: LogIndex, result: Result<(), String>) {
+        self.snapshot_in_progress = false;
+        if let Err(error) = result {
+            tracing::warn!(%error, index, "snapshot not saved; the WAL keeps its entries");
+            return;
+        }
+        let compact_to = self
+            .raft
+            .status()
+            .first_log_index
+            .saturating_sub(1)
+            .min(index);
+        if let Err(error) = self.wal.compact_to(compact_to) {
+            tracing::error!(%error, "WAL compaction after a snapshot failed");
+        }
     }
 
     fn publish_status(&mut self) {

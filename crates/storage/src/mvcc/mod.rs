@@ -28,4 +28,5 @@ mod view;
 
 pub use codec::CommandCodec;
 pub use error::{ApplyError, CodecError, MvccError};
+pub use snapshot::SnapshotReader;
 pub use store::{Applied, MvccOptions, MvccStore, NON_DURABLE_COMMITS_MAX};

@@ -62,7 +62,43 @@ impl MvccStore {
     /// Streams the whole state, read in one redb read transaction (so at one applied index,
     /// with its revision, compacted revision and leases), to `out`. Returns the bytes written.
     pub fn snapshot_to(&self, out: impl Write) -> Result<u64, MvccError> {
+        self.begin_snapshot()?.write_to(out)
+    }
+
+    /// Fixes the state a snapshot will hold (one redb read transaction, cheap) without reading
+    /// it: the caller may encode it on another thread while this store keeps applying.
+    pub fn begin_snapshot(&self) -> Result<SnapshotReader, MvccError> {
         let txn = self.database().begin_read()?;
+        let applied_index = txn
+            .open_table(META)?
+            .get(META_APPLIED_INDEX)?
+            .map_or(0, |v| v.value());
+        Ok(SnapshotReader { txn, applied_index })
+    }
+}
+
+/// A snapshot's state, fixed by [`MvccStore::begin_snapshot`] and not yet encoded.
+pub struct SnapshotReader {
+    txn: redb::ReadTransaction,
+    applied_index: u64,
+}
+
+impl SnapshotReader {
+    /// The applied index of the state this reader sees.
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    /// The encoded snapshot, in memory.
+    pub fn into_bytes(self) -> Result<Bytes, MvccError> {
+        let mut out = Vec::new();
+        self.write_to(&mut out)?;
+        Ok(Bytes::from(out))
+    }
+
+    /// Streams the encoded snapshot to `out`; returns the bytes written.
+    pub fn write_to(self, out: impl Write) -> Result<u64, MvccError> {
+        let txn = self.txn;
         let meta = txn.open_table(META)?;
         let get = |name| -> Result<u64, MvccError> { Ok(meta.get(name)?.map_or(0, |v| v.value())) };
         let mut out = Summing {
@@ -134,7 +170,9 @@ impl MvccStore {
         out.put(&crc.to_be_bytes())?;
         Ok(out.bytes)
     }
+}
 
+impl MvccStore {
     /// Replaces the whole state with `snapshot`, atomically (one durable write transaction).
     /// The input is checked completely first; a bad one changes nothing.
     pub fn restore(&self, snapshot: &[u8]) -> Result<(), MvccError> {
