@@ -820,9 +820,14 @@ impl RaftLoop {
             data: data.clone(),
         };
         let meta = match self.raft.snapshot_taken(draft) {
-            Ok(meta) => meta,
+            // The replica fills in the term and membership; a term left at zero means it kept
+            // a snapshot at least as new (one arrived from the leader meanwhile): nothing to save.
+            Ok(meta) if meta.last_included.term > 0 => meta,
+            Ok(_) => {
+                self.snapshot_in_progress = false;
+                return Ok(());
+            }
             Err(error) => {
-                // E.g. a newer snapshot arrived from the leader meanwhile.
                 tracing::warn!(%error, "snapshot not taken");
                 self.snapshot_in_progress = false;
                 return Ok(());
