@@ -23,6 +23,7 @@ use crate::etcd::kv::{KvService, ReadLevel, READ_LEVEL_HEADER};
 use crate::etcd::Context;
 use ballot_proto::etcdserverpb as pb;
 use ballot_proto::etcdserverpb::kv_server::Kv;
+use ballot_storage::mvcc::types::prefix_end;
 use serde_json::{json, Value};
 use tonic::{Code, Request, Status};
 
@@ -100,11 +101,11 @@ impl NativeApi {
         let range_end = if query.prefix {
             prefix_end(&key)
         } else {
-            Vec::new()
+            bytes::Bytes::new()
         };
         let mut request = Request::new(pb::RangeRequest {
             key: key.into(),
-            range_end: range_end.into(),
+            range_end,
             ..Default::default()
         });
         level.mark(request.metadata_mut());
@@ -152,13 +153,13 @@ impl NativeApi {
         let range_end = if query.prefix {
             prefix_end(&key)
         } else {
-            Vec::new()
+            bytes::Bytes::new()
         };
         let response = self
             .kv
             .delete_range(Request::new(pb::DeleteRangeRequest {
                 key: key.into(),
-                range_end: range_end.into(),
+                range_end,
                 ..Default::default()
             }))
             .await?
@@ -215,18 +216,6 @@ fn key_value(kv: &ballot_proto::mvccpb::KeyValue) -> Value {
         Err(_) => out["value_bytes"] = json!(kv.value.to_vec()),
     }
     out
-}
-
-/// The smallest key after every key starting with `prefix` (etcd's prefix range end).
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
 }
 
 fn percent_decode(text: &str) -> Result<Vec<u8>, String> {
@@ -289,11 +278,8 @@ mod tests {
     }
 
     #[test]
-    fn keys_are_percent_decoded_and_prefixes_end_after_them() {
+    fn keys_are_percent_decoded() {
         assert_eq!(percent_decode("a%2Fb%20c").unwrap(), b"a/b c");
         assert!(percent_decode("a%zz").is_err());
-        assert_eq!(prefix_end(b"ab"), b"ac");
-        assert_eq!(prefix_end(&[b'a', 0xff]), b"b");
-        assert_eq!(prefix_end(&[0xff]), vec![0]);
     }
 }
