@@ -203,18 +203,24 @@ async fn serve(config: ServerConfig) -> ExitCode {
             addr
         }),
     };
+    // One context for the etcd services and the native API: the same limits, and one cache of
+    // channels to the leader.
+    let context = {
+        use ballot_server::etcd;
+        etcd::Context {
+            node: node.handle.clone(),
+            cluster_id: etcd::cluster_id(&config),
+            limits: etcd::RequestLimits::from_config(&config),
+            // Followers forward what only the leader serves to the client URL it published.
+            leaders: std::sync::Arc::new(etcd::cluster::RegistryLeaderChannel::new(
+                node.handle.clone(),
+            )),
+        }
+    };
     match metrics_addr {
         Ok(addr) => {
-            use ballot_server::etcd;
-            let context = etcd::Context {
-                node: node.handle.clone(),
-                cluster_id: etcd::cluster_id(&config),
-                limits: etcd::RequestLimits::from_config(&config),
-                leaders: std::sync::Arc::new(etcd::cluster::RegistryLeaderChannel::new(
-                    node.handle.clone(),
-                )),
-            };
-            let native = std::sync::Arc::new(ballot_server::native::NativeApi::new(context));
+            let native =
+                std::sync::Arc::new(ballot_server::native::NativeApi::new(context.clone()));
             match ballot_server::http::serve(
                 addr,
                 node.handle.clone(),
@@ -232,7 +238,7 @@ async fn serve(config: ServerConfig) -> ExitCode {
         Err(error) => tracing::warn!(%error, "no metrics endpoint"),
     }
     let (stop_clients, clients_stopped) = tokio::sync::watch::channel(false);
-    let client_servers = match serve_clients(&config, &node, clients_stopped).await {
+    let client_servers = match serve_clients(&config, &context, clients_stopped).await {
         Ok(servers) => servers,
         Err(error) => {
             eprintln!("error: {error}");
@@ -269,18 +275,14 @@ const CLIENT_DRAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(2)
 /// bound before any serves, so a taken port fails the start instead of a later call.
 async fn serve_clients(
     config: &ServerConfig,
-    node: &Node,
+    context: &ballot_server::etcd::Context,
     stopped: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, String> {
-    use ballot_server::etcd;
-    let routes = etcd::services(
-        node.handle.clone(),
-        etcd::cluster_id(config),
-        etcd::RequestLimits::from_config(config),
-        // Followers forward what only the leader serves to the client URL the leader published.
-        std::sync::Arc::new(etcd::cluster::RegistryLeaderChannel::new(
-            node.handle.clone(),
-        )),
+    let routes = ballot_server::etcd::services(
+        context.node.clone(),
+        context.cluster_id,
+        context.limits,
+        context.leaders.clone(),
     );
     let mut listeners = Vec::new();
     for url in &config.listen_client_urls {
@@ -299,7 +301,7 @@ async fn serve_clients(
         let routes = routes.clone();
         tracing::info!(%url, "serving the etcd v3 API");
         servers.push(tokio::spawn(async move {
-            if let Err(error) = etcd::serve(listener, routes, shutdown).await {
+            if let Err(error) = ballot_server::etcd::serve(listener, routes, shutdown).await {
                 tracing::error!(%error, %url, "etcd v3 gRPC server failed");
             }
         }));
