@@ -96,7 +96,7 @@ async fn status_hashes_snapshots_and_leadership() {
         revision
     ));
     std::fs::create_dir_all(&restore_dir).unwrap();
-    let restored = MvccStore::open(restore_dir.join("state.redb")).unwrap();
+    let restored = MvccStore::open(restore_dir.join("state")).unwrap();
     restored.restore(snapshot).unwrap();
     assert_eq!(restored.revision(), revision);
     assert_eq!(restored.hash_kv(revision).unwrap().0, hashes[0]);

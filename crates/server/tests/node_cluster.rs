@@ -1,4 +1,4 @@
-//! Three real nodes in one process (real WAL, real redb, real TCP on loopback): election,
+//! Three real nodes in one process (real WAL, real state store, real TCP on loopback): election,
 //! replicated writes, linearizable reads, losing the leader, and a restarted node catching up.
 
 use ballot_core::{ReadMode, Role};

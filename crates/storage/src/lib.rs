@@ -5,8 +5,8 @@
 //! - [`snapshot_store`]: state machine snapshots, written atomically, checksummed, kept K deep.
 //! - [`dir_lock`]: one process per data directory.
 //! - [`mvcc`]: the replicated state machine: an MVCC key-value store with etcd v3 semantics
-//!   (revisions, ranges, transactions, compaction) and leases, on redb, with the applied log index
-//!   in the same transaction as the data.
+//!   (revisions, ranges, transactions, compaction) and leases, in append-only segments under an
+//!   in-memory index, with the applied log index in the same record batch as the data.
 //! - [`watch`]: watchers on keys, ranges and prefixes, replaying history and following new
 //!   revisions, with bounded buffers so a slow watcher never blocks writers or other watchers.
 //! - [`lessor`]: the leader's lease clock, which decides expiry and checkpoints remaining TTLs

@@ -9,7 +9,7 @@ mod mvcc_common;
 
 use ballot_storage::mvcc::limits::validate_command;
 use ballot_storage::mvcc::types::*;
-use ballot_storage::mvcc::{Applied, ApplyError, MvccError, MvccStore};
+use ballot_storage::mvcc::{Applied, ApplyError, MvccError, MvccOptions, MvccStore};
 use bytes::Bytes;
 use mvcc_common::TempDir;
 use proptest::prelude::*;
@@ -798,6 +798,7 @@ struct Run {
     model: Model,
     next_index: u64,
     generation: u32,
+    options: MvccOptions,
 }
 
 impl Run {
@@ -909,8 +910,11 @@ impl Run {
             Step::Reopen => {
                 self.store = None;
                 self.store = Some(
-                    MvccStore::open(self.dir.file(&format!("state-{}.redb", self.generation)))
-                        .unwrap(),
+                    MvccStore::open_with(
+                        self.dir.file(&format!("state-{}", self.generation)),
+                        self.options,
+                    )
+                    .unwrap(),
                 );
                 prop_assert_eq!(self.store().applied_index(), self.model.applied);
             }
@@ -918,9 +922,11 @@ impl Run {
                 let snapshot = self.store().snapshot().unwrap();
                 let hash_before = self.store().hash_kv(0).unwrap();
                 self.generation += 1;
-                let fresh =
-                    MvccStore::open(self.dir.file(&format!("state-{}.redb", self.generation)))
-                        .unwrap();
+                let fresh = MvccStore::open_with(
+                    self.dir.file(&format!("state-{}", self.generation)),
+                    self.options,
+                )
+                .unwrap();
                 fresh.apply(1, &super_put()).unwrap(); // something to be replaced
                 fresh.restore(&snapshot).unwrap();
                 self.store = Some(fresh);
@@ -959,17 +965,52 @@ fn super_put() -> Command {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, max_shrink_iters: 2000, ..ProptestConfig::default() })]
+    // MVCC_MODEL_CASES=5000 for a soak run.
+    #![proptest_config(ProptestConfig { cases: model_cases(), max_shrink_iters: 2000, ..ProptestConfig::default() })]
 
     #[test]
     fn store_agrees_with_the_model(steps in prop::collection::vec(step(), 1..60)) {
-        let dir = TempDir::new("mvcc-model");
-        let store = MvccStore::open(dir.file("state-0.redb")).unwrap();
-        let mut run = Run { dir, store: Some(store), model: Model::default(), next_index: 1, generation: 0 };
-        for step in &steps {
-            run.step(step)?;
-        }
+        run_model(&steps, MvccOptions::default())?;
     }
+
+    /// The same with segments of a few hundred bytes, GC at any garbage and a sweep of a few
+    /// changes per write: segment GC and the sweep run during almost every step.
+    #[test]
+    fn store_with_tiny_segments_agrees_with_the_model(steps in prop::collection::vec(step(), 1..60)) {
+        let options = MvccOptions {
+            segment_bytes_min: 512,
+            segment_bytes_max: 512,
+            garbage_percent_max: 5,
+            garbage_bytes_min: 0,
+            sweep_changes_per_write: 3,
+            non_durable_commits_max: 2,
+        };
+        run_model(&steps, options)?;
+    }
+}
+
+fn model_cases() -> u32 {
+    std::env::var("MVCC_MODEL_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(48)
+}
+
+fn run_model(steps: &[Step], options: MvccOptions) -> Result<(), TestCaseError> {
+    let dir = TempDir::new("mvcc-model");
+    let store = MvccStore::open_with(dir.file("state-0"), options).unwrap();
+    let mut run = Run {
+        dir,
+        store: Some(store),
+        model: Model::default(),
+        next_index: 1,
+        generation: 0,
+        options,
+    };
+    for step in steps {
+        run.step(step)?;
+    }
+    Ok(())
 }
 
 /// The model's own sanity on a hand-written etcd scenario, so a bug shared by both sides in the

@@ -18,7 +18,7 @@ impl Log {
     fn new() -> Self {
         let dir = TempDir::new("mvcc-semantics");
         Log {
-            store: MvccStore::open(dir.file("state.redb")).unwrap(),
+            store: MvccStore::open(dir.file("state")).unwrap(),
             index: 0,
             _dir: dir,
         }

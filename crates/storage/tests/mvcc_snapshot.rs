@@ -58,11 +58,11 @@ fn full_state(store: &MvccStore) -> Vec<RangeResponse> {
 #[test]
 fn restore_into_a_fresh_store_is_identical() {
     let dir = TempDir::new("mvcc-snapshot");
-    let source = MvccStore::open(dir.file("source.redb")).unwrap();
+    let source = MvccStore::open(dir.file("source")).unwrap();
     source.apply_batch(&workload()).unwrap();
     let snapshot = source.snapshot().unwrap();
 
-    let target = MvccStore::open(dir.file("target.redb")).unwrap();
+    let target = MvccStore::open(dir.file("target")).unwrap();
     target
         .apply_batch(&[(1, put("stale", "x")), (2, put("zzz", "y"))])
         .unwrap();
@@ -101,15 +101,15 @@ fn restore_into_a_fresh_store_is_identical() {
     assert_eq!(target.hash_kv(0).unwrap(), source.hash_kv(0).unwrap());
     // And the restore survives a reopen.
     drop(target);
-    let reopened = MvccStore::open(dir.file("target.redb")).unwrap();
+    let reopened = MvccStore::open(dir.file("target")).unwrap();
     assert_eq!(full_state(&reopened), full_state(&source));
 }
 
 #[test]
 fn replicas_batching_differently_agree_and_hash_kv_sees_a_difference() {
     let dir = TempDir::new("mvcc-hash");
-    let one_by_one = MvccStore::open(dir.file("a.redb")).unwrap();
-    let batched = MvccStore::open(dir.file("b.redb")).unwrap();
+    let one_by_one = MvccStore::open(dir.file("a")).unwrap();
+    let batched = MvccStore::open(dir.file("b")).unwrap();
     let entries = workload();
     for (index, command) in &entries {
         one_by_one.apply(*index, command).unwrap();
@@ -137,10 +137,10 @@ fn replicas_batching_differently_agree_and_hash_kv_sees_a_difference() {
 #[test]
 fn a_damaged_snapshot_is_refused_and_changes_nothing() {
     let dir = TempDir::new("mvcc-snapshot-bad");
-    let source = MvccStore::open(dir.file("source.redb")).unwrap();
+    let source = MvccStore::open(dir.file("source")).unwrap();
     source.apply_batch(&workload()).unwrap();
     let snapshot = source.snapshot().unwrap();
-    let target = MvccStore::open(dir.file("target.redb")).unwrap();
+    let target = MvccStore::open(dir.file("target")).unwrap();
     target.apply(1, &put("keep", "me")).unwrap();
     let before = target.snapshot().unwrap();
     let mut flipped = snapshot.to_vec();

@@ -243,9 +243,9 @@ impl pb::kv_server::Kv for KvService {
         }
     }
 
-    /// `physical` is accepted and ignored: the store drops compacted history in the same redb
-    /// transaction that applies the compaction, so by the time this answers the compaction is
-    /// already physical on this member.
+    /// `physical` is accepted and ignored: compacted history is unreadable from the moment the
+    /// compaction is applied on this member, and its space is reclaimed by segment GC as writes
+    /// go on (there is no later step to wait for).
     async fn compact(
         &self,
         request: Request<pb::CompactionRequest>,

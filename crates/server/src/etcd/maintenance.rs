@@ -4,7 +4,7 @@
 //! - Status: etcd's fields from the node's status; `version` is the etcd API version ballot
 //!   speaks ([`ETCD_VERSION`]), which `etcdctl endpoint status` prints and Go `clientv3` parses
 //!   as `major.minor.patch` when told to reject old clusters.
-//! - Snapshot: the store's snapshot (`MvccStore::snapshot`, one redb read transaction) streamed
+//! - Snapshot: the store's snapshot (`MvccStore::snapshot`, the state at one applied index) streamed
 //!   in 32 KiB chunks, then the SHA-256 of everything sent as a last message, as etcd does.
 //!   `etcdctl snapshot save` (clientv3 `snapshot.SaveWithVersion`) refuses a download whose
 //!   size is not `512 * n + 32` ("sha256 checksum not found"), because bbolt files are whole
@@ -12,8 +12,8 @@
 //!   hashing (see [`snapshot_payload`]). A reader strips the 32-byte digest and checks it, reads
 //!   the snapshot's length from the last 8 bytes, and restores the snapshot that many bytes
 //!   long (`MvccStore::restore` checks its own CRC).
-//! - Defragment: a no-op. redb reuses freed pages inside its file, so there is nothing to
-//!   defragment; answering success keeps `etcdctl defrag` and operators' scripts working.
+//! - Defragment: a no-op. The store's segment GC reclaims the space compaction frees as writes
+//!   go on, so there is nothing to defragment; answering success keeps `etcdctl defrag` and operators' scripts working.
 //! - Alarm: ballot raises no alarms (no space quota, corruption stops the node), so the list is
 //!   empty, deactivating is a no-op, and activating is refused.
 //! - Hash: etcd hashes its whole bbolt file; ballot answers the HashKV hash at the current
@@ -135,13 +135,9 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         let node = self.context.node.status();
         let (db_size, db_size_in_use) = self
             .blocking(|store| {
-                let file_bytes = store.file_bytes().map_err(|e| status::from_mvcc(&e))?;
-                // Allocated pages; falls back to the file size when redb cannot say.
-                let in_use = store
-                    .space_stats()
-                    .map(|(pages, page_bytes, _, _)| pages * page_bytes as u64)
-                    .unwrap_or(file_bytes);
-                Ok((file_bytes, in_use))
+                // The segment files, and the records the state still refers to in them.
+                let space = store.space().map_err(|e| status::from_mvcc(&e))?;
+                Ok((space.file_bytes, space.live_bytes))
             })
             .await?;
         let leader = node.leader.unwrap_or(0);

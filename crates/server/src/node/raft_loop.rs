@@ -143,11 +143,11 @@ impl RaftLoop {
         let lock = DirLock::acquire(data_dir).map_err(|e| e.to_string())?;
         let snapshots = SnapshotStore::open(data_dir.join("snap"), SNAPSHOTS_RETAINED)
             .map_err(|e| e.to_string())?;
-        // A background thread makes commits durable every 100 ms (`spawn_store_flusher`); the
-        // count is a backstop for bursts, bounding the freed pages non-durable commits hold back.
+        // A background thread makes writes durable every 100 ms (`spawn_store_flusher`); the
+        // count is a backstop for bursts, bounding what a restart replays from the WAL.
         let store = Arc::new(
             MvccStore::open_with(
-                data_dir.join("state.redb"),
+                data_dir.join("state"),
                 MvccOptions {
                     non_durable_commits_max: SERVER_NON_DURABLE_COMMITS_MAX,
                     ..MvccOptions::default()
@@ -607,7 +607,7 @@ impl RaftLoop {
         }
         let applied = self
             .store
-            .apply_batch(&commands)
+            .apply_batch_with(&commands, self.watch_hub.wants_prev_kv())
             .map_err(|e| e.to_string())?;
         let now = self.now_ms();
         for ((outcome, (index, command)), &term) in applied.iter().zip(&commands).zip(&terms) {
@@ -776,7 +776,7 @@ impl RaftLoop {
     /// The replica asked for a snapshot: take one at the applied index, store it, compact the WAL.
     /// Starts a snapshot of the state machine without stopping the loop. Encoding a large
     /// history and writing it out takes seconds, longer than an election timeout, so both run on
-    /// a thread: the loop only fixes the state (a redb read transaction, after one flush so the
+    /// a thread: the loop only fixes the state (which records it holds, after one flush so the
     /// WAL may later be compacted up to it), then hears back through its own input queue
     /// ([`Input::SnapshotEncoded`], then [`Input::SnapshotSaved`]).
     fn take_snapshot(&mut self) -> Result<(), String> {

@@ -1,4 +1,4 @@
-//! A three-node cluster in one process (real WAL, redb, TCP on loopback) with the etcd v3 gRPC
+//! A three-node cluster in one process (real WAL, state store, TCP on loopback) with the etcd v3 gRPC
 //! services on each node's client port, driven by the generated tonic clients.
 
 #![allow(dead_code)]

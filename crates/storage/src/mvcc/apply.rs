@@ -1,19 +1,19 @@
-//! Applying commands inside one redb write transaction: validation first (nothing is written
-//! unless the whole command is valid), then the writes of one new revision. Owns the write-side
-//! rules of etcd: transactions, puts and leases, deletes, revokes. Reads no clock; the same log
-//! gives the same state and the same results on every replica.
+//! Applying commands to the in-memory state while their records are appended to the batch that
+//! will be written to the head segment: validation first (nothing changes unless the whole
+//! command is valid), then the writes of one new revision. Owns the write-side rules of etcd:
+//! transactions, puts and leases, deletes, revokes. Reads no clock; the same log gives the same
+//! state and the same results on every replica.
 
 use super::error::{ApplyError, MvccError};
-use super::layout::{
-    encode_revision_record, ChangeKey, Record, VersionKey, INDEX, LEASES, LEASE_KEYS, REVISIONS,
-};
+use super::index::{key_hash, lease_hash, Change, LeaseEntry, State, Version};
+use super::layout::{self, PutMeta};
 use super::limits::validate_command;
+use super::segments::{self, Location, SegmentId};
 use super::types::*;
-use super::view::{check_read_revision, View};
+use super::view::{self, check_read_revision, Records};
 use ballot_core::LogIndex;
 use bytes::Bytes;
-use redb::{ReadableTable, Table, WriteTransaction};
-use std::ops::Bound;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// What stops a command: the request (refused, nothing written) or the store (abort the batch).
 pub(crate) enum Failure {
@@ -33,100 +33,62 @@ impl From<MvccError> for Failure {
     }
 }
 
-impl From<redb::StorageError> for Failure {
-    fn from(error: redb::StorageError) -> Self {
-        Failure::Broken(error.into())
-    }
+/// The records of one write to the head segment, not yet in the file: they go at `base` in
+/// segment `head`, in one write, before the state they describe is visible to readers.
+#[derive(Debug)]
+pub(crate) struct Batch {
+    pub head: SegmentId,
+    pub base: u64,
+    pub buffer: Vec<u8>,
 }
 
-/// The writable tables of one apply transaction.
-pub(crate) struct Tables<'t> {
-    pub revisions: Table<'t, ChangeKey, &'static [u8]>,
-    pub index: Table<'t, VersionKey, u8>,
-    pub leases: Table<'t, i64, (i64, i64)>,
-    pub lease_keys: Table<'t, (i64, &'static [u8]), ()>,
-}
-
-impl<'t> Tables<'t> {
-    pub fn open(txn: &'t WriteTransaction) -> Result<Self, MvccError> {
-        Ok(Self {
-            revisions: txn.open_table(REVISIONS)?,
-            index: txn.open_table(INDEX)?,
-            leases: txn.open_table(LEASES)?,
-            lease_keys: txn.open_table(LEASE_KEYS)?,
-        })
-    }
-}
-
-/// Appends revision records, given in increasing revision order and above every stored one, at
-/// the end of `mvcc_revisions` in one cursor run: redb packs such a run into full leaves, where
-/// `Table::insert` splits each full leaf in half.
-pub(crate) fn append_revision_records<R: AsRef<[u8]>>(
-    revisions: &mut Table<'_, ChangeKey, &'static [u8]>,
-    records: impl IntoIterator<Item = (ChangeKey, R)>,
-) -> Result<(), MvccError> {
-    let mut records = records.into_iter().peekable();
-    if records.peek().is_none() {
-        return Ok(());
-    }
-    let mut cursor = revisions.upper_bound_mut(Bound::<ChangeKey>::Unbounded)?;
-    for (at, record) in records {
-        match cursor.insert_before(at, record.as_ref()) {
-            Ok(()) => {}
-            Err(redb::CursorError::UnorderedKey) => {
-                panic!("revision {at:?} is above every stored revision (revisions only grow)")
-            }
-            Err(error) => return Err(redb::Error::from(error).into()),
-        }
-    }
-    cursor.close()?;
-    Ok(())
-}
-
-/// The state machine's position, as stored in `mvcc_meta`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) struct Position {
-    pub applied_index: LogIndex,
-    pub current_revision: Revision,
-    pub compacted_revision: Revision,
-    pub sweep: Sweep,
-}
-
-/// How far the sweep has come: the deletion of what compaction made unreachable. A `Compact`
-/// command takes effect at once (reads below it fail); the versions it makes unreachable are
-/// deleted in bounded steps, one per apply commit (see `compaction.rs`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) struct Sweep {
-    /// Everything compaction at this revision made unreachable is deleted (invariant 4 holds
-    /// here). At most the compacted revision; below it, the sweep has work left.
-    pub done_revision: Revision,
-    /// The next change of the log the sweep visits.
-    pub resume: ChangeKey,
-}
-
-impl Sweep {
-    /// Nothing left to delete for compaction at `revision`.
-    pub fn finished(revision: Revision) -> Self {
-        Sweep {
-            done_revision: revision,
-            resume: (revision as u64, 0),
+impl Batch {
+    pub fn new(head: SegmentId, base: u64) -> Self {
+        Batch {
+            head,
+            base,
+            buffer: Vec::new(),
         }
     }
 
-    pub fn is_behind(&self, compacted_revision: Revision) -> bool {
-        self.done_revision < compacted_revision
+    /// Appends one record (written by `encode`, which returns its size); where it will be.
+    pub fn append(&mut self, encode: impl FnOnce(&mut Vec<u8>) -> usize) -> Location {
+        let offset = self.base + self.buffer.len() as u64;
+        let len = encode(&mut self.buffer);
+        Location {
+            segment: self.head,
+            offset,
+            len: u32::try_from(len).expect("records are far below 4 GiB"),
+        }
+    }
+
+    /// Where the next record will be.
+    pub fn end(&self) -> u64 {
+        self.base + self.buffer.len() as u64
     }
 }
 
-/// Applies commands to the tables of one write transaction.
-pub(crate) struct Applier<'t> {
-    pub tables: Tables<'t>,
-    pub position: Position,
-    /// Revision records written but not yet in `mvcc_revisions`, in revision order: appended
-    /// in one run by [`Applier::append_pending`] before the transaction commits (and before the
-    /// sweep scans the table). One ordered run fills the leaves; `Table::insert` one at a
-    /// time splits each full leaf in half and leaves them half empty.
-    pub pending: Vec<(ChangeKey, Vec<u8>)>,
+/// Reads records of the segments and of the batch being written.
+pub(crate) struct BatchRecords<'a> {
+    pub state: &'a State,
+    pub batch: &'a Batch,
+}
+
+impl Records for BatchRecords<'_> {
+    fn read(&self, location: Location) -> Result<Bytes, MvccError> {
+        if location.segment == self.batch.head && location.offset >= self.batch.base {
+            let start = (location.offset - self.batch.base) as usize;
+            let end = start + location.len as usize;
+            let bytes = self.batch.buffer.get(start..end).ok_or_else(|| {
+                MvccError::Corrupt(format!("{location:?} is past the batch being written"))
+            })?;
+            return Ok(Bytes::copy_from_slice(bytes));
+        }
+        let segment = self.state.segments.get(&location.segment).ok_or_else(|| {
+            MvccError::Corrupt(format!("{location:?} is in a segment that does not exist"))
+        })?;
+        segments::read_record(&segment.file, location)
+    }
 }
 
 /// The writes of one command: they all share `revision`, numbered by `next_sub_revision`.
@@ -168,21 +130,25 @@ impl Plan {
     }
 }
 
-/// A read view over the apply transaction's own (writable) tables.
-type WriteView<'a, 't> = View<'a, Table<'t, ChangeKey, &'static [u8]>, Table<'t, VersionKey, u8>>;
+/// Applies commands to the state, appending their records to `batch`.
+pub(crate) struct Applier<'a> {
+    pub state: &'a mut State,
+    pub batch: &'a mut Batch,
+    /// Whether events carry the previous version's value (`prev_kv`): reading it costs a read of
+    /// the previous record, which only watchers that asked for `prev_kv` need.
+    pub events_with_prev_kv: bool,
+}
 
-impl<'t> Applier<'t> {
-    fn view(&self) -> WriteView<'_, 't> {
-        View {
-            revisions: &self.tables.revisions,
-            index: &self.tables.index,
-            pending: &self.pending,
+impl Applier<'_> {
+    fn records(&self) -> BatchRecords<'_> {
+        BatchRecords {
+            state: self.state,
+            batch: self.batch,
         }
     }
 
-    /// Appends the pending revision records to `mvcc_revisions`, in one ordered run at its end.
-    pub fn append_pending(&mut self) -> Result<(), MvccError> {
-        append_revision_records(&mut self.tables.revisions, self.pending.drain(..))
+    fn load(&self, key: &Bytes, version: &Version) -> Result<KeyValue, MvccError> {
+        view::load(&self.records(), key, version, true)
     }
 
     /// Applies one command at `index` (already known to be above the applied index).
@@ -192,20 +158,20 @@ impl<'t> Applier<'t> {
         command: &Command,
     ) -> Result<(Result<CommandResult, ApplyError>, Vec<Event>), MvccError> {
         assert!(
-            index > self.position.applied_index,
+            index > self.state.position.applied_index,
             "a log index is applied at most once, in increasing order"
         );
         let mut writes = Writes {
-            revision: self.position.current_revision + 1,
+            revision: self.state.position.current_revision + 1,
             next_sub_revision: 0,
             events: Vec::new(),
         };
         let outcome = self.execute(index, command, &mut writes);
-        self.position.applied_index = index;
+        self.state.position.applied_index = index;
         match outcome {
             Ok(result) => {
                 if writes.changed() {
-                    self.position.current_revision = writes.revision;
+                    self.state.position.current_revision = writes.revision;
                 }
                 Ok((Ok(result), writes.events))
             }
@@ -258,19 +224,19 @@ impl<'t> Applier<'t> {
                 })
             }
             Command::LeaseRevoke { id } => {
-                self.revoke(writes, *id)?;
+                self.revoke(index, writes, *id)?;
                 Ok(CommandResult::LeaseRevoke {
                     revision: writes.seen_revision(),
                 })
             }
             Command::LeaseCheckpoint { checkpoints } => {
-                for &(id, remaining_ttl_ms) in checkpoints {
-                    let ttl_seconds = self.tables.leases.get(id)?.map(|lease| lease.value().0);
+                // One record per lease, with its last remaining TTL: the same as applying them in
+                // order, and two records of one lease never share a change index.
+                let last: BTreeMap<LeaseId, i64> = checkpoints.iter().copied().collect();
+                for (id, remaining_ttl_ms) in last {
                     // A revoke may have overtaken the checkpoint: etcd ignores unknown ids.
-                    if let Some(ttl_seconds) = ttl_seconds {
-                        self.tables
-                            .leases
-                            .insert(id, (ttl_seconds, remaining_ttl_ms))?;
+                    if let Some(ttl_seconds) = self.state.leases.get(&id).map(|l| l.ttl_seconds) {
+                        self.write_lease(index, id, ttl_seconds, remaining_ttl_ms);
                     }
                 }
                 Ok(CommandResult::LeaseCheckpoint)
@@ -281,13 +247,13 @@ impl<'t> Applier<'t> {
     // ---- checks (no writes) ----
 
     fn check_put(&self, put: &PutRequest) -> Result<(), Failure> {
-        if (put.ignore_value || put.ignore_lease) && !self.view().exists(&put.key)? {
+        if (put.ignore_value || put.ignore_lease) && self.state.current(&put.key).is_none() {
             return Err(ApplyError::KeyNotFound {
                 key: put.key.clone(),
             }
             .into());
         }
-        if put.lease != 0 && self.tables.leases.get(put.lease)?.is_none() {
+        if put.lease != 0 && !self.state.leases.contains_key(&put.lease) {
             return Err(ApplyError::LeaseNotFound { id: put.lease }.into());
         }
         Ok(())
@@ -317,14 +283,22 @@ impl<'t> Applier<'t> {
     /// etcd's `applyCompare`: every existing key in the range satisfies it; an empty range
     /// compares the zero key-value, except that a value compare on it is false.
     fn compare(&self, compare: &Compare) -> Result<bool, MvccError> {
-        let kvs = self.view().current_range(&compare.range)?;
-        if kvs.is_empty() {
+        let located = self.state.locate(&compare.range, None);
+        if located.is_empty() {
             if matches!(compare.target, CompareTarget::Value(_)) {
                 return Ok(false);
             }
             return Ok(compare_kv(compare, &KeyValue::default()));
         }
-        Ok(kvs.iter().all(|kv| compare_kv(compare, kv)))
+        let with_value = matches!(compare.target, CompareTarget::Value(_));
+        let records = self.records();
+        for (key, version) in &located {
+            let kv = view::load(&records, key, version, with_value)?;
+            if !compare_kv(compare, &kv) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     fn check_puts(&self, txn: &TxnRequest, plan: &Plan) -> Result<(), Failure> {
@@ -346,7 +320,7 @@ impl<'t> Applier<'t> {
         for op in plan.ops(txn) {
             match op {
                 RequestOp::Range(range) => {
-                    let position = &self.position;
+                    let position = &self.state.position;
                     check_read_revision(
                         range.revision,
                         position.current_revision,
@@ -363,14 +337,15 @@ impl<'t> Applier<'t> {
     }
 
     fn check_compact(&self, revision: Revision) -> Result<(), ApplyError> {
-        if revision <= self.position.compacted_revision {
+        let position = &self.state.position;
+        if revision <= position.compacted_revision {
             return Err(ApplyError::Compacted {
-                compacted_revision: self.position.compacted_revision,
+                compacted_revision: position.compacted_revision,
             });
         }
-        if revision > self.position.current_revision {
+        if revision > position.current_revision {
             return Err(ApplyError::FutureRevision {
-                current_revision: self.position.current_revision,
+                current_revision: position.current_revision,
             });
         }
         Ok(())
@@ -390,10 +365,9 @@ impl<'t> Applier<'t> {
             responses.push(match op {
                 RequestOp::Range(range) => {
                     let seen = writes.seen_revision();
-                    let response =
-                        self.view()
-                            .range(range, seen, self.position.compacted_revision)?;
-                    ResponseOp::Range(response?)
+                    let at = (range.revision > 0).then_some(range.revision);
+                    let located = self.state.locate(&range.range, at);
+                    ResponseOp::Range(view::range(range, &located, seen, &self.records())?)
                 }
                 RequestOp::Put(put) => ResponseOp::Put(self.put(writes, put)?),
                 RequestOp::DeleteRange(delete) => {
@@ -414,94 +388,116 @@ impl<'t> Applier<'t> {
         })
     }
 
-    /// Stores one change of `key` at the command's revision and its next sub-revision: the index
-    /// entry now, the revision record when the batch appends its pending records.
-    fn write_version(
-        &mut self,
-        writes: &mut Writes,
-        key: &[u8],
-        record: &Record,
-    ) -> Result<(), MvccError> {
+    /// Stores one change of `key` at the command's revision and its next sub-revision: its record
+    /// in the batch, the version in the index and the change log.
+    fn write_version(&mut self, writes: &mut Writes, key: &[u8], put: Option<(&PutMeta, &[u8])>) {
         let sub_revision = writes.next_sub_revision;
         writes.next_sub_revision = sub_revision
             .checked_add(1)
             .expect("fewer than 2^32 changes in one revision");
         let at = (writes.revision as u64, sub_revision);
-        let replaced = self.tables.index.insert((key, at.0, at.1), record.kind())?;
+        let location = self
+            .batch
+            .append(|out| layout::encode_version(key, at, put, out));
+        let version = Version {
+            at,
+            put: put.map(|(meta, _)| *meta),
+            location,
+        };
+        // Keys are copied out of the command: a slice would pin the whole log entry in memory.
+        let stored = self
+            .state
+            .stored_key(key)
+            .unwrap_or_else(|| Bytes::copy_from_slice(key));
+        let versions = self.state.keys.entry(stored.clone()).or_default();
         assert!(
-            replaced.is_none(),
-            "a version (key, revision, sub-revision) is written once"
+            versions.last().is_none_or(|last| last.at < at),
+            "a key's versions are written in revision order"
         );
-        drop(replaced);
+        versions.push(version);
         assert!(
-            self.pending.last().is_none_or(|(last, _)| *last < at),
-            "revision records are written in revision order"
+            self.state.changes.back().is_none_or(|last| last.at < at),
+            "the change log is written in revision order"
         );
-        self.pending
-            .push((at, encode_revision_record(key, &record.encode())));
-        Ok(())
+        self.state.changes.push_back(Change { at, key: stored });
+        self.state.remember(location);
+        self.state
+            .segments
+            .get_mut(&location.segment)
+            .expect("the head segment exists")
+            .note_owner(key_hash(key), at);
     }
 
     /// The key as a watcher's `prev_kv` sees it: as of the revision before this command.
     fn before(
         &self,
         writes: &Writes,
-        key: &[u8],
-        current: &Option<KeyValue>,
+        key: &Bytes,
+        current: Option<&Version>,
     ) -> Result<Option<KeyValue>, MvccError> {
-        match current {
-            Some(kv) if kv.mod_revision < writes.revision => Ok(Some(kv.clone())),
-            None => Ok(None),
-            Some(_) => self.view().at_revision(key, writes.revision - 1),
+        if !self.events_with_prev_kv {
+            return Ok(None);
         }
+        let version = match current {
+            Some(version) if (version.at.0 as Revision) < writes.revision => Some(*version),
+            None => None,
+            Some(_) => self.state.put_at(key, writes.revision - 1).copied(),
+        };
+        version.map(|v| self.load(key, &v)).transpose()
     }
 
     fn put(&mut self, writes: &mut Writes, put: &PutRequest) -> Result<PutResponse, Failure> {
-        let previous = self.view().current(&put.key)?;
-        let (value, lease) = match &previous {
-            Some(prev) => (
-                if put.ignore_value {
-                    prev.value.clone()
-                } else {
-                    put.value.clone()
-                },
-                if put.ignore_lease {
-                    prev.lease
-                } else {
-                    put.lease
-                },
-            ),
-            None => (put.value.clone(), put.lease),
+        let previous = self.state.current(&put.key).copied();
+        let previous_kv = match &previous {
+            Some(version) if put.prev_kv || put.ignore_value => Some(self.load(&put.key, version)?),
+            _ => None,
         };
-        let kv = KeyValue {
-            key: put.key.clone(),
-            create_revision: previous
-                .as_ref()
-                .map_or(writes.revision, |prev| prev.create_revision),
-            mod_revision: writes.revision,
-            version: previous.as_ref().map_or(1, |prev| prev.version + 1),
-            value,
+        let previous_meta = previous.and_then(|version| version.put);
+        let value = match &previous_kv {
+            Some(prev) if put.ignore_value => prev.value.clone(),
+            _ => put.value.clone(),
+        };
+        let lease = match previous_meta {
+            Some(meta) if put.ignore_lease => meta.lease,
+            _ => put.lease,
+        };
+        let meta = PutMeta {
+            create_revision: previous_meta.map_or(writes.revision, |m| m.create_revision),
+            version: previous_meta.map_or(1, |m| m.version + 1),
             lease,
         };
-        let event_prev = self.before(writes, &put.key, &previous)?;
-        self.write_version(writes, &put.key, &Record::put_from(&kv))?;
-        let previous_lease = previous.as_ref().map_or(0, |prev| prev.lease);
+        let event_prev = self.before(writes, &put.key, previous.as_ref())?;
+        self.write_version(writes, &put.key, Some((&meta, &value)));
+        let previous_lease = previous_meta.map_or(0, |m| m.lease);
         if previous_lease != 0 && previous_lease != lease {
-            self.tables
-                .lease_keys
-                .remove((previous_lease, &put.key[..]))?;
+            if let Some(entry) = self.state.leases.get_mut(&previous_lease) {
+                entry.keys.remove(&put.key[..]);
+            }
         }
         if lease != 0 {
-            self.tables.lease_keys.insert((lease, &put.key[..]), ())?;
+            let stored = self.state.stored_key(&put.key).expect("just written");
+            self.state
+                .leases
+                .get_mut(&lease)
+                .expect("checked: the lease exists")
+                .keys
+                .insert(stored);
         }
         writes.events.push(Event {
             kind: EventKind::Put,
-            kv,
+            kv: KeyValue {
+                key: put.key.clone(),
+                create_revision: meta.create_revision,
+                mod_revision: writes.revision,
+                version: meta.version,
+                value,
+                lease,
+            },
             prev_kv: event_prev,
         });
         Ok(PutResponse {
             revision: writes.revision,
-            prev_kv: if put.prev_kv { previous } else { None },
+            prev_kv: if put.prev_kv { previous_kv } else { None },
         })
     }
 
@@ -510,36 +506,83 @@ impl<'t> Applier<'t> {
         writes: &mut Writes,
         delete: &DeleteRangeRequest,
     ) -> Result<DeleteRangeResponse, Failure> {
-        let doomed = self.view().current_range(&delete.range)?;
+        let doomed = self.state.locate(&delete.range, None);
         let deleted = doomed.len() as i64;
-        for kv in &doomed {
-            self.delete_key(writes, kv)?;
+        let mut prev_kvs = Vec::new();
+        for (key, version) in &doomed {
+            if delete.prev_kv {
+                prev_kvs.push(self.load(key, version)?);
+            }
+            self.delete_key(writes, key, version)?;
         }
         Ok(DeleteRangeResponse {
             revision: writes.seen_revision(),
             deleted,
-            prev_kvs: if delete.prev_kv { doomed } else { Vec::new() },
+            prev_kvs,
         })
     }
 
-    fn delete_key(&mut self, writes: &mut Writes, current: &KeyValue) -> Result<(), MvccError> {
-        let key = &current.key[..];
-        let event_prev = self.before(writes, key, &Some(current.clone()))?;
-        self.write_version(writes, key, &Record::Tombstone)?;
-        if current.lease != 0 {
-            self.tables.lease_keys.remove((current.lease, key))?;
+    fn delete_key(
+        &mut self,
+        writes: &mut Writes,
+        key: &Bytes,
+        current: &Version,
+    ) -> Result<(), MvccError> {
+        let event_prev = self.before(writes, key, Some(current))?;
+        self.write_version(writes, key, None);
+        let lease = current.put.map_or(0, |m| m.lease);
+        if lease != 0 {
+            if let Some(entry) = self.state.leases.get_mut(&lease) {
+                entry.keys.remove(&key[..]);
+            }
         }
-        let tombstone = KeyValue {
-            key: current.key.clone(),
-            mod_revision: writes.revision,
-            ..Default::default()
-        };
         writes.events.push(Event {
             kind: EventKind::Delete,
-            kv: tombstone,
+            kv: KeyValue {
+                key: key.clone(),
+                mod_revision: writes.revision,
+                ..Default::default()
+            },
             prev_kv: event_prev,
         });
         Ok(())
+    }
+
+    /// Writes the lease's state as of the change at `index`; the record it had before is
+    /// garbage from now on.
+    fn write_lease(&mut self, index: LogIndex, id: LeaseId, ttl_seconds: i64, remaining: i64) {
+        let location = self
+            .batch
+            .append(|out| layout::encode_lease(id, index, ttl_seconds, remaining, out));
+        self.state.remember(location);
+        self.state
+            .segments
+            .get_mut(&location.segment)
+            .expect("the head segment exists")
+            .note_owner(lease_hash(id), (index, 0));
+        let previous = match self.state.leases.get_mut(&id) {
+            Some(entry) => {
+                entry.remaining_ttl_ms = remaining;
+                entry.change_index = index;
+                Some(std::mem::replace(&mut entry.location, location))
+            }
+            None => {
+                self.state.leases.insert(
+                    id,
+                    LeaseEntry {
+                        ttl_seconds,
+                        remaining_ttl_ms: remaining,
+                        keys: BTreeSet::new(),
+                        change_index: index,
+                        location,
+                    },
+                );
+                None
+            }
+        };
+        if let Some(previous) = previous {
+            self.state.forget(previous);
+        }
     }
 
     fn grant(
@@ -549,52 +592,86 @@ impl<'t> Applier<'t> {
         ttl_seconds: i64,
     ) -> Result<LeaseId, Failure> {
         let id = if id == 0 {
-            self.pick_lease_id(index)?
+            self.pick_lease_id(index)
         } else {
             id
         };
-        if self.tables.leases.get(id)?.is_some() {
+        if self.state.leases.contains_key(&id) {
             return Err(ApplyError::LeaseExists { id }.into());
         }
-        let remaining_ttl_ms = ttl_seconds.saturating_mul(1000);
-        self.tables
-            .leases
-            .insert(id, (ttl_seconds, remaining_ttl_ms))?;
+        self.write_lease(index, id, ttl_seconds, ttl_seconds.saturating_mul(1000));
         Ok(id)
     }
 
     /// Id for a grant that asked for none: the grant's log index (unique per entry, the same on
     /// every replica), or the next free id above it if a client took that one.
-    fn pick_lease_id(&self, index: LogIndex) -> Result<LeaseId, MvccError> {
+    fn pick_lease_id(&self, index: LogIndex) -> LeaseId {
         let mut id = LeaseId::try_from(index).expect("log indexes stay below 2^63");
-        while self.tables.leases.get(id)?.is_some() {
+        while self.state.leases.contains_key(&id) {
             id = id.checked_add(1).expect("lease ids stay below 2^63");
         }
-        Ok(id)
+        id
     }
 
-    fn revoke(&mut self, writes: &mut Writes, id: LeaseId) -> Result<(), Failure> {
-        if self.tables.leases.get(id)?.is_none() {
+    fn revoke(&mut self, index: LogIndex, writes: &mut Writes, id: LeaseId) -> Result<(), Failure> {
+        let Some(entry) = self.state.leases.get(&id) else {
             return Err(ApplyError::LeaseNotFound { id }.into());
-        }
-        let mut keys = Vec::new();
-        for entry in self.tables.lease_keys.range((id, &b""[..])..)? {
-            let (attached, _) = entry?;
-            let (lease, key) = attached.value();
-            if lease != id {
-                break;
-            }
-            keys.push(Bytes::copy_from_slice(key));
-        }
+        };
+        let keys: Vec<Bytes> = entry.keys.iter().cloned().collect();
         for key in keys {
-            let current = self.view().current(&key)?;
-            let current = current.ok_or_else(|| {
+            let current = self.state.current(&key).copied().ok_or_else(|| {
                 MvccError::Corrupt(format!("lease {id} holds missing key {key:?}"))
             })?;
-            self.delete_key(writes, &current)?;
+            self.delete_key(writes, &key, &current)?;
         }
-        self.tables.leases.remove(id)?;
+        let entry = self.state.leases.remove(&id).expect("checked above");
+        self.state.forget(entry.location);
+        // A tombstone for the lease: garbage at once, but kept by segment GC while an older
+        // record of the lease is on disk.
+        let location = self
+            .batch
+            .append(|out| layout::encode_lease_gone(id, index, out));
+        self.state
+            .segments
+            .get_mut(&location.segment)
+            .expect("the head segment exists")
+            .note_owner(lease_hash(id), (index, 0));
         Ok(())
+    }
+
+    /// Compaction at `revision`: effective at once (reads below it fail); the sweep deletes what
+    /// it makes unreachable (`compaction.rs`).
+    fn compact(&mut self, revision: Revision) {
+        let position = &mut self.state.position;
+        assert!(
+            revision > position.compacted_revision && revision <= position.current_revision,
+            "compaction moves forward and not past the current revision"
+        );
+        position.compacted_revision = revision;
+        // Changes at the previous compacted revision are visited again: a tombstone kept there
+        // goes now. Visiting a change twice is harmless.
+        self.state.sweep_cursor = 0;
+    }
+
+    /// Ends the batch with its commit record (the position it leaves the state at); the previous
+    /// commit record is garbage from then on.
+    pub fn commit(&mut self, synced_bytes: u64) {
+        let position = self.state.position;
+        let location = self.batch.append(|out| {
+            layout::encode_commit(
+                &layout::CommitRecord {
+                    applied_index: position.applied_index,
+                    current_revision: position.current_revision,
+                    compacted_revision: position.compacted_revision,
+                    synced_bytes,
+                },
+                out,
+            )
+        });
+        self.state.remember(location);
+        if let Some(previous) = self.state.commit_location.replace(location) {
+            self.state.forget(previous);
+        }
     }
 }
 

@@ -53,7 +53,7 @@ pub enum ApplyError {
     },
 }
 
-/// The store cannot go on: redb failed, or the file or a snapshot breaks an invariant. Not
+/// The store cannot go on: the disk failed, or the file or a snapshot breaks an invariant. Not
 /// retryable by the client; the node should stop (and may be rebuilt from a snapshot).
 #[derive(Debug, thiserror::Error)]
 pub enum MvccError {
@@ -67,26 +67,6 @@ pub enum MvccError {
     #[error("snapshot rejected: {0}")]
     Snapshot(String),
 }
-
-macro_rules! storage_error_from {
-    ($($t:ty),*) => {$(
-        impl From<$t> for MvccError {
-            fn from(error: $t) -> Self {
-                MvccError::Storage(error.to_string())
-            }
-        }
-    )*};
-}
-
-storage_error_from!(
-    redb::Error,
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError,
-    redb::SetDurabilityError
-);
 
 /// A command that does not decode. Never a panic, whatever the input.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,5 +1,8 @@
 //! The MVCC key-value state machine: etcd v3 semantics (revisions, ranges, transactions,
-//! compaction, leases) on redb, with the applied log index in the same transaction as the data.
+//! compaction, leases) in a log-structured store of its own: an in-memory index of every
+//! retained version (etcd's `keyIndex`) over append-only segment files, with the applied log
+//! index in the same record batch as the data, and segment GC that reuses the space compaction
+//! frees without a blocking defragment.
 //!
 //! It applies committed commands in log order ([`MvccStore::apply_batch`]) and answers reads
 //! ([`MvccStore::range`], [`History`](types::History) for watches, [`MvccStore::hash_kv`]). It
@@ -8,10 +11,11 @@
 //! `docs/design/storage.md` ("MVCC state machine", "Leases"); [`layout`] mirrors them.
 //!
 //! - [`types`]: the vocabulary shared with the watch hub and the server.
-//! - [`store`]: [`MvccStore`], durability and batching.
-//! - [`apply`], [`compaction`]: the write path. [`view`]: the read path.
+//! - [`store`]: [`MvccStore`], locking, batching and durability.
+//! - `index`: the in-memory state. `recovery`: rebuilding it at open. `segments`: the files.
+//! - `apply`, `compaction`: the write path. `view`: the read path. `gc`: reusing space.
 //! - [`codec`]: the command encoding for the Raft log. [`limits`]: sizes and stateless checks.
-//! - [`snapshot`]: whole-state snapshot and restore.
+//! - `snapshot`: whole-state snapshot and restore.
 
 pub mod types;
 
@@ -19,14 +23,19 @@ mod apply;
 pub mod codec;
 mod compaction;
 pub mod error;
+mod gc;
+mod index;
 mod invariants;
 pub mod layout;
 pub mod limits;
+mod recovery;
+mod segments;
 mod snapshot;
 pub mod store;
 mod view;
 
 pub use codec::CommandCodec;
 pub use error::{ApplyError, CodecError, MvccError};
+pub use recovery::TailRepair;
 pub use snapshot::SnapshotReader;
-pub use store::{Applied, MvccOptions, MvccStore, NON_DURABLE_COMMITS_MAX};
+pub use store::{Applied, MvccOptions, MvccStore, SpaceStats, NON_DURABLE_COMMITS_MAX};

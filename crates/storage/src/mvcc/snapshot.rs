@@ -1,5 +1,5 @@
-//! Whole-state snapshots of the store, for Raft snapshots (a follower too far behind is sent
-//! one and restores it). Format, big-endian (mirrors `docs/design/storage.md`):
+//! Whole-state snapshots of the store, for Raft snapshots (a follower too far behind is sent one
+//! and restores it). Format, big-endian (mirrors `docs/design/storage.md`):
 //!
 //! ```text
 //! "BALLOTMV" (8) | format u32 (= 1) | applied_index u64 | current_revision u64 | compacted_revision u64
@@ -7,23 +7,29 @@
 //!   0x01 version: key_len u32 | key | revision u64 | sub_revision u32 | record_len u32 | record
 //!   0x02 lease:   id i64 | ttl_seconds i64 | remaining_ttl_ms i64
 //!   0xFF end:     record_count u64 | crc32c u32 of every byte before the crc
+//! record (a version): kind u8 (1 put, 2 tombstone); a put goes on with
+//!   create_revision u64 | version u64 | lease i64 | value (the rest)
 //! ```
 //!
-//! Versions come in key order (then revision, sub-revision: `mvcc_index` order), then leases in
-//! id order. The derived tables (`mvcc_index`, `mvcc_lease_keys`) are rebuilt on restore, so a
-//! snapshot cannot carry an inconsistent index; the revision records are appended in revision
-//! order, so a restored `mvcc_revisions` is packed full. Restore checks the whole input before
-//! touching the database.
+//! Versions come in key order (then revision, sub-revision), then leases in id order; only what
+//! compaction left reachable is in it. Restore checks the whole input before it touches anything,
+//! builds the new state directory beside the old one and swaps the two (see `recovery.rs` for
+//! the crash cases), so it is all or nothing.
 
-use super::apply::{append_revision_records, Position, Sweep, Tables};
 use super::error::MvccError;
-use super::layout::*;
-use super::limits::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
-use super::store::{read_sweep, write_position_in, MvccStore};
-use super::view::View;
+use super::index::{Position, Version};
+use super::layout::{self, ChangeKey, CommitRecord, PutMeta};
+use super::limits::KEY_BYTES_MAX;
+use super::recovery::restore_dirs;
+use super::segments::{self, SegmentId};
+use super::store::MvccStore;
+use super::types::{LeaseId, Revision};
+use super::view::{value_of, Files};
 use bytes::Bytes;
-use redb::{Durability, ReadableDatabase, ReadableTable};
+use std::collections::BTreeMap;
 use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 
 const MAGIC: &[u8; 8] = b"BALLOTMV";
 const SNAPSHOT_FORMAT: u32 = 1;
@@ -31,8 +37,48 @@ const TAG_VERSION: u8 = 0x01;
 const TAG_LEASE: u8 = 0x02;
 const TAG_END: u8 = 0xFF;
 const HEADER_BYTES: usize = 8 + 4 + 8 * 3;
+const KIND_PUT: u8 = 1;
+const KIND_TOMBSTONE: u8 = 2;
+const PUT_HEADER_BYTES: usize = 25;
 /// A version record: kind, put header, value.
-const RECORD_BYTES_MAX: usize = 25 + VALUE_BYTES_MAX;
+const RECORD_BYTES_MAX: usize = PUT_HEADER_BYTES + super::limits::VALUE_BYTES_MAX;
+
+/// A version as the snapshot (and the hash) encodes it: `kind | create | version | lease | value`.
+pub(crate) fn encode_version_record(put: Option<(&PutMeta, &[u8])>, out: &mut Vec<u8>) {
+    match put {
+        None => out.push(KIND_TOMBSTONE),
+        Some((meta, value)) => {
+            out.push(KIND_PUT);
+            out.extend_from_slice(&(meta.create_revision as u64).to_be_bytes());
+            out.extend_from_slice(&(meta.version as u64).to_be_bytes());
+            out.extend_from_slice(&meta.lease.to_be_bytes());
+            out.extend_from_slice(value);
+        }
+    }
+}
+
+fn decode_version_record(bytes: &[u8]) -> Result<Option<(PutMeta, &[u8])>, MvccError> {
+    match bytes.first() {
+        Some(&KIND_TOMBSTONE) if bytes.len() == 1 => Ok(None),
+        Some(&KIND_PUT) if bytes.len() >= PUT_HEADER_BYTES => {
+            let field =
+                |at: usize| u64::from_be_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+            let meta = PutMeta {
+                create_revision: field(1) as i64,
+                version: field(9) as i64,
+                lease: field(17) as i64,
+            };
+            if meta.version < 1 || meta.create_revision < 1 {
+                return Err(MvccError::Snapshot(format!("a put with {meta:?}")));
+            }
+            Ok(Some((meta, &bytes[PUT_HEADER_BYTES..])))
+        }
+        _ => Err(MvccError::Snapshot(format!(
+            "malformed version record of {} bytes",
+            bytes.len()
+        ))),
+    }
+}
 
 /// Counts and checksums what goes through it.
 struct Summing<W> {
@@ -51,42 +97,20 @@ impl<W: Write> Summing<W> {
     }
 }
 
-impl MvccStore {
-    /// The whole state at one applied index, in memory. See [`Self::snapshot_to`].
-    pub fn snapshot(&self) -> Result<Bytes, MvccError> {
-        let mut out = Vec::new();
-        self.snapshot_to(&mut out)?;
-        Ok(Bytes::from(out))
-    }
-
-    /// Streams the whole state, read in one redb read transaction (so at one applied index,
-    /// with its revision, compacted revision and leases), to `out`. Returns the bytes written.
-    pub fn snapshot_to(&self, out: impl Write) -> Result<u64, MvccError> {
-        self.begin_snapshot()?.write_to(out)
-    }
-
-    /// Fixes the state a snapshot will hold (one redb read transaction, cheap) without reading
-    /// it: the caller may encode it on another thread while this store keeps applying.
-    pub fn begin_snapshot(&self) -> Result<SnapshotReader, MvccError> {
-        let txn = self.database().begin_read()?;
-        let applied_index = txn
-            .open_table(META)?
-            .get(META_APPLIED_INDEX)?
-            .map_or(0, |v| v.value());
-        Ok(SnapshotReader { txn, applied_index })
-    }
-}
-
-/// A snapshot's state, fixed by [`MvccStore::begin_snapshot`] and not yet encoded.
+/// A snapshot's state, fixed by [`MvccStore::begin_snapshot`] and not yet encoded: which version
+/// records it holds (records never change, and the files stay readable while open), the leases
+/// and the position.
 pub struct SnapshotReader {
-    txn: redb::ReadTransaction,
-    applied_index: u64,
+    pub(crate) position: Position,
+    pub(crate) versions: Vec<(Bytes, Version)>,
+    pub(crate) leases: Vec<(LeaseId, i64, i64)>,
+    pub(crate) files: Files,
 }
 
 impl SnapshotReader {
     /// The applied index of the state this reader sees.
     pub fn applied_index(&self) -> u64 {
-        self.applied_index
+        self.position.applied_index
     }
 
     /// The encoded snapshot, in memory.
@@ -98,196 +122,82 @@ impl SnapshotReader {
 
     /// Streams the encoded snapshot to `out`; returns the bytes written.
     pub fn write_to(self, out: impl Write) -> Result<u64, MvccError> {
-        let txn = self.txn;
-        let meta = txn.open_table(META)?;
-        let get = |name| -> Result<u64, MvccError> { Ok(meta.get(name)?.map_or(0, |v| v.value())) };
         let mut out = Summing {
-            inner: out,
+            inner: std::io::BufWriter::with_capacity(1 << 20, out),
             crc: 0,
             bytes: 0,
         };
         out.put(MAGIC)?;
         out.put(&SNAPSHOT_FORMAT.to_be_bytes())?;
-        for name in [
-            META_APPLIED_INDEX,
-            META_CURRENT_REVISION,
-            META_COMPACTED_REVISION,
+        let position = self.position;
+        for number in [
+            position.applied_index,
+            position.current_revision as u64,
+            position.compacted_revision as u64,
         ] {
-            out.put(&get(name)?.to_be_bytes())?;
+            out.put(&number.to_be_bytes())?;
         }
-        let compacted_revision = get(META_COMPACTED_REVISION)? as i64;
-        let sweeping = read_sweep(&meta)?.is_behind(compacted_revision);
-        let mut records = 0u64;
-        let revisions = txn.open_table(REVISIONS)?;
-        let index = txn.open_table(INDEX)?;
-        let view = View {
-            revisions: &revisions,
-            index: &index,
-            pending: &[],
-        };
-        for entry in index.iter()? {
-            let (at, kind) = entry?;
-            let (key, revision, sub_revision) = at.value();
-            // Only what compaction left reachable, whether or not the sweep deleted the rest.
-            let tombstone = kind.value() == KIND_TOMBSTONE;
-            if sweeping
-                && !view.reachable(key, (revision, sub_revision), tombstone, compacted_revision)?
-            {
-                continue;
-            }
-            let stored = revisions.get((revision, sub_revision))?.ok_or_else(|| {
-                MvccError::Corrupt(format!(
-                    "index entry ({revision}, {sub_revision}) has no record"
-                ))
-            })?;
-            let (stored_key, record) = split_revision_record(stored.value())?;
-            if stored_key != key {
-                return Err(MvccError::Corrupt(format!(
-                    "revision ({revision}, {sub_revision}) holds another key than its index entry"
-                )));
+        let mut record = Vec::new();
+        for (key, version) in &self.versions {
+            record.clear();
+            match version.put {
+                Some(meta) => {
+                    let value = value_of(&self.files, key, version)?;
+                    encode_version_record(Some((&meta, &value)), &mut record);
+                }
+                None => encode_version_record(None, &mut record),
             }
             out.put(&[TAG_VERSION])?;
             out.put(&(key.len() as u32).to_be_bytes())?;
             out.put(key)?;
-            out.put(&revision.to_be_bytes())?;
-            out.put(&sub_revision.to_be_bytes())?;
+            out.put(&version.at.0.to_be_bytes())?;
+            out.put(&version.at.1.to_be_bytes())?;
             out.put(&(record.len() as u32).to_be_bytes())?;
-            out.put(record)?;
-            records += 1;
+            out.put(&record)?;
         }
-        for entry in txn.open_table(LEASES)?.iter()? {
-            let (id, lease) = entry?;
-            let (ttl_seconds, remaining_ttl_ms) = lease.value();
+        for &(id, ttl_seconds, remaining_ttl_ms) in &self.leases {
             out.put(&[TAG_LEASE])?;
-            for field in [id.value(), ttl_seconds, remaining_ttl_ms] {
+            for field in [id, ttl_seconds, remaining_ttl_ms] {
                 out.put(&field.to_be_bytes())?;
             }
-            records += 1;
         }
+        let records = (self.versions.len() + self.leases.len()) as u64;
         out.put(&[TAG_END])?;
         out.put(&records.to_be_bytes())?;
         let crc = out.crc;
         out.put(&crc.to_be_bytes())?;
-        Ok(out.bytes)
+        let written = out.bytes;
+        out.inner
+            .flush()
+            .map_err(|e| MvccError::Snapshot(format!("write: {e}")))?;
+        Ok(written)
     }
 }
 
 impl MvccStore {
-    /// Replaces the whole state with `snapshot`, atomically (one durable write transaction).
-    /// The input is checked completely first; a bad one changes nothing.
-    pub fn restore(&self, snapshot: &[u8]) -> Result<(), MvccError> {
-        let position = parse(snapshot, |_| Ok(()))?;
-        let _writer = self.writer_lock();
-        let mut txn = self.database().begin_write()?;
-        txn.set_durability(Durability::Immediate)?;
-        txn.delete_table(REVISIONS)?;
-        txn.delete_table(INDEX)?;
-        txn.delete_table(LEASES)?;
-        txn.delete_table(LEASE_KEYS)?;
-        {
-            let mut tables = Tables::open(&txn)?;
-            // Where each revision record is in the snapshot: sorted into revision order below,
-            // then encoded and appended in one run.
-            let mut revision_records: Vec<RecordInSnapshot<'_>> = Vec::new();
-            // The key being read and, if its newest version so far is a put, that put's lease.
-            let mut newest: Option<(Vec<u8>, Option<i64>)> = None;
-            parse(snapshot, |item| {
-                match item {
-                    Item::Version {
-                        key,
-                        revision,
-                        sub_revision,
-                        record,
-                    } => {
-                        if let Some((last_key, lease)) =
-                            newest.take_if(|(last_key, _)| last_key[..] != key[..])
-                        {
-                            settle_newest(&mut tables, &last_key, lease)?;
-                        }
-                        let decoded = Record::decode(record)?;
-                        tables
-                            .index
-                            .insert((key, revision, sub_revision), decoded.kind())?;
-                        revision_records.push(((revision, sub_revision), key, record));
-                        let lease = match decoded {
-                            Record::Put { lease, .. } => Some(lease),
-                            Record::Tombstone => None,
-                        };
-                        newest = Some((key.to_vec(), lease));
-                    }
-                    Item::Lease {
-                        id,
-                        ttl_seconds,
-                        remaining_ttl_ms,
-                    } => {
-                        if let Some((last_key, lease)) = newest.take() {
-                            settle_newest(&mut tables, &last_key, lease)?;
-                        }
-                        tables.leases.insert(id, (ttl_seconds, remaining_ttl_ms))?;
-                    }
-                }
-                Ok(())
-            })?;
-            if let Some((last_key, lease)) = newest.take() {
-                settle_newest(&mut tables, &last_key, lease)?;
-            }
-            revision_records.sort_unstable_by_key(|(at, _, _)| *at);
-            if let Some(pair) = revision_records
-                .windows(2)
-                .find(|pair| pair[0].0 == pair[1].0)
-            {
-                let (revision, sub_revision) = pair[0].0;
-                return Err(MvccError::Snapshot(format!(
-                    "two versions at ({revision}, {sub_revision})"
-                )));
-            }
-            append_revision_records(
-                &mut tables.revisions,
-                revision_records
-                    .into_iter()
-                    .map(|(at, key, record)| (at, encode_revision_record(key, record))),
-            )?;
-            // Every attached key's lease must be in the snapshot.
-            for entry in tables.lease_keys.iter()? {
-                let (attached, _) = entry?;
-                let (lease, key) = attached.value();
-                if tables.leases.get(lease)?.is_none() {
-                    return Err(MvccError::Snapshot(format!(
-                        "key {key:?} is attached to missing lease {lease}"
-                    )));
-                }
-            }
-        }
-        write_position_in(&txn, &position)?;
-        txn.commit()?;
-        self.reload_position()
+    /// The whole state at one applied index, in memory. See [`Self::snapshot_to`].
+    pub fn snapshot(&self) -> Result<Bytes, MvccError> {
+        self.begin_snapshot()?.into_bytes()
+    }
+
+    /// Streams the whole state at one applied index to `out`. Returns the bytes written.
+    pub fn snapshot_to(&self, out: impl Write) -> Result<u64, MvccError> {
+        self.begin_snapshot()?.write_to(out)
     }
 }
 
-/// The newest version of a key decides whether it is attached to a lease (`None`: a tombstone).
-fn settle_newest(tables: &mut Tables<'_>, key: &[u8], lease: Option<i64>) -> Result<(), MvccError> {
-    let Some(lease) = lease else { return Ok(()) };
-    if lease != 0 {
-        tables.lease_keys.insert((lease, key), ())?;
-    }
-    Ok(())
+/// A version found in a snapshot.
+struct SnapshotVersion<'a> {
+    key: &'a [u8],
+    at: ChangeKey,
+    put: Option<(PutMeta, &'a [u8])>,
 }
 
-/// A version found in a snapshot: `(revision, sub_revision)`, key, version record.
-type RecordInSnapshot<'a> = (ChangeKey, &'a [u8], &'a [u8]);
-
-enum Item<'a> {
-    Version {
-        key: &'a [u8],
-        revision: u64,
-        sub_revision: u32,
-        record: &'a [u8],
-    },
-    Lease {
-        id: i64,
-        ttl_seconds: i64,
-        remaining_ttl_ms: i64,
-    },
+/// Everything a snapshot holds, checked.
+pub(crate) struct ParsedSnapshot<'a> {
+    position: Position,
+    versions: Vec<SnapshotVersion<'a>>,
+    leases: BTreeMap<LeaseId, (i64, i64)>,
 }
 
 struct Cursor<'a> {
@@ -319,11 +229,9 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// Checks the snapshot and hands each record to `visit`, in order. Returns the position.
-fn parse<'a>(
-    snapshot: &'a [u8],
-    mut visit: impl FnMut(Item<'a>) -> Result<(), MvccError>,
-) -> Result<Position, MvccError> {
+/// Checks the whole snapshot: framing, checksum, order, bounds, that no two versions share a
+/// revision, and that every key attached to a lease names one the snapshot holds.
+pub(crate) fn parse(snapshot: &[u8]) -> Result<ParsedSnapshot<'_>, MvccError> {
     let bad = |what: String| Err(MvccError::Snapshot(what));
     if snapshot.len() < HEADER_BYTES + 1 + 8 + 4 {
         return bad(format!(
@@ -349,17 +257,12 @@ fn parse<'a>(
             "snapshot format {format}; this build reads {SNAPSHOT_FORMAT}"
         ));
     }
-    let applied_index = cursor.u64()?;
-    let current_revision = cursor.u64()? as i64;
-    let compacted_revision = cursor.u64()? as i64;
-    // A snapshot holds only what compaction left reachable: nothing to sweep.
     let position = Position {
-        applied_index,
-        current_revision,
-        compacted_revision,
-        sweep: Sweep::finished(compacted_revision),
+        applied_index: cursor.u64()?,
+        current_revision: cursor.u64()? as Revision,
+        compacted_revision: cursor.u64()? as Revision,
     };
-    if position.current_revision < 0
+    if position.current_revision < 1
         || position.compacted_revision < 0
         || position.compacted_revision > position.current_revision
     {
@@ -368,13 +271,16 @@ fn parse<'a>(
             position.compacted_revision, position.current_revision
         ));
     }
+    let mut parsed = ParsedSnapshot {
+        position,
+        versions: Vec::new(),
+        leases: BTreeMap::new(),
+    };
     let mut records = 0u64;
-    let mut last_version: Option<(&[u8], u64, u32)> = None;
-    let mut last_lease: Option<i64> = None;
     loop {
         match cursor.take(1)?[0] {
             TAG_VERSION => {
-                if last_lease.is_some() {
+                if !parsed.leases.is_empty() {
                     return bad("a version after the leases".into());
                 }
                 let key_len = cursor.u32()? as usize;
@@ -382,44 +288,38 @@ fn parse<'a>(
                     return bad(format!("key of {key_len} bytes"));
                 }
                 let key = cursor.take(key_len)?;
-                let revision = cursor.u64()?;
-                let sub_revision = cursor.u32()?;
+                let at = (cursor.u64()?, cursor.u32()?);
                 let record_len = cursor.u32()? as usize;
                 if record_len > RECORD_BYTES_MAX {
                     return bad(format!("record of {record_len} bytes"));
                 }
-                let record = cursor.take(record_len)?;
-                Record::decode(record).map_err(|e| MvccError::Snapshot(e.to_string()))?;
-                if revision == 0 || revision > position.current_revision as u64 {
+                let put = decode_version_record(cursor.take(record_len)?)?;
+                if at.0 == 0 || at.0 > position.current_revision as u64 {
                     return bad(format!(
-                        "version at revision {revision} outside 1..={}",
-                        position.current_revision
+                        "version at revision {} outside 1..={}",
+                        at.0, position.current_revision
                     ));
                 }
-                let at = (key, revision, sub_revision);
-                if last_version.is_some_and(|last| last >= at) {
+                if parsed
+                    .versions
+                    .last()
+                    .is_some_and(|last| (last.key, last.at) >= (key, at))
+                {
                     return bad(format!("versions out of order at key {key:?}"));
                 }
-                last_version = Some(at);
-                visit(Item::Version {
-                    key,
-                    revision,
-                    sub_revision,
-                    record,
-                })?;
+                parsed.versions.push(SnapshotVersion { key, at, put });
             }
             TAG_LEASE => {
                 let id = cursor.u64()? as i64;
-                if last_lease.is_some_and(|last| last >= id) {
+                if parsed
+                    .leases
+                    .last_key_value()
+                    .is_some_and(|(&last, _)| last >= id)
+                {
                     return bad(format!("leases out of order at {id}"));
                 }
-                last_lease = Some(id);
                 let (ttl_seconds, remaining_ttl_ms) = (cursor.u64()? as i64, cursor.u64()? as i64);
-                visit(Item::Lease {
-                    id,
-                    ttl_seconds,
-                    remaining_ttl_ms,
-                })?;
+                parsed.leases.insert(id, (ttl_seconds, remaining_ttl_ms));
             }
             TAG_END => break,
             tag => {
@@ -435,5 +335,107 @@ fn parse<'a>(
     if declared != records || cursor.offset != body.len() {
         return bad(format!("{records} records read, {declared} declared"));
     }
-    Ok(position)
+    let mut revisions: Vec<ChangeKey> = parsed.versions.iter().map(|v| v.at).collect();
+    revisions.sort_unstable();
+    if let Some(pair) = revisions.windows(2).find(|pair| pair[0] == pair[1]) {
+        return bad(format!("two versions at {:?}", pair[0]));
+    }
+    // A key's newest version decides its lease.
+    for (i, version) in parsed.versions.iter().enumerate() {
+        let newest = parsed
+            .versions
+            .get(i + 1)
+            .is_none_or(|next| next.key != version.key);
+        if let (true, Some((meta, _))) = (newest, &version.put) {
+            if meta.lease != 0 && !parsed.leases.contains_key(&meta.lease) {
+                return bad(format!(
+                    "key {:?} is attached to missing lease {}",
+                    version.key, meta.lease
+                ));
+            }
+        }
+    }
+    Ok(parsed)
+}
+
+/// Writes `parsed` as a complete, synced state directory `dir` (which must not exist), in
+/// segments numbered from `first_segment`, each ending with a commit record.
+pub(crate) fn write_state_dir(
+    dir: &Path,
+    parsed: &ParsedSnapshot<'_>,
+    first_segment: SegmentId,
+    segment_bytes: u64,
+) -> Result<(), MvccError> {
+    segments::ensure_dir(dir)?;
+    let commit = CommitRecord {
+        applied_index: parsed.position.applied_index,
+        current_revision: parsed.position.current_revision,
+        compacted_revision: parsed.position.compacted_revision,
+        synced_bytes: 0,
+    };
+    let mut segment = first_segment;
+    let (mut file, mut length) = segments::create(dir, segment)?;
+    let mut buffer = Vec::new();
+    let flush_segment = |file: &std::fs::File, length: &mut u64, buffer: &mut Vec<u8>| {
+        layout::encode_commit(&commit, buffer);
+        file.write_all_at(buffer, *length)
+            .and_then(|()| file.sync_data())
+            .map_err(|e| MvccError::Storage(format!("cannot write the restored state: {e}")))?;
+        *length += buffer.len() as u64;
+        buffer.clear();
+        Ok::<(), MvccError>(())
+    };
+    let mut records = parsed
+        .versions
+        .iter()
+        .map(|v| Item::Version(v))
+        .chain(
+            parsed
+                .leases
+                .iter()
+                .map(|(&id, &lease)| Item::Lease(id, lease)),
+        )
+        .peekable();
+    while let Some(item) = records.next() {
+        match item {
+            Item::Version(version) => {
+                let put = version.put.as_ref().map(|(meta, value)| (meta, *value));
+                layout::encode_version(version.key, version.at, put, &mut buffer);
+            }
+            Item::Lease(id, (ttl_seconds, remaining_ttl_ms)) => {
+                let index = parsed.position.applied_index;
+                layout::encode_lease(id, index, ttl_seconds, remaining_ttl_ms, &mut buffer);
+            }
+        }
+        if length + buffer.len() as u64 >= segment_bytes && records.peek().is_some() {
+            flush_segment(&file, &mut length, &mut buffer)?;
+            segment += 1;
+            (file, length) = segments::create(dir, segment)?;
+        }
+    }
+    flush_segment(&file, &mut length, &mut buffer)?;
+    segments::sync_dir(dir)
+}
+
+enum Item<'p, 'a> {
+    Version(&'p SnapshotVersion<'a>),
+    Lease(LeaseId, (i64, i64)),
+}
+
+/// Replaces `dir` by `new` (a complete, synced state directory): the swap of `recovery.rs`.
+pub(crate) fn swap_in(dir: &Path, new: &Path) -> Result<(), MvccError> {
+    let (_, old) = restore_dirs(dir);
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(|e| segments::io_error("cannot delete", &old, e))?;
+    }
+    std::fs::rename(dir, &old).map_err(|e| segments::io_error("cannot rename", dir, e))?;
+    segments::sync_dir(parent)?;
+    std::fs::rename(new, dir).map_err(|e| segments::io_error("cannot rename", new, e))?;
+    segments::sync_dir(parent)?;
+    std::fs::remove_dir_all(&old).map_err(|e| segments::io_error("cannot delete", &old, e))?;
+    segments::sync_dir(parent)
 }

@@ -1,44 +1,71 @@
-//! [`MvccStore`]: the state machine on redb. Owns the file `state.redb`, the applied index, the
-//! batching of applies into write transactions and their durability. Never reads a clock and
-//! never holds a read transaction beyond one call (an open reader pins freed pages).
+//! [`MvccStore`]: the state machine. Owns the state directory (append-only segment files), the
+//! in-memory state rebuilt from it at open, the batching of applies into writes, their
+//! durability, and segment GC. Never reads a clock.
+//!
+//! Concurrency: one writer at a time (the `writer` mutex); readers share the state lock and read
+//! records from the files after releasing it. A write appends its records and makes the state
+//! that refers to them visible in one step, under the state lock, so a reader never sees a
+//! version whose record is not in the file.
 
-use super::apply::{Applier, Position, Sweep, Tables};
-use super::compaction::SWEEP_CHANGES_PER_COMMIT_MAX;
+use super::apply::{Applier, Batch};
+use super::compaction::SWEEP_CHANGES_PER_WRITE_MAX;
 use super::error::{ApplyError, MvccError};
-use super::layout::*;
+use super::gc::{self, Collecting, GcPolicy};
+use super::index::{Position, State, Version};
 use super::limits::check_range_request;
+use super::recovery::{self, restore_dirs, TailRepair};
+use super::segments::{self, SegmentId};
+use super::snapshot::{self, encode_version_record, SnapshotReader};
 use super::types::*;
-use super::view::{check_read_revision, View};
+use super::view::{self, check_read_revision, value_of, Files};
 use ballot_core::LogIndex;
 use bytes::Bytes;
-use redb::{Database, Durability, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-/// Apply commits are not fsynced (the WAL has the entries); at least every this many commits one
-/// is durable, which bounds the work redone after a crash and the freed pages that non-durable
-/// commits hold back from reuse (see `docs/design/storage.md`, "Space reuse").
+/// Writes are not synced (the WAL has the entries); at least every this many writes one is,
+/// which bounds the work redone after a crash.
 pub const NON_DURABLE_COMMITS_MAX: u32 = 4;
 
-/// How the store trades fsyncs for space and recovery work.
+/// How the store trades syncs, segment sizes and GC work for space.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MvccOptions {
-    /// Every this many apply commits, one is durable (1: every commit is; see
-    /// [`NON_DURABLE_COMMITS_MAX`]).
+    /// Every this many writes, one is synced (1: every write is; see [`NON_DURABLE_COMMITS_MAX`]).
     pub non_durable_commits_max: u32,
-    /// redb's page cache, in bytes.
-    pub cache_bytes: usize,
+    /// The head segment is sealed once it holds an eighth of the live data, but at least this
+    /// many bytes...
+    pub segment_bytes_min: u64,
+    /// ...and at most this many.
+    pub segment_bytes_max: u64,
+    /// Segment GC runs while the garbage in sealed segments is above this percentage of the live
+    /// bytes.
+    pub garbage_percent_max: u32,
+    /// Below this many bytes of garbage, GC never runs.
+    pub garbage_bytes_min: u64,
+    /// Changes of the log the compaction sweep visits per write.
+    pub sweep_changes_per_write: usize,
 }
 
 impl Default for MvccOptions {
     fn default() -> Self {
         Self {
             non_durable_commits_max: NON_DURABLE_COMMITS_MAX,
-            cache_bytes: 256 * 1024 * 1024,
+            segment_bytes_min: 256 << 10,
+            segment_bytes_max: 64 << 20,
+            garbage_percent_max: 25,
+            garbage_bytes_min: 256 << 10,
+            sweep_changes_per_write: SWEEP_CHANGES_PER_WRITE_MAX,
         }
     }
 }
+
+/// Of every segment GC step: at least this many bytes of the victim...
+const GC_STEP_BYTES_MIN: u64 = 256 * 1024;
+/// ...and this many times what the write itself added, so GC outpaces the garbage writes make.
+const GC_STEP_WRITE_FACTOR: u64 = 4;
 
 /// The outcome of applying one log entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,7 +74,8 @@ pub struct Applied {
     /// The response for the client, or why the command was refused (nothing changed) or skipped
     /// ([`ApplyError::AlreadyApplied`]).
     pub result: Result<CommandResult, ApplyError>,
-    /// The changes, in order, each with `prev_kv` when the key existed at the revision before.
+    /// The changes, in order, each with `prev_kv` when the key existed at the revision before
+    /// (unless the batch was applied without previous values).
     pub events: Vec<Event>,
 }
 
@@ -57,28 +85,52 @@ impl Applied {
     }
 }
 
+/// What the state directory holds, for space measurements and status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SpaceStats {
+    /// Bytes of every segment file.
+    pub file_bytes: u64,
+    /// Bytes of the records the state refers to.
+    pub live_bytes: u64,
+    pub segments: usize,
+    /// Segments GC emptied, waiting for the next flush to delete them.
+    pub retired_segments: usize,
+}
+
+struct Writer {
+    head: SegmentId,
+    head_file: Arc<File>,
+    head_len: u64,
+    /// How much of the head a completed sync made durable.
+    synced_len: u64,
+    non_durable_commits: u32,
+    collecting: Option<Collecting>,
+    /// Set by a failed write or sync: the state may not match the files, so nothing more is
+    /// written or read until the store is reopened (fail-stop).
+    failure: Option<String>,
+    /// Bumped by a restore, which replaces every segment.
+    generation: u64,
+}
+
 /// The MVCC key-value state machine. Shareable between threads: reads run concurrently with an
-/// apply (each on its own redb read transaction); applies are serialized.
+/// apply; applies are serialized.
 pub struct MvccStore {
-    db: Database,
-    path: PathBuf,
+    dir: PathBuf,
     options: MvccOptions,
-    /// Serializes applies and counts the non-durable commits since the last durable one.
-    writer: Mutex<u32>,
+    state: RwLock<State>,
+    writer: Mutex<Writer>,
     applied_index: AtomicU64,
     durable_applied_index: AtomicU64,
     current_revision: AtomicI64,
     compacted_revision: AtomicI64,
+    broken: AtomicBool,
+    tail_repair: Option<TailRepair>,
 }
 
-type ReadTables = (
-    ReadOnlyTable<ChangeKey, &'static [u8]>,
-    ReadOnlyTable<VersionKey, u8>,
-);
-
 impl MvccStore {
-    /// Opens (or creates) the store at `path`. After a crash, redb returns to its last durable
-    /// commit: a consistent state at some applied index at or below the one before the crash.
+    /// Opens (or creates) the store in the directory `path`. After a crash it is at the last
+    /// batch that reached the disk whole: a consistent state at some applied index at or below
+    /// the one before the crash, and never below the last flush.
     pub fn open(path: impl AsRef<Path>) -> Result<MvccStore, MvccError> {
         Self::open_with(path, MvccOptions::default())
     }
@@ -88,46 +140,58 @@ impl MvccStore {
             options.non_durable_commits_max >= 1,
             "non_durable_commits_max counts the durable commit itself"
         );
-        let path = path.as_ref().to_path_buf();
-        let db = Database::builder()
-            .set_cache_size(options.cache_bytes)
-            .create(&path)?;
-        let txn = db.begin_write()?;
-        let format_version = {
-            let mut meta = txn.open_table(META)?;
-            let stored = meta.get(META_FORMAT_VERSION)?.map(|v| v.value());
-            if stored.is_none() {
-                meta.insert(META_FORMAT_VERSION, FORMAT_VERSION)?;
-                // As in etcd, an empty store is at revision 1 and the first write makes
-                // revision 2: clients treat a zero revision in a header as "not set".
-                meta.insert(META_CURRENT_REVISION, INITIAL_REVISION as u64)?;
-            }
-            stored.unwrap_or(FORMAT_VERSION)
-        };
-        if format_version != FORMAT_VERSION {
+        assert!(options.segment_bytes_min <= options.segment_bytes_max);
+        assert!(
+            options.sweep_changes_per_write >= 1,
+            "the sweep makes progress"
+        );
+        let dir = path.as_ref().to_path_buf();
+        if dir.is_file() {
             return Err(MvccError::Corrupt(format!(
-                "{path:?} has format {format_version}; this build reads {FORMAT_VERSION}"
+                "{} is a file; the state is a directory of segments (format 3). A redb file \
+                 (format 1 or 2) is not read by this build: rebuild the member from its peers",
+                dir.display()
             )));
         }
-        drop(Tables::open(&txn)?);
-        txn.commit()?;
+        let recovered = recovery::recover(&dir)?;
+        let state = recovered.state;
+        let head_file = state.segments[&recovered.head].file.clone();
+        let position = state.position;
         let store = MvccStore {
-            db,
-            path,
+            dir,
             options,
-            writer: Mutex::new(0),
+            state: RwLock::new(state),
+            writer: Mutex::new(Writer {
+                head: recovered.head,
+                head_file,
+                head_len: recovered.head_len,
+                synced_len: recovered.head_len,
+                non_durable_commits: 0,
+                collecting: None,
+                failure: None,
+                generation: 0,
+            }),
             applied_index: AtomicU64::new(0),
             durable_applied_index: AtomicU64::new(0),
             current_revision: AtomicI64::new(0),
             compacted_revision: AtomicI64::new(0),
+            broken: AtomicBool::new(false),
+            tail_repair: recovered.tail_repair,
         };
-        let position = store.read_position(&store.db.begin_read()?)?;
-        store.publish(position, true);
+        store.publish(position);
+        store
+            .durable_applied_index
+            .store(position.applied_index, Ordering::Release);
         Ok(store)
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.dir
+    }
+
+    /// The damaged tail cut off at open, if there was one (for the operator's log).
+    pub fn tail_repair(&self) -> Option<&TailRepair> {
+        self.tail_repair.as_ref()
     }
 
     /// The last log index applied (possibly not yet durable).
@@ -135,8 +199,8 @@ impl MvccStore {
         self.applied_index.load(Ordering::Acquire)
     }
 
-    /// The applied index of the last durable commit: what a crash now would return to. The Raft
-    /// log may be truncated only up to here.
+    /// The applied index of the last synced write: what a crash now would return to at worst.
+    /// The Raft log may be truncated only up to here.
     pub fn durable_applied_index(&self) -> LogIndex {
         self.durable_applied_index.load(Ordering::Acquire)
     }
@@ -149,55 +213,65 @@ impl MvccStore {
         self.compacted_revision.load(Ordering::Acquire)
     }
 
-    /// redb's accounting of the file: (allocated pages, page size, stored bytes, fragmented
-    /// bytes). For space measurements.
-    pub fn space_stats(&self) -> Result<(u64, usize, u64, u64), MvccError> {
-        let _writer = self.writer_lock();
-        let txn = self.db.begin_write()?;
-        let stats = txn.stats()?;
-        let out = (
-            stats.allocated_pages(),
-            stats.page_size(),
-            stats.stored_bytes(),
-            stats.fragmented_bytes(),
-        );
-        txn.abort()?;
-        Ok(out)
+    /// Sizes of the state directory.
+    pub fn space(&self) -> Result<SpaceStats, MvccError> {
+        let state = self.read_state()?;
+        Ok(SpaceStats {
+            file_bytes: state.file_bytes(),
+            live_bytes: state.live_bytes(),
+            segments: state.segments.len(),
+            retired_segments: state.segments.values().filter(|s| s.retired).count(),
+        })
     }
 
-    /// Size of `state.redb` on disk, in bytes.
+    /// Bytes of the state directory's segment files.
     pub fn file_bytes(&self) -> Result<u64, MvccError> {
-        std::fs::metadata(&self.path)
-            .map(|m| m.len())
-            .map_err(|e| MvccError::Storage(e.to_string()))
+        Ok(self.space()?.file_bytes)
     }
 
-    fn publish(&self, position: Position, durable: bool) {
+    fn publish(&self, position: Position) {
         self.applied_index
             .store(position.applied_index, Ordering::Release);
         self.current_revision
             .store(position.current_revision, Ordering::Release);
         self.compacted_revision
             .store(position.compacted_revision, Ordering::Release);
-        if durable {
-            self.durable_applied_index
-                .store(position.applied_index, Ordering::Release);
+    }
+
+    fn lock_writer(&self) -> Result<MutexGuard<'_, Writer>, MvccError> {
+        let writer = self
+            .writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match &writer.failure {
+            Some(failure) => Err(MvccError::Storage(format!(
+                "the state store stopped after a failure and must be reopened: {failure}"
+            ))),
+            None => Ok(writer),
         }
     }
 
-    fn read_position(&self, txn: &ReadTransaction) -> Result<Position, MvccError> {
-        let meta = txn.open_table(META)?;
-        let get = |name| -> Result<u64, MvccError> { Ok(meta.get(name)?.map_or(0, |v| v.value())) };
-        Ok(Position {
-            applied_index: get(META_APPLIED_INDEX)?,
-            current_revision: get(META_CURRENT_REVISION)? as Revision,
-            compacted_revision: get(META_COMPACTED_REVISION)? as Revision,
-            sweep: read_sweep(&meta)?,
-        })
+    fn read_state(&self) -> Result<RwLockReadGuard<'_, State>, MvccError> {
+        if self.broken.load(Ordering::Acquire) {
+            return Err(MvccError::Storage(
+                "the state store stopped after a failure and must be reopened".into(),
+            ));
+        }
+        Ok(self
+            .state
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()))
     }
 
-    fn read_tables(&self, txn: &ReadTransaction) -> Result<ReadTables, MvccError> {
-        Ok((txn.open_table(REVISIONS)?, txn.open_table(INDEX)?))
+    fn write_state(&self) -> RwLockWriteGuard<'_, State> {
+        self.state
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn fail(&self, writer: &mut Writer, error: &MvccError) {
+        writer.failure = Some(error.to_string());
+        self.broken.store(true, Ordering::Release);
     }
 
     /// Applies one committed entry (see [`Self::apply_batch`]).
@@ -206,22 +280,32 @@ impl MvccStore {
         Ok(applied.pop().expect("one result per entry"))
     }
 
-    /// Applies committed entries in log order in one redb write transaction, the applied index
-    /// written with the data. An index at or below the applied index (also earlier in the same
-    /// batch) is skipped. An `Err` means the store failed (nothing of the batch is applied).
+    /// Applies committed entries in log order in one write, the applied index written with the
+    /// data. An index at or below the applied index (also earlier in the same batch) is skipped.
+    /// An `Err` means the store failed: nothing of the batch is on disk, and the store refuses
+    /// everything until reopened.
     pub fn apply_batch(&self, entries: &[(LogIndex, Command)]) -> Result<Vec<Applied>, MvccError> {
-        self.write(|applier| {
+        self.apply_batch_with(entries, true)
+    }
+
+    /// Like [`Self::apply_batch`]; with `events_with_prev_kv` false, events carry no `prev_kv`,
+    /// which saves reading each changed key's previous record (for when no watcher asked for it).
+    pub fn apply_batch_with(
+        &self,
+        entries: &[(LogIndex, Command)],
+        events_with_prev_kv: bool,
+    ) -> Result<Vec<Applied>, MvccError> {
+        self.write(events_with_prev_kv, |applier| {
             let mut results = Vec::with_capacity(entries.len());
             for (index, command) in entries {
-                let applied_index = applier.position.applied_index;
+                let applied_index = applier.state.position.applied_index;
                 if *index <= applied_index {
-                    let skipped = Err(ApplyError::AlreadyApplied {
-                        index: *index,
-                        applied_index,
-                    });
                     results.push(Applied {
                         index: *index,
-                        result: skipped,
+                        result: Err(ApplyError::AlreadyApplied {
+                            index: *index,
+                            applied_index,
+                        }),
                         events: Vec::new(),
                     });
                     continue;
@@ -240,74 +324,224 @@ impl MvccStore {
     /// Records `index` as applied for an entry that carries no command (an empty entry of a new
     /// leader, a membership change), so the applied index follows the log.
     pub fn mark_applied(&self, index: LogIndex) -> Result<(), MvccError> {
-        self.write(|applier| {
-            applier.position.applied_index = applier.position.applied_index.max(index);
+        self.write(false, |applier| {
+            let position = &mut applier.state.position;
+            position.applied_index = position.applied_index.max(index);
             Ok(())
         })
     }
 
     fn write<T>(
         &self,
+        events_with_prev_kv: bool,
         body: impl FnOnce(&mut Applier<'_>) -> Result<T, MvccError>,
     ) -> Result<T, MvccError> {
-        let mut non_durable_commits = self
-            .writer
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut txn = self.db.begin_write()?;
-        let durable = *non_durable_commits + 1 >= self.options.non_durable_commits_max;
-        txn.set_durability(if durable {
-            Durability::Immediate
-        } else {
-            Durability::None
-        })?;
-        let position = Position {
-            applied_index: self.applied_index(),
-            current_revision: self.revision(),
-            compacted_revision: self.compacted_revision(),
-            sweep: read_sweep(&txn.open_table(META)?)?,
-        };
-        let (output, position) = {
+        let mut writer = self.lock_writer()?;
+        let mut state = self.write_state();
+        let mut batch = Batch::new(writer.head, writer.head_len);
+        let outcome = (|| {
             let mut applier = Applier {
-                tables: Tables::open(&txn)?,
-                position,
-                pending: Vec::new(),
+                state: &mut state,
+                batch: &mut batch,
+                events_with_prev_kv,
             };
             let output = body(&mut applier)?;
-            applier.sweep_step(SWEEP_CHANGES_PER_COMMIT_MAX)?;
-            applier.append_pending()?;
-            (output, applier.position)
+            applier
+                .state
+                .sweep_step(self.options.sweep_changes_per_write);
+            self.gc_step(&mut writer, applier.state, applier.batch)?;
+            applier.commit(writer.synced_len);
+            Ok(output)
+        })();
+        let output = match outcome {
+            Ok(output) => output,
+            Err(error) => {
+                drop(state);
+                self.fail(&mut writer, &error);
+                return Err(error);
+            }
         };
-        write_position(&txn, &position)?;
-        txn.commit()?;
-        *non_durable_commits = if durable { 0 } else { *non_durable_commits + 1 };
-        self.publish(position, durable);
+        if let Err(error) = writer
+            .head_file
+            .write_all_at(&batch.buffer, writer.head_len)
+        {
+            let error = segments::io_error(
+                "cannot write to",
+                &segments::segment_path(&self.dir, writer.head),
+                error,
+            );
+            drop(state);
+            self.fail(&mut writer, &error);
+            return Err(error);
+        }
+        writer.head_len = batch.end();
+        state
+            .segments
+            .get_mut(&writer.head)
+            .expect("the head segment exists")
+            .bytes = writer.head_len;
+        let position = state.position;
+        let live_bytes = state.live_bytes();
+        drop(state);
+        self.publish(position);
+        writer.non_durable_commits += 1;
+        let seal_at = (live_bytes / 8).clamp(
+            self.options.segment_bytes_min,
+            self.options.segment_bytes_max,
+        );
+        let result = if writer.head_len >= seal_at {
+            self.seal(&mut writer)
+        } else if writer.non_durable_commits >= self.options.non_durable_commits_max {
+            self.sync_locked(&mut writer)
+        } else {
+            Ok(())
+        };
+        if let Err(error) = result {
+            self.fail(&mut writer, &error);
+            return Err(error);
+        }
         Ok(output)
     }
 
-    /// Like [`Self::flush`], but only when some commit is not durable yet; says whether it
-    /// synced. For a background flusher that should cost nothing while the store is idle.
+    fn gc_step(
+        &self,
+        writer: &mut Writer,
+        state: &mut State,
+        batch: &mut Batch,
+    ) -> Result<(), MvccError> {
+        if writer.collecting.is_none() {
+            let policy = GcPolicy {
+                garbage_ratio_max: f64::from(self.options.garbage_percent_max) / 100.0,
+                garbage_bytes_min: self.options.garbage_bytes_min,
+            };
+            writer.collecting = policy
+                .choose(state, writer.head)
+                .map(|victim| Collecting { victim, offset: 0 });
+        }
+        if let Some(collecting) = writer.collecting {
+            let budget = GC_STEP_BYTES_MIN.max(GC_STEP_WRITE_FACTOR * batch.buffer.len() as u64);
+            writer.collecting = gc::step(state, batch, collecting, budget)?;
+        }
+        Ok(())
+    }
+
+    /// Syncs the head (so everything written is durable) and deletes the segments GC retired.
+    fn sync_locked(&self, writer: &mut Writer) -> Result<(), MvccError> {
+        writer.head_file.sync_data().map_err(|e| {
+            segments::io_error(
+                "cannot sync",
+                &segments::segment_path(&self.dir, writer.head),
+                e,
+            )
+        })?;
+        writer.non_durable_commits = 0;
+        writer.synced_len = writer.head_len;
+        self.durable_applied_index
+            .fetch_max(self.applied_index(), Ordering::AcqRel);
+        let mut state = self.write_state();
+        gc::delete_retired(&self.dir, &mut state)?;
+        state.refresh_files();
+        Ok(())
+    }
+
+    /// Ends the head segment (synced, so a sealed segment is complete on disk) and starts the
+    /// next one.
+    fn seal(&self, writer: &mut Writer) -> Result<(), MvccError> {
+        self.sync_locked(writer)?;
+        let next = writer.head + 1;
+        let (file, length) = segments::create(&self.dir, next)?;
+        let mut state = self.write_state();
+        state
+            .segments
+            .insert(next, super::index::SegmentInfo::new(file, length));
+        state.refresh_files();
+        writer.head = next;
+        writer.head_file = state.segments[&next].file.clone();
+        writer.head_len = length;
+        writer.synced_len = length;
+        Ok(())
+    }
+
+    /// Like [`Self::flush`], but only when something is not durable yet or there is compaction
+    /// or GC work left (which it then does a step of); says whether it did anything. For a
+    /// background flusher that should cost nothing while the store is idle.
     pub fn flush_if_pending(&self) -> Result<bool, MvccError> {
-        if self.durable_applied_index() == self.applied_index() {
+        let maintenance = {
+            let writer = self.lock_writer()?;
+            let state = self.read_state()?;
+            let policy = GcPolicy {
+                garbage_ratio_max: f64::from(self.options.garbage_percent_max) / 100.0,
+                garbage_bytes_min: self.options.garbage_bytes_min,
+            };
+            state.sweep_behind()
+                || writer.collecting.is_some()
+                || policy.choose(&state, writer.head).is_some()
+        };
+        if maintenance {
+            self.write(false, |_| Ok(()))?;
+        }
+        let retired = self.read_state()?.segments.values().any(|s| s.retired);
+        if !maintenance && !retired && self.durable_applied_index() == self.applied_index() {
             return Ok(false);
         }
         self.flush()?;
         Ok(true)
     }
 
-    /// Makes every applied entry durable (one fsync).
+    /// Makes every applied entry durable (one sync of the head segment, which does not hold up
+    /// writes), then deletes the segments GC emptied before it.
     pub fn flush(&self) -> Result<(), MvccError> {
-        let mut non_durable_commits = self
-            .writer
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(Durability::Immediate)?;
-        txn.commit()?;
-        *non_durable_commits = 0;
+        let (file, applied, generation, retired, head, head_len) = {
+            let writer = self.lock_writer()?;
+            let state = self.read_state()?;
+            let retired: Vec<SegmentId> = state
+                .segments
+                .iter()
+                .filter(|(_, s)| s.retired)
+                .map(|(&id, _)| id)
+                .collect();
+            (
+                writer.head_file.clone(),
+                self.applied_index(),
+                writer.generation,
+                retired,
+                writer.head,
+                writer.head_len,
+            )
+        };
+        if let Err(error) = file.sync_data() {
+            let error =
+                MvccError::Storage(format!("cannot sync the state's head segment: {error}"));
+            let mut writer = self
+                .writer
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            self.fail(&mut writer, &error);
+            return Err(error);
+        }
         self.durable_applied_index
-            .store(self.applied_index(), Ordering::Release);
-        Ok(())
+            .fetch_max(applied, Ordering::AcqRel);
+        let mut writer = self.lock_writer()?;
+        if writer.generation != generation {
+            return Ok(());
+        }
+        if writer.head == head {
+            writer.synced_len = writer.synced_len.max(head_len);
+        }
+        if retired.is_empty() {
+            return Ok(());
+        }
+        let mut state = self.write_state();
+        for id in retired {
+            let path = segments::segment_path(&self.dir, id);
+            std::fs::remove_file(&path)
+                .map_err(|e| segments::io_error("cannot delete", &path, e))?;
+            state.segments.remove(&id);
+        }
+        state.refresh_files();
+        drop(state);
+        drop(writer);
+        segments::sync_dir(&self.dir)
     }
 
     // ---- reads ----
@@ -316,120 +550,178 @@ impl MvccStore {
     /// `MvccError::Request`.
     pub fn range(&self, request: &RangeRequest) -> Result<RangeResponse, MvccError> {
         check_range_request(request)?;
-        let txn = self.db.begin_read()?;
-        let position = self.read_position(&txn)?;
-        let (revisions, index) = self.read_tables(&txn)?;
-        let view = View {
-            revisions: &revisions,
-            index: &index,
-            pending: &[],
+        let (located, current, files) = {
+            let state = self.read_state()?;
+            let position = state.position;
+            check_read_revision(
+                request.revision,
+                position.current_revision,
+                position.compacted_revision,
+            )?;
+            let at = (request.revision > 0).then_some(request.revision);
+            (
+                state.locate(&request.range, at),
+                position.current_revision,
+                state.files.clone(),
+            )
         };
-        Ok(view.range(
-            request,
-            position.current_revision,
-            position.compacted_revision,
-        )??)
+        view::range(request, &located, current, &Files(files))
     }
 
     pub fn lease(&self, id: LeaseId) -> Result<Option<Lease>, MvccError> {
-        let txn = self.db.begin_read()?;
-        let leases = txn.open_table(LEASES)?;
-        let lease_keys = txn.open_table(LEASE_KEYS)?;
-        let Some(found) = leases.get(id)? else {
-            return Ok(None);
-        };
-        let (ttl_seconds, remaining_ttl_ms) = found.value();
-        Ok(Some(Lease {
+        let state = self.read_state()?;
+        Ok(state.leases.get(&id).map(|entry| Lease {
             id,
-            ttl_seconds,
-            remaining_ttl_ms,
-            keys: attached_keys(&lease_keys, id)?,
+            ttl_seconds: entry.ttl_seconds,
+            remaining_ttl_ms: entry.remaining_ttl_ms,
+            keys: entry.keys.iter().cloned().collect(),
         }))
     }
 
     /// Every lease, by id.
     pub fn leases(&self) -> Result<Vec<Lease>, MvccError> {
-        let txn = self.db.begin_read()?;
-        let leases = txn.open_table(LEASES)?;
-        let lease_keys = txn.open_table(LEASE_KEYS)?;
-        let mut all = Vec::new();
-        for entry in leases.iter()? {
-            let (id, lease) = entry?;
-            let (ttl_seconds, remaining_ttl_ms) = lease.value();
-            let id = id.value();
-            all.push(Lease {
+        let state = self.read_state()?;
+        Ok(state
+            .leases
+            .iter()
+            .map(|(&id, entry)| Lease {
                 id,
-                ttl_seconds,
-                remaining_ttl_ms,
-                keys: attached_keys(&lease_keys, id)?,
-            });
-        }
-        Ok(all)
+                ttl_seconds: entry.ttl_seconds,
+                remaining_ttl_ms: entry.remaining_ttl_ms,
+                keys: entry.keys.iter().cloned().collect(),
+            })
+            .collect())
     }
 
     /// etcd's Maintenance.HashKV: a CRC-32C over every retained version with revision at or
-    /// below `revision` (0: current), in change-log order. Returns the hash and the compacted
-    /// revision it was computed under.
+    /// below `revision` (0: current), in revision order, each as
+    /// `revision u64 | sub u32 | key_len u32 | key | version record` (the snapshot's encoding).
+    /// Returns the hash and the compacted revision it was computed under. Replicas that applied
+    /// the same log agree, however they batched it.
     pub fn hash_kv(&self, revision: Revision) -> Result<(u32, Revision), MvccError> {
-        let txn = self.db.begin_read()?;
-        let position = self.read_position(&txn)?;
-        check_read_revision(
-            revision,
-            position.current_revision,
-            position.compacted_revision,
-        )?;
-        let revision = if revision == 0 {
-            position.current_revision
-        } else {
-            revision
+        let (versions, compacted, files) = {
+            let _writer = self.lock_writer()?;
+            let mut state = self.write_state();
+            state.finish_sweep();
+            let position = state.position;
+            check_read_revision(
+                revision,
+                position.current_revision,
+                position.compacted_revision,
+            )?;
+            let revision = if revision == 0 {
+                position.current_revision
+            } else {
+                revision
+            };
+            let mut versions: Vec<(Bytes, Version)> = state
+                .keys
+                .iter()
+                .flat_map(|(key, versions)| {
+                    versions
+                        .iter()
+                        .take_while(|v| v.at.0 <= revision as u64)
+                        .map(move |v| (key.clone(), *v))
+                })
+                .collect();
+            versions.sort_unstable_by_key(|(_, v)| v.at);
+            (versions, position.compacted_revision, state.files.clone())
         };
-        let (revisions, index) = self.read_tables(&txn)?;
-        let view = View {
-            revisions: &revisions,
-            index: &index,
-            pending: &[],
-        };
-        let sweeping = position.sweep.is_behind(position.compacted_revision);
+        let files = Files(files);
         let mut hash = 0u32;
-        for entry in revisions.range(..=(revision as u64, u32::MAX))? {
-            let (at, stored) = entry?;
-            let (change_revision, sub_revision) = at.value();
-            let (key, record) = split_revision_record(stored.value())?;
-            let tombstone = Record::is_tombstone(record);
-            if sweeping
-                && !view.reachable(key, at.value(), tombstone, position.compacted_revision)?
-            {
-                continue;
+        let mut record = Vec::new();
+        for (key, version) in versions {
+            record.clear();
+            match version.put {
+                Some(meta) => {
+                    let value = value_of(&files, &key, &version)?;
+                    encode_version_record(Some((&meta, &value)), &mut record);
+                }
+                None => encode_version_record(None, &mut record),
             }
-            hash = crc32c::crc32c_append(hash, &change_revision.to_be_bytes());
-            hash = crc32c::crc32c_append(hash, &sub_revision.to_be_bytes());
+            hash = crc32c::crc32c_append(hash, &version.at.0.to_be_bytes());
+            hash = crc32c::crc32c_append(hash, &version.at.1.to_be_bytes());
             hash = crc32c::crc32c_append(hash, &(key.len() as u32).to_be_bytes());
-            hash = crc32c::crc32c_append(hash, key);
-            hash = crc32c::crc32c_append(hash, record);
+            hash = crc32c::crc32c_append(hash, &key);
+            hash = crc32c::crc32c_append(hash, &record);
         }
-        Ok((hash, position.compacted_revision))
+        Ok((hash, compacted))
     }
 
-    pub(crate) fn database(&self) -> &Database {
-        &self.db
+    /// Fixes the state a snapshot will hold (which records, at one applied index) without
+    /// reading the values: the caller may encode it on another thread while the store keeps
+    /// applying. Costs a pass over the index (the sweep is finished first, so everything in it
+    /// is reachable).
+    pub fn begin_snapshot(&self) -> Result<SnapshotReader, MvccError> {
+        let _writer = self.lock_writer()?;
+        let mut state = self.write_state();
+        state.finish_sweep();
+        let versions = state
+            .keys
+            .iter()
+            .flat_map(|(key, versions)| versions.iter().map(move |v| (key.clone(), *v)))
+            .collect();
+        let leases = state
+            .leases
+            .iter()
+            .map(|(&id, l)| (id, l.ttl_seconds, l.remaining_ttl_ms))
+            .collect();
+        Ok(SnapshotReader {
+            position: state.position,
+            versions,
+            leases,
+            files: Files(state.files.clone()),
+        })
     }
 
-    pub(crate) fn writer_lock(&self) -> std::sync::MutexGuard<'_, u32> {
-        self.writer
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    pub(crate) fn reload_position(&self) -> Result<(), MvccError> {
-        let position = self.read_position(&self.db.begin_read()?)?;
-        self.publish(position, true);
+    /// Replaces the whole state with `snapshot`, atomically: the input is checked completely
+    /// first (a bad one changes nothing), the new state directory is written and synced beside
+    /// the old one, and the two are swapped.
+    pub fn restore(&self, snapshot: &[u8]) -> Result<(), MvccError> {
+        let parsed = snapshot::parse(snapshot)?;
+        let mut writer = self.lock_writer()?;
+        let mut state = self.write_state();
+        let (new, _) = restore_dirs(&self.dir);
+        if new.exists() {
+            std::fs::remove_dir_all(&new)
+                .map_err(|e| segments::io_error("cannot delete", &new, e))?;
+        }
+        // Numbered above every current segment, so no path names two different files.
+        let first = writer.head + 1;
+        let outcome =
+            snapshot::write_state_dir(&new, &parsed, first, self.options.segment_bytes_max)
+                .and_then(|()| snapshot::swap_in(&self.dir, &new))
+                .and_then(|()| recovery::recover(&self.dir));
+        let recovered = match outcome {
+            Ok(recovered) => recovered,
+            Err(error) => {
+                drop(state);
+                self.fail(&mut writer, &error);
+                return Err(error);
+            }
+        };
+        *state = recovered.state;
+        writer.head = recovered.head;
+        writer.head_file = state.segments[&recovered.head].file.clone();
+        writer.head_len = recovered.head_len;
+        writer.synced_len = recovered.head_len;
+        writer.non_durable_commits = 0;
+        writer.collecting = None;
+        writer.generation += 1;
+        let position = state.position;
+        drop(state);
+        self.publish(position);
+        self.durable_applied_index
+            .store(position.applied_index, Ordering::Release);
         Ok(())
     }
 
-    /// Checks every invariant of `docs/design/storage.md` over the whole store; panics with the
-    /// broken one. For tests (it reads everything).
+    /// Checks every invariant of `docs/design/storage.md` over the whole store, reading every
+    /// record; panics with the broken one. For tests.
     pub fn invariants(&self) {
-        super::invariants::check(self).expect("the state store is readable");
+        let _writer = self.lock_writer().expect("the store is usable");
+        let state = self.read_state().expect("the store is usable");
+        super::invariants::check(&state, &self.dir);
     }
 
     pub(crate) fn events_in(
@@ -440,150 +732,132 @@ impl MvccStore {
         limit: usize,
         with_prev_kv: bool,
     ) -> Result<Result<Vec<Event>, HistoryError>, MvccError> {
-        let txn = self.db.begin_read()?;
-        let position = self.read_position(&txn)?;
-        if start_revision < position.compacted_revision {
-            return Ok(Err(HistoryError::Compacted {
-                compact_revision: position.compacted_revision,
-            }));
-        }
-        if end_revision > position.current_revision {
-            return Ok(Err(HistoryError::FutureRevision {
-                current_revision: position.current_revision,
-            }));
-        }
-        let mut events = Vec::new();
-        if start_revision > end_revision {
-            return Ok(Ok(events));
-        }
-        let (revisions, index) = self.read_tables(&txn)?;
-        let view = View {
-            revisions: &revisions,
-            index: &index,
-            pending: &[],
-        };
-        let sweeping = position.sweep.is_behind(position.compacted_revision);
-        let limit = if limit == 0 { usize::MAX } else { limit };
-        // Events of one revision are gathered apart, so the limit cuts between revisions.
-        let mut pending: Vec<Event> = Vec::new();
-        let mut pending_revision = 0u64;
-        let first = (start_revision.max(0) as u64, 0u32);
-        let mut open = true;
-        for entry in revisions.range(first..=(end_revision as u64, u32::MAX))? {
-            let (at, stored) = entry?;
-            let (revision, _) = at.value();
-            let (key, record) = split_revision_record(stored.value())?;
-            if revision != pending_revision {
-                open = take_revision(&mut events, &mut pending, limit);
-                if !open {
+        // (change, its version, the key's version before it if asked), found under the lock.
+        type Found = (Bytes, Version, Option<Version>);
+        let (found, files) = {
+            let state = self.read_state()?;
+            let position = state.position;
+            if start_revision < position.compacted_revision {
+                return Ok(Err(HistoryError::Compacted {
+                    compact_revision: position.compacted_revision,
+                }));
+            }
+            if end_revision > position.current_revision {
+                return Ok(Err(HistoryError::FutureRevision {
+                    current_revision: position.current_revision,
+                }));
+            }
+            let mut found: Vec<Found> = Vec::new();
+            if start_revision > end_revision {
+                return Ok(Ok(Vec::new()));
+            }
+            let limit = if limit == 0 { usize::MAX } else { limit };
+            let compacted = position.compacted_revision as u64;
+            let mut pending: Vec<Found> = Vec::new();
+            let first = state.change_position((start_revision.max(0) as u64, 0));
+            for change in state.changes.range(first..) {
+                if change.at.0 > end_revision as u64 {
                     break;
                 }
-                pending_revision = revision;
+                if pending
+                    .first()
+                    .is_some_and(|(_, v, _)| v.at.0 != change.at.0)
+                    && !take_revision(&mut found, &mut pending, limit)
+                {
+                    break;
+                }
+                if !range.contains(&change.key) {
+                    continue;
+                }
+                let Some(version) = state
+                    .keys
+                    .get(&change.key)
+                    .and_then(|versions| versions.iter().find(|v| v.at == change.at))
+                    .copied()
+                else {
+                    continue; // swept: superseded at exactly the compacted revision
+                };
+                if change.at.0 == compacted
+                    && !state.reachable(&change.key, change.at, !version.is_put())
+                {
+                    continue;
+                }
+                // A change at the compacted revision has no previous version: compaction deletes
+                // (or the sweep will delete) every version below it of the same key.
+                let previous = (with_prev_kv && change.at.0 > compacted)
+                    .then(|| {
+                        state
+                            .put_at(&change.key, change.at.0 as Revision - 1)
+                            .copied()
+                    })
+                    .flatten();
+                pending.push((change.key.clone(), version, previous));
             }
-            if !range.contains(key) {
-                continue;
+            if !pending.is_empty() {
+                take_revision(&mut found, &mut pending, limit);
             }
-            // Changes at exactly the compacted revision that a later change there superseded
-            // are unreachable (the sweep deletes them).
-            let tombstone = Record::is_tombstone(record);
-            if sweeping
-                && !view.reachable(key, at.value(), tombstone, position.compacted_revision)?
-            {
-                continue;
-            }
-            let event = match Record::decode_kv(record, key, revision as Revision, true)? {
-                Some(kv) => Event {
+            (found, state.files.clone())
+        };
+        let files = Files(files);
+        let mut events = Vec::with_capacity(found.len());
+        for (key, version, previous) in found {
+            let prev_kv = previous
+                .map(|previous| view::load(&files, &key, &previous, true))
+                .transpose()?;
+            let event = if version.is_put() {
+                Event {
                     kind: EventKind::Put,
-                    kv,
-                    prev_kv: None,
-                },
-                None => {
-                    let kv = KeyValue {
-                        key: Bytes::copy_from_slice(key),
-                        mod_revision: revision as Revision,
+                    kv: view::load(&files, &key, &version, true)?,
+                    prev_kv,
+                }
+            } else {
+                Event {
+                    kind: EventKind::Delete,
+                    kv: KeyValue {
+                        key,
+                        mod_revision: version.at.0 as Revision,
                         ..Default::default()
-                    };
-                    Event {
-                        kind: EventKind::Delete,
-                        kv,
-                        prev_kv: None,
-                    }
+                    },
+                    prev_kv,
                 }
             };
-            pending.push(event);
-        }
-        if open {
-            take_revision(&mut events, &mut pending, limit);
-        }
-        if with_prev_kv {
-            // A change at the compacted revision has no previous version: compaction deletes
-            // (or the sweep will delete) every version below it of the same key.
-            let compacted = position.compacted_revision;
-            for event in events.iter_mut().filter(|e| e.kv.mod_revision > compacted) {
-                event.prev_kv = view.at_revision(&event.kv.key, event.kv.mod_revision - 1)?;
-            }
+            events.push(event);
         }
         Ok(Ok(events))
     }
+
+    /// The files of every segment (for tests that damage them).
+    pub fn segment_paths(&self) -> Vec<PathBuf> {
+        match self.read_state() {
+            Ok(state) => state
+                .segments
+                .keys()
+                .map(|&id| segments::segment_path(&self.dir, id))
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
 }
 
-/// Moves one revision's events into `events` if they fit under `limit` (or, when `events` is
-/// still empty, as many as fit). False when the limit is reached.
-fn take_revision(events: &mut Vec<Event>, pending: &mut Vec<Event>, limit: usize) -> bool {
-    if events.len() + pending.len() <= limit {
-        events.append(pending);
-        return events.len() < limit;
+impl Drop for MvccStore {
+    fn drop(&mut self) {
+        // Best effort: what is not synced is replayed from the WAL at the next open.
+        let _ = self.flush();
     }
-    if events.is_empty() {
-        events.extend(pending.drain(..limit));
+}
+
+/// Moves one revision's events into `found` if they fit under `limit` (or, when `found` is still
+/// empty, as many as fit). False when the limit is reached.
+fn take_revision<T>(found: &mut Vec<T>, pending: &mut Vec<T>, limit: usize) -> bool {
+    if found.len() + pending.len() <= limit {
+        found.append(pending);
+        return found.len() < limit;
+    }
+    if found.is_empty() {
+        found.extend(pending.drain(..limit));
     }
     pending.clear();
     false
-}
-
-fn write_position(txn: &redb::WriteTransaction, position: &Position) -> Result<(), MvccError> {
-    let mut meta = txn.open_table(META)?;
-    meta.insert(META_APPLIED_INDEX, position.applied_index)?;
-    meta.insert(META_CURRENT_REVISION, position.current_revision as u64)?;
-    meta.insert(META_COMPACTED_REVISION, position.compacted_revision as u64)?;
-    let sweep = &position.sweep;
-    meta.insert(META_SWEEP_DONE_REVISION, sweep.done_revision as u64)?;
-    meta.insert(META_SWEEP_RESUME_REVISION, sweep.resume.0)?;
-    meta.insert(META_SWEEP_RESUME_SUB_REVISION, u64::from(sweep.resume.1))?;
-    Ok(())
-}
-
-pub(crate) fn read_sweep(meta: &impl ReadableTable<&'static str, u64>) -> Result<Sweep, MvccError> {
-    let get = |name| -> Result<u64, MvccError> { Ok(meta.get(name)?.map_or(0, |v| v.value())) };
-    let resume_sub_revision = u32::try_from(get(META_SWEEP_RESUME_SUB_REVISION)?)
-        .map_err(|_| MvccError::Corrupt("sweep sub-revision over 2^32".into()))?;
-    Ok(Sweep {
-        done_revision: get(META_SWEEP_DONE_REVISION)? as Revision,
-        resume: (get(META_SWEEP_RESUME_REVISION)?, resume_sub_revision),
-    })
-}
-
-pub(crate) fn write_position_in(
-    txn: &redb::WriteTransaction,
-    position: &Position,
-) -> Result<(), MvccError> {
-    write_position(txn, position)
-}
-
-fn attached_keys(
-    lease_keys: &impl ReadableTable<(i64, &'static [u8]), ()>,
-    id: LeaseId,
-) -> Result<Vec<Bytes>, MvccError> {
-    let mut keys = Vec::new();
-    for entry in lease_keys.range((id, &b""[..])..)? {
-        let (attached, _) = entry?;
-        let (lease, key) = attached.value();
-        if lease != id {
-            break;
-        }
-        keys.push(Bytes::copy_from_slice(key));
-    }
-    Ok(keys)
 }
 
 impl History for MvccStore {

@@ -1,289 +1,180 @@
-//! Reading the versioned state, over any redb table handles: the read-only ones of a read
-//! transaction (`range`, `events`, snapshots) or the writable ones of the apply transaction
-//! (compares and ranges inside a transaction see its own earlier writes, including the revision
-//! records it has not yet appended). Never writes.
+//! Reading the versioned state: etcd's Range rules over versions located in the index, with
+//! values loaded from their records. Records are read through [`Records`]: from the segment files
+//! for a read (after the state lock is released), or also from the batch being written for the
+//! compares and ranges inside a transaction (they see its own earlier writes). Never writes.
 
 use super::error::{ApplyError, MvccError};
-use super::layout::{split_revision_record, ChangeKey, Record, VersionKey, KIND_TOMBSTONE};
+use super::index::Version;
+use super::layout::decode_version_record;
+use super::segments::{self, Location, SegmentId};
 use super::types::*;
 use bytes::Bytes;
-use redb::ReadableTable;
-use std::ops::Bound;
+use std::collections::HashMap;
+use std::fs::File;
+use std::sync::Arc;
 
-/// Revision records written by the apply transaction but not yet appended to `mvcc_revisions`
-/// (they go in at the end of the batch, in one ordered run, so the leaves are packed full).
-/// In revision order.
-pub(crate) type Pending = [(ChangeKey, Vec<u8>)];
-
-/// The tables a read needs.
-pub(crate) struct View<'a, R, I> {
-    pub revisions: &'a R,
-    pub index: &'a I,
-    pub pending: &'a Pending,
+/// Where records are read from.
+pub(crate) trait Records {
+    fn read(&self, location: Location) -> Result<Bytes, MvccError>;
 }
 
-/// Where one version of a key lives: `(revision, sub_revision)` in `mvcc_revisions`, which is
-/// `(key, revision, sub_revision)` in `mvcc_index`.
-#[derive(Debug, Clone)]
-pub(crate) struct Locator {
-    pub key: Bytes,
-    pub revision: u64,
-    pub sub_revision: u32,
-}
+/// The segment files, as a read found them under the state lock.
+pub(crate) struct Files(pub Arc<HashMap<SegmentId, Arc<File>>>);
 
-/// A start and an end bound.
-type Bounds<T> = (Bound<T>, Bound<T>);
-
-/// Bounds of a key range over keys, or `None` when the range is empty (`key >= range_end`).
-fn key_bounds(range: &KeyRange) -> Option<Bounds<&[u8]>> {
-    let start = Bound::Included(&range.key[..]);
-    if range.range_end.is_empty() {
-        return Some((start, Bound::Included(&range.key[..])));
-    }
-    if &range.range_end[..] == b"\0" {
-        return Some((start, Bound::Unbounded));
-    }
-    (range.key < range.range_end).then_some((start, Bound::Excluded(&range.range_end[..])))
-}
-
-/// The same range over `mvcc_index` (every revision of every key in it).
-fn version_bounds(range: &KeyRange) -> Option<Bounds<(&[u8], u64, u32)>> {
-    let (start, end) = key_bounds(range)?;
-    let Bound::Included(start) = start else {
-        unreachable!("ranges start at their key")
-    };
-    let end = match end {
-        Bound::Included(key) => Bound::Included((key, u64::MAX, u32::MAX)),
-        Bound::Excluded(key) => Bound::Excluded((key, 0, 0)),
-        Bound::Unbounded => Bound::Unbounded,
-    };
-    Some((Bound::Included((start, 0, 0)), end))
-}
-
-impl<R, I> View<'_, R, I>
-where
-    R: ReadableTable<ChangeKey, &'static [u8]>,
-    I: ReadableTable<VersionKey, u8>,
-{
-    pub fn load(&self, at: &Locator, with_value: bool) -> Result<Option<KeyValue>, MvccError> {
-        let revision_key = (at.revision, at.sub_revision);
-        let missing = || {
+impl Records for Files {
+    fn read(&self, location: Location) -> Result<Bytes, MvccError> {
+        let file = self.0.get(&location.segment).ok_or_else(|| {
             MvccError::Corrupt(format!(
-                "no revision record ({}, {}) for key {:?}",
-                at.revision, at.sub_revision, at.key
+                "a record is in segment {}, which does not exist",
+                location.segment
             ))
-        };
-        let pending = self
-            .pending
-            .binary_search_by(|(pending_at, _)| pending_at.cmp(&revision_key));
-        let stored;
-        let bytes = match pending {
-            Ok(position) => &self.pending[position].1[..],
-            Err(_) => {
-                stored = self.revisions.get(revision_key)?.ok_or_else(missing)?;
-                stored.value()
-            }
-        };
-        let (key, record) = split_revision_record(bytes)?;
-        if key != &at.key[..] {
-            return Err(MvccError::Corrupt(format!(
-                "revision ({}, {}) holds key {key:?}, the index says {:?}",
-                at.revision, at.sub_revision, at.key
-            )));
-        }
-        Record::decode_kv(record, key, at.revision as Revision, with_value)
+        })?;
+        segments::read_record(file, location)
     }
+}
 
-    /// The newest version of `key` at or below `revision`: where it is and whether it is a put.
-    fn newest(&self, key: &[u8], revision: u64) -> Result<Option<(Locator, bool)>, MvccError> {
-        let range = (key, 0u64, 0u32)..=(key, revision, u32::MAX);
-        let Some(entry) = self.index.range(range)?.next_back() else {
-            return Ok(None);
-        };
-        let (found, kind) = entry?;
-        let (_, revision, sub_revision) = found.value();
-        let at = Locator {
-            key: Bytes::copy_from_slice(key),
-            revision,
-            sub_revision,
-        };
-        Ok(Some((at, kind.value() != KIND_TOMBSTONE)))
+/// The key-value of `version` of `key`, reading its value only when asked.
+pub(crate) fn load(
+    records: &impl Records,
+    key: &Bytes,
+    version: &Version,
+    with_value: bool,
+) -> Result<KeyValue, MvccError> {
+    let meta = version.put.ok_or_else(|| {
+        MvccError::Corrupt(format!("loading a tombstone of {key:?} as a key-value"))
+    })?;
+    let value = if with_value {
+        value_of(records, key, version)?
+    } else {
+        Bytes::new()
+    };
+    Ok(KeyValue {
+        key: key.clone(),
+        create_revision: meta.create_revision,
+        mod_revision: version.at.0 as Revision,
+        version: meta.version,
+        value,
+        lease: meta.lease,
+    })
+}
+
+/// The value stored in `version`'s record, which must be the record the index says it is.
+pub(crate) fn value_of(
+    records: &impl Records,
+    key: &[u8],
+    version: &Version,
+) -> Result<Bytes, MvccError> {
+    let bytes = records.read(version.location)?;
+    let record = decode_version_record(&bytes).map_err(|defect| {
+        MvccError::Corrupt(format!(
+            "the record of {key:?} at revision {:?} ({:?}): {defect}",
+            version.at, version.location
+        ))
+    })?;
+    if record.key != key || record.at != version.at {
+        return Err(MvccError::Corrupt(format!(
+            "{:?} holds {:?} at {:?}, the index says {key:?} at {:?}",
+            version.location, record.key, record.at, version.at
+        )));
     }
-
-    /// Whether the version `(key, at)` is reachable after compaction at `compacted_revision`,
-    /// that is, what the sweep leaves: every version above it, and at or below it only the key's
-    /// newest version there, unless that is a tombstone below it.
-    pub fn reachable(
-        &self,
-        key: &[u8],
-        at: ChangeKey,
-        tombstone: bool,
-        compacted_revision: Revision,
-    ) -> Result<bool, MvccError> {
-        let compacted = compacted_revision as u64;
-        if at.0 > compacted {
-            return Ok(true);
-        }
-        if tombstone && at.0 < compacted {
-            return Ok(false);
-        }
-        let newest = self.newest(key, compacted)?;
-        Ok(newest.is_some_and(|(found, _)| (found.revision, found.sub_revision) == at))
+    match record.put {
+        Some((_, value)) => Ok(value),
+        None => Err(MvccError::Corrupt(format!(
+            "the index says put, the record of {key:?} at {:?} is a tombstone",
+            version.at
+        ))),
     }
+}
 
-    /// Whether the key exists now (without loading its value).
-    pub fn exists(&self, key: &[u8]) -> Result<bool, MvccError> {
-        Ok(matches!(self.newest(key, u64::MAX)?, Some((_, true))))
+/// etcd's `Range` over the keys `located` (each key in range at the read revision, in key order,
+/// with that version). `current_revision` is what "now" means (inside a transaction, the revision
+/// it is writing once it wrote something).
+pub(crate) fn range(
+    request: &RangeRequest,
+    located: &[(Bytes, Version)],
+    current_revision: Revision,
+    records: &impl Records,
+) -> Result<RangeResponse, MvccError> {
+    let mut response = RangeResponse {
+        count: located.len() as i64,
+        revision: current_revision,
+        ..Default::default()
+    };
+    if request.count_only {
+        return Ok(response);
     }
-
-    /// The key's current version, if it exists now.
-    pub fn current(&self, key: &[u8]) -> Result<Option<KeyValue>, MvccError> {
-        self.at_revision(key, Revision::MAX)
-    }
-
-    /// The key as of `revision` (its newest retained version at or below it), if it existed.
-    pub fn at_revision(
-        &self,
-        key: &[u8],
-        revision: Revision,
-    ) -> Result<Option<KeyValue>, MvccError> {
-        if revision <= 0 {
-            return Ok(None);
-        }
-        match self.newest(key, revision as u64)? {
-            Some((at, true)) => {
-                let kv = self.load(&at, true)?;
-                kv.ok_or_else(|| {
-                    MvccError::Corrupt(format!("index says put, record is a tombstone: {at:?}"))
-                })
-                .map(Some)
-            }
-            _ => Ok(None),
-        }
-    }
-
-    /// Every key in `range` that exists at `revision`, in key order; `None` means "now".
-    pub fn locate(
-        &self,
-        range: &KeyRange,
-        revision: Option<Revision>,
-    ) -> Result<Vec<Locator>, MvccError> {
-        let mut found = Vec::new();
-        let Some(bounds) = version_bounds(range) else {
-            return Ok(found);
-        };
-        let revision = revision.map_or(u64::MAX, |r| r as u64);
-        // Versions come in key order, then revision order: remember the newest version at or
-        // below `revision` of the key being scanned, and keep it if it is a put.
-        let mut newest: Option<(Locator, bool)> = None;
-        for entry in self.index.range::<(&[u8], u64, u32)>(bounds)? {
-            let (at, kind) = entry?;
-            let (key, version_revision, sub_revision) = at.value();
-            if version_revision > revision {
-                continue;
-            }
-            let is_put = kind.value() != KIND_TOMBSTONE;
-            match &mut newest {
-                Some((last, last_is_put)) if &last.key[..] == key => {
-                    last.revision = version_revision;
-                    last.sub_revision = sub_revision;
-                    *last_is_put = is_put;
+    let filtered = request.min_mod_revision != 0
+        || request.max_mod_revision != 0
+        || request.min_create_revision != 0
+        || request.max_create_revision != 0;
+    let order = effective_sort_order(request);
+    let limit = if request.limit > 0 {
+        request.limit as usize
+    } else {
+        usize::MAX
+    };
+    let with_value = !request.keys_only;
+    let mut kvs = Vec::new();
+    if !filtered && request.sort_target == SortTarget::Key {
+        // Key order is the scan order: load only what is returned.
+        let take = |(key, version): &(Bytes, Version)| load(records, key, version, with_value);
+        match order {
+            SortOrder::Descend => {
+                for found in located.iter().rev().take(limit) {
+                    kvs.push(take(found)?);
                 }
-                _ => {
-                    if let Some((last, true)) = newest.take() {
-                        found.push(last);
-                    }
-                    let locator = Locator {
-                        key: Bytes::copy_from_slice(key),
-                        revision: version_revision,
-                        sub_revision,
-                    };
-                    newest = Some((locator, is_put));
+            }
+            _ => {
+                for found in located.iter().take(limit) {
+                    kvs.push(take(found)?);
                 }
             }
         }
-        if let Some((last, true)) = newest {
-            found.push(last);
-        }
-        Ok(found)
-    }
-
-    /// Every key-value in `range` now, in key order (for compares and deletes).
-    pub fn current_range(&self, range: &KeyRange) -> Result<Vec<KeyValue>, MvccError> {
-        let mut kvs = Vec::new();
-        for at in self.locate(range, None)? {
-            kvs.extend(self.load(&at, true)?);
-        }
-        Ok(kvs)
-    }
-
-    /// etcd's `Range`, reading at `request.revision` (0: now). `current_revision` is the revision
-    /// "now" means (inside a transaction, the one it is writing once it wrote something).
-    pub fn range(
-        &self,
-        request: &RangeRequest,
-        current_revision: Revision,
-        compacted_revision: Revision,
-    ) -> Result<Result<RangeResponse, ApplyError>, MvccError> {
-        if let Err(refused) =
-            check_read_revision(request.revision, current_revision, compacted_revision)
-        {
-            return Ok(Err(refused));
-        }
-        let at = (request.revision > 0).then_some(request.revision);
-        let found = self.locate(&request.range, at)?;
-        let mut response = RangeResponse {
-            count: found.len() as i64,
-            revision: current_revision,
-            ..Default::default()
-        };
-        if request.count_only {
-            return Ok(Ok(response));
-        }
-        let filtered = request.min_mod_revision != 0
-            || request.max_mod_revision != 0
-            || request.min_create_revision != 0
-            || request.max_create_revision != 0;
-        let order = effective_sort_order(request);
-        let limit = if request.limit > 0 {
-            request.limit as usize
-        } else {
-            usize::MAX
-        };
-        let with_value = !request.keys_only;
-        let mut kvs = Vec::new();
-        if !filtered && request.sort_target == SortTarget::Key {
-            // Key order is the scan order: load only what is returned.
-            let take = |at: &Locator| self.load(at, with_value);
-            match order {
-                SortOrder::Descend => {
-                    for at in found.iter().rev().take(limit) {
-                        kvs.extend(take(at)?);
-                    }
-                }
-                _ => {
-                    for at in found.iter().take(limit) {
-                        kvs.extend(take(at)?);
-                    }
-                }
-            }
-            response.more = found.len() > limit;
-        } else {
-            let sort_by_value = request.sort_target == SortTarget::Value;
-            for at in &found {
-                kvs.extend(self.load(at, with_value || sort_by_value)?);
-            }
-            kvs.retain(|kv| passes_filters(request, kv));
-            sort_kvs(&mut kvs, request.sort_target, order);
-            response.more = kvs.len() > limit;
-            kvs.truncate(limit);
-            if !with_value {
-                kvs.iter_mut().for_each(|kv| kv.value = Bytes::new());
+        response.more = located.len() > limit;
+    } else {
+        let sort_by_value = request.sort_target == SortTarget::Value;
+        let mut candidates = Vec::new();
+        for (key, version) in located {
+            let meta = version.put.expect("located versions are puts");
+            let kv = KeyValue {
+                key: key.clone(),
+                create_revision: meta.create_revision,
+                mod_revision: version.at.0 as Revision,
+                version: meta.version,
+                value: Bytes::new(),
+                lease: meta.lease,
+            };
+            if passes_filters(request, &kv) {
+                candidates.push((kv, version));
             }
         }
-        response.kvs = kvs;
-        Ok(Ok(response))
+        if sort_by_value {
+            for (kv, version) in &mut candidates {
+                kv.value = value_of(records, &kv.key, version)?;
+            }
+        }
+        let mut sorted: Vec<KeyValue> = candidates.into_iter().map(|(kv, _)| kv).collect();
+        sort_kvs(&mut sorted, request.sort_target, order);
+        response.more = sorted.len() > limit;
+        sorted.truncate(limit);
+        if with_value && !sort_by_value {
+            for kv in &mut sorted {
+                let version = located
+                    .binary_search_by(|(key, _)| key.cmp(&kv.key))
+                    .map(|i| located[i].1)
+                    .expect("a filtered key-value was located");
+                kv.value = value_of(records, &kv.key, &version)?;
+            }
+        } else if !with_value {
+            sorted.iter_mut().for_each(|kv| kv.value = Bytes::new());
+        }
+        return Ok(RangeResponse {
+            kvs: sorted,
+            ..response
+        });
     }
+    response.kvs = kvs;
+    Ok(response)
 }
 
 /// A read at `revision` (0: now) needs `compacted <= revision <= current`.

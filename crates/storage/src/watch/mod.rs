@@ -549,6 +549,14 @@ impl WatchHub {
         }
     }
 
+    /// Whether any watcher asked for `prev_kv`: when none did, the store may apply without
+    /// reading each changed key's previous value (`MvccStore::apply_batch_with`).
+    pub fn wants_prev_kv(&self) -> bool {
+        self.streams
+            .values()
+            .any(|stream| stream.watchers.values().any(|w| w.wants_prev_kv()))
+    }
+
     /// The store applied `revision` with these events (each with its `prev_kv`). Buffers them
     /// for the synced watchers they match; never blocks, never reads history.
     ///

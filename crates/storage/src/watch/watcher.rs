@@ -51,6 +51,11 @@ fn revision_of(event: &Event) -> Revision {
 }
 
 impl Watcher {
+    /// Whether the client asked for each event's previous key-value.
+    pub(crate) fn wants_prev_kv(&self) -> bool {
+        self.prev_kv
+    }
+
     pub(crate) fn new(id: WatchId, create: &WatchCreate, next_revision: Revision) -> Self {
         Self {
             id,
