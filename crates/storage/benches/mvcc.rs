@@ -1,5 +1,7 @@
 //! MVCC state machine throughput and size: batched puts (1,000 per `apply_batch`), single-key
-//! gets and 100-key prefix ranges, at 100k and 1M keys with 100-byte values, and the file size.
+//! gets and 100-key prefix ranges, at 100k and 1M keys with 100-byte values, the size of the
+//! state directory, and how long reopening it takes (the index is rebuilt by reading every
+//! segment).
 //! Prints a table (harness = false); run with `cargo bench -p ballot-storage --bench mvcc`.
 //! Then the churn table: on-disk size under put / delete / compact churn at several live sizes.
 //! `MVCC_BENCH_QUICK=1` runs the 100k case and the two smaller churn sizes only;
@@ -83,9 +85,6 @@ fn prefix_ranges(store: &MvccStore, keys: usize, rng: &mut ChaCha8Rng) -> f64 {
 const CHURN_PUTS_PER_BATCH: usize = 100;
 const CHURN_ROUNDS: usize = 8;
 const CHURN_WARM_UP_ROUNDS: usize = 2;
-/// Allocation is sampled (a walk of redb's allocator) every batch up to this many live keys, and
-/// proportionally less often above; the file size after every batch.
-const CHURN_SAMPLE_EVERY_BATCH_KEYS_MAX: usize = 20_000;
 
 fn churn_key(i: usize) -> Bytes {
     Bytes::from(format!("churn/{i:08}"))
@@ -94,7 +93,8 @@ fn churn_key(i: usize) -> Bytes {
 /// What one churn run measured, in bytes.
 struct Churn {
     live_bytes: u64,
-    allocated_peak_bytes: u64,
+    /// The most bytes the state referred to (live data, history since compaction, framing).
+    referred_peak_bytes: u64,
     file_peak_bytes: u64,
     file_end_bytes: u64,
     puts_per_second: f64,
@@ -107,12 +107,11 @@ fn churn(path: &std::path::Path, keys: usize, value_bytes: usize, options: MvccO
     let store = MvccStore::open_with(path, options).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(11);
     let live_bytes = (keys * (churn_key(0).len() + value_bytes)) as u64;
-    let sample_batches = (keys / CHURN_SAMPLE_EVERY_BATCH_KEYS_MAX).max(1);
     let compact_every_writes = (keys / 4).max(CHURN_PUTS_PER_BATCH);
     let mut index = store.applied_index();
     let mut batch: Vec<(u64, Command)> = Vec::with_capacity(CHURN_PUTS_PER_BATCH + 2);
     let (mut writes_since_compaction, mut batches, mut writes) = (0usize, 0usize, 0usize);
-    let (mut allocated_peak_bytes, mut file_peak_bytes) = (0u64, 0u64);
+    let (mut referred_peak_bytes, mut file_peak_bytes) = (0u64, 0u64);
     let mut measured_started = None;
     for round in 0..CHURN_ROUNDS {
         if round == CHURN_WARM_UP_ROUNDS {
@@ -158,12 +157,14 @@ fn churn(path: &std::path::Path, keys: usize, value_bytes: usize, options: MvccO
                 assert!(store.apply(index, &compact).unwrap().result.is_ok());
             }
             batches += 1;
+            if batches % 10 == 0 {
+                // The server's background flusher syncs every 100 ms; retired segments go then.
+                store.flush().unwrap();
+            }
             if measuring {
-                file_peak_bytes = file_peak_bytes.max(store.file_bytes().unwrap());
-                if batches % sample_batches == 0 {
-                    let (pages, page_bytes, _, _) = store.space_stats().unwrap();
-                    allocated_peak_bytes = allocated_peak_bytes.max(pages * page_bytes as u64);
-                }
+                let space = store.space().unwrap();
+                file_peak_bytes = file_peak_bytes.max(space.file_bytes);
+                referred_peak_bytes = referred_peak_bytes.max(space.live_bytes);
             }
         }
     }
@@ -171,7 +172,7 @@ fn churn(path: &std::path::Path, keys: usize, value_bytes: usize, options: MvccO
     let puts_per_second = (writes - writes_before) as f64 / started.elapsed().as_secs_f64();
     Churn {
         live_bytes,
-        allocated_peak_bytes,
+        referred_peak_bytes,
         file_peak_bytes,
         file_end_bytes: store.file_bytes().unwrap(),
         puts_per_second,
@@ -186,13 +187,13 @@ fn churn_table(dir: &std::path::Path, sizes: &[usize], durabilities: &[u32]) {
     println!();
     println!("Churn: {value_bytes}-byte values, {CHURN_PUTS_PER_BATCH} writes per apply_batch, compaction every quarter of the live set, {CHURN_ROUNDS} rounds ({CHURN_WARM_UP_ROUNDS} warm-up)");
     println!();
-    println!("| live keys | live bytes | durable every | writes/s | peak allocated | peak file | file at end | peak file / live |");
+    println!("| live keys | live bytes | durable every | writes/s | peak referred | peak on disk | on disk at end | peak on disk / live |");
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mb = |bytes: u64| bytes as f64 / 1e6;
     for &keys in sizes {
         for &non_durable_commits_max in durabilities {
-            let path = dir.join(format!("churn-{keys}-{non_durable_commits_max}.redb"));
-            let _ = std::fs::remove_file(&path);
+            let path = dir.join(format!("churn-{keys}-{non_durable_commits_max}"));
+            let _ = std::fs::remove_dir_all(&path);
             let options = MvccOptions {
                 non_durable_commits_max,
                 ..Default::default()
@@ -203,13 +204,13 @@ fn churn_table(dir: &std::path::Path, sizes: &[usize], durabilities: &[u32]) {
                 "| {keys} | {:.1} MB | {non_durable_commits_max} | {:.0}k | {:.1} MB ({:.2}x) | {:.1} MB | {:.1} MB | {:.2}x |",
                 mb(live),
                 measured.puts_per_second / 1e3,
-                mb(measured.allocated_peak_bytes),
-                measured.allocated_peak_bytes as f64 / live as f64,
+                mb(measured.referred_peak_bytes),
+                measured.referred_peak_bytes as f64 / live as f64,
                 mb(measured.file_peak_bytes),
                 mb(measured.file_end_bytes),
                 measured.file_peak_bytes as f64 / live as f64,
             );
-            let _ = std::fs::remove_file(&path);
+            let _ = std::fs::remove_dir_all(&path);
         }
     }
 }
@@ -233,8 +234,8 @@ fn main() {
     }
     println!("MVCC state machine: {VALUE_BYTES}-byte values, {PUTS_PER_BATCH} puts per apply_batch, keys in random order");
     println!();
-    println!("| keys | durable every | puts/s | gets/s | 100-key prefix ranges/s | file | file / (keys+values) |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| keys | durable every | puts/s | gets/s | 100-key prefix ranges/s | on disk | on disk / (keys+values) | reopen |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     let sizes: &[usize] = if quick {
         &[100_000]
     } else {
@@ -243,8 +244,8 @@ fn main() {
     for &keys in sizes {
         let durabilities: &[u32] = if keys == 100_000 { &[1, 4, 32] } else { &[4] };
         for &non_durable_commits_max in durabilities {
-            let path = dir.join(format!("state-{keys}-{non_durable_commits_max}.redb"));
-            let _ = std::fs::remove_file(&path);
+            let path = dir.join(format!("state-{keys}-{non_durable_commits_max}"));
+            let _ = std::fs::remove_dir_all(&path);
             let store = MvccStore::open_with(
                 &path,
                 MvccOptions {
@@ -259,16 +260,22 @@ fn main() {
             let range_rate = prefix_ranges(&store, keys, &mut rng);
             let file = store.file_bytes().unwrap();
             let logical = keys * (key(0).len() + VALUE_BYTES);
+            drop(store);
+            let started = Instant::now();
+            let reopened = MvccStore::open(&path).unwrap();
+            let reopen = started.elapsed();
+            assert_eq!(reopened.applied_index() as usize, keys);
+            drop(reopened);
             println!(
-                "| {keys} | {non_durable_commits_max} commits | {:.0}k | {:.0}k | {:.1}k | {:.1} MiB | {:.1}x |",
+                "| {keys} | {non_durable_commits_max} commits | {:.0}k | {:.0}k | {:.1}k | {:.1} MiB | {:.2}x | {:.2} s |",
                 puts / 1e3,
                 get_rate / 1e3,
                 range_rate / 1e3,
                 file as f64 / (1024.0 * 1024.0),
-                file as f64 / logical as f64
+                file as f64 / logical as f64,
+                reopen.as_secs_f64()
             );
-            drop(store);
-            let _ = std::fs::remove_file(&path);
+            let _ = std::fs::remove_dir_all(&path);
         }
     }
     let durabilities: Vec<u32> = churn_durabilities.iter().map(|&d| d as u32).collect();
