@@ -173,6 +173,11 @@ impl Raft {
         &self.config
     }
 
+    /// This node's role now (cheaper than `status()`, which copies the membership).
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
     /// Asks the leader to append `command`: appends it here if this node leads, else sends it to
     /// the leader it knows. The outcome shows in the log only; nothing answers a forward.
     pub fn propose_or_forward(&mut self, command: Bytes) -> Result<(), ReplicaError> {

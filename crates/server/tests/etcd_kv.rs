@@ -457,16 +457,16 @@ async fn a_follower_answers_writes_and_linearizable_reads_through_the_leader() {
         .into_inner();
     assert_eq!(deleted.deleted, 1);
 
-    // A request already forwarded once is not forwarded again.
-    let mut marked = tonic::Request::new(pb::PutRequest {
+    // A request already forwarded once over the client API (linearizable reads are; writes go
+    // to the leader through Raft) is not forwarded again.
+    let mut marked = tonic::Request::new(pb::RangeRequest {
         key: "loop".into(),
-        value: "1".into(),
         ..Default::default()
     });
     marked
         .metadata_mut()
         .insert("ballot-forwarded", "1".parse().unwrap());
-    let error = kv.put(marked).await.unwrap_err();
+    let error = kv.range(marked).await.unwrap_err();
     assert_eq!(error.code(), Code::FailedPrecondition);
     assert_eq!(error.message(), "etcdserver: not leader");
 }

@@ -97,7 +97,8 @@ async fn a_cluster_replicates_reads_fails_over_and_catches_up() {
     let all = handles(&nodes);
     let leader = wait_for_leader(&all.iter().collect::<Vec<_>>()).await;
 
-    // Writes through the leader; a follower refuses, naming the leader.
+    // Writes through the leader; a follower hands its writes to the leader through Raft and
+    // answers once it applied them itself.
     for i in 0..100 {
         let result = all[leader]
             .propose(put(&format!("k{i}"), &format!("v{i}")))
@@ -106,12 +107,22 @@ async fn a_cluster_replicates_reads_fails_over_and_catches_up() {
         assert!(matches!(result, CommandResult::Put(_)));
     }
     let follower = (leader + 1) % 3;
-    match all[follower].propose(put("x", "y")).await {
-        Err(NodeError::NotLeader { leader: Some(id) }) => assert_eq!(id, all[leader].status().id),
-        other => panic!("a follower should redirect, got {other:?}"),
-    }
+    let through_follower = all[follower].propose(put("x", "y")).await.unwrap();
+    let CommandResult::Put(put_response) = through_follower else {
+        panic!("a put answers with a put response, got {through_follower:?}")
+    };
+    assert_eq!(
+        put_response.revision, 102,
+        "after 100 writes from revision 1, the 101st"
+    );
+    assert_eq!(
+        get(&all[follower], "x"),
+        Some(Bytes::from("y")),
+        "applied on the follower"
+    );
     all[leader].read(ReadMode::ReadIndex).await.unwrap();
     assert_eq!(get(&all[leader], "k99"), Some(Bytes::from("v99")));
+    assert_eq!(get(&all[leader], "x"), Some(Bytes::from("y")));
 
     // Stop the leader: the others elect a new one and keep taking writes. (Handles keep the
     // state machine open, as a process would; let go of the stopped node's before restarting it.)

@@ -4,11 +4,13 @@
 //!
 //! ```text
 //! entry     1 | mvcc Command (its own codec)   or   2 | MemberCommand
+//!           or   3 | origin node id u64 LE | request id u64 LE | mvcc Command
 //! snapshot  magic "BALLOTSD" | registry_len u32 | registry | mvcc snapshot
 //! ```
 
 use super::members::MemberCommand;
 use ballot_core::codec::{DecodeError, Decoder};
+use ballot_core::NodeId;
 use ballot_storage::mvcc::types::Command;
 use ballot_storage::mvcc::CommandCodec;
 use bytes::{BufMut, Bytes};
@@ -19,6 +21,13 @@ const SNAPSHOT_MAGIC: &[u8; 8] = b"BALLOTSD";
 pub enum LogCommand {
     Kv(Command),
     Member(MemberCommand),
+    /// A client command a follower (`origin`) forwarded to the leader through Raft; `origin`
+    /// answers its client when it applies the entry and finds its own `request` id.
+    Forwarded {
+        origin: NodeId,
+        request: u64,
+        command: Command,
+    },
 }
 
 impl LogCommand {
@@ -32,6 +41,16 @@ impl LogCommand {
             LogCommand::Member(command) => {
                 out.put_u8(2);
                 command.encode(&mut out);
+            }
+            LogCommand::Forwarded {
+                origin,
+                request,
+                command,
+            } => {
+                out.put_u8(3);
+                out.put_u64_le(*origin);
+                out.put_u64_le(*request);
+                out.extend_from_slice(&command.encode());
             }
         }
         Bytes::from(out)
@@ -48,6 +67,17 @@ impl LogCommand {
                 input.finish("member command").map_err(|e| e.to_string())?;
                 Ok(LogCommand::Member(command))
             }
+            Some((3, rest)) if rest.len() >= 16 => {
+                let origin = u64::from_le_bytes(rest[0..8].try_into().expect("8 bytes"));
+                let request = u64::from_le_bytes(rest[8..16].try_into().expect("8 bytes"));
+                let command = Command::decode(&rest[16..]).map_err(|e| e.to_string())?;
+                Ok(LogCommand::Forwarded {
+                    origin,
+                    request,
+                    command,
+                })
+            }
+            Some((3, _)) => Err("forwarded log command shorter than its header".into()),
             Some((tag, _)) => Err(format!("unknown log command tag {tag}")),
             None => Err("empty log command".into()),
         }
@@ -87,6 +117,13 @@ mod tests {
             ..Default::default()
         }));
         assert_eq!(LogCommand::decode(&put.encode()).unwrap(), put);
+        let forwarded = LogCommand::Forwarded {
+            origin: 3,
+            request: u64::MAX - 1,
+            command: Command::Compact { revision: 5 },
+        };
+        assert_eq!(LogCommand::decode(&forwarded.encode()).unwrap(), forwarded);
+        assert!(LogCommand::decode(&[3, 1, 2]).is_err());
         let forget = LogCommand::Member(MemberCommand::Forget(7));
         assert_eq!(LogCommand::decode(&forget.encode()).unwrap(), forget);
         assert!(LogCommand::decode(&[9])

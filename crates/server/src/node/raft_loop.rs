@@ -34,6 +34,8 @@ use tokio::sync::{mpsc, oneshot};
 const INPUTS_PER_BATCH_MAX: usize = 1024;
 /// Apply commits between two durable ones when the background flusher falls behind.
 const SERVER_NON_DURABLE_COMMITS_MAX: u32 = 64;
+/// Ticks between sweeps of forwarded commands nobody waits for any more.
+const FORWARD_SWEEP_TICKS: u64 = 100;
 /// Snapshots kept in `snap/`.
 const SNAPSHOTS_RETAINED: usize = 3;
 /// Responses buffered per client watch stream between the loop and the gRPC task.
@@ -58,6 +60,12 @@ pub(crate) struct RaftLoop {
     status: Arc<Mutex<NodeStatus>>,
     /// Proposals by the log position they were given; answered when that index is applied.
     proposals: BTreeMap<LogIndex, (Term, Reply<CommandResult>)>,
+    /// Commands this node forwarded to the leader, by request id; answered when applied here.
+    forwarded: HashMap<u64, Reply<CommandResult>>,
+    /// Request ids start from the clock at open, so an entry forwarded by an earlier run of this
+    /// node (still in the log) never matches a request of this one.
+    next_forward_id: u64,
+    ticks: u64,
     member_proposals: BTreeMap<LogIndex, (Term, Reply<()>)>,
     registry: MemberRegistry,
     /// What this node publishes about itself.
@@ -189,6 +197,11 @@ impl RaftLoop {
             inputs,
             status,
             proposals: BTreeMap::new(),
+            forwarded: HashMap::new(),
+            next_forward_id: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |elapsed| elapsed.as_nanos() as u64),
+            ticks: 0,
             member_proposals: BTreeMap::new(),
             registry,
             own_info,
@@ -260,11 +273,32 @@ impl RaftLoop {
                 self.counters.on_received(&message);
                 self.raft.step(message)
             }
-            Input::Propose { command, reply } => {
+            Input::Propose { command, reply } if self.raft.role() == Role::Leader => {
                 match self.raft.propose(LogCommand::Kv(command).encode()) {
                     Ok(position) => {
                         self.proposals
                             .insert(position.index, (position.term, reply));
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(error.into()));
+                    }
+                }
+            }
+            // A follower hands the command to the leader through Raft (as etcd does), not over
+            // the leader's client API: one message among the peer traffic instead of a second
+            // gRPC call. It answers when it applies the entry; a forward lost with a leader
+            // change leaves the client to its deadline (the outcome is unknown, as etcd says).
+            Input::Propose { command, reply } => {
+                let request = self.next_forward_id;
+                self.next_forward_id += 1;
+                let entry = LogCommand::Forwarded {
+                    origin: self.own_info.id,
+                    request,
+                    command,
+                };
+                match self.raft.propose_or_forward(entry.encode()) {
+                    Ok(()) => {
+                        self.forwarded.insert(request, reply);
                     }
                     Err(error) => {
                         let _ = reply.send(Err(error.into()));
@@ -405,6 +439,12 @@ impl RaftLoop {
     /// One tick of logical time for the replica, and of wall time for the lessor and watches.
     fn tick(&mut self) {
         self.raft.tick();
+        self.ticks += 1;
+        if self.ticks % FORWARD_SWEEP_TICKS == 0 {
+            // Forwards whose client gave up (its deadline passed): the entry was lost, or will
+            // be applied with nobody left to answer.
+            self.forwarded.retain(|_, reply| !reply.is_closed());
+        }
         self.publish_self_if_needed();
         let now = self.now_ms();
         self.watch_hub.progress(now);
@@ -581,12 +621,24 @@ impl RaftLoop {
         };
         let mut commands = Vec::new();
         let mut terms = Vec::new();
+        // For each command, the request id if this node forwarded it.
+        let mut own_requests = Vec::new();
         for entry in entries {
             match &entry.payload {
                 EntryPayload::Command(data) => match LogCommand::decode(data) {
                     Ok(LogCommand::Kv(command)) => {
                         commands.push((entry.index, command));
                         terms.push(entry.term);
+                        own_requests.push(None);
+                    }
+                    Ok(LogCommand::Forwarded {
+                        origin,
+                        request,
+                        command,
+                    }) => {
+                        commands.push((entry.index, command));
+                        terms.push(entry.term);
+                        own_requests.push((origin == self.own_info.id).then_some(request));
                     }
                     Ok(LogCommand::Member(command)) => {
                         self.registry.apply(entry.index, &command)?;
@@ -624,7 +676,15 @@ impl RaftLoop {
                 _ => {}
             }
         }
-        for (outcome, term) in applied.into_iter().zip(terms) {
+        for ((outcome, term), own_request) in applied.into_iter().zip(terms).zip(own_requests) {
+            if let Some(reply) = own_request.and_then(|request| self.forwarded.remove(&request)) {
+                match &outcome.result {
+                    Ok(_) => self.counters.proposals_committed += 1,
+                    Err(_) => self.counters.proposals_failed += 1,
+                }
+                let _ = reply.send(outcome.result.map_err(NodeError::Apply));
+                continue;
+            }
             let Some((proposed_term, reply)) = self.proposals.remove(&outcome.index) else {
                 continue;
             };
