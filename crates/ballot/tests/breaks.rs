@@ -48,6 +48,25 @@ fn stale_read_is_caught_by_linearizability() {
 }
 
 #[test]
+fn unconfirmed_follower_read_is_caught_by_linearizability() {
+    let config = SimConfig {
+        nodes: 3,
+        faults: "all".parse().unwrap(),
+        ..SimConfig::default()
+    };
+    let caught = first_caught(
+        Break::UnconfirmedFollowerRead,
+        &config,
+        3000,
+        &["linearizability"],
+    );
+    assert!(
+        caught.is_some(),
+        "a deposed leader handing followers stale read indexes went unnoticed"
+    );
+}
+
+#[test]
 fn persist_vote_is_caught_by_election_safety() {
     let config = SimConfig {
         nodes: 3,

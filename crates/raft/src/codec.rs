@@ -16,6 +16,8 @@
 //!  10 InstallSnapshotResponse last_included u64 | received_bytes u64 | done u8
 //!  11 TimeoutNow
 //!  12 ForwardProposals        count u32 | (len u32 | bytes) * count
+//!  13 ReadIndex               request u64 | lease u8
+//!  14 ReadIndexResponse       request u64 | 0   or   request u64 | 1 | index u64
 //! ```
 
 use crate::message::{AppendResult, Message, MessageBody};
@@ -132,6 +134,22 @@ pub fn encode(message: &Message, out: &mut impl BufMut) {
                 put_bytes(out, command);
             }
         }
+        MessageBody::ReadIndex { request, lease } => {
+            out.put_u8(13);
+            out.put_u64_le(*request);
+            out.put_u8(*lease as u8);
+        }
+        MessageBody::ReadIndexResponse { request, index } => {
+            out.put_u8(14);
+            out.put_u64_le(*request);
+            match index {
+                None => out.put_u8(0),
+                Some(index) => {
+                    out.put_u8(1);
+                    out.put_u64_le(*index);
+                }
+            }
+        }
     }
 }
 
@@ -235,6 +253,21 @@ pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
                 .collect::<Result<_, _>>()?;
             MessageBody::ForwardProposals { commands }
         }
+        13 => MessageBody::ReadIndex {
+            request: input.u64("read request")?,
+            lease: input.bool("lease")?,
+        },
+        14 => {
+            let request = input.u64("read request")?;
+            let index = match input.u8("has index")? {
+                0 => None,
+                1 => Some(input.u64("read index")?),
+                other => {
+                    return Err(input.error("has index", format!("{other} is neither 0 nor 1")))
+                }
+            };
+            MessageBody::ReadIndexResponse { request, index }
+        }
         other => return Err(input.error("message kind", format!("unknown kind {other}"))),
     };
     input.finish("message")?;
@@ -314,6 +347,18 @@ mod tests {
             MessageBody::TimeoutNow,
             MessageBody::ForwardProposals {
                 commands: vec![Bytes::from_static(b"a"), Bytes::new()],
+            },
+            MessageBody::ReadIndex {
+                request: u64::MAX,
+                lease: true,
+            },
+            MessageBody::ReadIndexResponse {
+                request: 7,
+                index: Some(99),
+            },
+            MessageBody::ReadIndexResponse {
+                request: 8,
+                index: None,
             },
         ]
     }

@@ -122,14 +122,18 @@ pub enum Break {
     /// Reads are served from the local state at once, on any node, with neither ReadIndex nor a
     /// lease: reads can be stale (linearizability).
     StaleRead,
+    /// A leader answers a follower's ReadIndex request at once with its commit index, without
+    /// confirming with a quorum that it still leads: a deposed leader hands out stale indexes.
+    UnconfirmedFollowerRead,
 }
 
 impl Break {
-    pub const ALL: [Break; 4] = [
+    pub const ALL: [Break; 5] = [
         Break::PersistVote,
         Break::CommitOldTerm,
         Break::NoPrevoteCheck,
         Break::StaleRead,
+        Break::UnconfirmedFollowerRead,
     ];
 
     pub fn name(self) -> &'static str {
@@ -138,6 +142,7 @@ impl Break {
             Break::CommitOldTerm => "commit-old-term",
             Break::NoPrevoteCheck => "no-prevote-check",
             Break::StaleRead => "stale-read",
+            Break::UnconfirmedFollowerRead => "unconfirmed-follower-read",
         }
     }
 
@@ -153,6 +158,9 @@ impl Break {
                 "pre-votes granted without checking leader liveness or log freshness"
             }
             Break::StaleRead => "reads served from local state without ReadIndex or lease",
+            Break::UnconfirmedFollowerRead => {
+                "a follower's read index answered from the commit index, leadership unconfirmed"
+            }
         }
     }
 }

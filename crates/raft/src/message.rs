@@ -66,6 +66,19 @@ pub enum MessageBody {
     ForwardProposals {
         commands: Vec<Bytes>,
     },
+    /// A follower asks the leader for a read index for a batch of its own clients' reads
+    /// (dissertation §6.4: followers serve linearizable reads once they have applied up to an
+    /// index the leader confirmed). `lease`: the leader may answer from its lease.
+    ReadIndex {
+        request: u64,
+        lease: bool,
+    },
+    /// The leader's answer: the index the follower must apply before serving the batch, or
+    /// `None` when the leader cannot confirm one (not leader, not ready, busy).
+    ReadIndexResponse {
+        request: u64,
+        index: Option<LogIndex>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,6 +190,13 @@ impl fmt::Display for Message {
             MessageBody::ForwardProposals { commands } => {
                 write!(f, "ForwardProposals count={}", commands.len())
             }
+            MessageBody::ReadIndex { request, lease } => {
+                write!(f, "ReadIndex request={request} lease={lease}")
+            }
+            MessageBody::ReadIndexResponse { request, index } => match index {
+                Some(index) => write!(f, "ReadIndexResp request={request} index={index}"),
+                None => write!(f, "ReadIndexResp request={request} refused"),
+            },
         }
     }
 }

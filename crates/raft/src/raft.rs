@@ -161,6 +161,13 @@ impl Raft {
             config,
         };
         raft.track_membership_entries(raft.log.first_index());
+        // Read requests to the leader are numbered from a random start: an answer meant for an
+        // earlier run of this node (delayed in the network) must never release a read of this
+        // one at its older index.
+        // (Derived from the seed, not drawn from the replica's random stream, so its timers
+        // stay what they were.)
+        raft.reads.next_forward_request =
+            ChaCha8Rng::seed_from_u64(!raft.config.rng_seed).random::<u64>() >> 1;
         // (The persist-vote break forgets votes, so it also forgets this promise.)
         if raft.term > 0 && raft.config.check_quorum && !raft.is_broken(Break::PersistVote) {
             raft.last_leader_contact_tick = Some(0);
@@ -271,7 +278,7 @@ impl Raft {
             term,
             body,
         };
-        let immediate = self.role == Role::Leader
+        let replicates_the_leader = self.role == Role::Leader
             && self.durable_term == self.term
             && matches!(
                 message.body,
@@ -280,6 +287,14 @@ impl Raft {
                     | MessageBody::InstallSnapshot { .. }
                     | MessageBody::TimeoutNow
             );
+        // Client traffic says nothing about this node's own state, durable or not.
+        let client_traffic = matches!(
+            message.body,
+            MessageBody::ForwardProposals { .. }
+                | MessageBody::ReadIndex { .. }
+                | MessageBody::ReadIndexResponse { .. }
+        );
+        let immediate = replicates_the_leader || client_traffic;
         if immediate {
             self.outbox.push(message);
         } else {
@@ -303,6 +318,7 @@ impl Raft {
     /// Sends what was deferred to batch it: new entries, commit notices, read rounds.
     fn flush(&mut self) {
         if self.role != Role::Leader {
+            self.flush_reads();
             return;
         }
         if std::mem::take(&mut self.append_due) {
@@ -314,6 +330,7 @@ impl Raft {
         if std::mem::take(&mut self.commit_due) {
             self.broadcast_commit();
         }
+        self.flush_reads();
     }
 
     fn snapshot_due(&self) -> bool {
@@ -420,6 +437,12 @@ impl Raft {
                     let _ = self.propose(command);
                 }
             }
+            MessageBody::ReadIndex { request, lease } => {
+                self.handle_read_index(from, request, lease)
+            }
+            MessageBody::ReadIndexResponse { request, index } => {
+                self.handle_read_index_response(request, index)
+            }
         }
     }
 
@@ -514,6 +537,7 @@ impl Replica for Raft {
 
     fn tick(&mut self) {
         self.now_ticks += 1;
+        self.expire_forwarded_reads();
         if self.role == Role::Leader {
             self.tick_leader();
         } else {

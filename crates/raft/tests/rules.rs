@@ -530,11 +530,94 @@ fn s6_4_read_index_waits_for_a_quorum_round() {
     let reads = &cluster.reads[&1];
     assert_eq!(reads[0].request_id, 7);
     assert_eq!(reads[0].index, cluster.node(1).status().commit_index);
+}
+
+#[test]
+fn s6_4_a_follower_serves_reads_at_an_index_the_leader_confirmed() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    for _ in 0..5 {
+        cluster.propose(1, b"w");
+    }
+    cluster.settle();
+    let commit_index = cluster.node(1).status().commit_index;
+    // Reads gathered between two Readies travel as one request.
+    cluster.node_mut(2).read(8, ReadMode::ReadIndex).unwrap();
+    cluster.node_mut(2).read(9, ReadMode::ReadIndex).unwrap();
+    cluster.settle();
+    let requests = cluster
+        .delivered
+        .iter()
+        .filter(|m| matches!(m.body, MessageBody::ReadIndex { .. }))
+        .count();
+    assert_eq!(requests, 1, "one ReadIndex request for the batch");
+    let released: Vec<(u64, u64)> = cluster.reads[&2]
+        .iter()
+        .map(|r| (r.request_id, r.index))
+        .collect();
+    assert_eq!(released, vec![(8, commit_index), (9, commit_index)]);
+    // The leader confirmed it with a heartbeat round first: the index is safe to read at.
+    let round_before_answer = cluster
+        .delivered
+        .iter()
+        .position(|m| matches!(m.body, MessageBody::HeartbeatResponse { .. }) && m.to == 1);
+    let answer = cluster.delivered.iter().position(|m| {
+        matches!(
+            m.body,
+            MessageBody::ReadIndexResponse { index: Some(_), .. }
+        )
+    });
+    assert!(
+        round_before_answer < answer,
+        "a quorum round precedes the answer"
+    );
+}
+
+#[test]
+fn s6_4_a_followers_read_is_dropped_when_the_leader_cannot_confirm() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    cluster.settle();
+    // The leader is cut off: the request never gets an answer, and the read is dropped (the
+    // client retries; a read has no effect) rather than left waiting.
+    cluster.isolate(1);
+    cluster.node_mut(2).read(8, ReadMode::ReadIndex).unwrap();
+    cluster.settle();
+    assert!(cluster.reads.get(&2).is_none_or(|r| r.is_empty()));
+    let patience = cluster.node(2).config().election_timeout_max_ticks;
+    cluster.tick(2, patience);
+    cluster.settle();
+    assert!(
+        cluster.reads.get(&2).is_none_or(|r| r.is_empty()),
+        "never released"
+    );
+    assert_eq!(cluster.dropped_reads[&2], vec![8]);
+
+    // A member that is not the leader refuses a ReadIndex request outright.
+    let mut follower = follower_with_log(3, 2, &[1, 1]);
+    follower.step(msg(
+        2,
+        3,
+        2,
+        MessageBody::ReadIndex {
+            request: 5,
+            lease: false,
+        },
+    ));
+    let (now, after, _) = drain(&mut follower);
+    let answers: Vec<&MessageBody> = now.iter().chain(&after).map(|m| &m.body).collect();
+    assert_eq!(
+        answers,
+        vec![&MessageBody::ReadIndexResponse {
+            request: 5,
+            index: None
+        }]
+    );
+    // And a node that knows no leader refuses its client's read at once.
+    let mut alone = follower_with_log(3, 0, &[]);
     assert!(matches!(
-        cluster.node_mut(2).read(8, ReadMode::ReadIndex),
-        Err(ReplicaError::NotLeader {
-            leader_hint: Some(1)
-        })
+        alone.read(1, ReadMode::ReadIndex),
+        Err(ReplicaError::NotLeader { leader_hint: None })
     ));
 }
 

@@ -400,12 +400,12 @@ async fn a_follower_answers_writes_and_linearizable_reads_through_the_leader() {
     let follower = cluster.follower(leader);
     let mut kv = cluster.kv(follower);
 
-    // The write is forwarded to the leader; as in etcd, the header names the member asked.
+    // The write goes to the leader through Raft; as in etcd, the header names the member asked.
     let written = put(&mut kv, "via-follower", "1").await;
     assert_eq!(written.header.unwrap().member_id, cluster.ids[follower]);
 
-    // A linearizable read on the follower sees it at once (it is served by the leader), at
-    // the revision the leader wrote.
+    // A linearizable read on the follower sees it at once (the leader confirms a read index,
+    // the follower serves it once applied), at the revision the leader wrote.
     let read = get(&mut kv, "via-follower").await;
     assert_eq!(values(&read), [("via-follower".into(), "1".into())]);
     let header = read.header.unwrap();
@@ -457,16 +457,18 @@ async fn a_follower_answers_writes_and_linearizable_reads_through_the_leader() {
         .into_inner();
     assert_eq!(deleted.deleted, 1);
 
-    // A request already forwarded once over the client API (linearizable reads are; writes go
-    // to the leader through Raft) is not forwarded again.
-    let mut marked = tonic::Request::new(pb::RangeRequest {
-        key: "loop".into(),
-        ..Default::default()
-    });
+    // A request already forwarded once over the client API (what only the leader answers, such
+    // as a lease's time to live; writes and linearizable reads go through Raft) is not forwarded
+    // again.
+    let mut marked = tonic::Request::new(pb::LeaseTimeToLiveRequest { id: 1, keys: false });
     marked
         .metadata_mut()
         .insert("ballot-forwarded", "1".parse().unwrap());
-    let error = kv.range(marked).await.unwrap_err();
+    let error = cluster
+        .lease(follower)
+        .lease_time_to_live(marked)
+        .await
+        .unwrap_err();
     assert_eq!(error.code(), Code::FailedPrecondition);
     assert_eq!(error.message(), "etcdserver: not leader");
 }

@@ -464,7 +464,8 @@ impl<R: Replica, F: FnMut(NodeStart) -> Result<R, String>> Simulation<R, F> {
             .is_some_and(|replica| test(&replica.status().membership, node))
     }
 
-    /// The removal committed: stop the node, wipe its disk, forget messages meant for it.
+    /// The removal committed: stop the node, wipe its disk, forget messages meant for it and
+    /// those it sent that are still in flight (they died with its process).
     fn stop_removed(&mut self, node: NodeId) {
         let now = self.world.now;
         trace_event!(
@@ -474,6 +475,7 @@ impl<R: Replica, F: FnMut(NodeStart) -> Result<R, String>> Simulation<R, F> {
         );
         self.nodes[node as usize - 1].remove();
         self.world.network.purge_to(node);
+        self.world.network.purge_from(node);
         self.world.clients.on_node_down(now, node);
         let delay = self
             .nemesis

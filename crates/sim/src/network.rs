@@ -173,6 +173,18 @@ impl<M: ProtocolMessage> Network<M> {
         self.stats.dropped += (before - self.queue.len()) as u64;
     }
 
+    /// Forget every message in flight from `node`: its process is gone for good (wiped), and so
+    /// are its connections with what they still carried. A member id reused while an earlier
+    /// incarnation's messages can still arrive is outside what Raft (and ballot) supports: a
+    /// success from the old log would make the leader count entries the new one lacks. etcd never
+    /// reuses a removed id; ballot reuses one only after the old process is dead.
+    pub fn purge_from(&mut self, node: NodeId) {
+        let before = self.queue.len();
+        self.queue
+            .retain(|in_flight| in_flight.message.from() != node);
+        self.stats.dropped += (before - self.queue.len()) as u64;
+    }
+
     pub fn block(&mut self, from: NodeId, to: NodeId) {
         let (from, to) = (from as usize, to as usize);
         if from < self.stride && to < self.stride && from != to {
@@ -376,5 +388,9 @@ pub(crate) mod tests {
         net.send(0, message(1, 3, 2));
         net.purge_to(2);
         assert_eq!(drain(&mut net, 5), vec![2]);
+        net.send(0, message(2, 3, 3));
+        net.send(0, message(1, 3, 4));
+        net.purge_from(2);
+        assert_eq!(drain(&mut net, 5), vec![4]);
     }
 }

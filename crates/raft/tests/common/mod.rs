@@ -41,6 +41,7 @@ pub struct Cluster {
     pub disks: BTreeMap<NodeId, Disk>,
     pub applied: BTreeMap<NodeId, Vec<Entry>>,
     pub reads: BTreeMap<NodeId, Vec<ReadState>>,
+    pub dropped_reads: BTreeMap<NodeId, Vec<u64>>,
     pub queue: VecDeque<Message>,
     pub cut: BTreeSet<(NodeId, NodeId)>,
     /// Every message delivered, for assertions on what was said.
@@ -70,6 +71,7 @@ impl Cluster {
             disks: BTreeMap::new(),
             applied: BTreeMap::new(),
             reads: BTreeMap::new(),
+            dropped_reads: BTreeMap::new(),
             queue: VecDeque::new(),
             cut: BTreeSet::new(),
             delivered: Vec::new(),
@@ -150,6 +152,10 @@ impl Cluster {
             .or_default()
             .extend(ready.committed_entries);
         self.reads.entry(id).or_default().extend(ready.read_states);
+        self.dropped_reads
+            .entry(id)
+            .or_default()
+            .extend(ready.dropped_reads);
         node.advance();
         if ready.snapshot_wanted && self.auto_snapshot {
             let status = node.status();
