@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # ballot vs etcd on this machine, one after the other, with the same `ballot bench` grid.
 #
-# Starts a 3-node etcd (Debian's etcd-server, installed if missing) and then a 3-node ballot
-# (`ballot dev`), both on loopback with durable writes (their defaults), runs the grid
+# Starts a 3-node etcd (Debian's etcd-server, installed if missing) and a 3-node ballot
+# (`ballot dev`), both on loopback with durable writes (their defaults), and runs the grid
 #   workloads: put, linearizable get, serializable get, txn (compare-and-swap)
 #   clients:   1, 16, 64, 256 (connections: clients / 16, at least 1)
 #   values:    256 bytes, key space of BENCH_KEY_SPACE keys (written once before the grid)
@@ -10,10 +10,16 @@
 # before and after every cell, and writes the table, the ratios ballot / etcd and the issue's
 # targets (met / MISSED) into docs/benchmarks.md between the bench-vs-etcd markers.
 #
+# Both clusters stay up for the whole run and every cell runs etcd, ballot, ballot, etcd (ABBA),
+# BENCH_ROUNDS times, the figures averaged: a shared VM's speed drifts by tens of percent over
+# minutes, and running one system's grid after the other's puts that drift into the ratios. The
+# idle cluster costs little (heartbeats) while the other is measured.
+#
 # Environment:
 #   BENCH_SECONDS    seconds per cell (default 10; 2 for a quick check, labelled a smoke run)
 #   BENCH_CLIENTS    client counts (default "1 16 64 256")
 #   BENCH_WORKLOADS  cells (default "put get get-serializable txn")
+#   BENCH_ROUNDS     ABBA rounds per cell (default 1: each system runs each cell twice)
 #   BENCH_KEY_SPACE  keys (default 10000)
 #   BENCH_OUT        markdown file to update (default docs/benchmarks.md; "-": stdout only)
 #   CARGO_TARGET_DIR where the release build goes (default target)
@@ -26,6 +32,7 @@ BENCH_SECONDS=${BENCH_SECONDS:-10}
 BENCH_CLIENTS=${BENCH_CLIENTS:-"1 16 64 256"}
 BENCH_WORKLOADS=${BENCH_WORKLOADS:-"put get get-serializable txn"}
 BENCH_KEY_SPACE=${BENCH_KEY_SPACE:-10000}
+BENCH_ROUNDS=${BENCH_ROUNDS:-1}
 VALUE_SIZE=256
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 BENCH_OUT=${BENCH_OUT:-$REPO/docs/benchmarks.md}
@@ -114,45 +121,45 @@ wait_healthy() {
     return 1
 }
 
-# run_grid SYSTEM ENDPOINTS PID...: writes the key space once, then every cell.
-run_grid() {
-    local system=$1 endpoints=$2
-    shift 2
-    local pids=("$@") workload clients conns flags before after output
-    log "$system: writing $BENCH_KEY_SPACE keys"
-    "$BALLOT" bench put --endpoints "$endpoints" --clients 64 --conns 4 --sequential-keys \
+# write_keys SYSTEM ENDPOINTS: the key space, once, before the grid.
+write_keys() {
+    log "$1: writing $BENCH_KEY_SPACE keys"
+    "$BALLOT" bench put --endpoints "$2" --clients 64 --conns 4 --sequential-keys \
         --total "$BENCH_KEY_SPACE" --key-space "$BENCH_KEY_SPACE" --value-size $VALUE_SIZE \
         --json >/dev/null
-    for workload in $BENCH_WORKLOADS; do
-        for clients in $BENCH_CLIENTS; do
-            conns=$((clients / 16))
-            ((conns >= 1)) || conns=1
-            case $workload in
-                put) flags=(put) ;;
-                get) flags=(get --no-preload) ;;
-                get-serializable) flags=(get --serializable --no-preload) ;;
-                txn) flags=(txn --no-preload) ;;
-                *) log "unknown workload $workload"; exit 1 ;;
-            esac
-            before=$(cpu_ticks "${pids[@]}")
-            if ! output=$("$BALLOT" bench "${flags[@]}" --endpoints "$endpoints" --clients "$clients" \
-                --conns "$conns" --duration "${BENCH_SECONDS}s" --key-space "$BENCH_KEY_SPACE" \
-                --value-size $VALUE_SIZE --json); then
-                # Keep going: one failed cell should not lose the whole comparison.
-                log "$system $workload clients=$clients: the bench run FAILED"
-                output='{"clients":'$clients',"ops":0,"ops_per_second":0,"errors":"failed",
-                    "latency_ms":{"p50":0,"p99":0},"bench_cpu":{"per_op_us":0}}'
-            fi
-            after=$(cpu_ticks "${pids[@]}")
-            echo "$output" | jq -r --arg system "$system" --arg workload "$workload" \
-                --argjson ticks $((after - before)) --argjson hz "$CLOCK_TICKS" \
-                '[$system, $workload, .clients, .ops_per_second, .latency_ms.p50, .latency_ms.p99,
-                  .errors, (if .ops > 0 then $ticks / $hz * 1e6 / .ops else 0 end),
-                  .bench_cpu.per_op_us] | @tsv' >>"$RESULTS"
-            log "$system $workload clients=$clients: $(echo "$output" |
-                jq -r '"\(.ops_per_second | floor) ops/s, p50 \(.latency_ms.p50) ms, p99 \(.latency_ms.p99) ms, \(.errors) errors"')"
-        done
-    done
+}
+
+# run_cell SYSTEM ENDPOINTS WORKLOAD CLIENTS PID...: one run of one cell, a line of results.
+run_cell() {
+    local system=$1 endpoints=$2 workload=$3 clients=$4
+    shift 4
+    local pids=("$@") conns flags before after output
+    conns=$((clients / 16))
+    ((conns >= 1)) || conns=1
+    case $workload in
+        put) flags=(put) ;;
+        get) flags=(get --no-preload) ;;
+        get-serializable) flags=(get --serializable --no-preload) ;;
+        txn) flags=(txn --no-preload) ;;
+        *) log "unknown workload $workload"; exit 1 ;;
+    esac
+    before=$(cpu_ticks "${pids[@]}")
+    if ! output=$("$BALLOT" bench "${flags[@]}" --endpoints "$endpoints" --clients "$clients" \
+        --conns "$conns" --duration "${BENCH_SECONDS}s" --key-space "$BENCH_KEY_SPACE" \
+        --value-size $VALUE_SIZE --json); then
+        # Keep going: one failed cell should not lose the whole comparison.
+        log "$system $workload clients=$clients: the bench run FAILED"
+        output='{"clients":'$clients',"ops":0,"ops_per_second":0,"errors":"failed",
+            "latency_ms":{"p50":0,"p99":0},"bench_cpu":{"per_op_us":0}}'
+    fi
+    after=$(cpu_ticks "${pids[@]}")
+    echo "$output" | jq -r --arg system "$system" --arg workload "$workload" \
+        --argjson ticks $((after - before)) --argjson hz "$CLOCK_TICKS" \
+        '[$system, $workload, .clients, .ops_per_second, .latency_ms.p50, .latency_ms.p99,
+          .errors, (if .ops > 0 then $ticks / $hz * 1e6 / .ops else 0 end),
+          .bench_cpu.per_op_us] | @tsv' >>"$RESULTS"
+    log "$system $workload clients=$clients: $(echo "$output" |
+        jq -r '"\(.ops_per_second | floor) ops/s, p50 \(.latency_ms.p50) ms, p99 \(.latency_ms.p99) ms, \(.errors) errors"')"
 }
 
 stop_pids() {
@@ -193,10 +200,8 @@ done
 ENDPOINTS=$(IFS=,; echo "${ETCD_ENDPOINTS[*]}")
 wait_healthy "$ENDPOINTS"
 ENDPOINTS=$(leader_first "$ENDPOINTS")
-log "etcd up: $ENDPOINTS (leader first)"
-run_grid etcd "$ENDPOINTS" "${ETCD_PIDS[@]}"
-ETCD_DISK_BYTES=$(du -sb "$WORK/etcd" | cut -f1)
-stop_pids "${ETCD_PIDS[@]}"
+ETCD_ENDPOINTS=$ENDPOINTS
+log "etcd up: $ETCD_ENDPOINTS (leader first)"
 
 # --- ballot ------------------------------------------------------------------------------------
 
@@ -213,10 +218,26 @@ ENDPOINTS=$(grep -o 'client http://127.0.0.1:[0-9]*' "$WORK/ballot-dev.log" | se
 mapfile -t BALLOT_PIDS < <(pgrep -P "$DEV_PID")
 ((${#BALLOT_PIDS[@]} == 3)) || { log "expected 3 ballot servers, found ${#BALLOT_PIDS[@]}"; exit 1; }
 wait_healthy "$ENDPOINTS"
-ENDPOINTS=$(leader_first "$ENDPOINTS")
-log "ballot up: $ENDPOINTS (leader first)"
-run_grid ballot "$ENDPOINTS" "${BALLOT_PIDS[@]}"
+BALLOT_ENDPOINTS=$(leader_first "$ENDPOINTS")
+log "ballot up: $BALLOT_ENDPOINTS (leader first)"
+
+# --- the grid ----------------------------------------------------------------------------------
+
+write_keys etcd "$ETCD_ENDPOINTS"
+write_keys ballot "$BALLOT_ENDPOINTS"
+for workload in $BENCH_WORKLOADS; do
+    for clients in $BENCH_CLIENTS; do
+        for _ in $(seq 1 "$BENCH_ROUNDS"); do
+            run_cell etcd "$ETCD_ENDPOINTS" "$workload" "$clients" "${ETCD_PIDS[@]}"
+            run_cell ballot "$BALLOT_ENDPOINTS" "$workload" "$clients" "${BALLOT_PIDS[@]}"
+            run_cell ballot "$BALLOT_ENDPOINTS" "$workload" "$clients" "${BALLOT_PIDS[@]}"
+            run_cell etcd "$ETCD_ENDPOINTS" "$workload" "$clients" "${ETCD_PIDS[@]}"
+        done
+    done
+done
+ETCD_DISK_BYTES=$(du -sb "$WORK/etcd" | cut -f1)
 BALLOT_DISK_BYTES=$(du -sb "$WORK/ballot" | cut -f1)
+stop_pids "${ETCD_PIDS[@]}"
 stop_pids "$DEV_PID"
 
 # --- the report --------------------------------------------------------------------------------
@@ -243,7 +264,7 @@ awk -F'\t' -v smoke="$smoke" -v seconds="$BENCH_SECONDS" -v keys="$BENCH_KEY_SPA
     -v cpu="$cpu_model" -v cores="$(nproc)" -v memory="$memory" -v kernel="$(uname -r)" \
     -v disk="$disk_source ($disk_fs${disk_model:+, $disk_model}, rotational=$rotational)" \
     -v commit="$commit" -v etcd_version="$etcd_version" -v date="$(date -u +%Y-%m-%d)" \
-    -v load="$(cut -d' ' -f1-3 /proc/loadavg)" \
+    -v load="$(cut -d' ' -f1-3 /proc/loadavg)" -v rounds="$BENCH_ROUNDS" \
     -v etcd_disk="$ETCD_DISK_BYTES" -v ballot_disk="$BALLOT_DISK_BYTES" '
 function label(w) {
     if (w == "put") return "put"
@@ -258,8 +279,13 @@ function verdict(ok) { return ok ? "met" : "**MISSED**" }
 {
     key = $2 SUBSEP $3
     if (!(key in seen)) { seen[key] = 1; order[++cells] = key; workload[key] = $2; clients[key] = $3 }
-    rate[$1, key] = $4; p50[$1, key] = $5; p99[$1, key] = $6; errors[$1, key] = $7
-    server_cpu[$1, key] = $8; bench_cpu[$1, key] = $9
+    # Every run of a cell is averaged in (the ABBA order cancels a steady drift).
+    n = ++runs[$1, key]
+    rate[$1, key] += ($4 - rate[$1, key]) / n
+    p50[$1, key] += ($5 - p50[$1, key]) / n
+    p99[$1, key] += ($6 - p99[$1, key]) / n
+    server_cpu[$1, key] += ($8 - server_cpu[$1, key]) / n
+    errors[$1, key] += ($7 ~ /^[0-9]+$/) ? $7 : 0
     if (bench_min == "" || $9 < bench_min) bench_min = $9
     if ($9 > bench_max) bench_max = $9
 }
@@ -273,12 +299,14 @@ END {
     printf "acknowledging a write). Load average when the run ended: %s.\n", load
     print ""
     print "```"
-    printf "BENCH_SECONDS=%s scripts/bench-vs-etcd.sh\n", seconds
+    printf "BENCH_SECONDS=%s BENCH_ROUNDS=%s scripts/bench-vs-etcd.sh\n", seconds, rounds
     printf "# each cell: ballot bench WORKLOAD --endpoints LEADER,F1,F2 --clients C --conns max(1,C/16) \\\n"
     printf "#   --duration %ss --key-space %s --value-size 256 --json   (get: --serializable for the serializable rows)\n", seconds, keys
     print "```"
     print ""
-    print "The three nodes of each system and the bench share the machine; each system ran alone. Keys are"
+    printf "The three nodes of each system and the bench share the machine. Both clusters were up for the\n"
+    printf "whole run; each cell ran etcd, ballot, ballot, etcd (%s round(s)), and the table averages the\n", rounds
+    print "runs, so a drift of the machine'"'"'s speed during the run weighs on both alike. Keys are"
     printf "written once before the grid (%s keys, random key per operation). Server CPU is utime + stime of\n", keys
     print "the three server processes from /proc over the cell, divided by its operations. A txn operation"
     print "is a get and a compare-and-swap txn on the key'"'"'s mod_revision (two requests)."

@@ -324,7 +324,7 @@ impl Raft {
         if std::mem::take(&mut self.append_due) {
             self.broadcast_append();
         }
-        if self.reads.round_due {
+        if self.read_round_may_go() {
             self.broadcast_heartbeat();
         }
         if std::mem::take(&mut self.commit_due) {
@@ -598,7 +598,7 @@ impl Replica for Raft {
             || self.log.has_committed_to_apply()
             || self.reads.has_output()
             || (self.role == Role::Leader
-                && (self.append_due || self.commit_due || self.reads.round_due))
+                && (self.append_due || self.commit_due || self.read_round_may_go()))
             || self.snapshot_due()
     }
 

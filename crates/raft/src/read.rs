@@ -14,6 +14,11 @@
 //! serves each read once it has applied that far). A batch the leader refuses, or whose answer
 //! does not come within an election timeout (lost, or the leader is gone), is dropped: a read has
 //! no effect, so the client just retries.
+//!
+//! One read round is outstanding at a time, as in etcd: reads that arrive while one is in flight
+//! wait for the next, which goes out when it is confirmed (or a tick later, if its answers were
+//! lost). A round must be sent after the read arrived, so a read waits at most two round trips,
+//! and under load the rounds (two messages per follower) are shared by many more reads.
 
 use crate::config::Break;
 use crate::message::MessageBody;
@@ -281,6 +286,17 @@ impl Raft {
             let batch = self.reads.forwarded.remove(&request).expect("listed");
             self.reads.dropped.extend(batch.request_ids);
         }
+    }
+
+    /// A read round is due and may go now: the previous one is confirmed, or was sent a tick
+    /// ago or more (its answers may be lost; the periodic heartbeat would send one anyway).
+    pub(crate) fn read_round_may_go(&self) -> bool {
+        self.reads.round_due
+            && self
+                .reads
+                .round_sent_ticks
+                .back()
+                .is_none_or(|&(_, sent_tick)| self.now_ticks > sent_tick)
     }
 
     fn lease_valid(&self) -> bool {
