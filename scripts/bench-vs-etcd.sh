@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # ballot vs etcd on this machine, one after the other, with the same `ballot bench` grid.
 #
-# Starts a 3-node etcd (Debian's etcd-server, installed if missing) and a 3-node ballot
+# Starts a 3-node etcd (Debian's etcd-server; it and etcd-client and jq are installed if missing) and a 3-node ballot
 # (`ballot dev`), both on loopback with durable writes (their defaults), and runs the grid
 #   workloads: put, linearizable get, serializable get, txn (compare-and-swap)
 #   clients:   1, 16, 64, 256 (connections: clients / 16, at least 1)
@@ -58,9 +58,14 @@ trap cleanup EXIT
 
 # --- prerequisites -----------------------------------------------------------------------------
 
-if ! command -v etcd >/dev/null; then
-    log "installing etcd-server (Debian)"
-    apt-get install -y etcd-server >&2 || { apt-get update >&2 && apt-get install -y etcd-server >&2; }
+# etcd-server for the etcd cluster; etcd-client for etcdctl, which finds each cluster's leader.
+missing=()
+command -v etcd >/dev/null || missing+=(etcd-server)
+command -v etcdctl >/dev/null || missing+=(etcd-client)
+command -v jq >/dev/null || missing+=(jq)
+if ((${#missing[@]})); then
+    log "installing ${missing[*]} (Debian)"
+    apt-get install -y "${missing[@]}" >&2 || { apt-get update >&2 && apt-get install -y "${missing[@]}" >&2; }
 fi
 for tool in etcd etcdctl jq awk; do
     command -v "$tool" >/dev/null || { log "$tool is required"; exit 1; }

@@ -6,7 +6,8 @@
 //!    leader may replicate entries in parallel with writing them itself, dissertation §10.2.1);
 //! 2. persist [`Ready::snapshot`] (it replaces the stored log: drop every stored entry), then
 //!    [`Ready::entries`] (an entry at an index that is already stored replaces it and every entry
-//!    after it), then [`Ready::hard_state`], and make them durable (fsync);
+//!    after it), then [`Ready::hard_state`], and make them durable (fsync) when
+//!    [`Ready::must_persist`] says so (a hard state that only moves the commit index need not be);
 //! 3. only then send [`Ready::messages_after_persist`] (votes, append acknowledgements);
 //! 4. restore the state machine from [`Ready::snapshot`] if any, then apply
 //!    [`Ready::committed_entries`] in order;
@@ -37,6 +38,12 @@ pub struct Ready<M> {
     pub snapshot: Option<Snapshot>,
     pub entries: Vec<Entry>,
     pub hard_state: Option<HardState>,
+    /// Whether [`Ready::hard_state`] must be synced: its term or vote changed. A hard state that
+    /// only moves the commit index may be written without an fsync (as etcd does): the commit
+    /// index is volatile state in Raft, and a restart that finds an older one relearns it from the
+    /// leader. Every entry at or below any commit index written was synced with an earlier batch
+    /// (or is in this one, which then syncs for its entries).
+    pub hard_state_needs_sync: bool,
     pub messages_after_persist: Vec<M>,
     pub committed_entries: Vec<Entry>,
     pub read_states: Vec<ReadState>,
@@ -56,6 +63,7 @@ impl<M> Default for Ready<M> {
             snapshot: None,
             entries: Vec::new(),
             hard_state: None,
+            hard_state_needs_sync: false,
             messages_after_persist: Vec::new(),
             committed_entries: Vec::new(),
             read_states: Vec::new(),
@@ -66,9 +74,10 @@ impl<M> Default for Ready<M> {
 }
 
 impl<M> Ready<M> {
-    /// Whether anything must be written before `messages_after_persist` may leave.
+    /// Whether anything must be durable (synced) before `messages_after_persist` may leave.
+    /// A commit-only [`Ready::hard_state`] is still to be written, just not waited for.
     pub fn must_persist(&self) -> bool {
-        self.snapshot.is_some() || !self.entries.is_empty() || self.hard_state.is_some()
+        self.snapshot.is_some() || !self.entries.is_empty() || self.hard_state_needs_sync
     }
 
     pub fn is_empty(&self) -> bool {

@@ -614,6 +614,8 @@ impl Replica for Raft {
             snapshot: self.snapshot_to_install.take(),
             entries: self.log.take_unstable(),
             hard_state: (hard_state != self.last_hard_state).then_some(hard_state),
+            hard_state_needs_sync: hard_state.term != self.last_hard_state.term
+                || hard_state.voted_for != self.last_hard_state.voted_for,
             messages_after_persist: std::mem::take(&mut self.outbox_after_persist),
             committed_entries: self.log.take_committed(),
             read_states: self.reads.take_released(),

@@ -143,10 +143,58 @@ fn s5_2_vote_is_persisted_before_the_reply_leaves() {
     );
     let hard_state = ready.hard_state.expect("term and vote must be persisted");
     assert_eq!((hard_state.term, hard_state.voted_for), (2, Some(1)));
+    assert!(ready.must_persist(), "a vote is synced, not just written");
     assert!(matches!(
         ready.messages_after_persist[0].body,
         MessageBody::RequestVoteResponse { granted: true }
     ));
+}
+
+/// The commit index is volatile state (figure 2): a hard state that only moves it is written
+/// but not synced, so a commit costs the leader and each follower no fsync of its own.
+#[test]
+fn s5_3_a_commit_only_hard_state_is_written_without_a_sync() {
+    let mut raft = follower_with_log(2, 1, &[1, 1]);
+    raft.step(msg(
+        1,
+        2,
+        1,
+        MessageBody::Heartbeat {
+            leader_commit: 2,
+            read_round: 0,
+        },
+    ));
+    let ready = raft.ready();
+    let hard_state = ready.hard_state.expect("the new commit index is written");
+    assert_eq!(hard_state.commit_index, 2);
+    assert!(ready.entries.is_empty());
+    assert!(
+        !ready.must_persist(),
+        "moving only the commit index needs no fsync"
+    );
+    assert_eq!(
+        ready.committed_entries.len(),
+        2,
+        "both entries may be applied"
+    );
+    raft.advance();
+
+    // A new term in the same kind of message is synced.
+    raft.step(msg(
+        3,
+        2,
+        2,
+        MessageBody::Heartbeat {
+            leader_commit: 2,
+            read_round: 0,
+        },
+    ));
+    let ready = raft.ready();
+    assert_eq!(ready.hard_state.map(|state| state.term), Some(2));
+    assert!(
+        ready.must_persist(),
+        "a new term is synced before anyone hears of it"
+    );
 }
 
 #[test]

@@ -95,6 +95,18 @@ impl Transport {
         listen: SocketAddr,
         inbound: mpsc::Sender<Message>,
     ) -> std::io::Result<(Arc<Transport>, SocketAddr)> {
+        Self::start_into(config, listen, inbound, |message| message).await
+    }
+
+    /// Like [`Transport::start`], delivering `wrap(message)` into a queue of another type: the
+    /// node's reader tasks put peer messages straight into the raft loop's input queue, with no
+    /// task in between to wake (one wake-up less per message, on every commit's critical path).
+    pub async fn start_into<T: Send + 'static>(
+        config: TransportConfig,
+        listen: SocketAddr,
+        inbound: mpsc::Sender<T>,
+        wrap: fn(Message) -> T,
+    ) -> std::io::Result<(Arc<Transport>, SocketAddr)> {
         let listener = TcpListener::bind(listen).await?;
         let local = listener.local_addr()?;
         let config = Arc::new(config);
@@ -104,6 +116,7 @@ impl Transport {
             config.clone(),
             stats.clone(),
             inbound,
+            wrap,
         ));
         let transport = Transport {
             config,
@@ -233,11 +246,12 @@ async fn write_loop(
     }
 }
 
-async fn accept_loop(
+async fn accept_loop<T: Send + 'static>(
     listener: TcpListener,
     config: Arc<TransportConfig>,
     stats: Arc<TransportStats>,
-    inbound: mpsc::Sender<Message>,
+    inbound: mpsc::Sender<T>,
+    wrap: fn(Message) -> T,
 ) {
     loop {
         let Ok((stream, remote)) = listener.accept().await else {
@@ -248,18 +262,19 @@ async fn accept_loop(
         let stats = stats.clone();
         let inbound = inbound.clone();
         tokio::spawn(async move {
-            if let Err(reason) = read_loop(stream, &config, &stats, &inbound).await {
+            if let Err(reason) = read_loop(stream, &config, &stats, &inbound, wrap).await {
                 tracing::debug!(%remote, %reason, "peer connection closed");
             }
         });
     }
 }
 
-async fn read_loop(
+async fn read_loop<T>(
     stream: TcpStream,
     config: &TransportConfig,
     stats: &TransportStats,
-    inbound: &mpsc::Sender<Message>,
+    inbound: &mpsc::Sender<T>,
+    wrap: fn(Message) -> T,
 ) -> Result<(), String> {
     let mut reader = BufReader::with_capacity(256 * 1024, stream);
     let mut magic = [0u8; 8];
@@ -310,7 +325,7 @@ async fn read_loop(
             ));
         }
         stats.messages_received.fetch_add(1, Ordering::Relaxed);
-        if inbound.send(message).await.is_err() {
+        if inbound.send(wrap(message)).await.is_err() {
             return Ok(()); // node stopped
         }
     }

@@ -146,6 +146,7 @@ impl Fake {
                 voted_for: None,
                 commit_index: 0,
             });
+            fake.out.hard_state_needs_sync = true;
         }
         fake
     }
@@ -307,6 +308,7 @@ impl Replica for Fake {
                 voted_for: None,
                 commit_index: self.commit,
             });
+            self.out.hard_state_needs_sync = true;
         }
         match message.body {
             Body::Append {

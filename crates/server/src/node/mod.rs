@@ -332,27 +332,19 @@ impl Node {
     pub async fn start(config: ServerConfig) -> Result<Node, String> {
         config.validate().map_err(|error| error.to_string())?;
         let (inputs, receiver) = mpsc::channel(INPUTS_QUEUED_MAX);
-        let (peer_sender, mut peer_receiver) = mpsc::channel(INPUTS_QUEUED_MAX);
         let peer_listen = crate::config::parse_url(&config.listen_peer_urls[0])?;
         let transport_config =
             TransportConfig::new(config.node_id(), config.initial_cluster_token.clone());
-        let (transport, peer_addr) = Transport::start(transport_config, peer_listen, peer_sender)
-            .await
-            .map_err(|error| format!("cannot listen for peers on {peer_listen}: {error}"))?;
+        let (transport, peer_addr) =
+            Transport::start_into(transport_config, peer_listen, inputs.clone(), Input::Peer)
+                .await
+                .map_err(|error| format!("cannot listen for peers on {peer_listen}: {error}"))?;
         for (_, url) in &config.initial_cluster {
             let id = crate::config::member_id(&config.initial_cluster_token, url);
             if id != config.node_id() {
                 transport.set_peer(id, crate::config::parse_url(url)?);
             }
         }
-        let forward = inputs.clone();
-        tokio::spawn(async move {
-            while let Some(message) = peer_receiver.recv().await {
-                if forward.send(Input::Peer(message)).await.is_err() {
-                    return;
-                }
-            }
-        });
         let status = Arc::new(Mutex::new(NodeStatus {
             id: config.node_id(),
             ..NodeStatus::default()
