@@ -4,9 +4,11 @@
 //! - [`node`]: the raft loop that owns the replica, the WAL and the state machine.
 //! - [`transport`]: Raft messages between peers over TCP, one connection per peer, batched.
 //! - [`config`]: etcd-compatible configuration.
-//! - [`etcd`]: the etcd v3 gRPC services over a [`node::NodeHandle`].
+//! - [`etcd`]: the etcd v3 gRPC services over a [`node::NodeHandle`], served over
+//!   [`coalesce`]d connections (many responses per socket write).
 //! - [`http`]: `/metrics`, `/health` and [`native`], the HTTP/JSON API with read levels.
 
+pub mod coalesce;
 pub mod config;
 pub mod etcd;
 pub mod http;
