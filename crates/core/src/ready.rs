@@ -14,6 +14,11 @@
 //! 5. serve each [`ReadState`] once the applied index reaches its index;
 //! 6. call [`crate::Replica::advance`].
 //!
+//! A leader may do steps 4 and 5 before step 2: its committed entries are durable on a quorum
+//! that includes itself (its own entries count towards a commit only once persisted), so
+//! applying them and answering clients never depends on this batch's write. Followers keep
+//! the order, since their acknowledgements (step 3) are what commits wait for.
+//!
 //! Storage may tear a batch on a crash: some of `entries` durable, `hard_state` not. Replicas
 //! accept such a state on restart (a log entry newer than the persisted term), since nothing that
 //! depended on the lost part was sent.

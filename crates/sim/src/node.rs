@@ -12,7 +12,7 @@ use crate::disk::{Disk, PendingWrite};
 use crate::kv::{ApplyResult, Command, KvStore};
 use ballot_core::{
     Entry, EntryPayload, LogIndex, LogPosition, Membership, NodeId, PersistedState, ReadState,
-    Replica, Snapshot, SnapshotMeta,
+    Replica, Role, Snapshot, SnapshotMeta,
 };
 
 /// Whether the node runs, waits to restart, or has left the cluster.
@@ -212,6 +212,10 @@ impl<R: Replica> Node<R> {
             }
             let must_persist = ready.must_persist();
             let restores_snapshot = ready.snapshot.is_some();
+            // As the server does: a leader applies (and answers) before its write is durable,
+            // since what it applies is committed on a quorum already; a crash before the sync
+            // must not lose what it answered.
+            let applies_before_sync = !restores_snapshot && replica.status().role == Role::Leader;
             if must_persist {
                 let write = PendingWrite {
                     snapshot: ready.snapshot.take(),
@@ -220,6 +224,17 @@ impl<R: Replica> Node<R> {
                 };
                 if let Err(error) = self.disk.write(write) {
                     handler.contract_broken(now, self.id, format!("unusable write: {error}"));
+                }
+            }
+            if applies_before_sync {
+                for entry in std::mem::take(&mut ready.committed_entries) {
+                    self.apply(now, &entry, handler);
+                }
+                self.waiting_reads
+                    .extend(std::mem::take(&mut ready.read_states));
+                self.serve_reads(now, handler);
+                for request_id in std::mem::take(&mut ready.dropped_reads) {
+                    handler.read_dropped(now, self.id, request_id);
                 }
             }
             self.pending = Some(PendingReady {
