@@ -806,7 +806,12 @@ async fn txn_compares_every_target_and_runs_nested_ops() {
 #[tokio::test]
 async fn watch_many_watches_on_one_stream() {
     let cluster = TestCluster::start("watch", &[]).await;
-    let mut client = cluster.client().await;
+    // One member for the writes and the watch stream: a watch with no start revision begins
+    // after what *its* member has applied, and a client balanced over all members could have
+    // its put answered by one member and its watch opened on another that has not applied the
+    // put yet (the watch would then see it, as etcd's would).
+    let member = cluster.names()[0].clone();
+    let mut client = cluster.client_of(&member).await;
     let rev0 = revision(client.put("/w/a", "0", None).await.expect("put").header());
 
     let mut stream = within(

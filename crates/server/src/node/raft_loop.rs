@@ -855,24 +855,27 @@ impl RaftLoop {
     /// The replica asked for a snapshot: take one at the applied index, store it, compact the WAL.
     /// Starts a snapshot of the state machine without stopping the loop. Encoding a large
     /// history and writing it out takes seconds, longer than an election timeout, so both run on
-    /// a thread: the loop only fixes the state (which records it holds, after one flush so the
-    /// WAL may later be compacted up to it), then hears back through its own input queue
-    /// ([`Input::SnapshotEncoded`], then [`Input::SnapshotSaved`]).
+    /// a thread: the loop only fixes the state (which records it holds), then hears back through
+    /// its own input queue ([`Input::SnapshotEncoded`], then [`Input::SnapshotSaved`]). The
+    /// thread first makes the store durable up to at least the snapshot's index, so the WAL may
+    /// later be compacted up to it; that fsync (of up to a flush period of writes) used to stall
+    /// the loop.
     fn take_snapshot(&mut self) -> Result<(), String> {
         if self.snapshot_in_progress {
             return Ok(());
         }
-        self.store.flush().map_err(|e| e.to_string())?;
         let reader = self.store.begin_snapshot().map_err(|e| e.to_string())?;
         let applied = reader.applied_index();
         // The registry is changed only by this loop, so it is at `applied` too.
         let registry = self.registry.snapshot();
         let loopback = self.loopback.clone();
+        let store = self.store.clone();
         self.snapshot_in_progress = true;
         std::thread::Builder::new()
             .name("snapshot-encode".into())
             .spawn(move || {
-                let input = match reader.into_bytes() {
+                let encoded = store.flush().and_then(|()| reader.into_bytes());
+                let input = match encoded {
                     Ok(mvcc) => Input::SnapshotEncoded {
                         applied,
                         data: encode_snapshot(&registry, &mvcc),
