@@ -255,8 +255,9 @@ disk_device=$(basename "$disk_source")
 disk_model=$(lsblk -dno MODEL "$disk_source" 2>/dev/null | head -1 | xargs || true)
 rotational=$(cat "/sys/block/${disk_device%%[0-9]*}/queue/rotational" 2>/dev/null || echo "?")
 commit=$(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [[ -n $(cd "$REPO" && git status --porcelain --untracked-files=no 2>/dev/null) ]]; then
-    commit+=" (with uncommitted changes)"
+# Only changes to what is built count (this run's own edit of docs/benchmarks.md does not).
+if [[ -n $(cd "$REPO" && git status --porcelain --untracked-files=no -- crates Cargo.toml Cargo.lock 2>/dev/null) ]]; then
+    commit+=" (with uncommitted changes to the code)"
 fi
 etcd_version=$(etcd --version | awk '/etcd Version/ {print $3}')
 smoke=""
