@@ -88,10 +88,31 @@ impl<M> Ready<M> {
     pub fn is_empty(&self) -> bool {
         self.messages.is_empty()
             && !self.must_persist()
+            && self.hard_state.is_none()
             && self.messages_after_persist.is_empty()
             && self.committed_entries.is_empty()
             && self.read_states.is_empty()
             && self.dropped_reads.is_empty()
             && !self.snapshot_wanted
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Ready;
+    use crate::HardState;
+
+    #[test]
+    fn a_commit_only_hard_state_is_not_empty_and_needs_no_sync() {
+        let ready: Ready<()> = Ready {
+            hard_state: Some(HardState {
+                term: 1,
+                voted_for: None,
+                commit_index: 3,
+            }),
+            ..Ready::default()
+        };
+        assert!(!ready.must_persist(), "only the commit index moved");
+        assert!(!ready.is_empty(), "the hard state is still to be written");
     }
 }

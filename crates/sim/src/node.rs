@@ -215,7 +215,14 @@ impl<R: Replica> Node<R> {
             // As the server does: a leader applies (and answers) before its write is durable,
             // since what it applies is committed on a quorum already; a crash before the sync
             // must not lose what it answered.
-            let applies_before_sync = !restores_snapshot && replica.status().role == Role::Leader;
+            let applies_before_sync = !restores_snapshot
+                && replica.status().role == Role::Leader
+                && match (ready.committed_entries.last(), ready.entries.first()) {
+                    (Some(last_committed), Some(first_new)) => {
+                        last_committed.index < first_new.index
+                    }
+                    _ => true,
+                };
             if must_persist {
                 let write = PendingWrite {
                     snapshot: ready.snapshot.take(),

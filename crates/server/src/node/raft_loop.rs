@@ -36,6 +36,10 @@ const INPUTS_PER_BATCH_MAX: usize = 1024;
 const SERVER_NON_DURABLE_COMMITS_MAX: u32 = 64;
 /// Ticks between sweeps of forwarded commands nobody waits for any more.
 const FORWARD_SWEEP_TICKS: u64 = 100;
+/// Ticks between syncs of WAL records written without one (hard states that only move the
+/// commit index): bounds how long an unsynced record can sit ahead of a later torn write,
+/// which recovery would take for corruption rather than a torn tail.
+const WAL_LAZY_SYNC_TICKS: u64 = 10;
 /// Snapshots kept in `snap/`.
 const SNAPSHOTS_RETAINED: usize = 3;
 /// Responses buffered per client watch stream between the loop and the gRPC task.
@@ -268,7 +272,7 @@ impl RaftLoop {
     /// Returns false on `Stop`.
     fn handle_input(&mut self, input: Input) -> bool {
         match input {
-            Input::Tick => self.tick(),
+            Input::Tick => return self.tick(),
             Input::Peer(message) => {
                 self.counters.on_received(&message);
                 self.raft.step(message)
@@ -437,9 +441,16 @@ impl RaftLoop {
     }
 
     /// One tick of logical time for the replica, and of wall time for the lessor and watches.
-    fn tick(&mut self) {
+    /// Returns false when the WAL failed (the node stops).
+    fn tick(&mut self) -> bool {
         self.raft.tick();
         self.ticks += 1;
+        if self.ticks % WAL_LAZY_SYNC_TICKS == 0 {
+            if let Err(error) = self.sync_lazy_records() {
+                tracing::error!(%error, "storage failure: stopping this node");
+                return false;
+            }
+        }
         if self.ticks % FORWARD_SWEEP_TICKS == 0 {
             // Forwards whose client gave up (its deadline passed): the entry was lost, or will
             // be applied with nobody left to answer.
@@ -449,7 +460,7 @@ impl RaftLoop {
         let now = self.now_ms();
         self.watch_hub.progress(now);
         if !self.lessor.is_leader() {
-            return;
+            return true;
         }
         for command in self.lessor.tick(now) {
             let checkpointed: Vec<LeaseId> = match &command {
@@ -475,6 +486,7 @@ impl RaftLoop {
             self.keepalives_proposed
                 .insert(position.index, (position.term, replies));
         }
+        true
     }
 
     /// Ticks between checks that the registry describes this node as it is configured: often
@@ -585,7 +597,9 @@ impl RaftLoop {
         // clients then get their answers while the disk syncs, instead of after the next
         // batch's fsync. A follower syncs first, because its acknowledgement to the leader,
         // which waits for the sync, is what the leader's clients are waiting for.
-        let apply_before_sync = self.raft.role() == Role::Leader && ready.snapshot.is_none();
+        let apply_before_sync = self.raft.role() == Role::Leader
+            && ready.snapshot.is_none()
+            && commits_only_synced_entries(&ready);
         if apply_before_sync {
             self.apply_and_answer_reads(&ready)?;
         }
@@ -622,6 +636,14 @@ impl RaftLoop {
         }
         self.release_reads();
         Ok(())
+    }
+
+    /// Syncs what was appended without a sync, if anything.
+    fn sync_lazy_records(&mut self) -> Result<(), String> {
+        if self.wal.synced_sequence() == self.wal.appended_sequence() {
+            return Ok(());
+        }
+        self.sync_wal()
     }
 
     fn sync_wal(&mut self) -> Result<(), String> {
@@ -991,6 +1013,17 @@ impl RaftLoop {
     }
 }
 
+/// Whether every committed entry of `ready` was synced by an earlier batch (each batch with
+/// entries syncs them), so applying it cannot depend on this batch's write. A leader's always
+/// are, since its own entries count towards a commit only once synced; this checks it rather
+/// than trusting it.
+pub(crate) fn commits_only_synced_entries<M>(ready: &Ready<M>) -> bool {
+    match (ready.committed_entries.last(), ready.entries.first()) {
+        (Some(last_committed), Some(first_new)) => last_committed.index < first_new.index,
+        _ => true,
+    }
+}
+
 /// Opens the WAL and reconciles it with the snapshot store and the state machine: a state
 /// machine behind the latest snapshot is restored from it, and a WAL whose snapshot marker is
 /// older learns of the snapshot (dropping entries it covers, or all entries if they conflict).
@@ -1050,4 +1083,42 @@ fn raft_config(config: &ServerConfig) -> ballot_raft::Config {
             elapsed.as_nanos() as u64 ^ config.node_id()
         });
     raft
+}
+
+#[cfg(test)]
+mod tests {
+    use super::commits_only_synced_entries;
+    use ballot_core::{Entry, EntryPayload, Ready};
+
+    fn entries(indexes: std::ops::RangeInclusive<u64>) -> Vec<Entry> {
+        indexes
+            .map(|index| Entry {
+                index,
+                term: 1,
+                payload: EntryPayload::Noop,
+            })
+            .collect()
+    }
+
+    fn ready(committed: Vec<Entry>, new: Vec<Entry>) -> Ready<()> {
+        Ready {
+            committed_entries: committed,
+            entries: new,
+            ..Ready::default()
+        }
+    }
+
+    #[test]
+    fn applying_before_the_sync_needs_every_committed_entry_synced_already() {
+        assert!(commits_only_synced_entries(&ready(
+            entries(1..=4),
+            entries(5..=6)
+        )));
+        assert!(commits_only_synced_entries(&ready(entries(1..=4), vec![])));
+        assert!(commits_only_synced_entries(&ready(vec![], entries(5..=6))));
+        assert!(
+            !commits_only_synced_entries(&ready(entries(1..=5), entries(5..=6))),
+            "entry 5 is committed and written in this very batch: it must be synced first"
+        );
+    }
 }
