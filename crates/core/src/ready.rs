@@ -14,9 +14,10 @@
 //! 5. serve each [`ReadState`] once the applied index reaches its index;
 //! 6. call [`crate::Replica::advance`].
 //!
-//! A leader may do steps 4 and 5 before step 2: its committed entries are durable on a quorum
-//! that includes itself (its own entries count towards a commit only once persisted), so
-//! applying them and answering clients never depends on this batch's write. Followers keep
+//! A leader may do steps 4 and 5 before step 2 when [`Ready::may_apply_before_persist`]: its
+//! committed entries are durable on a quorum that includes itself (its own entries count
+//! towards a commit only once persisted), so applying them and answering clients never depends
+//! on this batch's write. Followers keep
 //! the order, since their acknowledgements (step 3) are what commits wait for.
 //!
 //! Storage may tear a batch on a crash: some of `entries` durable, `hard_state` not. Replicas
@@ -85,6 +86,21 @@ impl<M> Ready<M> {
         self.snapshot.is_some() || !self.entries.is_empty() || self.hard_state_needs_sync
     }
 
+    /// Whether a leader may apply [`Ready::committed_entries`] (and serve the reads) before
+    /// this batch is durable: no snapshot to restore first, and every committed entry precedes
+    /// the batch's new ones, so it was synced by an earlier batch (each batch with entries
+    /// syncs them). A leader's always do, since its own entries count towards a commit only
+    /// once synced; drivers check it rather than trust it.
+    pub fn may_apply_before_persist(&self) -> bool {
+        if self.snapshot.is_some() {
+            return false;
+        }
+        match (self.committed_entries.last(), self.entries.first()) {
+            (Some(last_committed), Some(first_new)) => last_committed.index < first_new.index,
+            _ => true,
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.messages.is_empty()
             && !self.must_persist()
@@ -100,7 +116,7 @@ impl<M> Ready<M> {
 #[cfg(test)]
 mod tests {
     use super::Ready;
-    use crate::HardState;
+    use crate::{Entry, EntryPayload, HardState};
 
     #[test]
     fn a_commit_only_hard_state_is_not_empty_and_needs_no_sync() {
@@ -114,5 +130,34 @@ mod tests {
         };
         assert!(!ready.must_persist(), "only the commit index moved");
         assert!(!ready.is_empty(), "the hard state is still to be written");
+    }
+
+    fn entries(indexes: std::ops::RangeInclusive<u64>) -> Vec<Entry> {
+        indexes
+            .map(|index| Entry {
+                index,
+                term: 1,
+                payload: EntryPayload::Noop,
+            })
+            .collect()
+    }
+
+    fn ready(committed: Vec<Entry>, new: Vec<Entry>) -> Ready<()> {
+        Ready {
+            committed_entries: committed,
+            entries: new,
+            ..Ready::default()
+        }
+    }
+
+    #[test]
+    fn applying_before_the_sync_needs_every_committed_entry_synced_already() {
+        assert!(ready(entries(1..=4), entries(5..=6)).may_apply_before_persist());
+        assert!(ready(entries(1..=4), vec![]).may_apply_before_persist());
+        assert!(ready(vec![], entries(5..=6)).may_apply_before_persist());
+        assert!(
+            !ready(entries(1..=5), entries(5..=6)).may_apply_before_persist(),
+            "entry 5 is committed and written in this very batch: it must be synced first"
+        );
     }
 }

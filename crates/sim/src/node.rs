@@ -215,14 +215,8 @@ impl<R: Replica> Node<R> {
             // As the server does: a leader applies (and answers) before its write is durable,
             // since what it applies is committed on a quorum already; a crash before the sync
             // must not lose what it answered.
-            let applies_before_sync = !restores_snapshot
-                && replica.status().role == Role::Leader
-                && match (ready.committed_entries.last(), ready.entries.first()) {
-                    (Some(last_committed), Some(first_new)) => {
-                        last_committed.index < first_new.index
-                    }
-                    _ => true,
-                };
+            let applies_before_sync =
+                replica.status().role == Role::Leader && ready.may_apply_before_persist();
             if must_persist {
                 let write = PendingWrite {
                     snapshot: ready.snapshot.take(),
@@ -234,15 +228,13 @@ impl<R: Replica> Node<R> {
                 }
             }
             if applies_before_sync {
-                for entry in std::mem::take(&mut ready.committed_entries) {
-                    self.apply(now, &entry, handler);
-                }
-                self.waiting_reads
-                    .extend(std::mem::take(&mut ready.read_states));
-                self.serve_reads(now, handler);
-                for request_id in std::mem::take(&mut ready.dropped_reads) {
-                    handler.read_dropped(now, self.id, request_id);
-                }
+                self.apply_and_serve_reads(
+                    now,
+                    std::mem::take(&mut ready.committed_entries),
+                    std::mem::take(&mut ready.read_states),
+                    std::mem::take(&mut ready.dropped_reads),
+                    handler,
+                );
             }
             self.pending = Some(PendingReady {
                 durable_at: if must_persist {
@@ -273,20 +265,38 @@ impl<R: Replica> Node<R> {
         if pending.restores_snapshot {
             self.restore_snapshot(now, handler);
         }
-        for entry in &pending.committed_entries {
-            self.apply(now, entry, handler);
-        }
-        self.waiting_reads.extend(pending.read_states);
-        self.serve_reads(now, handler);
-        for request_id in pending.dropped_reads {
-            handler.read_dropped(now, self.id, request_id);
-        }
+        self.apply_and_serve_reads(
+            now,
+            pending.committed_entries,
+            pending.read_states,
+            pending.dropped_reads,
+            handler,
+        );
         let Some(replica) = self.replica.as_mut() else {
             return;
         };
         replica.advance();
         if pending.snapshot_wanted {
             self.take_snapshot(now, handler);
+        }
+    }
+
+    /// Steps 4 and 5 of the `Ready` contract: apply in order, then serve the reads they reach.
+    fn apply_and_serve_reads(
+        &mut self,
+        now: u64,
+        committed_entries: Vec<Entry>,
+        read_states: Vec<ReadState>,
+        dropped_reads: Vec<u64>,
+        handler: &mut impl ReadyHandler<R>,
+    ) {
+        for entry in &committed_entries {
+            self.apply(now, entry, handler);
+        }
+        self.waiting_reads.extend(read_states);
+        self.serve_reads(now, handler);
+        for request_id in dropped_reads {
+            handler.read_dropped(now, self.id, request_id);
         }
     }
 

@@ -117,6 +117,13 @@ impl Default for Counters {
 }
 
 impl Counters {
+    fn count_answer<T>(&mut self, answer: &Result<T, NodeError>) {
+        match answer {
+            Ok(_) => self.proposals_committed += 1,
+            Err(_) => self.proposals_failed += 1,
+        }
+    }
+
     /// Heartbeats carry no id, so a round trip is timed from the latest heartbeat to a peer to
     /// the first answer after it. A late answer to an earlier heartbeat makes one sample short;
     /// a lost answer makes none.
@@ -597,9 +604,8 @@ impl RaftLoop {
         // clients then get their answers while the disk syncs, instead of after the next
         // batch's fsync. A follower syncs first, because its acknowledgement to the leader,
         // which waits for the sync, is what the leader's clients are waiting for.
-        let apply_before_sync = self.raft.role() == Role::Leader
-            && ready.snapshot.is_none()
-            && commits_only_synced_entries(&ready);
+        let apply_before_sync =
+            self.raft.role() == Role::Leader && ready.may_apply_before_persist();
         if apply_before_sync {
             self.apply_and_answer_reads(&ready)?;
         }
@@ -719,11 +725,9 @@ impl RaftLoop {
         }
         for ((outcome, term), own_request) in applied.into_iter().zip(terms).zip(own_requests) {
             if let Some(reply) = own_request.and_then(|request| self.forwarded.remove(&request)) {
-                match &outcome.result {
-                    Ok(_) => self.counters.proposals_committed += 1,
-                    Err(_) => self.counters.proposals_failed += 1,
-                }
-                let _ = reply.send(outcome.result.map_err(NodeError::Apply));
+                let answer = outcome.result.map_err(NodeError::Apply);
+                self.counters.count_answer(&answer);
+                let _ = reply.send(answer);
                 continue;
             }
             let Some((proposed_term, reply)) = self.proposals.remove(&outcome.index) else {
@@ -734,10 +738,7 @@ impl RaftLoop {
             } else {
                 outcome.result.map_err(NodeError::Apply)
             };
-            match answer {
-                Ok(_) => self.counters.proposals_committed += 1,
-                Err(_) => self.counters.proposals_failed += 1,
-            }
+            self.counters.count_answer(&answer);
             let _ = reply.send(answer);
         }
         if self.store.applied_index() < last.index {
@@ -1013,17 +1014,6 @@ impl RaftLoop {
     }
 }
 
-/// Whether every committed entry of `ready` was synced by an earlier batch (each batch with
-/// entries syncs them), so applying it cannot depend on this batch's write. A leader's always
-/// are, since its own entries count towards a commit only once synced; this checks it rather
-/// than trusting it.
-pub(crate) fn commits_only_synced_entries<M>(ready: &Ready<M>) -> bool {
-    match (ready.committed_entries.last(), ready.entries.first()) {
-        (Some(last_committed), Some(first_new)) => last_committed.index < first_new.index,
-        _ => true,
-    }
-}
-
 /// Opens the WAL and reconciles it with the snapshot store and the state machine: a state
 /// machine behind the latest snapshot is restored from it, and a WAL whose snapshot marker is
 /// older learns of the snapshot (dropping entries it covers, or all entries if they conflict).
@@ -1083,42 +1073,4 @@ fn raft_config(config: &ServerConfig) -> ballot_raft::Config {
             elapsed.as_nanos() as u64 ^ config.node_id()
         });
     raft
-}
-
-#[cfg(test)]
-mod tests {
-    use super::commits_only_synced_entries;
-    use ballot_core::{Entry, EntryPayload, Ready};
-
-    fn entries(indexes: std::ops::RangeInclusive<u64>) -> Vec<Entry> {
-        indexes
-            .map(|index| Entry {
-                index,
-                term: 1,
-                payload: EntryPayload::Noop,
-            })
-            .collect()
-    }
-
-    fn ready(committed: Vec<Entry>, new: Vec<Entry>) -> Ready<()> {
-        Ready {
-            committed_entries: committed,
-            entries: new,
-            ..Ready::default()
-        }
-    }
-
-    #[test]
-    fn applying_before_the_sync_needs_every_committed_entry_synced_already() {
-        assert!(commits_only_synced_entries(&ready(
-            entries(1..=4),
-            entries(5..=6)
-        )));
-        assert!(commits_only_synced_entries(&ready(entries(1..=4), vec![])));
-        assert!(commits_only_synced_entries(&ready(vec![], entries(5..=6))));
-        assert!(
-            !commits_only_synced_entries(&ready(entries(1..=5), entries(5..=6))),
-            "entry 5 is committed and written in this very batch: it must be synced first"
-        );
-    }
 }
