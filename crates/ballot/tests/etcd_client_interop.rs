@@ -165,6 +165,14 @@ impl TestCluster {
             .filter(|file| file.ends_with(".snap"))
             .collect()
     }
+
+    /// Size in bytes of one file in a node's snapshot directory.
+    fn snapshot_file_bytes(&self, name: &str, file: &str) -> u64 {
+        let path = self.dir.join(name).join("data").join("snap").join(file);
+        std::fs::metadata(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .len()
+    }
 }
 
 impl Drop for TestCluster {
@@ -1949,7 +1957,6 @@ async fn restarted_follower_catches_up_by_snapshot() {
     }
     let last = client.clone().put("/c/last", "1", None).await.expect("put");
     let last_revision = revision(last.header());
-    let mut leader_snapshots = cluster.snapshot_files(&leader);
 
     cluster.running.restart(&follower).expect("restart");
     let mut restarted = cluster.client_of(&follower).await;
@@ -1965,18 +1972,27 @@ async fn restarted_follower_catches_up_by_snapshot() {
     })
     .await;
 
-    // It holds one of the leader's snapshots, which only the leader could have sent it (the
-    // leader may have taken one more since the writes stopped).
-    leader_snapshots.extend(cluster.snapshot_files(&leader));
-    let follower_snapshots = cluster.snapshot_files(&follower);
-    let received: Vec<&String> = follower_snapshots
-        .intersection(&leader_snapshots)
+    // The leader keeps only compaction markers (a few dozen bytes: its store is durable on its
+    // own) and built an image for the follower on demand. The follower's own records are
+    // markers too, so a record holding the data (more than the 20 KB of values written) and
+    // newer than what it had applied can only be the leader's image.
+    let leader_records = cluster.snapshot_files(&leader);
+    assert!(
+        leader_records
+            .iter()
+            .all(|file| cluster.snapshot_file_bytes(&leader, file) < 4096),
+        "the leader wrote an image to disk: {leader_records:?}"
+    );
+    let follower_records = cluster.snapshot_files(&follower);
+    let received: Vec<&String> = follower_records
+        .iter()
         .filter(|file| snapshot_index(file) > applied_at_kill)
+        .filter(|file| cluster.snapshot_file_bytes(&follower, file) > 20_000)
         .collect();
     assert!(
         !received.is_empty(),
-        "the follower (applied index {applied_at_kill} when killed) holds none of the leader's \
-         snapshots {leader_snapshots:?}; it has {follower_snapshots:?}"
+        "the follower (applied index {applied_at_kill} when killed) holds no image from the \
+         leader; it has {follower_records:?}"
     );
     let count = restarted
         .get(

@@ -12,7 +12,10 @@
 //! 4. restore the state machine from [`Ready::snapshot`] if any, then apply
 //!    [`Ready::committed_entries`] in order;
 //! 5. serve each [`ReadState`] once the applied index reaches its index;
-//! 6. call [`crate::Replica::advance`].
+//! 6. call [`crate::Replica::advance`];
+//! 7. if [`Ready::compaction_wanted`], call [`crate::Replica::compact`]; if
+//!    [`Ready::snapshot_wanted`], build an image and call [`crate::Replica::snapshot_taken`]
+//!    (either may also happen later, off the caller's hot path).
 //!
 //! A leader may do steps 4 and 5 before step 2 when [`Ready::may_apply_before_persist`]: its
 //! committed entries are durable on a quorum that includes itself (its own entries count
@@ -56,9 +59,14 @@ pub struct Ready<M> {
     /// Reads that will never be confirmed by this replica (it lost leadership, or the read was
     /// refused after being queued); the caller should retry elsewhere.
     pub dropped_reads: Vec<u64>,
-    /// The log has grown past the configured threshold since the last snapshot: the caller should
-    /// snapshot its state machine at its applied index and hand it over with
-    /// [`crate::Replica::snapshot_taken`].
+    /// The log has grown past the configured threshold since the last compaction: the caller
+    /// should call [`crate::Replica::compact`] with an index its state machine has made durable,
+    /// and persist the metadata it returns before dropping stored entries.
+    pub compaction_wanted: bool,
+    /// A follower needs entries the log no longer holds: the caller should snapshot its state
+    /// machine at its applied index and hand the image over with
+    /// [`crate::Replica::snapshot_taken`]. Images are built only on this request, never
+    /// periodically: a large state machine costs seconds to encode.
     pub snapshot_wanted: bool,
 }
 
@@ -74,6 +82,7 @@ impl<M> Default for Ready<M> {
             committed_entries: Vec::new(),
             read_states: Vec::new(),
             dropped_reads: Vec::new(),
+            compaction_wanted: false,
             snapshot_wanted: false,
         }
     }
@@ -109,6 +118,7 @@ impl<M> Ready<M> {
             && self.committed_entries.is_empty()
             && self.read_states.is_empty()
             && self.dropped_reads.is_empty()
+            && !self.compaction_wanted
             && !self.snapshot_wanted
     }
 }

@@ -110,11 +110,19 @@ pub trait Replica {
     /// The last `Ready` has been fully handled: persisted, applied, sent.
     fn advance(&mut self);
 
+    /// The caller's state machine is durable through `durable_index` (an index it has applied):
+    /// the replica may drop log entries up to it, keeping a few trailing ones. Returns the
+    /// metadata of that point (term and membership, which only the replica knows for certain);
+    /// the caller persists it (it is [`crate::PersistedState::compacted`] after a restart) before
+    /// dropping stored entries. An index at or before the last compaction changes nothing and
+    /// returns `None`.
+    fn compact(&mut self, durable_index: LogIndex) -> Result<Option<SnapshotMeta>, ReplicaError>;
+
     /// The caller's state machine has been snapshotted at `snapshot.meta.last_included.index` (an
-    /// index it has applied); the replica may drop log entries up to it. The replica fills in the
-    /// term and the membership at that index itself: only it knows them for certain, and returns
-    /// the completed metadata, which is what the caller should store beside the data. A snapshot
-    /// no newer than the replica's own changes nothing and comes back as given.
+    /// index it has applied), as [`crate::Ready::snapshot_wanted`] asked: the replica keeps the
+    /// image to send to followers that need it. It does not compact the log: the image need not
+    /// be durable. The replica fills in the term and the membership at that index itself and
+    /// returns the completed metadata. An image no newer than the one it holds changes nothing.
     fn snapshot_taken(&mut self, snapshot: Snapshot) -> Result<SnapshotMeta, ReplicaError>;
 
     fn status(&self) -> Status;

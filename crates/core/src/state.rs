@@ -1,4 +1,5 @@
-//! What a replica persists and restarts from: hard state, the latest snapshot, and the log.
+//! What a replica persists and restarts from: hard state, where its log was compacted, and the
+//! log.
 
 use crate::{Entry, LogIndex, LogPosition, Membership, NodeId, Term};
 use bytes::Bytes;
@@ -33,7 +34,11 @@ pub struct Snapshot {
 #[derive(Debug, Clone, Default)]
 pub struct PersistedState {
     pub hard_state: HardState,
-    pub snapshot: Option<Snapshot>,
-    /// Entries after the snapshot (or from index 1), contiguous.
+    /// The last compaction point the caller persisted (from [`crate::Replica::compact`] or an
+    /// installed snapshot): its state machine is durable at least this far. `None`: the log was
+    /// never compacted. A restarted replica holds no snapshot image; it asks for one when a
+    /// follower needs it.
+    pub compacted: Option<SnapshotMeta>,
+    /// Entries after the compaction point (or from index 1), contiguous.
     pub entries: Vec<Entry>,
 }

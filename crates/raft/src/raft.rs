@@ -71,13 +71,20 @@ pub struct Raft {
     /// the same term again with different entries (found by review: a sole voter elects itself
     /// inside one tick).
     pub(crate) durable_term: Term,
-    /// Latest snapshot (taken locally or installed from the leader), sent to lagging followers.
+    /// Latest snapshot image (taken on request or installed from the leader), sent to followers
+    /// whose next entry was compacted away. Dropped once a compaction passes it: a follower
+    /// installing it could not continue from the log.
     pub(crate) snapshot: Option<Snapshot>,
     pub(crate) incoming_snapshot: Option<IncomingSnapshot>,
     pub(crate) snapshot_to_install: Option<Snapshot>,
-    /// Applied index when a snapshot was last asked for; asked again one threshold later if the
-    /// caller never answered (or failed to).
-    pub(crate) snapshot_requested_at: Option<LogIndex>,
+    /// A follower needs an image newer than the one held (or none is held): ask the caller.
+    pub(crate) snapshot_wanted: bool,
+    /// Index the caller last declared durable through `compact` (or the installed snapshot's):
+    /// the compaction threshold counts from here.
+    pub(crate) compaction_index: LogIndex,
+    /// Applied index when a compaction was last asked for; asked again one threshold later if the
+    /// caller did not compact.
+    pub(crate) compaction_requested_at: Option<LogIndex>,
     pub(crate) outbox: Vec<Message>,
     pub(crate) outbox_after_persist: Vec<Message>,
     /// Leader: new entries wait to be sent in one batch when the next `Ready` is built.
@@ -94,15 +101,12 @@ impl Raft {
         config.validate()?;
         let PersistedState {
             hard_state,
-            snapshot,
+            compacted,
             entries,
         } = persisted;
         let persisted_hard_state = hard_state;
-        let (compacted, base_membership) = match &snapshot {
-            Some(snapshot) => (
-                snapshot.meta.last_included,
-                snapshot.meta.membership.clone(),
-            ),
+        let (compacted, base_membership) = match compacted {
+            Some(meta) => (meta.last_included, meta.membership),
             None => (LogPosition::default(), config.bootstrap_membership.clone()),
         };
         let entries: Vec<Entry> = entries
@@ -112,7 +116,7 @@ impl Raft {
         if let Some(first) = entries.first() {
             if first.index != compacted.index + 1 {
                 return Err(format!(
-                    "persisted log starts at index {} but the snapshot ends at {}",
+                    "persisted log starts at index {} but the compaction point is {}",
                     first.index, compacted.index
                 ));
             }
@@ -148,10 +152,12 @@ impl Raft {
             transfer: None,
             timeout_now_sent_this_term: false,
             durable_term: persisted_hard_state.term,
-            snapshot,
+            snapshot: None,
             incoming_snapshot: None,
             snapshot_to_install: None,
-            snapshot_requested_at: None,
+            snapshot_wanted: false,
+            compaction_index: compacted.index,
+            compaction_requested_at: None,
             outbox: Vec::new(),
             outbox_after_persist: Vec::new(),
             append_due: false,
@@ -333,16 +339,12 @@ impl Raft {
         self.flush_reads();
     }
 
-    fn snapshot_due(&self) -> bool {
+    fn compaction_due(&self) -> bool {
         let threshold = self.config.snapshot_threshold_entries;
-        let snapshot_index = self
-            .snapshot
-            .as_ref()
-            .map_or(0, |s| s.meta.last_included.index);
         let asked_long_ago = self
-            .snapshot_requested_at
+            .compaction_requested_at
             .is_none_or(|asked| self.log.applied_index.saturating_sub(asked) >= threshold);
-        asked_long_ago && self.log.applied_index.saturating_sub(snapshot_index) >= threshold
+        asked_long_ago && self.log.applied_index.saturating_sub(self.compaction_index) >= threshold
     }
 
     /// Rejects proposals this node cannot take, naming why.
@@ -599,7 +601,8 @@ impl Replica for Raft {
             || self.reads.has_output()
             || (self.role == Role::Leader
                 && (self.append_due || self.commit_due || self.read_round_may_go()))
-            || self.snapshot_due()
+            || self.compaction_due()
+            || self.snapshot_wanted
     }
 
     fn ready(&mut self) -> Ready<Message> {
@@ -620,10 +623,11 @@ impl Replica for Raft {
             committed_entries: self.log.take_committed(),
             read_states: self.reads.take_released(),
             dropped_reads: self.reads.take_dropped(),
-            snapshot_wanted: self.snapshot_due(),
+            compaction_wanted: self.compaction_due(),
+            snapshot_wanted: std::mem::take(&mut self.snapshot_wanted),
         };
-        if ready.snapshot_wanted {
-            self.snapshot_requested_at = Some(self.log.applied_index);
+        if ready.compaction_wanted {
+            self.compaction_requested_at = Some(self.log.applied_index);
         }
         self.last_hard_state = hard_state;
         self.ready_in_flight = true;
@@ -643,8 +647,12 @@ impl Replica for Raft {
         }
     }
 
+    fn compact(&mut self, durable_index: LogIndex) -> Result<Option<SnapshotMeta>, ReplicaError> {
+        self.compact_to_durable(durable_index)
+    }
+
     fn snapshot_taken(&mut self, snapshot: Snapshot) -> Result<SnapshotMeta, ReplicaError> {
-        self.compact_with(snapshot)
+        self.keep_image(snapshot)
     }
 
     fn status(&self) -> Status {

@@ -1,11 +1,12 @@
-//! Snapshots and log compaction (Raft §7): the caller snapshots its state machine when asked,
-//! the replica drops the log behind it, and followers whose next entry was compacted away get
-//! the snapshot in chunks (InstallSnapshot), one chunk in flight at a time.
+//! Log compaction and snapshots (Raft §7), kept apart: the caller's state machine is durable on
+//! its own, so compaction only needs the index it is durable through (`compact`); an image of
+//! the state machine is built only when a follower's next entry was compacted away (as etcd
+//! does), and sent to it in chunks (InstallSnapshot), one chunk in flight at a time.
 
 use crate::message::MessageBody;
 use crate::progress::ReplicationState;
 use crate::raft::Raft;
-use ballot_core::{NodeId, ReplicaError, Role, Snapshot, SnapshotMeta};
+use ballot_core::{LogIndex, LogPosition, NodeId, ReplicaError, Role, Snapshot, SnapshotMeta};
 use bytes::Bytes;
 
 /// A snapshot being received chunk by chunk.
@@ -16,9 +17,16 @@ pub(crate) struct IncomingSnapshot {
 }
 
 impl Raft {
+    /// `to` needs entries the log no longer holds: send it the image, or ask the caller for one
+    /// (the next attempt to replicate to `to` after it arrives sends it).
     pub(crate) fn start_snapshot(&mut self, to: NodeId) {
-        let Some(snapshot) = &self.snapshot else {
-            debug_assert!(false, "log compacted without a snapshot");
+        let compacted = self.log.compacted().index;
+        let Some(snapshot) = self
+            .snapshot
+            .as_ref()
+            .filter(|image| image.meta.last_included.index >= compacted)
+        else {
+            self.snapshot_wanted = true;
             return;
         };
         let last_included = snapshot.meta.last_included.index;
@@ -29,7 +37,15 @@ impl Raft {
     }
 
     pub(crate) fn send_snapshot_chunk(&mut self, to: NodeId) {
-        let Some(snapshot) = self.snapshot.clone() else {
+        let compacted = self.log.compacted().index;
+        let Some(snapshot) = self
+            .snapshot
+            .clone()
+            .filter(|image| image.meta.last_included.index >= compacted)
+        else {
+            // A compaction since the transfer began dropped the image (`to` could not have
+            // continued from it): ask for a newer one; it restarts the transfer when it comes.
+            self.snapshot_wanted = true;
             return;
         };
         let Some(progress) = self.progress.get_mut(&to) else {
@@ -118,9 +134,10 @@ impl Raft {
     fn install_snapshot(&mut self, snapshot: Snapshot) {
         self.log.install_snapshot(snapshot.meta.last_included);
         self.memberships.reset(snapshot.meta.membership.clone());
+        self.compaction_index = snapshot.meta.last_included.index;
+        self.compaction_requested_at = None;
         self.snapshot = Some(snapshot.clone());
         self.snapshot_to_install = Some(snapshot);
-        self.snapshot_requested_at = None;
     }
 
     pub(crate) fn handle_install_snapshot_response(
@@ -162,9 +179,51 @@ impl Raft {
         }
     }
 
-    /// The caller snapshotted its state machine; drop the log behind it, keeping a few trailing
-    /// entries so slightly lagging followers still catch up from the log.
-    pub(crate) fn compact_with(
+    /// The caller's state machine is durable through `index`: drop the log behind it, keeping a
+    /// few trailing entries so slightly lagging followers still catch up from the log.
+    pub(crate) fn compact_to_durable(
+        &mut self,
+        index: LogIndex,
+    ) -> Result<Option<SnapshotMeta>, ReplicaError> {
+        let invalid = |reason: String| Err(ReplicaError::InvalidSnapshot { reason });
+        if index > self.log.applied_index {
+            return invalid(format!(
+                "compaction index {index} is beyond the applied index {}",
+                self.log.applied_index
+            ));
+        }
+        if index <= self.compaction_index || index <= self.log.compacted().index {
+            self.compaction_requested_at = None;
+            return Ok(None);
+        }
+        let Some(term) = self.log.term_at(index) else {
+            return invalid(format!("index {index} is no longer in the log"));
+        };
+        let meta = SnapshotMeta {
+            last_included: LogPosition::new(index, term),
+            membership: self.memberships.at(index).clone(),
+        };
+        self.compaction_index = index;
+        self.compaction_requested_at = None;
+        let compact_to = index.saturating_sub(self.config.snapshot_trailing_entries);
+        if compact_to > self.log.compacted().index {
+            self.log.compact_to(compact_to);
+            self.memberships.compact_to(compact_to);
+        }
+        let compacted = self.log.compacted().index;
+        if self
+            .snapshot
+            .as_ref()
+            .is_some_and(|image| image.meta.last_included.index < compacted)
+        {
+            self.snapshot = None; // no follower could continue from it
+        }
+        Ok(Some(meta))
+    }
+
+    /// The caller built the image a follower needed: keep it, and start sending it to every
+    /// follower that was waiting for one.
+    pub(crate) fn keep_image(
         &mut self,
         mut snapshot: Snapshot,
     ) -> Result<SnapshotMeta, ReplicaError> {
@@ -179,10 +238,8 @@ impl Raft {
         let current = self
             .snapshot
             .as_ref()
-            .map(|s| s.meta.last_included.index)
-            .unwrap_or(0);
+            .map_or(0, |s| s.meta.last_included.index);
         if index <= current {
-            self.snapshot_requested_at = None;
             return Ok(snapshot.meta); // not newer than the one we have: nothing to do
         }
         let Some(term) = self.log.term_at(index) else {
@@ -193,11 +250,31 @@ impl Raft {
         snapshot.meta.membership = self.memberships.at(index).clone();
         let meta = snapshot.meta.clone();
         self.snapshot = Some(snapshot);
-        self.snapshot_requested_at = None;
-        let compact_to = index.saturating_sub(self.config.snapshot_trailing_entries);
-        if compact_to > self.log.compacted().index {
-            self.log.compact_to(compact_to);
-            self.memberships.compact_to(compact_to);
+        if self.role == Role::Leader {
+            let compacted = self.log.compacted().index;
+            let waiting: Vec<NodeId> = self
+                .progress
+                .iter()
+                .filter(|(&peer, progress)| {
+                    let needs_image = match progress.state {
+                        // Sending an image a compaction made useless (see send_snapshot_chunk).
+                        ReplicationState::Snapshot { last_included, .. } => {
+                            last_included < compacted
+                        }
+                        _ => progress.next_index <= compacted,
+                    };
+                    peer != self.id && needs_image
+                })
+                .map(|(&peer, _)| peer)
+                .collect();
+            for peer in waiting {
+                if let Some(progress) = self.progress.get_mut(&peer) {
+                    if matches!(progress.state, ReplicationState::Snapshot { .. }) {
+                        progress.become_snapshot(index);
+                    }
+                }
+                self.send_append(peer);
+            }
         }
         Ok(meta)
     }

@@ -41,7 +41,7 @@ fn follower_with_log(id: u64, term: u64, terms: &[u64]) -> Raft {
             voted_for: None,
             commit_index: 0,
         },
-        snapshot: None,
+        compacted: None,
         entries,
     };
     let mut config = config_for(id, &[1, 2, 3]);
@@ -413,7 +413,7 @@ fn s5_4_2_entries_of_older_terms_are_not_committed_by_counting_replicas() {
             voted_for: None,
             commit_index: 0,
         },
-        snapshot: None,
+        compacted: None,
         entries: vec![entry(1, 2)],
     };
     let mut leader = Raft::new(config.clone(), persisted).unwrap();
@@ -692,6 +692,47 @@ fn s6_4_lease_read_needs_no_round_trip_while_the_lease_lasts() {
     );
 }
 
+/// Ticks `leader` and delivers messages, handling the leader's outputs by hand (the cluster's
+/// handler would swallow the request), until it asks for a snapshot image; false if it never
+/// does within 20 ticks.
+fn ticks_until_image_wanted(cluster: &mut Cluster, leader: u64) -> bool {
+    for _ in 0..20 {
+        cluster.tick(leader, 1);
+        let mut asked = false;
+        while cluster.node(leader).has_ready() {
+            let ready = cluster.node_mut(leader).ready();
+            asked |= ready.snapshot_wanted;
+            cluster.queue.extend(ready.messages);
+            cluster.queue.extend(ready.messages_after_persist);
+            cluster.node_mut(leader).advance();
+        }
+        while let Some(message) = cluster.queue.pop_front() {
+            let to = message.to;
+            if cluster.cut.contains(&(message.from, to)) {
+                continue;
+            }
+            cluster.node_mut(to).step(message);
+            if to != leader {
+                cluster.handle_ready(to);
+            }
+        }
+        if asked {
+            return true;
+        }
+    }
+    false
+}
+
+fn image(applied: u64, data: &'static [u8]) -> ballot_core::Snapshot {
+    ballot_core::Snapshot {
+        meta: ballot_core::SnapshotMeta {
+            last_included: LogPosition::new(applied, 0),
+            membership: Membership::default(),
+        },
+        data: Bytes::from_static(data),
+    }
+}
+
 #[test]
 fn s7_lagging_follower_catches_up_by_snapshot_in_chunks() {
     let mut cluster = Cluster::with_config(3, |c| {
@@ -705,23 +746,36 @@ fn s7_lagging_follower_catches_up_by_snapshot_in_chunks() {
         cluster.propose(1, b"v");
         cluster.settle();
     }
-    // The application takes the snapshot it was asked for.
+    // The application's state machine is durable through what it applied: it compacts. No
+    // image is built yet; nobody needs one.
     let applied = cluster.node(1).status().applied_index;
-    let snapshot = ballot_core::Snapshot {
-        meta: ballot_core::SnapshotMeta {
-            last_included: LogPosition::new(applied, 0),
-            membership: Membership::default(),
-        },
-        data: Bytes::from_static(b"state-machine-image-of-thirty-bytes"),
-    };
-    cluster.node_mut(1).snapshot_taken(snapshot).unwrap();
+    let meta = cluster
+        .node_mut(1)
+        .compact(applied)
+        .unwrap()
+        .expect("a newer compaction point");
+    assert_eq!(meta.last_included.index, applied);
+    assert_eq!(meta.membership, Membership::with_voters([1, 2, 3]));
     assert_eq!(
         cluster.node(1).status().first_log_index,
         applied + 1,
         "log compacted"
     );
+    assert_eq!(
+        cluster.node_mut(1).compact(applied).unwrap(),
+        None,
+        "compacting at the same point again changes nothing"
+    );
+    // n3 comes back needing entries that are gone: the leader asks for an image.
     cluster.heal();
+    let asked = ticks_until_image_wanted(&mut cluster, 1);
+    assert!(asked, "the leader asked for an image for n3");
     cluster.delivered.clear();
+    cluster
+        .node_mut(1)
+        .snapshot_taken(image(applied, b"state-machine-image-of-thirty-bytes"))
+        .unwrap();
+    cluster.settle();
     cluster.tick_all(20);
     let chunks = cluster
         .delivered
@@ -742,6 +796,60 @@ fn s7_lagging_follower_catches_up_by_snapshot_in_chunks() {
         Membership::with_voters([1, 2, 3]),
         "membership comes from the log"
     );
+    assert_eq!(
+        cluster.node(3).status().commit_index,
+        cluster.node(1).status().commit_index
+    );
+}
+
+#[test]
+fn an_image_a_compaction_overtakes_mid_transfer_is_replaced_by_a_newer_one() {
+    let mut cluster = Cluster::with_config(3, |c| {
+        c.snapshot_threshold_entries = 20;
+        c.snapshot_trailing_entries = 0;
+        c.snapshot_chunk_bytes = 4;
+    });
+    cluster.elect(1);
+    cluster.isolate(3);
+    for _ in 0..30 {
+        cluster.propose(1, b"v");
+        cluster.settle();
+    }
+    let first_point = cluster.node(1).status().applied_index;
+    cluster.node_mut(1).compact(first_point).unwrap();
+    cluster.heal();
+    assert!(ticks_until_image_wanted(&mut cluster, 1));
+    cluster
+        .node_mut(1)
+        .snapshot_taken(image(first_point, b"old-image-old-image"))
+        .unwrap();
+    // The first chunk is on its way; n3 falls silent while the log moves on and is compacted
+    // past the image being sent.
+    cluster.isolate(3);
+    for _ in 0..30 {
+        cluster.propose(1, b"w");
+        cluster.settle();
+    }
+    let second_point = cluster.node(1).status().applied_index;
+    assert!(second_point > first_point);
+    cluster.node_mut(1).compact(second_point).unwrap();
+    cluster.heal();
+    assert!(
+        ticks_until_image_wanted(&mut cluster, 1),
+        "the leader asks for a new image instead of sending one nobody could continue from"
+    );
+    cluster
+        .node_mut(1)
+        .snapshot_taken(image(second_point, b"new-image-new-image"))
+        .unwrap();
+    cluster.settle();
+    cluster.tick_all(30);
+    let installed = cluster.disks[&3]
+        .snapshot
+        .as_ref()
+        .expect("n3 installed an image");
+    assert_eq!(&installed.data[..], b"new-image-new-image");
+    assert_eq!(installed.meta.last_included.index, second_point);
     assert_eq!(
         cluster.node(3).status().commit_index,
         cluster.node(1).status().commit_index

@@ -140,7 +140,7 @@ impl Disk {
         let after = self.snapshot_index();
         PersistedState {
             hard_state: self.hard_state,
-            snapshot: self.snapshot.clone(),
+            compacted: self.snapshot.as_ref().map(|s| s.meta.clone()),
             entries: self
                 .entries
                 .iter()

@@ -60,16 +60,28 @@ pub trait ReadyHandler<R: Replica> {
     );
     fn read_served(&mut self, now: u64, node: NodeId, read: ReadState, kv: &KvStore);
     fn read_dropped(&mut self, now: u64, node: NodeId, request_id: u64);
-    /// The node snapshotted its state machine at `at`; `Err` if the replica refused it.
+    /// The node made its state machine durable at `at` and compacted, or built an image at `at`
+    /// for a follower; `Err` if the replica refused it.
     fn snapshot_taken(
         &mut self,
         now: u64,
         node: NodeId,
         at: LogPosition,
+        purpose: SnapshotPurpose,
         outcome: Result<(), String>,
     );
     /// The replica broke the `Ready` contract (or handed out something unusable).
     fn contract_broken(&mut self, now: u64, node: NodeId, description: String);
+}
+
+/// Why a node cut its state machine at an index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotPurpose {
+    /// Made durable (the disk's image stands for a server's own durable store), then the log
+    /// compacted up to it.
+    Compaction,
+    /// Built in memory for a follower whose next entry was compacted away.
+    Image,
 }
 
 /// The parts of a `Ready` that wait for the write to become durable.
@@ -80,6 +92,7 @@ struct PendingReady<M> {
     committed_entries: Vec<Entry>,
     read_states: Vec<ReadState>,
     dropped_reads: Vec<u64>,
+    compaction_wanted: bool,
     snapshot_wanted: bool,
 }
 
@@ -133,7 +146,7 @@ impl<R: Replica> Node<R> {
     /// snapshot and the replica re-delivers the committed entries after it.
     pub fn prepare_start(&mut self, rng_seed: u64) -> NodeStart {
         let persisted = self.disk.to_persisted_state();
-        match &persisted.snapshot {
+        match self.disk.snapshot() {
             Some(snapshot) => {
                 // A snapshot that cannot be decoded was written by this simulator, so failing to
                 // read it back is a simulator bug, not a protocol one.
@@ -247,6 +260,7 @@ impl<R: Replica> Node<R> {
                 committed_entries: ready.committed_entries,
                 read_states: ready.read_states,
                 dropped_reads: ready.dropped_reads,
+                compaction_wanted: ready.compaction_wanted,
                 snapshot_wanted: ready.snapshot_wanted,
             });
         }
@@ -276,8 +290,11 @@ impl<R: Replica> Node<R> {
             return;
         };
         replica.advance();
+        if pending.compaction_wanted {
+            self.take_snapshot(now, SnapshotPurpose::Compaction, handler);
+        }
         if pending.snapshot_wanted {
-            self.take_snapshot(now, handler);
+            self.take_snapshot(now, SnapshotPurpose::Image, handler);
         }
     }
 
@@ -360,13 +377,22 @@ impl<R: Replica> Node<R> {
         });
     }
 
-    /// Snapshot the state machine at the applied index, store it durably, hand it to the replica
-    /// and drop the disk entries the replica compacted away.
-    fn take_snapshot(&mut self, now: u64, handler: &mut impl ReadyHandler<R>) {
+    /// Cut the state machine at the applied index: for a compaction, store the image durably
+    /// (what a server's store does on its own), tell the replica and drop the disk entries it
+    /// compacted away; for a follower, hand the image to the replica only.
+    fn take_snapshot(
+        &mut self,
+        now: u64,
+        purpose: SnapshotPurpose,
+        handler: &mut impl ReadyHandler<R>,
+    ) {
         let Some(replica) = self.replica.as_mut() else {
             return;
         };
-        if self.applied_index == 0 || self.applied_index <= self.disk.snapshot_index() {
+        if self.applied_index == 0
+            || (purpose == SnapshotPurpose::Compaction
+                && self.applied_index <= self.disk.snapshot_index())
+        {
             return;
         }
         // Steps keep arriving while a `Ready` is persisted, so the replica may already have
@@ -377,6 +403,7 @@ impl<R: Replica> Node<R> {
                 now,
                 self.id,
                 at,
+                purpose,
                 Err("the replica no longer knows this index".into()),
             );
             return;
@@ -389,14 +416,34 @@ impl<R: Replica> Node<R> {
             },
             data: self.kv.snapshot(),
         };
-        self.disk.store_local_snapshot(snapshot.clone());
-        let outcome = replica
-            .snapshot_taken(snapshot)
-            .map(|_| ())
-            .map_err(|error| error.to_string());
-        if outcome.is_ok() {
-            self.disk.compact_before(replica.status().first_log_index);
-        }
-        handler.snapshot_taken(now, self.id, at, outcome);
+        let outcome = match purpose {
+            SnapshotPurpose::Compaction => {
+                let expected = snapshot.meta.clone();
+                self.disk.store_local_snapshot(snapshot);
+                match replica.compact(at.index) {
+                    Ok(Some(meta)) if meta != expected => {
+                        handler.contract_broken(
+                            now,
+                            self.id,
+                            format!(
+                                "compaction at {at} recorded {meta:?}, but the state machine \
+                                 there is {expected:?}"
+                            ),
+                        );
+                        Ok(())
+                    }
+                    Ok(_) => {
+                        self.disk.compact_before(replica.status().first_log_index);
+                        Ok(())
+                    }
+                    Err(error) => Err(error.to_string()),
+                }
+            }
+            SnapshotPurpose::Image => replica
+                .snapshot_taken(snapshot)
+                .map(|_| ())
+                .map_err(|error| error.to_string()),
+        };
+        handler.snapshot_taken(now, self.id, at, purpose, outcome);
     }
 }

@@ -17,7 +17,7 @@ use crate::kv::{ApplyResult, Command, KvStore};
 use crate::linearizability::{self, Outcome, Verdict};
 use crate::nemesis::Nemesis;
 use crate::network::{Arrival, Network, SendOutcome};
-use crate::node::{Liveness, Node, NodeStart, ReadyHandler};
+use crate::node::{Liveness, Node, NodeStart, ReadyHandler, SnapshotPurpose};
 use crate::trace::Trace;
 use crate::trace_event;
 use ballot_core::{
@@ -309,12 +309,17 @@ impl<R: Replica> ReadyHandler<R> for World<R::Message> {
         now: u64,
         node: NodeId,
         at: LogPosition,
+        purpose: SnapshotPurpose,
         outcome: Result<(), String>,
     ) {
+        let what = match purpose {
+            SnapshotPurpose::Compaction => "compacts",
+            SnapshotPurpose::Image => "builds an image",
+        };
         match outcome {
-            Ok(()) => trace_event!(self.trace, now, "n{node} snapshots at {at}"),
+            Ok(()) => trace_event!(self.trace, now, "n{node} {what} at {at}"),
             Err(error) => {
-                trace_event!(self.trace, now, "n{node} snapshot at {at} refused: {error}")
+                trace_event!(self.trace, now, "n{node} {what} at {at}, refused: {error}")
             }
         }
     }

@@ -113,15 +113,15 @@ impl Fake {
     pub fn new(start: NodeStart, broken: Option<FakeBreak>) -> Fake {
         let persisted = start.persisted;
         let log_start = persisted
-            .snapshot
+            .compacted
             .as_ref()
-            .map_or(LogPosition::default(), |s| s.meta.last_included);
+            .map_or(LogPosition::default(), |meta| meta.last_included);
         let mut fake = Fake {
             id: start.node_id,
             broken,
             membership: start.bootstrap_membership,
             term: persisted.hard_state.term,
-            snapshot: persisted.snapshot,
+            snapshot: None,
             log: persisted.entries,
             log_start,
             commit: log_start.index,
@@ -199,8 +199,11 @@ impl Fake {
     fn replicate(&mut self, peer: NodeId) {
         let next = self.next_index[peer as usize];
         if next <= self.log_start.index {
-            if let Some(snapshot) = self.snapshot.clone() {
-                self.send(peer, Body::Install { snapshot }, false);
+            match self.snapshot.clone() {
+                Some(snapshot) if snapshot.meta.last_included.index >= self.log_start.index => {
+                    self.send(peer, Body::Install { snapshot }, false)
+                }
+                _ => self.out.snapshot_wanted = true,
             }
             return;
         }
@@ -399,7 +402,7 @@ impl Replica for Fake {
         if !self.snapshot_asked && self.handed_out >= self.log_start.index + SNAPSHOT_EVERY_ENTRIES
         {
             self.snapshot_asked = true;
-            ready.snapshot_wanted = true;
+            ready.compaction_wanted = true;
         }
         ready
     }
@@ -412,22 +415,29 @@ impl Replica for Fake {
         }
     }
 
+    fn compact(
+        &mut self,
+        durable_index: LogIndex,
+    ) -> Result<Option<ballot_core::SnapshotMeta>, ReplicaError> {
+        self.snapshot_asked = false;
+        if durable_index <= self.log_start.index {
+            return Ok(None);
+        }
+        let term = self.entry(durable_index).map_or(0, |e| e.term);
+        self.log.retain(|e| e.index > durable_index);
+        self.log_start = LogPosition::new(durable_index, term);
+        Ok(Some(ballot_core::SnapshotMeta {
+            last_included: self.log_start,
+            membership: self.membership.clone(),
+        }))
+    }
+
     fn snapshot_taken(
         &mut self,
         snapshot: Snapshot,
     ) -> Result<ballot_core::SnapshotMeta, ReplicaError> {
-        let at = snapshot.meta.last_included;
         let meta = snapshot.meta.clone();
-        let keep: Vec<Entry> = self
-            .log
-            .iter()
-            .filter(|e| e.index > at.index)
-            .cloned()
-            .collect();
-        self.log = keep;
-        self.log_start = at;
         self.snapshot = Some(snapshot);
-        self.snapshot_asked = false;
         Ok(meta)
     }
 
@@ -682,7 +692,15 @@ mod tests {
         }
         fn read_served(&mut self, _: u64, _: NodeId, _: ReadState, _: &KvStore) {}
         fn read_dropped(&mut self, _: u64, _: NodeId, _: u64) {}
-        fn snapshot_taken(&mut self, _: u64, _: NodeId, _: LogPosition, _: Result<(), String>) {}
+        fn snapshot_taken(
+            &mut self,
+            _: u64,
+            _: NodeId,
+            _: LogPosition,
+            _: crate::node::SnapshotPurpose,
+            _: Result<(), String>,
+        ) {
+        }
         fn contract_broken(&mut self, _: u64, _: NodeId, description: String) {
             panic!("{description}");
         }

@@ -5,7 +5,7 @@
 
 use ballot_core::{
     Entry, EntryPayload, HardState, Membership, NodeId, PersistedState, ReadState, Replica, Role,
-    Snapshot,
+    Snapshot, SnapshotMeta,
 };
 use ballot_raft::{Config, Message, Raft};
 use bytes::Bytes;
@@ -14,6 +14,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 #[derive(Default, Clone)]
 pub struct Disk {
     pub hard_state: HardState,
+    /// The last compaction point (from `compact` or an installed snapshot).
+    pub compacted: Option<SnapshotMeta>,
+    /// The last snapshot image installed from a leader.
     pub snapshot: Option<Snapshot>,
     pub entries: Vec<Entry>,
 }
@@ -30,7 +33,7 @@ impl Disk {
     pub fn to_persisted(&self) -> PersistedState {
         PersistedState {
             hard_state: self.hard_state,
-            snapshot: self.snapshot.clone(),
+            compacted: self.compacted.clone(),
             entries: self.entries.clone(),
         }
     }
@@ -47,7 +50,8 @@ pub struct Cluster {
     /// Every message delivered, for assertions on what was said.
     pub delivered: Vec<Message>,
     pub configure: fn(&mut Config),
-    /// Hand the replica an (empty) snapshot whenever it asks, as a long-running server would.
+    /// Compact whenever the replica asks (the applied index counts as durable) and hand it an
+    /// (empty) image whenever it asks for one, as a long-running server would.
     pub auto_snapshot: bool,
     /// Keep a copy of every delivered message in `delivered` (off in benchmarks).
     pub record_delivered: bool,
@@ -140,6 +144,7 @@ impl Cluster {
         if let Some(snapshot) = ready.snapshot {
             disk.entries.clear();
             self.applied.insert(id, Vec::new());
+            disk.compacted = Some(snapshot.meta.clone());
             disk.snapshot = Some(snapshot);
         }
         disk.write(&ready.entries);
@@ -157,10 +162,19 @@ impl Cluster {
             .or_default()
             .extend(ready.dropped_reads);
         node.advance();
+        if ready.compaction_wanted && self.auto_snapshot {
+            let applied = node.status().applied_index;
+            if let Some(meta) = node.compact(applied).unwrap() {
+                disk.compacted = Some(meta);
+            }
+            let first = node.status().first_log_index;
+            disk.entries.retain(|e| e.index >= first);
+            self.applied.insert(id, Vec::new());
+        }
         if ready.snapshot_wanted && self.auto_snapshot {
             let status = node.status();
             let last_included = ballot_core::LogPosition::new(status.applied_index, 0);
-            let meta = ballot_core::SnapshotMeta {
+            let meta = SnapshotMeta {
                 last_included,
                 membership: status.membership,
             };
@@ -169,9 +183,6 @@ impl Cluster {
                 data: Bytes::new(),
             })
             .unwrap();
-            let first = node.status().first_log_index;
-            disk.entries.retain(|e| e.index >= first);
-            self.applied.insert(id, Vec::new());
         }
         true
     }

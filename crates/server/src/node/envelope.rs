@@ -7,6 +7,9 @@
 //!           or   3 | origin node id u64 LE | request id u64 LE | mvcc Command
 //! snapshot  magic "BALLOTSD" | registry_len u32 | registry | mvcc snapshot
 //! ```
+//!
+//! A record in `snap/` with no data at all is a compaction marker, not an image: the store
+//! and the registry were durable through its index on their own.
 
 use super::members::MemberCommand;
 use ballot_core::codec::{DecodeError, Decoder};

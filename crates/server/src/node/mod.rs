@@ -149,13 +149,13 @@ pub(crate) enum Input {
         id: LeaseId,
         reply: oneshot::Sender<Result<(Lease, i64), NodeError>>,
     },
-    /// A state machine snapshot built off the loop (see `RaftLoop::take_snapshot`).
+    /// A state machine image for a follower, built off the loop (see `RaftLoop::build_image`).
     SnapshotEncoded {
         applied: LogIndex,
-        data: bytes::Bytes,
+        result: Result<bytes::Bytes, String>,
     },
-    /// The snapshot file for `index` is durable (or could not be written).
-    SnapshotSaved {
+    /// The compaction marker for `index` is durable (or could not be written).
+    CompactionSaved {
         index: LogIndex,
         result: Result<(), String>,
     },

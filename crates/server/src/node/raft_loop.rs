@@ -40,7 +40,7 @@ const FORWARD_SWEEP_TICKS: u64 = 100;
 /// commit index): bounds how long an unsynced record can sit ahead of a later torn write,
 /// which recovery would take for corruption rather than a torn tail.
 const WAL_LAZY_SYNC_TICKS: u64 = 10;
-/// Snapshots kept in `snap/`.
+/// Records kept in `snap/`: compaction markers (no data) and images installed from a leader.
 const SNAPSHOTS_RETAINED: usize = 3;
 /// Responses buffered per client watch stream between the loop and the gRPC task.
 const WATCH_STREAM_RESPONSES_MAX: usize = 256;
@@ -52,10 +52,12 @@ type KeepAliveWaiters = (Term, Vec<(i64, Reply<i64>)>);
 pub(crate) struct RaftLoop {
     raft: Raft,
     wal: Wal,
-    /// Shared with the thread that saves a snapshot while the loop goes on.
+    /// Shared with the thread that saves a compaction marker while the loop goes on.
     snapshots: Arc<SnapshotStore>,
-    /// A snapshot is being encoded or saved off the loop; no second one starts meanwhile.
-    snapshot_in_progress: bool,
+    /// An image for a follower is being encoded off the loop; no second one starts meanwhile.
+    image_in_progress: bool,
+    /// A compaction marker is being saved off the loop; no second compaction starts meanwhile.
+    compaction_in_progress: bool,
     /// The loop's own input queue, for the snapshot threads to report back on.
     loopback: mpsc::Sender<Input>,
     store: Arc<MvccStore>,
@@ -192,7 +194,7 @@ impl RaftLoop {
         let watch_hub = WatchHub::new(WatchLimits::default(), store.revision());
         let persisted = PersistedState {
             hard_state: recovered.hard_state,
-            snapshot,
+            compacted: snapshot.map(|snapshot| snapshot.meta),
             entries: recovered.entries,
         };
         let raft = Raft::new(raft_config(config), persisted)
@@ -201,7 +203,8 @@ impl RaftLoop {
             raft,
             wal,
             snapshots: Arc::new(snapshots),
-            snapshot_in_progress: false,
+            image_in_progress: false,
+            compaction_in_progress: false,
             loopback,
             store,
             transport,
@@ -407,13 +410,8 @@ impl RaftLoop {
             Input::LeaseTimeToLive { id, reply } => {
                 let _ = reply.send(self.lease_time_to_live(id));
             }
-            Input::SnapshotEncoded { applied, data } => {
-                if let Err(error) = self.snapshot_encoded(applied, data) {
-                    tracing::error!(%error, "snapshot failed");
-                    self.snapshot_in_progress = false;
-                }
-            }
-            Input::SnapshotSaved { index, result } => self.snapshot_saved(index, result),
+            Input::SnapshotEncoded { applied, result } => self.image_encoded(applied, result),
+            Input::CompactionSaved { index, result } => self.compaction_saved(index, result),
             Input::Stop => return false,
         }
         true
@@ -620,8 +618,11 @@ impl RaftLoop {
             self.apply_and_answer_reads(&ready)?;
         }
         self.raft.advance();
+        if ready.compaction_wanted {
+            self.compact()?;
+        }
         if ready.snapshot_wanted {
-            self.take_snapshot()?;
+            self.build_image()?;
         }
         Ok(())
     }
@@ -875,91 +876,51 @@ impl RaftLoop {
         Ok(())
     }
 
-    /// The replica asked for a snapshot: take one at the applied index, store it, compact the WAL.
-    /// Starts a snapshot of the state machine without stopping the loop. Encoding a large
-    /// history and writing it out takes seconds, longer than an election timeout, so both run on
-    /// a thread: the loop only fixes the state (which records it holds), then hears back through
-    /// its own input queue ([`Input::SnapshotEncoded`], then [`Input::SnapshotSaved`]). The
-    /// thread first makes the store durable up to at least the snapshot's index, so the WAL may
-    /// later be compacted up to it; that fsync (of up to a flush period of writes) used to stall
-    /// the loop.
-    fn take_snapshot(&mut self) -> Result<(), String> {
-        if self.snapshot_in_progress {
+    /// The log has grown past the threshold: compact it up to what the store has made durable on
+    /// its own (its flusher runs every 100 ms), with no image of the state machine at all. The
+    /// registry is always durable (rewritten on every change). A marker with the compaction
+    /// point's metadata is saved to `snap/` off the loop; only then may the WAL drop entries
+    /// ([`Input::CompactionSaved`]).
+    fn compact(&mut self) -> Result<(), String> {
+        if self.compaction_in_progress {
             return Ok(());
         }
-        let reader = self.store.begin_snapshot().map_err(|e| e.to_string())?;
-        let applied = reader.applied_index();
-        // The registry is changed only by this loop, so it is at `applied` too.
-        let registry = self.registry.snapshot();
-        let loopback = self.loopback.clone();
-        let store = self.store.clone();
-        self.snapshot_in_progress = true;
-        std::thread::Builder::new()
-            .name("snapshot-encode".into())
-            .spawn(move || {
-                let encoded = store.flush().and_then(|()| reader.into_bytes());
-                let input = match encoded {
-                    Ok(mvcc) => Input::SnapshotEncoded {
-                        applied,
-                        data: encode_snapshot(&registry, &mvcc),
-                    },
-                    Err(error) => Input::SnapshotSaved {
-                        index: applied,
-                        result: Err(error.to_string()),
-                    },
-                };
-                let _ = loopback.blocking_send(input);
-            })
-            .map_err(|e| e.to_string())?;
-        Ok(())
-    }
-
-    /// The replica takes the encoded snapshot (its log is compacted in memory; the WAL still
-    /// holds the entries), then a thread makes it durable.
-    fn snapshot_encoded(&mut self, applied: LogIndex, data: bytes::Bytes) -> Result<(), String> {
-        let draft = Snapshot {
-            meta: SnapshotMeta {
-                last_included: LogPosition::new(applied, 0),
-                membership: Membership::default(),
-            },
-            data: data.clone(),
-        };
-        let meta = match self.raft.snapshot_taken(draft) {
-            // The replica fills in the term and membership; a term left at zero means it kept
-            // a snapshot at least as new (one arrived from the leader meanwhile): nothing to save.
-            Ok(meta) if meta.last_included.term > 0 => meta,
-            Ok(_) => {
-                self.snapshot_in_progress = false;
-                return Ok(());
-            }
+        let durable = self.store.durable_applied_index();
+        let meta = match self.raft.compact(durable) {
+            Ok(Some(meta)) => meta,
+            Ok(None) => return Ok(()),
             Err(error) => {
-                tracing::warn!(%error, "snapshot not taken");
-                self.snapshot_in_progress = false;
+                tracing::warn!(%error, durable, "compaction refused");
                 return Ok(());
             }
         };
         let snapshots = self.snapshots.clone();
         let loopback = self.loopback.clone();
+        self.compaction_in_progress = true;
         std::thread::Builder::new()
-            .name("snapshot-save".into())
+            .name("compaction-save".into())
             .spawn(move || {
                 let index = meta.last_included.index;
+                let marker = Snapshot {
+                    meta,
+                    data: bytes::Bytes::new(),
+                };
                 let result = snapshots
-                    .save(&Snapshot { meta, data })
+                    .save(&marker)
                     .map(|_| ())
                     .map_err(|e| e.to_string());
-                let _ = loopback.blocking_send(Input::SnapshotSaved { index, result });
+                let _ = loopback.blocking_send(Input::CompactionSaved { index, result });
             })
             .map_err(|e| e.to_string())?;
         Ok(())
     }
 
-    /// The snapshot at `index` is durable: the WAL may drop what it covers (the store was made
-    /// durable up to `index` before the snapshot was read).
-    fn snapshot_saved(&mut self, index: LogIndex, result: Result<(), String>) {
-        self.snapshot_in_progress = false;
+    /// The compaction marker for `index` is durable: the WAL may drop what the replica dropped
+    /// (the store was durable through `index` before the marker was written).
+    fn compaction_saved(&mut self, index: LogIndex, result: Result<(), String>) {
+        self.compaction_in_progress = false;
         if let Err(error) = result {
-            tracing::warn!(%error, index, "snapshot not saved; the WAL keeps its entries");
+            tracing::warn!(%error, index, "compaction marker not saved; the WAL keeps its entries");
             return;
         }
         let compact_to = self
@@ -969,7 +930,61 @@ impl RaftLoop {
             .saturating_sub(1)
             .min(index);
         if let Err(error) = self.wal.compact_to(compact_to) {
-            tracing::error!(%error, "WAL compaction after a snapshot failed");
+            tracing::error!(%error, "WAL compaction failed");
+        }
+    }
+
+    /// A follower needs entries the log no longer holds: encode an image of the state machine
+    /// at its applied index, on a thread (a large history takes seconds, longer than an
+    /// election timeout), and hand it to the replica ([`Input::SnapshotEncoded`]). The image
+    /// lives in memory only: nothing on this node depends on it being durable.
+    fn build_image(&mut self) -> Result<(), String> {
+        if self.image_in_progress {
+            return Ok(());
+        }
+        let reader = self.store.begin_snapshot().map_err(|e| e.to_string())?;
+        let applied = reader.applied_index();
+        // The registry is changed only by this loop, so it is at `applied` too.
+        let registry = self.registry.snapshot();
+        let loopback = self.loopback.clone();
+        self.image_in_progress = true;
+        std::thread::Builder::new()
+            .name("snapshot-encode".into())
+            .spawn(move || {
+                let result = reader
+                    .into_bytes()
+                    .map(|mvcc| encode_snapshot(&registry, &mvcc))
+                    .map_err(|e| e.to_string());
+                let _ = loopback.blocking_send(Input::SnapshotEncoded { applied, result });
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// The image is built: the replica keeps it and starts sending it to the followers that
+    /// were waiting.
+    fn image_encoded(&mut self, applied: LogIndex, result: Result<bytes::Bytes, String>) {
+        self.image_in_progress = false;
+        let data = match result {
+            Ok(data) => data,
+            Err(error) => {
+                tracing::error!(%error, applied, "snapshot image failed");
+                return;
+            }
+        };
+        let image = Snapshot {
+            meta: SnapshotMeta {
+                last_included: LogPosition::new(applied, 0),
+                membership: Membership::default(),
+            },
+            data,
+        };
+        match self.raft.snapshot_taken(image) {
+            Ok(meta) => tracing::info!(
+                index = meta.last_included.index,
+                "built a snapshot image for a follower"
+            ),
+            Err(error) => tracing::warn!(%error, applied, "snapshot image not taken"),
         }
     }
 
@@ -1014,9 +1029,10 @@ impl RaftLoop {
     }
 }
 
-/// Opens the WAL and reconciles it with the snapshot store and the state machine: a state
-/// machine behind the latest snapshot is restored from it, and a WAL whose snapshot marker is
-/// older learns of the snapshot (dropping entries it covers, or all entries if they conflict).
+/// Opens the WAL and reconciles it with the latest record in `snap/` and the state machine: a
+/// state machine behind an installed image is restored from it, one behind a compaction marker
+/// is refused (the entries it lacks are gone), and a WAL whose snapshot marker is older learns
+/// of the record (dropping entries it covers, or all entries if they conflict).
 fn open_wal(
     data_dir: &Path,
     snapshot: Option<&Snapshot>,
@@ -1036,11 +1052,28 @@ fn open_wal(
         return Ok((wal, recovered));
     };
     let position = snapshot.meta.last_included;
-    let (registry_part, mvcc_part) = decode_snapshot(&snapshot.data).map_err(|e| e.to_string())?;
-    if store.applied_index() < position.index {
-        store.restore(mvcc_part).map_err(|e| e.to_string())?;
+    if snapshot.data.is_empty() {
+        // A compaction marker: the store was durable through it on its own before the WAL
+        // dropped anything, so a store behind it lost writes it had made durable.
+        if store.applied_index() < position.index {
+            return Err(format!(
+                "the state machine in {} has applied up to index {}, but the log was compacted \
+                 at index {} (snap/ says so): entries in between are gone; the state directory \
+                 was replaced or rolled back. Restore the data directory from a backup, or \
+                 remove this member and add it back empty",
+                data_dir.join("state").display(),
+                store.applied_index(),
+                position.index
+            ));
+        }
+    } else {
+        let (registry_part, mvcc_part) =
+            decode_snapshot(&snapshot.data).map_err(|e| e.to_string())?;
+        if store.applied_index() < position.index {
+            store.restore(mvcc_part).map_err(|e| e.to_string())?;
+        }
+        registry.restore_if_behind(registry_part, position.index)?;
     }
-    registry.restore_if_behind(registry_part, position.index)?;
     if recovered
         .snapshot
         .is_none_or(|marker| marker.index < position.index)
