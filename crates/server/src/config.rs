@@ -32,7 +32,7 @@ pub struct ServerConfig {
     pub initial_cluster_token: String,
     pub heartbeat_interval_ms: u64,
     pub election_timeout_ms: u64,
-    /// Applied entries between two snapshots.
+    /// Applied entries between two log compactions (named as etcd's `--snapshot-count`).
     pub snapshot_count: u64,
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,

@@ -45,7 +45,8 @@ pub struct ServerArgs {
     /// Milliseconds without a leader before an election; at least 5 heartbeats [default: 1000]
     #[arg(long, env = "BALLOT_ELECTION_TIMEOUT")]
     election_timeout: Option<u64>,
-    /// Applied entries between two snapshots [default: 100000]
+    /// Applied entries between two log compactions (as etcd's flag; the compaction needs no
+    /// snapshot image: one is built only for a follower that needs it) [default: 100000]
     #[arg(long, env = "BALLOT_SNAPSHOT_COUNT")]
     snapshot_count: Option<u64>,
     /// Largest client request accepted, in bytes [default: 1572864]
