@@ -257,7 +257,7 @@ fn metrics(node: &NodeHandle, transport: &Transport) -> String {
     let stats = &transport.stats;
     gauge(
         "ballot_peer_messages_sent_total",
-        "Raft messages queued to peers.",
+        "Raft messages written or queued to peers.",
         "counter",
         stats.messages_sent.load(Ordering::Relaxed),
     );
@@ -272,6 +272,12 @@ fn metrics(node: &NodeHandle, transport: &Transport) -> String {
         "Raft messages received from peers.",
         "counter",
         stats.messages_received.load(Ordering::Relaxed),
+    );
+    gauge(
+        "ballot_peer_direct_writes_total",
+        "Raft messages the raft thread wrote to a peer socket itself (nothing was queued).",
+        "counter",
+        stats.direct_writes.load(Ordering::Relaxed),
     );
     gauge(
         "ballot_peer_bytes_sent_total",

@@ -258,9 +258,17 @@ async fn compaction_builds_no_image_until_a_follower_needs_one() {
     );
     nodes[wiped].take().unwrap().stop();
     std::fs::remove_dir_all(configs[wiped].data_dir.join("state")).unwrap();
-    let error = match Node::start(configs[wiped].clone()).await {
-        Ok(_) => panic!("a node whose store is behind its compaction point started"),
-        Err(error) => error.to_string(),
+    // The stopped node's listener closes asynchronously: retry while its port is still taken.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let error = loop {
+        match Node::start(configs[wiped].clone()).await {
+            Ok(_) => panic!("a node whose store is behind its compaction point started"),
+            Err(error) if error.to_string().contains("Address already in use") => {
+                assert!(Instant::now() < deadline, "{error}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(error) => break error.to_string(),
+        }
     };
     assert!(
         error.contains("but the log was compacted at index"),
