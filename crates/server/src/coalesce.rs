@@ -159,10 +159,11 @@ mod tests {
     async fn writes_reach_the_peer_in_order_after_a_flush() {
         let (mut stream, mut peer) = pair().await;
         stream.write_all(b"one ").await.unwrap();
-        stream
+        let taken = stream
             .write_vectored(&[IoSlice::new(b"two "), IoSlice::new(b"three")])
             .await
             .unwrap();
+        assert_eq!(taken, 9, "a vectored write is buffered whole");
         assert_eq!(stream.buffer.len(), 13, "nothing goes out before a flush");
         stream.flush().await.unwrap();
         assert!(stream.buffer.is_empty());

@@ -450,13 +450,13 @@ impl RaftLoop {
     fn tick(&mut self) -> bool {
         self.raft.tick();
         self.ticks += 1;
-        if self.ticks % WAL_LAZY_SYNC_TICKS == 0 {
+        if self.ticks.is_multiple_of(WAL_LAZY_SYNC_TICKS) {
             if let Err(error) = self.sync_lazy_records() {
                 tracing::error!(%error, "storage failure: stopping this node");
                 return false;
             }
         }
-        if self.ticks % FORWARD_SWEEP_TICKS == 0 {
+        if self.ticks.is_multiple_of(FORWARD_SWEEP_TICKS) {
             // Forwards whose client gave up (its deadline passed): the entry was lost, or will
             // be applied with nobody left to answer.
             self.forwarded.retain(|_, reply| !reply.is_closed());
