@@ -17,15 +17,19 @@ pub(crate) struct IncomingSnapshot {
 }
 
 impl Raft {
+    /// The image held, if a follower installing it could continue from the log (it is not
+    /// older than the compaction point).
+    fn usable_image(&self) -> Option<&Snapshot> {
+        let compacted = self.log.compacted().index;
+        self.snapshot
+            .as_ref()
+            .filter(|image| image.meta.last_included.index >= compacted)
+    }
+
     /// `to` needs entries the log no longer holds: send it the image, or ask the caller for one
     /// (the next attempt to replicate to `to` after it arrives sends it).
     pub(crate) fn start_snapshot(&mut self, to: NodeId) {
-        let compacted = self.log.compacted().index;
-        let Some(snapshot) = self
-            .snapshot
-            .as_ref()
-            .filter(|image| image.meta.last_included.index >= compacted)
-        else {
+        let Some(snapshot) = self.usable_image() else {
             self.snapshot_wanted = true;
             return;
         };
@@ -37,12 +41,7 @@ impl Raft {
     }
 
     pub(crate) fn send_snapshot_chunk(&mut self, to: NodeId) {
-        let compacted = self.log.compacted().index;
-        let Some(snapshot) = self
-            .snapshot
-            .clone()
-            .filter(|image| image.meta.last_included.index >= compacted)
-        else {
+        let Some(snapshot) = self.usable_image().cloned() else {
             // A compaction since the transfer began dropped the image (`to` could not have
             // continued from it): ask for a newer one; it restarts the transfer when it comes.
             self.snapshot_wanted = true;
@@ -210,12 +209,7 @@ impl Raft {
             self.log.compact_to(compact_to);
             self.memberships.compact_to(compact_to);
         }
-        let compacted = self.log.compacted().index;
-        if self
-            .snapshot
-            .as_ref()
-            .is_some_and(|image| image.meta.last_included.index < compacted)
-        {
+        if self.usable_image().is_none() {
             self.snapshot = None; // no follower could continue from it
         }
         Ok(Some(meta))

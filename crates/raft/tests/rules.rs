@@ -723,6 +723,16 @@ fn ticks_until_image_wanted(cluster: &mut Cluster, leader: u64) -> bool {
     false
 }
 
+/// n1 leads; n3 is cut off while n1 commits `proposals` entries with n2.
+fn leave_n3_behind(cluster: &mut Cluster, proposals: usize) {
+    cluster.elect(1);
+    cluster.isolate(3);
+    for _ in 0..proposals {
+        cluster.propose(1, b"v");
+        cluster.settle();
+    }
+}
+
 fn image(applied: u64, data: &'static [u8]) -> ballot_core::Snapshot {
     ballot_core::Snapshot {
         meta: ballot_core::SnapshotMeta {
@@ -740,12 +750,7 @@ fn s7_lagging_follower_catches_up_by_snapshot_in_chunks() {
         c.snapshot_trailing_entries = 0;
         c.snapshot_chunk_bytes = 7;
     });
-    cluster.elect(1);
-    cluster.isolate(3);
-    for _ in 0..50 {
-        cluster.propose(1, b"v");
-        cluster.settle();
-    }
+    leave_n3_behind(&mut cluster, 50);
     // The application's state machine is durable through what it applied: it compacts. No
     // image is built yet; nobody needs one.
     let applied = cluster.node(1).status().applied_index;
@@ -809,12 +814,7 @@ fn an_image_a_compaction_overtakes_mid_transfer_is_replaced_by_a_newer_one() {
         c.snapshot_trailing_entries = 0;
         c.snapshot_chunk_bytes = 4;
     });
-    cluster.elect(1);
-    cluster.isolate(3);
-    for _ in 0..30 {
-        cluster.propose(1, b"v");
-        cluster.settle();
-    }
+    leave_n3_behind(&mut cluster, 30);
     let first_point = cluster.node(1).status().applied_index;
     cluster.node_mut(1).compact(first_point).unwrap();
     cluster.heal();
