@@ -122,7 +122,8 @@ pub trait Replica {
     /// index it has applied), as [`crate::Ready::snapshot_wanted`] asked: the replica keeps the
     /// image to send to followers that need it. It does not compact the log: the image need not
     /// be durable. The replica fills in the term and the membership at that index itself and
-    /// returns the completed metadata. An image no newer than the one it holds changes nothing.
+    /// returns the completed metadata. An image no newer than the one it holds changes nothing
+    /// and comes back as given (its term left at what the caller passed).
     fn snapshot_taken(&mut self, snapshot: Snapshot) -> Result<SnapshotMeta, ReplicaError>;
 
     fn status(&self) -> Status;

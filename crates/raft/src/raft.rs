@@ -82,8 +82,8 @@ pub struct Raft {
     /// Index the caller last declared durable through `compact` (or the installed snapshot's):
     /// the compaction threshold counts from here.
     pub(crate) compaction_index: LogIndex,
-    /// Applied index when a compaction was last asked for; asked again one threshold later if the
-    /// caller did not compact.
+    /// Applied index when a compaction was last asked for, or when the caller last offered a
+    /// durable point that was no newer than `compaction_index`: asked again one threshold later.
     pub(crate) compaction_requested_at: Option<LogIndex>,
     pub(crate) outbox: Vec<Message>,
     pub(crate) outbox_after_persist: Vec<Message>,

@@ -192,7 +192,9 @@ impl Raft {
             ));
         }
         if index <= self.compaction_index || index <= self.log.compacted().index {
-            self.compaction_requested_at = None;
+            // The caller's durable point has not moved past the last compaction: ask again one
+            // threshold from now, not at once (that would hand out requests in a loop).
+            self.compaction_requested_at = Some(self.log.applied_index);
             return Ok(None);
         }
         let Some(term) = self.log.term_at(index) else {

@@ -808,6 +808,49 @@ fn s7_lagging_follower_catches_up_by_snapshot_in_chunks() {
 }
 
 #[test]
+fn a_durable_point_no_newer_than_the_last_compaction_is_not_asked_for_again_at_once() {
+    let mut cluster = Cluster::with_config(3, |c| {
+        c.snapshot_threshold_entries = 20;
+        c.snapshot_trailing_entries = 0;
+    });
+    cluster.elect(1);
+    for _ in 0..25 {
+        cluster.propose(1, b"v");
+    }
+    cluster.settle();
+    let applied = cluster.node(1).status().applied_index;
+    cluster.node_mut(1).compact(applied).unwrap();
+    for _ in 0..25 {
+        cluster.propose(1, b"w");
+    }
+    // Handle n1's outputs by hand: it asks for a compaction; the caller's store has not made
+    // anything newer durable, so it offers the old point again.
+    let mut asked = 0;
+    for _ in 0..100 {
+        cluster.settle_except(1);
+        if !cluster.node(1).has_ready() {
+            break;
+        }
+        let ready = cluster.node_mut(1).ready();
+        cluster.queue.extend(ready.messages);
+        cluster.queue.extend(ready.messages_after_persist);
+        cluster.node_mut(1).advance();
+        if ready.compaction_wanted {
+            asked += 1;
+            assert_eq!(cluster.node_mut(1).compact(applied).unwrap(), None);
+        }
+    }
+    assert_eq!(
+        asked, 1,
+        "asked once, then not again before another threshold"
+    );
+    assert!(
+        !cluster.node(1).has_ready(),
+        "a refused durable point must not leave the replica asking in a loop"
+    );
+}
+
+#[test]
 fn an_image_a_compaction_overtakes_mid_transfer_is_replaced_by_a_newer_one() {
     let mut cluster = Cluster::with_config(3, |c| {
         c.snapshot_threshold_entries = 20;

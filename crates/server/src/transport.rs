@@ -2,11 +2,12 @@
 //! peer, reconnection with exponential back-off.
 //!
 //! The sender (the raft loop's thread) writes a frame to the socket itself when nothing is
-//! queued for that peer and the socket takes the whole frame at once: waking the peer's writer
-//! task costs a futex wake and often an IPI, tens of microseconds on a small VM, and a commit
-//! waits for two such messages (append, acknowledgement). Otherwise the frame joins the queue,
-//! and the writer task drains it, frames batched into one write per wake-up. Frames never
-//! overtake each other: a direct write happens only while no queued frame is unwritten.
+//! queued for that peer: waking the peer's writer task costs a futex wake and often an IPI,
+//! tens of microseconds on a small VM, and a commit waits for two such messages (append,
+//! acknowledgement). Whatever the socket does not take at once (all of a frame, or the rest of
+//! one) joins the queue, and the writer task drains it, frames batched into one write per
+//! wake-up. Frames never overtake each other: a direct write happens only while no queued
+//! frame is unwritten, so the rest of a partly written frame is always first in the queue.
 //!
 //! Raft tolerates lost messages, so the transport never blocks the node: when a peer's queue is
 //! full (the peer is down or slow) new messages to it are dropped and counted. Incoming frames
@@ -214,6 +215,7 @@ impl Transport {
                 }
                 // The socket took part of it: the writer task finishes the frame.
                 Ok(written) => {
+                    self.stats.socket_writes.fetch_add(1, Ordering::Relaxed);
                     self.stats
                         .bytes_sent
                         .fetch_add(written as u64, Ordering::Relaxed);
@@ -224,6 +226,8 @@ impl Transport {
             },
             _ => frame,
         };
+        // With nothing unwritten the queue is empty, so the rest of a partly written frame
+        // fails to queue only if the writer task is gone, and its connection with it.
         let queued = peer.queue.try_send(rest).is_ok();
         if queued {
             link.unwritten += 1;

@@ -124,6 +124,10 @@ pub struct SnapshotInfo {
 pub struct SnapshotStore {
     dir: PathBuf,
     retain: usize,
+    /// One save at a time: the staleness check and the pruning of old files must not
+    /// interleave with another save's (the server saves compaction markers on a thread while
+    /// its loop may save an image received from a leader).
+    saving: std::sync::Mutex<()>,
 }
 
 impl SnapshotStore {
@@ -144,7 +148,11 @@ impl SnapshotStore {
         // Also makes durable a rename that a save killed before its directory sync left visible
         // (in the page cache only): what `latest` returns from now on survives a power loss.
         sync_dir(&dir)?;
-        Ok(SnapshotStore { dir, retain })
+        Ok(SnapshotStore {
+            dir,
+            retain,
+            saving: std::sync::Mutex::new(()),
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -154,6 +162,11 @@ impl SnapshotStore {
     /// Writes `snapshot` durably and atomically, then deletes the oldest snapshots beyond
     /// `retain`. Refuses (writing nothing) a snapshot older than the newest kept.
     pub fn save(&self, snapshot: &Snapshot) -> Result<PathBuf, SnapshotError> {
+        // A panic while holding it left no state behind that the next save must not see.
+        let _one_at_a_time = self
+            .saving
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let offered = snapshot.meta.last_included;
         if let Some(latest) = self.list()?.pop() {
             if offered < latest.last_included {

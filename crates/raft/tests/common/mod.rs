@@ -104,10 +104,20 @@ impl Cluster {
 
     /// Handles every pending Ready (instant fsync) and delivers messages until quiet.
     pub fn settle(&mut self) {
+        self.settle_leaving(None);
+    }
+
+    /// As [`Cluster::settle`], but `by_hand`'s Readies are left to the test (messages to it are
+    /// still delivered).
+    pub fn settle_except(&mut self, by_hand: NodeId) {
+        self.settle_leaving(Some(by_hand));
+    }
+
+    fn settle_leaving(&mut self, by_hand: Option<NodeId>) {
         for _ in 0..10_000 {
             let mut progressed = false;
             let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
-            for id in ids {
+            for id in ids.into_iter().filter(|&id| Some(id) != by_hand) {
                 progressed |= self.handle_ready(id);
             }
             if let Some(message) = self.queue.pop_front() {

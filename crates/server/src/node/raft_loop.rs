@@ -885,7 +885,12 @@ impl RaftLoop {
         if self.compaction_in_progress {
             return Ok(());
         }
-        let durable = self.store.durable_applied_index();
+        // After a restart the store can be durable past what the replica has applied again
+        // (the WAL's commit index lags): compact no further than the replica has reached.
+        let durable = self
+            .store
+            .durable_applied_index()
+            .min(self.raft.status().applied_index);
         let meta = match self.raft.compact(durable) {
             Ok(Some(meta)) => meta,
             Ok(None) => return Ok(()),
@@ -942,6 +947,11 @@ impl RaftLoop {
         if self.image_in_progress {
             return Ok(());
         }
+        if self.store.applied_index() > self.raft.status().applied_index {
+            // Replaying after a restart: the replica would refuse an image past its applied
+            // index, and it asks again at its next attempt to replicate.
+            return Ok(());
+        }
         let reader = self.store.begin_snapshot().map_err(|e| e.to_string())?;
         let applied = reader.applied_index();
         // The registry is changed only by this loop, so it is at `applied` too.
@@ -980,10 +990,12 @@ impl RaftLoop {
             data,
         };
         match self.raft.snapshot_taken(image) {
-            Ok(meta) => tracing::info!(
+            // The replica fills in the term; left at zero, it kept an image at least as new.
+            Ok(meta) if meta.last_included.term > 0 => tracing::info!(
                 index = meta.last_included.index,
                 "built a snapshot image for a follower"
             ),
+            Ok(_) => {}
             Err(error) => tracing::warn!(%error, applied, "snapshot image not taken"),
         }
     }
