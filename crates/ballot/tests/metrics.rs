@@ -53,6 +53,17 @@ fn the_leader_reports_fsync_latency_and_round_trips_to_each_peer() {
     };
     assert!(sample(&leader_metrics, "ballot_raft_term").unwrap() >= 1.0);
     assert!(sample(&leader_metrics, "ballot_wal_fsync_duration_seconds_count").unwrap() >= 1.0);
+    for name in [
+        "ballot_log_compaction_index",
+        "ballot_snapshot_images_built_total",
+        "ballot_snapshot_images_installed_total",
+        "ballot_peer_direct_writes_total",
+    ] {
+        assert!(
+            sample(&leader_metrics, name).is_some(),
+            "{name} is exported"
+        );
+    }
     let inf = sample(
         &leader_metrics,
         "ballot_peer_round_trip_seconds_bucket{to=\"",

@@ -254,6 +254,24 @@ fn metrics(node: &NodeHandle, transport: &Transport) -> String {
         "counter",
         status.proposals_failed,
     );
+    gauge(
+        "ballot_log_compaction_index",
+        "Index the log was last compacted at (the state machine durable through it); 0 if never.",
+        "gauge",
+        status.compaction_index,
+    );
+    gauge(
+        "ballot_snapshot_images_built_total",
+        "Snapshot images built for followers whose next entry was compacted away.",
+        "counter",
+        status.snapshot_images_built,
+    );
+    gauge(
+        "ballot_snapshot_images_installed_total",
+        "Snapshot images installed from a leader.",
+        "counter",
+        status.snapshot_images_installed,
+    );
     let stats = &transport.stats;
     gauge(
         "ballot_peer_messages_sent_total",

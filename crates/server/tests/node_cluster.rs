@@ -246,6 +246,27 @@ async fn compaction_builds_no_image_until_a_follower_needs_one() {
     assert_eq!(get(&restarted, "a0"), Some(Bytes::from("v")));
     let (_, installed_image) = latest_snapshot_record(&configs[lagging].data_dir).unwrap();
     assert!(installed_image, "the lagging node caught up by an image");
+    assert_eq!(restarted.status().snapshot_images_installed, 1);
+    let built: u64 = nodes
+        .iter()
+        .flatten()
+        .map(|node| node.handle.status().snapshot_images_built)
+        .sum();
+    assert!(
+        built >= 1,
+        "an image was built for the follower that needed it"
+    );
+    let survivor = (lagging + 1) % 3;
+    assert!(
+        nodes[survivor]
+            .as_ref()
+            .unwrap()
+            .handle
+            .status()
+            .compaction_index
+            >= 50,
+        "the status shows where the log was compacted"
+    );
 
     // A store that lost what the compaction marker says it had is refused, by name.
     drop(restarted);

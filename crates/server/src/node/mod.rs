@@ -90,6 +90,12 @@ pub struct NodeStatus {
     pub leader_changes: u64,
     pub proposals_committed: u64,
     pub proposals_failed: u64,
+    /// The last index the log was compacted at (the store durable through it), 0 if never.
+    pub compaction_index: LogIndex,
+    /// Snapshot images this node built for followers that needed one.
+    pub snapshot_images_built: u64,
+    /// Snapshot images this node installed from a leader.
+    pub snapshot_images_installed: u64,
     /// WAL fdatasync latencies.
     pub wal_sync: LatencySnapshot,
     /// Per peer: time from a heartbeat sent to the next heartbeat answer from that peer (the

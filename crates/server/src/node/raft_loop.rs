@@ -98,6 +98,9 @@ struct Counters {
     leader_changes: u64,
     proposals_committed: u64,
     proposals_failed: u64,
+    compaction_index: LogIndex,
+    snapshot_images_built: u64,
+    snapshot_images_installed: u64,
     wal_sync: LatencyHistogram,
     /// When the last heartbeat to each peer left; taken out by the peer's next answer.
     heartbeats_unanswered: HashMap<NodeId, Instant>,
@@ -111,6 +114,9 @@ impl Default for Counters {
             leader_changes: 0,
             proposals_committed: 0,
             proposals_failed: 0,
+            compaction_index: 0,
+            snapshot_images_built: 0,
+            snapshot_images_installed: 0,
             wal_sync: LatencyHistogram::new(FSYNC_BOUNDS_MICROS),
             heartbeats_unanswered: HashMap::new(),
             peer_round_trips: BTreeMap::new(),
@@ -873,6 +879,8 @@ impl RaftLoop {
             .install_snapshot(snapshot.meta.last_included)
             .map_err(|e| e.to_string())?;
         self.watch_hub.restore(self.store.revision());
+        self.counters.snapshot_images_installed += 1;
+        self.counters.compaction_index = snapshot.meta.last_included.index;
         Ok(())
     }
 
@@ -934,8 +942,9 @@ impl RaftLoop {
             .first_log_index
             .saturating_sub(1)
             .min(index);
-        if let Err(error) = self.wal.compact_to(compact_to) {
-            tracing::error!(%error, "WAL compaction failed");
+        match self.wal.compact_to(compact_to) {
+            Ok(_) => self.counters.compaction_index = index,
+            Err(error) => tracing::error!(%error, "WAL compaction failed"),
         }
     }
 
@@ -991,10 +1000,13 @@ impl RaftLoop {
         };
         match self.raft.snapshot_taken(image) {
             // The replica fills in the term; left at zero, it kept an image at least as new.
-            Ok(meta) if meta.last_included.term > 0 => tracing::info!(
-                index = meta.last_included.index,
-                "built a snapshot image for a follower"
-            ),
+            Ok(meta) if meta.last_included.term > 0 => {
+                self.counters.snapshot_images_built += 1;
+                tracing::info!(
+                    index = meta.last_included.index,
+                    "built a snapshot image for a follower"
+                )
+            }
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, applied, "snapshot image not taken"),
         }
@@ -1020,6 +1032,9 @@ impl RaftLoop {
             leader_changes: counters.leader_changes,
             proposals_committed: counters.proposals_committed,
             proposals_failed: counters.proposals_failed,
+            compaction_index: counters.compaction_index,
+            snapshot_images_built: counters.snapshot_images_built,
+            snapshot_images_installed: counters.snapshot_images_installed,
             wal_sync: counters.wal_sync.snapshot(),
             peer_round_trips: counters
                 .peer_round_trips
