@@ -178,32 +178,39 @@ impl Raft {
         }
     }
 
+    /// What a cut of the state machine at `index` records: the term and membership there,
+    /// which the protocol, not the caller, knows for certain. `index` must be applied and
+    /// still in the log (or its compaction point).
+    fn meta_at(&self, index: LogIndex) -> Result<SnapshotMeta, ReplicaError> {
+        let invalid = |reason: String| Err(ReplicaError::InvalidSnapshot { reason });
+        if index > self.log.applied_index {
+            return invalid(format!(
+                "index {index} is beyond the applied index {}",
+                self.log.applied_index
+            ));
+        }
+        let Some(term) = self.log.term_at(index) else {
+            return invalid(format!("index {index} is no longer in the log"));
+        };
+        Ok(SnapshotMeta {
+            last_included: LogPosition::new(index, term),
+            membership: self.memberships.at(index).clone(),
+        })
+    }
+
     /// The caller's state machine is durable through `index`: drop the log behind it, keeping a
     /// few trailing entries so slightly lagging followers still catch up from the log.
     pub(crate) fn compact_to_durable(
         &mut self,
         index: LogIndex,
     ) -> Result<Option<SnapshotMeta>, ReplicaError> {
-        let invalid = |reason: String| Err(ReplicaError::InvalidSnapshot { reason });
-        if index > self.log.applied_index {
-            return invalid(format!(
-                "compaction index {index} is beyond the applied index {}",
-                self.log.applied_index
-            ));
-        }
         if index <= self.compaction_index || index <= self.log.compacted().index {
             // The caller's durable point has not moved past the last compaction: ask again one
             // threshold from now, not at once (that would hand out requests in a loop).
             self.compaction_requested_at = Some(self.log.applied_index);
             return Ok(None);
         }
-        let Some(term) = self.log.term_at(index) else {
-            return invalid(format!("index {index} is no longer in the log"));
-        };
-        let meta = SnapshotMeta {
-            last_included: LogPosition::new(index, term),
-            membership: self.memberships.at(index).clone(),
-        };
+        let meta = self.meta_at(index)?;
         self.compaction_index = index;
         self.compaction_requested_at = None;
         let compact_to = index.saturating_sub(self.config.snapshot_trailing_entries);
@@ -224,13 +231,6 @@ impl Raft {
         mut snapshot: Snapshot,
     ) -> Result<SnapshotMeta, ReplicaError> {
         let index = snapshot.meta.last_included.index;
-        let invalid = |reason: String| Err(ReplicaError::InvalidSnapshot { reason });
-        if index > self.log.applied_index {
-            return invalid(format!(
-                "index {index} is beyond the applied index {}",
-                self.log.applied_index
-            ));
-        }
         let current = self
             .snapshot
             .as_ref()
@@ -238,13 +238,8 @@ impl Raft {
         if index <= current {
             return Ok(snapshot.meta); // not newer than the one we have: nothing to do
         }
-        let Some(term) = self.log.term_at(index) else {
-            return invalid(format!("index {index} is no longer in the log"));
-        };
-        // The protocol, not the caller, knows the exact term and membership at that point.
-        snapshot.meta.last_included.term = term;
-        snapshot.meta.membership = self.memberships.at(index).clone();
-        let meta = snapshot.meta.clone();
+        let meta = self.meta_at(index)?;
+        snapshot.meta = meta.clone();
         self.snapshot = Some(snapshot);
         if self.role == Role::Leader {
             let compacted = self.log.compacted().index;

@@ -699,28 +699,30 @@ fn ticks_until_image_wanted(cluster: &mut Cluster, leader: u64) -> bool {
     for _ in 0..20 {
         cluster.tick(leader, 1);
         let mut asked = false;
-        while cluster.node(leader).has_ready() {
-            let ready = cluster.node_mut(leader).ready();
-            asked |= ready.snapshot_wanted;
-            cluster.queue.extend(ready.messages);
-            cluster.queue.extend(ready.messages_after_persist);
-            cluster.node_mut(leader).advance();
-        }
-        while let Some(message) = cluster.queue.pop_front() {
-            let to = message.to;
-            if cluster.cut.contains(&(message.from, to)) {
-                continue;
+        loop {
+            cluster.settle_except(leader);
+            if !cluster.node(leader).has_ready() {
+                break;
             }
-            cluster.node_mut(to).step(message);
-            if to != leader {
-                cluster.handle_ready(to);
-            }
+            asked |= ready_by_hand(cluster, leader).snapshot_wanted;
         }
         if asked {
             return true;
         }
     }
     false
+}
+
+/// Takes `id`'s next Ready, queues its messages and advances (persisting is instant here),
+/// handing the Ready back for the test to look at.
+fn ready_by_hand(cluster: &mut Cluster, id: u64) -> ballot_core::Ready<ballot_raft::Message> {
+    let ready = cluster.node_mut(id).ready();
+    cluster.queue.extend(ready.messages.iter().cloned());
+    cluster
+        .queue
+        .extend(ready.messages_after_persist.iter().cloned());
+    cluster.node_mut(id).advance();
+    ready
 }
 
 /// n1 leads; n3 is cut off while n1 commits `proposals` entries with n2.
@@ -831,11 +833,7 @@ fn a_durable_point_no_newer_than_the_last_compaction_is_not_asked_for_again_at_o
         if !cluster.node(1).has_ready() {
             break;
         }
-        let ready = cluster.node_mut(1).ready();
-        cluster.queue.extend(ready.messages);
-        cluster.queue.extend(ready.messages_after_persist);
-        cluster.node_mut(1).advance();
-        if ready.compaction_wanted {
+        if ready_by_hand(&mut cluster, 1).compaction_wanted {
             asked += 1;
             assert_eq!(cluster.node_mut(1).compact(applied).unwrap(), None);
         }

@@ -47,6 +47,19 @@ fn configs(root: &Path, size: usize) -> Vec<ServerConfig> {
         .collect()
 }
 
+async fn start_all(configs: &[ServerConfig]) -> Vec<Node> {
+    let mut nodes = Vec::new();
+    for config in configs {
+        nodes.push(Node::start(config.clone()).await.unwrap());
+    }
+    nodes
+}
+
+/// Handles of the nodes still running (a stopped one is `None`).
+fn handles(nodes: &[Option<Node>]) -> Vec<NodeHandle> {
+    nodes.iter().flatten().map(|n| n.handle.clone()).collect()
+}
+
 async fn wait_for_leader(nodes: &[&NodeHandle]) -> usize {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -87,13 +100,7 @@ fn get(handle: &NodeHandle, key: &str) -> Option<Bytes> {
 async fn a_cluster_replicates_reads_fails_over_and_catches_up() {
     let root = tempdir();
     let configs = configs(root.path(), 3);
-    let mut nodes = Vec::new();
-    for config in &configs {
-        nodes.push(Some(Node::start(config.clone()).await.unwrap()));
-    }
-    let handles = |nodes: &Vec<Option<Node>>| -> Vec<NodeHandle> {
-        nodes.iter().flatten().map(|n| n.handle.clone()).collect()
-    };
+    let mut nodes: Vec<Option<Node>> = start_all(&configs).await.into_iter().map(Some).collect();
     let all = handles(&nodes);
     let leader = wait_for_leader(&all.iter().collect::<Vec<_>>()).await;
 
@@ -180,11 +187,8 @@ fn latest_snapshot_record(data_dir: &Path) -> Option<(u64, bool)> {
 async fn compaction_builds_no_image_until_a_follower_needs_one() {
     let root = tempdir();
     let configs = configs(root.path(), 3);
-    let mut nodes = Vec::new();
-    for config in &configs {
-        nodes.push(Some(Node::start(config.clone()).await.unwrap()));
-    }
-    let all: Vec<NodeHandle> = nodes.iter().flatten().map(|n| n.handle.clone()).collect();
+    let mut nodes: Vec<Option<Node>> = start_all(&configs).await.into_iter().map(Some).collect();
+    let all = handles(&nodes);
     let leader = wait_for_leader(&all.iter().collect::<Vec<_>>()).await;
     let lagging = (leader + 1) % 3;
     let write = |from: usize, prefix: &'static str, count: usize| {
@@ -220,7 +224,7 @@ async fn compaction_builds_no_image_until_a_follower_needs_one() {
     let lagging_id = all[lagging].status().id;
     drop(all);
     nodes[lagging].take().unwrap().stop();
-    let survivors: Vec<NodeHandle> = nodes.iter().flatten().map(|n| n.handle.clone()).collect();
+    let survivors = handles(&nodes);
     let leader = wait_for_leader(&survivors.iter().collect::<Vec<_>>()).await;
     for round in 0..3 {
         for i in 0..300 {
@@ -331,10 +335,7 @@ async fn watches_follow_writes_and_leases_expire_through_the_log() {
     use ballot_storage::watch::WatchCreate;
     let root = tempdir();
     let configs = configs(root.path(), 3);
-    let mut nodes = Vec::new();
-    for config in &configs {
-        nodes.push(Node::start(config.clone()).await.unwrap());
-    }
+    let nodes = start_all(&configs).await;
     let all: Vec<NodeHandle> = nodes.iter().map(|n| n.handle.clone()).collect();
     let leader = wait_for_leader(&all.iter().collect::<Vec<_>>()).await;
     let follower = (leader + 1) % 3;
@@ -418,10 +419,7 @@ async fn watches_follow_writes_and_leases_expire_through_the_log() {
 async fn every_member_learns_every_members_name_and_client_urls() {
     let root = tempdir();
     let configs = configs(root.path(), 3);
-    let mut nodes = Vec::new();
-    for config in &configs {
-        nodes.push(Node::start(config.clone()).await.unwrap());
-    }
+    let nodes = start_all(&configs).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     for node in &nodes {
         loop {

@@ -33,6 +33,21 @@ async fn receive(inbound: &mut mpsc::Receiver<Message>) -> Message {
         .unwrap()
 }
 
+/// Sends heartbeats from n1 to n2 until one arrives (a connection may still be coming up, and
+/// what is sent before it is may be lost); the one that arrived.
+async fn send_until_one_arrives(
+    one: &Transport,
+    two_inbound: &mut mpsc::Receiver<Message>,
+) -> Message {
+    for round in 1..100 {
+        one.send(&heartbeat(1, 2, round));
+        if let Ok(Some(message)) = timeout(Duration::from_millis(100), two_inbound.recv()).await {
+            return message;
+        }
+    }
+    panic!("no connection within 10 s");
+}
+
 /// A loopback address nothing listens on yet.
 fn reserved_port() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -99,15 +114,7 @@ async fn a_plain_thread_writes_directly_and_frames_never_overtake_each_other() {
         .await
         .unwrap();
     one.set_peer(2, two_addr);
-    let mut round = 0;
-    loop {
-        round += 1;
-        one.send(&heartbeat(1, 2, round));
-        if let Ok(Some(_)) = timeout(Duration::from_millis(50), two_inbound.recv()).await {
-            break;
-        }
-        assert!(round < 200, "never connected");
-    }
+    send_until_one_arrives(&one, &mut two_inbound).await;
     while let Ok(Some(_)) = timeout(Duration::from_millis(50), two_inbound.recv()).await {}
     let written_by_task_before = one.stats.socket_writes.load(Ordering::Relaxed)
         - one.stats.direct_writes.load(Ordering::Relaxed);
@@ -186,15 +193,7 @@ async fn a_restarted_peer_is_reconnected() {
         .await
         .unwrap();
     // Messages sent while the peer was away may be lost; keep sending until one gets through.
-    let mut round = 2;
-    let received = loop {
-        one.send(&heartbeat(1, 2, round));
-        if let Ok(Some(message)) = timeout(Duration::from_millis(100), two_inbound.recv()).await {
-            break message;
-        }
-        round += 1;
-        assert!(round < 100, "no reconnection within 10 s");
-    };
+    let received = send_until_one_arrives(&one, &mut two_inbound).await;
     assert!(matches!(received.body, MessageBody::Heartbeat { .. }));
 }
 

@@ -908,24 +908,35 @@ impl RaftLoop {
             }
         };
         let snapshots = self.snapshots.clone();
-        let loopback = self.loopback.clone();
         self.compaction_in_progress = true;
+        self.off_the_loop("compaction-save", move || {
+            let index = meta.last_included.index;
+            let marker = Snapshot {
+                meta,
+                data: bytes::Bytes::new(),
+            };
+            let result = snapshots
+                .save(&marker)
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+            Input::CompactionSaved { index, result }
+        })
+    }
+
+    /// Runs `work` on a thread of its own and hands what it returns to this loop's queue.
+    fn off_the_loop(
+        &self,
+        name: &str,
+        work: impl FnOnce() -> Input + Send + 'static,
+    ) -> Result<(), String> {
+        let loopback = self.loopback.clone();
         std::thread::Builder::new()
-            .name("compaction-save".into())
+            .name(name.into())
             .spawn(move || {
-                let index = meta.last_included.index;
-                let marker = Snapshot {
-                    meta,
-                    data: bytes::Bytes::new(),
-                };
-                let result = snapshots
-                    .save(&marker)
-                    .map(|_| ())
-                    .map_err(|e| e.to_string());
-                let _ = loopback.blocking_send(Input::CompactionSaved { index, result });
+                let _ = loopback.blocking_send(work());
             })
-            .map_err(|e| e.to_string())?;
-        Ok(())
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
     /// The compaction marker for `index` is durable: the WAL may drop what the replica dropped
@@ -965,19 +976,14 @@ impl RaftLoop {
         let applied = reader.applied_index();
         // The registry is changed only by this loop, so it is at `applied` too.
         let registry = self.registry.snapshot();
-        let loopback = self.loopback.clone();
         self.image_in_progress = true;
-        std::thread::Builder::new()
-            .name("snapshot-encode".into())
-            .spawn(move || {
-                let result = reader
-                    .into_bytes()
-                    .map(|mvcc| encode_snapshot(&registry, &mvcc))
-                    .map_err(|e| e.to_string());
-                let _ = loopback.blocking_send(Input::SnapshotEncoded { applied, result });
-            })
-            .map_err(|e| e.to_string())?;
-        Ok(())
+        self.off_the_loop("snapshot-encode", move || {
+            let result = reader
+                .into_bytes()
+                .map(|mvcc| encode_snapshot(&registry, &mvcc))
+                .map_err(|e| e.to_string());
+            Input::SnapshotEncoded { applied, result }
+        })
     }
 
     /// The image is built: the replica keeps it and starts sending it to the followers that
