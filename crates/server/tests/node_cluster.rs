@@ -250,6 +250,11 @@ async fn compaction_builds_no_image_until_a_follower_needs_one() {
     assert_eq!(get(&restarted, "a0"), Some(Bytes::from("v")));
     let (_, installed_image) = latest_snapshot_record(&configs[lagging].data_dir).unwrap();
     assert!(installed_image, "the lagging node caught up by an image");
+    // The status is published after the loop's batch, a moment after the store shows it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while restarted.status().snapshot_images_installed == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(restarted.status().snapshot_images_installed, 1);
     let built: u64 = nodes
         .iter()
