@@ -1,7 +1,8 @@
 //! WAL throughput against what the disk can do, in one run:
 //!
-//! - the raw `fdatasync` rate: write 4 KiB, `fdatasync`, repeat; once appending to a growing file
-//!   and once into space preallocated with `fallocate` (as WAL segments are);
+//! - the raw `fdatasync` rate: write 4 KiB, `fdatasync`, repeat; appending to a growing file, into
+//!   space preallocated with `fallocate` (as WAL segments are), and into a file written with zeros
+//!   first (as the WAL keeps the space just ahead of its appends: see `ZERO_AHEAD_BYTES`);
 //! - WAL appends per second through `GroupCommit` with 1 and 64 concurrent writers, each appending
 //!   one 256-byte entry and waiting until it is durable, plus entries per `fdatasync`.
 //!
@@ -14,6 +15,7 @@ use ballot_storage::wal::{GroupCommit, Wal, WalOptions};
 use bytes::Bytes;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -38,12 +40,15 @@ fn main() {
         "| what | durable writes per second | fdatasyncs per second | entries per fdatasync |"
     );
     println!("|---|---:|---:|---:|");
-    let growing = raw_fdatasync_rate(&root.path().join("raw-growing"), false, duration);
-    println!("| raw: write 4 KiB + fdatasync, growing file | {growing:.0} | {growing:.0} | 1 |");
-    let preallocated = raw_fdatasync_rate(&root.path().join("raw-preallocated"), true, duration);
-    println!(
-        "| raw: write 4 KiB + fdatasync, preallocated file | {preallocated:.0} | {preallocated:.0} | 1 |"
-    );
+    for (space, label) in [
+        (Space::Growing, "growing file"),
+        (Space::Fallocated, "preallocated file (fallocate)"),
+        (Space::ZeroFilled, "file written with zeros first"),
+    ] {
+        let path = root.path().join(format!("raw-{space:?}"));
+        let rate = raw_fdatasync_rate(&path, space, duration);
+        println!("| raw: write 4 KiB + fdatasync, {label} | {rate:.0} | {rate:.0} | 1 |");
+    }
     for writers in [1, 64] {
         let dir = root.path().join(format!("wal-{writers}"));
         let (appends_per_second, entries_per_sync) = wal_rate(&dir, writers, duration);
@@ -55,23 +60,54 @@ fn main() {
     }
 }
 
+/// What the raw loop writes into.
+#[derive(Debug, Clone, Copy)]
+enum Space {
+    Growing,
+    Fallocated,
+    ZeroFilled,
+}
+
+/// Bytes reserved for the raw loops that write into prepared space (they start over at the
+/// beginning when they reach the end).
+const RAW_SPACE_BYTES: u64 = 1 << 30;
+
 /// Writes of 4 KiB, each followed by `fdatasync`, per second.
-fn raw_fdatasync_rate(path: &Path, preallocate: bool, duration: Duration) -> f64 {
+fn raw_fdatasync_rate(path: &Path, space: Space, duration: Duration) -> f64 {
     let mut file: File = OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(path)
         .unwrap();
-    if preallocate {
-        rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, 1 << 30)
+    match space {
+        Space::Growing => {}
+        Space::Fallocated => {
+            rustix::fs::fallocate(
+                &file,
+                rustix::fs::FallocateFlags::empty(),
+                0,
+                RAW_SPACE_BYTES,
+            )
             .expect("fallocate");
-        file.sync_all().unwrap();
+        }
+        Space::ZeroFilled => {
+            let zeros = vec![0u8; 1 << 20];
+            for _ in 0..RAW_SPACE_BYTES >> 20 {
+                file.write_all(&zeros).unwrap();
+            }
+        }
     }
+    file.sync_all().unwrap();
     let block = vec![0xA5u8; RAW_WRITE_BYTES];
     let started = Instant::now();
     let mut count = 0u64;
+    let mut offset = 0u64;
     while started.elapsed() < duration {
-        file.write_all(&block).unwrap();
+        if !matches!(space, Space::Growing) && offset + RAW_WRITE_BYTES as u64 > RAW_SPACE_BYTES {
+            offset = 0;
+        }
+        file.write_all_at(&block, offset).unwrap();
+        offset += RAW_WRITE_BYTES as u64;
         file.sync_data().unwrap();
         count += 1;
     }

@@ -157,6 +157,47 @@ fn segments_roll_over_and_replay_across_them() {
 }
 
 #[test]
+fn zeros_written_ahead_of_appends_stay_within_the_segment_and_under_the_records() {
+    // Three 1 MiB zero-ahead windows and a bit: the zeros go ahead of every batch, never over a
+    // record already written (reopen reads them all back) and never past the preallocated size
+    // (the file would grow, and the segment would no longer end where the options say).
+    let dir = tempfile::tempdir().unwrap();
+    let options = WalOptions {
+        segment_size_bytes: 3 * 1024 * 1024 + 12_345,
+        record_bytes_max: 64 * 1024,
+    };
+    let (mut wal, _) = Wal::open(dir.path(), options).unwrap();
+    let payload =
+        |index: LogIndex| vec![(index % 251) as u8 + 1; 700 + (index as usize % 3) * 9_000];
+    let written: Vec<Entry> = (1..=700)
+        .map(|index| Entry {
+            index,
+            term: 1,
+            payload: EntryPayload::Command(Bytes::from(payload(index))),
+        })
+        .collect();
+    for batch in written.chunks(7) {
+        wal.append(batch, None).unwrap();
+        wal.sync().unwrap();
+        for path in wal.segment_paths() {
+            let length = fs::metadata(&path).unwrap().len();
+            assert!(
+                length <= options.segment_size_bytes,
+                "{} grew to {length} bytes",
+                path.display()
+            );
+        }
+    }
+    assert!(
+        wal.segment_paths().len() >= 2,
+        "the records fill more than a segment"
+    );
+    drop(wal);
+    let (_, recovered) = Wal::open(dir.path(), options).unwrap();
+    assert_eq!(recovered.entries, written);
+}
+
+#[test]
 fn a_record_larger_than_a_segment_extends_a_fresh_one() {
     let dir = tempfile::tempdir().unwrap();
     let options = WalOptions {
