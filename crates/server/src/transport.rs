@@ -10,8 +10,11 @@
 //! frame is unwritten, so the rest of a partly written frame is always first in the queue.
 //!
 //! Raft tolerates lost messages, so the transport never blocks the node: when a peer's queue is
-//! full (the peer is down or slow) new messages to it are dropped and counted. Incoming frames
-//! go to one channel; when the node falls behind, reading pauses and TCP pushes back on senders.
+//! full (the peer is down or slow) new messages to it are dropped and counted. Incoming
+//! connections are checked (the hello) and then either read by a task that puts their messages
+//! in a channel ([`Transport::start`]) or handed, with their [`FrameReader`], to an owner that
+//! reads them itself ([`Transport::start_handing_off`]: the node's raft thread). Either way a
+//! reader that falls behind stops reading, and TCP pushes back on the sender.
 //!
 //! Wire format. A connection starts with a hello, then carries frames:
 //!
@@ -31,7 +34,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -116,17 +119,30 @@ impl Transport {
         listen: SocketAddr,
         inbound: mpsc::Sender<Message>,
     ) -> std::io::Result<(Arc<Transport>, SocketAddr)> {
-        Self::start_into(config, listen, inbound, |message| message).await
+        let delivery = Delivery::Messages {
+            queue: inbound,
+            wrap: |message| message,
+        };
+        Self::start_with(config, listen, delivery).await
     }
 
-    /// Like [`Transport::start`], delivering `wrap(message)` into a queue of another type: the
-    /// node's reader tasks put peer messages straight into the raft loop's input queue, with no
-    /// task in between to wake (one wake-up less per message, on every commit's critical path).
-    pub async fn start_into<T: Send + 'static>(
+    /// Like [`Transport::start`], but hands each accepted connection, past its hello, to
+    /// `deliver`, whose owner reads the frames itself: the node's raft thread polls its peers'
+    /// sockets, so a message is read by the thread that steps it, with no reader task to wake
+    /// in between (two wake-ups less on every commit's critical path).
+    pub async fn start_handing_off(
         config: TransportConfig,
         listen: SocketAddr,
-        inbound: mpsc::Sender<T>,
-        wrap: fn(Message) -> T,
+        deliver: impl Fn(InboundConnection) + Send + Sync + 'static,
+    ) -> std::io::Result<(Arc<Transport>, SocketAddr)> {
+        let delivery: Delivery<()> = Delivery::Connections(Arc::new(deliver));
+        Self::start_with(config, listen, delivery).await
+    }
+
+    async fn start_with<T: Send + 'static>(
+        config: TransportConfig,
+        listen: SocketAddr,
+        delivery: Delivery<T>,
     ) -> std::io::Result<(Arc<Transport>, SocketAddr)> {
         let listener = TcpListener::bind(listen).await?;
         let local = listener.local_addr()?;
@@ -136,8 +152,7 @@ impl Transport {
             listener,
             config.clone(),
             stats.clone(),
-            inbound,
-            wrap,
+            delivery,
         ));
         let transport = Transport {
             config,
@@ -147,6 +162,11 @@ impl Transport {
             runtime: tokio::runtime::Handle::current(),
         };
         Ok((Arc::new(transport), local))
+    }
+
+    /// What a reader of handed-off connections needs to parse their frames.
+    pub fn config(&self) -> &Arc<TransportConfig> {
+        &self.config
     }
 
     /// Adds or re-addresses a peer.
@@ -331,12 +351,41 @@ async fn write_all_shared(stream: &TcpStream, mut bytes: &[u8]) -> std::io::Resu
     Ok(())
 }
 
+/// Where a transport puts what arrives.
+enum Delivery<T> {
+    /// A reader task per connection decodes frames and sends `wrap(message)` here.
+    Messages {
+        queue: mpsc::Sender<T>,
+        wrap: fn(Message) -> T,
+    },
+    /// After the hello, the connection itself goes to its owner, who reads the frames.
+    Connections(Arc<dyn Fn(InboundConnection) + Send + Sync>),
+}
+
+impl<T> Clone for Delivery<T> {
+    fn clone(&self) -> Self {
+        match self {
+            Delivery::Messages { queue, wrap } => Delivery::Messages {
+                queue: queue.clone(),
+                wrap: *wrap,
+            },
+            Delivery::Connections(deliver) => Delivery::Connections(deliver.clone()),
+        }
+    }
+}
+
+/// An accepted peer connection past its hello, handed to whoever reads its frames
+/// ([`Transport::start_handing_off`]): a non-blocking socket and its frame parser.
+pub struct InboundConnection {
+    pub stream: std::net::TcpStream,
+    pub frames: FrameReader,
+}
+
 async fn accept_loop<T: Send + 'static>(
     listener: TcpListener,
     config: Arc<TransportConfig>,
     stats: Arc<TransportStats>,
-    inbound: mpsc::Sender<T>,
-    wrap: fn(Message) -> T,
+    delivery: Delivery<T>,
 ) {
     loop {
         let Ok((stream, remote)) = listener.accept().await else {
@@ -345,39 +394,49 @@ async fn accept_loop<T: Send + 'static>(
         let _ = stream.set_nodelay(true);
         let config = config.clone();
         let stats = stats.clone();
-        let inbound = inbound.clone();
+        let delivery = delivery.clone();
         tokio::spawn(async move {
-            if let Err(reason) = read_loop(stream, &config, &stats, &inbound, wrap).await {
+            let result = match read_hello(&stream, &config, &stats).await {
+                Err(reason) => Err(reason),
+                Ok(frames) => match delivery {
+                    Delivery::Messages { queue, wrap } => {
+                        read_loop(stream, frames, &config, &stats, &queue, wrap).await
+                    }
+                    Delivery::Connections(deliver) => match stream.into_std() {
+                        Ok(stream) => {
+                            deliver(InboundConnection { stream, frames });
+                            Ok(())
+                        }
+                        Err(error) => Err(error.to_string()),
+                    },
+                },
+            };
+            if let Err(reason) = result {
                 tracing::debug!(%remote, %reason, "peer connection closed");
             }
         });
     }
 }
 
-async fn read_loop<T>(
-    stream: TcpStream,
+/// Reads and checks a connection's hello (unbuffered: what follows it is the frame reader's).
+async fn read_hello(
+    stream: &TcpStream,
     config: &TransportConfig,
     stats: &TransportStats,
-    inbound: &mpsc::Sender<T>,
-    wrap: fn(Message) -> T,
-) -> Result<(), String> {
-    let mut reader = BufReader::with_capacity(256 * 1024, stream);
+) -> Result<FrameReader, String> {
     let mut magic = [0u8; 8];
-    reader
-        .read_exact(&mut magic)
-        .await
-        .map_err(|e| e.to_string())?;
+    read_exact_shared(stream, &mut magic).await?;
     if &magic != HELLO_MAGIC {
         stats.hellos_refused.fetch_add(1, Ordering::Relaxed);
         return Err("not a ballot peer (bad magic)".into());
     }
-    let token_len = reader.read_u16_le().await.map_err(|e| e.to_string())? as usize;
-    let mut token = vec![0u8; token_len];
-    reader
-        .read_exact(&mut token)
-        .await
-        .map_err(|e| e.to_string())?;
-    let sender = reader.read_u64_le().await.map_err(|e| e.to_string())?;
+    let mut token_len = [0u8; 2];
+    read_exact_shared(stream, &mut token_len).await?;
+    let mut token = vec![0u8; u16::from_le_bytes(token_len) as usize];
+    read_exact_shared(stream, &mut token).await?;
+    let mut sender = [0u8; 8];
+    read_exact_shared(stream, &mut sender).await?;
+    let sender = u64::from_le_bytes(sender);
     if token != config.cluster_token.as_bytes() {
         stats.hellos_refused.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(sender, "refused a peer with another cluster token");
@@ -385,33 +444,179 @@ async fn read_loop<T>(
             "n{sender} belongs to another cluster (token mismatch)"
         ));
     }
-    let mut payload = Vec::new();
+    Ok(FrameReader::new(sender))
+}
+
+async fn read_exact_shared(stream: &TcpStream, mut into: &mut [u8]) -> Result<(), String> {
+    while !into.is_empty() {
+        stream.readable().await.map_err(|e| e.to_string())?;
+        match stream.try_read(into) {
+            Ok(0) => return Err("closed during the hello".into()),
+            Ok(read) => into = &mut into[read..],
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(error) => return Err(error.to_string()),
+        }
+    }
+    Ok(())
+}
+
+async fn read_loop<T>(
+    stream: TcpStream,
+    mut frames: FrameReader,
+    config: &TransportConfig,
+    stats: &TransportStats,
+    inbound: &mpsc::Sender<T>,
+    wrap: fn(Message) -> T,
+) -> Result<(), String> {
+    let mut messages = Vec::new();
     loop {
-        let len = match reader.read_u32_le().await {
-            Ok(len) => len as usize,
-            Err(_) => return Ok(()), // closed
-        };
+        stream.readable().await.map_err(|e| e.to_string())?;
+        let progress = frames.read_frames(
+            config,
+            stats,
+            |buffer| stream.try_read(buffer),
+            |message| messages.push(message),
+        );
+        for message in messages.drain(..) {
+            if inbound.send(wrap(message)).await.is_err() {
+                return Ok(()); // node stopped
+            }
+        }
+        progress?;
+    }
+}
+
+/// What [`FrameReader::read_frames`] left behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadProgress {
+    /// The socket has nothing more for now (wait until it is readable again).
+    Drained,
+    /// It stopped after `READ_BYTES_PER_CALL_MAX` bytes; the socket may have more (call again).
+    More,
+}
+
+/// The frame buffer's size between large frames.
+const FRAME_BUFFER_BYTES: usize = 256 * 1024;
+/// Bytes one call of `read_frames` reads at most, so that one busy peer cannot hold its reader.
+const READ_BYTES_PER_CALL_MAX: usize = 1 << 20;
+
+/// The frames of one inbound connection: bytes read so far, cut into messages.
+pub struct FrameReader {
+    sender: NodeId,
+    /// Bytes read and not yet parsed are `buffer[start..end]`; the rest is room to read into.
+    buffer: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl FrameReader {
+    fn new(sender: NodeId) -> Self {
+        FrameReader {
+            sender,
+            buffer: vec![0; FRAME_BUFFER_BYTES],
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// The node on the other end (from its hello).
+    pub fn sender(&self) -> NodeId {
+        self.sender
+    }
+
+    /// Reads with `read` (a non-blocking socket read) until it would block or
+    /// `READ_BYTES_PER_CALL_MAX` bytes came in, handing each whole frame's message to
+    /// `deliver`. An error ends the connection: closed by the peer, or a frame that breaks the
+    /// protocol (too large, undecodable, or not from the sender to this node).
+    pub fn read_frames(
+        &mut self,
+        config: &TransportConfig,
+        stats: &TransportStats,
+        mut read: impl FnMut(&mut [u8]) -> std::io::Result<usize>,
+        mut deliver: impl FnMut(Message),
+    ) -> Result<ReadProgress, String> {
+        let mut read_bytes = 0;
+        loop {
+            self.make_room(config)?;
+            match read(&mut self.buffer[self.end..]) {
+                Ok(0) => return Err("closed by the peer".into()),
+                Ok(count) => {
+                    self.end += count;
+                    read_bytes += count;
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                    return Ok(ReadProgress::Drained)
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(error.to_string()),
+            }
+            while let Some(message) = self.next_frame(config)? {
+                stats.messages_received.fetch_add(1, Ordering::Relaxed);
+                deliver(message);
+            }
+            if read_bytes >= READ_BYTES_PER_CALL_MAX {
+                return Ok(ReadProgress::More);
+            }
+        }
+    }
+
+    /// The length of the frame at `start`, once its header is in.
+    fn frame_len(&self, config: &TransportConfig) -> Result<Option<usize>, String> {
+        if self.end - self.start < 4 {
+            return Ok(None);
+        }
+        let header: [u8; 4] = self.buffer[self.start..self.start + 4]
+            .try_into()
+            .expect("four bytes");
+        let len = u32::from_le_bytes(header) as usize;
         if len > config.frame_bytes_max {
             return Err(format!(
-                "frame of {len} bytes from n{sender} exceeds {}",
-                config.frame_bytes_max
+                "frame of {len} bytes from n{} exceeds {}",
+                self.sender, config.frame_bytes_max
             ));
         }
-        payload.resize(len, 0);
-        reader
-            .read_exact(&mut payload)
-            .await
-            .map_err(|e| e.to_string())?;
-        let message = codec::decode(&payload).map_err(|e| format!("from n{sender}: {e}"))?;
-        if message.from != sender || message.to != config.node_id {
+        Ok(Some(len))
+    }
+
+    fn next_frame(&mut self, config: &TransportConfig) -> Result<Option<Message>, String> {
+        let Some(len) = self.frame_len(config)? else {
+            return Ok(None);
+        };
+        if self.end - self.start < 4 + len {
+            return Ok(None);
+        }
+        let payload = &self.buffer[self.start + 4..self.start + 4 + len];
+        let message = codec::decode(payload).map_err(|e| format!("from n{}: {e}", self.sender))?;
+        if message.from != self.sender || message.to != config.node_id {
             return Err(format!(
-                "n{sender} sent a message {} -> {} on its connection",
-                message.from, message.to
+                "n{} sent a message {} -> {} on its connection",
+                self.sender, message.from, message.to
             ));
         }
-        stats.messages_received.fetch_add(1, Ordering::Relaxed);
-        if inbound.send(wrap(message)).await.is_err() {
-            return Ok(()); // node stopped
+        self.start += 4 + len;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
         }
+        Ok(Some(message))
+    }
+
+    /// Room after `end` for at least the rest of the frame being read (or its header): moves
+    /// the unparsed bytes to the front, grows the buffer for a large frame, shrinks it back
+    /// after one.
+    fn make_room(&mut self, config: &TransportConfig) -> Result<(), String> {
+        let needed = 4 + self.frame_len(config)?.unwrap_or(0);
+        if self.start == self.end && self.buffer.len() > FRAME_BUFFER_BYTES {
+            self.buffer = vec![0; FRAME_BUFFER_BYTES];
+        }
+        if self.start + needed > self.buffer.len() {
+            self.buffer.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if needed > self.buffer.len() {
+            self.buffer.resize(needed, 0);
+        }
+        Ok(())
     }
 }

@@ -209,3 +209,80 @@ async fn sending_to_a_dead_peer_drops_instead_of_blocking() {
     }
     assert!(one.stats.messages_dropped.load(Ordering::Relaxed) >= 90);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handed_off_connection_yields_every_frame_in_order_to_its_reader() {
+    // As the raft thread reads its peers: the connection is handed over after the hello and
+    // its owner reads frames from the non-blocking socket. Frames of 1 byte to 3 MiB make the
+    // reader keep partial frames, grow its buffer past 256 KiB and shrink it again.
+    let (handoff, connections) = std::sync::mpsc::channel();
+    let handoff = std::sync::Mutex::new(handoff);
+    let (_two, two_addr) = Transport::start_handing_off(
+        TransportConfig::new(2, "t"),
+        any_port(),
+        move |connection| {
+            let _ = handoff.lock().unwrap().send(connection);
+        },
+    )
+    .await
+    .unwrap();
+    let (to_one, _one_inbound) = mpsc::channel(16);
+    let (one, _) = Transport::start(TransportConfig::new(1, "t"), any_port(), to_one)
+        .await
+        .unwrap();
+    one.set_peer(2, two_addr);
+    let size = |index: u64| match index % 40 {
+        0 => 3 << 20,
+        13 => 300_000,
+        _ => 1 + (index as usize * 37) % 5000,
+    };
+    let reader = std::thread::spawn(move || {
+        let mut connection: ballot_server::transport::InboundConnection = connections
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a connection");
+        assert_eq!(connection.frames.sender(), 1);
+        connection.stream.set_nonblocking(true).unwrap();
+        let config = TransportConfig::new(2, "t");
+        let stats = ballot_server::transport::TransportStats::default();
+        let mut received = Vec::new();
+        let started = std::time::Instant::now();
+        while received.len() < 200 && started.elapsed() < Duration::from_secs(20) {
+            let stream = &mut connection.stream;
+            connection
+                .frames
+                .read_frames(
+                    &config,
+                    &stats,
+                    |buffer| std::io::Read::read(stream, buffer),
+                    |message| received.push(message),
+                )
+                .expect("the connection stays up");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        received
+    });
+    // Frames sent before the connection is up wait in the writer's queue (see the first test).
+    for index in 1..=200u64 {
+        one.send(&append(1, 2, index, size(index)));
+    }
+    let received = reader.join().unwrap();
+    let indexes: Vec<u64> = received
+        .iter()
+        .map(|message| match &message.body {
+            MessageBody::AppendEntries { entries, .. } => entries[0].index,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(indexes, (1..=200).collect::<Vec<_>>());
+    for message in &received {
+        let MessageBody::AppendEntries { entries, .. } = &message.body else {
+            unreachable!()
+        };
+        let index = entries[0].index;
+        assert_eq!(
+            *message,
+            append(1, 2, index, size(index)),
+            "frame {index} intact"
+        );
+    }
+}

@@ -2,6 +2,7 @@
 //! through which client APIs reach them. See `docs/design/server.md`.
 
 mod envelope;
+mod inbox;
 mod latency;
 pub mod members;
 mod raft_loop;
@@ -10,7 +11,7 @@ pub use latency::LatencySnapshot;
 pub use members::{MemberCommand, MemberInfo};
 
 use crate::config::ServerConfig;
-use crate::transport::{Transport, TransportConfig};
+use crate::transport::{InboundConnection, Transport, TransportConfig};
 use ballot_core::{
     LogIndex, LogPosition, MembershipChange, NodeId, ReadMode, ReplicaError, Role, Term,
 };
@@ -19,6 +20,7 @@ use ballot_storage::mvcc::types::{Command, CommandResult};
 use ballot_storage::mvcc::types::{Lease, LeaseId};
 use ballot_storage::mvcc::{ApplyError, MvccStore};
 use ballot_storage::watch::{StreamId, WatchCreate, WatchError, WatchId, WatchResponse};
+use inbox::InputSender;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -107,7 +109,8 @@ pub struct NodeStatus {
 
 pub(crate) enum Input {
     Tick,
-    Peer(ballot_raft::Message),
+    /// An accepted peer connection, past its hello: the loop reads its frames from now on.
+    PeerConnection(InboundConnection),
     Propose {
         command: Command,
         reply: oneshot::Sender<Result<CommandResult, NodeError>>,
@@ -173,7 +176,7 @@ pub(crate) enum Input {
 pub struct WatchStream {
     pub id: StreamId,
     pub responses: mpsc::Receiver<WatchResponse>,
-    inputs: mpsc::Sender<Input>,
+    inputs: InputSender,
 }
 
 impl WatchStream {
@@ -225,7 +228,7 @@ impl Drop for WatchStream {
 /// How client APIs talk to the node. Cheap to clone.
 #[derive(Clone)]
 pub struct NodeHandle {
-    inputs: mpsc::Sender<Input>,
+    inputs: InputSender,
     store: Arc<MvccStore>,
     status: Arc<Mutex<NodeStatus>>,
     request_timeout: Duration,
@@ -337,12 +340,25 @@ impl Node {
     /// listener and starts the raft loop. Must run inside a tokio runtime.
     pub async fn start(config: ServerConfig) -> Result<Node, String> {
         config.validate().map_err(|error| error.to_string())?;
-        let (inputs, receiver) = mpsc::channel(INPUTS_QUEUED_MAX);
+        let (inputs, inbox) = inbox::channel(INPUTS_QUEUED_MAX)
+            .map_err(|error| format!("cannot set up the raft loop's poll: {error}"))?;
         let peer_listen = crate::config::parse_url(&config.listen_peer_urls[0])?;
         let transport_config =
             TransportConfig::new(config.node_id(), config.initial_cluster_token.clone());
+        let handoff = inputs.clone();
+        let deliver = move |connection: InboundConnection| {
+            // Never lost to a momentarily full queue: the peer would only see silence.
+            if let Err(mpsc::error::TrySendError::Full(input)) =
+                handoff.try_send(Input::PeerConnection(connection))
+            {
+                let handoff = handoff.clone();
+                tokio::spawn(async move {
+                    let _ = handoff.send(input).await;
+                });
+            }
+        };
         let (transport, peer_addr) =
-            Transport::start_into(transport_config, peer_listen, inputs.clone(), Input::Peer)
+            Transport::start_handing_off(transport_config, peer_listen, deliver)
                 .await
                 .map_err(|error| format!("cannot listen for peers on {peer_listen}: {error}"))?;
         for (_, url) in &config.initial_cluster {
@@ -359,7 +375,7 @@ impl Node {
             &config,
             transport.clone(),
             status.clone(),
-            receiver,
+            inbox,
             inputs.clone(),
         )?;
         for (id, url) in opened.peer_urls() {
@@ -436,7 +452,7 @@ fn spawn_store_flusher(store: Arc<MvccStore>, stop: Arc<std::sync::atomic::Atomi
 
 /// One tick every `TICK_MILLIS`. A tick that finds the queue full is skipped: the loop is busy,
 /// and a late tick only delays timeouts, which is safe.
-fn spawn_ticker(inputs: mpsc::Sender<Input>, stop: Arc<std::sync::atomic::AtomicBool>) {
+fn spawn_ticker(inputs: InputSender, stop: Arc<std::sync::atomic::AtomicBool>) {
     std::thread::Builder::new()
         .name("raft-ticker".into())
         .spawn(move || {

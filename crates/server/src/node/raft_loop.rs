@@ -4,6 +4,7 @@
 //! (fail-stop): continuing after a failed fsync could acknowledge what is not durable.
 
 use super::envelope::{decode_snapshot, encode_snapshot, LogCommand};
+use super::inbox::{Inbox, InputSender, Queued};
 use super::latency::{LatencyHistogram, FSYNC_BOUNDS_MICROS, ROUND_TRIP_BOUNDS_MICROS};
 use super::members::{MemberCommand, MemberInfo, MemberRegistry};
 use super::{Input, NodeError, NodeStatus};
@@ -59,10 +60,13 @@ pub(crate) struct RaftLoop {
     /// A compaction marker is being saved off the loop; no second compaction starts meanwhile.
     compaction_in_progress: bool,
     /// The loop's own input queue, for the snapshot threads to report back on.
-    loopback: mpsc::Sender<Input>,
+    loopback: InputSender,
     store: Arc<MvccStore>,
     transport: Arc<Transport>,
-    inputs: mpsc::Receiver<Input>,
+    /// The input queue and the inbound peer connections.
+    inbox: Inbox,
+    /// Peer messages read in this batch, waiting to be stepped.
+    peer_messages: Vec<Message>,
     status: Arc<Mutex<NodeStatus>>,
     /// Proposals by the log position they were given; answered when that index is applied.
     proposals: BTreeMap<LogIndex, (Term, Reply<CommandResult>)>,
@@ -161,8 +165,8 @@ impl RaftLoop {
         config: &ServerConfig,
         transport: Arc<Transport>,
         status: Arc<Mutex<NodeStatus>>,
-        inputs: mpsc::Receiver<Input>,
-        loopback: mpsc::Sender<Input>,
+        inbox: Inbox,
+        loopback: InputSender,
     ) -> Result<RaftLoop, String> {
         let data_dir = &config.data_dir;
         std::fs::create_dir_all(data_dir)
@@ -214,7 +218,8 @@ impl RaftLoop {
             loopback,
             store,
             transport,
-            inputs,
+            inbox,
+            peer_messages: Vec::new(),
             status,
             proposals: BTreeMap::new(),
             forwarded: HashMap::new(),
@@ -256,15 +261,35 @@ impl RaftLoop {
     }
 
     pub(crate) fn run(mut self) {
-        while let Some(first) = self.inputs.blocking_recv() {
-            let mut running = self.handle_input(first);
-            let mut handled = 1;
-            while running && handled < INPUTS_PER_BATCH_MAX {
-                match self.inputs.try_recv() {
-                    Ok(input) => running = self.handle_input(input),
-                    Err(_) => break,
+        let mut running = true;
+        while running {
+            let mut handled = 0;
+            while handled < INPUTS_PER_BATCH_MAX {
+                match self.inbox.next_input() {
+                    Queued::Input(input) => {
+                        handled += 1;
+                        if !self.handle_input(input) {
+                            running = false;
+                            break;
+                        }
+                    }
+                    Queued::Empty => break,
+                    Queued::Closed => {
+                        running = false;
+                        break;
+                    }
                 }
-                handled += 1;
+            }
+            handled += self
+                .inbox
+                .read_peers(&self.transport, &mut self.peer_messages);
+            for message in std::mem::take(&mut self.peer_messages) {
+                self.counters.on_received(&message);
+                self.raft.step(message);
+            }
+            if handled == 0 {
+                self.inbox.wait();
+                continue;
             }
             if let Err(error) = self.handle_readies() {
                 tracing::error!(%error, "storage failure: stopping this node");
@@ -273,9 +298,6 @@ impl RaftLoop {
             self.follow_leadership();
             self.pump_watches();
             self.publish_status();
-            if !running {
-                break;
-            }
         }
         if let Err(error) = self.wal.sync() {
             tracing::error!(%error, "final WAL sync failed at shutdown");
@@ -289,10 +311,7 @@ impl RaftLoop {
     fn handle_input(&mut self, input: Input) -> bool {
         match input {
             Input::Tick => return self.tick(),
-            Input::Peer(message) => {
-                self.counters.on_received(&message);
-                self.raft.step(message)
-            }
+            Input::PeerConnection(connection) => self.inbox.add(connection),
             Input::Propose { command, reply } if self.raft.role() == Role::Leader => {
                 match self.raft.propose(LogCommand::Kv(command).encode()) {
                     Ok(position) => {
