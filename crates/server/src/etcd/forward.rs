@@ -66,7 +66,7 @@ impl Context {
         else {
             return Err(status::from_node(&error));
         };
-        if forwarded || leader == self.node.status().id {
+        if forwarded || leader == self.node.with_status(|status| status.id) {
             return Err(status::from_node(&error));
         }
         self.leaders
@@ -127,7 +127,7 @@ impl Context {
     ) -> Result<Response<T>, Status> {
         let mut response = call(forwarded_call).await?;
         if let Some(header) = response.get_mut().header_mut() {
-            header.member_id = self.node.status().id;
+            header.member_id = self.node.with_status(|status| status.id);
         }
         Ok(response)
     }

@@ -25,12 +25,12 @@ pub fn cluster_id(config: &ServerConfig) -> u64 {
 impl Context {
     /// A header for an answer at `revision` (the store revision the answer reflects).
     pub fn header(&self, revision: Revision) -> ResponseHeader {
-        let status = self.node.status();
+        let (member_id, raft_term) = self.node.with_status(|status| (status.id, status.term));
         ResponseHeader {
             cluster_id: self.cluster_id,
-            member_id: status.id,
+            member_id,
             revision,
-            raft_term: status.term,
+            raft_term,
         }
     }
 

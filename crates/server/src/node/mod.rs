@@ -250,6 +250,12 @@ impl NodeHandle {
         self.status.lock().expect("status lock").clone()
     }
 
+    /// `read` of the status without copying it: every response header needs two fields of it,
+    /// and a copy (members, latency histograms) cost more than the rest of a put's handler.
+    pub fn with_status<T>(&self, read: impl FnOnce(&NodeStatus) -> T) -> T {
+        read(&self.status.lock().expect("status lock"))
+    }
+
     async fn call<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T, NodeError>>) -> Input,
