@@ -34,7 +34,10 @@ struct Bell {
 }
 
 impl Bell {
+    /// Called after the input is queued.
     fn ring(&self) {
+        // Orders the queueing before the look at the mark (the other half is in `wait`).
+        std::sync::atomic::fence(Ordering::SeqCst);
         if self.asleep.swap(false, Ordering::SeqCst) {
             // A failed eventfd write leaves the loop to its next tick (at most one tick late).
             let _ = self.waker.wake();
@@ -203,6 +206,8 @@ impl Inbox {
             return;
         }
         self.bell.asleep.store(true, Ordering::SeqCst);
+        // Orders the mark before the look at the queue (the other half is in `Bell::ring`).
+        std::sync::atomic::fence(Ordering::SeqCst);
         if !self.queue.is_empty() {
             self.bell.asleep.store(false, Ordering::SeqCst);
             return;
@@ -226,5 +231,39 @@ impl Inbox {
                 connection.ready = true;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn every_input_sent_to_a_sleeping_loop_wakes_it() {
+        // Room for every input: a lost wake-up must show as a timeout, not as a blocked sender.
+        let (sender, mut inbox) = channel(256).unwrap();
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut received = 0;
+            while received < 200 {
+                inbox.wait();
+                while let Queued::Input(_) = inbox.next_input() {
+                    received += 1;
+                }
+            }
+            done.send(received).unwrap();
+        });
+        for round in 0..200 {
+            // Alternately into a sleeping loop and into one that is just waking up.
+            if round % 2 == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            sender.blocking_send(Input::Tick).unwrap();
+        }
+        let received = finished
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a sent input was left in the queue of a sleeping loop");
+        assert_eq!(received, 200);
     }
 }
