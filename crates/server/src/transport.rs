@@ -119,11 +119,7 @@ impl Transport {
         listen: SocketAddr,
         inbound: mpsc::Sender<Message>,
     ) -> std::io::Result<(Arc<Transport>, SocketAddr)> {
-        let delivery = Delivery::Messages {
-            queue: inbound,
-            wrap: |message| message,
-        };
-        Self::start_with(config, listen, delivery).await
+        Self::start_with(config, listen, Delivery::Messages(inbound)).await
     }
 
     /// Like [`Transport::start`], but hands each accepted connection, past its hello, to
@@ -135,14 +131,13 @@ impl Transport {
         listen: SocketAddr,
         deliver: impl Fn(InboundConnection) + Send + Sync + 'static,
     ) -> std::io::Result<(Arc<Transport>, SocketAddr)> {
-        let delivery: Delivery<()> = Delivery::Connections(Arc::new(deliver));
-        Self::start_with(config, listen, delivery).await
+        Self::start_with(config, listen, Delivery::Connections(Arc::new(deliver))).await
     }
 
-    async fn start_with<T: Send + 'static>(
+    async fn start_with(
         config: TransportConfig,
         listen: SocketAddr,
-        delivery: Delivery<T>,
+        delivery: Delivery,
     ) -> std::io::Result<(Arc<Transport>, SocketAddr)> {
         let listener = TcpListener::bind(listen).await?;
         let local = listener.local_addr()?;
@@ -352,26 +347,12 @@ async fn write_all_shared(stream: &TcpStream, mut bytes: &[u8]) -> std::io::Resu
 }
 
 /// Where a transport puts what arrives.
-enum Delivery<T> {
-    /// A reader task per connection decodes frames and sends `wrap(message)` here.
-    Messages {
-        queue: mpsc::Sender<T>,
-        wrap: fn(Message) -> T,
-    },
+#[derive(Clone)]
+enum Delivery {
+    /// A reader task per connection decodes frames and sends their messages here.
+    Messages(mpsc::Sender<Message>),
     /// After the hello, the connection itself goes to its owner, who reads the frames.
     Connections(Arc<dyn Fn(InboundConnection) + Send + Sync>),
-}
-
-impl<T> Clone for Delivery<T> {
-    fn clone(&self) -> Self {
-        match self {
-            Delivery::Messages { queue, wrap } => Delivery::Messages {
-                queue: queue.clone(),
-                wrap: *wrap,
-            },
-            Delivery::Connections(deliver) => Delivery::Connections(deliver.clone()),
-        }
-    }
 }
 
 /// An accepted peer connection past its hello, handed to whoever reads its frames
@@ -381,11 +362,11 @@ pub struct InboundConnection {
     pub frames: FrameReader,
 }
 
-async fn accept_loop<T: Send + 'static>(
+async fn accept_loop(
     listener: TcpListener,
     config: Arc<TransportConfig>,
     stats: Arc<TransportStats>,
-    delivery: Delivery<T>,
+    delivery: Delivery,
 ) {
     loop {
         let Ok((stream, remote)) = listener.accept().await else {
@@ -399,8 +380,8 @@ async fn accept_loop<T: Send + 'static>(
             let result = match read_hello(&stream, &config, &stats).await {
                 Err(reason) => Err(reason),
                 Ok(frames) => match delivery {
-                    Delivery::Messages { queue, wrap } => {
-                        read_loop(stream, frames, &config, &stats, &queue, wrap).await
+                    Delivery::Messages(queue) => {
+                        read_loop(stream, frames, &config, &stats, &queue).await
                     }
                     Delivery::Connections(deliver) => match stream.into_std() {
                         Ok(stream) => {
@@ -460,13 +441,12 @@ async fn read_exact_shared(stream: &TcpStream, mut into: &mut [u8]) -> Result<()
     Ok(())
 }
 
-async fn read_loop<T>(
+async fn read_loop(
     stream: TcpStream,
     mut frames: FrameReader,
     config: &TransportConfig,
     stats: &TransportStats,
-    inbound: &mpsc::Sender<T>,
-    wrap: fn(Message) -> T,
+    inbound: &mpsc::Sender<Message>,
 ) -> Result<(), String> {
     let mut messages = Vec::new();
     loop {
@@ -478,7 +458,7 @@ async fn read_loop<T>(
             |message| messages.push(message),
         );
         for message in messages.drain(..) {
-            if inbound.send(wrap(message)).await.is_err() {
+            if inbound.send(message).await.is_err() {
                 return Ok(()); // node stopped
             }
         }

@@ -353,15 +353,12 @@ impl Node {
             TransportConfig::new(config.node_id(), config.initial_cluster_token.clone());
         let handoff = inputs.clone();
         let deliver = move |connection: InboundConnection| {
-            // Never lost to a momentarily full queue: the peer would only see silence.
-            if let Err(mpsc::error::TrySendError::Full(input)) =
-                handoff.try_send(Input::PeerConnection(connection))
-            {
-                let handoff = handoff.clone();
-                tokio::spawn(async move {
-                    let _ = handoff.send(input).await;
-                });
-            }
+            // Waits for room rather than try_send: a connection lost to a momentarily full queue
+            // would leave the peer talking into silence. Connections are rare; a task is cheap.
+            let handoff = handoff.clone();
+            tokio::spawn(async move {
+                let _ = handoff.send(Input::PeerConnection(connection)).await;
+            });
         };
         let (transport, peer_addr) =
             Transport::start_handing_off(transport_config, peer_listen, deliver)

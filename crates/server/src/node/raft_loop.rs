@@ -283,7 +283,7 @@ impl RaftLoop {
             handled += self
                 .inbox
                 .read_peers(&self.transport, &mut self.peer_messages);
-            for message in std::mem::take(&mut self.peer_messages) {
+            for message in self.peer_messages.drain(..) {
                 self.counters.on_received(&message);
                 self.raft.step(message);
             }
