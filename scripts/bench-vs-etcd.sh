@@ -188,7 +188,7 @@ for name in e1 e2 e3; do
     INITIAL_CLUSTER+="${INITIAL_CLUSTER:+,}$name=http://127.0.0.1:${PEER_PORT[$name]}"
     ETCD_ENDPOINTS+=("127.0.0.1:${CLIENT_PORT[$name]}")
 done
-log "starting etcd ($(etcd --version | head -1)) in $WORK/etcd"
+log "starting etcd ($(etcd --version | sed -n 1p)) in $WORK/etcd"
 for name in e1 e2 e3; do
     mkdir -p "$WORK/etcd/$name"
     etcd --name "$name" --data-dir "$WORK/etcd/$name/data" \

@@ -12,7 +12,7 @@ if ! command -v etcdctl >/dev/null; then
   echo "== installing etcdctl (Debian package etcd-client)"
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-client) >/dev/null
 fi
-etcdctl version | head -1
+etcdctl version | sed -n 1p # sed reads all of it: head exits early and SIGPIPE fails the pipeline
 
 DATA=$(mktemp -d /tmp/ballot-etcdctl.XXXXXX)
 "$BALLOT" dev --nodes 3 --data-dir "$DATA" > "$DATA/dev.out" 2>&1 &
