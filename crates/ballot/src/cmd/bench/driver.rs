@@ -7,13 +7,12 @@
 //! atomic counters.
 
 use super::args::{Plan, Stop};
+use super::grpc::Connection;
 use super::keys::SplitMix64;
+use super::ops;
 use super::ops::Operations;
 use super::stats::{error_kind, timeout_kind, ClientStats, Live, Outcome};
-use ballot_proto::etcdserverpb::kv_client::KvClient;
-use ballot_proto::etcdserverpb::RangeRequest;
-use ballot_server::coalesce::CoalescedStream;
-use hyper_util::rt::TokioIo;
+use ballot_proto::etcdserverpb::{RangeRequest, RangeResponse};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,66 +22,50 @@ use tonic::transport::{Channel, Endpoint};
 /// unreachable server does not turn the bench into a busy loop.
 const ERROR_PAUSE: Duration = Duration::from_millis(10);
 
-/// Dials the bench's connections: TCP with `TCP_NODELAY`, writes gathered until a flush
-/// ([`CoalescedStream`], as the server does). tonic's own connector writes each request on its
-/// own: 1.2 `writev`s per put at 256 clients, a quarter of the bench's CPU in the kernel's send
-/// path, on a machine whose cores the bench shares with the servers it measures.
-#[derive(Clone, Copy)]
-struct CoalescingConnector;
-
-impl tower_service::Service<tonic::codegen::http::Uri> for CoalescingConnector {
-    type Response = TokioIo<CoalescedStream>;
-    type Error = std::io::Error;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = std::io::Result<Self::Response>> + Send>,
-    >;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
+/// Opens `plan.conns` connections for the clients ([`Connection`]), connection i to endpoint i
+/// modulo their number.
+pub async fn connect(plan: &Plan) -> Result<Vec<Connection>, String> {
+    let mut connections = Vec::with_capacity(plan.conns);
+    for index in 0..plan.conns {
+        let url = &plan.endpoints[index % plan.endpoints.len()];
+        let connection = match tokio::time::timeout(plan.dial_timeout, Connection::dial(url)).await
+        {
+            Ok(Ok(connection)) => connection,
+            Ok(Err(error)) => return Err(format!("cannot connect to {url}: {error}")),
+            Err(_) => return Err(no_answer(url, plan)),
+        };
+        connections.push(connection);
     }
-
-    fn call(&mut self, uri: tonic::codegen::http::Uri) -> Self::Future {
-        Box::pin(async move {
-            let host = uri
-                .host()
-                .unwrap_or("127.0.0.1")
-                .trim_matches(['[', ']'])
-                .to_owned();
-            let port = uri.port_u16().unwrap_or(80);
-            let stream = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
-            stream.set_nodelay(true)?;
-            Ok(TokioIo::new(CoalescedStream::new(stream)))
-        })
-    }
+    Ok(connections)
 }
 
-/// Opens `plan.conns` connections, connection i to endpoint i modulo their number.
-pub async fn connect(plan: &Plan) -> Result<Vec<Channel>, String> {
+/// Opens `plan.conns` tonic channels for the watchers (streams, which [`Connection`] does not
+/// speak), channel i to endpoint i modulo their number.
+pub async fn connect_channels(plan: &Plan) -> Result<Vec<Channel>, String> {
     let mut channels = Vec::with_capacity(plan.conns);
     for index in 0..plan.conns {
         let url = &plan.endpoints[index % plan.endpoints.len()];
         let endpoint = Endpoint::from_shared(url.clone())
             .map_err(|e| format!("invalid endpoint {url:?}: {e}"))?
-            .connect_timeout(plan.dial_timeout);
-        let connecting = endpoint.connect_with_connector(CoalescingConnector);
-        let channel = match tokio::time::timeout(plan.dial_timeout, connecting).await {
+            .connect_timeout(plan.dial_timeout)
+            .tcp_nodelay(true);
+        let channel = match tokio::time::timeout(plan.dial_timeout, endpoint.connect()).await {
             Ok(Ok(channel)) => channel,
             Ok(Err(error)) => {
                 return Err(format!("cannot connect to {url}: {}", innermost(&error)))
             }
-            Err(_) => {
-                return Err(format!(
-                    "cannot connect to {url}: no answer within --dial-timeout {:?}",
-                    plan.dial_timeout
-                ))
-            }
+            Err(_) => return Err(no_answer(url, plan)),
         };
         channels.push(channel);
     }
     Ok(channels)
+}
+
+fn no_answer(url: &str, plan: &Plan) -> String {
+    format!(
+        "cannot connect to {url}: no answer within --dial-timeout {:?}",
+        plan.dial_timeout
+    )
 }
 
 /// The innermost cause ("Connection refused (os error 111)"): what a user can act on.
@@ -157,9 +140,8 @@ async fn next_start(run: &Run, op_number: u64) -> Option<Instant> {
 }
 
 /// One client: operations until the run ends, with its own statistics.
-pub async fn client(run: Arc<Run>, channel: Channel, index: usize) -> ClientStats {
+pub async fn client(run: Arc<Run>, mut kv: Connection, index: usize) -> ClientStats {
     let mut stats = ClientStats::default();
-    let mut kv = KvClient::new(channel);
     let mut rng = SplitMix64::new(index as u64);
     loop {
         let op_number = run.next_op.fetch_add(1, Ordering::Relaxed);
@@ -189,11 +171,11 @@ pub async fn client(run: Arc<Run>, channel: Channel, index: usize) -> ClientStat
 
 /// Starts `plan.clients` clients, client i on connection i modulo their number, and merges
 /// their statistics when all are done.
-pub async fn run_clients(plan: &Plan, run: &Arc<Run>, channels: &[Channel]) -> ClientStats {
+pub async fn run_clients(plan: &Plan, run: &Arc<Run>, connections: &[Connection]) -> ClientStats {
     let tasks: Vec<_> = (0..plan.clients)
         .map(|index| {
-            let channel = channels[index % channels.len()].clone();
-            tokio::spawn(client(Arc::clone(run), channel, index))
+            let connection = connections[index % connections.len()].clone();
+            tokio::spawn(client(Arc::clone(run), connection, index))
         })
         .collect();
     let mut merged = ClientStats::default();
@@ -209,7 +191,7 @@ pub async fn run_clients(plan: &Plan, run: &Arc<Run>, channels: &[Channel]) -> C
 pub async fn preload(
     plan: &Plan,
     operations: &Arc<Operations>,
-    channels: &[Channel],
+    connections: &[Connection],
 ) -> Result<u64, String> {
     let keys = &operations.keys;
     let (start, end) = keys.range();
@@ -219,11 +201,11 @@ pub async fn preload(
         count_only: true,
         ..Default::default()
     };
-    let present = KvClient::new(channels[0].clone())
-        .range(count_request)
+    let present = connections[0]
+        .clone()
+        .unary::<_, RangeResponse>(ops::RANGE, &count_request)
         .await
         .map_err(|status| format!("preload: cannot count the keys: {}", error_kind(&status)))?
-        .into_inner()
         .count;
     if present as u64 >= keys.size() {
         return Ok(0);
@@ -232,7 +214,7 @@ pub async fn preload(
     let writers = plan.clients.max(16).min(keys.size() as usize);
     let tasks: Vec<_> = (0..writers)
         .map(|index| {
-            let mut kv = KvClient::new(channels[index % channels.len()].clone());
+            let mut kv = connections[index % connections.len()].clone();
             let operations = Arc::clone(operations);
             let next = Arc::clone(&next);
             let timeout = plan.command_timeout;

@@ -13,6 +13,7 @@
 //! - [`args`]: flags and their validation into a plan.
 //! - [`keys`]: keys, values, per-client random numbers.
 //! - [`ops`]: one operation of each workload as etcd requests.
+//! - [`grpc`]: the unary gRPC client the operations go through (h2, no tonic channel).
 //! - [`driver`]: connections, client loops (closed / open), stop, preload.
 //! - [`watch`]: the watchers of the watch workload.
 //! - [`histogram`], [`stats`], [`cpu`]: what is counted.
@@ -24,6 +25,7 @@
 pub mod args;
 pub mod cpu;
 pub mod driver;
+pub mod grpc;
 pub mod histogram;
 pub mod keys;
 pub mod ops;
@@ -94,14 +96,15 @@ pub fn run(args: BenchArgs) -> ExitCode {
 
 /// Connects, preloads, runs the clients (and watchers) and gathers the report.
 async fn measure(plan: &Plan) -> Result<Report, String> {
-    let channels = driver::connect(plan).await?;
+    let connections = driver::connect(plan).await?;
     let operations = Arc::new(Operations::new(plan, Instant::now()));
     let preloaded_keys = if plan.preload {
-        driver::preload(plan, &operations, &channels).await?
+        driver::preload(plan, &operations, &connections).await?
     } else {
         0
     };
     let watchers = if plan.workload == Workload::Watch {
+        let channels = driver::connect_channels(plan).await?;
         Some(open_watchers(plan, &operations, &channels).await?)
     } else {
         None
@@ -123,7 +126,7 @@ async fn measure(plan: &Plan) -> Result<Report, String> {
         Arc::clone(&run.live),
         start,
     );
-    let stats = driver::run_clients(plan, &run, &channels).await;
+    let stats = driver::run_clients(plan, &run, &connections).await;
     let elapsed = start.elapsed();
     progress.finish();
     let watcher_stats = match watchers {

@@ -2,16 +2,21 @@
 //! when or how often (that is [`super::driver`]).
 
 use super::args::{Plan, Workload};
+use super::grpc::Connection;
 use super::keys::{self, KeySpace, SplitMix64};
 use super::stats::Outcome;
 use ballot_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
-use ballot_proto::etcdserverpb::kv_client::KvClient;
 use ballot_proto::etcdserverpb::{
-    request_op, Compare, PutRequest, RangeRequest, RequestOp, TxnRequest,
+    request_op, Compare, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp,
+    TxnRequest, TxnResponse,
 };
 use bytes::Bytes;
 use std::time::Instant;
-use tonic::transport::Channel;
+
+/// etcd's gRPC method paths (`/package.Service/Method`).
+pub const RANGE: &str = "/etcdserverpb.KV/Range";
+pub const PUT: &str = "/etcdserverpb.KV/Put";
+pub const TXN: &str = "/etcdserverpb.KV/Txn";
 
 /// What every client of a run shares: the workload, keys and value.
 pub struct Operations {
@@ -43,7 +48,7 @@ impl Operations {
     /// Sends operation `op_number` of the workload.
     pub async fn run(
         &self,
-        kv: &mut KvClient<Channel>,
+        kv: &mut Connection,
         op_number: u64,
         rng: &mut SplitMix64,
     ) -> Result<Outcome, tonic::Status> {
@@ -64,7 +69,7 @@ impl Operations {
 
     pub async fn put(
         &self,
-        kv: &mut KvClient<Channel>,
+        kv: &mut Connection,
         key: Bytes,
         value: Bytes,
     ) -> Result<Outcome, tonic::Status> {
@@ -73,12 +78,13 @@ impl Operations {
             value,
             ..Default::default()
         };
-        kv.put(request).await?;
+        kv.unary::<_, PutResponse>(PUT, &request).await?;
         Ok(Outcome::Put)
     }
 
-    async fn get(&self, kv: &mut KvClient<Channel>, key: Bytes) -> Result<Outcome, tonic::Status> {
-        kv.range(self.range_request(key)).await?;
+    async fn get(&self, kv: &mut Connection, key: Bytes) -> Result<Outcome, tonic::Status> {
+        kv.unary::<_, RangeResponse>(RANGE, &self.range_request(key))
+            .await?;
         Ok(Outcome::Get)
     }
 
@@ -86,13 +92,10 @@ impl Operations {
     /// does not exist). Another client swapping the same key in between makes the compare fail.
     async fn compare_and_swap(
         &self,
-        kv: &mut KvClient<Channel>,
+        kv: &mut Connection,
         key: Bytes,
     ) -> Result<Outcome, tonic::Status> {
-        let current = kv
-            .range(self.range_request(key.clone()))
-            .await?
-            .into_inner();
+        let current: RangeResponse = kv.unary(RANGE, &self.range_request(key.clone())).await?;
         let mod_revision = current.kvs.first().map_or(0, |kv| kv.mod_revision);
         let compare = Compare {
             result: CompareResult::Equal as i32,
@@ -113,7 +116,7 @@ impl Operations {
             success: vec![put],
             failure: Vec::new(),
         };
-        let response = kv.txn(request).await?.into_inner();
+        let response: TxnResponse = kv.unary(TXN, &request).await?;
         Ok(Outcome::Swap {
             swapped: response.succeeded,
         })
