@@ -14,6 +14,7 @@ use super::view::{self, check_read_revision, Records};
 use ballot_core::LogIndex;
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
 
 /// What stops a command: the request (refused, nothing written) or the store (abort the batch).
 pub(crate) enum Failure {
@@ -42,13 +43,25 @@ pub(crate) struct Batch {
     pub buffer: Vec<u8>,
 }
 
+/// Largest buffer kept for the next batch: a batch that grew past it (a restore, a GC step
+/// that copied much) gives its memory back instead.
+const SPARE_BUFFER_BYTES_MAX: usize = 4 * 1024 * 1024;
+
 impl Batch {
-    pub fn new(head: SegmentId, base: u64) -> Self {
-        Batch {
-            head,
-            base,
-            buffer: Vec::new(),
+    /// A batch writing into `buffer`'s memory (its contents are dropped).
+    pub fn with_buffer(head: SegmentId, base: u64, mut buffer: Vec<u8>) -> Self {
+        buffer.clear();
+        Batch { head, base, buffer }
+    }
+
+    /// The buffer, emptied, for the next batch (or a new one if this one grew too large).
+    pub fn into_spare_buffer(self) -> Vec<u8> {
+        let mut buffer = self.buffer;
+        if buffer.capacity() > SPARE_BUFFER_BYTES_MAX {
+            return Vec::new();
         }
+        buffer.clear();
+        buffer
     }
 
     /// Appends one record (written by `encode`, which returns its size); where it will be.
@@ -389,8 +402,14 @@ impl Applier<'_> {
     }
 
     /// Stores one change of `key` at the command's revision and its next sub-revision: its record
-    /// in the batch, the version in the index and the change log.
-    fn write_version(&mut self, writes: &mut Writes, key: &[u8], put: Option<(&PutMeta, &[u8])>) {
+    /// in the batch, the version in the index and the change log. Returns the stored key (shared
+    /// by the index, the change log and a lease's keys).
+    fn write_version(
+        &mut self,
+        writes: &mut Writes,
+        key: &[u8],
+        put: Option<(&PutMeta, &[u8])>,
+    ) -> Bytes {
         let sub_revision = writes.next_sub_revision;
         writes.next_sub_revision = sub_revision
             .checked_add(1)
@@ -404,28 +423,40 @@ impl Applier<'_> {
             put: put.map(|(meta, _)| *meta),
             location,
         };
-        // Keys are copied out of the command: a slice would pin the whole log entry in memory.
-        let stored = self
-            .state
-            .stored_key(key)
-            .unwrap_or_else(|| Bytes::copy_from_slice(key));
-        let versions = self.state.keys.entry(stored.clone()).or_default();
-        assert!(
-            versions.last().is_none_or(|last| last.at < at),
-            "a key's versions are written in revision order"
-        );
-        versions.push(version);
+        // One search of the index for the stored key and its versions together.
+        let only_key = (Bound::Included(key), Bound::Included(key));
+        let stored = match self.state.keys.range_mut::<[u8], _>(only_key).next() {
+            Some((stored, versions)) => {
+                assert!(
+                    versions.last().is_none_or(|last| last.at < at),
+                    "a key's versions are written in revision order"
+                );
+                versions.push(version);
+                stored.clone()
+            }
+            None => {
+                // Keys are copied out of the command: a slice would pin the whole log entry in
+                // memory.
+                let stored = Bytes::copy_from_slice(key);
+                self.state.keys.insert(stored.clone(), vec![version]);
+                stored
+            }
+        };
         assert!(
             self.state.changes.back().is_none_or(|last| last.at < at),
             "the change log is written in revision order"
         );
-        self.state.changes.push_back(Change { at, key: stored });
+        self.state.changes.push_back(Change {
+            at,
+            key: stored.clone(),
+        });
         self.state.remember(location);
         self.state
             .segments
             .get_mut(&location.segment)
             .expect("the head segment exists")
             .note_owner(key_hash(key), at);
+        stored
     }
 
     /// The key as a watcher's `prev_kv` sees it: as of the revision before this command.
@@ -467,7 +498,7 @@ impl Applier<'_> {
             lease,
         };
         let event_prev = self.before(writes, &put.key, previous.as_ref())?;
-        self.write_version(writes, &put.key, Some((&meta, &value)));
+        let stored = self.write_version(writes, &put.key, Some((&meta, &value)));
         let previous_lease = previous_meta.map_or(0, |m| m.lease);
         if previous_lease != 0 && previous_lease != lease {
             if let Some(entry) = self.state.leases.get_mut(&previous_lease) {
@@ -475,7 +506,6 @@ impl Applier<'_> {
             }
         }
         if lease != 0 {
-            let stored = self.state.stored_key(&put.key).expect("just written");
             self.state
                 .leases
                 .get_mut(&lease)
@@ -690,5 +720,35 @@ pub(crate) fn compare_kv(compare: &Compare, kv: &KeyValue) -> bool {
         CompareResult::NotEqual => ordering != Ordering::Equal,
         CompareResult::Greater => ordering == Ordering::Greater,
         CompareResult::Less => ordering == Ordering::Less,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recycled_buffer_starts_empty_at_its_base_and_an_oversized_one_is_not_kept() {
+        let mut first = Batch::with_buffer(1, 100, Vec::new());
+        let location = first.append(|out| {
+            out.extend_from_slice(b"record");
+            6
+        });
+        assert_eq!((location.offset, location.len), (100, 6));
+        let spare = first.into_spare_buffer();
+        assert!(spare.is_empty() && spare.capacity() >= 6);
+
+        let mut second = Batch::with_buffer(1, 106, spare);
+        assert_eq!(second.end(), 106, "the recycled buffer's old bytes are not counted");
+        let location = second.append(|out| {
+            out.extend_from_slice(b"next");
+            4
+        });
+        assert_eq!(location.offset, 106);
+        assert_eq!(second.buffer, b"next");
+
+        let mut large = Batch::with_buffer(1, 0, Vec::new());
+        large.buffer.resize(SPARE_BUFFER_BYTES_MAX + 1, 0);
+        assert_eq!(large.into_spare_buffer().capacity(), 0);
     }
 }

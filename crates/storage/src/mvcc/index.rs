@@ -171,16 +171,10 @@ impl State {
             .filter(|version| version.is_put())
     }
 
-    /// The key's current version, if it exists now.
+    /// The key's current version, if it exists now: its newest (every put's first lookup, so
+    /// no search of the versions, only the last one touched).
     pub fn current(&self, key: &[u8]) -> Option<&Version> {
-        self.put_at(key, Revision::MAX)
-    }
-
-    /// The stored key equal to `key`, sharing its bytes (for the change log and leases).
-    pub fn stored_key(&self, key: &[u8]) -> Option<Bytes> {
-        self.keys
-            .get_key_value(key)
-            .map(|(stored, _)| stored.clone())
+        self.keys.get(key)?.last().filter(|version| version.is_put())
     }
 
     /// Every key in `range` that exists at `revision` (`None`: now), in key order, with that

@@ -110,6 +110,10 @@ struct Writer {
     failure: Option<String>,
     /// Bumped by a restore, which replaces every segment.
     generation: u64,
+    /// The last write's buffer, empty, for the next: a fresh one grew by doubling every batch
+    /// into memory the allocator had just returned, and the page faults and zeroing were an
+    /// eighth of the apply path's time under 256-client puts.
+    spare_buffer: Vec<u8>,
 }
 
 /// The MVCC key-value state machine. Shareable between threads: reads run concurrently with an
@@ -168,6 +172,7 @@ impl MvccStore {
                 synced_len: recovered.head_len,
                 non_durable_commits: 0,
                 collecting: None,
+                spare_buffer: Vec::new(),
                 failure: None,
                 generation: 0,
             }),
@@ -338,7 +343,8 @@ impl MvccStore {
     ) -> Result<T, MvccError> {
         let mut writer = self.lock_writer()?;
         let mut state = self.write_state();
-        let mut batch = Batch::new(writer.head, writer.head_len);
+        let spare_buffer = std::mem::take(&mut writer.spare_buffer);
+        let mut batch = Batch::with_buffer(writer.head, writer.head_len, spare_buffer);
         let outcome = (|| {
             let mut applier = Applier {
                 state: &mut state,
@@ -375,6 +381,7 @@ impl MvccStore {
             return Err(error);
         }
         writer.head_len = batch.end();
+        writer.spare_buffer = batch.into_spare_buffer();
         state
             .segments
             .get_mut(&writer.head)
