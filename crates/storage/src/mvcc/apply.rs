@@ -739,7 +739,11 @@ mod tests {
         assert!(spare.is_empty() && spare.capacity() >= 6);
 
         let mut second = Batch::with_buffer(1, 106, spare);
-        assert_eq!(second.end(), 106, "the recycled buffer's old bytes are not counted");
+        assert_eq!(
+            second.end(),
+            106,
+            "the recycled buffer's old bytes are not counted"
+        );
         let location = second.append(|out| {
             out.extend_from_slice(b"next");
             4

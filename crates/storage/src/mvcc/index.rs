@@ -174,7 +174,10 @@ impl State {
     /// The key's current version, if it exists now: its newest (every put's first lookup, so
     /// no search of the versions, only the last one touched).
     pub fn current(&self, key: &[u8]) -> Option<&Version> {
-        self.keys.get(key)?.last().filter(|version| version.is_put())
+        self.keys
+            .get(key)?
+            .last()
+            .filter(|version| version.is_put())
     }
 
     /// Every key in `range` that exists at `revision` (`None`: now), in key order, with that
@@ -276,8 +279,11 @@ impl State {
     }
 }
 
+/// A range of keys as `BTreeMap::range` takes it.
+pub(crate) type KeyBounds<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
+
 /// Bounds of a key range over keys, or `None` when the range is empty (`key >= range_end`).
-pub(crate) fn key_bounds(range: &KeyRange) -> Option<(Bound<&[u8]>, Bound<&[u8]>)> {
+pub(crate) fn key_bounds(range: &KeyRange) -> Option<KeyBounds<'_>> {
     let start = Bound::Included(&range.key[..]);
     if range.range_end.is_empty() {
         return Some((start, Bound::Included(&range.key[..])));

@@ -378,11 +378,13 @@ fn rebuild_leases(
 fn create_empty(dir: &Path) -> Result<Recovered, MvccError> {
     let head: SegmentId = 1;
     let (file, header_len) = segments::create(dir, head)?;
-    let mut state = State::default();
-    state.position = Position {
-        applied_index: 0,
-        current_revision: INITIAL_REVISION,
-        compacted_revision: 0,
+    let mut state = State {
+        position: Position {
+            applied_index: 0,
+            current_revision: INITIAL_REVISION,
+            compacted_revision: 0,
+        },
+        ..State::default()
     };
     let mut buffer = Vec::new();
     let len = layout::encode_commit(

@@ -388,7 +388,7 @@ pub(crate) fn write_state_dir(
     let mut records = parsed
         .versions
         .iter()
-        .map(|v| Item::Version(v))
+        .map(Item::Version)
         .chain(
             parsed
                 .leases
