@@ -2149,10 +2149,9 @@ async fn configured_request_limits_refuse_with_nothing_written() {
     assert_eq!(count_under(&mut client, "/ops/").await, 8);
 }
 
+/// Past `max-request-bytes` plus the gRPC room, the server refuses the message from its prefix,
+/// before reading it, with grpc-go's code (tonic's decoder answered OutOfRange).
 #[tokio::test]
-#[ignore = "ballot bug: a message past max-request-bytes plus the gRPC overhead is refused by \
-            tonic's decoder with OutOfRange ('Error, decoded message length too large'); etcd \
-            (grpc-go) answers ResourceExhausted"]
 async fn request_far_past_the_limit_is_resource_exhausted() {
     let cluster = TestCluster::start("limits-grpc", &["--max-request-bytes", "4096"]).await;
     let mut client = cluster.client().await;

@@ -1,10 +1,11 @@
 //! A client connection that gathers the HTTP/2 frames of many responses into one socket write.
 //!
-//! hyper's HTTP/2 server flushes each time its connection task runs, and with one task per
-//! request the connection task runs once or twice per response: a profile of serializable gets
+//! An HTTP/2 server (hyper's, and h2's connection driven directly, as [`crate::etcd::serve`]
+//! does) flushes each time its connection task runs, and with one task per request the
+//! connection task runs once or twice per response: a profile of serializable gets
 //! at 64 clients showed 1.6 `writev` calls per response and a third of the node's CPU in the
 //! kernel's TCP send path. Go's gRPC server, which etcd uses, flushes only when its writer has
-//! nothing more queued. [`CoalescedStream`] does the same for hyper. Writes go to a buffer, and
+//! nothing more queued. [`CoalescedStream`] does the same under h2. Writes go to a buffer, and
 //! the first flush of a buffer yields to the runtime once (`tokio::task::yield_now`, which runs
 //! the worker's other ready tasks first: the requests of other streams finishing their
 //! responses) before the gathered bytes go out in one write. Under load one write then carries
@@ -132,14 +133,6 @@ impl AsyncWrite for CoalescedStream {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.poll_drain(cx))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-impl tonic::transport::server::Connected for CoalescedStream {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.inner.connect_info()
     }
 }
 

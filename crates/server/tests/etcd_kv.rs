@@ -516,3 +516,30 @@ async fn raised_limits_are_honoured_by_the_store() {
     let stored = get(&mut kv, "large").await;
     assert_eq!(stored.kvs[0].value.len(), two_mib.len());
 }
+
+/// What the gRPC layer (`etcd/serve.rs`) answers by itself: a message past the decoding limit
+/// (`max_request_bytes` plus gRPC room) is refused from its length prefix with ResourceExhausted,
+/// as grpc-go refuses it, and nothing is written; the connection serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_past_the_decoding_limit_is_resource_exhausted_and_nothing_is_written() {
+    let cluster = Cluster::start(LIMITS).await;
+    let leader = cluster.leader().await;
+    let mut kv = cluster.kv(leader);
+    let refused = kv
+        .put(pb::PutRequest {
+            key: "big".into(),
+            value: vec![b'x'; LIMITS.max_decoding_message_bytes() + 1].into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("larger than max"), "{refused:?}");
+
+    put(&mut kv, "after", "ok").await;
+    assert_eq!(
+        values(&get(&mut kv, "after").await),
+        vec![("after".to_string(), "ok".to_string())]
+    );
+    assert!(get(&mut kv, "big").await.kvs.is_empty());
+}

@@ -11,6 +11,8 @@
 //! - [`kv`], [`watch`], [`lease`], [`maintenance`], [`auth`], [`cluster`]: one file per service.
 //! - [`convert`]: proto <-> storage types; [`status`]: errors -> `tonic::Status` with etcd's
 //!   codes and exact messages; [`header`]: the `ResponseHeader` every response carries.
+//! - [`serve`]: HTTP/2 connections and gRPC framing, on h2 directly; KV's unary calls are
+//!   dispatched there, every other call goes to tonic's generated services.
 //! - [`forward`]: a follower sends writes, linearizable reads, keep-alives and time-to-live
 //!   queries to the leader's client endpoint, as etcd clients expect any member to answer.
 
@@ -22,11 +24,13 @@ pub mod header;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
+pub mod serve;
 pub mod status;
 pub mod watch;
 
 pub use forward::{LeaderChannel, NoLeaderChannel, FORWARDED_HEADER};
 pub use header::cluster_id;
+pub use serve::{serve, Services};
 
 use crate::config::ServerConfig;
 use crate::node::NodeHandle;
@@ -83,14 +87,14 @@ pub struct Context {
     pub leaders: Arc<dyn LeaderChannel>,
 }
 
-/// Every etcd v3 service over `node`, ready for `Server::builder().add_routes(..)` (one copy per
-/// listen address: `Routes` is `Clone`).
+/// Every etcd v3 service over `node`, ready for [`serve`] (one copy per listen address:
+/// [`Services`] is `Clone`).
 pub fn services(
     node: NodeHandle,
     cluster_id: u64,
     limits: RequestLimits,
     leaders: Arc<dyn LeaderChannel>,
-) -> tonic::service::Routes {
+) -> Services {
     let context = Context {
         node,
         cluster_id,
@@ -98,7 +102,7 @@ pub fn services(
         leaders,
     };
     let decoding_max = limits.max_decoding_message_bytes();
-    tonic::service::Routes::new(
+    let routes = tonic::service::Routes::new(
         KvServer::new(kv::KvService::new(context.clone())).max_decoding_message_size(decoding_max),
     )
     .add_service(
@@ -118,24 +122,12 @@ pub fn services(
             .max_decoding_message_size(decoding_max),
     )
     .add_service(
-        ClusterServer::new(cluster::ClusterService::new(context))
+        ClusterServer::new(cluster::ClusterService::new(context.clone()))
             .max_decoding_message_size(decoding_max),
-    )
-}
-
-/// Serves `routes` on `listener` until `shutdown` resolves; then stops accepting and waits for
-/// open calls to finish (watch and keep-alive streams do not: bound the wait at the caller).
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    routes: tonic::service::Routes,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> Result<(), tonic::transport::Error> {
-    use tokio_stream::StreamExt;
-    let incoming = tonic::transport::server::TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .map(|connection| connection.map(crate::coalesce::CoalescedStream::new));
-    tonic::transport::Server::builder()
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
+    );
+    Services {
+        kv: Arc::new(kv::KvService::new(context)),
+        routes,
+        decoding_max,
+    }
 }
