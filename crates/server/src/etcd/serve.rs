@@ -50,7 +50,7 @@ const SEND_BUFFER_BYTES_MAX: usize = 400 * 1024;
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
 /// The 5-byte prefix of every gRPC message: a compressed flag and a big-endian length.
-const MESSAGE_PREFIX_BYTES: usize = 5;
+pub const MESSAGE_PREFIX_BYTES: usize = 5;
 
 /// What a client connection is served with: the KV handler for the unary fast path, every
 /// service for the rest. Cheap to clone (one per connection and call).
@@ -222,32 +222,35 @@ async fn call_kv(
 /// The one message of a unary request, its prefix checked; refused as soon as its prefix says
 /// it is larger than `limit` (ResourceExhausted, as grpc-go answers), before it is read.
 async fn read_message(mut body: RecvStream, limit: usize) -> Result<Bytes, Status> {
+    // Most requests arrive in one DATA frame: `first` keeps it without a copy.
+    let mut first: Option<Bytes> = None;
     let mut gathered = BytesMut::new();
-    let mut expected: Option<usize> = None;
     while let Some(chunk) = body.data().await {
         let chunk = chunk.map_err(status_of_h2)?;
         let _ = body.flow_control().release_capacity(chunk.len());
-        if gathered.is_empty() && expected.is_none() && chunk.len() >= MESSAGE_PREFIX_BYTES {
-            // The usual case: the whole message in one DATA frame, kept without a copy.
-            let len = message_len(&chunk, limit)?;
-            if chunk.len() == MESSAGE_PREFIX_BYTES + len && body.is_end_stream() {
-                return unprefixed(chunk);
+        if first.is_none() && gathered.is_empty() {
+            first = Some(chunk);
+        } else {
+            if let Some(earlier) = first.take() {
+                gathered.extend_from_slice(&earlier);
             }
+            gathered.extend_from_slice(&chunk);
         }
-        gathered.extend_from_slice(&chunk);
-        if expected.is_none() && gathered.len() >= MESSAGE_PREFIX_BYTES {
-            expected = Some(message_len(&gathered, limit)?);
-        }
-        if let Some(len) = expected {
-            if gathered.len() > MESSAGE_PREFIX_BYTES + len {
-                return Err(Status::internal("more than one message in a unary request"));
-            }
+        let received = first.as_deref().unwrap_or(&gathered);
+        if received.len() >= MESSAGE_PREFIX_BYTES
+            && received.len() > MESSAGE_PREFIX_BYTES + message_len(received, limit)?
+        {
+            return Err(Status::internal("more than one message in a unary request"));
         }
     }
-    match expected {
-        Some(len) if gathered.len() == MESSAGE_PREFIX_BYTES + len => unprefixed(gathered.freeze()),
-        _ => Err(Status::internal("the request ended before its message did")),
+    let mut message = first.unwrap_or_else(|| gathered.freeze());
+    if message.len() < MESSAGE_PREFIX_BYTES
+        || message.len() != MESSAGE_PREFIX_BYTES + message_len(&message, limit)?
+    {
+        return Err(Status::internal("the request ended before its message did"));
     }
+    message.advance(MESSAGE_PREFIX_BYTES);
+    Ok(message)
 }
 
 /// The length a message's prefix gives, refused past `limit` or when compressed.
@@ -266,12 +269,9 @@ fn message_len(prefixed: &[u8], limit: usize) -> Result<usize, Status> {
     Ok(len)
 }
 
-fn unprefixed(mut prefixed: Bytes) -> Result<Bytes, Status> {
-    prefixed.advance(MESSAGE_PREFIX_BYTES);
-    Ok(prefixed)
-}
-
-fn encode_message(message: &impl Message) -> Bytes {
+/// `message` as one gRPC message: the uncompressed prefix, then its encoding. Messages here are
+/// far below the 4 GiB the prefix can say.
+pub fn encode_message(message: &impl Message) -> Bytes {
     let len = message.encoded_len();
     let mut frame = BytesMut::with_capacity(MESSAGE_PREFIX_BYTES + len);
     frame.put_u8(0);
@@ -308,9 +308,9 @@ fn send_status(respond: &mut SendResponse<Bytes>, status: &Status) -> Result<(),
         .headers_mut()
         .insert(http::header::CONTENT_TYPE, grpc_content_type());
     if status.add_header(response.headers_mut()).is_err() {
-        // Metadata that is not a valid header: the code and message alone.
-        let plain = Status::new(status.code(), status.message());
-        let _ = plain.add_header(response.headers_mut());
+        // Metadata that makes no valid header: the code at least still reaches the client.
+        let code = HeaderValue::from(status.code() as i32);
+        response.headers_mut().insert("grpc-status", code);
     }
     respond.send_response(response, true).map(drop)
 }

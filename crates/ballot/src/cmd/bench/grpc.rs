@@ -13,7 +13,8 @@
 //! ([`super::watch`]): they are streams, and few.
 
 use ballot_server::coalesce::CoalescedStream;
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use ballot_server::etcd::serve::{encode_message, MESSAGE_PREFIX_BYTES};
+use bytes::{Buf, Bytes, BytesMut};
 use prost::Message;
 use tonic::codegen::http::{self, header, HeaderMap, HeaderValue, Method, Request, Uri};
 use tonic::{Code, Status};
@@ -26,14 +27,10 @@ const CONNECTION_WINDOW_BYTES: u32 = 5 * 1024 * 1024;
 /// Largest answer accepted (a Range of the whole key space at a large value size fits).
 const RESPONSE_BYTES_MAX: usize = 256 * 1024 * 1024;
 
-/// The 5-byte prefix of every gRPC message: a compressed flag and a big-endian length.
-const MESSAGE_PREFIX_BYTES: usize = 5;
-
 /// One HTTP/2 connection to an endpoint; clones share it (each call is one stream).
 #[derive(Clone)]
 pub struct Connection {
     send: h2::client::SendRequest<Bytes>,
-    scheme: http::uri::Scheme,
     authority: http::uri::Authority,
 }
 
@@ -71,11 +68,7 @@ impl Connection {
             // then fail with the connection's error, which is what the report counts.
             let _ = connection.await;
         });
-        Ok(Connection {
-            send,
-            scheme: http::uri::Scheme::HTTP,
-            authority,
-        })
+        Ok(Connection { send, authority })
     }
 
     /// Calls the unary method `path` (`/etcdserverpb.KV/Put`) with `request`.
@@ -85,7 +78,7 @@ impl Connection {
         request: &Req,
     ) -> Result<Resp, Status> {
         let uri = Uri::builder()
-            .scheme(self.scheme.clone())
+            .scheme(http::uri::Scheme::HTTP)
             .authority(self.authority.clone())
             .path_and_query(path)
             .build()
@@ -100,23 +93,15 @@ impl Connection {
         );
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
 
-        let message_len = request.encoded_len();
-        let mut frame = BytesMut::with_capacity(MESSAGE_PREFIX_BYTES + message_len);
-        frame.put_u8(0);
-        frame.put_u32(
-            u32::try_from(message_len)
-                .map_err(|_| Status::resource_exhausted("request larger than 4 GiB"))?,
-        );
-        request
-            .encode(&mut frame)
-            .expect("the buffer was sized for the message");
+        // Values are at most 1 MiB (`--value-size`): far below what a prefix can say.
+        let frame = encode_message(request);
 
         let send = std::future::poll_fn(|cx| self.send.poll_ready(cx));
         send.await.map_err(status_of_h2)?;
         let (response, mut body) = self.send.send_request(head, false).map_err(status_of_h2)?;
         // Unreserved data waits in h2's buffer for window: a request larger than the server's
         // window goes out as the server grants it.
-        body.send_data(frame.freeze(), true).map_err(status_of_h2)?;
+        body.send_data(frame, true).map_err(status_of_h2)?;
 
         let (parts, mut answer) = response.await.map_err(status_of_h2)?.into_parts();
         if parts.status != http::StatusCode::OK {
