@@ -205,16 +205,49 @@ impl Raft {
         }
         match self.leader {
             Some(leader) if leader != self.id => {
-                self.send(
-                    leader,
-                    MessageBody::ForwardProposals {
-                        commands: vec![command],
-                    },
-                );
+                if let Err(command) = self.join_last_forward(leader, command) {
+                    self.send(
+                        leader,
+                        MessageBody::ForwardProposals {
+                            commands: vec![command],
+                        },
+                    );
+                }
                 Ok(())
             }
             _ => Err(ReplicaError::NotLeader { leader_hint: None }),
         }
+    }
+
+    /// Adds `command` to the forward to `leader` that the outbox ends with, if there is one in
+    /// this term with room for it (`entries_per_message_max`, `bytes_per_message_max`): the
+    /// proposals a batch of client requests makes on a follower travel as one message, not one
+    /// each. Gives the command back otherwise.
+    fn join_last_forward(&mut self, leader: NodeId, command: Bytes) -> Result<(), Bytes> {
+        let term = self.term;
+        let (entries_max, bytes_max) = (
+            self.config.entries_per_message_max,
+            self.config.bytes_per_message_max,
+        );
+        let Some(Message {
+            to,
+            term: message_term,
+            body: MessageBody::ForwardProposals { commands },
+            ..
+        }) = self.outbox.last_mut()
+        else {
+            return Err(command);
+        };
+        let bytes: usize = commands.iter().map(Bytes::len).sum();
+        if *to != leader
+            || *message_term != term
+            || commands.len() >= entries_max
+            || bytes + command.len() > bytes_max
+        {
+            return Err(command);
+        }
+        commands.push(command);
+        Ok(())
     }
 
     pub(crate) fn is_broken(&self, which: Break) -> bool {

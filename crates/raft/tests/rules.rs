@@ -1207,3 +1207,38 @@ fn a_follower_forwards_proposals_to_the_leader() {
         "with no known leader the caller is told so"
     );
 }
+
+/// Not a paper rule but a batching one: the proposals a follower forwards between two Readies
+/// travel as one message to the leader, up to `entries_per_message_max` commands, and the leader
+/// appends them in the order they were proposed.
+#[test]
+fn a_follower_forwards_the_proposals_of_one_ready_in_one_message() {
+    let mut cluster = Cluster::with_config(3, |config| config.entries_per_message_max = 2);
+    cluster.elect(1);
+    cluster.settle();
+    cluster.delivered.clear();
+    for command in [&b"a"[..], b"b", b"c"] {
+        cluster
+            .node_mut(2)
+            .propose_or_forward(Bytes::from_static(command))
+            .unwrap();
+    }
+    cluster.settle();
+    let forwards: Vec<Vec<Bytes>> = cluster
+        .delivered
+        .iter()
+        .filter_map(|m| match &m.body {
+            MessageBody::ForwardProposals { commands } => Some(commands.clone()),
+            _ => None,
+        })
+        .collect();
+    let batch = |commands: &[&'static [u8]]| -> Vec<Bytes> {
+        commands.iter().map(|c| Bytes::from_static(c)).collect()
+    };
+    assert_eq!(
+        forwards,
+        vec![batch(&[b"a", b"b"]), batch(&[b"c"])],
+        "two commands per message at most, in order"
+    );
+    assert_eq!(cluster.commands_applied(3), batch(&[b"a", b"b", b"c"]));
+}
