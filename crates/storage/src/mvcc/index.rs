@@ -4,11 +4,12 @@
 //! accounting of the segments (live bytes, and which keys have records in each, for segment GC).
 //! Values stay on disk; everything needed to apply a put without reading the disk is here.
 
+use super::chunked::Chunked;
 use super::layout::{ChangeKey, PutMeta};
 use super::segments::{Location, SegmentId};
 use super::types::{KeyRange, LeaseId, Revision};
 use bytes::Bytes;
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::ops::Bound;
@@ -140,7 +141,7 @@ pub(crate) struct State {
     pub keys: BTreeMap<Bytes, Vec<Version>>,
     /// The change log in revision order, from the sweep's position on: every change not yet
     /// visited by the sweep, and those at exactly the compacted revision (events from there).
-    pub changes: VecDeque<Change>,
+    pub changes: Chunked<Change>,
     /// Changes before this position in `changes` have been visited by the sweep for the current
     /// compacted revision.
     pub sweep_cursor: usize,

@@ -20,6 +20,7 @@
 pub mod types;
 
 mod apply;
+mod chunked;
 pub mod codec;
 mod compaction;
 pub mod error;

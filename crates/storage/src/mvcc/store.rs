@@ -762,7 +762,7 @@ impl MvccStore {
             let compacted = position.compacted_revision as u64;
             let mut pending: Vec<Found> = Vec::new();
             let first = state.change_position((start_revision.max(0) as u64, 0));
-            for change in state.changes.range(first..) {
+            for change in state.changes.iter_from(first) {
                 if change.at.0 > end_revision as u64 {
                     break;
                 }
