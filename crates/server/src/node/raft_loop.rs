@@ -609,6 +609,21 @@ impl RaftLoop {
 
     /// The contract of `ballot_core::ready`, step by step.
     fn handle_ready(&mut self, ready: Ready<Message>) -> Result<(), String> {
+        // A leader applies and answers before the fsync of this batch's new entries: what it
+        // applies is committed, so already durable on a quorum (itself included: its own
+        // acknowledgement counts only once synced), and does not depend on this batch. Its
+        // clients then get their answers while the disk syncs, instead of after the next
+        // batch's fsync. A follower syncs first, because its acknowledgement to the leader,
+        // which waits for the sync, is what the leader's clients are waiting for.
+        let apply_before_sync =
+            self.raft.role() == Role::Leader && ready.may_apply_before_persist();
+        // With no new entries to replicate, the messages are commit notices and heartbeats,
+        // which no client of this node waits for: answer first. Each loopback send runs the
+        // receiver's TCP stack and wakes it on this thread (tens of microseconds apiece here).
+        let answer_before_sending = apply_before_sync && ready.entries.is_empty();
+        if answer_before_sending {
+            self.apply_and_answer_reads(&ready)?;
+        }
         for message in &ready.messages {
             self.counters.on_sent(message);
             self.transport.send(message);
@@ -621,15 +636,7 @@ impl RaftLoop {
                 .append(&ready.entries, ready.hard_state)
                 .map_err(|e| e.to_string())?;
         }
-        // A leader applies and answers before the fsync of this batch's new entries: what it
-        // applies is committed, so already durable on a quorum (itself included: its own
-        // acknowledgement counts only once synced), and does not depend on this batch. Its
-        // clients then get their answers while the disk syncs, instead of after the next
-        // batch's fsync. A follower syncs first, because its acknowledgement to the leader,
-        // which waits for the sync, is what the leader's clients are waiting for.
-        let apply_before_sync =
-            self.raft.role() == Role::Leader && ready.may_apply_before_persist();
-        if apply_before_sync {
+        if apply_before_sync && !answer_before_sending {
             self.apply_and_answer_reads(&ready)?;
         }
         if ready.must_persist() {
