@@ -543,3 +543,38 @@ async fn a_message_past_the_decoding_limit_is_resource_exhausted_and_nothing_is_
     );
     assert!(get(&mut kv, "big").await.kvs.is_empty());
 }
+
+/// KV's unary calls are served inside their connection's task: many at once on one connection
+/// (more than its 200 concurrent streams), writes a follower forwards and answers once applied
+/// interleaved with linearizable reads that wait for a read index, each get their own answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_concurrent_calls_on_one_connection_each_get_their_own_answer() {
+    let cluster = Cluster::start(LIMITS).await;
+    let leader = cluster.leader().await;
+    let follower = cluster.follower(leader);
+    let calls_max = 300;
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..calls_max {
+        // Clones of one channel share its one HTTP/2 connection.
+        let mut kv = cluster.kv(follower);
+        calls.spawn(async move {
+            let key = format!("many/{i}");
+            let written = put(&mut kv, &key, &i.to_string()).await;
+            let read = get(&mut kv, &key).await;
+            assert_eq!(values(&read), [(key, i.to_string())]);
+            written.header.unwrap().revision
+        });
+    }
+    let mut revisions = Vec::new();
+    let all_answered = async {
+        while let Some(revision) = calls.join_next().await {
+            revisions.push(revision.unwrap());
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(60), all_answered)
+        .await
+        .expect("every call is answered within a minute");
+    revisions.sort_unstable();
+    revisions.dedup();
+    assert_eq!(revisions.len(), calls_max, "every put got its own revision");
+}

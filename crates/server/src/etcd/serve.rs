@@ -8,9 +8,9 @@
 //! stay as they are.
 //!
 //! - KV's unary methods (Range, Put, DeleteRange, Txn, Compact), the calls a load is made of,
-//!   are served here: the one request message is read and decoded, the handler called, and the
-//!   answer written as HEADERS, one DATA frame and trailers (or, for an error, a trailers-only
-//!   response: the status in the headers).
+//!   are served here, inside the connection's own task: the one request message is read and
+//!   decoded, the handler called, and the answer written as HEADERS, one DATA frame and trailers
+//!   (or, for an error, a trailers-only response: the status in the headers).
 //! - Every other call (Watch and LeaseKeepAlive streams, Lease, Maintenance, Cluster, Auth) goes
 //!   to tonic's generated services ([`tonic::service::Routes`]) with the h2 stream as its body,
 //!   and their response body is written back under h2's flow control.
@@ -25,6 +25,7 @@ use super::kv::KvService;
 use crate::coalesce::CoalescedStream;
 use ballot_proto::etcdserverpb::kv_server::Kv;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use h2::server::SendResponse;
 use h2::{RecvStream, SendStream};
 use http_body::{Body as HttpBody, Frame};
@@ -118,24 +119,41 @@ async fn serve_connection(
             return;
         }
     };
+    // KV's unary calls run inside this task rather than in a task each: an answer from the raft
+    // loop then wakes one task, which writes it and flushes the connection in the same poll,
+    // instead of waking a call task that then wakes this one; and no task is spawned per call.
+    let mut calls = FuturesUnordered::new();
+    let mut closed = pin!(async move {
+        let _ = closing.wait_for(|closing| *closing).await;
+    });
     let mut going_away = false;
     loop {
-        tokio::select! {
-            accepted = connection.accept() => match accepted {
-                Some(Ok((request, respond))) => {
-                    tokio::spawn(serve_call(services.clone(), request, respond));
-                }
-                Some(Err(error)) => {
-                    tracing::debug!(%error, "client connection failed");
-                    return;
-                }
-                // Closed, or gone away with every call finished.
-                None => return,
-            },
-            _ = closing.wait_for(|closing| *closing), if !going_away => {
+        let accepted = poll_fn(|cx| {
+            // Calls first: what they answer goes into h2's buffers, which polling the
+            // connection below writes out.
+            while let Poll::Ready(Some(())) = calls.poll_next_unpin(cx) {}
+            if !going_away && closed.as_mut().poll(cx).is_ready() {
                 going_away = true;
                 connection.graceful_shutdown();
             }
+            connection.poll_accept(cx)
+        })
+        .await;
+        match accepted {
+            Some(Ok((request, respond))) => match KvMethod::of_path(request.uri().path()) {
+                Some(method) => calls.push(serve_kv(&services, method, request, respond)),
+                None => {
+                    let timeout = grpc_timeout(request.headers());
+                    let routes = services.routes.clone();
+                    tokio::spawn(serve_routed(routes, request, respond, timeout));
+                }
+            },
+            Some(Err(error)) => {
+                tracing::debug!(%error, "client connection failed");
+                return;
+            }
+            // Closed, or gone away with every call finished.
+            None => return,
         }
     }
 }
@@ -163,16 +181,15 @@ impl KvMethod {
     }
 }
 
-async fn serve_call(
-    services: Services,
+/// One KV unary call, answered on its stream.
+async fn serve_kv(
+    services: &Services,
+    method: KvMethod,
     request: http::Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
 ) {
     let timeout = grpc_timeout(request.headers());
-    let Some(method) = KvMethod::of_path(request.uri().path()) else {
-        return serve_routed(services.routes, request, respond, timeout).await;
-    };
-    let call = within(timeout, call_kv(&services, method, request));
+    let call = within(timeout, call_kv(services, method, request));
     let Some(answer) = unless_reset(&mut respond, call).await else {
         return; // the client reset the stream: nobody to answer
     };
