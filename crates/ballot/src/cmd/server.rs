@@ -58,9 +58,23 @@ pub struct ServerArgs {
     /// Where /metrics and /health are served [default: the first client URL's port + 10000]
     #[arg(long, env = "BALLOT_LISTEN_METRICS_URLS")]
     listen_metrics_urls: Option<String>,
+    /// Threads that serve client connections and the peer transport; the raft loop and the
+    /// store flusher have their own. `ballot dev` gives each of its N nodes CPUs / N, since its
+    /// nodes share one machine [default: the number of CPUs]
+    #[arg(long, env = "BALLOT_WORKER_THREADS")]
+    worker_threads: Option<usize>,
     /// A TOML file with any of the settings above (keys as the flags, e.g. `data-dir = "..."`)
     #[arg(long, env = "BALLOT_CONFIG_FILE")]
     config_file: Option<PathBuf>,
+}
+
+/// Most `--worker-threads` accepted.
+const WORKER_THREADS_MAX: usize = 1024;
+
+/// Settings of the process that runs the node, rather than of the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessSettings {
+    pub worker_threads: usize,
 }
 
 /// The TOML file: every key optional, named as the flags.
@@ -82,6 +96,7 @@ struct FileConfig {
     max_request_bytes: Option<usize>,
     max_txn_ops: Option<usize>,
     listen_metrics_urls: Option<String>,
+    worker_threads: Option<usize>,
 }
 
 fn urls(list: &str) -> Vec<String> {
@@ -93,7 +108,7 @@ fn urls(list: &str) -> Vec<String> {
 }
 
 /// Flags and variables (already merged by clap), then the file, then etcd's defaults.
-pub fn resolve(args: &ServerArgs) -> Result<ServerConfig, String> {
+pub fn resolve(args: &ServerArgs) -> Result<(ServerConfig, ProcessSettings), String> {
     let file: FileConfig = match &args.config_file {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -118,7 +133,16 @@ pub fn resolve(args: &ServerArgs) -> Result<ServerConfig, String> {
         Some(text) => parse_initial_cluster(&text).map_err(|e| e.to_string())?,
         None => defaults.initial_cluster,
     };
-    Ok(ServerConfig {
+    let worker_threads = match args.worker_threads.or(file.worker_threads) {
+        Some(threads) if (1..=WORKER_THREADS_MAX).contains(&threads) => threads,
+        Some(threads) => {
+            return Err(format!(
+                "--worker-threads must be between 1 and {WORKER_THREADS_MAX}, got {threads}"
+            ))
+        }
+        None => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+    };
+    let config = ServerConfig {
         data_dir: args
             .data_dir
             .clone()
@@ -162,7 +186,8 @@ pub fn resolve(args: &ServerArgs) -> Result<ServerConfig, String> {
         listen_metrics_urls: pick(&args.listen_metrics_urls, &file.listen_metrics_urls)
             .map_or(Vec::new(), |l| urls(&l)),
         name,
-    })
+    };
+    Ok((config, ProcessSettings { worker_threads }))
 }
 
 pub fn run(args: ServerArgs) -> ExitCode {
@@ -172,16 +197,20 @@ pub fn run(args: ServerArgs) -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .try_init();
-    let config = match resolve(&args)
-        .and_then(|config| config.validate().map(|_| config).map_err(|e| e.to_string()))
-    {
-        Ok(config) => config,
+    let (config, process) = match resolve(&args).and_then(|(config, process)| {
+        config
+            .validate()
+            .map(|_| (config, process))
+            .map_err(|e| e.to_string())
+    }) {
+        Ok(resolved) => resolved,
         Err(error) => {
             eprintln!("error: {error}");
             return ExitCode::from(2);
         }
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(process.worker_threads)
         .enable_all()
         .build()
         .expect("tokio runtime");
@@ -336,7 +365,7 @@ mod tests {
         let file = dir.join("node.toml");
         std::fs::write(
             &file,
-            "name = \"from-file\"\nsnapshot-count = 7\nheartbeat-interval = 50\n",
+            "name = \"from-file\"\nsnapshot-count = 7\nheartbeat-interval = 50\nworker-threads = 3\n",
         )
         .unwrap();
         let args = ServerArgs {
@@ -344,7 +373,8 @@ mod tests {
             heartbeat_interval: Some(20),
             ..ServerArgs::default()
         };
-        let config = resolve(&args).unwrap();
+        let (config, process) = resolve(&args).unwrap();
+        assert_eq!(process.worker_threads, 3);
         assert_eq!(config.name, "from-file");
         assert_eq!(config.data_dir, PathBuf::from("from-file.ballot"));
         assert_eq!(config.snapshot_count, 7);
@@ -357,5 +387,18 @@ mod tests {
         let error = resolve(&args).unwrap_err();
         assert!(error.contains("unknown field `nmae`"), "{error}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn worker_threads_default_to_the_cpus_and_zero_is_refused_by_name() {
+        let (_, process) = resolve(&ServerArgs::default()).unwrap();
+        let cpus = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(process.worker_threads, cpus);
+        let zero = ServerArgs {
+            worker_threads: Some(0),
+            ..ServerArgs::default()
+        };
+        let error = resolve(&zero).unwrap_err();
+        assert_eq!(error, "--worker-threads must be between 1 and 1024, got 0");
     }
 }
