@@ -201,15 +201,17 @@ impl RunningCluster {
     }
 
     /// The nodes share this machine: each gets its share of the CPUs for its client and peer
-    /// threads (at least one) instead of a thread per CPU, unless the caller's own arguments say.
-    /// With 3 nodes on 2 CPUs, one worker each gave 5% more puts per second at 256 clients and
-    /// 8% less server CPU per put than two each (docs/benchmarks.md).
+    /// threads (at least one) instead of a thread per CPU, unless the caller says otherwise with
+    /// its own arguments or `BALLOT_WORKER_THREADS` (which the servers inherit; a flag would
+    /// beat it). With 3 nodes on 2 CPUs, one worker each gave 5% more puts per second at 256
+    /// clients and 8% less server CPU per put than two each (docs/benchmarks.md).
     fn worker_threads_args(&self) -> Vec<String> {
-        if self
+        let chosen_by_caller = self
             .extra_args
             .iter()
             .any(|arg| arg.starts_with("--worker-threads"))
-        {
+            || std::env::var_os("BALLOT_WORKER_THREADS").is_some();
+        if chosen_by_caller {
             return Vec::new();
         }
         vec![

@@ -1208,23 +1208,23 @@ fn a_follower_forwards_proposals_to_the_leader() {
     );
 }
 
-/// Not a paper rule but a batching one: the proposals a follower forwards between two Readies
-/// travel as one message to the leader, up to `entries_per_message_max` commands, and the leader
-/// appends them in the order they were proposed.
-#[test]
-fn a_follower_forwards_the_proposals_of_one_ready_in_one_message() {
-    let mut cluster = Cluster::with_config(3, |config| config.entries_per_message_max = 2);
+/// The forwards a follower's node 2 sent in one Ready's worth of `commands`, as delivered.
+fn forwards_of(
+    configure: fn(&mut Config),
+    commands: &[&'static [u8]],
+) -> (Vec<Vec<Bytes>>, Cluster) {
+    let mut cluster = Cluster::with_config(3, configure);
     cluster.elect(1);
     cluster.settle();
     cluster.delivered.clear();
-    for command in [&b"a"[..], b"b", b"c"] {
+    for &command in commands {
         cluster
             .node_mut(2)
             .propose_or_forward(Bytes::from_static(command))
             .unwrap();
     }
     cluster.settle();
-    let forwards: Vec<Vec<Bytes>> = cluster
+    let forwards = cluster
         .delivered
         .iter()
         .filter_map(|m| match &m.body {
@@ -1232,13 +1232,45 @@ fn a_follower_forwards_the_proposals_of_one_ready_in_one_message() {
             _ => None,
         })
         .collect();
-    let batch = |commands: &[&'static [u8]]| -> Vec<Bytes> {
-        commands.iter().map(|c| Bytes::from_static(c)).collect()
-    };
+    (forwards, cluster)
+}
+
+fn batch(commands: &[&'static [u8]]) -> Vec<Bytes> {
+    commands.iter().map(|c| Bytes::from_static(c)).collect()
+}
+
+/// Not a paper rule but a batching one: the proposals a follower forwards between two Readies
+/// travel as one message to the leader, up to `entries_per_message_max` commands, and the leader
+/// appends them in the order they were proposed.
+#[test]
+fn a_follower_forwards_the_proposals_of_one_ready_in_one_message() {
+    let (forwards, cluster) = forwards_of(
+        |config| config.entries_per_message_max = 2,
+        &[b"a", b"b", b"c"],
+    );
     assert_eq!(
         forwards,
         vec![batch(&[b"a", b"b"]), batch(&[b"c"])],
         "two commands per message at most, in order"
     );
     assert_eq!(cluster.commands_applied(3), batch(&[b"a", b"b", b"c"]));
+}
+
+/// A forward is no larger than `bytes_per_message_max` in commands, unless one command alone is.
+#[test]
+fn a_forward_joins_commands_up_to_the_message_byte_limit() {
+    let (forwards, cluster) = forwards_of(
+        |config| config.bytes_per_message_max = 10,
+        &[b"aaaa", b"bbbbbb", b"cccc", b"dddddddddddd"],
+    );
+    assert_eq!(
+        forwards,
+        vec![
+            batch(&[b"aaaa", b"bbbbbb"]),
+            batch(&[b"cccc"]),
+            batch(&[b"dddddddddddd"]),
+        ],
+        "10 bytes fit, 14 do not; a 12-byte command still travels, alone"
+    );
+    assert_eq!(cluster.commands_applied(1).len(), 4);
 }

@@ -578,3 +578,60 @@ async fn many_concurrent_calls_on_one_connection_each_get_their_own_answer() {
     revisions.dedup();
     assert_eq!(revisions.len(), calls_max, "every put got its own revision");
 }
+
+/// A write in flight when the server shuts down is still answered: the client has sent the
+/// call's headers, the server shuts down (GOAWAY), then the client sends the request message;
+/// the answer comes back whole, and the server returns once it is out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_in_flight_at_shutdown_is_answered_before_the_server_returns() {
+    use ballot_server::etcd::serve::encode_message;
+    use prost::Message;
+    use tonic::codegen::http;
+
+    let mut cluster = Cluster::start(LIMITS).await;
+    let leader = cluster.leader().await;
+    let address = cluster.client_urls[leader]
+        .trim_start_matches("http://")
+        .to_string();
+    let socket = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let (client, connection) = h2::client::handshake(socket).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{address}/etcdserverpb.KV/Put"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (answer, mut body) = client.send_request(request, false).unwrap();
+    // The server has the call (its headers) and waits for the message.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let stopping = tokio::spawn(async move {
+        let returned = cluster
+            .stop_serving(leader, std::time::Duration::from_secs(10))
+            .await;
+        (returned, cluster)
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let put = pb::PutRequest {
+        key: "in-flight".into(),
+        value: "1".into(),
+        ..Default::default()
+    };
+    body.send_data(encode_message(&put), true).unwrap();
+    let answer = answer.await.expect("the call is answered, not reset");
+    assert_eq!(answer.status(), http::StatusCode::OK);
+    let mut answer_body = answer.into_body();
+    let mut message = Vec::new();
+    while let Some(chunk) = answer_body.data().await {
+        message.extend_from_slice(&chunk.unwrap());
+    }
+    let trailers = answer_body.trailers().await.unwrap().expect("trailers");
+    assert_eq!(trailers.get("grpc-status").unwrap(), "0");
+    let response = pb::PutResponse::decode(&message[5..]).unwrap();
+    assert!(response.header.unwrap().revision > 1, "the put took effect");
+    let (returned, cluster) = stopping.await.unwrap();
+    assert!(returned, "the server returned once its call was answered");
+    drop(cluster);
+}

@@ -617,10 +617,16 @@ impl RaftLoop {
         // which waits for the sync, is what the leader's clients are waiting for.
         let apply_before_sync =
             self.raft.role() == Role::Leader && ready.may_apply_before_persist();
-        // With no new entries to replicate, the messages are commit notices and heartbeats,
-        // which no client of this node waits for: answer first. Each loopback send runs the
-        // receiver's TCP stack and wakes it on this thread (tens of microseconds apiece here).
-        let answer_before_sending = apply_before_sync && ready.entries.is_empty();
+        // When every message is a plain heartbeat (a commit notice, or the periodic one: no read
+        // round rides on it) and there are no new entries, no client waits for the messages:
+        // answer first. Each loopback send runs the receiver's TCP stack and wakes it on this
+        // thread (tens of microseconds apiece here). Appends to a follower catching up, read
+        // rounds and read-index answers keep their place ahead of the apply.
+        let answer_before_sending = apply_before_sync
+            && ready.entries.is_empty()
+            && ready.messages.iter().all(|message| {
+                matches!(message.body, MessageBody::Heartbeat { read_round: 0, .. })
+            });
         if answer_before_sending {
             self.apply_and_answer_reads(&ready)?;
         }

@@ -209,6 +209,15 @@ impl Cluster {
         self.channels[i].clone()
     }
 
+    /// Tells every member's client server to shut down (GOAWAY, calls in flight finish) and
+    /// waits up to `wait` for member `i`'s to return. True if it did.
+    pub async fn stop_serving(&mut self, i: usize, wait: Duration) -> bool {
+        let _ = self.stop.send(true);
+        tokio::time::timeout(wait, &mut self.servers[i])
+            .await
+            .is_ok()
+    }
+
     pub fn revision(&self, i: usize) -> i64 {
         self.handles[i].store().revision()
     }
