@@ -44,8 +44,7 @@ impl DevCluster {
 
 /// The CPUs divided among `nodes` processes on one machine, at least one each.
 pub fn worker_threads_per_node(nodes: usize) -> usize {
-    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    (cpus / nodes.max(1)).max(1)
+    (crate::cpus() / nodes.max(1)).max(1)
 }
 
 fn free_port() -> std::io::Result<u16> {

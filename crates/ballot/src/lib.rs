@@ -3,6 +3,11 @@
 
 pub mod dev_cluster;
 
+/// The CPUs this process may run on (at least one): the default for anything sized per core.
+pub fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+}
+
 pub mod raft_replica {
     //! Builds Raft replicas for the simulator: the one place the tools layer names Raft.
 

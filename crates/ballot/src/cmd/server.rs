@@ -140,7 +140,7 @@ pub fn resolve(args: &ServerArgs) -> Result<(ServerConfig, ProcessSettings), Str
                 "--worker-threads must be between 1 and {WORKER_THREADS_MAX}, got {threads}"
             ))
         }
-        None => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        None => ballot::cpus(),
     };
     let config = ServerConfig {
         data_dir: args

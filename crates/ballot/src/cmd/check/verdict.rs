@@ -81,7 +81,7 @@ pub fn judge(history: &HistoryFile) -> Result<Judgement, String> {
         by_key.entry(operation.key).or_default().push(operation);
     }
     let keys: Vec<(u64, Vec<&OperationRecord>)> = by_key.into_iter().collect();
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = ballot::cpus();
     let chunk = keys.len().div_ceil(threads).max(1);
     let verdicts: Vec<Result<KeyVerdict, String>> = std::thread::scope(|scope| {
         let handles: Vec<_> = keys
