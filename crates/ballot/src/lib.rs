@@ -17,7 +17,7 @@ pub mod raft_replica {
     /// A Raft replica as `ballot sim raft` runs it: default timeouts, a snapshot every 200
     /// entries (so runs exercise compaction and InstallSnapshot), an optional deliberate bug.
     pub fn build(start: NodeStart, broken: Option<Break>) -> Result<Raft, String> {
-        let mut config = Config::new(start.node_id, start.bootstrap_membership);
+        let mut config = Config::new(start.node_id);
         config.rng_seed = start.rng_seed;
         config.broken = broken;
         config.snapshot_threshold_entries = 200;

@@ -131,3 +131,37 @@ fn the_correct_protocol_passes_the_same_searches() {
         );
     }
 }
+
+#[test]
+fn forgetting_the_bootstrap_membership_is_caught_by_liveness() {
+    // A driver that hands a node its starting membership from memory and never stores it: once
+    // every node has crashed, none knows the voters any more and no leader is ever elected.
+    let config = SimConfig {
+        nodes: 3,
+        faults: "crash-all".parse().unwrap(),
+        driver_break: Some(ballot_sim::DriverBreak::ForgetBootstrap),
+        ..SimConfig::default()
+    };
+    let reports = run_many(&config, 0..4, |s| raft_replica::build(s, None), None);
+    let caught = reports
+        .iter()
+        .find(|report| report.violations.iter().any(|v| v.checker == "liveness"));
+    assert!(
+        caught.is_some(),
+        "a cluster that forgot its voters went unnoticed: {:?}",
+        reports.iter().map(|r| &r.violations).collect::<Vec<_>>()
+    );
+    // The same runs with the membership stored pass: the fault alone is survivable.
+    let healthy = SimConfig {
+        driver_break: None,
+        ..config
+    };
+    for report in run_many(&healthy, 0..4, |s| raft_replica::build(s, None), None) {
+        assert!(
+            report.passed(),
+            "seed {}: {:?}",
+            report.seed,
+            report.violations
+        );
+    }
+}

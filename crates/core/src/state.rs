@@ -29,8 +29,11 @@ pub struct Snapshot {
     pub data: Bytes,
 }
 
-/// Everything a replica is rebuilt from after a restart. A brand-new node has all of it empty
-/// and takes its membership from its configuration.
+/// Everything a replica is built from, at its first start and after every restart: a replica
+/// takes nothing from its configuration that it must remember, membership included. A brand-new
+/// member's driver makes [`PersistedState::bootstrap`] durable before it first builds the
+/// replica, so a member that crashes at any moment (the whole cluster at once included) comes
+/// back from its storage alone.
 #[derive(Debug, Clone, Default)]
 pub struct PersistedState {
     pub hard_state: HardState,
@@ -41,4 +44,31 @@ pub struct PersistedState {
     pub compacted: Option<SnapshotMeta>,
     /// Entries after the compaction point (or from index 1), contiguous.
     pub entries: Vec<Entry>,
+}
+
+impl PersistedState {
+    /// What a brand-new member's storage holds before its replica first starts: the membership it
+    /// starts from, recorded as the compaction point at index 0 (which covers no entry). For a
+    /// member of a new cluster that is every initial voter; for one joining a running cluster it
+    /// is empty (or what the operator added it as), and the leader's log or snapshot tells it the
+    /// rest. Membership changes in the log, compaction points and installed snapshots carry the
+    /// membership on from there.
+    pub fn bootstrap(membership: Membership) -> Self {
+        Self {
+            compacted: Some(SnapshotMeta {
+                last_included: LogPosition::default(),
+                membership,
+            }),
+            ..Self::default()
+        }
+    }
+
+    /// The membership in force before the first entry held: the compaction point's, or none for
+    /// storage that was never bootstrapped.
+    pub fn base_membership(&self) -> Membership {
+        self.compacted
+            .as_ref()
+            .map(|meta| meta.membership.clone())
+            .unwrap_or_default()
+    }
 }

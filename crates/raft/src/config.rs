@@ -1,7 +1,7 @@
 //! Raft configuration: timeouts in ticks, batching and in-flight limits, and the test-only switches
 //! that break the protocol on purpose so the simulator can show its checkers catch the damage.
 
-use ballot_core::{Membership, NodeId};
+use ballot_core::NodeId;
 use std::fmt;
 use std::str::FromStr;
 
@@ -11,9 +11,6 @@ pub const TICK_MILLIS_DEFAULT: u64 = 10;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub id: NodeId,
-    /// Membership of a brand-new cluster. Ignored when the node restarts from persisted state that
-    /// holds a snapshot or membership entries.
-    pub bootstrap_membership: Membership,
     /// Election timeouts are drawn uniformly from `[min, max)` after every reset (default
     /// 150–300 ms at 10 ms per tick), so that split votes resolve (Raft §5.2).
     pub election_timeout_min_ticks: u32,
@@ -50,10 +47,11 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn new(id: NodeId, bootstrap_membership: Membership) -> Self {
+    /// Defaults for node `id`. The membership is not configuration: it comes from the persisted
+    /// state (see `ballot_core::PersistedState::bootstrap`).
+    pub fn new(id: NodeId) -> Self {
         Self {
             id,
-            bootstrap_membership,
             election_timeout_min_ticks: 15,
             election_timeout_max_ticks: 30,
             heartbeat_interval_ticks: 3,

@@ -31,8 +31,10 @@
 //! use ballot_raft::{Config, Raft};
 //!
 //! // A one-node cluster elects itself after one election timeout.
-//! let config = Config::new(1, Membership::with_voters([1]));
-//! let mut raft = Raft::new(config, PersistedState::default()).unwrap();
+//! // Its storage holds the membership it starts from before anything else (see
+//! // `PersistedState::bootstrap`); every later start reads it from there.
+//! let storage = PersistedState::bootstrap(Membership::with_voters([1]));
+//! let mut raft = Raft::new(Config::new(1), storage).unwrap();
 //! for _ in 0..30 {
 //!     raft.tick();
 //! }

@@ -13,7 +13,7 @@ use crate::progress::Progress;
 use crate::read::ReadQueue;
 use crate::snapshot::IncomingSnapshot;
 use ballot_core::{
-    Entry, EntryPayload, HardState, LogIndex, LogPosition, MembershipChange, NodeId,
+    Entry, EntryPayload, HardState, LogIndex, LogPosition, Membership, MembershipChange, NodeId,
     PersistedState, ReadMode, Ready, Replica, ReplicaError, Role, Snapshot, SnapshotMeta, Status,
     Term,
 };
@@ -107,7 +107,7 @@ impl Raft {
         let persisted_hard_state = hard_state;
         let (compacted, base_membership) = match compacted {
             Some(meta) => (meta.last_included, meta.membership),
-            None => (LogPosition::default(), config.bootstrap_membership.clone()),
+            None => (LogPosition::default(), Membership::default()),
         };
         let entries: Vec<Entry> = entries
             .into_iter()

@@ -9,7 +9,7 @@ use ballot_core::{
 };
 use ballot_raft::{AppendResult, Config, Message, MessageBody, Raft};
 use bytes::Bytes;
-use common::{config_for, Cluster};
+use common::{bootstrap, config_for, Cluster};
 
 fn msg(from: u64, to: u64, term: u64, body: MessageBody) -> Message {
     Message {
@@ -41,10 +41,10 @@ fn follower_with_log(id: u64, term: u64, terms: &[u64]) -> Raft {
             voted_for: None,
             commit_index: 0,
         },
-        compacted: None,
+        compacted: bootstrap(&[1, 2, 3]).compacted,
         entries,
     };
-    let mut config = config_for(id, &[1, 2, 3]);
+    let mut config = config_for(id);
     config.check_quorum = false;
     Raft::new(config, persisted).unwrap()
 }
@@ -61,7 +61,7 @@ fn drain(raft: &mut Raft) -> (Vec<Message>, Vec<Message>, Option<ballot_core::Ha
 
 /// n1 just won the election of term 1; its no-op is not yet acknowledged by anyone.
 fn fresh_leader() -> Raft {
-    let mut leader = Raft::new(config_for(1, &[1, 2, 3]), PersistedState::default()).unwrap();
+    let mut leader = Raft::new(config_for(1), bootstrap(&[1, 2, 3])).unwrap();
     while leader.status().role == Role::Follower {
         leader.tick();
     }
@@ -405,7 +405,7 @@ fn s5_3_divergent_follower_is_repaired_in_few_round_trips() {
 fn s5_4_2_entries_of_older_terms_are_not_committed_by_counting_replicas() {
     // Figure 8: n1 becomes leader of term 3 holding an entry of term 2 that n2 also holds.
     // A majority (n1, n2) has it, but it must not commit until an entry of term 3 does.
-    let mut config = config_for(1, &[1, 2, 3]);
+    let mut config = config_for(1);
     config.check_quorum = false;
     let persisted = PersistedState {
         hard_state: ballot_core::HardState {
@@ -413,7 +413,7 @@ fn s5_4_2_entries_of_older_terms_are_not_committed_by_counting_replicas() {
             voted_for: None,
             commit_index: 0,
         },
-        compacted: None,
+        compacted: bootstrap(&[1, 2, 3]).compacted,
         entries: vec![entry(1, 2)],
     };
     let mut leader = Raft::new(config.clone(), persisted).unwrap();
@@ -917,8 +917,8 @@ fn dissertation_4_1_learner_catches_up_then_is_promoted() {
     );
     // The new node joins with no membership of its own: it learns it from the log.
     let joining = Raft::new(
-        Config::new(4, Membership::default()),
-        PersistedState::default(),
+        Config::new(4),
+        PersistedState::bootstrap(Membership::default()),
     )
     .unwrap();
     cluster.nodes.insert(4, joining);
@@ -1051,9 +1051,9 @@ fn bad_input_is_refused_with_a_named_error() {
         cluster.node_mut(1).transfer_leadership(9),
         Err(ReplicaError::UnknownNode { node: 9 })
     );
-    let mut bad = Config::new(1, Membership::with_voters([1]));
+    let mut bad = Config::new(1);
     bad.election_timeout_min_ticks = bad.heartbeat_interval_ticks;
-    assert!(Raft::new(bad, PersistedState::default())
+    assert!(Raft::new(bad, bootstrap(&[1]))
         .unwrap_err()
         .contains("heartbeat"));
 }
@@ -1069,7 +1069,7 @@ fn s10_2_1_a_leader_sends_nothing_before_its_term_is_durable() {
         voters: [1].into(),
         learners: [2].into(),
     };
-    let mut n1 = Raft::new(Config::new(1, membership), PersistedState::default()).unwrap();
+    let mut n1 = Raft::new(Config::new(1), PersistedState::bootstrap(membership)).unwrap();
     while n1.status().role != Role::Leader {
         n1.tick();
     }
@@ -1198,7 +1198,7 @@ fn a_follower_forwards_proposals_to_the_leader() {
     );
     cluster.isolate(1);
     cluster.tick_all(40);
-    let mut lone = Raft::new(config_for(9, &[9, 8, 7]), PersistedState::default()).unwrap();
+    let mut lone = Raft::new(config_for(9), bootstrap(&[9, 8, 7])).unwrap();
     assert!(
         matches!(
             lone.propose_or_forward(Bytes::new()),

@@ -2,7 +2,8 @@
 //! changing the binary name. Parsing of flags, `BALLOT_*` variables and the TOML file happens in
 //! the binary; this module owns the values, their validation and what is derived from them.
 
-use ballot_core::NodeId;
+use ballot_core::{Membership, NodeId};
+use ballot_storage::identity::{Identity, InitialMember};
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -10,6 +11,8 @@ use std::path::PathBuf;
 /// Milliseconds per Raft tick.
 pub const TICK_MILLIS: u64 = ballot_raft::TICK_MILLIS_DEFAULT;
 
+/// How a member with an empty data directory starts. Read only then: a directory that holds
+/// state restarts from it, whatever this says (as etcd does).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClusterState {
     /// Bootstrap a new cluster from `initial_cluster`.
@@ -26,10 +29,14 @@ pub struct ServerConfig {
     pub advertise_client_urls: Vec<String>,
     pub listen_peer_urls: Vec<String>,
     pub initial_advertise_peer_urls: Vec<String>,
-    /// `name=peer-url` pairs, as etcd's `--initial-cluster`.
+    /// `name=peer-url` pairs, as etcd's `--initial-cluster`. This and the next two are read only
+    /// when the data directory is empty (see `ballot_storage::identity`).
     pub initial_cluster: Vec<(String, String)>,
     pub initial_cluster_state: ClusterState,
     pub initial_cluster_token: String,
+    /// Start a one-member cluster from this member's data, forgetting every other member: the
+    /// last resort after a quorum is lost for good (etcd's `--force-new-cluster`).
+    pub force_new_cluster: bool,
     pub heartbeat_interval_ms: u64,
     pub election_timeout_ms: u64,
     /// Applied entries between two log compactions (named as etcd's `--snapshot-count`).
@@ -53,6 +60,7 @@ impl Default for ServerConfig {
             initial_cluster: vec![("default".into(), "http://localhost:2380".into())],
             initial_cluster_state: ClusterState::New,
             initial_cluster_token: "ballot-cluster".into(),
+            force_new_cluster: false,
             heartbeat_interval_ms: 100,
             election_timeout_ms: 1000,
             snapshot_count: 100_000,
@@ -79,6 +87,8 @@ fn config_error(flag: &'static str, reason: impl Into<String>) -> ConfigError {
 }
 
 impl ServerConfig {
+    /// Checks every setting that applies at every start. The bootstrap settings are checked by
+    /// [`ServerConfig::validate_bootstrap`], and only when they are used.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.name.is_empty() {
             return Err(config_error("name", "must not be empty"));
@@ -142,10 +152,12 @@ impl ServerConfig {
                 ),
             ));
         }
-        self.validate_initial_cluster()
+        Ok(())
     }
 
-    fn validate_initial_cluster(&self) -> Result<(), ConfigError> {
+    /// Checks `--initial-cluster` and its relation to this member: what an empty data directory
+    /// is created from.
+    pub fn validate_bootstrap(&self) -> Result<(), ConfigError> {
         let flag = "initial-cluster";
         if self.initial_cluster.is_empty() {
             return Err(config_error(flag, "names no member"));
@@ -211,6 +223,47 @@ impl ServerConfig {
             .iter()
             .map(|(_, url)| member_id(&self.initial_cluster_token, url))
             .collect()
+    }
+
+    /// The cluster id: derived, like member ids, from what every initial member agrees on (the
+    /// cluster token and the initial members' ids, sorted), so every member reports the same id
+    /// and two clusters with different tokens differ. (etcd hashes the sorted initial member ids
+    /// with SHA-1; the value only has to agree within a cluster.)
+    pub fn cluster_id(&self) -> u64 {
+        let mut members = self.initial_member_ids();
+        members.sort_unstable();
+        let bytes = self
+            .initial_cluster_token
+            .bytes()
+            .chain([b'/'])
+            .chain(members.iter().flat_map(|id| id.to_be_bytes()));
+        fnv1a(bytes).max(1)
+    }
+
+    /// What an empty data directory is created with: this member's identity and the membership
+    /// its replica starts from (every initial member as a voter for a new cluster, nobody for a
+    /// member joining one, which learns the membership from the leader).
+    pub fn bootstrap_identity(&self) -> Identity {
+        let bootstrap = match self.initial_cluster_state {
+            ClusterState::New => Membership::with_voters(self.initial_member_ids()),
+            ClusterState::Existing => Membership::default(),
+        };
+        Identity {
+            member_id: self.node_id(),
+            member_name: self.name.clone(),
+            cluster_id: self.cluster_id(),
+            cluster_token: self.initial_cluster_token.clone(),
+            bootstrap,
+            initial_members: self
+                .initial_cluster
+                .iter()
+                .map(|(name, url)| InitialMember {
+                    id: member_id(&self.initial_cluster_token, url),
+                    name: name.clone(),
+                    peer_urls: vec![url.clone()],
+                })
+                .collect(),
+        }
     }
 }
 
@@ -300,11 +353,30 @@ mod tests {
     #[test]
     fn etcd_defaults_are_valid_and_ids_are_stable() {
         ServerConfig::default().validate().unwrap();
+        ServerConfig::default().validate_bootstrap().unwrap();
         three_nodes("n2").validate().unwrap();
+        three_nodes("n2").validate_bootstrap().unwrap();
         assert_eq!(member_id("t", "n1"), member_id("t", "n1"));
         assert_ne!(member_id("t", "n1"), member_id("t", "n2"));
         assert_ne!(member_id("a", "n1"), member_id("b", "n1"));
         assert_eq!(ServerConfig::default().raft_ticks(), (10, 100, 200));
+    }
+
+    #[test]
+    fn a_new_member_starts_with_every_initial_voter_and_a_joining_one_with_none() {
+        let new = three_nodes("n2").bootstrap_identity();
+        assert_eq!(new.member_id, three_nodes("n2").node_id());
+        assert_eq!(new.bootstrap.voters.len(), 3);
+        assert_eq!(new.initial_members.len(), 3);
+        assert_eq!(
+            new.cluster_id,
+            three_nodes("n1").bootstrap_identity().cluster_id
+        );
+        let joining = ServerConfig {
+            initial_cluster_state: ClusterState::Existing,
+            ..three_nodes("n2")
+        };
+        assert!(joining.bootstrap_identity().bootstrap.voters.is_empty());
     }
 
     #[test]
@@ -314,7 +386,10 @@ mod tests {
         assert_eq!(config.validate().unwrap_err().flag, "election-timeout");
         let mut config = three_nodes("n4");
         config.initial_advertise_peer_urls = vec!["http://127.0.0.1:2420".into()];
-        let error = config.validate().unwrap_err();
+        config
+            .validate()
+            .expect("the bootstrap flags are checked only when they are used");
+        let error = config.validate_bootstrap().unwrap_err();
         assert!(
             error.to_string().contains("does not name this member 'n4'"),
             "{error}"

@@ -9,7 +9,10 @@
 //! index and everything after it (the `Ready` contract). Installing a snapshot keeps the entries
 //! after it only if the log holds the snapshot's last entry with the same term (Raft §7).
 
-use ballot_core::{Entry, HardState, LogIndex, PersistedState, Snapshot};
+use ballot_core::{
+    Entry, HardState, LogIndex, LogPosition, Membership, PersistedState, Snapshot, SnapshotMeta,
+};
+use bytes::Bytes;
 
 /// A write issued from one `Ready`, in the order it reaches the disk.
 #[derive(Debug, Clone, Default)]
@@ -38,6 +41,26 @@ impl Disk {
 
     pub fn entries(&self) -> &[Entry] {
         &self.entries
+    }
+
+    /// Nothing was ever written: a disk that has not been bootstrapped.
+    pub fn is_empty(&self) -> bool {
+        self.snapshot.is_none()
+            && self.entries.is_empty()
+            && self.unsynced.is_none()
+            && self.hard_state == HardState::default()
+    }
+
+    /// Durably records the membership a new node starts from, as an image of the empty state
+    /// machine at index 0 (`PersistedState::bootstrap`).
+    pub fn bootstrap(&mut self, membership: Membership, empty_state_machine: Bytes) {
+        self.snapshot = Some(Snapshot {
+            meta: SnapshotMeta {
+                last_included: LogPosition::default(),
+                membership,
+            },
+            data: empty_state_machine,
+        });
     }
 
     pub fn has_unsynced(&self) -> bool {
@@ -191,7 +214,7 @@ impl Disk {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ballot_core::{EntryPayload, LogPosition, SnapshotMeta};
+    use ballot_core::EntryPayload;
 
     fn entry(index: LogIndex, term: u64) -> Entry {
         Entry {

@@ -35,6 +35,11 @@
 //!   lost; with
 //!   `torn-tail` a random prefix of the unsynced snapshot-and-entries sequence survives instead.
 //!   A hard state is never half-written. Any number of nodes may be down at once.
+//! - `crash-all`: every running node crashes at the same moment (the whole cluster loses power:
+//!   unsynced writes lost, or with `torn-tail` a random prefix of each node's survives), and each
+//!   restarts after its own `[QUICK_REBOOT_MIN_TICKS, CRASH_DOWN_MAX_TICKS]` ticks, from its disk
+//!   alone. Nothing in memory survives, so a node that kept something it needs only in memory
+//!   (its starting membership, say) cannot take part again.
 //! - `membership`: a random non-leader voter is removed; once the removal is committed the node is
 //!   stopped and its disk wiped; later it is re-added as a learner with a fresh, empty disk (a new
 //!   incarnation) and promoted once it has caught up. One change at a time; never below 2 voters.
@@ -74,12 +79,13 @@ pub enum FaultKind {
     IsolateLeader,
     Crash,
     TornTail,
+    CrashAll,
     Membership,
     Transfer,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 13] = [
+    pub const ALL: [FaultKind; 14] = [
         FaultKind::Delay,
         FaultKind::Drop,
         FaultKind::Duplicate,
@@ -91,6 +97,7 @@ impl FaultKind {
         FaultKind::IsolateLeader,
         FaultKind::Crash,
         FaultKind::TornTail,
+        FaultKind::CrashAll,
         FaultKind::Membership,
         FaultKind::Transfer,
     ];
@@ -108,6 +115,7 @@ impl FaultKind {
             FaultKind::IsolateLeader => "isolate-leader",
             FaultKind::Crash => "crash",
             FaultKind::TornTail => "torn-tail",
+            FaultKind::CrashAll => "crash-all",
             FaultKind::Membership => "membership",
             FaultKind::Transfer => "transfer",
         }
@@ -128,6 +136,9 @@ impl FaultKind {
             FaultKind::Crash => "a node crashes (losing unsynced writes) and restarts later",
             FaultKind::TornTail => {
                 "a crash after which a random prefix of unsynced entries survives"
+            }
+            FaultKind::CrashAll => {
+                "every node crashes at once and each restarts later from its disk alone"
             }
             FaultKind::Membership => {
                 "a follower is removed, then re-added empty as a learner and promoted"

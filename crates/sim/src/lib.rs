@@ -12,7 +12,7 @@
 //! ```ignore
 //! let config = SimConfig { nodes: 5, seed: 42, faults: "all".parse()?, trace: true, ..SimConfig::default() };
 //! let report = ballot_sim::run(&config, |start: NodeStart| {
-//!     let mut raft = Config::new(start.node_id, start.bootstrap_membership);
+//!     let mut raft = Config::new(start.node_id);
 //!     raft.rng_seed = start.rng_seed;
 //!     Raft::new(raft, start.persisted) // Err = refuses its durable state: a `restart` violation
 //! });
@@ -57,5 +57,5 @@ mod testing;
 
 pub use checkers::Violation;
 pub use faults::{FaultKind, FaultSet};
-pub use node::NodeStart;
+pub use node::{DriverBreak, NodeStart};
 pub use simulation::{run, run_many, SimConfig, SimReport};

@@ -309,6 +309,27 @@ impl<R: Replica, F: FnMut(NodeStart) -> Result<R, String>> Simulation<R, F> {
                 });
                 self.crash(victim, now + down, torn);
             }
+            FaultKind::CrashAll => {
+                trace_event!(
+                    self.world.trace,
+                    now,
+                    "FAULT crash-all: every node loses power"
+                );
+                let torn = self.nemesis.faults.contains(FaultKind::TornTail);
+                for id in ids {
+                    if !self.nodes[id as usize - 1].is_running() {
+                        continue;
+                    }
+                    let down = self.nemesis.rng.random_range(
+                        faults::QUICK_REBOOT_MIN_TICKS..=faults::CRASH_DOWN_MAX_TICKS,
+                    );
+                    let torn_items = torn.then(|| {
+                        let items = self.nodes[id as usize - 1].disk.unsynced_items();
+                        self.nemesis.rng.random_range(0..=items)
+                    });
+                    self.crash(id, now + down, torn_items);
+                }
+            }
             FaultKind::Membership => self.start_membership_cycle(),
             FaultKind::Transfer => {
                 let Some(leader) = self.current_leader() else {
@@ -503,8 +524,8 @@ impl<R: Replica, F: FnMut(NodeStart) -> Result<R, String>> Simulation<R, F> {
             .expect("leader runs")
             .status()
             .membership;
-        let slot = &mut self.nodes[node as usize - 1];
-        slot.bootstrap_membership = membership;
+        let broken = self.config.driver_break;
+        self.nodes[node as usize - 1].bootstrap(membership, broken);
         self.restart(node);
         self.nemesis.cycle = MembershipCycle::Adding {
             node,

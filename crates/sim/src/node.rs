@@ -15,6 +15,41 @@ use ballot_core::{
     Replica, Role, Snapshot, SnapshotMeta,
 };
 
+/// A deliberately broken driver, for proving that the checkers catch what a driver (the server,
+/// or this simulator) can get wrong around a replica, as `--break` does for protocols.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DriverBreak {
+    /// The starting membership is handed to a node's first start from memory and never written
+    /// to its disk (as a server did that read `--initial-cluster` at every start but stored
+    /// nothing): after a crash the node starts with no membership at all, cannot vote or
+    /// campaign, and once every node has crashed the cluster never elects a leader (liveness).
+    ForgetBootstrap,
+}
+
+impl DriverBreak {
+    pub const ALL: [DriverBreak; 1] = [DriverBreak::ForgetBootstrap];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DriverBreak::ForgetBootstrap => "forget-bootstrap",
+        }
+    }
+
+    pub fn description(self) -> &'static str {
+        match self {
+            DriverBreak::ForgetBootstrap => {
+                "the driver never stores a node's starting membership; restarts come back without it"
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for DriverBreak {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Whether the node runs, waits to restart, or has left the cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Liveness {
@@ -28,15 +63,15 @@ pub enum Liveness {
     Refused,
 }
 
-/// What a new incarnation of a replica is built from; handed to the simulation's factory.
+/// What a new incarnation of a replica is built from; handed to the simulation's factory. There
+/// is no bootstrap configuration here: a node's disk holds its starting membership from the
+/// moment it is created (`PersistedState::bootstrap`), so every start, the first one included,
+/// is from durable state alone.
 #[derive(Debug, Clone)]
 pub struct NodeStart {
     pub node_id: NodeId,
-    /// The durable state to restart from (empty for a brand-new or re-added node).
+    /// The durable state to start from.
     pub persisted: PersistedState,
-    /// The membership a node with no snapshot and no membership entries starts from: all voters
-    /// for the initial cluster; the leader's membership (with this node as learner) on a re-add.
-    pub bootstrap_membership: Membership,
     /// Seed for the replica's own random source, different for every incarnation.
     pub rng_seed: u64,
     /// 0 for the first start of a node, then counting restarts and re-adds.
@@ -110,7 +145,9 @@ pub struct Node<R: Replica> {
     /// Membership as of `applied_index` (the bootstrap one, then snapshots and applied changes):
     /// what a snapshot taken now must record.
     pub applied_membership: Membership,
-    pub bootstrap_membership: Membership,
+    /// Only with the `forget-bootstrap` driver break: the starting membership, kept in memory
+    /// instead of on the disk and handed to the first start only.
+    bootstrap_in_memory: Option<Membership>,
     pub incarnation: u64,
     pending: Option<PendingReady<R::Message>>,
     /// Confirmed reads waiting for the applied index to reach theirs.
@@ -118,19 +155,40 @@ pub struct Node<R: Replica> {
 }
 
 impl<R: Replica> Node<R> {
-    pub fn new(id: NodeId, bootstrap_membership: Membership) -> Self {
-        Self {
+    /// A node whose empty disk is about to be bootstrapped with `membership` (see
+    /// [`Node::bootstrap`]).
+    pub fn new(id: NodeId, membership: Membership, broken: Option<DriverBreak>) -> Self {
+        let mut node = Self {
             id,
             replica: None,
             liveness: Liveness::Crashed { restart_at: 0 },
             disk: Disk::default(),
             kv: KvStore::default(),
             applied_index: 0,
-            applied_membership: bootstrap_membership.clone(),
-            bootstrap_membership,
+            applied_membership: Membership::default(),
+            bootstrap_in_memory: None,
             incarnation: 0,
             pending: None,
             waiting_reads: Vec::new(),
+        };
+        node.bootstrap(membership, broken);
+        node
+    }
+
+    /// Gives an empty disk its starting membership, durably, before the node first starts (what a
+    /// server does when it creates a data directory). With the `forget-bootstrap` break the
+    /// membership stays in memory, for the first start only.
+    pub fn bootstrap(&mut self, membership: Membership, broken: Option<DriverBreak>) {
+        assert!(
+            self.disk.is_empty(),
+            "n{}: only an empty disk is bootstrapped",
+            self.id
+        );
+        match broken {
+            Some(DriverBreak::ForgetBootstrap) => self.bootstrap_in_memory = Some(membership),
+            None => self
+                .disk
+                .bootstrap(membership, KvStore::default().snapshot()),
         }
     }
 
@@ -145,7 +203,10 @@ impl<R: Replica> Node<R> {
     /// What the next incarnation starts from; the state machine is rebuilt from the durable
     /// snapshot and the replica re-delivers the committed entries after it.
     pub fn prepare_start(&mut self, rng_seed: u64) -> NodeStart {
-        let persisted = self.disk.to_persisted_state();
+        let mut persisted = self.disk.to_persisted_state();
+        if let Some(membership) = self.bootstrap_in_memory.take() {
+            persisted.compacted = PersistedState::bootstrap(membership).compacted;
+        }
         match self.disk.snapshot() {
             Some(snapshot) => {
                 // A snapshot that cannot be decoded was written by this simulator, so failing to
@@ -157,13 +218,12 @@ impl<R: Replica> Node<R> {
             None => {
                 self.kv = KvStore::default();
                 self.applied_index = 0;
-                self.applied_membership = self.bootstrap_membership.clone();
+                self.applied_membership = persisted.base_membership();
             }
         }
         NodeStart {
             node_id: self.id,
             persisted,
-            bootstrap_membership: self.bootstrap_membership.clone(),
             rng_seed,
             incarnation: self.incarnation,
         }
@@ -186,7 +246,7 @@ impl<R: Replica> Node<R> {
     }
 
     /// Stop for good and forget everything: a later re-add is a new, empty incarnation.
-    /// The caller sets `bootstrap_membership` before starting it again.
+    /// The caller bootstraps its disk before starting it again.
     pub fn remove(&mut self) {
         self.crash(u64::MAX, None);
         self.disk = Disk::default();

@@ -17,7 +17,7 @@ use crate::kv::{ApplyResult, Command, KvStore};
 use crate::linearizability::{self, Outcome, Verdict};
 use crate::nemesis::Nemesis;
 use crate::network::{Arrival, Network, SendOutcome};
-use crate::node::{Liveness, Node, NodeStart, ReadyHandler, SnapshotPurpose};
+use crate::node::{DriverBreak, Liveness, Node, NodeStart, ReadyHandler, SnapshotPurpose};
 use crate::trace::Trace;
 use crate::trace_event;
 use ballot_core::{
@@ -53,6 +53,8 @@ pub struct SimConfig {
     pub check_linearizability: bool,
     /// Stop at the first safety violation (the trace up to it is kept).
     pub stop_at_first_violation: bool,
+    /// A deliberately broken driver (the protocol's own breaks are the factory's business).
+    pub driver_break: Option<DriverBreak>,
 }
 
 impl Default for SimConfig {
@@ -72,6 +74,7 @@ impl Default for SimConfig {
             trace: false,
             check_linearizability: true,
             stop_at_first_violation: true,
+            driver_break: None,
         }
     }
 }
@@ -344,8 +347,8 @@ pub(crate) struct Simulation<R: Replica, F> {
 }
 
 /// Run one simulation. `factory` builds a replica for every (re)start of a node; it owns the
-/// protocol configuration and gets the node id, the durable state, the bootstrap membership and a
-/// per-incarnation seed in [`NodeStart`]. A factory error (the replica refuses its durable state)
+/// protocol configuration and gets the node id, the durable state (which holds the starting
+/// membership from the first start on) and a per-incarnation seed in [`NodeStart`]. A factory error (the replica refuses its durable state)
 /// is reported as a `restart` violation and the node stays down.
 ///
 /// Panics if `config` is invalid (see [`SimConfig::validate`]).
@@ -416,7 +419,7 @@ impl<R: Replica, F: FnMut(NodeStart) -> Result<R, String>> Simulation<R, F> {
         let node_count = config.nodes;
         let membership = Membership::with_voters(1..=node_count as NodeId);
         let nodes = (1..=node_count as NodeId)
-            .map(|id| Node::new(id, membership.clone()))
+            .map(|id| Node::new(id, membership.clone(), config.driver_break))
             .collect();
         let idle = Observed {
             role: Role::Follower,

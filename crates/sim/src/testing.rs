@@ -119,7 +119,7 @@ impl Fake {
         let mut fake = Fake {
             id: start.node_id,
             broken,
-            membership: start.bootstrap_membership,
+            membership: persisted.base_membership(),
             term: persisted.hard_state.term,
             snapshot: None,
             log: persisted.entries,
@@ -709,7 +709,7 @@ mod tests {
     #[test]
     fn acknowledgements_wait_for_the_fsync_and_crashes_lose_unsynced_entries() {
         let membership = Membership::with_voters([1, 2, 3]);
-        let mut node: Node<Fake> = Node::new(2, membership);
+        let mut node: Node<Fake> = Node::new(2, membership, None);
         let start = node.prepare_start(0);
         node.start(Fake::new(start, None));
         let noop = |index| Entry {

@@ -30,15 +30,23 @@ pub struct ServerArgs {
     /// This member's peer URLs, as the others reach it [default: http://localhost:2380]
     #[arg(long, env = "BALLOT_INITIAL_ADVERTISE_PEER_URLS")]
     initial_advertise_peer_urls: Option<String>,
-    /// Every initial member as name=peer-url, comma separated [default: default=http://localhost:2380]
+    /// Every initial member as name=peer-url, comma separated. Read only when the data directory
+    /// is empty; a member with data restarts from it [default: default=http://localhost:2380]
     #[arg(long, env = "BALLOT_INITIAL_CLUSTER")]
     initial_cluster: Option<String>,
-    /// `new` to bootstrap a cluster, `existing` to join one after `member add` [default: new]
+    /// `new` to bootstrap a cluster, `existing` to join one after `member add`. Read only when the
+    /// data directory is empty [default: new]
     #[arg(long, env = "BALLOT_INITIAL_CLUSTER_STATE")]
     initial_cluster_state: Option<ClusterState>,
-    /// Equal on every member; keeps clusters apart [default: ballot-cluster]
+    /// Equal on every member; keeps clusters apart. Read only when the data directory is empty
+    /// [default: ballot-cluster]
     #[arg(long, env = "BALLOT_INITIAL_CLUSTER_TOKEN")]
     initial_cluster_token: Option<String>,
+    /// Last resort after losing a quorum for good: start a one-member cluster from this member's
+    /// data, dropping uncommitted entries and every other member. Never start the other old
+    /// members again; add new ones with `member add`. See docs/operations.md
+    #[arg(long, env = "BALLOT_FORCE_NEW_CLUSTER")]
+    force_new_cluster: bool,
     /// Milliseconds between leader heartbeats [default: 100]
     #[arg(long, env = "BALLOT_HEARTBEAT_INTERVAL")]
     heartbeat_interval: Option<u64>,
@@ -90,6 +98,7 @@ struct FileConfig {
     initial_cluster: Option<String>,
     initial_cluster_state: Option<String>,
     initial_cluster_token: Option<String>,
+    force_new_cluster: Option<bool>,
     heartbeat_interval: Option<u64>,
     election_timeout: Option<u64>,
     snapshot_count: Option<u64>,
@@ -163,6 +172,7 @@ pub fn resolve(args: &ServerArgs) -> Result<(ServerConfig, ProcessSettings), Str
         initial_cluster_state: cluster_state,
         initial_cluster_token: pick(&args.initial_cluster_token, &file.initial_cluster_token)
             .unwrap_or(defaults.initial_cluster_token),
+        force_new_cluster: args.force_new_cluster || file.force_new_cluster.unwrap_or(false),
         heartbeat_interval_ms: args
             .heartbeat_interval
             .or(file.heartbeat_interval)
@@ -239,7 +249,7 @@ async fn serve(config: ServerConfig) -> ExitCode {
         use ballot_server::etcd;
         etcd::Context {
             node: node.handle.clone(),
-            cluster_id: etcd::cluster_id(&config),
+            cluster_id: node.handle.cluster_id(),
             limits: etcd::RequestLimits::from_config(&config),
             // Followers forward what only the leader serves to the client URL it published.
             leaders: std::sync::Arc::new(etcd::cluster::RegistryLeaderChannel::new(
@@ -278,7 +288,7 @@ async fn serve(config: ServerConfig) -> ExitCode {
     };
     tracing::info!(
         name = %config.name,
-        id = format!("{:x}", config.node_id()),
+        id = format!("{:x}", node.handle.status().id),
         peer = %node.addresses.peer,
         data_dir = %config.data_dir.display(),
         "ballot server started"

@@ -3,7 +3,7 @@
 
 use ballot::raft_replica;
 use ballot_raft::Break;
-use ballot_sim::{run_many, FaultKind, FaultSet, SimConfig, SimReport};
+use ballot_sim::{run_many, DriverBreak, FaultKind, FaultSet, SimConfig, SimReport};
 use clap::{Args, ValueEnum};
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -49,18 +49,64 @@ pub struct SimArgs {
     /// Print the event trace of the run (with --seed), or of the first failing seed.
     #[arg(long)]
     trace: bool,
-    /// Run a deliberately broken Raft (see below); the run succeeds only if nothing is caught,
-    /// so a break is expected to exit 1 with the seed and trace that show the violation.
+    /// Run a deliberately broken Raft, or a broken driver around it (see below); the run
+    /// succeeds only if nothing is caught, so a break is expected to exit 1 with the seed and
+    /// trace that show the violation.
     #[arg(long = "break", value_parser = parse_break)]
-    broken: Option<Break>,
+    broken: Option<AnyBreak>,
+}
+
+/// A break of the protocol itself, or of the driver that persists and restarts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AnyBreak {
+    Raft(Break),
+    Driver(DriverBreak),
+}
+
+impl AnyBreak {
+    fn raft(self) -> Option<Break> {
+        match self {
+            AnyBreak::Raft(broken) => Some(broken),
+            AnyBreak::Driver(_) => None,
+        }
+    }
+
+    fn driver(self) -> Option<DriverBreak> {
+        match self {
+            AnyBreak::Driver(broken) => Some(broken),
+            AnyBreak::Raft(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for AnyBreak {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AnyBreak::Raft(broken) => broken.fmt(f),
+            AnyBreak::Driver(broken) => broken.fmt(f),
+        }
+    }
 }
 
 fn parse_faults(text: &str) -> Result<FaultSet, String> {
     text.parse()
 }
 
-fn parse_break(text: &str) -> Result<Break, String> {
-    text.parse()
+fn parse_break(text: &str) -> Result<AnyBreak, String> {
+    if let Some(broken) = DriverBreak::ALL.into_iter().find(|b| b.name() == text) {
+        return Ok(AnyBreak::Driver(broken));
+    }
+    text.parse::<Break>().map(AnyBreak::Raft).map_err(|_| {
+        let names: Vec<&str> = Break::ALL
+            .iter()
+            .map(|b| b.name())
+            .chain(DriverBreak::ALL.iter().map(|b| b.name()))
+            .collect();
+        format!(
+            "unknown break '{text}'; expected one of: {}",
+            names.join(", ")
+        )
+    })
 }
 
 fn help_text() -> String {
@@ -78,7 +124,17 @@ fn help_text() -> String {
     text.push_str("\nBreaks (--break NAME), each caught by a checker:\n");
     for broken in Break::ALL {
         text.push_str(&format!(
-            "  {:<17} {}\n",
+            "  {:<25} {}\n",
+            broken.name(),
+            broken.description()
+        ));
+    }
+    text.push_str(
+        "\nBreaks of the driver (what persists and restarts the replica), caught the same way:\n",
+    );
+    for broken in DriverBreak::ALL {
+        text.push_str(&format!(
+            "  {:<25} {}\n",
             broken.name(),
             broken.description()
         ));
@@ -86,7 +142,8 @@ fn help_text() -> String {
     text.push_str(
         "\nExit status: 0 when every run finished with zero violations, 1 otherwise, 2 on bad flags.\n\n\
          Examples:\n  ballot sim raft --nodes 5 --seeds 1000 --faults all\n  \
-         ballot sim raft --seed 42 --trace\n  ballot sim raft --break commit-old-term --seeds 2000\n",
+         ballot sim raft --seed 42 --trace\n  ballot sim raft --break commit-old-term --seeds 2000\n  \
+         ballot sim raft --break forget-bootstrap --faults crash-all\n",
     );
     text
 }
@@ -98,6 +155,7 @@ pub fn run(args: SimArgs) -> ExitCode {
         faults: args.faults,
         clients: args.clients,
         keys: args.keys,
+        driver_break: args.broken.and_then(AnyBreak::driver),
         ..SimConfig::default()
     };
     if let Err(error) = config.validate() {
@@ -105,7 +163,7 @@ pub fn run(args: SimArgs) -> ExitCode {
         return ExitCode::from(2);
     }
     let started = Instant::now();
-    let broken = args.broken;
+    let broken = args.broken.and_then(AnyBreak::raft);
     let reports = match args.seed {
         Some(seed) => {
             let config = SimConfig {
@@ -122,21 +180,41 @@ pub fn run(args: SimArgs) -> ExitCode {
         None => {
             let seeds = args
                 .seeds
-                .unwrap_or(if broken.is_some() { 5000 } else { 100 });
-            run_seeds(&config, args.first_seed..args.first_seed + seeds, broken)
+                .unwrap_or(if args.broken.is_some() { 5000 } else { 100 });
+            let stop_at_first = args.broken.is_some();
+            run_seeds(
+                &config,
+                args.first_seed..args.first_seed + seeds,
+                broken,
+                stop_at_first,
+            )
         }
     };
     let failing: Vec<&SimReport> = reports
         .iter()
         .filter(|r| !r.violations.is_empty())
         .collect();
-    for report in &failing {
+    // A break is run until it is caught: the first failing seed says all there is to say (the
+    // seeds of its chunk that ran beside it mostly fail the same way).
+    let shown = if args.broken.is_some() {
+        &failing[..failing.len().min(1)]
+    } else {
+        &failing[..]
+    };
+    for report in shown {
         for violation in &report.violations {
             println!(
                 "seed {}: [{}] at tick {}: {}",
                 report.seed, violation.checker, violation.time, violation.description
             );
         }
+    }
+    if failing.len() > shown.len() {
+        println!(
+            "({} more of the {} seeds run failed; the first is shown)",
+            failing.len() - shown.len(),
+            reports.len()
+        );
     }
     if let Some(first) = failing.first() {
         explain_failure(&config, &args, first.seed);
@@ -149,11 +227,13 @@ pub fn run(args: SimArgs) -> ExitCode {
     }
 }
 
-/// Runs seeds in chunks on all cores; a broken protocol stops at the first chunk that fails.
+/// Runs seeds in chunks on all cores; with `stop_at_first` (a break) it stops at the first chunk
+/// that fails.
 fn run_seeds(
     config: &SimConfig,
     seeds: std::ops::Range<u64>,
     broken: Option<Break>,
+    stop_at_first: bool,
 ) -> Vec<SimReport> {
     let total = seeds.end - seeds.start;
     let done = AtomicU64::new(0);
@@ -164,7 +244,7 @@ fn run_seeds(
             eprint!("\r  {finished}/{total} seeds");
         }
     };
-    let chunk = if broken.is_some() { 64 } else { total.max(1) };
+    let chunk = if stop_at_first { 64 } else { total.max(1) };
     let mut reports = Vec::new();
     let mut start = seeds.start;
     while start < seeds.end {
@@ -177,7 +257,7 @@ fn run_seeds(
         );
         let failed = batch.iter().any(|r| !r.violations.is_empty());
         reports.extend(batch);
-        if failed && broken.is_some() {
+        if failed && stop_at_first {
             break;
         }
         start = end;
@@ -196,7 +276,8 @@ fn explain_failure(config: &SimConfig, args: &SimArgs, seed: u64) {
         trace: true,
         ..config.clone()
     };
-    let report = ballot_sim::run(&config, |start| raft_replica::build(start, args.broken));
+    let broken = args.broken.and_then(AnyBreak::raft);
+    let report = ballot_sim::run(&config, |start| raft_replica::build(start, broken));
     if args.trace && args.seed.is_none() {
         let _ = print_lines(&report.trace);
     } else if args.seed.is_none() {

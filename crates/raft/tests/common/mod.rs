@@ -57,10 +57,15 @@ pub struct Cluster {
     pub record_delivered: bool,
 }
 
-pub fn config_for(id: NodeId, voters: &[NodeId]) -> Config {
-    let mut config = Config::new(id, Membership::with_voters(voters.iter().copied()));
+pub fn config_for(id: NodeId) -> Config {
+    let mut config = Config::new(id);
     config.rng_seed = 7 * id;
     config
+}
+
+/// The storage of a brand-new member of a cluster of `voters`.
+pub fn bootstrap(voters: &[NodeId]) -> PersistedState {
+    PersistedState::bootstrap(Membership::with_voters(voters.iter().copied()))
 }
 
 impl Cluster {
@@ -84,12 +89,16 @@ impl Cluster {
             record_delivered: true,
         };
         for &id in &voters {
-            let mut config = config_for(id, &voters);
+            let mut config = config_for(id);
             configure(&mut config);
+            let disk = Disk {
+                compacted: bootstrap(&voters).compacted,
+                ..Disk::default()
+            };
             cluster
                 .nodes
-                .insert(id, Raft::new(config, PersistedState::default()).unwrap());
-            cluster.disks.insert(id, Disk::default());
+                .insert(id, Raft::new(config, disk.to_persisted()).unwrap());
+            cluster.disks.insert(id, disk);
         }
         cluster
     }
@@ -269,8 +278,7 @@ impl Cluster {
 
     /// Crashes `id` and restarts it from its disk (volatile state lost).
     pub fn restart(&mut self, id: NodeId) {
-        let voters: Vec<NodeId> = self.disks.keys().copied().collect();
-        let mut config = config_for(id, &voters);
+        let mut config = config_for(id);
         (self.configure)(&mut config);
         config.rng_seed += 1000;
         let persisted = self.disks[&id].to_persisted();

@@ -29,7 +29,6 @@ pub mod status;
 pub mod watch;
 
 pub use forward::{LeaderChannel, NoLeaderChannel, FORWARDED_HEADER};
-pub use header::cluster_id;
 pub use serve::{serve, Services};
 
 use crate::config::ServerConfig;

@@ -2,6 +2,7 @@
 //! through which client APIs reach them. See `docs/design/server.md`.
 
 mod envelope;
+mod force_new_cluster;
 mod inbox;
 mod latency;
 pub mod members;
@@ -15,6 +16,8 @@ use crate::transport::{InboundConnection, Transport, TransportConfig};
 use ballot_core::{
     LogIndex, LogPosition, MembershipChange, NodeId, ReadMode, ReplicaError, Role, Term,
 };
+use ballot_storage::dir_lock::DirLock;
+use ballot_storage::identity::Identity;
 use ballot_storage::lessor::LessorError;
 use ballot_storage::mvcc::types::{Command, CommandResult};
 use ballot_storage::mvcc::types::{Lease, LeaseId};
@@ -233,6 +236,7 @@ pub struct NodeHandle {
     status: Arc<Mutex<NodeStatus>>,
     request_timeout: Duration,
     cluster_token: Arc<str>,
+    cluster_id: u64,
 }
 
 impl NodeHandle {
@@ -244,6 +248,11 @@ impl NodeHandle {
     /// Equal on every member; member ids derive from it and a peer URL.
     pub fn cluster_token(&self) -> &str {
         &self.cluster_token
+    }
+
+    /// The cluster's id, as the data directory's identity records it.
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id
     }
 
     pub fn status(&self) -> NodeStatus {
@@ -344,13 +353,23 @@ pub struct Node {
 impl Node {
     /// Opens the data directory (recovering the WAL, snapshot and state machine), binds the peer
     /// listener and starts the raft loop. Must run inside a tokio runtime.
+    ///
+    /// A directory that holds state restarts from it: who this member is, its cluster and the
+    /// membership it started from are read from its identity file, and `--initial-cluster`,
+    /// `--initial-cluster-state` and `--initial-cluster-token` are ignored, as etcd ignores them.
+    /// An empty directory is created from those flags, its identity written before anything else.
     pub async fn start(config: ServerConfig) -> Result<Node, String> {
         config.validate().map_err(|error| error.to_string())?;
+        let data_dir = &config.data_dir;
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
+        let lock = DirLock::acquire(data_dir).map_err(|e| e.to_string())?;
+        let identity = open_identity(&config)?;
         let (inputs, inbox) = inbox::channel(INPUTS_QUEUED_MAX)
             .map_err(|error| format!("cannot set up the raft loop's poll: {error}"))?;
         let peer_listen = crate::config::parse_url(&config.listen_peer_urls[0])?;
         let transport_config =
-            TransportConfig::new(config.node_id(), config.initial_cluster_token.clone());
+            TransportConfig::new(identity.member_id, identity.cluster_token.clone());
         let handoff = inputs.clone();
         let deliver = move |connection: InboundConnection| {
             // Waits for room rather than try_send: a connection lost to a momentarily full queue
@@ -364,18 +383,22 @@ impl Node {
             Transport::start_handing_off(transport_config, peer_listen, deliver)
                 .await
                 .map_err(|error| format!("cannot listen for peers on {peer_listen}: {error}"))?;
-        for (_, url) in &config.initial_cluster {
-            let id = crate::config::member_id(&config.initial_cluster_token, url);
-            if id != config.node_id() {
-                transport.set_peer(id, crate::config::parse_url(url)?);
+        for member in &identity.initial_members {
+            if member.id == identity.member_id {
+                continue;
+            }
+            if let Some(url) = member.peer_urls.first() {
+                transport.set_peer(member.id, crate::config::parse_url(url)?);
             }
         }
         let status = Arc::new(Mutex::new(NodeStatus {
-            id: config.node_id(),
+            id: identity.member_id,
             ..NodeStatus::default()
         }));
         let opened = raft_loop::RaftLoop::open(
             &config,
+            &identity,
+            lock,
             transport.clone(),
             status.clone(),
             inbox,
@@ -409,7 +432,8 @@ impl Node {
             store,
             status,
             request_timeout: Duration::from_secs(5),
-            cluster_token: Arc::from(config.initial_cluster_token.as_str()),
+            cluster_token: Arc::from(identity.cluster_token.as_str()),
+            cluster_id: identity.cluster_id,
         };
         Ok(Node {
             handle,
@@ -429,6 +453,67 @@ impl Node {
             let _ = thread.join();
         }
     }
+}
+
+/// The data directory's identity: read if it has one (checking that it is this member's), else
+/// created from the bootstrap flags, durably, before anything else is written there.
+fn open_identity(config: &ServerConfig) -> Result<Identity, String> {
+    let data_dir = &config.data_dir;
+    if let Some(identity) = Identity::load(data_dir).map_err(|e| e.to_string())? {
+        if identity.member_name != config.name {
+            return Err(format!(
+                "the data directory {} belongs to member '{}', but --name is '{}': start it \
+                 with --name {} or give this member an empty data directory",
+                data_dir.display(),
+                identity.member_name,
+                config.name,
+                identity.member_name
+            ));
+        }
+        if identity.cluster_token != config.initial_cluster_token {
+            tracing::warn!(
+                stored = %identity.cluster_token,
+                flag = %config.initial_cluster_token,
+                "--initial-cluster-token differs from the token this data directory was created \
+                 with; the stored one is used"
+            );
+        }
+        tracing::info!(
+            data_dir = %data_dir.display(),
+            member = %identity.member_name,
+            id = format!("{:x}", identity.member_id),
+            "restarting from the data directory: --initial-cluster, --initial-cluster-state \
+             and --initial-cluster-token are ignored (read only when it is empty)"
+        );
+        return Ok(identity);
+    }
+    config
+        .validate_bootstrap()
+        .map_err(|error| error.to_string())?;
+    let identity = config.bootstrap_identity();
+    if has_wal(data_dir) {
+        // Written by a ballot from before the identity file: take the flags, as it did.
+        tracing::warn!(
+            data_dir = %data_dir.display(),
+            "this data directory has a log but no identity file (an older ballot wrote it); \
+             recording the identity the flags give"
+        );
+    } else {
+        tracing::info!(
+            data_dir = %data_dir.display(),
+            state = %config.initial_cluster_state,
+            voters = identity.bootstrap.voters.len(),
+            "new data directory: identity and starting membership written"
+        );
+    }
+    identity
+        .create(data_dir)
+        .map_err(|error| error.to_string())?;
+    Ok(identity)
+}
+
+fn has_wal(data_dir: &std::path::Path) -> bool {
+    std::fs::read_dir(data_dir.join("wal")).is_ok_and(|mut entries| entries.next().is_some())
 }
 
 /// How often the state machine's non-durable commits are made durable.

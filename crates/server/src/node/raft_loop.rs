@@ -8,7 +8,7 @@ use super::inbox::{Inbox, InputSender, Queued};
 use super::latency::{LatencyHistogram, FSYNC_BOUNDS_MICROS, ROUND_TRIP_BOUNDS_MICROS};
 use super::members::{MemberCommand, MemberInfo, MemberRegistry};
 use super::{Input, NodeError, NodeStatus};
-use crate::config::{ClusterState, ServerConfig};
+use crate::config::ServerConfig;
 use crate::transport::Transport;
 use ballot_core::{
     EntryPayload, LogIndex, LogPosition, Membership, NodeId, PersistedState, Ready, Replica, Role,
@@ -16,6 +16,7 @@ use ballot_core::{
 };
 use ballot_raft::{Message, MessageBody, Raft};
 use ballot_storage::dir_lock::DirLock;
+use ballot_storage::identity::Identity;
 use ballot_storage::lessor::{LeaseTtl, Lessor, LessorConfig};
 use ballot_storage::mvcc::types::{Command, CommandResult};
 use ballot_storage::mvcc::types::{Lease, LeaseId};
@@ -160,18 +161,18 @@ impl Counters {
 }
 
 impl RaftLoop {
-    /// Recovers everything from the data directory and builds the replica.
+    /// Recovers everything from the data directory (whose lock the caller holds and whose
+    /// identity it has read or created) and builds the replica.
     pub(crate) fn open(
         config: &ServerConfig,
+        identity: &Identity,
+        lock: DirLock,
         transport: Arc<Transport>,
         status: Arc<Mutex<NodeStatus>>,
         inbox: Inbox,
         loopback: InputSender,
     ) -> Result<RaftLoop, String> {
         let data_dir = &config.data_dir;
-        std::fs::create_dir_all(data_dir)
-            .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
-        let lock = DirLock::acquire(data_dir).map_err(|e| e.to_string())?;
         let snapshots = SnapshotStore::open(data_dir.join("snap"), SNAPSHOTS_RETAINED)
             .map_err(|e| e.to_string())?;
         // A background thread makes writes durable every 100 ms (`spawn_store_flusher`); the
@@ -187,27 +188,42 @@ impl RaftLoop {
             .map_err(|e| e.to_string())?,
         );
         let snapshot = snapshots.latest().map_err(|e| e.to_string())?;
-        let initial_members = config.initial_cluster.iter().map(|(name, url)| MemberInfo {
-            id: crate::config::member_id(&config.initial_cluster_token, url),
-            name: name.clone(),
-            peer_urls: vec![url.clone()],
+        let initial_members = identity.initial_members.iter().map(|member| MemberInfo {
+            id: member.id,
+            name: member.name.clone(),
+            peer_urls: member.peer_urls.clone(),
             client_urls: Vec::new(),
         });
         let mut registry = MemberRegistry::open(data_dir.join("members"), initial_members)?;
         let own_info = MemberInfo {
-            id: config.node_id(),
+            id: identity.member_id,
             name: config.name.clone(),
             peer_urls: config.initial_advertise_peer_urls.clone(),
             client_urls: config.advertise_client_urls.clone(),
         };
         let (wal, recovered) = open_wal(data_dir, snapshot.as_ref(), &store, &mut registry)?;
         let watch_hub = WatchHub::new(WatchLimits::default(), store.revision());
-        let persisted = PersistedState {
+        // Until the log is first compacted or a snapshot installed, the replica starts from the
+        // membership the identity file recorded when the directory was created.
+        let compacted = match snapshot {
+            Some(snapshot) => Some(snapshot.meta),
+            None => PersistedState::bootstrap(identity.bootstrap.clone()).compacted,
+        };
+        let mut persisted = PersistedState {
             hard_state: recovered.hard_state,
-            compacted: snapshot.map(|snapshot| snapshot.meta),
+            compacted,
             entries: recovered.entries,
         };
-        let raft = Raft::new(raft_config(config), persisted)
+        let mut wal = wal;
+        if config.force_new_cluster {
+            super::force_new_cluster::rewrite(
+                &mut persisted,
+                &mut wal,
+                store.applied_index(),
+                identity.member_id,
+            )?;
+        }
+        let raft = Raft::new(raft_config(config, identity.member_id), persisted)
             .map_err(|e| format!("cannot restore the replica: {e}"))?;
         Ok(RaftLoop {
             raft,
@@ -531,6 +547,14 @@ impl RaftLoop {
         if self.ticks_until_publish_check > 0 {
             self.ticks_until_publish_check -= 1;
             return;
+        }
+        // Peer URLs are the cluster's to change (`member add`, `member update`), not this
+        // member's flags: once the registry knows some, they stay, as etcd publishes only a
+        // member's name and client URLs.
+        if let Some(known) = self.registry.get(self.own_info.id) {
+            if !known.peer_urls.is_empty() && known.peer_urls != self.own_info.peer_urls {
+                self.own_info.peer_urls = known.peer_urls.clone();
+            }
         }
         if self.registry.get(self.own_info.id) == Some(&self.own_info) {
             self.ticks_until_publish_check = Self::PUBLISH_CHECK_TICKS;
@@ -1150,14 +1174,8 @@ fn open_wal(
     Ok((wal, recovered))
 }
 
-fn raft_config(config: &ServerConfig) -> ballot_raft::Config {
-    let members: Vec<NodeId> = config.initial_member_ids();
-    let bootstrap = match config.initial_cluster_state {
-        ClusterState::New => Membership::with_voters(members),
-        // A joining node learns the membership from the leader's log or snapshot.
-        ClusterState::Existing => Membership::default(),
-    };
-    let mut raft = ballot_raft::Config::new(config.node_id(), bootstrap);
+fn raft_config(config: &ServerConfig, member_id: NodeId) -> ballot_raft::Config {
+    let mut raft = ballot_raft::Config::new(member_id);
     let (heartbeat, election_min, election_max) = config.raft_ticks();
     raft.heartbeat_interval_ticks = heartbeat;
     raft.election_timeout_min_ticks = election_min;
@@ -1167,8 +1185,6 @@ fn raft_config(config: &ServerConfig) -> ballot_raft::Config {
     // Outside the simulator a different seed per start is what we want; nothing replays it.
     raft.rng_seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(config.node_id(), |elapsed| {
-            elapsed.as_nanos() as u64 ^ config.node_id()
-        });
+        .map_or(member_id, |elapsed| elapsed.as_nanos() as u64 ^ member_id);
     raft
 }

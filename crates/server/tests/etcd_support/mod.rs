@@ -111,7 +111,7 @@ impl Cluster {
         for (i, listener) in client_listeners.into_iter().enumerate() {
             let routes = etcd::services(
                 handles[i].clone(),
-                etcd::cluster_id(&configs[i]),
+                handles[i].cluster_id(),
                 limits,
                 leaders.clone(),
             );
