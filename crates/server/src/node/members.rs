@@ -14,11 +14,11 @@
 //! ```
 
 use ballot_core::codec::{put_bytes, DecodeError, Decoder};
+use ballot_storage::atomic_file::write_atomically;
 use ballot_core::{LogIndex, NodeId};
 use bytes::{BufMut, Bytes};
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 const FILE_MAGIC: &[u8; 8] = b"BALLOTMB";
 /// Most members a registry decodes.
@@ -134,18 +134,6 @@ impl MemberRegistry {
         encode_members(&mut bytes, &self.members);
         write_atomically(&self.path, &bytes).map_err(|e| format!("{}: {e}", self.path.display()))
     }
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let temporary = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&temporary)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 fn encode_info(out: &mut Vec<u8>, info: &MemberInfo) {
