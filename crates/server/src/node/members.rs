@@ -14,8 +14,8 @@
 //! ```
 
 use ballot_core::codec::{put_bytes, DecodeError, Decoder};
-use ballot_storage::atomic_file::write_atomically;
 use ballot_core::{LogIndex, NodeId};
+use ballot_storage::atomic_file::write_atomically;
 use bytes::{BufMut, Bytes};
 use std::collections::BTreeMap;
 use std::path::PathBuf;

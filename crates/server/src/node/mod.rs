@@ -361,6 +361,11 @@ impl Node {
     pub async fn start(config: ServerConfig) -> Result<Node, String> {
         config.validate().map_err(|error| error.to_string())?;
         let data_dir = &config.data_dir;
+        // Another member's directory is refused before anything in it is touched (the lock file
+        // included).
+        if let Some(identity) = Identity::load(data_dir).map_err(|e| e.to_string())? {
+            check_owner(&identity, &config)?;
+        }
         std::fs::create_dir_all(data_dir)
             .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
         let lock = DirLock::acquire(data_dir).map_err(|e| e.to_string())?;
@@ -460,16 +465,7 @@ impl Node {
 fn open_identity(config: &ServerConfig) -> Result<Identity, String> {
     let data_dir = &config.data_dir;
     if let Some(identity) = Identity::load(data_dir).map_err(|e| e.to_string())? {
-        if identity.member_name != config.name {
-            return Err(format!(
-                "the data directory {} belongs to member '{}', but --name is '{}': start it \
-                 with --name {} or give this member an empty data directory",
-                data_dir.display(),
-                identity.member_name,
-                config.name,
-                identity.member_name
-            ));
-        }
+        check_owner(&identity, config)?;
         if identity.cluster_token != config.initial_cluster_token {
             tracing::warn!(
                 stored = %identity.cluster_token,
@@ -510,6 +506,21 @@ fn open_identity(config: &ServerConfig) -> Result<Identity, String> {
         .create(data_dir)
         .map_err(|error| error.to_string())?;
     Ok(identity)
+}
+
+/// A data directory belongs to the member that created it.
+fn check_owner(identity: &Identity, config: &ServerConfig) -> Result<(), String> {
+    if identity.member_name == config.name {
+        return Ok(());
+    }
+    Err(format!(
+        "the data directory {} belongs to member '{}', but --name is '{}': start it with --name \
+         {} or give this member an empty data directory",
+        config.data_dir.display(),
+        identity.member_name,
+        config.name,
+        identity.member_name
+    ))
 }
 
 fn has_wal(data_dir: &std::path::Path) -> bool {

@@ -937,6 +937,13 @@ impl RaftLoop {
         self.watch_hub.restore(self.store.revision());
         self.counters.snapshot_images_installed += 1;
         self.counters.compaction_index = snapshot.meta.last_included.index;
+        tracing::info!(
+            index = snapshot.meta.last_included.index,
+            term = snapshot.meta.last_included.term,
+            bytes = snapshot.data.len(),
+            revision = self.store.revision(),
+            "installed a snapshot from the leader"
+        );
         Ok(())
     }
 

@@ -1,0 +1,715 @@
+//! Restarts as etcd operators do them, on real `ballot server` processes: every member SIGKILLed
+//! in the middle of writes and started again with `--initial-cluster-state new`, with `existing`
+//! and with the bootstrap flags left out; one member alone; a member added with `member add`;
+//! after log compactions and a snapshot install; a directory started under another member's name;
+//! and `--force-new-cluster` after two of three members are lost for good. Every write that was
+//! acknowledged before a kill must be there after the restart.
+
+use ballot_proto::etcdserverpb as pb;
+use pb::cluster_client::ClusterClient;
+use pb::kv_client::KvClient;
+use pb::maintenance_client::MaintenanceClient;
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+const BALLOT: &str = env!("CARGO_BIN_EXE_ballot");
+const TOKEN: &str = "restart-test";
+/// How long a cluster may take to elect a leader after a start.
+const LEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The tests here start three or four processes each; one at a time keeps elections quick on a
+/// small machine.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Member {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    metrics_port: u16,
+    data_dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Member {
+    fn client_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
+    fn log(&self) -> PathBuf {
+        self.data_dir.with_extension("log")
+    }
+}
+
+/// How the bootstrap flags are given at a start.
+#[derive(Clone, Copy, Debug)]
+enum Bootstrap {
+    New,
+    Existing,
+    /// No `--initial-cluster*` and no `--initial-advertise-peer-urls`, as a unit file written
+    /// for restarts might have it.
+    LeftOut,
+}
+
+struct Cluster {
+    dir: PathBuf,
+    members: Vec<Member>,
+    /// The `--initial-cluster` of the first start.
+    initial_cluster: String,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for member in &mut self.members {
+            if let Some(mut child) = member.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Cluster {
+    fn new(test: &str, size: usize) -> Cluster {
+        let dir =
+            std::env::temp_dir().join(format!("ballot-restart-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let members: Vec<Member> = (1..=size).map(|i| new_member(&dir, i)).collect();
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect::<Vec<_>>()
+            .join(",");
+        Cluster {
+            dir,
+            members,
+            initial_cluster,
+        }
+    }
+
+    fn index(&self, name: &str) -> usize {
+        self.members
+            .iter()
+            .position(|m| m.name == name)
+            .unwrap_or_else(|| panic!("no member {name}"))
+    }
+
+    /// Starts member `name` in the background.
+    fn start(&mut self, name: &str, bootstrap: Bootstrap, extra: &[&str]) {
+        let initial_cluster = self.initial_cluster.clone();
+        let index = self.index(name);
+        let member = &mut self.members[index];
+        assert!(member.child.is_none(), "{name} already runs");
+        let child = server_command(member, &initial_cluster, bootstrap, extra)
+            .stdout(Stdio::null())
+            .stderr(log_file(member))
+            .spawn()
+            .expect("ballot server starts");
+        member.child = Some(child);
+    }
+
+    fn start_all(&mut self, bootstrap: Bootstrap) {
+        let names: Vec<String> = self.members.iter().map(|m| m.name.clone()).collect();
+        for name in names {
+            self.start(&name, bootstrap, &[]);
+        }
+    }
+
+    /// SIGKILL: nothing is flushed, as on a crash.
+    fn kill(&mut self, name: &str) {
+        let index = self.index(name);
+        let member = &mut self.members[index];
+        let mut child = member.child.take().expect("member runs");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    fn kill_all(&mut self) {
+        for member in &mut self.members {
+            if let Some(mut child) = member.child.take() {
+                child.kill().unwrap();
+                child.wait().unwrap();
+            }
+        }
+    }
+
+    fn running_urls(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .filter(|m| m.child.is_some())
+            .map(Member::client_url)
+            .collect()
+    }
+
+    fn logs(&self) -> String {
+        let mut text = String::new();
+        for member in &self.members {
+            let log = std::fs::read_to_string(member.log()).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            text.push_str(&format!("--- {} log (last lines)\n", member.name));
+            for line in tail.into_iter().rev() {
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
+        text
+    }
+
+    /// Waits until every running member reports the same leader, which runs.
+    fn wait_for_leader(&self, runtime: &tokio::runtime::Runtime) -> u64 {
+        let urls = self.running_urls();
+        let deadline = Instant::now() + LEADER_TIMEOUT;
+        loop {
+            if let Some(leader) = runtime.block_on(agreed_leader(&urls)) {
+                return leader;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no leader within {LEADER_TIMEOUT:?}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn new_member(dir: &Path, i: usize) -> Member {
+    let name = format!("n{i}");
+    Member {
+        data_dir: dir.join(&name),
+        name,
+        client_port: free_port(),
+        peer_port: free_port(),
+        metrics_port: free_port(),
+        child: None,
+    }
+}
+
+fn log_file(member: &Member) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(member.log())
+        .unwrap()
+}
+
+fn server_command(
+    member: &Member,
+    initial_cluster: &str,
+    bootstrap: Bootstrap,
+    extra: &[&str],
+) -> Command {
+    let mut command = Command::new(BALLOT);
+    command
+        .args(["server", "--name", &member.name])
+        .arg("--data-dir")
+        .arg(&member.data_dir)
+        .args(["--listen-client-urls", &member.client_url()])
+        .args(["--advertise-client-urls", &member.client_url()])
+        .args(["--listen-peer-urls", &member.peer_url()])
+        .args([
+            "--listen-metrics-urls",
+            &format!("http://127.0.0.1:{}", member.metrics_port),
+        ])
+        .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+        .args(["--worker-threads", "1"])
+        .args(extra);
+    let state = match bootstrap {
+        Bootstrap::New => Some("new"),
+        Bootstrap::Existing => Some("existing"),
+        Bootstrap::LeftOut => None,
+    };
+    if let Some(state) = state {
+        command
+            .args(["--initial-advertise-peer-urls", &member.peer_url()])
+            .args(["--initial-cluster", initial_cluster])
+            .args(["--initial-cluster-state", state])
+            .args(["--initial-cluster-token", TOKEN]);
+    }
+    command
+}
+
+async fn channel(url: &str) -> Option<Channel> {
+    Channel::from_shared(url.to_string())
+        .ok()?
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .ok()
+}
+
+/// The leader every member in `urls` names, if they all name the same one.
+async fn agreed_leader(urls: &[String]) -> Option<u64> {
+    let mut leaders = Vec::new();
+    for url in urls {
+        let status = MaintenanceClient::new(channel(url).await?)
+            .status(pb::StatusRequest {})
+            .await
+            .ok()?
+            .into_inner();
+        leaders.push(status.leader);
+    }
+    let first = *leaders.first()?;
+    (first != 0 && leaders.iter().all(|&l| l == first)).then_some(first)
+}
+
+/// Writes `k/<prefix>/<n>` = `v<n>` one after another, through every member in turn (followers
+/// forward to the leader), until stopped; returns every write that was acknowledged.
+fn write_until_stopped(
+    urls: Vec<String>,
+    prefix: &'static str,
+    stop: Arc<AtomicBool>,
+    acknowledged_before_kill_min: usize,
+    enough: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<BTreeMap<String, String>> {
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let mut acknowledged = BTreeMap::new();
+            let mut clients = Vec::new();
+            for url in &urls {
+                clients.push(channel(url).await.map(KvClient::new));
+            }
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let key = format!("k/{prefix}/{n:06}");
+                let value = format!("v{n}");
+                let count = clients.len();
+                let Some(client) = clients[n as usize % count].as_mut() else {
+                    continue;
+                };
+                let put = pb::PutRequest {
+                    key: key.clone().into_bytes().into(),
+                    value: value.clone().into_bytes().into(),
+                    ..Default::default()
+                };
+                if client.put(put).await.is_ok() {
+                    acknowledged.insert(key, value);
+                    if acknowledged.len() >= acknowledged_before_kill_min {
+                        enough.store(true, Ordering::Relaxed);
+                    }
+                }
+            }
+            acknowledged
+        })
+    })
+}
+
+/// Writes through the cluster, SIGKILLs every member while writes are in flight, and returns
+/// the writes acknowledged before.
+fn write_then_kill_all(cluster: &mut Cluster, prefix: &'static str) -> BTreeMap<String, String> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let enough = Arc::new(AtomicBool::new(false));
+    let writer = write_until_stopped(
+        cluster.running_urls(),
+        prefix,
+        stop.clone(),
+        200,
+        enough.clone(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !enough.load(Ordering::Relaxed) {
+        assert!(
+            Instant::now() < deadline,
+            "200 writes were not acknowledged within a minute\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    cluster.kill_all();
+    stop.store(true, Ordering::Relaxed);
+    let acknowledged = writer.join().unwrap();
+    assert!(acknowledged.len() >= 200);
+    acknowledged
+}
+
+/// Writes `count` keys `k/<prefix>/<n>` through `url`, one after another, retrying a put that
+/// fails while a leader is elected (each key is written once, so a retry changes nothing).
+fn write_keys(
+    runtime: &tokio::runtime::Runtime,
+    url: &str,
+    prefix: &str,
+    count: usize,
+) -> BTreeMap<String, String> {
+    runtime.block_on(async {
+        let mut kv = KvClient::new(channel(url).await.expect("reach the member"));
+        let mut written = BTreeMap::new();
+        for n in 0..count {
+            let key = format!("k/{prefix}/{n:06}");
+            let value = format!("v{n}");
+            let put = pb::PutRequest {
+                key: key.clone().into_bytes().into(),
+                value: value.clone().into_bytes().into(),
+                ..Default::default()
+            };
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while let Err(status) = kv.put(put.clone()).await {
+                assert!(
+                    Instant::now() < deadline,
+                    "a quorum serves writes: {status}"
+                );
+            }
+            written.insert(key, value);
+        }
+        written
+    })
+}
+
+/// Waits until member `name` has applied every write in `expected` (serializable reads: what it
+/// holds itself).
+fn wait_until_applied(
+    cluster: &Cluster,
+    runtime: &tokio::runtime::Runtime,
+    name: &str,
+    expected: &BTreeMap<String, String>,
+) {
+    let url = cluster.members[cluster.index(name)].client_url();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let held = runtime
+            .block_on(read_all_with(&url, true))
+            .unwrap_or_default();
+        if expected
+            .iter()
+            .all(|(key, value)| held.get(key) == Some(value))
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} did not apply every write\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Every key under `k/` with its value, read linearizably from `url`.
+async fn read_all(url: &str) -> Result<BTreeMap<String, String>, String> {
+    read_all_with(url, false).await
+}
+
+async fn read_all_with(url: &str, serializable: bool) -> Result<BTreeMap<String, String>, String> {
+    let channel = channel(url)
+        .await
+        .ok_or_else(|| format!("cannot reach {url}"))?;
+    let response = KvClient::new(channel)
+        .range(pb::RangeRequest {
+            key: b"k/".to_vec().into(),
+            range_end: b"k0".to_vec().into(),
+            serializable,
+            ..Default::default()
+        })
+        .await
+        .map_err(|status| status.to_string())?
+        .into_inner();
+    Ok(response
+        .kvs
+        .into_iter()
+        .map(|kv| {
+            (
+                String::from_utf8(kv.key.to_vec()).unwrap(),
+                String::from_utf8(kv.value.to_vec()).unwrap(),
+            )
+        })
+        .collect())
+}
+
+/// Every acknowledged write is readable, through every running member.
+fn assert_all_present(
+    cluster: &Cluster,
+    runtime: &tokio::runtime::Runtime,
+    acknowledged: &BTreeMap<String, String>,
+) {
+    for url in cluster.running_urls() {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let stored = loop {
+            match runtime.block_on(read_all(&url)) {
+                Ok(stored) => break stored,
+                Err(error) if Instant::now() < deadline => {
+                    let _ = error;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(error) => panic!("reading from {url}: {error}\n{}", cluster.logs()),
+            }
+        };
+        let missing: Vec<&String> = acknowledged
+            .iter()
+            .filter(|(key, value)| stored.get(*key) != Some(*value))
+            .map(|(key, _)| key)
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "{} of {} acknowledged writes missing through {url}, first {:?}",
+            missing.len(),
+            acknowledged.len(),
+            missing.first()
+        );
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn every_member_killed_mid_write_comes_back_with_new_with_existing_and_with_the_flags_left_out() {
+    let _serial = serial();
+    let runtime = runtime();
+    let mut cluster = Cluster::new("all", 3);
+    cluster.start_all(Bootstrap::New);
+    cluster.wait_for_leader(&runtime);
+    let mut acknowledged = BTreeMap::new();
+    for (round, bootstrap) in [
+        ("new", Bootstrap::New),
+        ("existing", Bootstrap::Existing),
+        ("left-out", Bootstrap::LeftOut),
+    ] {
+        acknowledged.extend(write_then_kill_all(&mut cluster, round));
+        cluster.start_all(bootstrap);
+        cluster.wait_for_leader(&runtime);
+        assert_all_present(&cluster, &runtime, &acknowledged);
+    }
+    let log = std::fs::read_to_string(cluster.members[0].log()).unwrap();
+    assert!(
+        log.contains("restarting from the data directory"),
+        "a restart says the bootstrap flags are ignored:\n{log}"
+    );
+}
+
+#[test]
+fn one_member_restarts_alone_and_catches_up() {
+    let _serial = serial();
+    let runtime = runtime();
+    let mut cluster = Cluster::new("one", 3);
+    cluster.start_all(Bootstrap::New);
+    cluster.wait_for_leader(&runtime);
+    for (name, bootstrap) in [("n1", Bootstrap::Existing), ("n3", Bootstrap::LeftOut)] {
+        cluster.kill(name);
+        cluster.wait_for_leader(&runtime);
+        let written = write_keys(&runtime, &cluster.running_urls()[0], name, 50);
+        cluster.start(name, bootstrap, &[]);
+        cluster.wait_for_leader(&runtime);
+        assert_all_present(&cluster, &runtime, &written);
+    }
+}
+
+#[test]
+fn a_member_added_with_member_add_restarts_from_its_data() {
+    let _serial = serial();
+    let runtime = runtime();
+    let mut cluster = Cluster::new("added", 4);
+    // n4 is not in the first --initial-cluster: it joins later.
+    cluster.initial_cluster = cluster.members[..3]
+        .iter()
+        .map(|m| format!("{}={}", m.name, m.peer_url()))
+        .collect::<Vec<_>>()
+        .join(",");
+    for name in ["n1", "n2", "n3"] {
+        cluster.start(name, Bootstrap::New, &[]);
+    }
+    cluster.wait_for_leader(&runtime);
+    let n4_peer = cluster.members[3].peer_url();
+    let first = cluster.members[0].client_url();
+    runtime.block_on(async {
+        let mut members = ClusterClient::new(channel(&first).await.unwrap());
+        // A follower forwards to the leader once the leader has published its client URL, a
+        // moment after the election.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while let Err(status) = members
+            .member_add(pb::MemberAddRequest {
+                peer_ur_ls: vec![n4_peer.clone()],
+                is_learner: false,
+            })
+            .await
+        {
+            assert!(
+                status.message() == "etcdserver: not leader" && Instant::now() < deadline,
+                "member add: {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    // As etcd's `member add` prints it: the existing members and the new one, state existing.
+    cluster.initial_cluster = format!("{},n4={n4_peer}", cluster.initial_cluster);
+    cluster.start("n4", Bootstrap::Existing, &[]);
+    cluster.wait_for_leader(&runtime);
+    let acknowledged = write_then_kill_all(&mut cluster, "four");
+    cluster.start_all(Bootstrap::LeftOut);
+    cluster.wait_for_leader(&runtime);
+    assert_all_present(&cluster, &runtime, &acknowledged);
+    // n4 alone, as a member among four: the others serve while it is away and it rejoins.
+    cluster.kill("n4");
+    cluster.start("n4", Bootstrap::LeftOut, &[]);
+    cluster.wait_for_leader(&runtime);
+    assert_all_present(&cluster, &runtime, &acknowledged);
+}
+
+#[test]
+fn members_restart_after_compactions_and_after_installing_a_snapshot() {
+    let _serial = serial();
+    let runtime = runtime();
+    let mut cluster = Cluster::new("compacted", 3);
+    let small_log = ["--snapshot-count", "40"];
+    for name in ["n1", "n2"] {
+        cluster.start(name, Bootstrap::New, &small_log);
+    }
+    cluster.wait_for_leader(&runtime);
+    // n3 is away while the others write and compact: it can only catch up by snapshot.
+    let acknowledged = write_then_kill_all(&mut cluster, "compacted");
+    for name in ["n1", "n2"] {
+        cluster.start(name, Bootstrap::Existing, &small_log);
+    }
+    cluster.start("n3", Bootstrap::New, &small_log);
+    cluster.wait_for_leader(&runtime);
+    assert_all_present(&cluster, &runtime, &acknowledged);
+    let installed = |cluster: &Cluster| {
+        let log = std::fs::read_to_string(cluster.members[2].log()).unwrap();
+        log.contains("installed a snapshot from the leader")
+    };
+    assert!(
+        installed(&cluster),
+        "n3 caught up by installing a snapshot\n{}",
+        cluster.logs()
+    );
+    cluster.kill_all();
+    cluster.start_all(Bootstrap::LeftOut);
+    cluster.wait_for_leader(&runtime);
+    assert_all_present(&cluster, &runtime, &acknowledged);
+}
+
+#[test]
+fn a_directory_started_under_another_members_name_is_refused_and_left_alone() {
+    let _serial = serial();
+    let runtime = runtime();
+    let mut cluster = Cluster::new("renamed", 1);
+    cluster.initial_cluster = format!("n1={}", cluster.members[0].peer_url());
+    cluster.start("n1", Bootstrap::New, &[]);
+    cluster.wait_for_leader(&runtime);
+    cluster.kill("n1");
+    let before = listing(&cluster.members[0].data_dir);
+    let mut impostor = new_member(&cluster.dir, 2);
+    impostor.data_dir = cluster.members[0].data_dir.clone();
+    let output = server_command(&impostor, &cluster.initial_cluster, Bootstrap::LeftOut, &[])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("belongs to member 'n1'") && stderr.contains("--name is 'n2'"),
+        "{stderr}"
+    );
+    assert_eq!(
+        listing(&cluster.members[0].data_dir),
+        before,
+        "nothing changed"
+    );
+    // A different token is only warned about.
+    cluster.start("n1", Bootstrap::LeftOut, &[]);
+    cluster.wait_for_leader(&runtime);
+    let log = std::fs::read_to_string(cluster.members[0].log()).unwrap();
+    assert!(log.contains("--initial-cluster-token differs"), "{log}");
+}
+
+/// Every file under `dir` with its length and modification time.
+fn listing(dir: &Path) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let meta = entry.metadata().unwrap();
+            if meta.is_dir() {
+                pending.push(entry.path());
+            } else {
+                files.push((entry.path(), meta.len(), meta.modified().unwrap()));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+#[test]
+fn force_new_cluster_recovers_a_survivor_after_two_of_three_are_lost() {
+    let _serial = serial();
+    let runtime = runtime();
+    let mut cluster = Cluster::new("forced", 3);
+    cluster.start_all(Bootstrap::New);
+    cluster.wait_for_leader(&runtime);
+    // As etcd does, the survivor keeps what it knows to be committed: wait until n1 has applied
+    // the writes (a write committed by the two lost members alone would be lost with them).
+    let acknowledged = write_keys(&runtime, &cluster.members[1].client_url(), "forced", 200);
+    wait_until_applied(&cluster, &runtime, "n1", &acknowledged);
+    cluster.kill_all();
+    // n2 and n3 are gone for good; n1 alone cannot elect a leader.
+    for name in ["n2", "n3"] {
+        let index = cluster.index(name);
+        std::fs::remove_dir_all(&cluster.members[index].data_dir).unwrap();
+    }
+    cluster.members.truncate(1);
+    cluster.start("n1", Bootstrap::LeftOut, &["--force-new-cluster"]);
+    cluster.wait_for_leader(&runtime);
+    assert_all_present(&cluster, &runtime, &acknowledged);
+    let url = cluster.members[0].client_url();
+    let members = runtime.block_on(async {
+        let channel = channel(&url).await.unwrap();
+        KvClient::new(channel.clone())
+            .put(pb::PutRequest {
+                key: b"k/after".to_vec().into(),
+                value: b"alone".to_vec().into(),
+                ..Default::default()
+            })
+            .await
+            .expect("a one-member cluster takes writes");
+        ClusterClient::new(channel)
+            .member_list(pb::MemberListRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .members
+    });
+    assert_eq!(members.len(), 1, "{members:?}");
+    assert_eq!(members[0].name, "n1");
+    // The new membership is durable: a plain restart keeps it.
+    cluster.kill("n1");
+    cluster.start("n1", Bootstrap::LeftOut, &[]);
+    cluster.wait_for_leader(&runtime);
+    let mut expected = acknowledged;
+    expected.insert("k/after".into(), "alone".into());
+    assert_all_present(&cluster, &runtime, &expected);
+}
