@@ -1505,8 +1505,8 @@ async fn maintenance_status_hash_snapshot_alarm_defragment_move_leader() {
     }
     assert_eq!(last_remaining, Some(0));
     assert_eq!(payload.len() % 512, 32, "{} bytes", payload.len());
-    let snapshot = ballot_server::etcd::maintenance::snapshot_from_payload(&payload)
-        .expect("digest and frame check");
+    let snapshot =
+        ballot_server::backup::snapshot_from_payload(&payload).expect("digest and frame check");
     let restore_dir = cluster.dir.join("restored");
     std::fs::create_dir_all(&restore_dir).expect("restore directory");
     let store = ballot_storage::mvcc::MvccStore::open(restore_dir.join("db")).expect("open store");

@@ -7,7 +7,10 @@
 //! - [`etcd`]: the etcd v3 gRPC services over a [`node::NodeHandle`], served over
 //!   [`coalesce`]d connections (many responses per socket write).
 //! - [`http`]: `/metrics`, `/health` and [`native`], the HTTP/JSON API with read levels.
+//! - [`backup`]: the snapshot file `snapshot save` writes, its status, and its restore into a
+//!   new member's data directory.
 
+pub mod backup;
 pub mod coalesce;
 pub mod config;
 pub mod etcd;

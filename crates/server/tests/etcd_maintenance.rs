@@ -6,7 +6,7 @@ mod etcd_support;
 
 use ballot_proto::etcdserverpb as pb;
 use ballot_proto::etcdserverpb::auth_client::AuthClient;
-use ballot_server::etcd::maintenance::snapshot_from_payload;
+use ballot_server::backup::snapshot_from_payload;
 use ballot_server::etcd::RequestLimits;
 use ballot_storage::mvcc::MvccStore;
 use etcd_support::{put, Cluster};

@@ -90,8 +90,10 @@ impl DirLock {
 }
 
 /// Creates `dir` and any missing parents so that they survive a crash: the parent of each
-/// directory created is synced (assumption 5). Shared by the WAL and the snapshot store.
-pub(crate) fn create_dir_durably(dir: &Path) -> io::Result<()> {
+/// directory created is synced (assumption 5). Each is readable by its owner only (0700, as etcd
+/// creates its data directories): a data directory holds every key and value. Shared by the
+/// lock, the WAL, the snapshot store and `snapshot restore`.
+pub fn create_dir_durably(dir: &Path) -> io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
@@ -100,7 +102,8 @@ pub(crate) fn create_dir_durably(dir: &Path) -> io::Result<()> {
         .filter(|parent| !parent.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     create_dir_durably(parent)?;
-    match fs::create_dir(dir) {
+    use std::os::unix::fs::DirBuilderExt;
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
         Err(error) if error.kind() == io::ErrorKind::AlreadyExists => Ok(()),
         Err(error) => Err(error),
         Ok(()) => File::open(parent)?.sync_all(),

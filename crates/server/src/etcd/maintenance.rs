@@ -9,7 +9,7 @@
 //!   `etcdctl snapshot save` (clientv3 `snapshot.SaveWithVersion`) refuses a download whose
 //!   size is not `512 * n + 32` ("sha256 checksum not found"), because bbolt files are whole
 //!   pages; ballot's snapshot is not, so it is framed to a multiple of 512 bytes before
-//!   hashing (see [`snapshot_payload`]). A reader strips the 32-byte digest and checks it, reads
+//!   hashing (see [`crate::backup`]). A reader strips the 32-byte digest and checks it, reads
 //!   the snapshot's length from the last 8 bytes, and restores the snapshot that many bytes
 //!   long (`MvccStore::restore` checks its own CRC).
 //! - Defragment: a no-op. The store's segment GC reclaims the space compaction frees as writes
@@ -21,10 +21,10 @@
 //! - Downgrade: not supported.
 
 use super::{forward, status, Context};
+use crate::backup::snapshot_payload;
 use ballot_proto::etcdserverpb as pb;
 use ballot_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 use tokio_stream::Stream;
@@ -34,8 +34,6 @@ use tonic::{Request, Response, Status};
 pub const ETCD_VERSION: &str = "3.5.0";
 /// etcd's snapshot chunk size.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 32 * 1024;
-/// clientv3 checks that a downloaded snapshot is a whole number of these plus the digest.
-pub const SNAPSHOT_ALIGN_BYTES: usize = 512;
 /// How long MoveLeader waits for the target to lead.
 pub const MOVE_LEADER_WAIT: Duration = Duration::from_secs(5);
 const MOVE_LEADER_POLL: Duration = Duration::from_millis(10);
@@ -58,49 +56,6 @@ impl MaintenanceService {
         tokio::task::spawn_blocking(move || work(&store))
             .await
             .map_err(|error| Status::internal(format!("store task failed: {error}")))?
-    }
-}
-
-/// Bytes at the end of the framed snapshot that hold its length.
-pub const SNAPSHOT_LENGTH_BYTES: usize = 8;
-
-/// The snapshot as sent, and its SHA-256 digest (sent last):
-///
-/// ```text
-/// snapshot | zero bytes | snapshot length u64 (big-endian)      a multiple of 512 bytes
-/// ```
-pub fn snapshot_payload(snapshot: &[u8]) -> (Vec<u8>, [u8; 32]) {
-    let framed_len = (snapshot.len() + SNAPSHOT_LENGTH_BYTES).div_ceil(SNAPSHOT_ALIGN_BYTES)
-        * SNAPSHOT_ALIGN_BYTES;
-    let mut body = Vec::with_capacity(framed_len);
-    body.extend_from_slice(snapshot);
-    body.resize(framed_len - SNAPSHOT_LENGTH_BYTES, 0);
-    body.extend_from_slice(&(snapshot.len() as u64).to_be_bytes());
-    let digest = Sha256::digest(&body).into();
-    (body, digest)
-}
-
-/// The snapshot inside a downloaded payload (framed body and digest), after checking the
-/// digest and the frame. The inverse of [`snapshot_payload`].
-pub fn snapshot_from_payload(payload: &[u8]) -> Result<&[u8], String> {
-    if payload.len() % SNAPSHOT_ALIGN_BYTES != 32 || payload.len() < SNAPSHOT_ALIGN_BYTES + 32 {
-        return Err(format!(
-            "{} bytes is not a whole number of {SNAPSHOT_ALIGN_BYTES}-byte blocks and a sha256 digest",
-            payload.len()
-        ));
-    }
-    let (body, digest) = payload.split_at(payload.len() - 32);
-    if Sha256::digest(body)[..] != digest[..] {
-        return Err("sha256 digest mismatch".into());
-    }
-    let (framed, length) = body.split_at(body.len() - SNAPSHOT_LENGTH_BYTES);
-    let length = u64::from_be_bytes(length.try_into().expect("8 bytes"));
-    match usize::try_from(length) {
-        Ok(length) if length <= framed.len() => Ok(&framed[..length]),
-        _ => Err(format!(
-            "snapshot length {length} exceeds the {} bytes framed",
-            framed.len()
-        )),
     }
 }
 

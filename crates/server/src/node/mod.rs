@@ -366,8 +366,6 @@ impl Node {
         if let Some(identity) = Identity::load(data_dir).map_err(|e| e.to_string())? {
             check_owner(&identity, &config)?;
         }
-        std::fs::create_dir_all(data_dir)
-            .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
         let lock = DirLock::acquire(data_dir).map_err(|e| e.to_string())?;
         let identity = open_identity(&config)?;
         let (inputs, inbox) = inbox::channel(INPUTS_QUEUED_MAX)

@@ -38,5 +38,5 @@ mod view;
 pub use codec::CommandCodec;
 pub use error::{ApplyError, CodecError, MvccError};
 pub use recovery::TailRepair;
-pub use snapshot::SnapshotReader;
+pub use snapshot::{summarize as summarize_snapshot, SnapshotReader, SnapshotSummary};
 pub use store::{Applied, MvccOptions, MvccStore, SpaceStats, NON_DURABLE_COMMITS_MAX};

@@ -80,6 +80,70 @@ fn decode_version_record(bytes: &[u8]) -> Result<Option<(PutMeta, &[u8])>, MvccE
     }
 }
 
+/// One version's contribution to the store hash (`MvccStore::hash_kv`, and the hash a saved
+/// snapshot's summary reports): versions are fed in revision order, each as
+/// `revision u64 | sub u32 | key_len u32 | key | version record`.
+pub(crate) fn hash_version(hash: u32, key: &[u8], at: ChangeKey, record: &[u8]) -> u32 {
+    let hash = crc32c::crc32c_append(hash, &at.0.to_be_bytes());
+    let hash = crc32c::crc32c_append(hash, &at.1.to_be_bytes());
+    let hash = crc32c::crc32c_append(hash, &(key.len() as u32).to_be_bytes());
+    let hash = crc32c::crc32c_append(hash, key);
+    crc32c::crc32c_append(hash, record)
+}
+
+/// What a snapshot holds, in numbers, after the whole of it has been checked: what
+/// `ballot snapshot status` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotSummary {
+    pub applied_index: u64,
+    pub revision: Revision,
+    pub compacted_revision: Revision,
+    /// Keys whose newest version is a put.
+    pub keys: u64,
+    /// Every version kept (puts and deletions since the compacted revision).
+    pub versions: u64,
+    pub leases: u64,
+    /// The store hash at `revision`: what `Maintenance.HashKV` at that revision answers on a
+    /// member holding exactly this state.
+    pub hash: u32,
+}
+
+/// Checks `snapshot` completely (as a restore would) and summarises it.
+pub fn summarize(snapshot: &[u8]) -> Result<SnapshotSummary, MvccError> {
+    let parsed = parse(snapshot)?;
+    let mut by_revision: Vec<&SnapshotVersion<'_>> = parsed.versions.iter().collect();
+    by_revision.sort_unstable_by_key(|version| version.at);
+    let mut hash = 0u32;
+    let mut record = Vec::new();
+    for version in by_revision {
+        record.clear();
+        let put = version.put.as_ref().map(|(meta, value)| (meta, *value));
+        encode_version_record(put, &mut record);
+        hash = hash_version(hash, version.key, version.at, &record);
+    }
+    let keys = parsed
+        .versions
+        .iter()
+        .enumerate()
+        .filter(|(i, version)| {
+            let newest = parsed
+                .versions
+                .get(i + 1)
+                .is_none_or(|next| next.key != version.key);
+            newest && version.put.is_some()
+        })
+        .count() as u64;
+    Ok(SnapshotSummary {
+        applied_index: parsed.position.applied_index,
+        revision: parsed.position.current_revision,
+        compacted_revision: parsed.position.compacted_revision,
+        keys,
+        versions: parsed.versions.len() as u64,
+        leases: parsed.leases.len() as u64,
+        hash,
+    })
+}
+
 /// Counts and checksums what goes through it.
 struct Summing<W> {
     inner: W,

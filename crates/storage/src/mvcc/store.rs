@@ -646,11 +646,7 @@ impl MvccStore {
                 }
                 None => encode_version_record(None, &mut record),
             }
-            hash = crc32c::crc32c_append(hash, &version.at.0.to_be_bytes());
-            hash = crc32c::crc32c_append(hash, &version.at.1.to_be_bytes());
-            hash = crc32c::crc32c_append(hash, &(key.len() as u32).to_be_bytes());
-            hash = crc32c::crc32c_append(hash, &key);
-            hash = crc32c::crc32c_append(hash, &record);
+            hash = snapshot::hash_version(hash, &key, version.at, &record);
         }
         Ok((hash, compacted))
     }

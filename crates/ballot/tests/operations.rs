@@ -1,9 +1,15 @@
-//! Restarts as etcd operators do them, on real `ballot server` processes: every member SIGKILLed
-//! in the middle of writes and started again with `--initial-cluster-state new`, with `existing`
-//! and with the bootstrap flags left out; one member alone; a member added with `member add`;
-//! after log compactions and a snapshot install; a directory started under another member's name;
-//! and `--force-new-cluster` after two of three members are lost for good. Every write that was
-//! acknowledged before a kill must be there after the restart.
+//! Operating a cluster as etcd operators do, on real `ballot server` processes.
+//!
+//! Restarts: every member SIGKILLed in the middle of writes and started again with
+//! `--initial-cluster-state new`, with `existing` and with the bootstrap flags left out; one
+//! member alone; a member added with `member add`; after log compactions and a snapshot install;
+//! a directory started under another member's name; and `--force-new-cluster` after two of three
+//! members are lost for good. Every write that was acknowledged before a kill must be there after
+//! the restart.
+//!
+//! Backups: `snapshot save` from a loaded cluster, `snapshot status`, and `snapshot restore`
+//! into a new three-member cluster that holds every key with its revisions; damaged and
+//! truncated files refused by both.
 
 use ballot_proto::etcdserverpb as pb;
 use pb::cluster_client::ClusterClient;
@@ -712,4 +718,162 @@ fn force_new_cluster_recovers_a_survivor_after_two_of_three_are_lost() {
     let mut expected = acknowledged;
     expected.insert("k/after".into(), "alone".into());
     assert_all_present(&cluster, &runtime, &expected);
+}
+
+/// Every key under `k/` with its whole `KeyValue`, and the store revision, read linearizably.
+fn read_key_values(
+    runtime: &tokio::runtime::Runtime,
+    url: &str,
+) -> (i64, Vec<ballot_proto::mvccpb::KeyValue>) {
+    runtime.block_on(async {
+        let response = KvClient::new(channel(url).await.expect("reach the member"))
+            .range(pb::RangeRequest {
+                key: b"k/".to_vec().into(),
+                range_end: b"k0".to_vec().into(),
+                ..Default::default()
+            })
+            .await
+            .expect("range")
+            .into_inner();
+        (response.header.expect("header").revision, response.kvs)
+    })
+}
+
+fn ballot(args: &[&str]) -> std::process::Output {
+    Command::new(BALLOT)
+        .args(args)
+        .output()
+        .expect("ballot runs")
+}
+
+#[test]
+fn a_snapshot_saved_from_a_loaded_cluster_restores_into_a_new_cluster_with_every_revision() {
+    let _serial = serial();
+    let runtime = runtime();
+    let mut source = Cluster::new("backup-source", 3);
+    source.start_all(Bootstrap::New);
+    source.wait_for_leader(&runtime);
+    // Puts, overwrites, deletes and a compaction: versions, create and mod revisions all differ.
+    let url = source.members[0].client_url();
+    write_keys(&runtime, &url, "a", 300);
+    write_keys(&runtime, &url, "a", 100);
+    runtime.block_on(async {
+        let channel = channel(&url).await.unwrap();
+        let mut kv = KvClient::new(channel);
+        kv.delete_range(pb::DeleteRangeRequest {
+            key: b"k/a/000200".to_vec().into(),
+            range_end: b"k/a/000250".to_vec().into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        kv.compact(pb::CompactionRequest {
+            revision: 150,
+            physical: true,
+        })
+        .await
+        .unwrap();
+    });
+    let (revision, expected) = read_key_values(&runtime, &url);
+    assert_eq!(expected.len(), 250);
+    let file = source.dir.join("backup.db");
+    let file_text = file.to_str().unwrap().to_string();
+    let saved = ballot(&["snapshot", "save", &file_text, "--endpoints", &url]);
+    assert!(saved.status.success(), "{saved:?}");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "a backup is readable by its owner only");
+    }
+    let status = ballot(&["snapshot", "status", &file_text, "-w", "json"]);
+    assert!(status.status.success(), "{status:?}");
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["revision"], revision);
+    assert_eq!(status["totalKey"], 250);
+    assert_eq!(status["totalSize"], std::fs::metadata(&file).unwrap().len());
+    let hash = runtime.block_on(async {
+        MaintenanceClient::new(channel(&url).await.unwrap())
+            .hash_kv(pb::HashKvRequest { revision })
+            .await
+            .unwrap()
+            .into_inner()
+            .hash
+    });
+    assert_eq!(
+        status["hash"], hash,
+        "the status hash is what hashkv answers"
+    );
+
+    // Damaged or cut files are refused by status and restore, and restore writes nothing.
+    let bytes = std::fs::read(&file).unwrap();
+    let damaged = source.dir.join("damaged.db");
+    let mut flipped = bytes.clone();
+    flipped[bytes.len() / 3] ^= 0x40;
+    std::fs::write(&damaged, &flipped).unwrap();
+    let truncated = source.dir.join("truncated.db");
+    std::fs::write(&truncated, &bytes[..bytes.len() - 100]).unwrap();
+    for bad in [&damaged, &truncated] {
+        let bad = bad.to_str().unwrap();
+        let status = ballot(&["snapshot", "status", bad]);
+        assert_eq!(status.status.code(), Some(1), "{status:?}");
+        let dir = source.dir.join("never");
+        let restore = ballot(&[
+            "snapshot",
+            "restore",
+            bad,
+            "--data-dir",
+            dir.to_str().unwrap(),
+        ]);
+        assert_eq!(restore.status.code(), Some(1), "{restore:?}");
+        assert!(
+            String::from_utf8_lossy(&restore.stderr).contains("not a usable ballot snapshot"),
+            "{restore:?}"
+        );
+        assert!(!dir.exists(), "a refused restore writes nothing");
+    }
+
+    // A new three-member cluster, restored member by member from the one file.
+    let mut target = Cluster::new("backup-target", 3);
+    for member in &target.members {
+        let restored = ballot(&[
+            "snapshot",
+            "restore",
+            &file_text,
+            "--name",
+            &member.name,
+            "--data-dir",
+            member.data_dir.to_str().unwrap(),
+            "--initial-cluster",
+            &target.initial_cluster,
+            "--initial-cluster-token",
+            TOKEN,
+            "--initial-advertise-peer-urls",
+            &member.peer_url(),
+        ]);
+        assert!(restored.status.success(), "{restored:?}");
+    }
+    let again = ballot(&[
+        "snapshot",
+        "restore",
+        &file_text,
+        "--data-dir",
+        target.members[0].data_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        again.status.code(),
+        Some(2),
+        "an existing data-dir is refused: {again:?}"
+    );
+    target.start_all(Bootstrap::New);
+    target.wait_for_leader(&runtime);
+    for member in &target.members {
+        let (restored_revision, restored) = read_key_values(&runtime, &member.client_url());
+        assert_eq!(restored_revision, revision);
+        assert_eq!(restored, expected, "through {}", member.name);
+    }
+    // And it goes on from there.
+    let url = target.members[1].client_url();
+    write_keys(&runtime, &url, "after", 5);
+    assert_eq!(read_key_values(&runtime, &url).0, revision + 5);
+    drop(source);
 }
