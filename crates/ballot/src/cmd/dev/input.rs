@@ -154,8 +154,10 @@ fn serve_connection(stream: TcpStream, events: &Sender<Event>) {
 }
 
 /// SIGINT and SIGTERM become [`Event::Signal`]; a second one ends `ballot dev` at once (its
-/// servers then stop by themselves: their standard input closes).
+/// servers then stop by themselves: their standard input closes). Returns once the handlers
+/// are installed, so that no signal after it takes the default action.
 pub fn watch_signals(events: Sender<Event>) {
+    let (installed, handlers_ready) = mpsc::channel();
     std::thread::Builder::new()
         .name("dev-signals".into())
         .spawn(move || {
@@ -167,6 +169,7 @@ pub fn watch_signals(events: Sender<Event>) {
                 use tokio::signal::unix::{signal, SignalKind};
                 let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
                 let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
+                let _ = installed.send(());
                 let mut received = 0;
                 loop {
                     let name = tokio::select! {
@@ -185,6 +188,7 @@ pub fn watch_signals(events: Sender<Event>) {
             });
         })
         .expect("signal thread");
+    let _ = handlers_ready.recv();
 }
 
 #[cfg(test)]

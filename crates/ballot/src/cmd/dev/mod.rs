@@ -64,6 +64,9 @@ pub fn run(args: DevArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // Before the cluster starts: a Ctrl-C during a slow start is then answered once it is up
+    // (a second one exits at once), and SIGTERM never kills ballot dev without its goodbye.
+    input::watch_signals(events.clone());
     let cluster = match RunningCluster::start(&exe, args.nodes, &args.data_dir, args.fresh) {
         Ok(cluster) => cluster,
         Err(error) => {
@@ -72,7 +75,6 @@ pub fn run(args: DevArgs) -> ExitCode {
         }
     };
     print_endpoints(&cluster, control);
-    input::watch_signals(events.clone());
     input::read_stdin(events);
     supervisor::Supervisor::new(cluster, args.restart_dead, control).run(received)
 }
