@@ -3,13 +3,31 @@
 //!
 //! The ports chosen on first start are kept in `<data-dir>/cluster.toml`: member ids derive from
 //! peer URLs, so a restarted cluster must come back on the same ports to find its own data.
+//!
+//! One cluster per directory: a [`RunningCluster`] holds `<data-dir>/LOCK` while it lives, and
+//! before a node starts its ports and its data directory's lock are checked ([`preflight`]), so
+//! a server left from an earlier run is named instead of being mistaken for a new node.
+//!
+//! The servers die with the process that started them, however it dies: each gets the
+//! hidden `--stop-on-stdin-eof` flag and a pipe as its standard input, whose write end only this
+//! process holds; the kernel closes it when this process ends, and the server shuts down on
+//! end-of-file. Each runs in its own process group, so a terminal's Ctrl-C reaches only the
+//! starter, which stops them in order.
+//!
+//! Signals go only to children not yet reaped (`Child::try_wait` has not returned their
+//! status): until then their pid cannot have been given to another process.
 
+pub mod preflight;
+
+use ballot_storage::dir_lock::{DirLock, DirLockError, LOCK_FILE_NAME};
+use preflight::Busy;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// Most nodes a dev cluster has.
@@ -18,6 +36,8 @@ const NODES_MAX: usize = 7;
 const PORT_RACE_ATTEMPTS: u32 = 3;
 /// How long to wait for every node to report a leader.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a node may take to exit after SIGTERM before it is SIGKILLed.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct DevNode {
@@ -97,6 +117,9 @@ pub struct RunningCluster {
     extra_args: Vec<String>,
     /// Per node name, how it starts differently from a `ballot dev` node (see [`NodeOptions`]).
     node_options: HashMap<String, NodeOptions>,
+    /// `<data-dir>/LOCK`: one cluster per directory. Released after the nodes are stopped
+    /// (fields drop after `Drop::drop`); `None` only while handed back for another attempt.
+    lock: Option<DirLock>,
 }
 
 impl RunningCluster {
@@ -125,15 +148,15 @@ impl RunningCluster {
                 "--nodes must be between 1 and {NODES_MAX}, got {nodes}"
             ));
         }
+        let mut lock = Some(lock_cluster_dir(data_dir)?);
         // Ports are picked free, then bound by the servers a moment later; in between another
         // process (often some node's outgoing connection, given an ephemeral port) may take
         // one. A fresh cluster then picks new ports and tries again.
         let mut attempt = 0;
         loop {
             attempt += 1;
-            if fresh && data_dir.exists() {
-                std::fs::remove_dir_all(data_dir)
-                    .map_err(|e| format!("{}: {e}", data_dir.display()))?;
+            if fresh {
+                empty_keeping_lock(data_dir)?;
             }
             let plan = plan(data_dir, nodes)?;
             let mut running = RunningCluster {
@@ -143,20 +166,32 @@ impl RunningCluster {
                 children: Vec::new(),
                 extra_args: extra_args.to_vec(),
                 node_options: HashMap::new(),
+                lock: lock.take(),
             };
-            let started = plan.nodes.iter().try_for_each(|node| {
-                let child = running.spawn(node)?;
-                running.children.push((node.name.clone(), child));
-                Ok::<(), String>(())
-            });
+            // Every node checked before any starts: a leftover is named before anything runs.
+            let started = plan
+                .nodes
+                .iter()
+                .try_for_each(|node| running.check_node(node).map_err(|busy| busy.to_string()))
+                .and_then(|()| {
+                    plan.nodes
+                        .iter()
+                        .try_for_each(|node| running.start_node(&node.name).map(|_| ()))
+                });
             match started.and_then(|()| running.wait_healthy()) {
                 Ok(()) => return Ok(running),
                 Err(error) if fresh && attempt < PORT_RACE_ATTEMPTS && error.contains("in use") => {
-                    running.stop();
+                    lock = Some(running.into_lock());
                 }
                 Err(error) => return Err(error),
             }
         }
+    }
+
+    /// Stops every node and gives the directory lock back, for another attempt.
+    fn into_lock(mut self) -> DirLock {
+        self.stop();
+        self.lock.take().expect("held from start to drop")
     }
 
     fn spawn(&self, node: &DevNode) -> Result<Child, String> {
@@ -192,9 +227,11 @@ impl RunningCluster {
             .args(self.worker_threads_args())
             .args(&self.extra_args)
             .args(self.cluster_state_args(node))
-            .stdin(Stdio::null())
+            .arg("--stop-on-stdin-eof")
+            .stdin(Stdio::piped())
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
             .stderr(log)
+            .process_group(0)
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", node.name))
     }
@@ -223,23 +260,70 @@ impl RunningCluster {
     pub fn kill(&mut self, name: &str) {
         if let Some(position) = self.children.iter().position(|(n, _)| n == name) {
             let (_, mut child) = self.children.remove(position);
+            // `Child::kill` sends nothing to a child already reaped.
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 
+    /// As [`RunningCluster::kill`], with its exit status; an error if `name` is not running.
+    pub fn kill_node(&mut self, name: &str) -> Result<ExitStatus, String> {
+        let mut child = self.take_child(name)?;
+        let _ = child.kill();
+        child.wait().map_err(|e| format!("waiting for {name}: {e}"))
+    }
+
     /// Starts a killed or stopped node again from its data directory.
     pub fn restart(&mut self, name: &str) -> Result<(), String> {
-        let node = self
-            .plan
+        self.start_node(name).map(|_| ())
+    }
+
+    /// Starts `name` (not running) after checking that its ports are free and its data
+    /// directory unlocked; returns its pid. Does not wait for it to find a leader.
+    pub fn start_node(&mut self, name: &str) -> Result<u32, String> {
+        let node = self.node(name)?.clone();
+        if let Some(pid) = self.pid(name) {
+            return Err(format!("{name} is already running (pid {pid})"));
+        }
+        self.check_node(&node).map_err(|busy| busy.to_string())?;
+        let child = self.spawn(&node)?;
+        let pid = child.id();
+        self.children.push((name.to_string(), child));
+        Ok(pid)
+    }
+
+    /// SIGTERM, then wait up to `grace` (SIGKILL after it); an error if `name` is not running.
+    pub fn stop_node(&mut self, name: &str, grace: Duration) -> Result<Stopped, String> {
+        let mut child = self.take_child(name)?;
+        terminate(&mut child);
+        Ok(wait_or_kill(&mut child, Instant::now() + grace))
+    }
+
+    /// Whether `node` could start now: its ports free, its data directory unlocked.
+    pub fn check_node(&self, node: &DevNode) -> Result<(), Busy> {
+        preflight::check_node(&self.data_dir.join(&node.name), node)
+    }
+
+    /// The planned node called `name`, or an error listing the names there are.
+    pub fn node(&self, name: &str) -> Result<&DevNode, String> {
+        self.plan
             .nodes
             .iter()
             .find(|n| n.name == name)
-            .cloned()
-            .ok_or(format!("no node {name}"))?;
-        let child = self.spawn(&node)?;
-        self.children.push((name.to_string(), child));
-        Ok(())
+            .ok_or_else(|| {
+                let names: Vec<&str> = self.plan.nodes.iter().map(|n| n.name.as_str()).collect();
+                format!("no node {name} (nodes: {})", names.join(", "))
+            })
+    }
+
+    fn take_child(&mut self, name: &str) -> Result<Child, String> {
+        self.node(name)?;
+        let position = self
+            .children
+            .iter()
+            .position(|(n, _)| n == name)
+            .ok_or(format!("{name} is not running"))?;
+        Ok(self.children.remove(position).1)
     }
 
     fn wait_healthy(&mut self) -> Result<(), String> {
@@ -254,6 +338,10 @@ impl RunningCluster {
                 }
                 if health(node.metrics_port) {
                     break;
+                }
+                // A failed start of this node must not be hidden by someone else answering.
+                if !self.is_running(&node.name) {
+                    return Err(format!("{} is not running", node.name));
                 }
                 if Instant::now() > deadline {
                     return Err(format!(
@@ -282,23 +370,122 @@ impl RunningCluster {
         lines[lines.len().saturating_sub(15)..].join("\n")
     }
 
-    /// SIGTERM to every node, then wait (SIGKILL after 10 s).
+    /// SIGTERM to every node, then wait (SIGKILL after [`STOP_GRACE`]).
     pub fn stop(&mut self) {
-        for (_, child) in &self.children {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for (_, child) in &mut self.children {
-            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        self.children.clear();
+        self.stop_all();
     }
+
+    /// As [`RunningCluster::stop`], saying how each node that was running ended.
+    pub fn stop_all(&mut self) -> Vec<(String, Stopped)> {
+        for (_, child) in &mut self.children {
+            terminate(child);
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        self.children
+            .drain(..)
+            .map(|(name, mut child)| (name, wait_or_kill(&mut child, deadline)))
+            .collect()
+    }
+}
+
+/// How a node's process ended when asked to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// It exited by itself (after SIGTERM, or earlier) with this status.
+    Exited(ExitStatus),
+    /// It outlived the grace period and was SIGKILLed.
+    Killed(ExitStatus),
+}
+
+impl Stopped {
+    /// Exited by itself with status 0.
+    pub fn is_clean(&self) -> bool {
+        matches!(self, Stopped::Exited(status) if status.success())
+    }
+}
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stopped::Exited(status) => write!(f, "{status}"),
+            Stopped::Killed(_) => write!(f, "still running after SIGTERM; SIGKILLed"),
+        }
+    }
+}
+
+/// SIGTERM, unless the child was already reaped (its pid may belong to someone else by now).
+fn terminate(child: &mut Child) {
+    signal_unreaped(child, libc::SIGTERM);
+}
+
+/// Sends `signal` to a child not yet reaped; false if it was.
+fn signal_unreaped(child: &mut Child, signal: libc::c_int) -> bool {
+    if !matches!(child.try_wait(), Ok(None)) {
+        return false;
+    }
+    let pid = libc::pid_t::try_from(child.id()).expect("a pid fits pid_t");
+    // SAFETY: kill(2) has no memory effects; the pid is our unreaped child's (see above).
+    unsafe { libc::kill(pid, signal) == 0 }
+}
+
+fn wait_or_kill(child: &mut Child, deadline: Instant) -> Stopped {
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Stopped::Exited(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                let status = child.wait().expect("waiting for a killed child");
+                return Stopped::Killed(status);
+            }
+        }
+    }
+}
+
+/// Locks `<data_dir>/LOCK` (creating the directory), or says which process uses it.
+fn lock_cluster_dir(data_dir: &Path) -> Result<DirLock, String> {
+    DirLock::acquire(data_dir).map_err(|error| match error {
+        DirLockError::Held { holder_pid, .. } => format!(
+            "{} is in use by another cluster ({}): one cluster per directory; stop it or choose \
+             another directory",
+            data_dir.display(),
+            holder_pid.map_or("its process is unknown".to_string(), |pid| format!(
+                "process {pid}"
+            ))
+        ),
+        other => other.to_string(),
+    })
+}
+
+/// Empties a locked cluster directory for a fresh start, after checking that no node's server
+/// still runs in it (deleting files under a live server would corrupt nothing of ours but
+/// leave it serving a deleted directory). The lock file stays: deleting it would let a second
+/// cluster lock a new file while this one holds the old.
+fn empty_keeping_lock(data_dir: &Path) -> Result<(), String> {
+    let entries =
+        std::fs::read_dir(data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("{}: {e}", data_dir.display()))?;
+        let path = entry.path();
+        if path.is_dir() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            preflight::check_data_dir(&name, &path.join("data"))
+                .map_err(|busy| busy.to_string())?;
+        }
+    }
+    for entry in std::fs::read_dir(data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))? {
+        let path = entry.map_err(|e| e.to_string())?.path();
+        if path.file_name() == Some(LOCK_FILE_NAME.as_ref()) {
+            continue;
+        }
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        removed.map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(())
 }
 
 impl Drop for RunningCluster {
@@ -309,20 +496,58 @@ impl Drop for RunningCluster {
 
 /// GET /health answers 200 (the node knows a leader).
 pub fn health(metrics_port: u16) -> bool {
-    let address = SocketAddr::from(([127, 0, 0, 1], metrics_port));
-    let Ok(mut stream) = TcpStream::connect_timeout(&address, Duration::from_millis(200)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-    if stream
-        .write_all(b"GET /health HTTP/1.1\r\nhost: localhost\r\n\r\n")
-        .is_err()
-    {
-        return false;
+    http_get(metrics_port, "/health").is_some_and(|response| response.starts_with("HTTP/1.1 200"))
+}
+
+/// A node's view of the election, from its `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeView {
+    pub term: u64,
+    pub is_leader: bool,
+    pub has_leader: bool,
+}
+
+impl NodeView {
+    /// `leader`, `follower` (knows a leader) or `leaderless` (one word, for tables).
+    pub fn role(&self) -> &'static str {
+        match (self.is_leader, self.has_leader) {
+            (true, _) => "leader",
+            (false, true) => "follower",
+            (false, false) => "leaderless",
+        }
     }
+
+    /// Reads the `ballot_raft_*` gauges of a `/metrics` page; `None` when one is missing.
+    pub fn from_metrics(text: &str) -> Option<NodeView> {
+        let gauge = |name: &str| {
+            text.lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+                .and_then(|value| value.trim().parse::<u64>().ok())
+        };
+        Some(NodeView {
+            term: gauge("ballot_raft_term")?,
+            is_leader: gauge("ballot_raft_is_leader")? == 1,
+            has_leader: gauge("ballot_raft_has_leader")? == 1,
+        })
+    }
+}
+
+/// What the node serving `/metrics` on `metrics_port` says of the election, if it answers.
+pub fn node_view(metrics_port: u16) -> Option<NodeView> {
+    NodeView::from_metrics(&http_get(metrics_port, "/metrics")?)
+}
+
+/// The whole HTTP/1.1 response (head and body) to a GET on loopback, with short timeouts.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    let address = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_millis(200)).ok()?;
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n").as_bytes())
+        .ok()?;
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
-    response.starts_with("HTTP/1.1 200")
+    Some(response)
 }
 
 impl RunningCluster {
@@ -358,10 +583,8 @@ impl RunningCluster {
                 "--nodes must be between 1 and {NODES_MAX}, got {nodes}"
             ));
         }
-        if data_dir.exists() {
-            std::fs::remove_dir_all(data_dir)
-                .map_err(|e| format!("{}: {e}", data_dir.display()))?;
-        }
+        let lock = lock_cluster_dir(data_dir)?;
+        empty_keeping_lock(data_dir)?;
         let plan = plan(data_dir, nodes)?;
         Ok(RunningCluster {
             plan,
@@ -370,6 +593,7 @@ impl RunningCluster {
             children: Vec::new(),
             extra_args: Vec::new(),
             node_options: HashMap::new(),
+            lock: Some(lock),
         })
     }
 
@@ -377,8 +601,7 @@ impl RunningCluster {
     pub fn launch(&mut self) -> Result<(), String> {
         for node in self.plan.nodes.clone() {
             if !self.is_running(&node.name) {
-                let child = self.spawn(&node)?;
-                self.children.push((node.name.clone(), child));
+                self.start_node(&node.name)?;
             }
         }
         self.wait_healthy()
@@ -414,25 +637,25 @@ impl RunningCluster {
     }
 
     /// SIGSTOP: the process freezes with its sockets open, as in a long GC pause or a VM stall.
-    pub fn pause(&self, name: &str) -> Result<(), String> {
-        self.signal(name, "-STOP")
+    pub fn pause(&mut self, name: &str) -> Result<(), String> {
+        self.signal(name, libc::SIGSTOP, "SIGSTOP")
     }
 
     /// SIGCONT after [`RunningCluster::pause`].
-    pub fn resume(&self, name: &str) -> Result<(), String> {
-        self.signal(name, "-CONT")
+    pub fn resume(&mut self, name: &str) -> Result<(), String> {
+        self.signal(name, libc::SIGCONT, "SIGCONT")
     }
 
-    fn signal(&self, name: &str, signal: &str) -> Result<(), String> {
-        let pid = self.pid(name).ok_or(format!("{name} is not running"))?;
-        let status = Command::new("kill")
-            .args([signal, &pid.to_string()])
-            .status()
-            .map_err(|e| format!("kill {signal} {pid}: {e}"))?;
-        if status.success() {
+    fn signal(&mut self, name: &str, signal: libc::c_int, signal_name: &str) -> Result<(), String> {
+        let (_, child) = self
+            .children
+            .iter_mut()
+            .find(|(n, _)| n == name)
+            .ok_or(format!("{name} is not running"))?;
+        if signal_unreaped(child, signal) {
             Ok(())
         } else {
-            Err(format!("kill {signal} {pid} ({name}) exited with {status}"))
+            Err(format!("{signal_name} to {name}: it has exited"))
         }
     }
 
@@ -468,7 +691,25 @@ impl RunningCluster {
 
 #[cfg(test)]
 mod tests {
-    use super::worker_threads_per_node;
+    use super::{worker_threads_per_node, NodeView};
+
+    #[test]
+    fn the_election_view_is_read_from_the_metrics_gauges() {
+        let page = "# HELP ballot_raft_term Current Raft term.\n# TYPE ballot_raft_term gauge\n\
+                    ballot_raft_term 7\nballot_raft_is_leader 0\nballot_raft_has_leader 1\n\
+                    ballot_raft_leader_changes_total 3\n";
+        let view = NodeView::from_metrics(page).unwrap();
+        assert_eq!(
+            view,
+            NodeView {
+                term: 7,
+                is_leader: false,
+                has_leader: true
+            }
+        );
+        assert_eq!(view.role(), "follower");
+        assert_eq!(NodeView::from_metrics("ballot_raft_term 7\n"), None);
+    }
 
     #[test]
     fn nodes_share_the_cpus_and_each_gets_at_least_one_worker() {

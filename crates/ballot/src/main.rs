@@ -30,7 +30,9 @@ enum Command {
     /// compare-and-swap, a watch, a lease, a SIGKILL of the leader and recovery
     /// (`--simulated`: the same story in the deterministic simulator).
     Demo(cmd::demo::DemoArgs),
-    /// Start a local cluster of `ballot server` processes on free loopback ports; Ctrl-C stops it.
+    /// Start a local cluster of `ballot server` processes on free loopback ports, to break on
+    /// purpose: `kill n2`, `stop`, `start`, `restart`, `status` on stdin or a control port;
+    /// Ctrl-C stops it.
     Dev(cmd::dev::DevArgs),
     /// Run one ballot node (etcd's flags; each also as a BALLOT_* variable or in --config-file).
     Server(cmd::server::ServerArgs),

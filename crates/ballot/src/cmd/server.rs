@@ -74,6 +74,10 @@ pub struct ServerArgs {
     /// A TOML file with any of the settings above (keys as the flags, e.g. `data-dir = "..."`)
     #[arg(long, env = "BALLOT_CONFIG_FILE")]
     config_file: Option<PathBuf>,
+    /// Shut down when standard input reaches end-of-file. `ballot dev` gives its servers a pipe
+    /// only it holds open, so they stop when it ends, even when it is SIGKILLed.
+    #[arg(long, hide = true)]
+    stop_on_stdin_eof: bool,
 }
 
 /// Most `--worker-threads` accepted.
@@ -219,15 +223,41 @@ pub fn run(args: ServerArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let starter_gone = args.stop_on_stdin_eof.then(watch_stdin);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(process.worker_threads)
         .enable_all()
         .build()
         .expect("tokio runtime");
-    runtime.block_on(serve(config))
+    runtime.block_on(serve(config, starter_gone))
 }
 
-async fn serve(config: ServerConfig) -> ExitCode {
+/// How long a server whose starter is gone may take to shut down before it exits regardless:
+/// nobody is left to SIGKILL it.
+const STARTER_GONE_EXIT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// A thread that reads standard input to its end, then signals the returned receiver, and ends
+/// the process if shutdown has not done so within [`STARTER_GONE_EXIT_DEADLINE`]. A plain thread,
+/// not a runtime task: a blocking read would keep the runtime from shutting down.
+fn watch_stdin() -> tokio::sync::oneshot::Receiver<()> {
+    let (gone, receiver) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("stdin-eof".into())
+        .spawn(move || {
+            let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+            let _ = gone.send(());
+            std::thread::sleep(STARTER_GONE_EXIT_DEADLINE);
+            eprintln!("error: still shutting down {STARTER_GONE_EXIT_DEADLINE:?} after standard input closed; exiting");
+            std::process::exit(1);
+        })
+        .expect("stdin watcher thread");
+    receiver
+}
+
+async fn serve(
+    config: ServerConfig,
+    starter_gone: Option<tokio::sync::oneshot::Receiver<()>>,
+) -> ExitCode {
     let metrics_url = config.listen_metrics_urls.first().cloned();
     let node = match Node::start(config.clone()).await {
         Ok(node) => node,
@@ -293,7 +323,7 @@ async fn serve(config: ServerConfig) -> ExitCode {
         data_dir = %config.data_dir.display(),
         "ballot server started"
     );
-    wait_for_shutdown().await;
+    wait_for_shutdown(starter_gone).await;
     tracing::info!("shutting down");
     let _ = stop_clients.send(true);
     // Watch and keep-alive streams stay open until their clients leave; do not wait for them.
@@ -355,12 +385,21 @@ async fn join_all(tasks: Vec<tokio::task::JoinHandle<()>>) {
     }
 }
 
-async fn wait_for_shutdown() {
+async fn wait_for_shutdown(starter_gone: Option<tokio::sync::oneshot::Receiver<()>>) {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("SIGTERM handler");
+    let starter_gone = async {
+        match starter_gone {
+            Some(gone) => {
+                let _ = gone.await;
+            }
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}
+        _ = starter_gone => tracing::info!("standard input closed: the process that started this server is gone"),
     }
 }
 
