@@ -52,10 +52,6 @@ impl<S> AuthorityRepair<S> {
         }
     }
 
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
     /// Hands on what `spill` may give; true if it gave anything.
     fn deliver_spill(&mut self, buf: &mut ReadBuf<'_>) -> bool {
         let ready = &self.spill[self.delivered..self.releasable];

@@ -19,9 +19,10 @@ use super::huffman;
 pub const AUTHORITY_ENCODED_BYTES_MAX: usize = 256;
 /// Its longest decoded form: the shortest Huffman code is 5 bits.
 const AUTHORITY_DECODED_BYTES_MAX: usize = AUTHORITY_ENCODED_BYTES_MAX * 8 / 5 + 1;
-/// Frames a value may be split over (HEADERS then CONTINUATIONs) and still be repaired: bounds
-/// what is held back from h2 while a value is incomplete.
-const VALUE_PIECES_MAX: usize = 8;
+/// Frames a value may span (HEADERS then CONTINUATIONs, empty ones too) and still be repaired:
+/// what is held back from h2 while a value is incomplete is at most the value and these frames'
+/// headers.
+const VALUE_FRAMES_MAX: usize = 8;
 /// Largest HPACK integer followed (RFC 7541 §5.1 lets an implementation set one); past it the
 /// input is left to h2, whose header list limit is far below.
 const HPACK_INTEGER_MAX: u32 = 1 << 24;
@@ -149,9 +150,11 @@ struct Value {
     huffman: bool,
     octets: [u8; AUTHORITY_ENCODED_BYTES_MAX],
     have: usize,
-    /// `(offset in the window, length)` of each run of the value's octets.
-    pieces: [(usize, usize); VALUE_PIECES_MAX],
+    /// `(offset in the window, length)` of each run of the value's octets: one per frame.
+    pieces: [(usize, usize); VALUE_FRAMES_MAX],
     piece_count: usize,
+    /// Frames the value has spanned so far.
+    frames: usize,
 }
 
 impl Default for Scanner {
@@ -177,8 +180,9 @@ impl Scanner {
                 huffman: false,
                 octets: [0; AUTHORITY_ENCODED_BYTES_MAX],
                 have: 0,
-                pieces: [(0, 0); VALUE_PIECES_MAX],
+                pieces: [(0, 0); VALUE_FRAMES_MAX],
                 piece_count: 0,
+                frames: 0,
             },
         }
     }
@@ -304,6 +308,7 @@ impl Scanner {
             }
             FRAME_CONTINUATION => {
                 self.in_block = !ends_block;
+                self.value.spans_another_frame();
                 self.enter_fragment(Fragment {
                     left: length,
                     padding: 0,
@@ -553,6 +558,16 @@ impl Value {
         self.huffman = huffman;
         self.have = 0;
         self.piece_count = 0;
+        self.frames = 1;
+    }
+
+    /// A CONTINUATION frame begins while the value may be incomplete.
+    fn spans_another_frame(&mut self) {
+        self.frames += 1;
+        if self.frames > VALUE_FRAMES_MAX {
+            // Split over too many frames to hold back: it passes unrepaired.
+            self.collecting = false;
+        }
     }
 
     fn push(&mut self, window: &[u8], octets: std::ops::Range<usize>) {
@@ -565,11 +580,11 @@ impl Value {
         };
         if joins_last {
             self.pieces[self.piece_count - 1].1 += octets.len();
-        } else if self.piece_count == VALUE_PIECES_MAX {
-            // Split over too many frames to hold back: it passes unrepaired.
-            self.collecting = false;
-            return;
         } else {
+            assert!(
+                self.piece_count < self.frames,
+                "a value has at most one run of octets per frame"
+            );
             self.pieces[self.piece_count] = (octets.start, octets.len());
             self.piece_count += 1;
         }

@@ -327,6 +327,13 @@ fn a_value_split_over_too_many_frames_passes_unrepaired() {
     sizes.push(0);
     let input = in_fragments(&block, &sizes);
     assert_repairs_to(&input, &input);
+    // Empty CONTINUATIONs count too: a client cannot make the repair hold back its bytes for
+    // long by sending them without end.
+    let mut sizes = vec![value_at + 2];
+    sizes.extend([0; 20]);
+    sizes.push(0);
+    let input = in_fragments(&block, &sizes);
+    assert_repairs_to(&input, &input);
 }
 
 #[test]
