@@ -483,3 +483,129 @@ async fn h2_accepts_both_requests_only_with_the_repair() {
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// A small deterministic generator (xorshift64*), so a failing seed reproduces.
+struct Draws(u64);
+
+impl Draws {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, bound: usize) -> usize {
+        (self.next() % bound as u64) as usize
+    }
+
+    fn chance(&mut self) -> bool {
+        self.next() & 1 == 1
+    }
+}
+
+/// A random client stream: requests whose header blocks mix every representation, Huffman and
+/// raw strings, URL-looking values in fields other than `:authority`, blocks cut into HEADERS
+/// (padded or not) and CONTINUATIONs, DATA frames full of URL-looking octets, and other frames.
+/// With `repaired`, the same stream as it must come out: only URL `:authority` values differ.
+fn random_stream(seed: u64, repaired: bool) -> Vec<u8> {
+    let mut draws = Draws(seed);
+    let literal = |draws: &mut Draws| match draws.below(3) {
+        0 => Literal::Indexing,
+        1 => Literal::WithoutIndexing,
+        _ => Literal::NeverIndexed,
+    };
+    let mut out = PREFACE.to_vec();
+    out.extend(frame(SETTINGS, 0, 0, &[]));
+    for request in 0..20u32 {
+        let stream = 2 * request + 1;
+        let mut block = Vec::new();
+        if draws.below(4) == 0 {
+            block.extend(integer(0x20, 5, draws.below(4097))); // a table size update
+        }
+        block.extend(indexed(3));
+        block.extend(indexed(6));
+        let kind = literal(&mut draws);
+        let huffman = draws.chance();
+        block.extend(literal_indexed_name(kind, 4, "/svc/http://x/Call", huffman));
+        let port = 1000 + draws.below(60000);
+        let url = draws.chance();
+        let authority = match (url, repaired) {
+            (true, false) => format!("http://127.0.0.1:{port}"),
+            (true, true) => format!("http-x-127.0.0.1:{port}"),
+            (false, _) => format!("127.0.0.1:{port}"),
+        };
+        let kind = literal(&mut draws);
+        let huffman = draws.chance();
+        if draws.chance() {
+            block.extend(literal_indexed_name(kind, 1, &authority, huffman));
+        } else {
+            block.extend(literal_new_name(kind, ":authority", &authority, huffman));
+        }
+        if draws.chance() {
+            block.extend(indexed(62));
+        }
+        let kind = literal(&mut draws);
+        let huffman = draws.chance();
+        block.extend(literal_new_name(
+            kind,
+            "x-url",
+            "https://elsewhere:1/",
+            huffman,
+        ));
+        // HEADERS, then up to four CONTINUATIONs: the value spans at most five frames.
+        let mut cuts: Vec<usize> = (0..draws.below(5))
+            .map(|_| draws.below(block.len()))
+            .collect();
+        cuts.sort_unstable();
+        cuts.push(block.len());
+        let mut start = 0;
+        for (i, &cut) in cuts.iter().enumerate() {
+            let fragment = &block[start..cut];
+            start = cut;
+            let end = if i + 1 == cuts.len() { END_HEADERS } else { 0 };
+            if i > 0 {
+                out.extend(frame(CONTINUATION, end, stream, fragment));
+                continue;
+            }
+            let padding = if draws.chance() { draws.below(5) } else { 0 };
+            let mut payload = Vec::new();
+            let mut flags = end;
+            if padding > 0 {
+                flags |= PADDED;
+                payload.push(padding as u8);
+            }
+            payload.extend(fragment);
+            payload.extend(vec![0u8; padding]);
+            out.extend(frame(HEADERS, flags, stream, &payload));
+        }
+        let mut data: Vec<u8> = (0..draws.below(300)).map(|_| draws.next() as u8).collect();
+        let at = draws.below(data.len() + 1);
+        data.splice(at..at, *b"\x41\x15http://127.0.0.1:2379");
+        out.extend(frame(DATA, END_STREAM, stream, &data));
+        if draws.chance() {
+            out.extend(frame(0x6, 0, 0, b"http://x")); // PING
+        }
+    }
+    out
+}
+
+#[test]
+fn random_client_streams_change_only_url_authorities() {
+    for seed in 1..=200u64 {
+        let input = random_stream(seed, false);
+        let expected = random_stream(seed, true);
+        assert_eq!(input.len(), expected.len(), "seed {seed}");
+        assert_ne!(input, expected, "seed {seed} has a URL authority to repair");
+        let mut draws = Draws(seed ^ 0x9e37_79b9_7f4a_7c15);
+        let mut chunks = Vec::new();
+        let mut rest = &input[..];
+        while !rest.is_empty() {
+            let size = (1 + draws.below(64)).min(rest.len());
+            chunks.push(rest[..size].to_vec());
+            rest = &rest[size..];
+        }
+        let out = read_through(chunks, 1 + draws.below(8192));
+        assert!(out == expected, "seed {seed}");
+    }
+}
