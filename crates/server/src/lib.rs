@@ -5,11 +5,13 @@
 //! - [`transport`]: Raft messages between peers over TCP, one connection per peer, batched.
 //! - [`config`]: etcd-compatible configuration.
 //! - [`etcd`]: the etcd v3 gRPC services over a [`node::NodeHandle`], served over
-//!   [`coalesce`]d connections (many responses per socket write).
+//!   [`coalesce`]d connections (many responses per socket write) whose URL-form `:authority`
+//!   headers are repaired ([`authority`]) for h2.
 //! - [`http`]: `/metrics`, `/health` and [`native`], the HTTP/JSON API with read levels.
 //! - [`backup`]: the snapshot file `snapshot save` writes, its status, and its restore into a
 //!   new member's data directory.
 
+pub mod authority;
 pub mod backup;
 pub mod coalesce;
 pub mod config;

@@ -17,6 +17,9 @@
 //!   to tonic's generated services ([`tonic::service::Routes`]) with the h2 stream as its body,
 //!   and their response body is written back under h2's flow control.
 //!
+//! Connections are read through [`crate::authority::AuthorityRepair`]: grpc-go sends a URL as
+//! `:authority` for some of etcdctl's calls, which h2 would refuse.
+//!
 //! What the layers removed did and this keeps: `grpc-timeout` bounds a call until its answer
 //! (Cancelled "Timeout expired", as tonic answers), a stream the client resets stops its call,
 //! hyper's HTTP/2 settings (1 MiB windows, 200 concurrent streams per connection, 16 KiB header
@@ -24,6 +27,7 @@
 //! (GOAWAY) and finishes the calls it has.
 
 use super::kv::KvService;
+use crate::authority::AuthorityRepair;
 use crate::coalesce::CoalescedStream;
 use ballot_proto::etcdserverpb::kv_server::Kv;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -113,7 +117,7 @@ async fn serve_connection(
         .max_concurrent_streams(CONCURRENT_STREAMS_MAX)
         .max_header_list_size(HEADER_LIST_BYTES_MAX)
         .max_send_buffer_size(SEND_BUFFER_BYTES_MAX)
-        .handshake::<_, Bytes>(CoalescedStream::new(stream));
+        .handshake::<_, Bytes>(AuthorityRepair::new(CoalescedStream::new(stream)));
     let mut connection = match handshake.await {
         Ok(connection) => connection,
         Err(error) => {
