@@ -92,19 +92,11 @@ fn print_endpoints(cluster: &RunningCluster, control: SocketAddr) {
             node.name, node.client_port, node.peer_port, node.metrics_port, node.name
         );
     }
-    // etcdctl 3.4 sends an http:// endpoint as the HTTP/2 authority on some calls, which strict
-    // HTTP/2 servers refuse; host:port works for every etcdctl version.
-    let endpoints: Vec<String> = cluster
-        .plan
-        .nodes
-        .iter()
-        .map(|n| format!("127.0.0.1:{}", n.client_port))
-        .collect();
-    let endpoints = endpoints.join(",");
+    let endpoints = cluster.plan.client_urls().join(",");
     println!("\nTry it with etcdctl (Debian package etcd-client):");
     println!("  etcdctl --endpoints={endpoints} put greeting hello");
     println!("  etcdctl --endpoints={endpoints} get greeting");
-    println!("  etcdctl --endpoints={endpoints} endpoint status -w table");
+    println!("  etcdctl --endpoints={endpoints} endpoint status --cluster -w table");
     println!("or with ballot's own client:");
     println!(
         "  ballot get greeting --endpoints={}",
