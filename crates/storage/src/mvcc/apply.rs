@@ -425,23 +425,29 @@ impl Applier<'_> {
         };
         // One search of the index for the stored key and its versions together.
         let only_key = (Bound::Included(key), Bound::Included(key));
-        let stored = match self.state.keys.range_mut::<[u8], _>(only_key).next() {
+        let (stored, was_live) = match self.state.keys.range_mut::<[u8], _>(only_key).next() {
             Some((stored, versions)) => {
                 assert!(
                     versions.last().is_none_or(|last| last.at < at),
                     "a key's versions are written in revision order"
                 );
+                let was_live = versions.last().is_some_and(Version::is_put);
                 versions.push(version);
-                stored.clone()
+                (stored.clone(), was_live)
             }
             None => {
                 // Keys are copied out of the command: a slice would pin the whole log entry in
                 // memory.
                 let stored = Bytes::copy_from_slice(key);
                 self.state.keys.insert(stored.clone(), vec![version]);
-                stored
+                (stored, false)
             }
         };
+        match (was_live, put.is_some()) {
+            (false, true) => self.state.live_keys += 1,
+            (true, false) => self.state.live_keys -= 1,
+            _ => {}
+        }
         assert!(
             self.state.changes.back().is_none_or(|last| last.at < at),
             "the change log is written in revision order"

@@ -139,6 +139,8 @@ impl SegmentInfo {
 pub(crate) struct State {
     /// Every retained version of every key, oldest first; never an empty list.
     pub keys: BTreeMap<Bytes, Vec<Version>>,
+    /// Keys whose newest version is a put: the keys that exist now (etcd's keys gauge).
+    pub live_keys: u64,
     /// The change log in revision order, from the sweep's position on: every change not yet
     /// visited by the sweep, and those at exactly the compacted revision (events from there).
     pub changes: Chunked<Change>,
@@ -156,6 +158,14 @@ pub(crate) struct State {
 }
 
 impl State {
+    /// Keys whose newest version is a put, counted (what `live_keys` must equal).
+    pub fn count_live_keys(&self) -> u64 {
+        self.keys
+            .values()
+            .filter(|versions| versions.last().is_some_and(Version::is_put))
+            .count() as u64
+    }
+
     /// The key's newest version at or below `at`.
     pub fn newest(&self, key: &[u8], at: ChangeKey) -> Option<&Version> {
         let versions = self.keys.get(key)?;

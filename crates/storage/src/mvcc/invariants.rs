@@ -28,6 +28,11 @@ pub(crate) fn check(state: &State, dir: &Path) {
             .unwrap_or_else(|defect| panic!("invariant 1: {location:?} holds a record: {defect}"))
             .0
     };
+    assert_eq!(
+        state.live_keys,
+        state.count_live_keys(),
+        "invariant 11: the live key count is the number of keys whose newest version is a put"
+    );
     let mut live: BTreeMap<u32, u64> = BTreeMap::new();
     let mut count = |location: segments::Location| {
         *live.entry(location.segment).or_default() += u64::from(location.len);

@@ -225,6 +225,7 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, MvccError> {
     state.remember(commit_location);
     state.commit_location = Some(commit_location);
     rebuild_keys(&mut state, versions)?;
+    state.live_keys = state.count_live_keys();
     rebuild_leases(&mut state, lease_changes)?;
     state.refresh_files();
     let head = *ids.last().expect("not empty");

@@ -229,6 +229,11 @@ impl MvccStore {
         })
     }
 
+    /// Keys that exist now (their newest version is a put).
+    pub fn key_count(&self) -> Result<u64, MvccError> {
+        Ok(self.read_state()?.live_keys)
+    }
+
     /// Bytes of the state directory's segment files.
     pub fn file_bytes(&self) -> Result<u64, MvccError> {
         Ok(self.space()?.file_bytes)
