@@ -2,6 +2,7 @@
 //! the binary uses.
 
 pub mod dev_cluster;
+pub mod logging;
 
 /// The CPUs this process may run on (at least one): the default for anything sized per core.
 pub fn cpus() -> usize {

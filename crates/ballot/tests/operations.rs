@@ -186,13 +186,20 @@ impl Cluster {
         text
     }
 
-    /// Waits until every running member reports the same leader, which runs.
+    /// Waits until every running member reports the same leader.
     fn wait_for_leader(&self, runtime: &tokio::runtime::Runtime) -> u64 {
+        self.wait_for_leader_other_than(runtime, 0)
+    }
+
+    /// Waits until every running member reports the same leader, and it is not `old`.
+    fn wait_for_leader_other_than(&self, runtime: &tokio::runtime::Runtime, old: u64) -> u64 {
         let urls = self.running_urls();
         let deadline = Instant::now() + LEADER_TIMEOUT;
         loop {
             if let Some(leader) = runtime.block_on(agreed_leader(&urls)) {
-                return leader;
+                if leader != old {
+                    return leader;
+                }
             }
             assert!(
                 Instant::now() < deadline,
@@ -876,4 +883,132 @@ fn a_snapshot_saved_from_a_loaded_cluster_restores_into_a_new_cluster_with_every
     write_keys(&runtime, &url, "after", 5);
     assert_eq!(read_key_values(&runtime, &url).0, revision + 5);
     drop(source);
+}
+
+fn scrape_metrics(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics port");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+/// The value of the sample named exactly `series` (name and labels).
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// The log's JSON lines whose message is `message`.
+fn json_events(log: &str, message: &str) -> Vec<serde_json::Value> {
+    log.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|event| event["fields"]["message"] == message)
+        .collect()
+}
+
+#[test]
+fn operators_see_elections_and_peers_in_json_logs_and_etcds_metrics() {
+    let _serial = serial();
+    let runtime = runtime();
+    let mut cluster = Cluster::new("observed", 3);
+    let json = ["--log-format", "json", "--log-level", "info"];
+    for name in ["n1", "n2", "n3"] {
+        cluster.start(name, Bootstrap::New, &json);
+    }
+    let leader_id = cluster.wait_for_leader(&runtime);
+    let url = cluster.members[0].client_url();
+    write_keys(&runtime, &url, "m", 20);
+    runtime.block_on(async {
+        KvClient::new(channel(&url).await.unwrap())
+            .delete_range(pb::DeleteRangeRequest {
+                key: b"k/m/000000".to_vec().into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    });
+    let leader = cluster
+        .members
+        .iter()
+        .position(|m| metric(&scrape_metrics(m.metrics_port), "etcd_server_is_leader") == Some(1.0))
+        .expect("one member says it leads");
+    // etcd's names and meanings, on the leader (after a round trip to each peer).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let text = scrape_metrics(cluster.members[leader].metrics_port);
+        let peers_timed = text
+            .lines()
+            .filter(|l| l.starts_with("etcd_network_peer_round_trip_time_seconds_count{To=\""))
+            .filter(|l| l.rsplit(' ').next().and_then(|v| v.parse::<u64>().ok()) > Some(0))
+            .count();
+        let committed_once = metric(&text, "etcd_disk_backend_commit_duration_seconds_count")
+            .is_some_and(|count| count >= 1.0);
+        if peers_timed == 2 && committed_once {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no round trips or commits timed:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(metric(&text, "etcd_server_has_leader"), Some(1.0));
+    assert_eq!(metric(&text, "etcd_debugging_mvcc_keys_total"), Some(19.0));
+    let committed = metric(&text, "etcd_server_proposals_committed_total").unwrap();
+    let applied = metric(&text, "etcd_server_proposals_applied_total").unwrap();
+    assert!(
+        committed >= 21.0 && applied <= committed,
+        "{committed} {applied}"
+    );
+    assert!(metric(&text, "etcd_server_proposals_pending").is_some());
+    assert!(metric(&text, "etcd_server_proposals_failed_total").is_some());
+    assert!(metric(&text, "etcd_server_leader_changes_seen_total").unwrap() >= 1.0);
+    assert!(metric(&text, "etcd_mvcc_db_total_size_in_bytes").unwrap() > 0.0);
+    assert!(metric(&text, "etcd_disk_wal_fsync_duration_seconds_count").unwrap() >= 1.0);
+    assert!(
+        text.contains("etcd_disk_wal_fsync_duration_seconds_bucket{le=\"0.001\"}")
+            && text.contains("etcd_disk_wal_fsync_duration_seconds_bucket{le=\"8.192\"}"),
+        "etcd's buckets: 1 ms doubling to 8.192 s"
+    );
+
+    // The leader dies: the others log its loss and a new election, in JSON.
+    let leader_name = cluster.members[leader].name.clone();
+    cluster.kill(&leader_name);
+    let new_leader = cluster.wait_for_leader_other_than(&runtime, leader_id);
+    let survivors: Vec<String> = cluster
+        .members
+        .iter()
+        .filter(|m| m.child.is_some())
+        .map(|m| std::fs::read_to_string(m.log()).unwrap())
+        .collect();
+    let all = survivors.join("\n");
+    assert!(
+        !json_events(&all, "won the election: this member leads").is_empty(),
+        "the new leader says it won:\n{all}"
+    );
+    let changes = json_events(&all, "leader changed");
+    assert!(
+        changes
+            .iter()
+            .any(|e| e["fields"]["leader"] == format!("{new_leader:x}")),
+        "the change to the new leader is logged:\n{all}"
+    );
+    assert!(
+        !json_events(&all, "lost the connection to peer; reconnecting").is_empty()
+            || !json_events(&all, "cannot reach peer; retrying").is_empty(),
+        "the dead peer is logged:\n{all}"
+    );
+    for line in all.lines().filter(|line| !line.trim().is_empty()) {
+        let event: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|error| panic!("not a JSON log line ({error}): {line}"));
+        assert!(
+            event["level"].is_string() && event["timestamp"].is_string(),
+            "{line}"
+        );
+    }
 }

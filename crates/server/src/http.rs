@@ -3,7 +3,9 @@
 //! bounded head and body sizes.
 
 use crate::native::{NativeApi, KV_PATH};
-use crate::node::{LatencySnapshot, NodeHandle};
+use crate::node::{
+    LatencySnapshot, NodeHandle, ETCD_DISK_BOUNDS_MICROS, ETCD_ROUND_TRIP_BOUNDS_MICROS,
+};
 use crate::transport::Transport;
 use ballot_core::Role;
 use std::fmt::Write as _;
@@ -324,7 +326,120 @@ fn metrics(node: &NodeHandle, transport: &Transport) -> String {
         "Heartbeat to answer time per peer (member id in hex), while this node leads.",
         &peers,
     );
+    etcd_metrics(&mut out, node, &status);
     out
+}
+
+/// etcd's main metrics, with etcd's names, types, labels, buckets and meanings, so that etcd's
+/// published dashboards and alert rules work on ballot unchanged. (The `_total` gauges are
+/// gauges in etcd too: committed and applied log indexes.)
+fn etcd_metrics(out: &mut String, node: &NodeHandle, status: &crate::node::NodeStatus) {
+    let mut metric = |name: &str, help: &str, kind: &str, value: u64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    };
+    metric(
+        "etcd_server_has_leader",
+        "Whether or not a leader exists. 1 is existence, 0 is not.",
+        "gauge",
+        status.leader.is_some() as u64,
+    );
+    metric(
+        "etcd_server_is_leader",
+        "Whether or not this member is a leader. 1 if is, 0 otherwise.",
+        "gauge",
+        (status.role == Some(Role::Leader)) as u64,
+    );
+    metric(
+        "etcd_server_leader_changes_seen_total",
+        "The number of leader changes seen.",
+        "counter",
+        status.leader_changes,
+    );
+    metric(
+        "etcd_server_proposals_committed_total",
+        "The total number of consensus proposals committed.",
+        "gauge",
+        status.commit_index,
+    );
+    metric(
+        "etcd_server_proposals_applied_total",
+        "The total number of consensus proposals applied.",
+        "gauge",
+        status.applied_index,
+    );
+    metric(
+        "etcd_server_proposals_pending",
+        "The current number of pending proposals to commit.",
+        "gauge",
+        status.proposals_pending,
+    );
+    metric(
+        "etcd_server_proposals_failed_total",
+        "The total number of failed proposals seen.",
+        "counter",
+        status.proposals_failed,
+    );
+    let store = node.store();
+    if let Ok(space) = store.space() {
+        metric(
+            "etcd_mvcc_db_total_size_in_bytes",
+            "Total size of the underlying database physically allocated in bytes.",
+            "gauge",
+            space.file_bytes,
+        );
+        metric(
+            "etcd_mvcc_db_total_size_in_use_in_bytes",
+            "Total size of the underlying database logically in use in bytes.",
+            "gauge",
+            space.live_bytes,
+        );
+    }
+    if let Ok(keys) = store.key_count() {
+        metric(
+            "etcd_debugging_mvcc_keys_total",
+            "Total number of keys.",
+            "gauge",
+            keys,
+        );
+    }
+    histogram(
+        out,
+        "etcd_disk_wal_fsync_duration_seconds",
+        "The latency distributions of fsync called by WAL.",
+        &[("", &status.wal_sync.restricted_to(ETCD_DISK_BOUNDS_MICROS))],
+    );
+    histogram(
+        out,
+        "etcd_disk_backend_commit_duration_seconds",
+        "The latency distributions of commit called by backend.",
+        &[(
+            "",
+            &node
+                .backend_commit_latency()
+                .restricted_to(ETCD_DISK_BOUNDS_MICROS),
+        )],
+    );
+    let peers: Vec<(String, LatencySnapshot)> = status
+        .peer_round_trips
+        .iter()
+        .map(|(peer, snapshot)| {
+            (
+                format!("To=\"{peer:x}\""),
+                snapshot.restricted_to(ETCD_ROUND_TRIP_BOUNDS_MICROS),
+            )
+        })
+        .collect();
+    let peers: Vec<(&str, &LatencySnapshot)> =
+        peers.iter().map(|(label, s)| (label.as_str(), s)).collect();
+    histogram(
+        out,
+        "etcd_network_peer_round_trip_time_seconds",
+        "Round-Trip-Time histogram between peers",
+        &peers,
+    );
 }
 
 /// One Prometheus histogram family; `series` pairs a label set (`a="b"`, or empty) with its data.

@@ -85,6 +85,7 @@ pub struct TransportStats {
 }
 
 struct Peer {
+    address: SocketAddr,
     queue: mpsc::Sender<Bytes>,
     writer: JoinHandle<()>,
     link: Arc<Mutex<Link>>,
@@ -166,6 +167,17 @@ impl Transport {
 
     /// Adds or re-addresses a peer.
     pub fn set_peer(&self, id: NodeId, address: SocketAddr) {
+        // The member registry repeats addresses (every publication of a member carries its
+        // peer URLs): a connection to the same address is kept, with what is queued on it.
+        if self
+            .peers
+            .lock()
+            .expect("peer map lock")
+            .get(&id)
+            .is_some_and(|peer| peer.address == address)
+        {
+            return;
+        }
         let (queue, receiver) = mpsc::channel(self.config.queue_messages_max);
         let link = Arc::new(Mutex::new(Link::default()));
         let writer = self.runtime.spawn(write_loop(
@@ -179,6 +191,7 @@ impl Transport {
         if let Some(old) = self.peers.lock().expect("peer map lock").insert(
             id,
             Peer {
+                address,
                 queue,
                 writer,
                 link,
@@ -279,11 +292,18 @@ async fn write_loop(
 ) {
     let hello = hello(&config);
     let mut backoff = config.reconnect_backoff_min;
+    // Logged once per outage (not per retry): what an operator wants to see in the log.
+    let mut unreachable_logged = false;
+    let peer_id = format!("{peer:x}");
     loop {
         let mut stream = match TcpStream::connect(address).await {
             Ok(stream) => stream,
             Err(error) => {
-                tracing::debug!(peer, %address, %error, "peer connect failed; retrying in {backoff:?}");
+                if !unreachable_logged {
+                    tracing::warn!(peer = %peer_id, %address, %error, "cannot reach peer; retrying");
+                    unreachable_logged = true;
+                }
+                tracing::debug!(peer = %peer_id, %address, %error, "peer connect failed; retrying in {backoff:?}");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(config.reconnect_backoff_max);
                 continue;
@@ -295,6 +315,8 @@ async fn write_loop(
         if stream.write_all(&hello).await.is_err() {
             continue;
         }
+        tracing::info!(peer = %peer_id, %address, "connected to peer");
+        unreachable_logged = false;
         let stream = Arc::new(stream);
         link.lock().expect("peer link lock").stream = Some(stream.clone());
         let mut batch = BytesMut::with_capacity(64 * 1024);
@@ -317,10 +339,11 @@ async fn write_loop(
             let written = write_all_shared(&stream, &batch).await;
             let mut shared = link.lock().expect("peer link lock");
             shared.unwritten -= frames;
-            if written.is_err() {
+            if let Err(error) = written {
                 // Reconnect; the batch is lost, as Raft allows. Direct writes stop until the
                 // new connection's hello is out.
                 shared.stream = None;
+                tracing::warn!(peer = %peer_id, %address, %error, "lost the connection to peer; reconnecting");
                 break;
             }
             drop(shared);

@@ -3,6 +3,7 @@
 //! file with the same keys (without the dashes' leading `--`). Precedence: flag, variable, file,
 //! default.
 
+use ballot::logging::{LogFormat, LogLevel};
 use ballot_server::config::{parse_initial_cluster, parse_url, ClusterState, ServerConfig};
 use ballot_server::node::Node;
 use clap::Args;
@@ -71,6 +72,12 @@ pub struct ServerArgs {
     /// nodes share one machine [default: the number of CPUs]
     #[arg(long, env = "BALLOT_WORKER_THREADS")]
     worker_threads: Option<usize>,
+    /// Log level of ballot's own events (etcd's names; panic and fatal log errors) [default: info]
+    #[arg(long, env = "BALLOT_LOG_LEVEL")]
+    log_level: Option<LogLevel>,
+    /// Log lines as text or as one JSON object per line, to standard error [default: text]
+    #[arg(long, env = "BALLOT_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
     /// A TOML file with any of the settings above (keys as the flags, e.g. `data-dir = "..."`)
     #[arg(long, env = "BALLOT_CONFIG_FILE")]
     config_file: Option<PathBuf>,
@@ -87,6 +94,8 @@ const WORKER_THREADS_MAX: usize = 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProcessSettings {
     pub worker_threads: usize,
+    pub log_level: LogLevel,
+    pub log_format: LogFormat,
 }
 
 /// The TOML file: every key optional, named as the flags.
@@ -110,6 +119,8 @@ struct FileConfig {
     max_txn_ops: Option<usize>,
     listen_metrics_urls: Option<String>,
     worker_threads: Option<usize>,
+    log_level: Option<LogLevel>,
+    log_format: Option<LogFormat>,
 }
 
 fn urls(list: &str) -> Vec<String> {
@@ -201,16 +212,18 @@ pub fn resolve(args: &ServerArgs) -> Result<(ServerConfig, ProcessSettings), Str
             .map_or(Vec::new(), |l| urls(&l)),
         name,
     };
-    Ok((config, ProcessSettings { worker_threads }))
+    let process = ProcessSettings {
+        worker_threads,
+        log_level: args.log_level.or(file.log_level).unwrap_or(LogLevel::Info),
+        log_format: args
+            .log_format
+            .or(file.log_format)
+            .unwrap_or(LogFormat::Text),
+    };
+    Ok((config, process))
 }
 
 pub fn run(args: ServerArgs) -> ExitCode {
-    use std::io::IsTerminal;
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .try_init();
     let (config, process) = match resolve(&args).and_then(|(config, process)| {
         config
             .validate()
@@ -223,6 +236,7 @@ pub fn run(args: ServerArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    ballot::logging::init(process.log_level, process.log_format);
     let starter_gone = args.stop_on_stdin_eof.then(watch_stdin);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(process.worker_threads)

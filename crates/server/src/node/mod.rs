@@ -2,13 +2,14 @@
 //! through which client APIs reach them. See `docs/design/server.md`.
 
 mod envelope;
+mod events;
 mod force_new_cluster;
 mod inbox;
 mod latency;
 pub mod members;
 mod raft_loop;
 
-pub use latency::LatencySnapshot;
+pub use latency::{LatencySnapshot, ETCD_DISK_BOUNDS_MICROS, ETCD_ROUND_TRIP_BOUNDS_MICROS};
 pub use members::{MemberCommand, MemberInfo};
 
 use crate::config::ServerConfig;
@@ -95,6 +96,8 @@ pub struct NodeStatus {
     pub leader_changes: u64,
     pub proposals_committed: u64,
     pub proposals_failed: u64,
+    /// Proposals (this member's own and those it forwarded) waiting to be applied.
+    pub proposals_pending: u64,
     /// The last index the log was compacted at (the store durable through it), 0 if never.
     pub compaction_index: LogIndex,
     /// Snapshot images this node built for followers that needed one.
@@ -237,6 +240,8 @@ pub struct NodeHandle {
     request_timeout: Duration,
     cluster_token: Arc<str>,
     cluster_id: u64,
+    /// Durations of the store's durable commits made by the background flusher.
+    backend_commits: Arc<Mutex<latency::LatencyHistogram>>,
 }
 
 impl NodeHandle {
@@ -253,6 +258,14 @@ impl NodeHandle {
     /// The cluster's id, as the data directory's identity records it.
     pub fn cluster_id(&self) -> u64 {
         self.cluster_id
+    }
+
+    /// How long the state machine's durable commits take (etcd's backend commit duration).
+    pub fn backend_commit_latency(&self) -> LatencySnapshot {
+        self.backend_commits
+            .lock()
+            .expect("backend commit histogram lock")
+            .snapshot()
     }
 
     pub fn status(&self) -> NodeStatus {
@@ -429,7 +442,10 @@ impl Node {
             .map_err(|error| error.to_string())?;
         let ticker_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         spawn_ticker(inputs.clone(), ticker_stop.clone());
-        spawn_store_flusher(store.clone(), ticker_stop.clone());
+        let backend_commits = Arc::new(Mutex::new(latency::LatencyHistogram::new(
+            latency::FSYNC_BOUNDS_MICROS,
+        )));
+        spawn_store_flusher(store.clone(), ticker_stop.clone(), backend_commits.clone());
         let handle = NodeHandle {
             inputs,
             store,
@@ -437,6 +453,7 @@ impl Node {
             request_timeout: Duration::from_secs(5),
             cluster_token: Arc::from(identity.cluster_token.as_str()),
             cluster_id: identity.cluster_id,
+            backend_commits,
         };
         Ok(Node {
             handle,
@@ -531,16 +548,29 @@ const STORE_FLUSH_PERIOD: Duration = Duration::from_millis(100);
 /// Makes the store durable in the background, off the raft loop's path: the loop applies with
 /// non-durable commits (the WAL holds the entries, so a crash only redoes work), and this thread
 /// pays one fsync per period instead of every few batches paying one inside the apply.
-fn spawn_store_flusher(store: Arc<MvccStore>, stop: Arc<std::sync::atomic::AtomicBool>) {
+fn spawn_store_flusher(
+    store: Arc<MvccStore>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    commits: Arc<Mutex<latency::LatencyHistogram>>,
+) {
     std::thread::Builder::new()
         .name("store-flusher".into())
         .spawn(move || {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 std::thread::sleep(STORE_FLUSH_PERIOD);
-                if let Err(error) = store.flush_if_pending() {
-                    // The raft loop meets the same failure on its next commit and stops the node.
-                    tracing::error!(%error, "background state machine flush failed");
-                    return;
+                let started = std::time::Instant::now();
+                match store.flush_if_pending() {
+                    Ok(true) => commits
+                        .lock()
+                        .expect("backend commit histogram lock")
+                        .observe(started.elapsed().as_micros() as u64),
+                    Ok(false) => {}
+                    Err(error) => {
+                        // The raft loop meets the same failure on its next commit and stops the
+                        // node.
+                        tracing::error!(%error, "background state machine flush failed");
+                        return;
+                    }
                 }
             }
         })

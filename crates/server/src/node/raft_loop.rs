@@ -4,6 +4,7 @@
 //! (fail-stop): continuing after a failed fsync could acknowledge what is not durable.
 
 use super::envelope::{decode_snapshot, encode_snapshot, LogCommand};
+use super::events::Transitions;
 use super::inbox::{Inbox, InputSender, Queued};
 use super::latency::{LatencyHistogram, FSYNC_BOUNDS_MICROS, ROUND_TRIP_BOUNDS_MICROS};
 use super::members::{MemberCommand, MemberInfo, MemberRegistry};
@@ -46,6 +47,11 @@ const WAL_LAZY_SYNC_TICKS: u64 = 10;
 const SNAPSHOTS_RETAINED: usize = 3;
 /// Responses buffered per client watch stream between the loop and the gRPC task.
 const WATCH_STREAM_RESPONSES_MAX: usize = 256;
+/// A WAL sync this slow is logged (etcd warns at the same point).
+const SLOW_FSYNC: std::time::Duration = std::time::Duration::from_secs(1);
+/// Applying one batch of committed entries this slowly is logged (etcd's threshold for an
+/// expensive request).
+const SLOW_APPLY: std::time::Duration = std::time::Duration::from_millis(100);
 
 type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
 /// Keep-alive answers (granted TTL, reply) waiting for one checkpoint entry, with its term.
@@ -95,6 +101,8 @@ pub(crate) struct RaftLoop {
     keepalives_proposed: BTreeMap<LogIndex, KeepAliveWaiters>,
     started: Instant,
     counters: Counters,
+    /// What the replica was after the last batch, for the operator log lines.
+    transitions: Transitions,
     _lock: DirLock,
 }
 
@@ -130,6 +138,10 @@ impl Default for Counters {
 }
 
 impl Counters {
+    fn observe_wal_sync(&mut self, took: std::time::Duration) {
+        self.wal_sync.observe(took.as_micros() as u64);
+    }
+
     fn count_answer<T>(&mut self, answer: &Result<T, NodeError>) {
         match answer {
             Ok(_) => self.proposals_committed += 1,
@@ -225,6 +237,7 @@ impl RaftLoop {
         }
         let raft = Raft::new(raft_config(config, identity.member_id), persisted)
             .map_err(|e| format!("cannot restore the replica: {e}"))?;
+        let transitions = Transitions::new(&raft.status());
         Ok(RaftLoop {
             raft,
             wal,
@@ -258,6 +271,7 @@ impl RaftLoop {
             keepalives_proposed: BTreeMap::new(),
             started: Instant::now(),
             counters: Counters::default(),
+            transitions,
             _lock: lock,
         })
     }
@@ -615,8 +629,15 @@ impl RaftLoop {
                     break;
                 }
                 for response in responses {
-                    if sender.try_send(response).is_err() {
-                        tracing::error!(%stream, "watch response dropped: stream channel full or closed");
+                    match sender.try_send(response) {
+                        Ok(()) => {}
+                        // The client went away; its stream is closed with the connection.
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            tracing::debug!(%stream, "watch client disconnected");
+                        }
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            tracing::error!(%stream, "watch response dropped: stream channel full")
+                        }
                     }
                 }
             }
@@ -718,9 +739,15 @@ impl RaftLoop {
     fn sync_wal(&mut self) -> Result<(), String> {
         let started = Instant::now();
         self.wal.sync().map_err(|e| e.to_string())?;
-        self.counters
-            .wal_sync
-            .observe(started.elapsed().as_micros() as u64);
+        let took = started.elapsed();
+        self.counters.observe_wal_sync(took);
+        if took >= SLOW_FSYNC {
+            tracing::warn!(
+                took_ms = took.as_millis() as u64,
+                expected_ms = SLOW_FSYNC.as_millis() as u64,
+                "slow fdatasync of the WAL: the disk is too slow for this load, or shared"
+            );
+        }
         Ok(())
     }
 
@@ -767,10 +794,22 @@ impl RaftLoop {
                 EntryPayload::Noop => {}
             }
         }
+        let apply_started = Instant::now();
         let applied = self
             .store
             .apply_batch_with(&commands, self.watch_hub.wants_prev_kv())
             .map_err(|e| e.to_string())?;
+        let took = apply_started.elapsed();
+        if took >= SLOW_APPLY {
+            tracing::warn!(
+                took_ms = took.as_millis() as u64,
+                expected_ms = SLOW_APPLY.as_millis() as u64,
+                commands = commands.len(),
+                first_index = entries[0].index,
+                "applying committed entries took too long (a large range delete or transaction, \
+                 or a slow disk)"
+            );
+        }
         let now = self.now_ms();
         for ((outcome, (index, command)), &term) in applied.iter().zip(&commands).zip(&terms) {
             if let Some(first) = outcome.events.first() {
@@ -782,6 +821,11 @@ impl RaftLoop {
                     self.lessor.on_granted(*id, *ttl_seconds, now)
                 }
                 (Command::LeaseRevoke { id }, Ok(_)) => self.lessor.on_revoked(*id),
+                (Command::Compact { revision }, Ok(_)) => tracing::info!(
+                    revision,
+                    index,
+                    "compacted the keyspace: versions before the revision are gone"
+                ),
                 (Command::LeaseCheckpoint { .. }, _) => self.answer_keepalives(*index, term),
                 _ => {}
             }
@@ -1017,7 +1061,14 @@ impl RaftLoop {
             .saturating_sub(1)
             .min(index);
         match self.wal.compact_to(compact_to) {
-            Ok(_) => self.counters.compaction_index = index,
+            Ok(_) => {
+                self.counters.compaction_index = index;
+                tracing::info!(
+                    index,
+                    first_kept = compact_to + 1,
+                    "compacted the log (the state machine is durable through the index)"
+                );
+            }
             Err(error) => tracing::error!(%error, "WAL compaction failed"),
         }
     }
@@ -1083,6 +1134,7 @@ impl RaftLoop {
 
     fn publish_status(&mut self) {
         let status = self.raft.status();
+        self.transitions.observe(&status);
         if status.leader.is_some() && status.leader != self.counters.last_leader {
             self.counters.leader_changes += 1;
         }
@@ -1101,6 +1153,10 @@ impl RaftLoop {
             leader_changes: counters.leader_changes,
             proposals_committed: counters.proposals_committed,
             proposals_failed: counters.proposals_failed,
+            proposals_pending: (self.proposals.len()
+                + self.forwarded.len()
+                + self.member_proposals.len()
+                + self.membership_changes.len()) as u64,
             compaction_index: counters.compaction_index,
             snapshot_images_built: counters.snapshot_images_built,
             snapshot_images_installed: counters.snapshot_images_installed,
