@@ -651,11 +651,44 @@ fn a_directory_started_under_another_members_name_is_refused_and_left_alone() {
         before,
         "nothing changed"
     );
-    // A different token is only warned about.
+    // A restart that leaves the token out says nothing of it; a different token given is only
+    // warned about.
     cluster.start("n1", Bootstrap::LeftOut, &[]);
     cluster.wait_for_leader(&runtime);
     let log = std::fs::read_to_string(cluster.members[0].log()).unwrap();
+    assert!(!log.contains("--initial-cluster-token differs"), "{log}");
+    cluster.kill("n1");
+    cluster.start(
+        "n1",
+        Bootstrap::LeftOut,
+        &["--initial-cluster-token", "another-token"],
+    );
+    cluster.wait_for_leader(&runtime);
+    let log = std::fs::read_to_string(cluster.members[0].log()).unwrap();
     assert!(log.contains("--initial-cluster-token differs"), "{log}");
+}
+
+/// Runs a server that is expected to refuse to start, and returns how it exited (killing it and
+/// failing if it is still running after `limit`).
+fn run_expecting_exit(mut command: Command, limit: Duration) -> std::process::Output {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ballot server starts");
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "the server kept running: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
 }
 
 /// Every file under `dir` with its length and modification time.
@@ -718,12 +751,46 @@ fn force_new_cluster_recovers_a_survivor_after_two_of_three_are_lost() {
     });
     assert_eq!(members.len(), 1, "{members:?}");
     assert_eq!(members[0].name, "n1");
-    // The new membership is durable: a plain restart keeps it.
-    cluster.kill("n1");
-    cluster.start("n1", Bootstrap::LeftOut, &[]);
-    cluster.wait_for_leader(&runtime);
+    // The new membership is durable: a plain restart keeps it, and so does a restart that
+    // still carries the flag while the member is alone.
     let mut expected = acknowledged;
     expected.insert("k/after".into(), "alone".into());
+    for flags in [&[][..], &["--force-new-cluster"][..]] {
+        cluster.kill("n1");
+        cluster.start("n1", Bootstrap::LeftOut, flags);
+        cluster.wait_for_leader(&runtime);
+        assert_all_present(&cluster, &runtime, &expected);
+    }
+    // Once the cluster has grown again, a start with the flag left in is refused: forcing again
+    // would cut the new members off.
+    let n4 = new_member(&cluster.dir, 4);
+    runtime.block_on(async {
+        ClusterClient::new(channel(&url).await.unwrap())
+            .member_add(pb::MemberAddRequest {
+                peer_ur_ls: vec![n4.peer_url()],
+                is_learner: true,
+            })
+            .await
+            .expect("member add");
+    });
+    cluster.kill("n1");
+    let refused = run_expecting_exit(
+        server_command(
+            &cluster.members[0],
+            &cluster.initial_cluster,
+            Bootstrap::LeftOut,
+            &["--force-new-cluster"],
+        ),
+        Duration::from_secs(20),
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("already applied") && stderr.contains("remove the flag"),
+        "{stderr}"
+    );
+    cluster.start("n1", Bootstrap::LeftOut, &[]);
+    cluster.wait_for_leader(&runtime);
     assert_all_present(&cluster, &runtime, &expected);
 }
 

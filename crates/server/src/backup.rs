@@ -153,7 +153,7 @@ pub fn restore(path: &Path, config: &RestoreConfig) -> Result<Restored, BackupEr
         ..ServerConfig::default()
     };
     server.validate_bootstrap()?;
-    let target = &config.data_dir;
+    let target = &data_dir_path(&config.data_dir)?;
     if std::fs::read_dir(target).is_ok_and(|mut entries| entries.next().is_some()) {
         return Err(BackupError::DataDirExists {
             path: target.clone(),
@@ -198,10 +198,16 @@ pub fn restore(path: &Path, config: &RestoreConfig) -> Result<Restored, BackupEr
         return Err(storage(reason));
     }
     // The target is empty or absent (checked above): an empty one makes way for the rename.
-    if target.exists() {
-        std::fs::remove_dir(target).map_err(|e| storage(e.to_string()))?;
+    let placed = (|| {
+        if target.exists() {
+            std::fs::remove_dir(target)?;
+        }
+        std::fs::rename(&building, target)
+    })();
+    if let Err(error) = placed {
+        let _ = std::fs::remove_dir_all(&building);
+        return Err(storage(error.to_string()));
     }
-    std::fs::rename(&building, target).map_err(|e| storage(e.to_string()))?;
     ballot_storage::atomic_file::sync_parent(target).map_err(|e| storage(e.to_string()))?;
     Ok(Restored {
         summary,
@@ -232,16 +238,53 @@ fn check<'a>(
     Ok((snapshot, summary))
 }
 
-/// Where a restore builds the directory before renaming it into place.
+/// The data directory as an absolute path without `.` components or a trailing slash, so that
+/// its parent and name are what they look like (`r1/` is `r1`, not a directory inside it).
+fn data_dir_path(data_dir: &Path) -> Result<PathBuf, BackupError> {
+    let absolute: PathBuf = std::path::absolute(data_dir)
+        .map_err(|source| BackupError::Io {
+            path: data_dir.to_path_buf(),
+            source,
+        })?
+        .components()
+        .collect();
+    match absolute.file_name() {
+        Some(name) if name != ".." => Ok(absolute),
+        _ => Err(BackupError::Config(ConfigError {
+            flag: "data-dir",
+            reason: format!("{} names no directory to create", data_dir.display()),
+        })),
+    }
+}
+
+/// Where a restore builds the directory before renaming it into place: beside it, in the same
+/// parent (so the rename is atomic).
 fn building_path(target: &Path) -> PathBuf {
-    let mut name = target.as_os_str().to_owned();
+    let mut name = target
+        .file_name()
+        .expect("checked by data_dir_path")
+        .to_owned();
     name.push(".restoring");
-    PathBuf::from(name)
+    target.with_file_name(name)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_payload_passes_the_etcd_clients_size_check_and_round_trips() {
+        for len in [0, 1, 503, 504, 505, 511, 512, 513, 70_000] {
+            let snapshot: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let (body, digest) = snapshot_payload(&snapshot);
+            let mut payload = body.clone();
+            payload.extend_from_slice(&digest);
+            assert_eq!(payload.len() % 512, 32, "len {len}");
+            assert_eq!(snapshot_from_payload(&payload).unwrap(), &snapshot[..]);
+            payload[0] ^= 1;
+            assert!(snapshot_from_payload(&payload).is_err());
+        }
+    }
 
     #[test]
     fn a_payload_frames_and_unframes_and_damage_is_refused() {
@@ -260,5 +303,20 @@ mod tests {
         assert!(snapshot_from_payload(&payload[..payload.len() - 1])
             .unwrap_err()
             .contains("truncated"));
+    }
+
+    #[test]
+    fn the_directory_is_built_beside_the_target_whatever_its_spelling() {
+        let here = std::env::current_dir().unwrap();
+        for spelled in ["r1", "r1/", "./r1", "r1/."] {
+            let target = data_dir_path(Path::new(spelled)).unwrap();
+            assert_eq!(target, here.join("r1"), "{spelled}");
+            assert_eq!(
+                building_path(&target),
+                here.join("r1.restoring"),
+                "{spelled}"
+            );
+        }
+        assert!(data_dir_path(Path::new("/")).is_err());
     }
 }

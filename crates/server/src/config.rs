@@ -34,6 +34,10 @@ pub struct ServerConfig {
     pub initial_cluster: Vec<(String, String)>,
     pub initial_cluster_state: ClusterState,
     pub initial_cluster_token: String,
+    /// Which of the bootstrap flags (`initial-cluster`, `initial-cluster-state`,
+    /// `initial-cluster-token`, `initial-advertise-peer-urls`) were given rather than defaulted:
+    /// a restart names the ones it ignores, and warns about a token only if one was given.
+    pub bootstrap_flags_given: Vec<&'static str>,
     /// Start a one-member cluster from this member's data, forgetting every other member: the
     /// last resort after a quorum is lost for good (etcd's `--force-new-cluster`).
     pub force_new_cluster: bool,
@@ -60,6 +64,7 @@ impl Default for ServerConfig {
             initial_cluster: vec![("default".into(), "http://localhost:2380".into())],
             initial_cluster_state: ClusterState::New,
             initial_cluster_token: "ballot-cluster".into(),
+            bootstrap_flags_given: Vec::new(),
             force_new_cluster: false,
             heartbeat_interval_ms: 100,
             election_timeout_ms: 1000,
@@ -187,11 +192,14 @@ impl ServerConfig {
                 format!("does not name this member '{}'", self.name),
             ));
         };
-        if !self.initial_advertise_peer_urls.contains(own_url) {
+        // The member id derives from this URL on every member (and from `member add`'s URL on a
+        // joining one), so this member must advertise exactly it.
+        if self.initial_advertise_peer_urls != [own_url.clone()] {
             return Err(config_error(
                 flag,
                 format!(
-                    "gives '{}' the peer URL {own_url}, but --initial-advertise-peer-urls says {}",
+                    "gives '{}' the peer URL {own_url}, but --initial-advertise-peer-urls says {} \
+                     (they must be the same one URL)",
                     self.name,
                     self.initial_advertise_peer_urls.join(",")
                 ),

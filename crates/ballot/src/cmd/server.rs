@@ -157,6 +157,28 @@ pub fn resolve(args: &ServerArgs) -> Result<(ServerConfig, ProcessSettings), Str
         Some(text) => parse_initial_cluster(&text).map_err(|e| e.to_string())?,
         None => defaults.initial_cluster,
     };
+    let bootstrap_flags_given = [
+        (
+            "initial-cluster",
+            args.initial_cluster.is_some() || file.initial_cluster.is_some(),
+        ),
+        (
+            "initial-cluster-state",
+            args.initial_cluster_state.is_some() || file.initial_cluster_state.is_some(),
+        ),
+        (
+            "initial-cluster-token",
+            args.initial_cluster_token.is_some() || file.initial_cluster_token.is_some(),
+        ),
+        (
+            "initial-advertise-peer-urls",
+            args.initial_advertise_peer_urls.is_some()
+                || file.initial_advertise_peer_urls.is_some(),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(flag, given)| given.then_some(flag))
+    .collect();
     let worker_threads = match args.worker_threads.or(file.worker_threads) {
         Some(threads) if (1..=WORKER_THREADS_MAX).contains(&threads) => threads,
         Some(threads) => {
@@ -187,6 +209,7 @@ pub fn resolve(args: &ServerArgs) -> Result<(ServerConfig, ProcessSettings), Str
         initial_cluster_state: cluster_state,
         initial_cluster_token: pick(&args.initial_cluster_token, &file.initial_cluster_token)
             .unwrap_or(defaults.initial_cluster_token),
+        bootstrap_flags_given,
         force_new_cluster: args.force_new_cluster || file.force_new_cluster.unwrap_or(false),
         heartbeat_interval_ms: args
             .heartbeat_interval

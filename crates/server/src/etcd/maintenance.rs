@@ -256,22 +256,3 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
 /// What a Defragment call is told (response metadata `ballot-detail`).
 pub const DEFRAGMENT_NOTE: &str =
     "defragment is a no-op on ballot: the store reuses space freed by compaction online";
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_payload_passes_the_etcd_clients_size_check_and_round_trips() {
-        for len in [0, 1, 503, 504, 505, 511, 512, 513, 70_000] {
-            let snapshot: Vec<u8> = (0..len).map(|i| i as u8).collect();
-            let (body, digest) = snapshot_payload(&snapshot);
-            let mut payload = body.clone();
-            payload.extend_from_slice(&digest);
-            assert_eq!(payload.len() % 512, 32, "len {len}");
-            assert_eq!(snapshot_from_payload(&payload).unwrap(), &snapshot[..]);
-            payload[0] ^= 1;
-            assert!(snapshot_from_payload(&payload).is_err());
-        }
-    }
-}

@@ -403,8 +403,20 @@ impl Node {
             if member.id == identity.member_id {
                 continue;
             }
-            if let Some(url) = member.peer_urls.first() {
-                transport.set_peer(member.id, crate::config::parse_url(url)?);
+            // The registry below knows the current URLs; these are a start only, and a member
+            // removed long ago may name a host that no longer resolves.
+            match member
+                .peer_urls
+                .first()
+                .map(|url| crate::config::parse_url(url))
+            {
+                Some(Ok(address)) => transport.set_peer(member.id, address),
+                Some(Err(error)) => tracing::warn!(
+                    %error,
+                    member = %member.name,
+                    "an initial member's peer URL is unusable; using the member registry's"
+                ),
+                None => {}
             }
         }
         let status = Arc::new(Mutex::new(NodeStatus {
@@ -481,7 +493,10 @@ fn open_identity(config: &ServerConfig) -> Result<Identity, String> {
     let data_dir = &config.data_dir;
     if let Some(identity) = Identity::load(data_dir).map_err(|e| e.to_string())? {
         check_owner(&identity, config)?;
-        if identity.cluster_token != config.initial_cluster_token {
+        let token_given = config
+            .bootstrap_flags_given
+            .contains(&"initial-cluster-token");
+        if token_given && identity.cluster_token != config.initial_cluster_token {
             tracing::warn!(
                 stored = %identity.cluster_token,
                 flag = %config.initial_cluster_token,
@@ -489,25 +504,36 @@ fn open_identity(config: &ServerConfig) -> Result<Identity, String> {
                  with; the stored one is used"
             );
         }
+        let ignored: Vec<String> = config
+            .bootstrap_flags_given
+            .iter()
+            .map(|flag| format!("--{flag}"))
+            .collect();
         tracing::info!(
             data_dir = %data_dir.display(),
             member = %identity.member_name,
             id = format!("{:x}", identity.member_id),
-            "restarting from the data directory: --initial-cluster, --initial-cluster-state \
-             and --initial-cluster-token are ignored (read only when it is empty)"
+            ignored = %ignored.join(" "),
+            "restarting from the data directory (the bootstrap flags are read only when it is \
+             empty)"
         );
         return Ok(identity);
     }
     config
         .validate_bootstrap()
         .map_err(|error| error.to_string())?;
-    let identity = config.bootstrap_identity();
+    let mut identity = config.bootstrap_identity();
     if has_wal(data_dir) {
-        // Written by a ballot from before the identity file: take the flags, as it did.
+        // Written by a ballot from before the identity file. Its members are those of
+        // --initial-cluster whatever --initial-cluster-state says (restarts usually say
+        // `existing`): a member that joined later has the membership in its log or a snapshot
+        // marker, which override this.
+        identity.bootstrap = ballot_core::Membership::with_voters(config.initial_member_ids());
         tracing::warn!(
             data_dir = %data_dir.display(),
+            voters = identity.bootstrap.voters.len(),
             "this data directory has a log but no identity file (an older ballot wrote it); \
-             recording the identity the flags give"
+             recording the identity --initial-cluster gives"
         );
     } else {
         tracing::info!(

@@ -229,9 +229,9 @@ impl RaftLoop {
         let mut wal = wal;
         if config.force_new_cluster {
             super::force_new_cluster::rewrite(
+                data_dir,
                 &mut persisted,
                 &mut wal,
-                store.applied_index(),
                 identity.member_id,
             )?;
         }
