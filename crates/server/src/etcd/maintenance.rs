@@ -260,6 +260,7 @@ pub const DEFRAGMENT_NOTE: &str =
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backup::snapshot_from_payload;
 
     #[test]
     fn the_payload_passes_the_etcd_clients_size_check_and_round_trips() {
