@@ -2,6 +2,7 @@
 //! changing the binary name. Parsing of flags, `BALLOT_*` variables and the TOML file happens in
 //! the binary; this module owns the values, their validation and what is derived from them.
 
+use crate::auto_compaction::AutoCompaction;
 use ballot_core::{Membership, NodeId};
 use ballot_storage::identity::{Identity, InitialMember};
 use std::fmt;
@@ -49,6 +50,8 @@ pub struct ServerConfig {
     pub max_txn_ops: usize,
     /// Where `/metrics` and `/health` are served (empty: on the first client URL's port + 1).
     pub listen_metrics_urls: Vec<String>,
+    /// `--auto-compaction-mode` and `--auto-compaction-retention`: off by default, as in etcd.
+    pub auto_compaction: AutoCompaction,
 }
 
 impl Default for ServerConfig {
@@ -72,6 +75,7 @@ impl Default for ServerConfig {
             max_request_bytes: 1536 * 1024,
             max_txn_ops: ballot_storage::mvcc::limits::TXN_OPS_DEFAULT,
             listen_metrics_urls: Vec::new(),
+            auto_compaction: AutoCompaction::Disabled,
         }
     }
 }
@@ -157,6 +161,7 @@ impl ServerConfig {
                 ),
             ));
         }
+        self.auto_compaction.validate()?;
         Ok(())
     }
 

@@ -8,10 +8,13 @@
 //!   [`coalesce`]d connections (many responses per socket write) whose URL-form `:authority`
 //!   headers are repaired ([`authority`]) for h2.
 //! - [`http`]: `/metrics`, `/health` and [`native`], the HTTP/JSON API with read levels.
+//! - [`auto_compaction`]: etcd's `--auto-compaction-mode` / `--auto-compaction-retention`, the
+//!   leader compacting history as etcd's does.
 //! - [`backup`]: the snapshot file `snapshot save` writes, its status, and its restore into a
 //!   new member's data directory.
 
 pub mod authority;
+pub mod auto_compaction;
 pub mod backup;
 pub mod coalesce;
 pub mod config;

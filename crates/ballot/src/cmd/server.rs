@@ -4,6 +4,7 @@
 //! default.
 
 use ballot::logging::{LogFormat, LogLevel};
+use ballot_server::auto_compaction::AutoCompaction;
 use ballot_server::config::{parse_initial_cluster, parse_url, ClusterState, ServerConfig};
 use ballot_server::node::Node;
 use clap::Args;
@@ -67,6 +68,17 @@ pub struct ServerArgs {
     /// Where /metrics and /health are served [default: the first client URL's port + 10000]
     #[arg(long, env = "BALLOT_LISTEN_METRICS_URLS")]
     listen_metrics_urls: Option<String>,
+    /// How --auto-compaction-retention is read: `periodic` (a duration) or `revision` (a number
+    /// of revisions), as etcd's flag [default: periodic]
+    #[arg(long, env = "BALLOT_AUTO_COMPACTION_MODE")]
+    auto_compaction_mode: Option<String>,
+    /// History the leader keeps when it compacts by itself; 0 turns that off. periodic: a
+    /// duration (`30m`, `1h30m`, `500ms`) or a bare number of hours, from 100ms to 8760h; it
+    /// compacts to the revision current one retention ago, a retention after the start and then
+    /// every retention (hourly for longer ones). revision: a number of revisions; every 5 minutes
+    /// it compacts to the current revision minus it. See docs/operations.md [default: 0]
+    #[arg(long, env = "BALLOT_AUTO_COMPACTION_RETENTION")]
+    auto_compaction_retention: Option<String>,
     /// Threads that serve client connections and the peer transport; the raft loop and the
     /// store flusher have their own. `ballot dev` gives each of its N nodes CPUs / N, since its
     /// nodes share one machine [default: the number of CPUs]
@@ -118,9 +130,29 @@ struct FileConfig {
     max_request_bytes: Option<usize>,
     max_txn_ops: Option<usize>,
     listen_metrics_urls: Option<String>,
+    auto_compaction_mode: Option<String>,
+    auto_compaction_retention: Option<Retention>,
     worker_threads: Option<usize>,
     log_level: Option<LogLevel>,
     log_format: Option<LogFormat>,
+}
+
+/// `auto-compaction-retention` in the file: a string as the flag takes it (`"1h"`), or a bare
+/// number (`1`), which etcd's YAML file takes too.
+#[derive(Deserialize, Debug)]
+#[serde(untagged)]
+enum Retention {
+    Count(i64),
+    Text(String),
+}
+
+impl Retention {
+    fn into_text(self) -> String {
+        match self {
+            Retention::Count(count) => count.to_string(),
+            Retention::Text(text) => text,
+        }
+    }
 }
 
 fn urls(list: &str) -> Vec<String> {
@@ -179,6 +211,15 @@ pub fn resolve(args: &ServerArgs) -> Result<(ServerConfig, ProcessSettings), Str
     .into_iter()
     .filter_map(|(flag, given)| given.then_some(flag))
     .collect();
+    let auto_compaction = AutoCompaction::from_flags(
+        &pick(&args.auto_compaction_mode, &file.auto_compaction_mode).unwrap_or_default(),
+        &args
+            .auto_compaction_retention
+            .clone()
+            .or_else(|| file.auto_compaction_retention.map(Retention::into_text))
+            .unwrap_or_default(),
+    )
+    .map_err(|error| error.to_string())?;
     let worker_threads = match args.worker_threads.or(file.worker_threads) {
         Some(threads) if (1..=WORKER_THREADS_MAX).contains(&threads) => threads,
         Some(threads) => {
@@ -233,6 +274,7 @@ pub fn resolve(args: &ServerArgs) -> Result<(ServerConfig, ProcessSettings), Str
             .unwrap_or(defaults.max_txn_ops),
         listen_metrics_urls: pick(&args.listen_metrics_urls, &file.listen_metrics_urls)
             .map_or(Vec::new(), |l| urls(&l)),
+        auto_compaction,
         name,
     };
     let process = ProcessSettings {
@@ -472,6 +514,83 @@ mod tests {
         std::fs::write(&file, "nmae = \"typo\"\n").unwrap();
         let error = resolve(&args).unwrap_err();
         assert!(error.contains("unknown field `nmae`"), "{error}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn auto_compaction_comes_from_the_flags_or_the_file_and_bad_values_name_the_flag() {
+        use std::time::Duration;
+        let (config, _) = resolve(&ServerArgs::default()).unwrap();
+        assert_eq!(
+            config.auto_compaction,
+            AutoCompaction::Disabled,
+            "etcd's default"
+        );
+        let dir = std::env::temp_dir().join(format!(
+            "ballot-auto-compaction-test-{}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("node.toml");
+        let from_file = |text: &str, args: ServerArgs| {
+            std::fs::write(&file, text).unwrap();
+            resolve(&ServerArgs {
+                config_file: Some(file.clone()),
+                ..args
+            })
+        };
+        let (config, _) = from_file(
+            "auto-compaction-mode = \"revision\"\nauto-compaction-retention = 1000\n",
+            ServerArgs::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            config.auto_compaction,
+            AutoCompaction::Revision {
+                retention_revisions: 1000
+            }
+        );
+        let (config, _) = from_file(
+            "auto-compaction-retention = \"30m\"\n",
+            ServerArgs::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            config.auto_compaction,
+            AutoCompaction::Periodic {
+                retention: Duration::from_secs(1800)
+            },
+            "periodic unless the mode says otherwise"
+        );
+        let flags = ServerArgs {
+            auto_compaction_mode: Some("periodic".into()),
+            auto_compaction_retention: Some("2".into()),
+            ..ServerArgs::default()
+        };
+        let (config, _) = from_file(
+            "auto-compaction-mode = \"revision\"\nauto-compaction-retention = 1000\n",
+            flags,
+        )
+        .unwrap();
+        assert_eq!(
+            config.auto_compaction,
+            AutoCompaction::Periodic {
+                retention: Duration::from_secs(2 * 3600)
+            },
+            "flags win over the file; a bare number is hours in periodic mode"
+        );
+        let error =
+            from_file("auto-compaction-mode = \"hourly\"\n", ServerArgs::default()).unwrap_err();
+        assert_eq!(
+            error,
+            "--auto-compaction-mode: 'hourly' is neither 'periodic' nor 'revision'"
+        );
+        let error =
+            from_file("auto-compaction-retention = -1\n", ServerArgs::default()).unwrap_err();
+        assert!(
+            error.starts_with("--auto-compaction-retention: '-1' is neither"),
+            "{error}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -361,6 +361,7 @@ pub struct Node {
     pub addresses: BoundAddresses,
     loop_thread: Option<std::thread::JoinHandle<()>>,
     ticker_stop: Arc<std::sync::atomic::AtomicBool>,
+    auto_compaction: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Node {
@@ -467,17 +468,22 @@ impl Node {
             cluster_id: identity.cluster_id,
             backend_commits,
         };
+        let auto_compaction = crate::auto_compaction::spawn(handle.clone(), config.auto_compaction);
         Ok(Node {
             handle,
             transport,
             addresses: BoundAddresses { peer: peer_addr },
             loop_thread: Some(loop_thread),
             ticker_stop,
+            auto_compaction,
         })
     }
 
     /// Stops the raft loop after the batch it is on, and waits for it (the WAL is synced).
     pub fn stop(mut self) {
+        if let Some(task) = self.auto_compaction.take() {
+            task.abort();
+        }
         self.ticker_stop
             .store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = self.handle.inputs.try_send(Input::Stop);

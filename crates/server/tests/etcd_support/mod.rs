@@ -51,6 +51,14 @@ fn free_port() -> u16 {
 
 impl Cluster {
     pub async fn start(limits: RequestLimits) -> Cluster {
+        Cluster::start_with(limits, |_| {}).await
+    }
+
+    /// As [`Cluster::start`], with `configure` applied to every member's configuration.
+    pub async fn start_with(
+        limits: RequestLimits,
+        configure: impl Fn(&mut ServerConfig),
+    ) -> Cluster {
         let size = 3;
         let root = std::env::temp_dir().join(format!(
             "ballot-etcd-test-{}-{}",
@@ -91,6 +99,10 @@ impl Cluster {
                 max_request_bytes: limits.max_request_bytes,
                 max_txn_ops: limits.max_txn_ops,
                 ..ServerConfig::default()
+            })
+            .map(|mut config| {
+                configure(&mut config);
+                config
             })
             .collect();
         let ids: Vec<NodeId> = configs.iter().map(ServerConfig::node_id).collect();
