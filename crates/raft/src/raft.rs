@@ -96,7 +96,8 @@ pub struct Raft {
 }
 
 impl Raft {
-    /// A replica rebuilt from what it persisted (empty for a brand-new node).
+    /// A replica built from what it persisted: for a brand-new node, its starting membership
+    /// alone (`PersistedState::bootstrap`).
     pub fn new(config: Config, persisted: PersistedState) -> Result<Raft, String> {
         config.validate()?;
         let PersistedState {
