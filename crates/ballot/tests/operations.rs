@@ -581,10 +581,43 @@ fn a_member_added_with_member_add_restarts_from_its_data() {
     cluster.initial_cluster = format!("{},n4={n4_peer}", cluster.initial_cluster);
     cluster.start("n4", Bootstrap::Existing, &[]);
     cluster.wait_for_leader(&runtime);
+    // Its own flags derive another cluster id; it learns the cluster's from the log.
+    let cluster_ids = |cluster: &Cluster| -> Vec<u64> {
+        let urls = cluster.running_urls();
+        runtime.block_on(async {
+            let mut ids = Vec::new();
+            for url in &urls {
+                let status = MaintenanceClient::new(channel(url).await.unwrap())
+                    .status(pb::StatusRequest {})
+                    .await
+                    .unwrap()
+                    .into_inner();
+                ids.push(status.header.unwrap().cluster_id);
+            }
+            ids
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while cluster_ids(&cluster)
+        .windows(2)
+        .any(|pair| pair[0] != pair[1])
+    {
+        assert!(
+            Instant::now() < deadline,
+            "every member reports the same cluster id: {:?}",
+            cluster_ids(&cluster)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let acknowledged = write_then_kill_all(&mut cluster, "four");
     cluster.start_all(Bootstrap::LeftOut);
     cluster.wait_for_leader(&runtime);
     assert_all_present(&cluster, &runtime, &acknowledged);
+    let ids = cluster_ids(&cluster);
+    assert!(
+        ids.windows(2).all(|pair| pair[0] == pair[1]),
+        "the cluster id survives restarts: {ids:?}"
+    );
     // n4 alone, as a member among four: the others serve while it is away and it rejoins.
     cluster.kill("n4");
     cluster.start("n4", Bootstrap::LeftOut, &[]);

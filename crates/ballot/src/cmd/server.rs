@@ -358,7 +358,6 @@ async fn serve(
         use ballot_server::etcd;
         etcd::Context {
             node: node.handle.clone(),
-            cluster_id: node.handle.cluster_id(),
             limits: etcd::RequestLimits::from_config(&config),
             // Followers forward what only the leader serves to the client URL it published.
             leaders: std::sync::Arc::new(etcd::cluster::RegistryLeaderChannel::new(
@@ -429,7 +428,6 @@ async fn serve_clients(
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, String> {
     let routes = ballot_server::etcd::services(
         context.node.clone(),
-        context.cluster_id,
         context.limits,
         context.leaders.clone(),
     );

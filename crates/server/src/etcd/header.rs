@@ -8,9 +8,11 @@ use ballot_storage::mvcc::types::Revision;
 impl Context {
     /// A header for an answer at `revision` (the store revision the answer reflects).
     pub fn header(&self, revision: Revision) -> ResponseHeader {
-        let (member_id, raft_term) = self.node.with_status(|status| (status.id, status.term));
+        let (cluster_id, member_id, raft_term) = self
+            .node
+            .with_status(|status| (status.cluster_id, status.id, status.term));
         ResponseHeader {
-            cluster_id: self.cluster_id,
+            cluster_id,
             member_id,
             revision,
             raft_term,

@@ -81,7 +81,6 @@ impl Default for RequestLimits {
 #[derive(Clone)]
 pub struct Context {
     pub node: NodeHandle,
-    pub cluster_id: u64,
     pub limits: RequestLimits,
     pub leaders: Arc<dyn LeaderChannel>,
 }
@@ -90,13 +89,11 @@ pub struct Context {
 /// [`Services`] is `Clone`).
 pub fn services(
     node: NodeHandle,
-    cluster_id: u64,
     limits: RequestLimits,
     leaders: Arc<dyn LeaderChannel>,
 ) -> Services {
     let context = Context {
         node,
-        cluster_id,
         limits,
         leaders,
     };

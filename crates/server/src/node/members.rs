@@ -2,16 +2,23 @@
 //! publishes member attributes, so every node can list the members and find the leader's client
 //! URLs. Raft's membership says who votes; this registry only describes them.
 //!
+//! It also holds the cluster id, replicated the same way: the first leader of a cluster records
+//! the id its own identity file derived, so a member that joins later (whose own flags derive a
+//! different one) reports the cluster's, as etcd members do.
+//!
 //! Kept in `<data-dir>/members`, rewritten atomically (temporary file, fsync, rename, directory
 //! fsync) whenever it changes, with the log index of the last command applied to it so a replay
 //! after a restart skips what the file already reflects.
 //!
 //! ```text
-//! file      magic "BALLOTMB" | applied_index u64 | Members
+//! file      magic "BALLOTMB" | applied_index u64 | Registry
+//! Registry  Members | [cluster id u64]     (absent in files written before it existed: unknown)
 //! Members   count u32 | MemberInfo * count
 //! MemberInfo id u64 | name (len u32 | utf-8) | peer_url_count u32 | url * n | client_url_count u32 | url * n
-//! command   0 Publish MemberInfo | 1 Forget id u64
+//! command   0 Publish MemberInfo | 1 Forget id u64 | 2 ClusterId id u64
 //! ```
+//!
+//! A snapshot's registry part is a `Registry`.
 
 use ballot_core::codec::{put_bytes, DecodeError, Decoder};
 use ballot_core::{LogIndex, NodeId};
@@ -41,11 +48,15 @@ pub enum MemberCommand {
     /// publishes a future member's peer URLs).
     Publish(MemberInfo),
     Forget(NodeId),
+    /// Records the cluster id, if none is recorded yet (the first one stays).
+    ClusterId(u64),
 }
 
 #[derive(Debug)]
 pub struct MemberRegistry {
     members: BTreeMap<NodeId, MemberInfo>,
+    /// 0 while none is recorded.
+    cluster_id: u64,
     applied_index: LogIndex,
     path: PathBuf,
 }
@@ -59,10 +70,11 @@ impl MemberRegistry {
     ) -> Result<Self, String> {
         match std::fs::read(&path) {
             Ok(bytes) => {
-                let (applied_index, members) =
+                let (applied_index, (members, cluster_id)) =
                     decode_file(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
                 Ok(Self {
                     members,
+                    cluster_id,
                     applied_index,
                     path,
                 })
@@ -71,6 +83,7 @@ impl MemberRegistry {
                 let members = initial.into_iter().map(|m| (m.id, m)).collect();
                 Ok(Self {
                     members,
+                    cluster_id: 0,
                     applied_index: 0,
                     path,
                 })
@@ -87,6 +100,11 @@ impl MemberRegistry {
         self.members.values()
     }
 
+    /// The cluster id the log recorded, if it recorded one yet.
+    pub fn cluster_id(&self) -> Option<u64> {
+        (self.cluster_id != 0).then_some(self.cluster_id)
+    }
+
     /// Applies a command from the log entry at `index` (skipped if the file already has it).
     pub fn apply(&mut self, index: LogIndex, command: &MemberCommand) -> Result<(), String> {
         if index <= self.applied_index {
@@ -98,6 +116,11 @@ impl MemberRegistry {
             }
             MemberCommand::Forget(id) => {
                 self.members.remove(id);
+            }
+            MemberCommand::ClusterId(id) => {
+                if self.cluster_id == 0 {
+                    self.cluster_id = *id;
+                }
             }
         }
         self.applied_index = index;
@@ -115,23 +138,31 @@ impl MemberRegistry {
     /// The registry's part of a snapshot.
     pub fn snapshot(&self) -> Bytes {
         let mut out = Vec::new();
-        encode_members(&mut out, &self.members);
+        self.encode_registry(&mut out);
         Bytes::from(out)
     }
 
     /// Replaces everything with a snapshot's registry taken at `index`.
     pub fn restore(&mut self, data: &[u8], index: LogIndex) -> Result<(), String> {
         let mut input = Decoder::new(data);
-        self.members = decode_members(&mut input).map_err(|e| e.to_string())?;
-        input.finish("member registry").map_err(|e| e.to_string())?;
+        let (members, cluster_id) = decode_registry(&mut input).map_err(|e| e.to_string())?;
+        self.members = members;
+        self.cluster_id = cluster_id;
         self.applied_index = index;
         self.persist()
+    }
+
+    fn encode_registry(&self, out: &mut Vec<u8>) {
+        encode_members(out, &self.members);
+        if self.cluster_id != 0 {
+            out.put_u64_le(self.cluster_id);
+        }
     }
 
     fn persist(&self) -> Result<(), String> {
         let mut bytes = FILE_MAGIC.to_vec();
         bytes.put_u64_le(self.applied_index);
-        encode_members(&mut bytes, &self.members);
+        self.encode_registry(&mut bytes);
         write_atomically(&self.path, &bytes).map_err(|e| format!("{}: {e}", self.path.display()))
     }
 }
@@ -194,15 +225,29 @@ fn decode_members(input: &mut Decoder<'_>) -> Result<BTreeMap<NodeId, MemberInfo
         .collect()
 }
 
-fn decode_file(bytes: &[u8]) -> Result<(LogIndex, BTreeMap<NodeId, MemberInfo>), DecodeError> {
+/// Members and the cluster id (0 when absent), then nothing.
+fn decode_registry(
+    input: &mut Decoder<'_>,
+) -> Result<(BTreeMap<NodeId, MemberInfo>, u64), DecodeError> {
+    let members = decode_members(input)?;
+    let cluster_id = if input.is_empty() {
+        0
+    } else {
+        input.u64("cluster id")?
+    };
+    input.finish("member registry")?;
+    Ok((members, cluster_id))
+}
+
+type RegistryFile = (LogIndex, (BTreeMap<NodeId, MemberInfo>, u64));
+
+fn decode_file(bytes: &[u8]) -> Result<RegistryFile, DecodeError> {
     let Some(rest) = bytes.strip_prefix(FILE_MAGIC) else {
         return Err(Decoder::new(bytes).error("magic", "not a ballot member registry"));
     };
     let mut input = Decoder::new(rest);
     let applied_index = input.u64("applied index")?;
-    let members = decode_members(&mut input)?;
-    input.finish("member registry")?;
-    Ok((applied_index, members))
+    Ok((applied_index, decode_registry(&mut input)?))
 }
 
 impl MemberCommand {
@@ -216,6 +261,10 @@ impl MemberCommand {
                 out.put_u8(1);
                 out.put_u64_le(*id);
             }
+            MemberCommand::ClusterId(id) => {
+                out.put_u8(2);
+                out.put_u64_le(*id);
+            }
         }
     }
 
@@ -223,6 +272,7 @@ impl MemberCommand {
         match input.u8("member command")? {
             0 => Ok(MemberCommand::Publish(decode_info(input)?)),
             1 => Ok(MemberCommand::Forget(input.u64("member id")?)),
+            2 => Ok(MemberCommand::ClusterId(input.u64("cluster id")?)),
             other => Err(input.error("member command", format!("unknown kind {other}"))),
         }
     }
@@ -256,10 +306,26 @@ mod tests {
             reopened.get(1).is_none(),
             "an entry the file already reflects is not applied again"
         );
+        assert_eq!(reopened.cluster_id(), None);
+        reopened.apply(7, &MemberCommand::ClusterId(42)).unwrap();
+        reopened.apply(8, &MemberCommand::ClusterId(43)).unwrap();
+        assert_eq!(
+            reopened.cluster_id(),
+            Some(42),
+            "the first recorded id stays"
+        );
         let snapshot = reopened.snapshot();
         let mut restored = MemberRegistry::open(dir.join("other"), []).unwrap();
-        restored.restore(&snapshot, 6).unwrap();
+        restored.restore(&snapshot, 8).unwrap();
         assert_eq!(restored.get(2), Some(&info(2)));
+        assert_eq!(restored.cluster_id(), Some(42));
+        assert_eq!(
+            MemberRegistry::open(dir.join("other"), [])
+                .unwrap()
+                .cluster_id(),
+            Some(42),
+            "and it is in the file"
+        );
         std::fs::write(&path, b"garbage").unwrap();
         assert!(MemberRegistry::open(path, [])
             .unwrap_err()
@@ -269,7 +335,11 @@ mod tests {
 
     #[test]
     fn commands_round_trip() {
-        for command in [MemberCommand::Publish(info(3)), MemberCommand::Forget(3)] {
+        for command in [
+            MemberCommand::Publish(info(3)),
+            MemberCommand::Forget(3),
+            MemberCommand::ClusterId(7),
+        ] {
             let mut out = Vec::new();
             command.encode(&mut out);
             assert_eq!(

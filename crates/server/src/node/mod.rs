@@ -86,6 +86,9 @@ impl From<ReplicaError> for NodeError {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeStatus {
     pub id: NodeId,
+    /// The cluster's id: as the member registry records it, or (until it does) as this member's
+    /// identity file derived it.
+    pub cluster_id: u64,
     pub role: Option<Role>,
     pub term: Term,
     pub leader: Option<NodeId>,
@@ -239,7 +242,6 @@ pub struct NodeHandle {
     status: Arc<Mutex<NodeStatus>>,
     request_timeout: Duration,
     cluster_token: Arc<str>,
-    cluster_id: u64,
     /// Durations of the store's durable commits made by the background flusher.
     backend_commits: Arc<Mutex<latency::LatencyHistogram>>,
 }
@@ -255,9 +257,9 @@ impl NodeHandle {
         &self.cluster_token
     }
 
-    /// The cluster's id, as the data directory's identity records it.
+    /// The cluster's id (see [`NodeStatus::cluster_id`]).
     pub fn cluster_id(&self) -> u64 {
-        self.cluster_id
+        self.with_status(|status| status.cluster_id)
     }
 
     /// How long the state machine's durable commits take (etcd's backend commit duration).
@@ -422,6 +424,7 @@ impl Node {
         }
         let status = Arc::new(Mutex::new(NodeStatus {
             id: identity.member_id,
+            cluster_id: identity.cluster_id,
             ..NodeStatus::default()
         }));
         let opened = raft_loop::RaftLoop::open(
@@ -465,7 +468,6 @@ impl Node {
             status,
             request_timeout: Duration::from_secs(5),
             cluster_token: Arc::from(identity.cluster_token.as_str()),
-            cluster_id: identity.cluster_id,
             backend_commits,
         };
         let auto_compaction = crate::auto_compaction::spawn(handle.clone(), config.auto_compaction);

@@ -87,6 +87,11 @@ pub(crate) struct RaftLoop {
     registry: MemberRegistry,
     /// What this node publishes about itself.
     own_info: MemberInfo,
+    /// The cluster id this member's identity derived, if it was one of the cluster's first
+    /// members (a joining member's flags derive another): what it records as leader.
+    founding_cluster_id: Option<u64>,
+    /// The cluster id to report until the registry has one.
+    identity_cluster_id: u64,
     ticks_until_publish_check: u32,
     membership_changes: BTreeMap<LogIndex, (Term, Reply<LogPosition>)>,
     reads_unconfirmed: HashMap<u64, Reply<()>>,
@@ -259,6 +264,9 @@ impl RaftLoop {
             member_proposals: BTreeMap::new(),
             registry,
             own_info,
+            founding_cluster_id: (!identity.bootstrap.voters.is_empty())
+                .then_some(identity.cluster_id),
+            identity_cluster_id: identity.cluster_id,
             ticks_until_publish_check: 0,
             membership_changes: BTreeMap::new(),
             reads_unconfirmed: HashMap::new(),
@@ -570,6 +578,7 @@ impl RaftLoop {
                 self.own_info.peer_urls = known.peer_urls.clone();
             }
         }
+        self.record_cluster_id_if_needed();
         if self.registry.get(self.own_info.id) == Some(&self.own_info) {
             self.ticks_until_publish_check = Self::PUBLISH_CHECK_TICKS;
             return;
@@ -578,6 +587,21 @@ impl RaftLoop {
         let command = LogCommand::Member(MemberCommand::Publish(self.own_info.clone()));
         if let Err(error) = self.raft.propose_or_forward(command.encode()) {
             tracing::debug!(%error, "member publication postponed");
+        }
+    }
+
+    /// A leader of the cluster's original members records the cluster id in the registry once,
+    /// so that members joining later report the same one (their own flags derive another).
+    fn record_cluster_id_if_needed(&mut self) {
+        let Some(cluster_id) = self.founding_cluster_id else {
+            return;
+        };
+        if self.registry.cluster_id().is_some() || self.raft.role() != Role::Leader {
+            return;
+        }
+        let command = LogCommand::Member(MemberCommand::ClusterId(cluster_id));
+        if let Err(error) = self.raft.propose(command.encode()) {
+            tracing::debug!(%error, "recording the cluster id postponed");
         }
     }
 
@@ -902,7 +926,7 @@ impl RaftLoop {
                 }
             }
             MemberCommand::Forget(id) => self.transport.remove_peer(*id),
-            MemberCommand::Publish(_) => {}
+            MemberCommand::Publish(_) | MemberCommand::ClusterId(_) => {}
         }
     }
 
@@ -1143,6 +1167,10 @@ impl RaftLoop {
         let mut shared = self.status.lock().expect("status lock");
         *shared = NodeStatus {
             id: status.id,
+            cluster_id: self
+                .registry
+                .cluster_id()
+                .unwrap_or(self.identity_cluster_id),
             role: Some(status.role),
             term: status.term,
             leader: status.leader,

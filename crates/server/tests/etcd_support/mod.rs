@@ -121,12 +121,7 @@ impl Cluster {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let mut servers = Vec::new();
         for (i, listener) in client_listeners.into_iter().enumerate() {
-            let routes = etcd::services(
-                handles[i].clone(),
-                handles[i].cluster_id(),
-                limits,
-                leaders.clone(),
-            );
+            let routes = etcd::services(handles[i].clone(), limits, leaders.clone());
             let mut stopped = stopped.clone();
             servers.push(tokio::spawn(async move {
                 let shutdown = async move {
