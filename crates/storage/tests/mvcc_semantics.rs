@@ -544,8 +544,15 @@ fn a_first_compaction_at_zero_succeeds_and_changes_nothing_as_in_etcd() {
         log.error(Command::Compact { revision: -1 }),
         "mvcc: required revision has been compacted"
     );
+    use ballot_storage::mvcc::types::History;
+    assert_eq!(
+        log.store.compaction_floor(),
+        -1,
+        "etcd's compacted revision, never compacted"
+    );
     let first = log.apply(Command::Compact { revision: 0 });
     assert_eq!(first.result, Ok(CommandResult::Compact { revision: 0 }));
+    assert_eq!(log.store.compaction_floor(), 0);
     assert_eq!(log.store.compacted_revision(), 0);
     assert_eq!(log.store.revision(), 2, "a compaction creates no revision");
     assert_eq!(
@@ -560,6 +567,7 @@ fn a_first_compaction_at_zero_succeeds_and_changes_nothing_as_in_etcd() {
     };
     assert!(log.store.range(&at_one).unwrap().kvs.is_empty());
     log.apply(Command::Compact { revision: 2 });
+    assert_eq!(log.store.compaction_floor(), 2);
     assert_eq!(
         log.error(Command::Compact { revision: 0 }),
         "mvcc: required revision has been compacted"
