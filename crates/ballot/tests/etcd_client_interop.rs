@@ -1875,7 +1875,7 @@ async fn client_carries_on_after_the_leader_is_sigkilled() {
 /// Entries a node keeps in its log behind a snapshot: Raft's default, which `ballot server`
 /// keeps.
 fn snapshot_trailing_entries() -> u64 {
-    ballot_raft::Config::new(1, ballot_core::Membership::default()).snapshot_trailing_entries
+    ballot_raft::Config::new(1).snapshot_trailing_entries
 }
 
 /// The index in a `<index>-<term>.snap` file name.

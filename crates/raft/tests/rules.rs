@@ -416,8 +416,7 @@ fn s5_4_2_entries_of_older_terms_are_not_committed_by_counting_replicas() {
         compacted: bootstrap(&[1, 2, 3]).compacted,
         entries: vec![entry(1, 2)],
     };
-    let mut leader = Raft::new(config.clone(), persisted).unwrap();
-    config.broken = Some(ballot_raft::Break::CommitOldTerm);
+    let mut leader = Raft::new(config, persisted).unwrap();
     for _ in 0..40 {
         leader.tick();
         if leader.status().role != Role::Follower {

@@ -28,6 +28,9 @@ struct Model {
     log: Vec<(Revision, u32, Bytes)>,
     revision: Revision,
     compacted: Revision,
+    /// etcd's first compaction at 0 succeeds (its compacted revision starts at -1), later ones
+    /// are refused. The store remembers it in memory only, so a reopen or a restore forgets it.
+    compacted_at_zero: bool,
     applied: u64,
     /// id -> (ttl_seconds, remaining_ttl_ms); attached keys are the current keys naming the id.
     leases: BTreeMap<LeaseId, (i64, i64)>,
@@ -63,6 +66,7 @@ impl Default for Model {
             log: Vec::new(),
             revision: 1,
             compacted: 0,
+            compacted_at_zero: false,
             applied: 0,
             leases: BTreeMap::new(),
         }
@@ -136,6 +140,10 @@ impl Model {
         validate_command(command)?;
         match command {
             Command::Put(put) => {
+                // etcd: a plain put's lease is checked before its key.
+                if put.lease != 0 && !self.leases.contains_key(&put.lease) {
+                    return Err(ApplyError::LeaseNotFound { id: put.lease });
+                }
                 self.check_put(put)?;
                 Ok(CommandResult::Put(self.put(txn, put)))
             }
@@ -151,7 +159,12 @@ impl Model {
                 Ok(CommandResult::Txn(response))
             }
             Command::Compact { revision } => {
-                if *revision <= self.compacted {
+                let floor = if self.compacted == 0 && !self.compacted_at_zero {
+                    -1
+                } else {
+                    self.compacted
+                };
+                if *revision <= floor {
                     return Err(ApplyError::Compacted {
                         compacted_revision: self.compacted,
                     });
@@ -162,6 +175,7 @@ impl Model {
                     });
                 }
                 self.compacted = *revision;
+                self.compacted_at_zero |= *revision == 0;
                 Ok(CommandResult::Compact {
                     revision: *revision,
                 })
@@ -378,7 +392,12 @@ impl Model {
                 _ => put.lease,
             },
         };
-        let prev_kv = self.state_at(&put.key, txn.revision - 1);
+        // etcd: an event that creates the key has no previous key-value.
+        let prev_kv = if kv.create_revision == txn.revision {
+            None
+        } else {
+            self.state_at(&put.key, txn.revision - 1)
+        };
         self.record(txn, &put.key, Some(kv.clone()));
         txn.events.push(Event {
             kind: EventKind::Put,
@@ -446,6 +465,15 @@ impl Model {
                 count,
                 revision: now,
             };
+        }
+        let filtered = request.max_mod_revision != 0
+            || request.min_mod_revision != 0
+            || request.max_create_revision != 0
+            || request.min_create_revision != 0;
+        if request.sort_order == SortOrder::None && !filtered && request.limit > 0 {
+            // etcd reads `limit + 1` keys in key order when no order is asked for, and sorts
+            // those alone.
+            kvs.truncate(request.limit as usize + 1);
         }
         kvs.retain(|kv| {
             (request.max_mod_revision == 0 || kv.mod_revision <= request.max_mod_revision)
@@ -519,7 +547,8 @@ impl Model {
             if *revision < start || *revision > end || !range.contains(key) {
                 continue;
             }
-            // At the compacted revision itself only each key's last change there is kept.
+            // At the compacted revision itself only each key's last change there is kept, and
+            // only if it is a put (etcd drops a tombstone at the compacted revision).
             let superseded_at_compacted = *revision == self.compacted
                 && self.log[i + 1..]
                     .iter()
@@ -533,6 +562,9 @@ impl Model {
                 .unwrap()
                 .2
                 .clone();
+            if *revision == self.compacted && kv.is_none() {
+                continue;
+            }
             let event = match kv {
                 Some(kv) => Event {
                     kind: EventKind::Put,
@@ -549,7 +581,8 @@ impl Model {
                     prev_kv: None,
                 },
             };
-            let prev_kv = (with_prev_kv && *revision > self.compacted)
+            let creates = event.kind == EventKind::Put && event.kv.create_revision == *revision;
+            let prev_kv = (with_prev_kv && *revision > self.compacted && !creates)
                 .then(|| self.state_at(key, revision - 1))
                 .flatten();
             by_revision
@@ -917,6 +950,7 @@ impl Run {
                     .unwrap(),
                 );
                 prop_assert_eq!(self.store().applied_index(), self.model.applied);
+                self.model.compacted_at_zero = false;
             }
             Step::SnapshotRestore => {
                 let snapshot = self.store().snapshot().unwrap();
@@ -932,6 +966,7 @@ impl Run {
                 self.store = Some(fresh);
                 prop_assert_eq!(self.store().hash_kv(0).unwrap(), hash_before);
                 prop_assert_eq!(self.store().snapshot().unwrap(), snapshot);
+                self.model.compacted_at_zero = false;
             }
         }
         // The common state, after every step.

@@ -408,15 +408,16 @@ fn compaction_keeps_the_newest_version_and_history_replays() {
             compacted_revision: 7
         }))
     ));
-    // Replay from the compacted revision still sees the delete at it.
-    let events = log.store.events(&everything(), 7, 8, 0, true).unwrap();
-    assert_eq!(
+    // A replay from the compacted revision does not see the delete at it: etcd's compaction
+    // drops a tombstone at the compacted revision with its generation.
+    let kinds = |events: Vec<Event>| {
         events
             .iter()
             .map(|e| (e.kind, e.kv.mod_revision))
-            .collect::<Vec<_>>(),
-        vec![(EventKind::Delete, 7), (EventKind::Put, 8)]
-    );
+            .collect::<Vec<_>>()
+    };
+    let events = log.store.events(&everything(), 7, 8, 0, true).unwrap();
+    assert_eq!(kinds(events), vec![(EventKind::Put, 8)]);
     assert_eq!(
         log.store.events(&everything(), 6, 8, 0, false),
         Err(HistoryError::Compacted {
@@ -429,6 +430,10 @@ fn compaction_keeps_the_newest_version_and_history_replays() {
             current_revision: 8
         })
     );
+    // A put at the compacted revision is its key's newest version there, and is replayed.
+    log.apply(Command::Compact { revision: 8 });
+    let events = log.store.events(&everything(), 8, 8, 0, true).unwrap();
+    assert_eq!(kinds(events), vec![(EventKind::Put, 8)]);
 }
 
 #[test]
@@ -527,5 +532,179 @@ fn range_options_follow_etcd() {
     assert_eq!(
         (keys(past.clone()), past.revision),
         (vec!["p/a".to_owned(), "p/b".to_owned()], 6)
+    );
+}
+
+#[test]
+fn a_first_compaction_at_zero_succeeds_and_changes_nothing_as_in_etcd() {
+    // etcd starts with compacted revision -1: compacting at 0 once succeeds, then 0 is compacted.
+    let mut log = Log::new();
+    log.apply(put("a", "1"));
+    assert_eq!(
+        log.error(Command::Compact { revision: -1 }),
+        "mvcc: required revision has been compacted"
+    );
+    use ballot_storage::mvcc::types::History;
+    assert_eq!(
+        log.store.compaction_floor(),
+        -1,
+        "etcd's compacted revision, never compacted"
+    );
+    let first = log.apply(Command::Compact { revision: 0 });
+    assert_eq!(first.result, Ok(CommandResult::Compact { revision: 0 }));
+    assert_eq!(log.store.compaction_floor(), 0);
+    assert_eq!(log.store.compacted_revision(), 0);
+    assert_eq!(log.store.revision(), 2, "a compaction creates no revision");
+    assert_eq!(
+        log.error(Command::Compact { revision: 0 }),
+        "mvcc: required revision has been compacted"
+    );
+    // Reads at every revision are still served.
+    let at_one = RangeRequest {
+        range: KeyRange::single("a"),
+        revision: 1,
+        ..Default::default()
+    };
+    assert!(log.store.range(&at_one).unwrap().kvs.is_empty());
+    log.apply(Command::Compact { revision: 2 });
+    assert_eq!(log.store.compaction_floor(), 2);
+    assert_eq!(
+        log.error(Command::Compact { revision: 0 }),
+        "mvcc: required revision has been compacted"
+    );
+}
+
+#[test]
+fn a_negative_revision_is_compacted_inside_a_txn_and_current_outside_as_in_etcd() {
+    let mut log = Log::new();
+    log.apply(put("a", "1"));
+    let read_at = |revision| RangeRequest {
+        range: KeyRange::single("a"),
+        revision,
+        ..Default::default()
+    };
+    let txn_reading_at = |revision| {
+        Command::Txn(TxnRequest {
+            success: vec![RequestOp::Range(read_at(revision))],
+            ..Default::default()
+        })
+    };
+    // A plain range reads the current revision.
+    assert_eq!(log.store.range(&read_at(-5)).unwrap().kvs.len(), 1);
+    // Inside a transaction etcd compares with its compacted revision, -1 before any compaction.
+    assert!(log.apply(txn_reading_at(-1)).result.is_ok());
+    assert_eq!(
+        log.error(txn_reading_at(-2)),
+        "mvcc: required revision has been compacted"
+    );
+    log.apply(Command::Compact { revision: 2 });
+    assert_eq!(
+        log.error(txn_reading_at(-1)),
+        "mvcc: required revision has been compacted"
+    );
+    assert_eq!(
+        log.error(txn_reading_at(1)),
+        "mvcc: required revision has been compacted"
+    );
+    assert!(log.apply(txn_reading_at(2)).result.is_ok());
+}
+
+#[test]
+fn a_put_checks_its_lease_before_its_key_and_a_txn_the_other_way_as_in_etcd() {
+    let mut log = Log::new();
+    let put = PutRequest {
+        key: "missing".into(),
+        ignore_value: true,
+        lease: 99,
+        ..Default::default()
+    };
+    assert_eq!(
+        log.error(Command::Put(put.clone())),
+        "etcdserver: requested lease not found"
+    );
+    let txn = TxnRequest {
+        success: vec![RequestOp::Put(put)],
+        ..Default::default()
+    };
+    assert_eq!(log.error(Command::Txn(txn)), "etcdserver: key not found");
+}
+
+#[test]
+fn a_txn_may_delete_to_the_end_and_put_back_and_the_put_creates_the_key_as_in_etcd() {
+    use ballot_storage::mvcc::types::History;
+    let mut log = Log::new();
+    log.apply(put("b", "old"));
+    // etcd's interval for a delete to the end of the key space is empty: no duplicate key.
+    let txn = TxnRequest {
+        success: vec![
+            RequestOp::DeleteRange(DeleteRangeRequest {
+                range: KeyRange::new("a", "\0"),
+                prev_kv: true,
+            }),
+            RequestOp::Put(PutRequest {
+                key: "b".into(),
+                value: "new".into(),
+                ..Default::default()
+            }),
+        ],
+        ..Default::default()
+    };
+    let applied = log.apply(Command::Txn(txn));
+    assert!(applied.result.is_ok(), "{:?}", applied.result);
+    assert_eq!(kv_numbers(&log.store, "b"), (3, 3, 1), "a new generation");
+    // The delete's event has the old value; the put creates the key, so it has none.
+    let prev = |events: &[Event]| -> Vec<Option<Bytes>> {
+        events
+            .iter()
+            .map(|e| e.prev_kv.as_ref().map(|kv| kv.value.clone()))
+            .collect()
+    };
+    assert_eq!(prev(&applied.events), [Some(Bytes::from("old")), None]);
+    let replayed = log
+        .store
+        .events(&KeyRange::single("b"), 3, 3, 10, true)
+        .unwrap();
+    assert_eq!(prev(&replayed), [Some(Bytes::from("old")), None]);
+}
+
+#[test]
+fn another_target_without_an_order_sorts_only_the_page_as_in_etcd() {
+    // With a limit and no order etcd reads `limit + 1` keys in key order and sorts only those.
+    let mut log = Log::new();
+    for key in ["p/d", "p/a", "p/b", "p/c"] {
+        log.apply(put(key, "v")); // mod revisions 2, 3, 4, 5
+    }
+    let read = |log: &Log, limit, sort_order| {
+        let response = log
+            .store
+            .range(&RangeRequest {
+                range: KeyRange::prefix("p/"),
+                sort_target: SortTarget::Mod,
+                sort_order,
+                limit,
+                ..Default::default()
+            })
+            .unwrap();
+        let keys: Vec<String> = response
+            .kvs
+            .iter()
+            .map(|kv| String::from_utf8(kv.key.to_vec()).unwrap())
+            .collect();
+        (keys, response.more, response.count)
+    };
+    assert_eq!(
+        read(&log, 1, SortOrder::None),
+        (vec!["p/a".to_owned()], true, 4),
+        "p/a and p/b read, p/d (the lowest mod revision) never"
+    );
+    assert_eq!(
+        read(&log, 1, SortOrder::Ascend),
+        (vec!["p/d".to_owned()], true, 4),
+        "an order asked for sorts every key"
+    );
+    assert_eq!(
+        read(&log, 0, SortOrder::None).0,
+        ["p/d", "p/a", "p/b", "p/c"],
+        "without a limit, every key"
     );
 }

@@ -46,7 +46,7 @@ fn create_acks_then_delivers_then_cancel_ends_the_watch() {
 }
 
 #[test]
-fn watch_ids_are_assigned_from_zero_and_chosen_ids_must_be_free_and_positive() {
+fn watch_ids_are_assigned_from_zero_and_chosen_ids_must_be_free() {
     let mut h = Harness::new(WatchLimits::default());
     let stream = h.hub.open_stream().unwrap();
     let chosen = h.create(
@@ -78,10 +78,11 @@ fn watch_ids_are_assigned_from_zero_and_chosen_ids_must_be_free_and_positive() {
             watch_id: 2
         })
     );
-    assert!(duplicate
-        .unwrap_err()
-        .to_string()
-        .contains("duplicate watch ID"));
+    // etcd's message exactly: clients match on it.
+    assert_eq!(
+        duplicate.unwrap_err().to_string(),
+        "mvcc: duplicate watch ID provided on the WatchStream"
+    );
     let negative = h.hub.create_watch(
         stream,
         WatchCreate {
@@ -90,7 +91,8 @@ fn watch_ids_are_assigned_from_zero_and_chosen_ids_must_be_free_and_positive() {
         },
         &h.history,
     );
-    assert_eq!(negative, Err(WatchError::InvalidWatchId { watch_id: -3 }));
+    // etcd takes any id but 0 as the client's choice, negative ones included.
+    assert_eq!(negative, Ok(-3));
     // A canceled id may be chosen again.
     h.hub.cancel(stream, 2).unwrap();
     assert_eq!(
@@ -233,27 +235,13 @@ fn bad_requests_get_errors_that_name_the_problem() {
     let create = |h: &mut Harness, create| h.hub.create_watch(stream, create, &h.history);
     let empty = create(&mut h, watch(KeyRange::new("b", "a"))).unwrap_err();
     assert!(matches!(empty, WatchError::InvalidRange { .. }));
-    assert!(
-        empty.to_string().contains("watcher range is empty"),
-        "{empty}"
-    );
+    assert_eq!(empty.to_string(), "mvcc: watcher range is empty");
     assert!(matches!(
         create(&mut h, watch(KeyRange::new("a", "a"))),
         Err(WatchError::InvalidRange { .. })
     ));
     let no_key = create(&mut h, watch(KeyRange::single(""))).unwrap_err();
     assert!(no_key.to_string().contains("key is empty"), "{no_key}");
-    let start = create(
-        &mut h,
-        WatchCreate {
-            start_revision: -1,
-            ..watch(KeyRange::single("a"))
-        },
-    );
-    assert_eq!(
-        start,
-        Err(WatchError::InvalidStartRevision { start_revision: -1 })
-    );
 
     h.hub.close_stream(stream).unwrap();
     let gone = h
@@ -308,4 +296,54 @@ fn only_streams_with_something_new_are_woken() {
     assert_eq!(h.hub.take_woken(), [a]);
     assert!(h.hub.take_woken().is_empty(), "taken once");
     assert!(h.hub.has_pending(a).unwrap() && !h.hub.has_pending(b).unwrap());
+}
+
+#[test]
+fn negative_start_revisions_are_answered_as_etcd_answers_them() {
+    // etcd's compacted revision is -1 before any compaction: -1 then means "from the next
+    // revision", anything lower is below it and canceled as compacted.
+    let mut h = Harness::new(WatchLimits::default());
+    let stream = h.hub.open_stream().unwrap();
+    h.put("a", "1");
+    let from_next = h.create(
+        stream,
+        WatchCreate {
+            start_revision: -1,
+            ..watch(KeyRange::single("a"))
+        },
+    );
+    h.put("a", "2");
+    let responses = h.drain(stream);
+    assert_eq!(revisions_of(&events_of(&responses, from_next)), [2]);
+    let below = h.create(
+        stream,
+        WatchCreate {
+            start_revision: -2,
+            ..watch(KeyRange::single("a"))
+        },
+    );
+    let canceled = h.drain(stream);
+    assert!(
+        canceled
+            .iter()
+            .any(|r| r.watch_id == below && r.canceled && r.compact_revision == -1),
+        "{canceled:?}"
+    );
+    // After a compaction every negative start is below it.
+    h.history.compact(2);
+    let after = h.create(
+        stream,
+        WatchCreate {
+            start_revision: -1,
+            ..watch(KeyRange::single("a"))
+        },
+    );
+    let canceled = h.drain(stream);
+    assert!(
+        canceled
+            .iter()
+            .any(|r| r.watch_id == after && r.canceled && r.compact_revision == 2),
+        "{canceled:?}"
+    );
+    h.hub.check_invariants();
 }

@@ -4,7 +4,7 @@
 mod watch_support;
 
 use ballot_storage::mvcc::types::{HistoryError, KeyRange};
-use ballot_storage::watch::WatchCreate;
+use ballot_storage::watch::{WatchCreate, WatchError};
 use watch_support::*;
 
 #[test]
@@ -57,12 +57,10 @@ fn a_compacted_start_is_acked_then_canceled_with_the_compact_revision() {
     assert_eq!(responses.len(), 2);
     assert!(responses[0].created && responses[0].watch_id == id);
     assert!(responses[1].canceled && responses[1].watch_id == id);
+    // As etcd 3.4 sends it: the compacted revision, no reason, a header at revision 0.
     assert_eq!(responses[1].compact_revision, 4);
-    assert!(
-        responses[1].cancel_reason.contains("compacted"),
-        "{}",
-        responses[1].cancel_reason
-    );
+    assert_eq!(responses[1].cancel_reason, "");
+    assert_eq!(responses[1].header_revision, 0);
     assert_eq!(h.hub.watch_count(stream).unwrap(), 0);
 
     // The compaction revision itself is still readable.
@@ -74,6 +72,52 @@ fn a_compacted_start_is_acked_then_canceled_with_the_compact_revision() {
         },
     );
     assert_eq!(revisions_of(&events_of(&h.drain(stream), at)), [4, 5, 6]);
+}
+
+#[test]
+fn a_compacted_watch_keeps_its_id_until_the_client_cancels_it_as_in_etcd() {
+    let mut h = Harness::new(small_limits());
+    let stream = h.hub.open_stream().unwrap();
+    for n in 1..=6 {
+        h.put("a", n.to_string());
+    }
+    h.history.compact(4);
+    let compacted = WatchCreate {
+        start_revision: 2,
+        watch_id: 1,
+        ..watch(KeyRange::single("a"))
+    };
+    let id = h.create(stream, compacted);
+    assert!(h.drain(stream).iter().any(|r| r.compact_revision == 4));
+    // The id is still taken: an automatic id skips it, a chosen one is a duplicate.
+    assert_eq!(h.create(stream, watch(KeyRange::single("a"))), 0);
+    assert_eq!(h.create(stream, watch(KeyRange::single("a"))), 2);
+    let duplicate = WatchCreate {
+        watch_id: id,
+        ..watch(KeyRange::single("a"))
+    };
+    assert_eq!(
+        h.hub.create_watch(stream, duplicate.clone(), &h.history),
+        Err(WatchError::DuplicateWatchId {
+            stream,
+            watch_id: id
+        })
+    );
+    // The client's cancel is acknowledged and frees the id.
+    h.hub.cancel(stream, id).unwrap();
+    let responses = h.drain(stream);
+    assert!(
+        responses
+            .iter()
+            .any(|r| r.watch_id == id && r.canceled && r.compact_revision == 0),
+        "{responses:?}"
+    );
+    assert!(
+        h.hub.cancel(stream, id).is_err(),
+        "a second cancel is unknown"
+    );
+    assert_eq!(h.hub.create_watch(stream, duplicate, &h.history), Ok(id));
+    h.hub.check_invariants();
 }
 
 #[test]

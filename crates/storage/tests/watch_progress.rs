@@ -114,3 +114,23 @@ fn a_requested_stream_progress_comes_after_every_pending_event() {
     );
     assert!(h.drain(stream).is_empty(), "a request is answered once");
 }
+
+#[test]
+fn each_progress_request_gets_its_own_response() {
+    // etcd answers every progress request; a client that sends two waits for two answers.
+    let mut h = Harness::new(small_limits());
+    let stream = h.hub.open_stream().unwrap();
+    h.create(stream, watch(KeyRange::single("a")));
+    h.put("a", "1");
+    h.hub.request_progress(stream).unwrap();
+    h.hub.request_progress(stream).unwrap();
+    let responses = h.drain(stream);
+    let progress: Vec<_> = responses
+        .iter()
+        .filter(|r| r.watch_id == STREAM_PROGRESS_WATCH_ID)
+        .collect();
+    assert_eq!(progress.len(), 2, "{responses:?}");
+    assert!(progress.iter().all(|r| r.header_revision == 1));
+    h.hub.request_progress(stream).unwrap();
+    assert_eq!(h.drain(stream).len(), 1, "a third request, a third answer");
+}

@@ -68,6 +68,9 @@ struct Watch {
     delivered: Vec<Event>,
     acked: bool,
     canceled: bool,
+    /// The client canceled it; a watch already canceled for compaction still gets an ack.
+    client_canceled: bool,
+    cancel_acked: bool,
 }
 
 struct Model {
@@ -104,7 +107,19 @@ impl Model {
                 .watches
                 .get_mut(&(stream, response.watch_id))
                 .expect("response for a known watch");
-            assert!(!watch.canceled, "a response after the cancel");
+            if watch.canceled {
+                // A watch canceled for compaction keeps its id until the client cancels it,
+                // and that cancel is acknowledged, as in etcd.
+                assert!(
+                    response.canceled
+                        && response.compact_revision == 0
+                        && watch.client_canceled
+                        && !watch.cancel_acked,
+                    "a response after the cancel"
+                );
+                watch.cancel_acked = true;
+                continue;
+            }
             if response.created {
                 assert!(
                     !watch.acked && watch.delivered.is_empty(),
@@ -116,6 +131,7 @@ impl Model {
             assert!(watch.acked, "a response before the ack");
             if response.canceled {
                 watch.canceled = true;
+                watch.cancel_acked = response.compact_revision == 0;
             }
             watch.delivered.extend(response.events);
             let watch = &self.watches[&(stream, response.watch_id)];
@@ -209,6 +225,8 @@ fn run(steps: Vec<Step>) {
                         delivered: Vec::new(),
                         acked: false,
                         canceled: false,
+                        client_canceled: false,
+                        cancel_acked: false,
                     };
                     model.watches.insert((stream, id), watch);
                 }
@@ -225,9 +243,13 @@ fn run(steps: Vec<Step>) {
                     let id = live[pick % live.len()];
                     // It may already have been canceled by a compaction not yet polled. A client
                     // that cancels a watch mid-fragments drops the fragments it holds.
-                    if model.h.hub.cancel(stream, id).is_ok()
-                        && model.fragmenting.get(&stream) == Some(&id)
-                    {
+                    let canceled = model.h.hub.cancel(stream, id).is_ok();
+                    if canceled {
+                        if let Some(watch) = model.watches.get_mut(&(stream, id)) {
+                            watch.client_canceled = true;
+                        }
+                    }
+                    if canceled && model.fragmenting.get(&stream) == Some(&id) {
                         model.fragmenting.remove(&stream);
                     }
                 }
@@ -249,8 +271,11 @@ fn run(steps: Vec<Step>) {
             }
         }
         model.h.hub.check_invariants();
-        // A canceled watch whose cancel was received is gone; its id may be reused.
-        model.watches.retain(|_, watch| !watch.canceled);
+        // A canceled watch whose cancel was received is gone; its id may be reused. One canceled
+        // for compaction that the client canceled too still has that cancel's ack to come.
+        model
+            .watches
+            .retain(|_, watch| !watch.canceled || watch.client_canceled && !watch.cancel_acked);
     }
     // Heal: drain every stream; each live watch must now have exactly its history.
     for stream in model.streams.clone() {

@@ -229,21 +229,40 @@ pub fn delete_range_response(
     }
 }
 
-/// Every response inside a transaction carries the transaction's header.
+/// The top-level response carries `header`. Inside, as etcd 3.4 answers: a range, put or
+/// delete response carries a header with only the revision it saw (a read before the
+/// transaction's first write sees the revision before it, anything after sees the new one); a
+/// nested transaction's header is present but empty.
 pub fn txn_response(response: TxnResponse, header: pb::ResponseHeader) -> pb::TxnResponse {
+    let mut top = nested_txn_response(response);
+    top.header = Some(header);
+    top
+}
+
+fn nested_txn_response(response: TxnResponse) -> pb::TxnResponse {
     use pb::response_op::Response;
+    let at = |revision| pb::ResponseHeader {
+        revision,
+        ..Default::default()
+    };
     let responses = response
         .responses
         .into_iter()
         .map(|op| {
-            let inner = header;
             let response = match op {
-                ResponseOp::Range(range) => Response::ResponseRange(range_response(range, inner)),
-                ResponseOp::Put(put) => Response::ResponsePut(put_response(put, inner)),
-                ResponseOp::DeleteRange(delete) => {
-                    Response::ResponseDeleteRange(delete_range_response(delete, inner))
+                ResponseOp::Range(range) => {
+                    let header = at(range.revision);
+                    Response::ResponseRange(range_response(range, header))
                 }
-                ResponseOp::Txn(txn) => Response::ResponseTxn(txn_response(txn, inner)),
+                ResponseOp::Put(put) => {
+                    let header = at(put.revision);
+                    Response::ResponsePut(put_response(put, header))
+                }
+                ResponseOp::DeleteRange(delete) => {
+                    let header = at(delete.revision);
+                    Response::ResponseDeleteRange(delete_range_response(delete, header))
+                }
+                ResponseOp::Txn(txn) => Response::ResponseTxn(nested_txn_response(txn)),
             };
             pb::ResponseOp {
                 response: Some(response),
@@ -251,7 +270,7 @@ pub fn txn_response(response: TxnResponse, header: pb::ResponseHeader) -> pb::Tx
         })
         .collect();
     pb::TxnResponse {
-        header: Some(header),
+        header: Some(pb::ResponseHeader::default()),
         succeeded: response.succeeded,
         responses,
     }
@@ -312,6 +331,79 @@ mod tests {
             ..Default::default()
         };
         assert!(watch_create(&watch).unwrap_err().contains("filters"));
+    }
+
+    #[test]
+    fn sub_responses_carry_etcds_headers() {
+        // A read before the txn's write (revision 4), a put and a read after it (revision 5),
+        // a nested txn: only the top level has a full header.
+        let response = TxnResponse {
+            succeeded: true,
+            revision: 5,
+            responses: vec![
+                ResponseOp::Range(RangeResponse {
+                    revision: 4,
+                    ..Default::default()
+                }),
+                ResponseOp::Put(PutResponse {
+                    revision: 5,
+                    prev_kv: None,
+                }),
+                ResponseOp::Range(RangeResponse {
+                    revision: 5,
+                    ..Default::default()
+                }),
+                ResponseOp::Txn(TxnResponse {
+                    succeeded: false,
+                    revision: 5,
+                    responses: vec![ResponseOp::DeleteRange(DeleteRangeResponse {
+                        revision: 5,
+                        ..Default::default()
+                    })],
+                }),
+            ],
+        };
+        let top = pb::ResponseHeader {
+            cluster_id: 7,
+            member_id: 8,
+            revision: 5,
+            raft_term: 9,
+        };
+        let converted = txn_response(response, top);
+        assert_eq!(converted.header, Some(top));
+        let revision_only = |revision| {
+            Some(pb::ResponseHeader {
+                revision,
+                ..Default::default()
+            })
+        };
+        use pb::response_op::Response;
+        let headers: Vec<_> = converted
+            .responses
+            .iter()
+            .map(|op| match op.response.as_ref().unwrap() {
+                Response::ResponseRange(r) => r.header,
+                Response::ResponsePut(r) => r.header,
+                Response::ResponseDeleteRange(r) => r.header,
+                Response::ResponseTxn(r) => r.header,
+            })
+            .collect();
+        assert_eq!(
+            headers,
+            [
+                revision_only(4),
+                revision_only(5),
+                revision_only(5),
+                Some(pb::ResponseHeader::default())
+            ]
+        );
+        let Some(Response::ResponseTxn(nested)) = &converted.responses[3].response else {
+            panic!("a nested txn response");
+        };
+        let Some(Response::ResponseDeleteRange(delete)) = &nested.responses[0].response else {
+            panic!("a delete response");
+        };
+        assert_eq!(delete.header, revision_only(5));
     }
 
     #[test]

@@ -109,9 +109,12 @@ impl KvService {
     }
 }
 
-/// etcd's `checkTxnRequest` op budget: each level may hold at most `ops_max` compares, success
-/// ops and failure ops; a nested transaction gets what its parent level left.
-pub fn check_txn_ops(txn: &pb::TxnRequest, ops_max: usize, limit: usize) -> Result<(), Status> {
+/// etcd's `checkTxnRequest`, in its order, so that a request with several faults gets etcd's
+/// answer: at each level the op budget (at most `ops_max` compares, success ops and failure ops;
+/// a nested transaction gets what its parent level left), then the compares' keys, then each op
+/// in turn (success first), a nested transaction checked whole where it stands. `limit` is the
+/// configured `max_txn_ops`, for the detail.
+pub fn check_txn_request(txn: &pb::TxnRequest, ops_max: usize, limit: usize) -> Result<(), Status> {
     let ops = txn
         .compare
         .len()
@@ -120,12 +123,30 @@ pub fn check_txn_ops(txn: &pb::TxnRequest, ops_max: usize, limit: usize) -> Resu
     if ops > ops_max {
         return Err(status::too_many_ops(ops, limit));
     }
+    if txn.compare.iter().any(|compare| compare.key.is_empty()) {
+        return Err(Status::invalid_argument(status::EMPTY_KEY));
+    }
     for op in txn.success.iter().chain(&txn.failure) {
-        if let Some(pb::request_op::Request::RequestTxn(nested)) = &op.request {
-            check_txn_ops(nested, ops_max - ops, limit)?;
-        }
+        check_request_op(op, ops_max - ops, limit)?;
     }
     Ok(())
+}
+
+/// etcd's `checkRequestOp`: an op that holds no request is "key not found", as etcd answers.
+fn check_request_op(op: &pb::RequestOp, ops_max: usize, limit: usize) -> Result<(), Status> {
+    use pb::request_op::Request;
+    let empty_key = || Err(Status::invalid_argument(status::EMPTY_KEY));
+    match &op.request {
+        Some(Request::RequestRange(range)) if range.key.is_empty() => empty_key(),
+        Some(Request::RequestDeleteRange(delete)) if delete.key.is_empty() => empty_key(),
+        Some(Request::RequestPut(put)) => {
+            limits::validate_command(&Command::Put(convert::put_request(put)))
+                .map_err(|error| status::from_apply(&error))
+        }
+        Some(Request::RequestTxn(nested)) => check_txn_request(nested, ops_max, limit),
+        Some(Request::RequestRange(_) | Request::RequestDeleteRange(_)) => Ok(()),
+        None => Err(Status::invalid_argument(status::KEY_NOT_FOUND)),
+    }
 }
 
 fn unexpected(result: CommandResult) -> Status {
@@ -226,7 +247,7 @@ impl pb::kv_server::Kv for KvService {
         let forwarded = forward::is_forwarded(request.metadata());
         let message = request.into_inner();
         let ops_max = self.context.limits.max_txn_ops;
-        check_txn_ops(&message, ops_max, ops_max)?;
+        check_txn_request(&message, ops_max, ops_max)?;
         let command = Command::Txn(convert::txn_request(&message)?);
         self.check_write(&message, &command)?;
         match self.propose(command, forwarded).await? {
@@ -266,5 +287,79 @@ impl pb::kv_server::Kv for KvService {
                     .await
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pb::request_op::Request;
+
+    fn op(request: Request) -> pb::RequestOp {
+        pb::RequestOp {
+            request: Some(request),
+        }
+    }
+
+    fn put(key: &str) -> pb::RequestOp {
+        op(Request::RequestPut(pb::PutRequest {
+            key: key.to_string().into(),
+            ..Default::default()
+        }))
+    }
+
+    fn message(txn: &pb::TxnRequest, ops_max: usize) -> String {
+        check_txn_request(txn, ops_max, ops_max)
+            .unwrap_err()
+            .message()
+            .to_string()
+    }
+
+    #[test]
+    fn txn_checks_run_in_etcds_order() {
+        let too_big_nested = pb::TxnRequest {
+            success: vec![put("a"), put("b"), put("c")],
+            ..Default::default()
+        };
+        let empty_compare = pb::Compare {
+            key: bytes::Bytes::new(),
+            ..Default::default()
+        };
+        // The compares' keys are checked before the nested transaction's budget.
+        let txn = pb::TxnRequest {
+            compare: vec![empty_compare.clone()],
+            success: vec![op(Request::RequestTxn(too_big_nested.clone()))],
+            ..Default::default()
+        };
+        assert_eq!(message(&txn, 3), status::EMPTY_KEY);
+        // An op before the nested transaction is checked before it...
+        let txn = pb::TxnRequest {
+            success: vec![put(""), op(Request::RequestTxn(too_big_nested.clone()))],
+            ..Default::default()
+        };
+        assert_eq!(message(&txn, 3), status::EMPTY_KEY);
+        // ...and one after it, after it.
+        let txn = pb::TxnRequest {
+            success: vec![op(Request::RequestTxn(too_big_nested)), put("")],
+            ..Default::default()
+        };
+        assert_eq!(message(&txn, 3), status::TOO_MANY_OPS);
+        // The level's own budget comes first of all.
+        let txn = pb::TxnRequest {
+            compare: vec![empty_compare; 4],
+            ..Default::default()
+        };
+        assert_eq!(message(&txn, 3), status::TOO_MANY_OPS);
+        // An op that holds nothing is etcd's "key not found".
+        let txn = pb::TxnRequest {
+            failure: vec![pb::RequestOp { request: None }],
+            ..Default::default()
+        };
+        assert_eq!(message(&txn, 3), status::KEY_NOT_FOUND);
+        let fine = pb::TxnRequest {
+            success: vec![put("a")],
+            ..Default::default()
+        };
+        assert!(check_txn_request(&fine, 3, 3).is_ok());
     }
 }

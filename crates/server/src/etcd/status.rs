@@ -159,10 +159,9 @@ pub fn from_watch(error: &WatchError) -> Status {
         WatchError::UnknownStream(_) | WatchError::UnknownWatch { .. } => {
             Status::not_found(error.to_string())
         }
-        WatchError::DuplicateWatchId { .. }
-        | WatchError::InvalidWatchId { .. }
-        | WatchError::InvalidRange { .. }
-        | WatchError::InvalidStartRevision { .. } => Status::invalid_argument(error.to_string()),
+        WatchError::DuplicateWatchId { .. } | WatchError::InvalidRange { .. } => {
+            Status::invalid_argument(error.to_string())
+        }
         WatchError::TooManyWatches { .. } | WatchError::TooManyStreams { .. } => {
             Status::resource_exhausted(error.to_string())
         }

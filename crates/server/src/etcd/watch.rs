@@ -6,10 +6,13 @@
 //! revision, so there is nothing to forward. When the client's stream ends (or it goes away),
 //! the task ends and dropping the `WatchStream` closes it in the hub.
 //!
-//! What etcd sends, and so do we: a create that fails is answered `created` and `canceled` with
-//! watch id -1 and the reason; a start revision below the compacted revision gets its creation
-//! ack, then a cancel carrying `compact_revision`; a cancel of an unknown watch gets no answer; a
-//! progress request gets one response with watch id -1 once every watch is caught up.
+//! What etcd 3.4 sends, and so do we (`crates/ballot/tests/etcd_diff` compares the two): a create
+//! that fails is answered `created` and `canceled` with watch id -1 and etcd's reason; a start
+//! revision below the compacted revision gets its creation ack, then a cancel carrying
+//! `compact_revision` (no reason, a header at revision 0), and its id stays taken until the
+//! client cancels it; a cancel of an unknown watch gets no answer; each progress request gets a
+//! response with watch id -1. etcd 3.4 sends that response at once; we send it once every watch
+//! of the stream is caught up, so that it also says every event up to its revision was sent.
 
 use super::{convert, status, Context};
 use crate::node::{NodeError, WatchStream};

@@ -10,7 +10,7 @@ use super::layout::{self, PutMeta};
 use super::limits::validate_command;
 use super::segments::{self, Location, SegmentId};
 use super::types::*;
-use super::view::{self, check_read_revision, Records};
+use super::view::{self, Records};
 use ballot_core::LogIndex;
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet};
@@ -208,7 +208,9 @@ impl Applier<'_> {
         validate_command(command)?;
         match command {
             Command::Put(put) => {
-                self.check_put(put)?;
+                // etcd checks a plain put's lease first, a put in a transaction's key first.
+                self.check_put_lease(put)?;
+                self.check_put_key(put)?;
                 Ok(CommandResult::Put(self.put(writes, put)?))
             }
             Command::DeleteRange(delete) => Ok(CommandResult::DeleteRange(
@@ -224,7 +226,12 @@ impl Applier<'_> {
             }
             Command::Compact { revision } => {
                 self.check_compact(*revision)?;
-                self.compact(*revision);
+                if *revision == 0 {
+                    // etcd's first compaction on a store never compacted: nothing to drop.
+                    self.state.compacted_at_zero = true;
+                } else {
+                    self.compact(*revision);
+                }
                 Ok(CommandResult::Compact {
                     revision: *revision,
                 })
@@ -259,13 +266,18 @@ impl Applier<'_> {
 
     // ---- checks (no writes) ----
 
-    fn check_put(&self, put: &PutRequest) -> Result<(), Failure> {
+    /// `ignore_value` and `ignore_lease` need the key to exist.
+    fn check_put_key(&self, put: &PutRequest) -> Result<(), Failure> {
         if (put.ignore_value || put.ignore_lease) && self.state.current(&put.key).is_none() {
             return Err(ApplyError::KeyNotFound {
                 key: put.key.clone(),
             }
             .into());
         }
+        Ok(())
+    }
+
+    fn check_put_lease(&self, put: &PutRequest) -> Result<(), Failure> {
         if put.lease != 0 && !self.state.leases.contains_key(&put.lease) {
             return Err(ApplyError::LeaseNotFound { id: put.lease }.into());
         }
@@ -318,7 +330,10 @@ impl Applier<'_> {
         let mut nested = plan.nested.iter();
         for op in plan.ops(txn) {
             match op {
-                RequestOp::Put(put) => self.check_put(put)?,
+                RequestOp::Put(put) => {
+                    self.check_put_key(put)?;
+                    self.check_put_lease(put)?;
+                }
                 RequestOp::Txn(inner) => {
                     self.check_puts(inner, nested.next().expect("a plan per nested txn"))?
                 }
@@ -332,14 +347,7 @@ impl Applier<'_> {
         let mut nested = plan.nested.iter();
         for op in plan.ops(txn) {
             match op {
-                RequestOp::Range(range) => {
-                    let position = &self.state.position;
-                    check_read_revision(
-                        range.revision,
-                        position.current_revision,
-                        position.compacted_revision,
-                    )?
-                }
+                RequestOp::Range(range) => self.check_txn_read_revision(range.revision)?,
                 RequestOp::Txn(inner) => {
                     self.check_ranges(inner, nested.next().expect("a plan per nested txn"))?
                 }
@@ -349,9 +357,41 @@ impl Applier<'_> {
         Ok(())
     }
 
+    /// etcd's compacted revision: -1 until the first compaction (see
+    /// `State::compacted_at_zero`).
+    fn compaction_floor(&self) -> Revision {
+        let compacted = self.state.position.compacted_revision;
+        if compacted == 0 && !self.state.compacted_at_zero {
+            -1
+        } else {
+            compacted
+        }
+    }
+
+    /// etcd's check of a range inside a transaction, which differs from a plain range's for a
+    /// negative revision: below the compacted revision (-1 before any compaction), so refused as
+    /// compacted, where a plain range reads the current revision.
+    fn check_txn_read_revision(&self, revision: Revision) -> Result<(), ApplyError> {
+        let position = &self.state.position;
+        if revision == 0 {
+            return Ok(());
+        }
+        if revision > position.current_revision {
+            return Err(ApplyError::FutureRevision {
+                current_revision: position.current_revision,
+            });
+        }
+        if revision < self.compaction_floor() {
+            return Err(ApplyError::Compacted {
+                compacted_revision: position.compacted_revision,
+            });
+        }
+        Ok(())
+    }
+
     fn check_compact(&self, revision: Revision) -> Result<(), ApplyError> {
         let position = &self.state.position;
-        if revision <= position.compacted_revision {
+        if revision <= self.compaction_floor() {
             return Err(ApplyError::Compacted {
                 compacted_revision: position.compacted_revision,
             });
@@ -503,7 +543,13 @@ impl Applier<'_> {
             version: previous_meta.map_or(1, |m| m.version + 1),
             lease,
         };
-        let event_prev = self.before(writes, &put.key, previous.as_ref())?;
+        // etcd gives a put that creates the key no previous key-value, even when a transaction
+        // deleted the key and put it back.
+        let event_prev = if meta.create_revision == writes.revision {
+            None
+        } else {
+            self.before(writes, &put.key, previous.as_ref())?
+        };
         let stored = self.write_version(writes, &put.key, Some((&meta, &value)));
         let previous_lease = previous_meta.map_or(0, |m| m.lease);
         if previous_lease != 0 && previous_lease != lease {

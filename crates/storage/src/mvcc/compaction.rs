@@ -4,8 +4,9 @@
 //! Their records become garbage for segment GC (`gc.rs`), which reclaims the space.
 //!
 //! After the sweep reaches C, every key has at most one version at or below C: a put, or a
-//! tombstone at exactly C (kept so that a replay from C, which etcd allows, still sees that
-//! delete). Given that for the previous compacted revision P, it holds for C after visiting the
+//! tombstone at exactly C (which a replay of events from C skips, as etcd's compaction drops a
+//! tombstone at C with its generation). Given that for the previous compacted revision P, it
+//! holds for C after visiting the
 //! change log from P to C in revision order and, for each change `(r, s)` of key `k`:
 //!
 //! 1. dropping the newest version of `k` below `(r, s)` (superseded at or below C), and

@@ -155,6 +155,12 @@ pub(crate) struct State {
     /// Every segment's file, for reads that run after the state lock is released (a segment GC
     /// deletes stays readable through an open file). Rebuilt when the segments change.
     pub files: Arc<HashMap<SegmentId, Arc<File>>>,
+    /// A compaction at revision 0 was applied since this process opened the store. etcd starts
+    /// with no compaction at all (compacted revision -1): its first compaction at 0 succeeds and
+    /// changes nothing, and later ones at 0 are refused. Our compacted revision 0 means "none",
+    /// so this remembers the one at 0; in memory only (the on-disk format has no place for it),
+    /// so after a restart one more compaction at 0 succeeds.
+    pub compacted_at_zero: bool,
 }
 
 impl State {

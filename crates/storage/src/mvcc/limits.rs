@@ -158,18 +158,16 @@ fn check_txn(txn: &TxnRequest, ops_max: usize, depth: usize) -> Result<(), Apply
 /// etcd's `checkIntervals`: within one list of ops (and the nested transactions it may run), a
 /// key is put at most once and never put inside a range deleted at the same level or in a nested
 /// transaction checked before it. The two branches of one nested transaction may put the same key
-/// (only one runs). One deliberate difference: etcd builds the interval `[key, "\0")` for a delete
-/// with `range_end = "\0"` and so misses puts it covers; we treat it as "every key >= key".
-/// Returns the keys put by `ops`, and their deleted ranges.
+/// (only one runs). As in etcd, a delete with `range_end = "\0"` (every key from `key` on) puts
+/// no key off limits: etcd builds the interval `[key, "\0")` for it, which is empty, so such a
+/// transaction may delete a key and put it (the put and the delete both happen, in order, at
+/// the transaction's revision). Returns the keys put by `ops`, and their deleted ranges.
 fn check_duplicates(ops: &[RequestOp]) -> Result<(BTreeSet<Bytes>, Vec<KeyRange>), ApplyError> {
     let mut deletes: Vec<KeyRange> = ops
         .iter()
-        .filter_map(|op| {
-            if let RequestOp::DeleteRange(d) = op {
-                Some(d.range.clone())
-            } else {
-                None
-            }
+        .filter_map(|op| match op {
+            RequestOp::DeleteRange(d) if &d.range.range_end[..] != b"\0" => Some(d.range.clone()),
+            _ => None,
         })
         .collect();
     let deleted =
@@ -244,10 +242,21 @@ mod tests {
             check(txn(vec![delete("a", "c"), put("b")], vec![])),
             Err(ApplyError::DuplicateKey { .. })
         ));
-        assert!(matches!(
+        // etcd's interval for a delete to the end of the key space is empty: no conflict.
+        assert_eq!(
             check(txn(vec![delete("a", "\0"), put("z")], vec![])),
-            Err(ApplyError::DuplicateKey { .. })
-        ));
+            Ok(())
+        );
+        assert_eq!(
+            check(txn(
+                vec![
+                    RequestOp::Txn(txn(vec![delete("a", "\0")], vec![])),
+                    put("b")
+                ],
+                vec![]
+            )),
+            Ok(())
+        );
         // Success and failure lists are checked apart; only one runs.
         assert_eq!(check(txn(vec![put("a")], vec![put("a")])), Ok(()));
         // Deletes may overlap deletes.

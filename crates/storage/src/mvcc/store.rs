@@ -785,14 +785,23 @@ impl MvccStore {
                 else {
                     continue; // swept: superseded at exactly the compacted revision
                 };
+                // At exactly the compacted revision etcd keeps each key's newest change only if
+                // it is a put: a tombstone there ends its generation, which compaction drops, so
+                // a replay from the compacted revision does not see that delete. (Our index
+                // keeps the tombstone; only this read skips it.)
                 if change.at.0 == compacted
-                    && !state.reachable(&change.key, change.at, !version.is_put())
+                    && (!version.is_put() || !state.reachable(&change.key, change.at, false))
                 {
                     continue;
                 }
                 // A change at the compacted revision has no previous version: compaction deletes
-                // (or the sweep will delete) every version below it of the same key.
-                let previous = (with_prev_kv && change.at.0 > compacted)
+                // (or the sweep will delete) every version below it of the same key. A put that
+                // creates the key has none either, as in etcd (even when a transaction deleted
+                // the key and put it back).
+                let creates = version
+                    .put
+                    .is_some_and(|put| put.create_revision == change.at.0 as Revision);
+                let previous = (with_prev_kv && change.at.0 > compacted && !creates)
                     .then(|| {
                         state
                             .put_at(&change.key, change.at.0 as Revision - 1)
@@ -875,6 +884,14 @@ impl History for MvccStore {
 
     fn compacted_revision(&self) -> Revision {
         MvccStore::compacted_revision(self)
+    }
+
+    fn compaction_floor(&self) -> Revision {
+        match MvccStore::compacted_revision(self) {
+            0 if self.read_state().is_ok_and(|state| state.compacted_at_zero) => 0,
+            0 => -1,
+            compacted => compacted,
+        }
     }
 
     fn events(

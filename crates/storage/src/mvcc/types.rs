@@ -306,6 +306,14 @@ pub enum CommandResult {
 pub trait History {
     fn current_revision(&self) -> Revision;
     fn compacted_revision(&self) -> Revision;
+    /// etcd's compacted revision, which is -1 before the first compaction (ours is 0) and 0
+    /// after a compaction at 0. Only a negative watch start revision can tell them apart.
+    fn compaction_floor(&self) -> Revision {
+        match self.compacted_revision() {
+            0 => -1,
+            compacted => compacted,
+        }
+    }
     /// Events with revision in `[start_revision, end_revision]` on keys in `range`, in revision
     /// order (within one revision, in the order the transaction applied them), at most `limit`
     /// events (cut at a revision boundary when possible), each with `prev_kv` when asked and

@@ -133,8 +133,16 @@ pub(crate) fn range(
         response.more = located.len() > limit;
     } else {
         let sort_by_value = request.sort_target == SortTarget::Value;
+        // etcd reads everything only when it must (an order asked for, or filters); otherwise,
+        // with a limit, it reads `limit + 1` keys in key order and sorts those alone (by the
+        // target, ascending): sorting by another target without an order is a sort of a page.
+        let scanned = if request.sort_order == SortOrder::None && !filtered && limit < usize::MAX {
+            &located[..located.len().min(limit + 1)]
+        } else {
+            located
+        };
         let mut candidates = Vec::new();
-        for (key, version) in located {
+        for (key, version) in scanned {
             let meta = version.put.expect("located versions are puts");
             let kv = KeyValue {
                 key: key.clone(),

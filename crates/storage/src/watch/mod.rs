@@ -145,7 +145,8 @@ pub struct WatchCreate {
     /// Split a revision larger than `response_bytes_max` over several responses.
     pub fragment: bool,
     /// 0: the hub assigns the lowest free id at or after the stream's counter (the first one is
-    /// 0, as in etcd); otherwise an id the stream does not use yet.
+    /// 0, as in etcd); otherwise an id the stream does not use yet (negative ones too, as etcd
+    /// takes them).
     pub watch_id: WatchId,
 }
 
@@ -168,27 +169,26 @@ pub struct WatchResponse {
     pub fragment: bool,
 }
 
+/// Why the hub refused a request. `Display` is etcd's exact message wherever etcd has one (the
+/// server sends it to clients as a cancel reason, and etcd clients match on it); the fields
+/// carry the detail.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WatchError {
     #[error("watch stream {0} does not exist")]
     UnknownStream(StreamId),
     #[error("watch {watch_id} does not exist on stream {stream}")]
     UnknownWatch { stream: StreamId, watch_id: WatchId },
-    #[error("mvcc: duplicate watch ID provided on the WatchStream (watch {watch_id} on stream {stream})")]
+    #[error("mvcc: duplicate watch ID provided on the WatchStream")]
     DuplicateWatchId { stream: StreamId, watch_id: WatchId },
-    #[error("watch id {watch_id} is invalid: an id chosen by the client must be positive (0 asks the server for one)")]
-    InvalidWatchId { watch_id: WatchId },
     #[error("stream {stream} already has {limit} watches (watches_per_stream_max)")]
     TooManyWatches { stream: StreamId, limit: usize },
     #[error("{limit} watch streams are already open (streams_max)")]
     TooManyStreams { limit: usize },
-    #[error("invalid watch range {range}: {reason}")]
+    #[error("{reason}")]
     InvalidRange {
         range: KeyRange,
         reason: &'static str,
     },
-    #[error("invalid start revision {start_revision}: it must be 0 (from the next revision) or positive")]
-    InvalidStartRevision { start_revision: Revision },
 }
 
 /// Estimated wire bytes of an event, as counted against buffers, responses and poll budgets.
@@ -216,12 +216,18 @@ struct Stream {
     rotation: VecDeque<WatchId>,
     /// Creation acks, cancellations: delivered before any watcher's turn.
     control: VecDeque<WatchResponse>,
-    /// Canceled responses in `control`; each still holds a slot of `watches_per_stream_max`.
+    /// Acks of client cancels in `control` ([`holds_slot`]); each still holds a slot of
+    /// `watches_per_stream_max`.
     cancels_pending: usize,
     next_watch_id: WatchId,
     /// A watcher in the middle of a fragmented revision; it keeps the stream until done.
     fragmenting: Option<WatchId>,
-    progress_requested: bool,
+    /// Progress requests not answered yet: each gets its own response, as in etcd.
+    progress_requests: usize,
+    /// Watches canceled because their start revision was compacted. As in etcd, the id stays
+    /// taken (a create with it is a duplicate, an automatic id skips it) until the client
+    /// cancels it, which is acknowledged. Each holds a slot of `watches_per_stream_max`.
+    compacted: BTreeSet<WatchId>,
 }
 
 impl Stream {
@@ -233,17 +239,23 @@ impl Stream {
             cancels_pending: 0,
             next_watch_id: 0,
             fragmenting: None,
-            progress_requested: false,
+            progress_requests: 0,
+            compacted: BTreeSet::new(),
         }
     }
 
     fn slots_used(&self) -> usize {
-        self.watchers.len() + self.cancels_pending
+        self.watchers.len() + self.cancels_pending + self.compacted.len()
     }
 
-    fn push_cancel(&mut self, response: WatchResponse) {
-        debug_assert!(response.canceled);
-        self.cancels_pending += 1;
+    fn id_taken(&self, watch_id: WatchId) -> bool {
+        self.watchers.contains_key(&watch_id) || self.compacted.contains(&watch_id)
+    }
+
+    fn push_control(&mut self, response: WatchResponse) {
+        if holds_slot(&response) {
+            self.cancels_pending += 1;
+        }
         self.control.push_back(response);
     }
 
@@ -367,7 +379,7 @@ impl WatchHub {
         };
         Ok(!stream.control.is_empty()
             || stream.watchers.values().any(watcher_pending)
-            || stream.progress_requested && stream.all_idle_and_synced())
+            || stream.progress_requests > 0 && stream.all_idle_and_synced())
     }
 
     /// The streams that got something to send since the last call (events, acks, cancels,
@@ -419,16 +431,6 @@ impl WatchHub {
         history: &dyn History,
     ) -> Result<WatchId, WatchError> {
         validate_range(&create.range)?;
-        if create.start_revision < 0 {
-            return Err(WatchError::InvalidStartRevision {
-                start_revision: create.start_revision,
-            });
-        }
-        if create.watch_id < 0 {
-            return Err(WatchError::InvalidWatchId {
-                watch_id: create.watch_id,
-            });
-        }
         let limit = self.limits.watches_per_stream_max;
         let stream = self
             .streams
@@ -441,12 +443,12 @@ impl WatchHub {
             });
         }
         let watch_id = if create.watch_id == 0 {
-            while stream.watchers.contains_key(&stream.next_watch_id) {
+            while stream.id_taken(stream.next_watch_id) {
                 stream.next_watch_id += 1;
             }
             stream.next_watch_id += 1;
             stream.next_watch_id - 1
-        } else if stream.watchers.contains_key(&create.watch_id) {
+        } else if stream.id_taken(create.watch_id) {
             return Err(WatchError::DuplicateWatchId {
                 stream: stream_id,
                 watch_id: create.watch_id,
@@ -462,16 +464,21 @@ impl WatchHub {
             header_revision,
             ..WatchResponse::default()
         });
-        let compacted_revision = history.compacted_revision();
+        // A negative start revision means nothing, but etcd answers it, so we answer as etcd
+        // 3.4 does: it is below its compacted revision (-1 before any compaction, see
+        // `History::compaction_floor`) and treated as compacted, except -1 before any
+        // compaction, which is "from the next revision".
+        let compacted_revision = if create.start_revision < 0 {
+            history.compaction_floor()
+        } else {
+            history.compacted_revision()
+        };
         if create.start_revision != 0 && create.start_revision < compacted_revision {
-            stream.push_cancel(compacted_response(
-                watch_id,
-                header_revision,
-                compacted_revision,
-            ));
+            stream.compacted.insert(watch_id);
+            stream.push_control(compacted_response(watch_id, compacted_revision));
             return Ok(watch_id);
         }
-        let next_revision = if create.start_revision == 0 {
+        let next_revision = if create.start_revision <= 0 {
             self.revision + 1
         } else {
             create.start_revision
@@ -492,16 +499,22 @@ impl WatchHub {
             .streams
             .get_mut(&stream_id)
             .ok_or(WatchError::UnknownStream(stream_id))?;
-        let watcher = stream.forget(watch_id).ok_or(WatchError::UnknownWatch {
-            stream: stream_id,
-            watch_id,
-        })?;
-        if watcher.synced {
-            self.index.remove((stream_id, watch_id), &watcher.range);
+        match stream.forget(watch_id) {
+            Some(watcher) if watcher.synced => {
+                self.index.remove((stream_id, watch_id), &watcher.range);
+            }
+            Some(_) => {}
+            None if stream.compacted.remove(&watch_id) => {}
+            None => {
+                return Err(WatchError::UnknownWatch {
+                    stream: stream_id,
+                    watch_id,
+                })
+            }
         }
         let header_revision = self.revision;
         self.woken.insert(stream_id);
-        stream.push_cancel(WatchResponse {
+        stream.push_control(WatchResponse {
             watch_id,
             canceled: true,
             header_revision,
@@ -512,13 +525,14 @@ impl WatchHub {
 
     /// Asks for a stream-wide progress response (etcd's `RequestProgress`): one response with
     /// watch id [`STREAM_PROGRESS_WATCH_ID`] and the current revision, delivered by the first
-    /// poll after which every watch of the stream is synced with nothing left to send.
+    /// poll after which every watch of the stream is synced with nothing left to send. Each
+    /// request gets its own response (two requests, two responses, as etcd answers).
     pub fn request_progress(&mut self, stream_id: StreamId) -> Result<(), WatchError> {
         let stream = self
             .streams
             .get_mut(&stream_id)
             .ok_or(WatchError::UnknownStream(stream_id))?;
-        stream.progress_requested = true;
+        stream.progress_requests += 1;
         self.woken.insert(stream_id);
         Ok(())
     }
@@ -675,7 +689,7 @@ impl WatchHub {
             let Some(response) = turn.stream.control.pop_front() else {
                 break;
             };
-            if response.canceled {
+            if holds_slot(&response) {
                 turn.stream.cancels_pending -= 1;
             }
             budget.push(response);
@@ -696,13 +710,15 @@ impl WatchHub {
                 return Ok(budget.responses);
             }
         }
-        if turn.stream.progress_requested && turn.stream.all_idle_and_synced() {
-            turn.stream.progress_requested = false;
-            budget.push(WatchResponse {
-                watch_id: STREAM_PROGRESS_WATCH_ID,
-                header_revision: turn.revision,
-                ..WatchResponse::default()
-            });
+        if turn.stream.all_idle_and_synced() {
+            while turn.stream.progress_requests > 0 && !budget.exhausted() {
+                turn.stream.progress_requests -= 1;
+                budget.push(WatchResponse {
+                    watch_id: STREAM_PROGRESS_WATCH_ID,
+                    header_revision: turn.revision,
+                    ..WatchResponse::default()
+                });
+            }
         }
         Ok(budget.responses)
     }
@@ -722,7 +738,7 @@ impl WatchHub {
             let canceled = stream
                 .control
                 .iter()
-                .filter(|response| response.canceled)
+                .filter(|response| holds_slot(response))
                 .count();
             assert_eq!(
                 canceled, stream.cancels_pending,
@@ -779,7 +795,7 @@ fn validate_range(range: &KeyRange) -> Result<(), WatchError> {
         })
     };
     if range.key.is_empty() && range.range_end.is_empty() {
-        return invalid("the key is empty");
+        return invalid("watch key is empty");
     }
     if !range.range_end.is_empty() && &range.range_end[..] != b"\0" && range.range_end <= range.key
     {
@@ -788,17 +804,21 @@ fn validate_range(range: &KeyRange) -> Result<(), WatchError> {
     Ok(())
 }
 
-fn compacted_response(
-    watch_id: WatchId,
-    header_revision: Revision,
-    compact_revision: Revision,
-) -> WatchResponse {
+/// Whether a control response is the ack of a client's cancel, which holds its watch's slot
+/// until delivered. A cancel for compaction does not: its id holds the slot (`Stream::compacted`).
+fn holds_slot(response: &WatchResponse) -> bool {
+    response.canceled && response.compact_revision == 0
+}
+
+/// The end of a watch whose next revision was compacted away, as etcd 3.4 sends it: canceled,
+/// with the compacted revision, no reason, and a header at revision 0. (etcd marks it canceled
+/// when the compacted revision is not 0, which only a negative start revision can meet.)
+fn compacted_response(watch_id: WatchId, compact_revision: Revision) -> WatchResponse {
     WatchResponse {
         watch_id,
-        canceled: true,
-        cancel_reason: HistoryError::Compacted { compact_revision }.to_string(),
+        canceled: compact_revision != 0,
         compact_revision,
-        header_revision,
+        header_revision: 0,
         ..WatchResponse::default()
     }
 }
@@ -844,7 +864,8 @@ impl Turn<'_> {
                 if let Err(error) = read {
                     let response = match error {
                         HistoryError::Compacted { compact_revision } => {
-                            compacted_response(watch_id, self.revision, compact_revision)
+                            self.stream.compacted.insert(watch_id);
+                            compacted_response(watch_id, compact_revision)
                         }
                         other => WatchResponse {
                             watch_id,

@@ -1,0 +1,193 @@
+//! The two servers under comparison: a one-member etcd (`ETCD_BIN`, default `/usr/bin/etcd`)
+//! and a one-member `ballot server`, each a real process on loopback ports with a fresh data
+//! directory (on tmpfs when there is one: etcd syncs every write) and the same limits. Owns
+//! their start, their readiness and their end: dropping a [`Server`] kills the process and
+//! removes its directory, unless [`Server::keep`] was called (a failing seed keeps the logs).
+
+use ballot_proto::etcdserverpb as pb;
+use ballot_proto::etcdserverpb::kv_client::KvClient;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+const BALLOT: &str = env!("CARGO_BIN_EXE_ballot");
+/// Where Debian's `etcd-server` package puts etcd.
+pub const ETCD_DEFAULT: &str = "/usr/bin/etcd";
+
+/// `--max-txn-ops` of both servers: low, so that "too many operations" is cheap to reach.
+pub const MAX_TXN_OPS: usize = 8;
+/// `--max-request-bytes` of both servers: low, so that "request is too large" is cheap to reach.
+pub const MAX_REQUEST_BYTES: usize = 8192;
+/// Longest wait for a server to answer a linearizable read after its start.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+const READY_POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// The etcd binary to compare with: `ETCD_BIN`, or Debian's. Panics (the test must not pass
+/// without a reference) when it is not there.
+pub fn etcd_binary() -> PathBuf {
+    let path = PathBuf::from(std::env::var("ETCD_BIN").unwrap_or_else(|_| ETCD_DEFAULT.into()));
+    assert!(
+        path.is_file(),
+        "etcd not found at {} (install Debian's etcd-server, or set ETCD_BIN): the differential \
+         test needs a real etcd 3.4 to compare with",
+        path.display()
+    );
+    path
+}
+
+/// `count` loopback ports free at the time of the call (all held until all are picked, so they
+/// differ). Both servers' ports come from one call: two calls may return the same port, and a
+/// server whose port the other took would be reached in its place.
+pub fn free_ports(count: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("a bound address").port())
+        .collect()
+}
+
+/// A directory for a run's data: tmpfs when the machine has one.
+pub fn scratch_root() -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    }
+}
+
+pub struct Server {
+    pub name: &'static str,
+    child: Child,
+    pub dir: PathBuf,
+    pub endpoint: String,
+    keep: bool,
+}
+
+impl Server {
+    /// Starts a one-member etcd in `dir` (created, must not exist) on the client and peer
+    /// ports `ports`.
+    pub fn etcd(binary: &Path, dir: PathBuf, ports: [u16; 2]) -> Server {
+        let client = format!("http://127.0.0.1:{}", ports[0]);
+        let peer = format!("http://127.0.0.1:{}", ports[1]);
+        std::fs::create_dir_all(&dir).expect("create etcd's directory");
+        let log = std::fs::File::create(dir.join("server.log")).expect("create etcd's log");
+        let child = Command::new(binary)
+            .args(["--name", "diff"])
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("diff={peer}")])
+            .args(["--max-txn-ops", &MAX_TXN_OPS.to_string()])
+            .args(["--max-request-bytes", &MAX_REQUEST_BYTES.to_string()])
+            .args(["--logger", "zap", "--log-outputs", "stderr"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", binary.display()));
+        Server {
+            name: "etcd",
+            child,
+            dir,
+            endpoint: client,
+            keep: false,
+        }
+    }
+
+    /// Starts a one-member `ballot server` in `dir` (created, must not exist) on the client,
+    /// peer and metrics ports `ports`, with etcd's defaults but for the limits both servers share.
+    pub fn ballot(dir: PathBuf, ports: [u16; 3]) -> Server {
+        let client = format!("http://127.0.0.1:{}", ports[0]);
+        let peer = format!("http://127.0.0.1:{}", ports[1]);
+        std::fs::create_dir_all(&dir).expect("create ballot's directory");
+        let log = std::fs::File::create(dir.join("server.log")).expect("create ballot's log");
+        let child = Command::new(BALLOT)
+            .args(["server", "--name", "diff"])
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("diff={peer}")])
+            .args(["--max-txn-ops", &MAX_TXN_OPS.to_string()])
+            .args(["--max-request-bytes", &MAX_REQUEST_BYTES.to_string()])
+            .args([
+                "--listen-metrics-urls",
+                &format!("http://127.0.0.1:{}", ports[2]),
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start ballot server");
+        Server {
+            name: "ballot",
+            child,
+            dir,
+            endpoint: client,
+            keep: false,
+        }
+    }
+
+    /// Waits until a linearizable read succeeds (the member leads and serves), and returns the
+    /// channel. Reads change nothing, so both servers start from the same state.
+    pub async fn ready(&mut self) -> Channel {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let channel = Channel::from_shared(self.endpoint.clone())
+            .expect("a valid URL")
+            .connect_lazy();
+        loop {
+            let probe = pb::RangeRequest {
+                key: "ready".into(),
+                ..Default::default()
+            };
+            let mut kv = KvClient::new(channel.clone());
+            let answer = tokio::time::timeout(READY_POLL_INTERVAL * 20, kv.range(probe)).await;
+            if let Ok(Ok(_)) = answer {
+                return channel;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "{} exited before it served ({status}):\n{}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not serve a read within {READY_TIMEOUT:?}:\n{}",
+                self.name,
+                self.log_tail()
+            );
+            tokio::time::sleep(READY_POLL_INTERVAL).await;
+        }
+    }
+
+    /// Keep the directory (data and `server.log`) after the process ends.
+    pub fn keep(&mut self) {
+        self.keep = true;
+    }
+
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
