@@ -5,7 +5,6 @@
 
 use ballot_proto::etcdserverpb as pb;
 use pb::kv_client::KvClient;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -23,13 +22,9 @@ const COMPACTION_DEADLINE: Duration = Duration::from_secs(20);
 /// Time between two polls (each also writes a key).
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+#[path = "../../server/tests/support/ports.rs"]
+mod ports;
+use ports::free_port;
 
 fn test_dir(test: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(

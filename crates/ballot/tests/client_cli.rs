@@ -3,7 +3,6 @@
 //! failover), and without any server (help, usage errors, unreachable endpoints).
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -50,17 +49,9 @@ fn run_ballot(endpoints: &str, args: &[&str], stdin: Option<&str>) -> Run {
     }
 }
 
-/// `count` loopback ports free at the time of the call (all held until all are picked, so they
-/// differ).
-fn free_ports(count: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
-}
+#[path = "../../server/tests/support/ports.rs"]
+mod ports;
+use ports::free_ports;
 
 /// A three-node cluster of `ballot server` processes. Dropping it (also on panic) kills them
 /// and removes their data directories.

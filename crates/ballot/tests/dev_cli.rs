@@ -201,6 +201,10 @@ impl Drop for KillOnDrop {
     }
 }
 
+#[path = "../../server/tests/support/ports.rs"]
+mod ports;
+use ports::free_port;
+
 fn parse_row(line: &str) -> Row {
     let words: Vec<&str> = line.split_whitespace().collect();
     assert!(words.len() >= 8, "a status row: {line}");
@@ -559,13 +563,6 @@ fn a_directory_in_use_is_refused_with_a_non_zero_exit_naming_the_holder() {
     assert_eq!(first.wait_exit(), 0);
 
     // A server left from an earlier run (here started by hand) holds n1's data directory.
-    let free_port = || {
-        TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
     let url = |port: u16| format!("http://127.0.0.1:{port}");
     let peer = url(free_port());
     std::fs::remove_dir_all(dir.join("n1").join("data")).unwrap();

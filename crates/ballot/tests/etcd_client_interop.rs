@@ -23,7 +23,6 @@ use etcd_client::{
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -1079,16 +1078,9 @@ async fn lease_grant_keepalive_time_to_live_revoke_and_expiry() {
 // Cluster
 // ---------------------------------------------------------------------------------------------
 
-/// `count` loopback ports free now (all held until all are picked, so they differ).
-fn free_ports(count: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local address").port())
-        .collect()
-}
+#[path = "../../server/tests/support/ports.rs"]
+mod ports;
+use ports::free_ports;
 
 /// A fourth `ballot server` joining the cluster (`--initial-cluster-state existing`), killed on
 /// drop.

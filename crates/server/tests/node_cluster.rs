@@ -6,17 +6,12 @@ use ballot_server::config::{ClusterState, ServerConfig};
 use ballot_server::node::{Node, NodeError, NodeHandle};
 use ballot_storage::mvcc::types::{Command, CommandResult, KeyRange, PutRequest, RangeRequest};
 use bytes::Bytes;
-use std::net::TcpListener;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+#[path = "support/ports.rs"]
+mod ports;
+use ports::free_port;
 
 fn configs(root: &Path, size: usize) -> Vec<ServerConfig> {
     let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();

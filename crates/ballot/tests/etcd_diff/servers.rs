@@ -6,7 +6,6 @@
 
 use ballot_proto::etcdserverpb as pb;
 use ballot_proto::etcdserverpb::kv_client::KvClient;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -37,18 +36,10 @@ pub fn etcd_binary() -> PathBuf {
     path
 }
 
-/// `count` loopback ports free at the time of the call (all held until all are picked, so they
-/// differ). Both servers' ports come from one call: two calls may return the same port, and a
-/// server whose port the other took would be reached in its place.
-pub fn free_ports(count: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("a bound address").port())
-        .collect()
-}
+#[path = "../../../server/tests/support/ports.rs"]
+mod ports;
+/// Both servers' ports come from one process-wide counter, so they differ.
+pub use ports::free_ports;
 
 /// A directory for a run's data: tmpfs when the machine has one.
 pub fn scratch_root() -> PathBuf {

@@ -13,7 +13,6 @@ use ballot_server::config::{ClusterState, ServerConfig};
 use ballot_server::etcd::{self, LeaderChannel, RequestLimits};
 use ballot_server::node::{Node, NodeHandle};
 use std::collections::HashMap;
-use std::net::TcpListener as StdListener;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,13 +40,9 @@ pub struct Cluster {
     root: PathBuf,
 }
 
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+#[path = "../support/ports.rs"]
+mod ports;
+use ports::free_port;
 
 impl Cluster {
     pub async fn start(limits: RequestLimits) -> Cluster {
