@@ -12,12 +12,12 @@ pub fn cpus() -> usize {
 pub mod raft_replica {
     //! Builds Raft replicas for the simulator: the one place the tools layer names Raft.
 
+    use ballot_core::ReplicaStart;
     use ballot_raft::{Break, Config, Raft};
-    use ballot_sim::NodeStart;
 
     /// A Raft replica as `ballot sim raft` runs it: default timeouts, a snapshot every 200
     /// entries (so runs exercise compaction and InstallSnapshot), an optional deliberate bug.
-    pub fn build(start: NodeStart, broken: Option<Break>) -> Result<Raft, String> {
+    pub fn build(start: ReplicaStart, broken: Option<Break>) -> Result<Raft, String> {
         let mut config = Config::new(start.node_id);
         config.rng_seed = start.rng_seed;
         config.broken = broken;

@@ -19,7 +19,9 @@ pub use entry::{Entry, EntryPayload, LogPosition};
 pub use error::ReplicaError;
 pub use membership::{Membership, MembershipChange};
 pub use ready::{ReadState, Ready};
-pub use replica::{ProtocolMessage, ReadMode, Replica, Role, Status};
+pub use replica::{
+    Probe, ProtocolMessage, ReadMode, Replica, ReplicaStart, Role, Status, WireMessage,
+};
 pub use state::{HardState, PersistedState, Snapshot, SnapshotMeta};
 
 /// Identifies a node of a cluster. Never zero: zero is reserved so that wire formats can use it

@@ -5,20 +5,60 @@
 //! clock, touches a file or a socket, or draws from a global random source: the same inputs give
 //! the same outputs, which is what lets one seed reproduce a simulator run exactly.
 
+use crate::codec::DecodeError;
 use crate::{
-    LogIndex, LogPosition, Membership, MembershipChange, NodeId, Ready, ReplicaError, Snapshot,
-    SnapshotMeta, Term,
+    LogIndex, LogPosition, Membership, MembershipChange, NodeId, PersistedState, Ready,
+    ReplicaError, Snapshot, SnapshotMeta, Term,
 };
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use std::fmt;
 
 /// A protocol message as seen by the transport and the simulator: it has an addressee and a
-/// readable one-line form for traces.
-pub trait ProtocolMessage: Clone + fmt::Debug + fmt::Display {
+/// readable one-line form for traces. The runtime asks it the few questions it would otherwise
+/// need the protocol's nouns for.
+pub trait ProtocolMessage: Clone + fmt::Debug + fmt::Display + Send + 'static {
     fn from(&self) -> NodeId;
     fn to(&self) -> NodeId;
     /// Approximate encoded size, for batching and network accounting.
     fn size_bytes(&self) -> usize;
+
+    /// The message's part in the liveness probes a leader sends its followers, by which the
+    /// runtime times peer round trips. Probes carry no id, so a round trip is timed from the
+    /// latest probe to a peer to the first answer after it.
+    fn probe(&self) -> Option<Probe> {
+        None
+    }
+
+    /// Whether a client may be waiting on this message (an append that commits its write, a
+    /// read round, a read answer). A message no client waits on (a plain liveness probe) may
+    /// leave after the answers the same batch allows, so that clients are not kept waiting on
+    /// sends that do not concern them.
+    fn awaited_by_clients(&self) -> bool {
+        true
+    }
+}
+
+/// A message that crosses a real network: the protocol's own wire form. The simulator moves
+/// messages as values and needs only [`ProtocolMessage`]; the server's peer transport needs this.
+pub trait WireMessage: ProtocolMessage {
+    /// Appends the message's wire form to `out`. The form is the protocol's own and carries its
+    /// own version; [`WireMessage::decode`] reads it back.
+    fn encode(&self, out: &mut BytesMut);
+
+    /// Reads one message in the form [`WireMessage::encode`] writes, refusing anything else
+    /// (another version, a truncated or malformed body) with an error that names the problem.
+    fn decode(bytes: &[u8]) -> Result<Self, DecodeError>
+    where
+        Self: Sized;
+}
+
+/// See [`ProtocolMessage::probe`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// A liveness probe from a leader (Raft's heartbeat).
+    Sent,
+    /// A follower's answer to one.
+    Answer,
 }
 
 /// How a linearizable read is confirmed.
@@ -70,6 +110,23 @@ pub struct Status {
     pub membership: Membership,
 }
 
+/// What a replica is built from, each time its node starts: a server process opening its data
+/// directory, a simulated node coming back. There is no bootstrap configuration here: a node's
+/// disk holds its starting membership from the moment it is created
+/// ([`PersistedState::bootstrap`]), so every start, the first one included, is from durable
+/// state alone. The engine's own settings (timeouts, thresholds) are the factory's business.
+#[derive(Debug, Clone)]
+pub struct ReplicaStart {
+    pub node_id: NodeId,
+    /// The durable state to start from.
+    pub persisted: PersistedState,
+    /// Seed for the replica's own random source, different for every incarnation.
+    pub rng_seed: u64,
+    /// 0 for the first start of a node, then counting restarts and re-adds (the simulator's
+    /// count; a server process counts nothing across its lifetimes and says 0).
+    pub incarnation: u64,
+}
+
 /// The interface every replicated-log protocol implements. See [`crate::ready`] for the contract
 /// of handling outputs.
 pub trait Replica {
@@ -87,6 +144,16 @@ pub trait Replica {
     /// Ask the leader to append `command`. On success the command will be at `LogPosition` if it
     /// commits; if another entry is later applied at that index the proposal was lost.
     fn propose(&mut self, command: Bytes) -> Result<LogPosition, ReplicaError>;
+
+    /// Ask the leader to append `command`: append it here if this replica leads, else pass it
+    /// to the leader it knows. Nothing answers a forward: the outcome shows only in the log
+    /// (callers that need one record something in the command and watch for it to apply).
+    fn propose_or_forward(&mut self, command: Bytes) -> Result<(), ReplicaError>;
+
+    /// This replica's role now; cheaper than [`Replica::status`], which copies the membership.
+    fn role(&self) -> Role {
+        self.status().role
+    }
 
     /// Ask the leader to append a single-server membership change.
     fn propose_membership_change(

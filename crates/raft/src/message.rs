@@ -1,7 +1,10 @@
 //! Raft's messages (Raft §5, dissertation §3–§6, §9.6): what one node says to another.
 
-use ballot_core::{Entry, LogIndex, LogPosition, NodeId, ProtocolMessage, SnapshotMeta, Term};
-use bytes::Bytes;
+use ballot_core::codec::DecodeError;
+use ballot_core::{
+    Entry, LogIndex, LogPosition, NodeId, Probe, ProtocolMessage, SnapshotMeta, Term, WireMessage,
+};
+use bytes::{Bytes, BytesMut};
 use std::fmt;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +119,30 @@ impl ProtocolMessage for Message {
                 MessageBody::ForwardProposals { commands } => commands.iter().map(Bytes::len).sum(),
                 _ => 0,
             }
+    }
+
+    fn probe(&self) -> Option<Probe> {
+        match self.body {
+            MessageBody::Heartbeat { .. } => Some(Probe::Sent),
+            MessageBody::HeartbeatResponse { .. } => Some(Probe::Answer),
+            _ => None,
+        }
+    }
+
+    /// A heartbeat that carries no read round only tells a follower the commit index: no client
+    /// waits on it (a commit waits on appends' acknowledgements, a read on its round).
+    fn awaited_by_clients(&self) -> bool {
+        !matches!(self.body, MessageBody::Heartbeat { read_round: 0, .. })
+    }
+}
+
+impl WireMessage for Message {
+    fn encode(&self, out: &mut BytesMut) {
+        crate::codec::encode(self, out);
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        crate::codec::decode(bytes)
     }
 }
 

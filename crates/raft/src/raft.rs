@@ -596,6 +596,14 @@ impl Replica for Raft {
         }
     }
 
+    fn propose_or_forward(&mut self, command: Bytes) -> Result<(), ReplicaError> {
+        Raft::propose_or_forward(self, command)
+    }
+
+    fn role(&self) -> Role {
+        self.role
+    }
+
     fn propose(&mut self, command: Bytes) -> Result<LogPosition, ReplicaError> {
         self.check_can_propose()?;
         if command.len() > self.config.command_bytes_max {

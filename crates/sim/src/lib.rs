@@ -11,7 +11,7 @@
 //!
 //! ```ignore
 //! let config = SimConfig { nodes: 5, seed: 42, faults: "all".parse()?, trace: true, ..SimConfig::default() };
-//! let report = ballot_sim::run(&config, |start: NodeStart| {
+//! let report = ballot_sim::run(&config, |start: ReplicaStart| {
 //!     let mut raft = Config::new(start.node_id);
 //!     raft.rng_seed = start.rng_seed;
 //!     Raft::new(raft, start.persisted) // Err = refuses its durable state: a `restart` violation
@@ -55,7 +55,8 @@ pub mod trace;
 #[cfg(test)]
 mod testing;
 
+pub use ballot_core::ReplicaStart;
 pub use checkers::Violation;
 pub use faults::{FaultKind, FaultSet};
-pub use node::{DriverBreak, NodeStart};
+pub use node::DriverBreak;
 pub use simulation::{run, run_many, SimConfig, SimReport};

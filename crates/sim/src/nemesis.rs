@@ -9,9 +9,10 @@
 
 use crate::faults::{self, FaultKind, FaultSet};
 use crate::network::LinkFaults;
-use crate::node::{Liveness, NodeStart};
+use crate::node::Liveness;
 use crate::simulation::{Simulation, World};
 use crate::trace_event;
+use ballot_core::ReplicaStart;
 use ballot_core::{MembershipChange, NodeId, Replica};
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -113,7 +114,7 @@ impl Nemesis {
     }
 }
 
-impl<R: Replica, F: FnMut(NodeStart) -> Result<R, String>> Simulation<R, F> {
+impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
     /// The nemesis's turn in a tick.
     pub(crate) fn nemesis_act(&mut self) {
         let now = self.world.now;

@@ -12,7 +12,7 @@ use crate::disk::{Disk, PendingWrite};
 use crate::kv::{ApplyResult, Command, KvStore};
 use ballot_core::{
     Entry, EntryPayload, LogIndex, LogPosition, Membership, NodeId, PersistedState, ReadState,
-    Replica, Role, Snapshot, SnapshotMeta,
+    Replica, ReplicaStart, Role, Snapshot, SnapshotMeta,
 };
 
 /// A deliberately broken driver, for proving that the checkers catch what a driver (the server,
@@ -61,21 +61,6 @@ pub enum Liveness {
     Removed,
     /// The replica refused to start from the durable state; the node stays down.
     Refused,
-}
-
-/// What a new incarnation of a replica is built from; handed to the simulation's factory. There
-/// is no bootstrap configuration here: a node's disk holds its starting membership from the
-/// moment it is created (`PersistedState::bootstrap`), so every start, the first one included,
-/// is from durable state alone.
-#[derive(Debug, Clone)]
-pub struct NodeStart {
-    pub node_id: NodeId,
-    /// The durable state to start from.
-    pub persisted: PersistedState,
-    /// Seed for the replica's own random source, different for every incarnation.
-    pub rng_seed: u64,
-    /// 0 for the first start of a node, then counting restarts and re-adds.
-    pub incarnation: u64,
 }
 
 /// Everything a node reports while it handles a `Ready`.
@@ -202,7 +187,7 @@ impl<R: Replica> Node<R> {
 
     /// What the next incarnation starts from; the state machine is rebuilt from the durable
     /// snapshot and the replica re-delivers the committed entries after it.
-    pub fn prepare_start(&mut self, rng_seed: u64) -> NodeStart {
+    pub fn prepare_start(&mut self, rng_seed: u64) -> ReplicaStart {
         let mut persisted = self.disk.to_persisted_state();
         if let Some(membership) = self.bootstrap_in_memory.take() {
             persisted.compacted = PersistedState::bootstrap(membership).compacted;
@@ -221,7 +206,7 @@ impl<R: Replica> Node<R> {
                 self.applied_membership = persisted.base_membership();
             }
         }
-        NodeStart {
+        ReplicaStart {
             node_id: self.id,
             persisted,
             rng_seed,
@@ -289,7 +274,7 @@ impl<R: Replica> Node<R> {
             // since what it applies is committed on a quorum already; a crash before the sync
             // must not lose what it answered.
             let applies_before_sync =
-                replica.status().role == Role::Leader && ready.may_apply_before_persist();
+                replica.role() == Role::Leader && ready.may_apply_before_persist();
             if must_persist {
                 let write = PendingWrite {
                     snapshot: ready.snapshot.take(),

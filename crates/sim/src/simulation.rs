@@ -17,9 +17,10 @@ use crate::kv::{ApplyResult, Command, KvStore};
 use crate::linearizability::{self, Outcome, Verdict};
 use crate::nemesis::Nemesis;
 use crate::network::{Arrival, Network, SendOutcome};
-use crate::node::{DriverBreak, Liveness, Node, NodeStart, ReadyHandler, SnapshotPurpose};
+use crate::node::{DriverBreak, Liveness, Node, ReadyHandler, SnapshotPurpose};
 use crate::trace::Trace;
 use crate::trace_event;
+use ballot_core::ReplicaStart;
 use ballot_core::{
     Entry, EntryPayload, LogIndex, LogPosition, Membership, NodeId, ProtocolMessage, ReadState,
     Replica, Role, SnapshotMeta, Term,
@@ -348,14 +349,14 @@ pub(crate) struct Simulation<R: Replica, F> {
 
 /// Run one simulation. `factory` builds a replica for every (re)start of a node; it owns the
 /// protocol configuration and gets the node id, the durable state (which holds the starting
-/// membership from the first start on) and a per-incarnation seed in [`NodeStart`]. A factory error (the replica refuses its durable state)
+/// membership from the first start on) and a per-incarnation seed in [`ReplicaStart`]. A factory error (the replica refuses its durable state)
 /// is reported as a `restart` violation and the node stays down.
 ///
 /// Panics if `config` is invalid (see [`SimConfig::validate`]).
 pub fn run<R, F>(config: &SimConfig, factory: F) -> SimReport
 where
     R: Replica,
-    F: FnMut(NodeStart) -> Result<R, String>,
+    F: FnMut(ReplicaStart) -> Result<R, String>,
 {
     if let Err(error) = config.validate() {
         panic!("invalid simulation config: {error}");
@@ -373,7 +374,7 @@ pub fn run_many<R, F>(
 ) -> Vec<SimReport>
 where
     R: Replica,
-    F: Fn(NodeStart) -> Result<R, String> + Sync,
+    F: Fn(ReplicaStart) -> Result<R, String> + Sync,
 {
     use std::sync::atomic::{AtomicU64, Ordering};
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -412,7 +413,7 @@ where
     reports
 }
 
-impl<R: Replica, F: FnMut(NodeStart) -> Result<R, String>> Simulation<R, F> {
+impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
     fn new(config: SimConfig, factory: F) -> Self {
         let mut master = ChaCha8Rng::seed_from_u64(config.seed);
         let mut child = || ChaCha8Rng::seed_from_u64(master.next_u64());

@@ -15,7 +15,7 @@ use ballot_core::{
 use bytes::Bytes;
 use std::fmt;
 
-use crate::node::NodeStart;
+use ballot_core::ReplicaStart;
 
 pub const LEADER: NodeId = 1;
 const SNAPSHOT_EVERY_ENTRIES: u64 = 40;
@@ -110,7 +110,7 @@ pub struct Fake {
 }
 
 impl Fake {
-    pub fn new(start: NodeStart, broken: Option<FakeBreak>) -> Fake {
+    pub fn new(start: ReplicaStart, broken: Option<FakeBreak>) -> Fake {
         let persisted = start.persisted;
         let log_start = persisted
             .compacted
@@ -331,6 +331,11 @@ impl Replica for Fake {
         }
     }
 
+    /// The fake does not forward: only the leader takes proposals.
+    fn propose_or_forward(&mut self, command: Bytes) -> Result<(), ReplicaError> {
+        self.propose(command).map(|_| ())
+    }
+
     fn propose(&mut self, command: Bytes) -> Result<LogPosition, ReplicaError> {
         if !self.is_leader() {
             return Err(ReplicaError::NotLeader {
@@ -473,7 +478,7 @@ impl Replica for Fake {
 }
 
 /// A factory for `run`.
-pub fn fake(broken: Option<FakeBreak>) -> impl Fn(NodeStart) -> Result<Fake, String> + Sync {
+pub fn fake(broken: Option<FakeBreak>) -> impl Fn(ReplicaStart) -> Result<Fake, String> + Sync {
     move |start| Ok(Fake::new(start, broken))
 }
 
@@ -627,7 +632,7 @@ mod tests {
 
     #[test]
     fn a_replica_refusing_its_durable_state_is_reported() {
-        let picky = |start: NodeStart| {
+        let picky = |start: ReplicaStart| {
             if start.incarnation > 0 {
                 Err("cannot read my own disk".to_string())
             } else {
