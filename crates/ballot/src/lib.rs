@@ -10,10 +10,17 @@ pub fn cpus() -> usize {
 }
 
 pub mod raft_replica {
-    //! Builds Raft replicas for the simulator: the one place the tools layer names Raft.
+    //! Builds Raft replicas for the simulator and the server: the one place the tools layer
+    //! names Raft.
 
-    use ballot_core::ReplicaStart;
+    use ballot_core::{ReplicaSettings, ReplicaStart};
     use ballot_raft::{Break, Config, Raft};
+
+    /// A Raft replica as `ballot server` runs it: the node's settings (etcd's heartbeat and
+    /// election flags, its snapshot count) mapped onto Raft's, everything else Raft's defaults.
+    pub fn for_server(settings: &ReplicaSettings, start: ReplicaStart) -> Result<Raft, String> {
+        Raft::start(settings, start)
+    }
 
     /// A Raft replica as `ballot sim raft` runs it: default timeouts, a snapshot every 200
     /// entries (so runs exercise compaction and InstallSnapshot), an optional deliberate bug.

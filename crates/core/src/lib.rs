@@ -20,7 +20,8 @@ pub use error::ReplicaError;
 pub use membership::{Membership, MembershipChange};
 pub use ready::{ReadState, Ready};
 pub use replica::{
-    Probe, ProtocolMessage, ReadMode, Replica, ReplicaStart, Role, Status, WireMessage,
+    Probe, ProtocolMessage, ReadMode, Replica, ReplicaSettings, ReplicaStart, Role, Status,
+    WireMessage,
 };
 pub use state::{HardState, PersistedState, Snapshot, SnapshotMeta};
 

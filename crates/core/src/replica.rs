@@ -110,6 +110,24 @@ pub struct Status {
     pub membership: Membership,
 }
 
+/// What a runtime tells any engine it builds, in the runtime's units (ticks): the settings an
+/// operator gives with etcd's flags. Each engine maps them onto its own mechanisms (a Raft
+/// heartbeat and election timeout, a ZAB leader's pings and a follower's sync limit, a
+/// Multi-Paxos leader's lease); everything else about an engine is its factory's business.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaSettings {
+    /// Ticks between a leader's liveness probes (etcd's `--heartbeat-interval`).
+    pub probe_interval_ticks: u32,
+    /// A follower that hears no leader for a number of ticks drawn from `[min, max)` starts to
+    /// replace it (etcd's `--election-timeout` is the minimum; the maximum is twice it).
+    pub leader_timeout_min_ticks: u32,
+    pub leader_timeout_max_ticks: u32,
+    /// Entries applied after which the log is compacted (etcd's `--snapshot-count`).
+    pub compaction_threshold_entries: u64,
+    /// The largest command a replica accepts, in bytes.
+    pub command_bytes_max: usize,
+}
+
 /// What a replica is built from, each time its node starts: a server process opening its data
 /// directory, a simulated node coming back. There is no bootstrap configuration here: a node's
 /// disk holds its starting membership from the moment it is created

@@ -1,7 +1,7 @@
 //! Raft configuration: timeouts in ticks, batching and in-flight limits, and the test-only switches
 //! that break the protocol on purpose so the simulator can show its checkers catch the damage.
 
-use ballot_core::NodeId;
+use ballot_core::{NodeId, ReplicaSettings};
 use std::fmt;
 use std::str::FromStr;
 
@@ -69,6 +69,21 @@ impl Config {
             snapshot_chunk_bytes: 256 * 1024,
             rng_seed: id,
             broken: None,
+        }
+    }
+
+    /// Node `id`'s configuration as a runtime asks for it: the runtime's probe interval and
+    /// leader timeouts are Raft's heartbeat interval and election timeouts; the rest are the
+    /// defaults.
+    pub fn from_settings(id: NodeId, rng_seed: u64, settings: &ReplicaSettings) -> Self {
+        Self {
+            heartbeat_interval_ticks: settings.probe_interval_ticks,
+            election_timeout_min_ticks: settings.leader_timeout_min_ticks,
+            election_timeout_max_ticks: settings.leader_timeout_max_ticks,
+            snapshot_threshold_entries: settings.compaction_threshold_entries,
+            command_bytes_max: settings.command_bytes_max,
+            rng_seed,
+            ..Self::new(id)
         }
     }
 

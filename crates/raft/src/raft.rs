@@ -14,8 +14,8 @@ use crate::read::ReadQueue;
 use crate::snapshot::IncomingSnapshot;
 use ballot_core::{
     Entry, EntryPayload, HardState, LogIndex, LogPosition, Membership, MembershipChange, NodeId,
-    PersistedState, ReadMode, Ready, Replica, ReplicaError, Role, Snapshot, SnapshotMeta, Status,
-    Term,
+    PersistedState, ReadMode, Ready, Replica, ReplicaError, ReplicaSettings, ReplicaStart, Role,
+    Snapshot, SnapshotMeta, Status, Term,
 };
 use bytes::Bytes;
 use rand::{Rng, SeedableRng};
@@ -98,6 +98,13 @@ pub struct Raft {
 impl Raft {
     /// A replica built from what it persisted: for a brand-new node, its starting membership
     /// alone (`PersistedState::bootstrap`).
+    /// A replica as a runtime starts one: its settings mapped onto Raft's
+    /// ([`Config::from_settings`]), from the durable state `start` holds. The server's factory.
+    pub fn start(settings: &ReplicaSettings, start: ReplicaStart) -> Result<Raft, String> {
+        let config = Config::from_settings(start.node_id, start.rng_seed, settings);
+        Raft::new(config, start.persisted)
+    }
+
     pub fn new(config: Config, persisted: PersistedState) -> Result<Raft, String> {
         config.validate()?;
         let PersistedState {

@@ -3,14 +3,15 @@
 //! the binary; this module owns the values, their validation and what is derived from them.
 
 use crate::auto_compaction::AutoCompaction;
-use ballot_core::{Membership, NodeId};
+use ballot_core::{Membership, NodeId, ReplicaSettings};
 use ballot_storage::identity::{Identity, InitialMember};
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
-/// Milliseconds per Raft tick.
-pub const TICK_MILLIS: u64 = ballot_raft::TICK_MILLIS_DEFAULT;
+/// Milliseconds per tick of the node's replicas: every timeout an engine counts in ticks is a
+/// multiple of it.
+pub const TICK_MILLIS: u64 = 10;
 
 /// How a member with an empty data directory starts. Read only then: a directory that holds
 /// state restarts from it, whatever this says (as etcd does).
@@ -213,12 +214,20 @@ impl ServerConfig {
         Ok(())
     }
 
-    /// Ticks between heartbeats and the election timeout range `[min, 2 * min)`.
-    pub fn raft_ticks(&self) -> (u32, u32, u32) {
+    /// What the node's replicas are built with: the heartbeat interval and the election
+    /// timeout range `[min, 2 * min)` in ticks, the snapshot count, and room for the largest
+    /// request with its envelope.
+    pub fn replica_settings(&self) -> ReplicaSettings {
         let heartbeat = (self.heartbeat_interval_ms / TICK_MILLIS).max(1) as u32;
         let election_min =
             (self.election_timeout_ms / TICK_MILLIS).max(heartbeat as u64 + 1) as u32;
-        (heartbeat, election_min, 2 * election_min)
+        ReplicaSettings {
+            probe_interval_ticks: heartbeat,
+            leader_timeout_min_ticks: election_min,
+            leader_timeout_max_ticks: 2 * election_min,
+            compaction_threshold_entries: self.snapshot_count,
+            command_bytes_max: self.max_request_bytes + 4096,
+        }
     }
 
     /// This node's id, derived like every other member's from the cluster token and its peer
@@ -372,7 +381,16 @@ mod tests {
         assert_eq!(member_id("t", "n1"), member_id("t", "n1"));
         assert_ne!(member_id("t", "n1"), member_id("t", "n2"));
         assert_ne!(member_id("a", "n1"), member_id("b", "n1"));
-        assert_eq!(ServerConfig::default().raft_ticks(), (10, 100, 200));
+        let settings = ServerConfig::default().replica_settings();
+        assert_eq!(
+            (
+                settings.probe_interval_ticks,
+                settings.leader_timeout_min_ticks,
+                settings.leader_timeout_max_ticks
+            ),
+            (10, 100, 200),
+            "etcd's 100 ms heartbeat and 1 s election timeout, in 10 ms ticks"
+        );
     }
 
     #[test]

@@ -277,25 +277,25 @@ fn metrics(node: &NodeHandle, transport: &Transport) -> String {
     let stats = &transport.stats;
     gauge(
         "ballot_peer_messages_sent_total",
-        "Raft messages written or queued to peers.",
+        "Protocol messages written or queued to peers.",
         "counter",
         stats.messages_sent.load(Ordering::Relaxed),
     );
     gauge(
         "ballot_peer_messages_dropped_total",
-        "Raft messages dropped (peer queue full or unknown peer).",
+        "Protocol messages dropped (peer queue full or unknown peer).",
         "counter",
         stats.messages_dropped.load(Ordering::Relaxed),
     );
     gauge(
         "ballot_peer_messages_received_total",
-        "Raft messages received from peers.",
+        "Protocol messages received from peers.",
         "counter",
         stats.messages_received.load(Ordering::Relaxed),
     );
     gauge(
         "ballot_peer_direct_writes_total",
-        "Raft messages the raft thread wrote to a peer socket itself (nothing was queued).",
+        "Protocol messages the replica thread wrote to a peer socket itself (nothing was queued).",
         "counter",
         stats.direct_writes.load(Ordering::Relaxed),
     );

@@ -1,8 +1,9 @@
-//! The ballot node: a thin tokio shell around synchronous, tested cores (the Raft replica, the
+//! The ballot node: a thin tokio shell around synchronous, tested cores (a replica of whichever
+//! engine the tools layer builds, the
 //! WAL, the MVCC state machine). It owns sockets, threads and clocks; the cores own decisions.
 //!
-//! - [`node`]: the raft loop that owns the replica, the WAL and the state machine.
-//! - [`transport`]: Raft messages between peers over TCP, one connection per peer, batched.
+//! - [`node`]: the replica loop that owns the replica, the WAL and the state machine.
+//! - [`transport`]: protocol messages between peers over TCP, one connection per peer, batched.
 //! - [`config`]: etcd-compatible configuration.
 //! - [`etcd`]: the etcd v3 gRPC services over a [`node::NodeHandle`], served over
 //!   [`coalesce`]d connections (many responses per socket write) whose URL-form `:authority`

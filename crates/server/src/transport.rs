@@ -1,7 +1,7 @@
-//! Raft messages between nodes over TCP: one outgoing connection per peer, a bounded queue per
+//! Protocol messages between nodes over TCP: one outgoing connection per peer, a bounded queue per
 //! peer, reconnection with exponential back-off.
 //!
-//! The sender (the raft loop's thread) writes a frame to the socket itself when nothing is
+//! The sender (the replica loop's thread) writes a frame to the socket itself when nothing is
 //! queued for that peer: waking the peer's writer task costs a futex wake and often an IPI,
 //! tens of microseconds on a small VM, and a commit waits for two such messages (append,
 //! acknowledgement). Whatever the socket does not take at once (all of a frame, or the rest of
@@ -9,25 +9,24 @@
 //! wake-up. Frames never overtake each other: a direct write happens only while no queued
 //! frame is unwritten, so the rest of a partly written frame is always first in the queue.
 //!
-//! Raft tolerates lost messages, so the transport never blocks the node: when a peer's queue is
+//! The protocols tolerate lost messages, so the transport never blocks the node: when a peer's queue is
 //! full (the peer is down or slow) new messages to it are dropped and counted. Incoming
 //! connections are checked (the hello) and then either read by a task that puts their messages
 //! in a channel ([`Transport::start`]) or handed, with their [`FrameReader`], to an owner that
-//! reads them itself ([`Transport::start_handing_off`]: the node's raft thread). Either way a
+//! reads them itself ([`Transport::start_handing_off`]: the node's replica thread). Either way a
 //! reader that falls behind stops reading, and TCP pushes back on the sender.
 //!
 //! Wire format. A connection starts with a hello, then carries frames:
 //!
 //! ```text
 //! hello  magic "BALLOTP1" | token_len u16 | cluster token | sender node id u64
-//! frame  len u32 | Raft message (ballot_raft::codec)
+//! frame  len u32 | protocol message (the engine's own versioned form, `WireMessage`)
 //! ```
 //!
 //! A hello with another cluster token (a node of another cluster dialling the wrong port) is
 //! refused, so clusters cannot mix.
 
-use ballot_core::NodeId;
-use ballot_raft::{codec, Message};
+use ballot_core::{NodeId, WireMessage};
 use bytes::{BufMut, Bytes, BytesMut};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -106,7 +105,7 @@ pub struct Transport {
     config: Arc<TransportConfig>,
     peers: Mutex<HashMap<NodeId, Peer>>,
     listener: JoinHandle<()>,
-    /// The runtime the transport was started on: peers may be added from outside it (the raft
+    /// The runtime the transport was started on: peers may be added from outside it (the replica
     /// loop's thread applies `member add`).
     runtime: tokio::runtime::Handle,
     pub stats: Arc<TransportStats>,
@@ -115,16 +114,20 @@ pub struct Transport {
 impl Transport {
     /// Listens on `listen` and delivers every valid incoming message to `inbound`. Returns the
     /// bound address (useful with port 0).
-    pub async fn start(
+    pub async fn start<M: WireMessage>(
         config: TransportConfig,
         listen: SocketAddr,
-        inbound: mpsc::Sender<Message>,
+        inbound: mpsc::Sender<M>,
     ) -> std::io::Result<(Arc<Transport>, SocketAddr)> {
-        Self::start_with(config, listen, Delivery::Messages(inbound)).await
+        let reader: ReaderTask = Arc::new(move |stream, frames, config, stats| {
+            let inbound = inbound.clone();
+            Box::pin(async move { read_loop(stream, frames, &config, &stats, &inbound).await })
+        });
+        Self::start_with(config, listen, Delivery::Messages(reader)).await
     }
 
     /// Like [`Transport::start`], but hands each accepted connection, past its hello, to
-    /// `deliver`, whose owner reads the frames itself: the node's raft thread polls its peers'
+    /// `deliver`, whose owner reads the frames itself: the node's replica thread polls its peers'
     /// sockets, so a message is read by the thread that steps it, with no reader task to wake
     /// in between (two wake-ups less on every commit's critical path).
     pub async fn start_handing_off(
@@ -209,16 +212,16 @@ impl Transport {
 
     /// Sends `message` to its addressee, writing it to the socket at once if nothing is queued
     /// there, else queueing it; never waits. Unknown peers and full queues drop it.
-    pub fn send(&self, message: &Message) {
+    pub fn send<M: WireMessage>(&self, message: &M) {
         let mut frame = BytesMut::with_capacity(64);
         frame.put_u32_le(0);
-        codec::encode(message, &mut frame);
+        message.encode(&mut frame);
         let len = (frame.len() - 4) as u32;
         frame[..4].copy_from_slice(&len.to_le_bytes());
         let frame = frame.freeze();
         let peers = self.peers.lock().expect("peer map lock");
         let sent = peers
-            .get(&message.to)
+            .get(&message.to())
             .is_some_and(|peer| self.write_or_queue(peer, frame));
         let counter = if sent {
             &self.stats.messages_sent
@@ -340,7 +343,7 @@ async fn write_loop(
             let mut shared = link.lock().expect("peer link lock");
             shared.unwritten -= frames;
             if let Err(error) = written {
-                // Reconnect; the batch is lost, as Raft allows. Direct writes stop until the
+                // Reconnect; the batch is lost, as the protocols allow. Direct writes stop until the
                 // new connection's hello is out.
                 shared.stream = None;
                 tracing::warn!(peer = %peer_id, %address, %error, "lost the connection to peer; reconnecting");
@@ -369,11 +372,25 @@ async fn write_all_shared(stream: &TcpStream, mut bytes: &[u8]) -> std::io::Resu
     Ok(())
 }
 
+/// Reads one accepted connection's frames until it ends, delivering their messages: built by
+/// [`Transport::start`] for its message type, so the accept loop needs none.
+type ReaderTask = Arc<
+    dyn Fn(
+            TcpStream,
+            FrameReader,
+            Arc<TransportConfig>,
+            Arc<TransportStats>,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// Where a transport puts what arrives.
 #[derive(Clone)]
 enum Delivery {
-    /// A reader task per connection decodes frames and sends their messages here.
-    Messages(mpsc::Sender<Message>),
+    /// A reader task per connection decodes frames and sends their messages on.
+    Messages(ReaderTask),
     /// After the hello, the connection itself goes to its owner, who reads the frames.
     Connections(Arc<dyn Fn(InboundConnection) + Send + Sync>),
 }
@@ -403,8 +420,8 @@ async fn accept_loop(
             let result = match read_hello(&stream, &config, &stats).await {
                 Err(reason) => Err(reason),
                 Ok(frames) => match delivery {
-                    Delivery::Messages(queue) => {
-                        read_loop(stream, frames, &config, &stats, &queue).await
+                    Delivery::Messages(reader) => {
+                        reader(stream, frames, config.clone(), stats.clone()).await
                     }
                     Delivery::Connections(deliver) => match stream.into_std() {
                         Ok(stream) => {
@@ -464,12 +481,12 @@ async fn read_exact_shared(stream: &TcpStream, mut into: &mut [u8]) -> Result<()
     Ok(())
 }
 
-async fn read_loop(
+async fn read_loop<M: WireMessage>(
     stream: TcpStream,
     mut frames: FrameReader,
     config: &TransportConfig,
     stats: &TransportStats,
-    inbound: &mpsc::Sender<Message>,
+    inbound: &mpsc::Sender<M>,
 ) -> Result<(), String> {
     let mut messages = Vec::new();
     loop {
@@ -531,12 +548,12 @@ impl FrameReader {
     /// `READ_BYTES_PER_CALL_MAX` bytes came in, handing each whole frame's message to
     /// `deliver`. An error ends the connection: closed by the peer, or a frame that breaks the
     /// protocol (too large, undecodable, or not from the sender to this node).
-    pub fn read_frames(
+    pub fn read_frames<M: WireMessage>(
         &mut self,
         config: &TransportConfig,
         stats: &TransportStats,
         mut read: impl FnMut(&mut [u8]) -> std::io::Result<usize>,
-        mut deliver: impl FnMut(Message),
+        mut deliver: impl FnMut(M),
     ) -> Result<ReadProgress, String> {
         let mut read_bytes = 0;
         loop {
@@ -581,7 +598,10 @@ impl FrameReader {
         Ok(Some(len))
     }
 
-    fn next_frame(&mut self, config: &TransportConfig) -> Result<Option<Message>, String> {
+    fn next_frame<M: WireMessage>(
+        &mut self,
+        config: &TransportConfig,
+    ) -> Result<Option<M>, String> {
         let Some(len) = self.frame_len(config)? else {
             return Ok(None);
         };
@@ -589,11 +609,13 @@ impl FrameReader {
             return Ok(None);
         }
         let payload = &self.buffer[self.start + 4..self.start + 4 + len];
-        let message = codec::decode(payload).map_err(|e| format!("from n{}: {e}", self.sender))?;
-        if message.from != self.sender || message.to != config.node_id {
+        let message = M::decode(payload).map_err(|e| format!("from n{}: {e}", self.sender))?;
+        if message.from() != self.sender || message.to() != config.node_id {
             return Err(format!(
                 "n{} sent a message {} -> {} on its connection",
-                self.sender, message.from, message.to
+                self.sender,
+                message.from(),
+                message.to()
             ));
         }
         self.start += 4 + len;

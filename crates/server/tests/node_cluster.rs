@@ -45,7 +45,11 @@ fn configs(root: &Path, size: usize) -> Vec<ServerConfig> {
 async fn start_all(configs: &[ServerConfig]) -> Vec<Node> {
     let mut nodes = Vec::new();
     for config in configs {
-        nodes.push(Node::start(config.clone()).await.unwrap());
+        nodes.push(
+            Node::start(config.clone(), ballot_raft::Raft::start)
+                .await
+                .unwrap(),
+        );
     }
     nodes
 }
@@ -155,7 +159,11 @@ async fn a_cluster_replicates_reads_fails_over_and_catches_up() {
     // log: the others compact every 50 entries but keep 500 behind; the test below covers
     // catching up by an image).
     drop(survivors);
-    nodes[leader] = Some(Node::start(configs[leader].clone()).await.unwrap());
+    nodes[leader] = Some(
+        Node::start(configs[leader].clone(), ballot_raft::Raft::start)
+            .await
+            .unwrap(),
+    );
     let restarted = nodes[leader].as_ref().unwrap().handle.clone();
     let deadline = Instant::now() + Duration::from_secs(10);
     while get(&restarted, "after99").is_none() {
@@ -231,7 +239,11 @@ async fn compaction_builds_no_image_until_a_follower_needs_one() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     drop(survivors);
-    nodes[lagging] = Some(Node::start(configs[lagging].clone()).await.unwrap());
+    nodes[lagging] = Some(
+        Node::start(configs[lagging].clone(), ballot_raft::Raft::start)
+            .await
+            .unwrap(),
+    );
     let restarted = nodes[lagging].as_ref().unwrap().handle.clone();
     assert_eq!(restarted.status().id, lagging_id);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -286,7 +298,7 @@ async fn compaction_builds_no_image_until_a_follower_needs_one() {
     // The stopped node's listener closes asynchronously: retry while its port is still taken.
     let deadline = Instant::now() + Duration::from_secs(5);
     let error = loop {
-        match Node::start(configs[wiped].clone()).await {
+        match Node::start(configs[wiped].clone(), ballot_raft::Raft::start).await {
             Ok(_) => panic!("a node whose store is behind its compaction point started"),
             Err(error) if error.to_string().contains("Address already in use") => {
                 assert!(Instant::now() < deadline, "{error}");

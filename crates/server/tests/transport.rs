@@ -75,8 +75,8 @@ fn append(from: u64, to: u64, index: u64, payload_bytes: usize) -> Message {
 
 #[tokio::test]
 async fn messages_queued_while_connecting_arrive_in_order_and_are_batched() {
-    let (to_one, mut one_inbound) = mpsc::channel(10_000);
-    let (to_two, mut two_inbound) = mpsc::channel(10_000);
+    let (to_one, mut one_inbound) = mpsc::channel::<Message>(10_000);
+    let (to_two, mut two_inbound) = mpsc::channel::<Message>(10_000);
     let (one, one_addr) = Transport::start(TransportConfig::new(1, "t"), any_port(), to_one)
         .await
         .unwrap();
@@ -105,8 +105,8 @@ async fn messages_queued_while_connecting_arrive_in_order_and_are_batched() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plain_thread_writes_directly_and_frames_never_overtake_each_other() {
-    let (to_one, _one_inbound) = mpsc::channel(16);
-    let (to_two, mut two_inbound) = mpsc::channel(100_000);
+    let (to_one, _one_inbound) = mpsc::channel::<Message>(16);
+    let (to_two, mut two_inbound) = mpsc::channel::<Message>(100_000);
     let (one, _) = Transport::start(TransportConfig::new(1, "t"), any_port(), to_one)
         .await
         .unwrap();
@@ -152,8 +152,8 @@ async fn a_plain_thread_writes_directly_and_frames_never_overtake_each_other() {
 
 #[tokio::test]
 async fn a_node_of_another_cluster_is_refused() {
-    let (to_one, mut one_inbound) = mpsc::channel(16);
-    let (to_two, _two_inbound) = mpsc::channel(16);
+    let (to_one, mut one_inbound) = mpsc::channel::<Message>(16);
+    let (to_two, _two_inbound) = mpsc::channel::<Message>(16);
     let (one, one_addr) =
         Transport::start(TransportConfig::new(1, "cluster-a"), any_port(), to_one)
             .await
@@ -174,11 +174,11 @@ async fn a_node_of_another_cluster_is_refused() {
 
 #[tokio::test]
 async fn a_restarted_peer_is_reconnected() {
-    let (to_one, _one_inbound) = mpsc::channel(16);
+    let (to_one, _one_inbound) = mpsc::channel::<Message>(16);
     let (one, _) = Transport::start(TransportConfig::new(1, "t"), any_port(), to_one)
         .await
         .unwrap();
-    let (to_two, mut two_inbound) = mpsc::channel(16);
+    let (to_two, mut two_inbound) = mpsc::channel::<Message>(16);
     let (two, two_addr) = Transport::start(TransportConfig::new(2, "t"), any_port(), to_two)
         .await
         .unwrap();
@@ -188,7 +188,7 @@ async fn a_restarted_peer_is_reconnected() {
     drop(two);
     drop(two_inbound);
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let (to_two, mut two_inbound) = mpsc::channel(16);
+    let (to_two, mut two_inbound) = mpsc::channel::<Message>(16);
     let (_two, _) = Transport::start(TransportConfig::new(2, "t"), two_addr, to_two)
         .await
         .unwrap();
@@ -199,7 +199,7 @@ async fn a_restarted_peer_is_reconnected() {
 
 #[tokio::test]
 async fn sending_to_a_dead_peer_drops_instead_of_blocking() {
-    let (to_one, _one_inbound) = mpsc::channel(16);
+    let (to_one, _one_inbound) = mpsc::channel::<Message>(16);
     let mut config = TransportConfig::new(1, "t");
     config.queue_messages_max = 8;
     let (one, _) = Transport::start(config, any_port(), to_one).await.unwrap();
@@ -212,7 +212,7 @@ async fn sending_to_a_dead_peer_drops_instead_of_blocking() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handed_off_connection_yields_every_frame_in_order_to_its_reader() {
-    // As the raft thread reads its peers: the connection is handed over after the hello and
+    // As the replica thread reads its peers: the connection is handed over after the hello and
     // its owner reads frames from the non-blocking socket. Frames of 1 byte to 3 MiB make the
     // reader keep partial frames, grow its buffer past 256 KiB and shrink it again.
     let (handoff, connections) = std::sync::mpsc::channel();
@@ -226,7 +226,7 @@ async fn a_handed_off_connection_yields_every_frame_in_order_to_its_reader() {
     )
     .await
     .unwrap();
-    let (to_one, _one_inbound) = mpsc::channel(16);
+    let (to_one, _one_inbound) = mpsc::channel::<Message>(16);
     let (one, _) = Transport::start(TransportConfig::new(1, "t"), any_port(), to_one)
         .await
         .unwrap();
@@ -254,7 +254,7 @@ async fn a_handed_off_connection_yields_every_frame_in_order_to_its_reader() {
                     &config,
                     &stats,
                     |buffer| std::io::Read::read(stream, buffer),
-                    |message| received.push(message),
+                    |message: Message| received.push(message),
                 )
                 .expect("the connection stays up");
             std::thread::sleep(Duration::from_millis(1));

@@ -338,7 +338,7 @@ async fn serve(
     starter_gone: Option<tokio::sync::oneshot::Receiver<()>>,
 ) -> ExitCode {
     let metrics_url = config.listen_metrics_urls.first().cloned();
-    let node = match Node::start(config.clone()).await {
+    let node = match Node::start(config.clone(), ballot::raft_replica::for_server).await {
         Ok(node) => node,
         Err(error) => {
             eprintln!("error: {error}");

@@ -125,7 +125,7 @@ async fn serve_connection(
             return;
         }
     };
-    // KV's writes run inside this task rather than in a task each: the raft loop's answer then
+    // KV's writes run inside this task rather than in a task each: the replica loop's answer then
     // wakes one task, which writes it and flushes the connection in the same poll, instead of
     // waking a call task that then wakes this one; and no task is spawned per call. Their own
     // work is small (decode, check, encode), so one task holds many. Ranges read the store on

@@ -1,4 +1,4 @@
-//! Operator log lines for what the replica did between two batches of the raft loop: elections
+//! Operator log lines for what the replica did between two batches of the replica loop: elections
 //! started, won and lost, leader changes, stepping down, membership changes. The replica itself
 //! logs nothing (it is sans-IO); this compares what it showed before and after a batch.
 //!

@@ -1,10 +1,10 @@
-//! What the raft loop waits on: its input queue and the inbound peer connections, behind one
+//! What the replica loop waits on: its input queue and the inbound peer connections, behind one
 //! `epoll` (mio), so that a peer's message is read by the thread that steps it.
 //!
 //! With a reader task per connection, every message a follower acknowledges and every
 //! acknowledgement a leader counts crossed two wake-ups: the task's (the socket became readable)
-//! and then the raft thread's (the task queued the message). On a small VM a wake-up costs tens
-//! of microseconds, and a commit waits for two such messages. Here the raft thread sleeps in
+//! and then the replica thread's (the task queued the message). On a small VM a wake-up costs tens
+//! of microseconds, and a commit waits for two such messages. Here the replica thread sleeps in
 //! `epoll_wait` on the peer sockets itself; everything else still comes through the queue, whose
 //! senders ring a bell (an eventfd in the same `epoll`) only when the loop is asleep.
 //!
@@ -15,7 +15,8 @@
 
 use super::Input;
 use crate::transport::{FrameReader, InboundConnection, ReadProgress, Transport};
-use ballot_raft::Message;
+use ballot_core::WireMessage;
+
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 use std::collections::HashMap;
@@ -27,7 +28,7 @@ use tokio::sync::mpsc;
 const BELL: Token = Token(0);
 const EVENTS_PER_WAIT_MAX: usize = 64;
 
-/// Wakes the raft loop when it is asleep.
+/// Wakes the replica loop when it is asleep.
 struct Bell {
     asleep: AtomicBool,
     waker: Waker,
@@ -45,7 +46,7 @@ impl Bell {
     }
 }
 
-/// The sending side of the raft loop's input queue. Cheap to clone.
+/// The sending side of the replica loop's input queue. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct InputSender {
     queue: mpsc::Sender<Input>,
@@ -164,7 +165,11 @@ impl Inbox {
 
     /// Reads every connection that has bytes (without waiting) and appends their messages to
     /// `messages`. Returns how many it appended.
-    pub fn read_peers(&mut self, transport: &Transport, messages: &mut Vec<Message>) -> usize {
+    pub fn read_peers<M: WireMessage>(
+        &mut self,
+        transport: &Transport,
+        messages: &mut Vec<M>,
+    ) -> usize {
         if !std::mem::take(&mut self.events_fresh) {
             self.collect_events(Some(std::time::Duration::ZERO));
         }

@@ -1,5 +1,5 @@
 //! Latency histograms for `/metrics`: fixed microsecond buckets, cumulative on export as the
-//! Prometheus text format wants. Owned by the raft loop (no atomics); published in `NodeStatus`.
+//! Prometheus text format wants. Owned by the replica loop (no atomics); published in `NodeStatus`.
 
 /// Upper bounds (µs) of etcd's disk latency buckets (`etcd_disk_wal_fsync_duration_seconds`,
 /// `etcd_disk_backend_commit_duration_seconds`): 1 ms doubling 14 times.

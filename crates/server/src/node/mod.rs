@@ -1,4 +1,4 @@
-//! A running ballot node: the raft loop thread, its ticker, the peer transport, and the handle
+//! A running ballot node: the replica loop thread, its ticker, the peer transport, and the handle
 //! through which client APIs reach them. See `docs/design/server.md`.
 
 mod envelope;
@@ -7,7 +7,7 @@ mod force_new_cluster;
 mod inbox;
 mod latency;
 pub mod members;
-mod raft_loop;
+mod replica_loop;
 
 pub use latency::{LatencySnapshot, ETCD_DISK_BOUNDS_MICROS, ETCD_ROUND_TRIP_BOUNDS_MICROS};
 pub use members::{MemberCommand, MemberInfo};
@@ -15,7 +15,8 @@ pub use members::{MemberCommand, MemberInfo};
 use crate::config::ServerConfig;
 use crate::transport::{InboundConnection, Transport, TransportConfig};
 use ballot_core::{
-    LogIndex, LogPosition, MembershipChange, NodeId, ReadMode, ReplicaError, Role, Term,
+    LogIndex, LogPosition, MembershipChange, NodeId, ReadMode, Replica, ReplicaError,
+    ReplicaSettings, ReplicaStart, Role, Term, WireMessage,
 };
 use ballot_storage::dir_lock::DirLock;
 use ballot_storage::identity::Identity;
@@ -30,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
-/// Inputs queued for the raft loop before callers are told to back off.
+/// Inputs queued for the replica loop before callers are told to back off.
 pub const INPUTS_QUEUED_MAX: usize = 4096;
 
 /// What a caller can be told instead of a result. The messages are etcd's where etcd has one,
@@ -167,7 +168,7 @@ pub(crate) enum Input {
         id: LeaseId,
         reply: oneshot::Sender<Result<(Lease, i64), NodeError>>,
     },
-    /// A state machine image for a follower, built off the loop (see `RaftLoop::build_image`).
+    /// A state machine image for a follower, built off the loop (see `ReplicaLoop::build_image`).
     SnapshotEncoded {
         applied: LogIndex,
         result: Result<bytes::Bytes, String>,
@@ -368,13 +369,24 @@ pub struct Node {
 
 impl Node {
     /// Opens the data directory (recovering the WAL, snapshot and state machine), binds the peer
-    /// listener and starts the raft loop. Must run inside a tokio runtime.
+    /// listener and starts the replica loop. Must run inside a tokio runtime.
     ///
     /// A directory that holds state restarts from it: who this member is, its cluster and the
     /// membership it started from are read from its identity file, and `--initial-cluster`,
     /// `--initial-cluster-state` and `--initial-cluster-token` are ignored, as etcd ignores them.
     /// An empty directory is created from those flags, its identity written before anything else.
-    pub async fn start(config: ServerConfig) -> Result<Node, String> {
+    ///
+    /// `new_replica` builds the replica from the node's settings and durable state (the tools
+    /// layer passes its engine's constructor, `ballot_raft::Raft::start` today): the node names
+    /// no protocol.
+    pub async fn start<R>(
+        config: ServerConfig,
+        new_replica: impl FnOnce(&ReplicaSettings, ReplicaStart) -> Result<R, String>,
+    ) -> Result<Node, String>
+    where
+        R: Replica + Send + 'static,
+        R::Message: WireMessage,
+    {
         config.validate().map_err(|error| error.to_string())?;
         let data_dir = &config.data_dir;
         // Another member's directory is refused before anything in it is touched (the lock file
@@ -385,7 +397,7 @@ impl Node {
         let lock = DirLock::acquire(data_dir).map_err(|e| e.to_string())?;
         let identity = open_identity(&config)?;
         let (inputs, inbox) = inbox::channel(INPUTS_QUEUED_MAX)
-            .map_err(|error| format!("cannot set up the raft loop's poll: {error}"))?;
+            .map_err(|error| format!("cannot set up the replica loop's poll: {error}"))?;
         let peer_listen = crate::config::parse_url(&config.listen_peer_urls[0])?;
         let transport_config =
             TransportConfig::new(identity.member_id, identity.cluster_token.clone());
@@ -427,7 +439,7 @@ impl Node {
             cluster_id: identity.cluster_id,
             ..NodeStatus::default()
         }));
-        let opened = raft_loop::RaftLoop::open(
+        let opened = replica_loop::ReplicaLoop::open(
             &config,
             &identity,
             lock,
@@ -435,6 +447,7 @@ impl Node {
             status.clone(),
             inbox,
             inputs.clone(),
+            new_replica,
         )?;
         for (id, url) in opened.peer_urls() {
             match crate::config::parse_url(&url) {
@@ -446,9 +459,9 @@ impl Node {
         }
         let store = opened.store();
         let loop_thread = std::thread::Builder::new()
-            .name(format!("raft-{}", config.name))
+            .name(format!("replica-{}", config.name))
             .spawn(move || {
-                // Fail-stop: a node whose raft loop died must not look alive to its peers and
+                // Fail-stop: a node whose replica loop died must not look alive to its peers and
                 // supervisors (its ports would stay open, answering "server stopped").
                 let run = std::panic::AssertUnwindSafe(|| opened.run());
                 if std::panic::catch_unwind(run).is_err() {
@@ -481,7 +494,7 @@ impl Node {
         })
     }
 
-    /// Stops the raft loop after the batch it is on, and waits for it (the WAL is synced).
+    /// Stops the replica loop after the batch it is on, and waits for it (the WAL is synced).
     pub fn stop(mut self) {
         if let Some(task) = self.auto_compaction.take() {
             task.abort();
@@ -579,7 +592,7 @@ fn has_wal(data_dir: &std::path::Path) -> bool {
 /// How often the state machine's non-durable commits are made durable.
 const STORE_FLUSH_PERIOD: Duration = Duration::from_millis(100);
 
-/// Makes the store durable in the background, off the raft loop's path: the loop applies with
+/// Makes the store durable in the background, off the replica loop's path: the loop applies with
 /// non-durable commits (the WAL holds the entries, so a crash only redoes work), and this thread
 /// pays one fsync per period instead of every few batches paying one inside the apply.
 fn spawn_store_flusher(
@@ -600,7 +613,7 @@ fn spawn_store_flusher(
                         .observe(started.elapsed().as_micros() as u64),
                     Ok(false) => {}
                     Err(error) => {
-                        // The raft loop meets the same failure on its next commit and stops the
+                        // The replica loop meets the same failure on its next commit and stops the
                         // node.
                         tracing::error!(%error, "background state machine flush failed");
                         return;
@@ -615,7 +628,7 @@ fn spawn_store_flusher(
 /// and a late tick only delays timeouts, which is safe.
 fn spawn_ticker(inputs: InputSender, stop: Arc<std::sync::atomic::AtomicBool>) {
     std::thread::Builder::new()
-        .name("raft-ticker".into())
+        .name("replica-ticker".into())
         .spawn(move || {
             let period = Duration::from_millis(crate::config::TICK_MILLIS);
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {

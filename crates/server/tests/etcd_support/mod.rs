@@ -110,7 +110,11 @@ impl Cluster {
         });
         let mut nodes = Vec::new();
         for config in &configs {
-            nodes.push(Some(Node::start(config.clone()).await.unwrap()));
+            nodes.push(Some(
+                Node::start(config.clone(), ballot_raft::Raft::start)
+                    .await
+                    .unwrap(),
+            ));
         }
         let handles: Vec<NodeHandle> = nodes.iter().flatten().map(|n| n.handle.clone()).collect();
         let (stop, stopped) = tokio::sync::watch::channel(false);

@@ -1,4 +1,4 @@
-//! The raft loop: the one thread that owns the replica, the WAL, the snapshot store and the
+//! The replica loop: the one thread that owns the replica (whatever its engine), the WAL, the snapshot store and the
 //! state machine's write side. Inputs are handled in batches; after each batch every `Ready` is
 //! handled in the order of the contract in `ballot_core::ready`. A storage failure stops the node
 //! (fail-stop): continuing after a failed fsync could acknowledge what is not durable.
@@ -12,10 +12,10 @@ use super::{Input, NodeError, NodeStatus};
 use crate::config::ServerConfig;
 use crate::transport::Transport;
 use ballot_core::{
-    EntryPayload, LogIndex, LogPosition, Membership, NodeId, PersistedState, Ready, Replica, Role,
-    Snapshot, SnapshotMeta, Term,
+    EntryPayload, LogIndex, LogPosition, Membership, NodeId, PersistedState, Probe,
+    ProtocolMessage, Ready, Replica, ReplicaSettings, ReplicaStart, Role, Snapshot, SnapshotMeta,
+    Term, WireMessage,
 };
-use ballot_raft::{Message, MessageBody, Raft};
 use ballot_storage::dir_lock::DirLock;
 use ballot_storage::identity::Identity;
 use ballot_storage::lessor::{LeaseTtl, Lessor, LessorConfig};
@@ -57,8 +57,8 @@ type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
 /// Keep-alive answers (granted TTL, reply) waiting for one checkpoint entry, with its term.
 type KeepAliveWaiters = (Term, Vec<(i64, Reply<i64>)>);
 
-pub(crate) struct RaftLoop {
-    raft: Raft,
+pub(crate) struct ReplicaLoop<R: Replica> {
+    replica: R,
     wal: Wal,
     /// Shared with the thread that saves a compaction marker while the loop goes on.
     snapshots: Arc<SnapshotStore>,
@@ -73,7 +73,7 @@ pub(crate) struct RaftLoop {
     /// The input queue and the inbound peer connections.
     inbox: Inbox,
     /// Peer messages read in this batch, waiting to be stepped.
-    peer_messages: Vec<Message>,
+    peer_messages: Vec<R::Message>,
     status: Arc<Mutex<NodeStatus>>,
     /// Proposals by the log position they were given; answered when that index is applied.
     proposals: BTreeMap<LogIndex, (Term, Reply<CommandResult>)>,
@@ -120,8 +120,8 @@ struct Counters {
     snapshot_images_built: u64,
     snapshot_images_installed: u64,
     wal_sync: LatencyHistogram,
-    /// When the last heartbeat to each peer left; taken out by the peer's next answer.
-    heartbeats_unanswered: HashMap<NodeId, Instant>,
+    /// When the last liveness probe to each peer left; taken out by the peer's next answer.
+    probes_unanswered: HashMap<NodeId, Instant>,
     peer_round_trips: BTreeMap<NodeId, LatencyHistogram>,
 }
 
@@ -136,7 +136,7 @@ impl Default for Counters {
             snapshot_images_built: 0,
             snapshot_images_installed: 0,
             wal_sync: LatencyHistogram::new(FSYNC_BOUNDS_MICROS),
-            heartbeats_unanswered: HashMap::new(),
+            probes_unanswered: HashMap::new(),
             peer_round_trips: BTreeMap::new(),
         }
     }
@@ -154,30 +154,33 @@ impl Counters {
         }
     }
 
-    /// Heartbeats carry no id, so a round trip is timed from the latest heartbeat to a peer to
-    /// the first answer after it. A late answer to an earlier heartbeat makes one sample short;
-    /// a lost answer makes none.
-    fn on_sent(&mut self, message: &Message) {
-        if matches!(message.body, MessageBody::Heartbeat { .. }) {
-            self.heartbeats_unanswered
-                .insert(message.to, Instant::now());
+    /// Liveness probes carry no id, so a round trip is timed from the latest probe to a peer to
+    /// the first answer after it. A late answer to an earlier probe makes one sample short; a
+    /// lost answer makes none.
+    fn on_sent(&mut self, message: &impl ProtocolMessage) {
+        if message.probe() == Some(Probe::Sent) {
+            self.probes_unanswered.insert(message.to(), Instant::now());
         }
     }
 
-    fn on_received(&mut self, message: &Message) {
-        if !matches!(message.body, MessageBody::HeartbeatResponse { .. }) {
+    fn on_received(&mut self, message: &impl ProtocolMessage) {
+        if message.probe() != Some(Probe::Answer) {
             return;
         }
-        if let Some(sent) = self.heartbeats_unanswered.remove(&message.from) {
+        if let Some(sent) = self.probes_unanswered.remove(&message.from()) {
             self.peer_round_trips
-                .entry(message.from)
+                .entry(message.from())
                 .or_insert_with(|| LatencyHistogram::new(ROUND_TRIP_BOUNDS_MICROS))
                 .observe(sent.elapsed().as_micros() as u64);
         }
     }
 }
 
-impl RaftLoop {
+impl<R> ReplicaLoop<R>
+where
+    R: Replica,
+    R::Message: WireMessage,
+{
     /// Recovers everything from the data directory (whose lock the caller holds and whose
     /// identity it has read or created) and builds the replica.
     pub(crate) fn open(
@@ -188,7 +191,8 @@ impl RaftLoop {
         status: Arc<Mutex<NodeStatus>>,
         inbox: Inbox,
         loopback: InputSender,
-    ) -> Result<RaftLoop, String> {
+        new_replica: impl FnOnce(&ReplicaSettings, ReplicaStart) -> Result<R, String>,
+    ) -> Result<ReplicaLoop<R>, String> {
         let data_dir = &config.data_dir;
         let snapshots = SnapshotStore::open(data_dir.join("snap"), SNAPSHOTS_RETAINED)
             .map_err(|e| e.to_string())?;
@@ -240,11 +244,25 @@ impl RaftLoop {
                 identity.member_id,
             )?;
         }
-        let raft = Raft::new(raft_config(config, identity.member_id), persisted)
-            .map_err(|e| format!("cannot restore the replica: {e}"))?;
-        let transitions = Transitions::new(&raft.status());
-        Ok(RaftLoop {
-            raft,
+        let replica = new_replica(
+            &config.replica_settings(),
+            ReplicaStart {
+                node_id: identity.member_id,
+                persisted,
+                // Outside the simulator a different seed per start is what we want; nothing
+                // replays it.
+                rng_seed: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(identity.member_id, |elapsed| {
+                        elapsed.as_nanos() as u64 ^ identity.member_id
+                    }),
+                incarnation: 0,
+            },
+        )
+        .map_err(|e| format!("cannot restore the replica: {e}"))?;
+        let transitions = Transitions::new(&replica.status());
+        Ok(ReplicaLoop {
+            replica,
             wal,
             snapshots: Arc::new(snapshots),
             image_in_progress: false,
@@ -323,7 +341,7 @@ impl RaftLoop {
                 .read_peers(&self.transport, &mut self.peer_messages);
             for message in self.peer_messages.drain(..) {
                 self.counters.on_received(&message);
-                self.raft.step(message);
+                self.replica.step(message);
             }
             if handled == 0 {
                 self.inbox.wait();
@@ -350,8 +368,8 @@ impl RaftLoop {
         match input {
             Input::Tick => return self.tick(),
             Input::PeerConnection(connection) => self.inbox.add(connection),
-            Input::Propose { command, reply } if self.raft.role() == Role::Leader => {
-                match self.raft.propose(LogCommand::Kv(command).encode()) {
+            Input::Propose { command, reply } if self.replica.role() == Role::Leader => {
+                match self.replica.propose(LogCommand::Kv(command).encode()) {
                     Ok(position) => {
                         self.proposals
                             .insert(position.index, (position.term, reply));
@@ -361,8 +379,8 @@ impl RaftLoop {
                     }
                 }
             }
-            // A follower hands the command to the leader through Raft (as etcd does), not over
-            // the leader's client API: one message among the peer traffic instead of a second
+            // A follower hands the command to the leader through the replica (as etcd does
+            // through Raft), not over the leader's client API: one message among the peer traffic instead of a second
             // gRPC call. It answers when it applies the entry; a forward lost with a leader
             // change leaves the client to its deadline (the outcome is unknown, as etcd says).
             Input::Propose { command, reply } => {
@@ -373,7 +391,7 @@ impl RaftLoop {
                     request,
                     command,
                 };
-                match self.raft.propose_or_forward(entry.encode()) {
+                match self.replica.propose_or_forward(entry.encode()) {
                     Ok(()) => {
                         self.forwarded.insert(request, reply);
                     }
@@ -383,7 +401,7 @@ impl RaftLoop {
                 }
             }
             Input::ProposeMember { command, reply } => {
-                match self.raft.propose(LogCommand::Member(command).encode()) {
+                match self.replica.propose(LogCommand::Member(command).encode()) {
                     Ok(position) => {
                         self.member_proposals
                             .insert(position.index, (position.term, reply));
@@ -396,7 +414,7 @@ impl RaftLoop {
             Input::Read { mode, reply } => {
                 let id = self.next_read_id;
                 self.next_read_id += 1;
-                match self.raft.read(id, mode) {
+                match self.replica.read(id, mode) {
                     Ok(()) => {
                         self.reads_unconfirmed.insert(id, reply);
                     }
@@ -406,7 +424,7 @@ impl RaftLoop {
                 }
             }
             Input::ChangeMembership { change, reply } => {
-                match self.raft.propose_membership_change(change) {
+                match self.replica.propose_membership_change(change) {
                     Ok(position) => {
                         self.membership_changes
                             .insert(position.index, (position.term, reply));
@@ -418,7 +436,7 @@ impl RaftLoop {
             }
             Input::TransferLeadership { target, reply } => {
                 let _ = reply.send(
-                    self.raft
+                    self.replica
                         .transfer_leadership(target)
                         .map_err(NodeError::from),
                 );
@@ -487,7 +505,7 @@ impl RaftLoop {
     fn lessor_error(&self, error: ballot_storage::lessor::LessorError) -> NodeError {
         match NodeError::from(error) {
             NodeError::NotLeader { .. } => NodeError::NotLeader {
-                leader: self.raft.status().leader,
+                leader: self.replica.status().leader,
             },
             other => other,
         }
@@ -511,7 +529,7 @@ impl RaftLoop {
     /// One tick of logical time for the replica, and of wall time for the lessor and watches.
     /// Returns false when the WAL failed (the node stops).
     fn tick(&mut self) -> bool {
-        self.raft.tick();
+        self.replica.tick();
         self.ticks += 1;
         if self.ticks.is_multiple_of(WAL_LAZY_SYNC_TICKS) {
             if let Err(error) = self.sync_lazy_records() {
@@ -537,7 +555,7 @@ impl RaftLoop {
                 }
                 _ => Vec::new(),
             };
-            let Ok(position) = self.raft.propose(LogCommand::Kv(command).encode()) else {
+            let Ok(position) = self.replica.propose(LogCommand::Kv(command).encode()) else {
                 continue;
             };
             if checkpointed.is_empty() {
@@ -585,7 +603,7 @@ impl RaftLoop {
         }
         self.ticks_until_publish_check = Self::PUBLISH_RETRY_TICKS;
         let command = LogCommand::Member(MemberCommand::Publish(self.own_info.clone()));
-        if let Err(error) = self.raft.propose_or_forward(command.encode()) {
+        if let Err(error) = self.replica.propose_or_forward(command.encode()) {
             tracing::debug!(%error, "member publication postponed");
         }
     }
@@ -596,18 +614,18 @@ impl RaftLoop {
         let Some(cluster_id) = self.founding_cluster_id else {
             return;
         };
-        if self.registry.cluster_id().is_some() || self.raft.role() != Role::Leader {
+        if self.registry.cluster_id().is_some() || self.replica.role() != Role::Leader {
             return;
         }
         let command = LogCommand::Member(MemberCommand::ClusterId(cluster_id));
-        if let Err(error) = self.raft.propose(command.encode()) {
+        if let Err(error) = self.replica.propose(command.encode()) {
             tracing::debug!(%error, "recording the cluster id postponed");
         }
     }
 
     /// The lessor keeps lease clocks only while this node leads.
     fn follow_leadership(&mut self) {
-        let leading = self.raft.status().role == Role::Leader;
+        let leading = self.replica.status().role == Role::Leader;
         if leading && !self.lessor.is_leader() {
             match self.store.leases() {
                 Ok(leases) => self
@@ -617,7 +635,7 @@ impl RaftLoop {
             }
         } else if !leading && self.lessor.is_leader() {
             self.lessor.step_down();
-            let leader = self.raft.status().leader;
+            let leader = self.replica.status().leader;
             for (_, _, reply) in self.keepalives_unproposed.drain(..) {
                 let _ = reply.send(Err(NodeError::NotLeader { leader }));
             }
@@ -669,15 +687,15 @@ impl RaftLoop {
     }
 
     fn handle_readies(&mut self) -> Result<(), String> {
-        while self.raft.has_ready() {
-            let ready = self.raft.ready();
+        while self.replica.has_ready() {
+            let ready = self.replica.ready();
             self.handle_ready(ready)?;
         }
         Ok(())
     }
 
     /// The contract of `ballot_core::ready`, step by step.
-    fn handle_ready(&mut self, ready: Ready<Message>) -> Result<(), String> {
+    fn handle_ready(&mut self, ready: Ready<R::Message>) -> Result<(), String> {
         // A leader applies and answers before the fsync of this batch's new entries: what it
         // applies is committed, so already durable on a quorum (itself included: its own
         // acknowledgement counts only once synced), and does not depend on this batch. Its
@@ -685,17 +703,18 @@ impl RaftLoop {
         // batch's fsync. A follower syncs first, because its acknowledgement to the leader,
         // which waits for the sync, is what the leader's clients are waiting for.
         let apply_before_sync =
-            self.raft.role() == Role::Leader && ready.may_apply_before_persist();
-        // When every message is a plain heartbeat (a commit notice, or the periodic one: no read
-        // round rides on it) and there are no new entries, no client waits for the messages:
-        // answer first. Each loopback send runs the receiver's TCP stack and wakes it on this
+            self.replica.role() == Role::Leader && ready.may_apply_before_persist();
+        // When no client waits on any message (plain liveness probes: a commit notice, or the
+        // periodic one, with no read round riding on it) and there are no new entries, answer
+        // first. Each loopback send runs the receiver's TCP stack and wakes it on this
         // thread (tens of microseconds apiece here). Appends to a follower catching up, read
         // rounds and read-index answers keep their place ahead of the apply.
         let answer_before_sending = apply_before_sync
             && ready.entries.is_empty()
-            && ready.messages.iter().all(|message| {
-                matches!(message.body, MessageBody::Heartbeat { read_round: 0, .. })
-            });
+            && ready
+                .messages
+                .iter()
+                .all(|message| !message.awaited_by_clients());
         if answer_before_sending {
             self.apply_and_answer_reads(&ready)?;
         }
@@ -724,7 +743,7 @@ impl RaftLoop {
         if !apply_before_sync {
             self.apply_and_answer_reads(&ready)?;
         }
-        self.raft.advance();
+        self.replica.advance();
         if ready.compaction_wanted {
             self.compact()?;
         }
@@ -736,7 +755,7 @@ impl RaftLoop {
 
     /// Steps 4 and 5 of the contract: apply the committed entries, then serve the reads whose
     /// read index they reach.
-    fn apply_and_answer_reads(&mut self, ready: &Ready<Message>) -> Result<(), String> {
+    fn apply_and_answer_reads(&mut self, ready: &Ready<R::Message>) -> Result<(), String> {
         self.apply(&ready.committed_entries)?;
         for read in &ready.read_states {
             if let Some(reply) = self.reads_unconfirmed.remove(&read.request_id) {
@@ -1029,8 +1048,8 @@ impl RaftLoop {
         let durable = self
             .store
             .durable_applied_index()
-            .min(self.raft.status().applied_index);
-        let meta = match self.raft.compact(durable) {
+            .min(self.replica.status().applied_index);
+        let meta = match self.replica.compact(durable) {
             Ok(Some(meta)) => meta,
             Ok(None) => return Ok(()),
             Err(error) => {
@@ -1079,7 +1098,7 @@ impl RaftLoop {
             return;
         }
         let compact_to = self
-            .raft
+            .replica
             .status()
             .first_log_index
             .saturating_sub(1)
@@ -1105,7 +1124,7 @@ impl RaftLoop {
         if self.image_in_progress {
             return Ok(());
         }
-        if self.store.applied_index() > self.raft.status().applied_index {
+        if self.store.applied_index() > self.replica.status().applied_index {
             // Replaying after a restart: the replica would refuse an image past its applied
             // index, and it asks again at its next attempt to replicate.
             return Ok(());
@@ -1142,7 +1161,7 @@ impl RaftLoop {
             },
             data,
         };
-        match self.raft.snapshot_taken(image) {
+        match self.replica.snapshot_taken(image) {
             // The replica fills in the term; left at zero, it kept an image at least as new.
             Ok(meta) if meta.last_included.term > 0 => {
                 self.counters.snapshot_images_built += 1;
@@ -1157,7 +1176,7 @@ impl RaftLoop {
     }
 
     fn publish_status(&mut self) {
-        let status = self.raft.status();
+        let status = self.replica.status();
         self.transitions.observe(&status);
         if status.leader.is_some() && status.leader != self.counters.last_leader {
             self.counters.leader_changes += 1;
@@ -1263,19 +1282,4 @@ fn open_wal(
         return Wal::open(&wal_dir, WalOptions::default()).map_err(|e| e.to_string());
     }
     Ok((wal, recovered))
-}
-
-fn raft_config(config: &ServerConfig, member_id: NodeId) -> ballot_raft::Config {
-    let mut raft = ballot_raft::Config::new(member_id);
-    let (heartbeat, election_min, election_max) = config.raft_ticks();
-    raft.heartbeat_interval_ticks = heartbeat;
-    raft.election_timeout_min_ticks = election_min;
-    raft.election_timeout_max_ticks = election_max;
-    raft.snapshot_threshold_entries = config.snapshot_count;
-    raft.command_bytes_max = config.max_request_bytes + 4096;
-    // Outside the simulator a different seed per start is what we want; nothing replays it.
-    raft.rng_seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(member_id, |elapsed| elapsed.as_nanos() as u64 ^ member_id);
-    raft
 }
