@@ -1,0 +1,604 @@
+//! The replica loop: the one thread that owns the replica (whatever its engine), the WAL, the
+//! snapshot store and the state machine's write side. Inputs are handled in batches; after each
+//! batch every `Ready` is handled in the order of the contract in `ballot_core::ready`. A storage
+//! failure stops the node (fail-stop): continuing after a failed fsync could acknowledge what is
+//! not durable.
+//!
+//! This module drives: inputs, ticks, the `Ready` contract, the WAL's syncs, watches. Its
+//! children own the rest: [`recovery`] (opening the data directory), [`apply`] (committed
+//! entries and their waiters), [`snapshots`] (images and compaction), [`metrics`] (counters and
+//! the published status).
+
+mod apply;
+mod metrics;
+mod recovery;
+mod snapshots;
+
+use super::envelope::{decode_snapshot, encode_snapshot, LogCommand};
+use super::events::Transitions;
+use super::inbox::{Inbox, InputSender, Queued};
+use super::latency::{LatencyHistogram, FSYNC_BOUNDS_MICROS, ROUND_TRIP_BOUNDS_MICROS};
+use super::members::{MemberCommand, MemberInfo, MemberRegistry};
+use super::{Input, NodeError, NodeStatus};
+use crate::config::ServerConfig;
+use crate::transport::Transport;
+use ballot_core::{
+    EntryPayload, LogIndex, LogPosition, Membership, NodeId, PersistedState, Probe,
+    ProtocolMessage, Ready, Replica, ReplicaSettings, ReplicaStart, Role, Snapshot, SnapshotMeta,
+    Term, WireMessage,
+};
+use ballot_storage::dir_lock::DirLock;
+use ballot_storage::identity::Identity;
+use ballot_storage::lessor::{LeaseTtl, Lessor, LessorConfig};
+use ballot_storage::mvcc::types::{Command, CommandResult};
+use ballot_storage::mvcc::types::{Lease, LeaseId};
+use ballot_storage::mvcc::{MvccOptions, MvccStore};
+use ballot_storage::snapshot_store::SnapshotStore;
+use ballot_storage::wal::{Wal, WalOptions};
+use ballot_storage::watch::{
+    StreamId, WatchHub, WatchLimits, WatchResponse, RESPONSE_OVERHEAD_BYTES,
+};
+use metrics::Counters;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::{mpsc, oneshot};
+
+/// Inputs handled before the replica's outputs are processed; bounds the latency one batch adds.
+const INPUTS_PER_BATCH_MAX: usize = 1024;
+/// Apply commits between two durable ones when the background flusher falls behind.
+const SERVER_NON_DURABLE_COMMITS_MAX: u32 = 64;
+/// Ticks between sweeps of forwarded commands nobody waits for any more.
+const FORWARD_SWEEP_TICKS: u64 = 100;
+/// Ticks between syncs of WAL records written without one (hard states that only move the
+/// commit index): bounds how long an unsynced record can sit ahead of a later torn write,
+/// which recovery would take for corruption rather than a torn tail.
+const WAL_LAZY_SYNC_TICKS: u64 = 10;
+/// Records kept in `snap/`: compaction markers (no data) and images installed from a leader.
+const SNAPSHOTS_RETAINED: usize = 3;
+/// Responses buffered per client watch stream between the loop and the gRPC task.
+const WATCH_STREAM_RESPONSES_MAX: usize = 256;
+/// A WAL sync this slow is logged (etcd warns at the same point).
+const SLOW_FSYNC: std::time::Duration = std::time::Duration::from_secs(1);
+/// Applying one batch of committed entries this slowly is logged (etcd's threshold for an
+/// expensive request).
+const SLOW_APPLY: std::time::Duration = std::time::Duration::from_millis(100);
+
+type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
+/// Keep-alive answers (granted TTL, reply) waiting for one checkpoint entry, with its term.
+type KeepAliveWaiters = (Term, Vec<(i64, Reply<i64>)>);
+
+pub(crate) struct ReplicaLoop<R: Replica> {
+    replica: R,
+    wal: Wal,
+    /// Shared with the thread that saves a compaction marker while the loop goes on.
+    snapshots: Arc<SnapshotStore>,
+    /// An image for a follower is being encoded off the loop; no second one starts meanwhile.
+    image_in_progress: bool,
+    /// A compaction marker is being saved off the loop; no second compaction starts meanwhile.
+    compaction_in_progress: bool,
+    /// The loop's own input queue, for the snapshot threads to report back on.
+    loopback: InputSender,
+    store: Arc<MvccStore>,
+    transport: Arc<Transport>,
+    /// The input queue and the inbound peer connections.
+    inbox: Inbox,
+    /// Peer messages read in this batch, waiting to be stepped.
+    peer_messages: Vec<R::Message>,
+    status: Arc<Mutex<NodeStatus>>,
+    /// Proposals by the log position they were given; answered when that index is applied.
+    proposals: BTreeMap<LogIndex, (Term, Reply<CommandResult>)>,
+    /// Commands this node forwarded to the leader, by request id; answered when applied here.
+    forwarded: HashMap<u64, Reply<CommandResult>>,
+    /// Request ids start from the clock at open, so an entry forwarded by an earlier run of this
+    /// node (still in the log) never matches a request of this one.
+    next_forward_id: u64,
+    ticks: u64,
+    member_proposals: BTreeMap<LogIndex, (Term, Reply<()>)>,
+    registry: MemberRegistry,
+    /// What this node publishes about itself.
+    own_info: MemberInfo,
+    /// The cluster id this member's identity derived, if it was one of the cluster's first
+    /// members (a joining member's flags derive another): what it records as leader.
+    founding_cluster_id: Option<u64>,
+    /// The cluster id to report until the registry has one.
+    identity_cluster_id: u64,
+    ticks_until_publish_check: u32,
+    membership_changes: BTreeMap<LogIndex, (Term, Reply<LogPosition>)>,
+    reads_unconfirmed: HashMap<u64, Reply<()>>,
+    reads_confirmed: Vec<(LogIndex, Reply<()>)>,
+    next_read_id: u64,
+    watch_hub: WatchHub,
+    watch_streams: HashMap<StreamId, mpsc::Sender<WatchResponse>>,
+    lessor: Lessor,
+    /// Keep-alives granted by the lessor whose checkpoint is not proposed yet.
+    keepalives_unproposed: Vec<(LeaseId, i64, Reply<i64>)>,
+    /// Keep-alives answered when the checkpoint at this index is applied.
+    keepalives_proposed: BTreeMap<LogIndex, KeepAliveWaiters>,
+    started: Instant,
+    counters: Counters,
+    /// What the replica was after the last batch, for the operator log lines.
+    transitions: Transitions,
+    _lock: DirLock,
+}
+
+impl<R> ReplicaLoop<R>
+where
+    R: Replica,
+    R::Message: WireMessage,
+{
+    pub(crate) fn store(&self) -> Arc<MvccStore> {
+        self.store.clone()
+    }
+
+    /// Every other member's first peer URL, as the registry knows it (members added after the
+    /// initial cluster are only there).
+    pub(crate) fn peer_urls(&self) -> Vec<(NodeId, String)> {
+        self.registry
+            .all()
+            .filter(|member| member.id != self.own_info.id)
+            .filter_map(|member| member.peer_urls.first().map(|url| (member.id, url.clone())))
+            .collect()
+    }
+
+    pub(crate) fn run(mut self) {
+        let mut running = true;
+        while running {
+            let mut handled = 0;
+            while handled < INPUTS_PER_BATCH_MAX {
+                match self.inbox.next_input() {
+                    Queued::Input(input) => {
+                        handled += 1;
+                        if !self.handle_input(input) {
+                            running = false;
+                            break;
+                        }
+                    }
+                    Queued::Empty => break,
+                    Queued::Closed => {
+                        running = false;
+                        break;
+                    }
+                }
+            }
+            handled += self
+                .inbox
+                .read_peers(&self.transport, &mut self.peer_messages);
+            for message in self.peer_messages.drain(..) {
+                self.counters.on_received(&message);
+                self.replica.step(message);
+            }
+            if handled == 0 {
+                self.inbox.wait();
+                continue;
+            }
+            if let Err(error) = self.handle_readies() {
+                tracing::error!(%error, "storage failure: stopping this node");
+                break;
+            }
+            self.follow_leadership();
+            self.pump_watches();
+            self.publish_status();
+        }
+        if let Err(error) = self.wal.sync() {
+            tracing::error!(%error, "final WAL sync failed at shutdown");
+        }
+        if let Err(error) = self.store.flush() {
+            tracing::error!(%error, "final state machine flush failed at shutdown");
+        }
+    }
+
+    /// Returns false on `Stop`.
+    fn handle_input(&mut self, input: Input) -> bool {
+        match input {
+            Input::Tick => return self.tick(),
+            Input::PeerConnection(connection) => self.inbox.add(connection),
+            Input::Propose { command, reply } if self.replica.role() == Role::Leader => {
+                match self.replica.propose(LogCommand::Kv(command).encode()) {
+                    Ok(position) => {
+                        self.proposals
+                            .insert(position.index, (position.term, reply));
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(error.into()));
+                    }
+                }
+            }
+            // A follower hands the command to the leader through the replica (as etcd does
+            // through Raft), not over the leader's client API: one message among the peer traffic instead of a second
+            // gRPC call. It answers when it applies the entry; a forward lost with a leader
+            // change leaves the client to its deadline (the outcome is unknown, as etcd says).
+            Input::Propose { command, reply } => {
+                let request = self.next_forward_id;
+                self.next_forward_id += 1;
+                let entry = LogCommand::Forwarded {
+                    origin: self.own_info.id,
+                    request,
+                    command,
+                };
+                match self.replica.propose_or_forward(entry.encode()) {
+                    Ok(()) => {
+                        self.forwarded.insert(request, reply);
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(error.into()));
+                    }
+                }
+            }
+            Input::ProposeMember { command, reply } => {
+                match self.replica.propose(LogCommand::Member(command).encode()) {
+                    Ok(position) => {
+                        self.member_proposals
+                            .insert(position.index, (position.term, reply));
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(error.into()));
+                    }
+                }
+            }
+            Input::Read { mode, reply } => {
+                let id = self.next_read_id;
+                self.next_read_id += 1;
+                match self.replica.read(id, mode) {
+                    Ok(()) => {
+                        self.reads_unconfirmed.insert(id, reply);
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(error.into()));
+                    }
+                }
+            }
+            Input::ChangeMembership { change, reply } => {
+                match self.replica.propose_membership_change(change) {
+                    Ok(position) => {
+                        self.membership_changes
+                            .insert(position.index, (position.term, reply));
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(error.into()));
+                    }
+                }
+            }
+            Input::TransferLeadership { target, reply } => {
+                let _ = reply.send(
+                    self.replica
+                        .transfer_leadership(target)
+                        .map_err(NodeError::from),
+                );
+            }
+            Input::WatchOpen { reply } => {
+                let answer = self
+                    .watch_hub
+                    .open_stream()
+                    .map_err(NodeError::Watch)
+                    .map(|stream| {
+                        let (sender, receiver) = mpsc::channel(WATCH_STREAM_RESPONSES_MAX);
+                        self.watch_streams.insert(stream, sender);
+                        (stream, receiver)
+                    });
+                let _ = reply.send(answer);
+            }
+            Input::WatchCreate {
+                stream,
+                create,
+                reply,
+            } => {
+                let answer = self.watch_hub.create_watch(stream, create, &*self.store);
+                let _ = reply.send(answer.map_err(NodeError::Watch));
+            }
+            Input::WatchCancel {
+                stream,
+                watch_id,
+                reply,
+            } => {
+                let _ = reply.send(
+                    self.watch_hub
+                        .cancel(stream, watch_id)
+                        .map_err(NodeError::Watch),
+                );
+            }
+            Input::WatchProgress { stream } => {
+                let _ = self.watch_hub.request_progress(stream);
+            }
+            Input::WatchClose { stream } => {
+                let _ = self.watch_hub.close_stream(stream);
+                self.watch_streams.remove(&stream);
+            }
+            Input::LeaseKeepAlive { id, reply } => {
+                let now = self.now_ms();
+                match self.lessor.keep_alive(id, now) {
+                    Ok(ttl) => self.keepalives_unproposed.push((id, ttl, reply)),
+                    Err(error) => {
+                        let _ = reply.send(Err(self.lessor_error(error)));
+                    }
+                }
+            }
+            Input::LeaseTimeToLive { id, reply } => {
+                let _ = reply.send(self.lease_time_to_live(id));
+            }
+            Input::SnapshotEncoded { applied, result } => self.image_encoded(applied, result),
+            Input::CompactionSaved { index, result } => self.compaction_saved(index, result),
+            Input::Stop => return false,
+        }
+        true
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn lessor_error(&self, error: ballot_storage::lessor::LessorError) -> NodeError {
+        match NodeError::from(error) {
+            NodeError::NotLeader { .. } => NodeError::NotLeader {
+                leader: self.replica.status().leader,
+            },
+            other => other,
+        }
+    }
+
+    fn lease_time_to_live(&self, id: LeaseId) -> Result<(Lease, i64), NodeError> {
+        let remaining_ms = self
+            .lessor
+            .remaining_ttl_ms(id, self.now_ms())
+            .map_err(|e| self.lessor_error(e))?;
+        let lease = self
+            .store
+            .lease(id)
+            .map_err(|e| NodeError::Storage(e.to_string()))?;
+        let lease = lease.ok_or(NodeError::Lease(
+            ballot_storage::lessor::LessorError::LeaseNotFound { id },
+        ))?;
+        Ok((lease, remaining_ms.div_ceil(1000) as i64))
+    }
+
+    /// One tick of logical time for the replica, and of wall time for the lessor and watches.
+    /// Returns false when the WAL failed (the node stops).
+    fn tick(&mut self) -> bool {
+        self.replica.tick();
+        self.ticks += 1;
+        if self.ticks.is_multiple_of(WAL_LAZY_SYNC_TICKS) {
+            if let Err(error) = self.sync_lazy_records() {
+                tracing::error!(%error, "storage failure: stopping this node");
+                return false;
+            }
+        }
+        if self.ticks.is_multiple_of(FORWARD_SWEEP_TICKS) {
+            // Forwards whose client gave up (its deadline passed): the entry was lost, or will
+            // be applied with nobody left to answer.
+            self.forwarded.retain(|_, reply| !reply.is_closed());
+        }
+        self.publish_self_if_needed();
+        let now = self.now_ms();
+        self.watch_hub.progress(now);
+        if !self.lessor.is_leader() {
+            return true;
+        }
+        for command in self.lessor.tick(now) {
+            let checkpointed: Vec<LeaseId> = match &command {
+                Command::LeaseCheckpoint { checkpoints } => {
+                    checkpoints.iter().map(|(id, _)| *id).collect()
+                }
+                _ => Vec::new(),
+            };
+            let Ok(position) = self.replica.propose(LogCommand::Kv(command).encode()) else {
+                continue;
+            };
+            if checkpointed.is_empty() {
+                continue;
+            }
+            let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.keepalives_unproposed)
+                .into_iter()
+                .partition(|(id, _, _)| checkpointed.contains(id));
+            self.keepalives_unproposed = waiting;
+            let replies = due
+                .into_iter()
+                .map(|(_, ttl, reply)| (ttl, reply))
+                .collect();
+            self.keepalives_proposed
+                .insert(position.index, (position.term, replies));
+        }
+        true
+    }
+
+    /// Ticks between checks that the registry describes this node as it is configured: often
+    /// until it does (followers cannot forward to a leader whose client URL is unknown), then
+    /// once a second.
+    const PUBLISH_RETRY_TICKS: u32 = 10;
+    const PUBLISH_CHECK_TICKS: u32 = 100;
+
+    /// Like etcd's member publication: once a second, if the replicated registry does not say
+    /// what this node's name and client URLs are, propose (or forward to the leader) that it does.
+    fn publish_self_if_needed(&mut self) {
+        if self.ticks_until_publish_check > 0 {
+            self.ticks_until_publish_check -= 1;
+            return;
+        }
+        // Peer URLs are the cluster's to change (`member add`, `member update`), not this
+        // member's flags: once the registry knows some, they stay, as etcd publishes only a
+        // member's name and client URLs.
+        if let Some(known) = self.registry.get(self.own_info.id) {
+            if !known.peer_urls.is_empty() && known.peer_urls != self.own_info.peer_urls {
+                self.own_info.peer_urls = known.peer_urls.clone();
+            }
+        }
+        self.record_cluster_id_if_needed();
+        if self.registry.get(self.own_info.id) == Some(&self.own_info) {
+            self.ticks_until_publish_check = Self::PUBLISH_CHECK_TICKS;
+            return;
+        }
+        self.ticks_until_publish_check = Self::PUBLISH_RETRY_TICKS;
+        let command = LogCommand::Member(MemberCommand::Publish(self.own_info.clone()));
+        if let Err(error) = self.replica.propose_or_forward(command.encode()) {
+            tracing::debug!(%error, "member publication postponed");
+        }
+    }
+
+    /// A leader of the cluster's original members records the cluster id in the registry once,
+    /// so that members joining later report the same one (their own flags derive another).
+    fn record_cluster_id_if_needed(&mut self) {
+        let Some(cluster_id) = self.founding_cluster_id else {
+            return;
+        };
+        if self.registry.cluster_id().is_some() || self.replica.role() != Role::Leader {
+            return;
+        }
+        let command = LogCommand::Member(MemberCommand::ClusterId(cluster_id));
+        if let Err(error) = self.replica.propose(command.encode()) {
+            tracing::debug!(%error, "recording the cluster id postponed");
+        }
+    }
+
+    /// The lessor keeps lease clocks only while this node leads.
+    fn follow_leadership(&mut self) {
+        let leading = self.replica.status().role == Role::Leader;
+        if leading && !self.lessor.is_leader() {
+            match self.store.leases() {
+                Ok(leases) => self
+                    .lessor
+                    .become_leader(self.now_ms(), leases.iter().map(LeaseTtl::from)),
+                Err(error) => tracing::error!(%error, "cannot read leases; lease expiry paused"),
+            }
+        } else if !leading && self.lessor.is_leader() {
+            self.lessor.step_down();
+            let leader = self.replica.status().leader;
+            for (_, _, reply) in self.keepalives_unproposed.drain(..) {
+                let _ = reply.send(Err(NodeError::NotLeader { leader }));
+            }
+        }
+    }
+
+    /// Moves watch responses to the client streams that have room for them.
+    fn pump_watches(&mut self) {
+        let mut streams = self.watch_hub.take_woken();
+        for &stream in self.watch_streams.keys() {
+            if self.watch_hub.has_pending(stream).unwrap_or(false) && !streams.contains(&stream) {
+                streams.push(stream);
+            }
+        }
+        for stream in streams {
+            let Some(sender) = self.watch_streams.get(&stream) else {
+                continue;
+            };
+            // A poll yields at most one response per RESPONSE_OVERHEAD_BYTES of budget (or one
+            // oversized one), so a budget sized to the free slots never loses a response.
+            for _ in 0..WATCH_STREAM_RESPONSES_MAX {
+                let room = sender.capacity();
+                if room == 0 || !self.watch_hub.has_pending(stream).unwrap_or(false) {
+                    break;
+                }
+                let Ok(responses) =
+                    self.watch_hub
+                        .poll(stream, &*self.store, room * RESPONSE_OVERHEAD_BYTES)
+                else {
+                    break;
+                };
+                if responses.is_empty() {
+                    break;
+                }
+                for response in responses {
+                    match sender.try_send(response) {
+                        Ok(()) => {}
+                        // The client went away; its stream is closed with the connection.
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            tracing::debug!(%stream, "watch client disconnected");
+                        }
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            tracing::error!(%stream, "watch response dropped: stream channel full")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn handle_readies(&mut self) -> Result<(), String> {
+        while self.replica.has_ready() {
+            let ready = self.replica.ready();
+            self.handle_ready(ready)?;
+        }
+        Ok(())
+    }
+
+    /// The contract of `ballot_core::ready`, step by step.
+    fn handle_ready(&mut self, ready: Ready<R::Message>) -> Result<(), String> {
+        // A leader applies and answers before the fsync of this batch's new entries: what it
+        // applies is committed, so already durable on a quorum (itself included: its own
+        // acknowledgement counts only once synced), and does not depend on this batch. Its
+        // clients then get their answers while the disk syncs, instead of after the next
+        // batch's fsync. A follower syncs first, because its acknowledgement to the leader,
+        // which waits for the sync, is what the leader's clients are waiting for.
+        let apply_before_sync =
+            self.replica.role() == Role::Leader && ready.may_apply_before_persist();
+        // When no client waits on any message (plain liveness probes: a commit notice, or the
+        // periodic one, with no read round riding on it) and there are no new entries, answer
+        // first. Each loopback send runs the receiver's TCP stack and wakes it on this
+        // thread (tens of microseconds apiece here). Appends to a follower catching up, read
+        // rounds and read-index answers keep their place ahead of the apply.
+        let answer_before_sending = apply_before_sync
+            && ready.entries.is_empty()
+            && ready
+                .messages
+                .iter()
+                .all(|message| !message.awaited_by_clients());
+        if answer_before_sending {
+            self.apply_and_answer_reads(&ready)?;
+        }
+        for message in &ready.messages {
+            self.counters.on_sent(message);
+            self.transport.send(message);
+        }
+        if let Some(snapshot) = &ready.snapshot {
+            self.install_snapshot(snapshot)?;
+        }
+        if !ready.entries.is_empty() || ready.hard_state.is_some() {
+            self.wal
+                .append(&ready.entries, ready.hard_state)
+                .map_err(|e| e.to_string())?;
+        }
+        if apply_before_sync && !answer_before_sending {
+            self.apply_and_answer_reads(&ready)?;
+        }
+        if ready.must_persist() {
+            self.sync_wal()?;
+        }
+        for message in &ready.messages_after_persist {
+            self.counters.on_sent(message);
+            self.transport.send(message);
+        }
+        if !apply_before_sync {
+            self.apply_and_answer_reads(&ready)?;
+        }
+        self.replica.advance();
+        if ready.compaction_wanted {
+            self.compact()?;
+        }
+        if ready.snapshot_wanted {
+            self.build_image()?;
+        }
+        Ok(())
+    }
+
+    /// Syncs what was appended without a sync, if anything.
+    fn sync_lazy_records(&mut self) -> Result<(), String> {
+        if self.wal.synced_sequence() == self.wal.appended_sequence() {
+            return Ok(());
+        }
+        self.sync_wal()
+    }
+
+    fn sync_wal(&mut self) -> Result<(), String> {
+        let started = Instant::now();
+        self.wal.sync().map_err(|e| e.to_string())?;
+        let took = started.elapsed();
+        self.counters.observe_wal_sync(took);
+        if took >= SLOW_FSYNC {
+            tracing::warn!(
+                took_ms = took.as_millis() as u64,
+                expected_ms = SLOW_FSYNC.as_millis() as u64,
+                "slow fdatasync of the WAL: the disk is too slow for this load, or shared"
+            );
+        }
+        Ok(())
+    }
+}
