@@ -11,7 +11,9 @@
 //! after a restart skips what the file already reflects.
 //!
 //! ```text
-//! file      magic "BALLOTMB" | applied_index u64 | Registry
+//! file      magic "BALLOTMR" | format version u32 (2) | applied_index u64 | Registry
+//!           (version 1, before the file had a version: magic "BALLOTMB" | applied_index u64 |
+//!           Registry; read, and rewritten as version 2 when the registry opens)
 //! Registry  Members | [cluster id u64]     (absent in files written before it existed: unknown)
 //! Members   count u32 | MemberInfo * count
 //! MemberInfo id u64 | name (len u32 | utf-8) | peer_url_count u32 | url * n | client_url_count u32 | url * n
@@ -27,7 +29,11 @@ use bytes::{BufMut, Bytes};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-const FILE_MAGIC: &[u8; 8] = b"BALLOTMB";
+const FILE_MAGIC: &[u8; 8] = b"BALLOTMR";
+/// The registry file's format version this build writes, and the newest it reads.
+pub const FILE_FORMAT_VERSION: u32 = 2;
+/// The magic of version 1, which carried no version number.
+const FILE_MAGIC_V1: &[u8; 8] = b"BALLOTMB";
 /// Most members a registry decodes.
 const MEMBERS_MAX: usize = 1024;
 /// Most URLs per member a registry decodes.
@@ -70,14 +76,24 @@ impl MemberRegistry {
     ) -> Result<Self, String> {
         match std::fs::read(&path) {
             Ok(bytes) => {
-                let (applied_index, (members, cluster_id)) =
+                let (version, applied_index, (members, cluster_id)) =
                     decode_file(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
-                Ok(Self {
+                let registry = Self {
                     members,
                     cluster_id,
                     applied_index,
                     path,
-                })
+                };
+                if version < FILE_FORMAT_VERSION {
+                    registry.persist()?;
+                    tracing::info!(
+                        path = %registry.path.display(),
+                        from = version,
+                        to = FILE_FORMAT_VERSION,
+                        "upgraded the member registry file's format"
+                    );
+                }
+                Ok(registry)
             }
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
                 let members = initial.into_iter().map(|m| (m.id, m)).collect();
@@ -161,6 +177,7 @@ impl MemberRegistry {
 
     fn persist(&self) -> Result<(), String> {
         let mut bytes = FILE_MAGIC.to_vec();
+        bytes.put_u32_le(FILE_FORMAT_VERSION);
         bytes.put_u64_le(self.applied_index);
         self.encode_registry(&mut bytes);
         write_atomically(&self.path, &bytes).map_err(|e| format!("{}: {e}", self.path.display()))
@@ -239,15 +256,30 @@ fn decode_registry(
     Ok((members, cluster_id))
 }
 
-type RegistryFile = (LogIndex, (BTreeMap<NodeId, MemberInfo>, u64));
+/// A registry file's format version, applied index and registry.
+type RegistryFile = (u32, LogIndex, (BTreeMap<NodeId, MemberInfo>, u64));
 
 fn decode_file(bytes: &[u8]) -> Result<RegistryFile, DecodeError> {
-    let Some(rest) = bytes.strip_prefix(FILE_MAGIC) else {
+    let (version, mut input) = if let Some(rest) = bytes.strip_prefix(FILE_MAGIC) {
+        let mut input = Decoder::new(rest);
+        let version = input.u32("format version")?;
+        if version > FILE_FORMAT_VERSION {
+            return Err(input.error(
+                "format version",
+                format!(
+                    "version {version}, written by a newer ballot; this one reads up to \
+                     version {FILE_FORMAT_VERSION}"
+                ),
+            ));
+        }
+        (version, input)
+    } else if let Some(rest) = bytes.strip_prefix(FILE_MAGIC_V1) {
+        (1, Decoder::new(rest))
+    } else {
         return Err(Decoder::new(bytes).error("magic", "not a ballot member registry"));
     };
-    let mut input = Decoder::new(rest);
     let applied_index = input.u64("applied index")?;
-    Ok((applied_index, decode_registry(&mut input)?))
+    Ok((version, applied_index, decode_registry(&mut input)?))
 }
 
 impl MemberCommand {
@@ -289,6 +321,61 @@ mod tests {
             peer_urls: vec![format!("http://127.0.0.1:{}", 2380 + id)],
             client_urls: vec![format!("http://127.0.0.1:{}", 2379 + id)],
         }
+    }
+
+    fn scratch_file(test: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("ballot-members-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("members")
+    }
+
+    #[test]
+    fn a_version_1_file_opens_and_is_rewritten_as_the_current_version() {
+        let path = scratch_file("v1");
+        let mut registry = MemberRegistry::open(path.clone(), [info(1)]).unwrap();
+        registry.apply(3, &MemberCommand::Publish(info(2))).unwrap();
+        registry.apply(4, &MemberCommand::ClusterId(77)).unwrap();
+        // The same registry as the release before versions wrote it.
+        let mut v1 = FILE_MAGIC_V1.to_vec();
+        v1.put_u64_le(4);
+        registry.encode_registry(&mut v1);
+        std::fs::write(&path, &v1).unwrap();
+
+        let opened = MemberRegistry::open(path.clone(), []).unwrap();
+        assert_eq!(opened.all().map(|m| m.id).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(opened.get(2), Some(&info(2)));
+        assert_eq!(opened.cluster_id(), Some(77));
+        assert_eq!(opened.applied_index, 4);
+        let upgraded = std::fs::read(&path).unwrap();
+        assert!(
+            upgraded.starts_with(FILE_MAGIC),
+            "rewritten in the current format"
+        );
+        assert_eq!(
+            decode_file(&upgraded).unwrap(),
+            (FILE_FORMAT_VERSION, 4, (opened.members.clone(), 77))
+        );
+    }
+
+    #[test]
+    fn a_newer_version_is_refused_naming_both_versions_and_left_untouched() {
+        let path = scratch_file("newer");
+        let mut newer = FILE_MAGIC.to_vec();
+        newer.put_u32_le(FILE_FORMAT_VERSION + 1);
+        newer.put_u64_le(9);
+        encode_members(&mut newer, &BTreeMap::new());
+        std::fs::write(&path, &newer).unwrap();
+        let error = MemberRegistry::open(path.clone(), [info(1)])
+            .err()
+            .expect("a newer format is refused");
+        assert!(
+            error.contains(&format!("version {}", FILE_FORMAT_VERSION + 1))
+                && error.contains(&format!("up to version {FILE_FORMAT_VERSION}")),
+            "{error}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), newer, "nothing rewritten");
     }
 
     #[test]
