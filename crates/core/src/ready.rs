@@ -17,11 +17,12 @@
 //!    [`Ready::snapshot_wanted`], build an image and call [`crate::Replica::snapshot_taken`]
 //!    (either may also happen later, off the caller's hot path).
 //!
-//! A leader may do steps 4 and 5 before step 2 when [`Ready::may_apply_before_persist`]: its
-//! committed entries are durable on a quorum that includes itself (its own entries count
-//! towards a commit only once persisted), so applying them and answering clients never depends
-//! on this batch's write. Followers keep
-//! the order, since their acknowledgements (step 3) are what commits wait for.
+//! A driver may do steps 4 and 5 before step 2 when [`Ready::may_apply_before_persist`]: the
+//! replica said so ([`Ready::apply_early`]: a Raft leader, whose committed entries are durable
+//! on a quorum that includes itself, since its own entries count towards a commit only once
+//! persisted), and the batch allows it. Applying and answering clients then never depends on
+//! this batch's write. A Raft follower keeps the order, since its acknowledgements (step 3) are
+//! what commits wait for.
 //!
 //! Storage may tear a batch on a crash: some of `entries` durable, `hard_state` not. Replicas
 //! accept such a state on restart (a log entry newer than the persisted term), since nothing that
@@ -68,6 +69,12 @@ pub struct Ready<M> {
     /// [`crate::Replica::snapshot_taken`]. Images are built only on this request, never
     /// periodically: a large state machine costs seconds to encode.
     pub snapshot_wanted: bool,
+    /// The replica allows [`Ready::committed_entries`] to be applied (and the reads served)
+    /// before this batch is persisted: everything it hands out as committed is durable on a
+    /// quorum without this batch. Whether that holds is the protocol's knowledge (for Raft: this
+    /// replica leads); the driver asks [`Ready::may_apply_before_persist`], which also checks
+    /// the batch.
+    pub apply_early: bool,
 }
 
 impl<M> Default for Ready<M> {
@@ -84,6 +91,7 @@ impl<M> Default for Ready<M> {
             dropped_reads: Vec::new(),
             compaction_wanted: false,
             snapshot_wanted: false,
+            apply_early: false,
         }
     }
 }
@@ -95,13 +103,13 @@ impl<M> Ready<M> {
         self.snapshot.is_some() || !self.entries.is_empty() || self.hard_state_needs_sync
     }
 
-    /// Whether a leader may apply [`Ready::committed_entries`] (and serve the reads) before
-    /// this batch is durable: no snapshot to restore first, and every committed entry precedes
-    /// the batch's new ones, so it was synced by an earlier batch (each batch with entries
-    /// syncs them). A leader's always do, since its own entries count towards a commit only
-    /// once synced; drivers check it rather than trust it.
+    /// Whether the driver may apply [`Ready::committed_entries`] (and serve the reads) before
+    /// this batch is durable: the replica allows it ([`Ready::apply_early`]), there is no
+    /// snapshot to restore first, and every committed entry precedes the batch's new ones, so
+    /// it was synced by an earlier batch (each batch with entries syncs them). A replica that
+    /// allows it always hands out such batches; drivers check rather than trust it.
     pub fn may_apply_before_persist(&self) -> bool {
-        if self.snapshot.is_some() {
+        if !self.apply_early || self.snapshot.is_some() {
             return false;
         }
         match (self.committed_entries.last(), self.entries.first()) {
@@ -156,6 +164,7 @@ mod tests {
         Ready {
             committed_entries: committed,
             entries: new,
+            apply_early: true,
             ..Ready::default()
         }
     }
@@ -168,6 +177,14 @@ mod tests {
         assert!(
             !ready(entries(1..=5), entries(5..=6)).may_apply_before_persist(),
             "entry 5 is committed and written in this very batch: it must be synced first"
+        );
+        let not_allowed = Ready {
+            apply_early: false,
+            ..ready(entries(1..=4), entries(5..=6))
+        };
+        assert!(
+            !not_allowed.may_apply_before_persist(),
+            "only the replica knows whether its commits are durable without this batch"
         );
     }
 }

@@ -674,6 +674,9 @@ impl Replica for Raft {
             dropped_reads: self.reads.take_dropped(),
             compaction_wanted: self.compaction_due(),
             snapshot_wanted: std::mem::take(&mut self.snapshot_wanted),
+            // A leader counts its own entries towards a commit only once persisted (advance),
+            // so what it hands out as committed is durable on a quorum without this batch.
+            apply_early: self.role == Role::Leader,
         };
         if ready.compaction_wanted {
             self.compaction_requested_at = Some(self.log.applied_index);

@@ -1273,3 +1273,31 @@ fn a_forward_joins_commands_up_to_the_message_byte_limit() {
     );
     assert_eq!(cluster.commands_applied(1).len(), 4);
 }
+
+#[test]
+fn only_a_leader_lets_its_committed_entries_be_applied_before_its_batch_is_persisted() {
+    // A leader counts its own entries towards a commit only once persisted, so what it hands
+    // out as committed is durable on a quorum already; a follower's acknowledgements are what
+    // commits wait for, so it must persist first.
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    cluster.propose(1, b"x");
+    cluster.settle_except(2);
+    let follower = cluster.node_mut(2);
+    assert!(follower.has_ready(), "n2 received the append");
+    let ready = follower.ready();
+    assert!(!ready.entries.is_empty(), "n2 writes the entry");
+    assert!(!ready.apply_early && !ready.may_apply_before_persist());
+    follower.advance();
+
+    cluster.settle_except(1);
+    cluster.propose(1, b"y");
+    let leader = cluster.node_mut(1);
+    assert!(leader.has_ready());
+    let ready = leader.ready();
+    assert!(
+        ready.apply_early,
+        "a leader's batch may be applied before it is persisted"
+    );
+    leader.advance();
+}

@@ -12,7 +12,7 @@ use crate::disk::{Disk, PendingWrite};
 use crate::kv::{ApplyResult, Command, KvStore};
 use ballot_core::{
     Entry, EntryPayload, LogIndex, LogPosition, Membership, NodeId, PersistedState, ReadState,
-    Replica, ReplicaStart, Role, Snapshot, SnapshotMeta,
+    Replica, ReplicaStart, Snapshot, SnapshotMeta,
 };
 
 /// A deliberately broken driver, for proving that the checkers catch what a driver (the server,
@@ -270,11 +270,10 @@ impl<R: Replica> Node<R> {
             }
             let must_persist = ready.must_persist();
             let restores_snapshot = ready.snapshot.is_some();
-            // As the server does: a leader applies (and answers) before its write is durable,
-            // since what it applies is committed on a quorum already; a crash before the sync
-            // must not lose what it answered.
-            let applies_before_sync =
-                replica.role() == Role::Leader && ready.may_apply_before_persist();
+            // As the server does: when the replica allows it (a Raft leader), apply (and answer)
+            // before the write is durable, since what it applies is committed on a quorum
+            // already; a crash before the sync must not lose what it answered.
+            let applies_before_sync = ready.may_apply_before_persist();
             if must_persist {
                 let write = PendingWrite {
                     snapshot: ready.snapshot.take(),

@@ -404,6 +404,8 @@ impl Replica for Fake {
             .filter_map(|i| self.entry(i).cloned())
             .collect();
         self.handed_out = self.handed_out.max(upto);
+        // The leader commits only what it persisted (advance).
+        ready.apply_early = self.is_leader();
         if !self.snapshot_asked && self.handed_out >= self.log_start.index + SNAPSHOT_EVERY_ENTRIES
         {
             self.snapshot_asked = true;

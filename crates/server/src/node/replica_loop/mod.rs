@@ -522,14 +522,13 @@ where
 
     /// The contract of `ballot_core::ready`, step by step.
     fn handle_ready(&mut self, ready: Ready<R::Message>) -> Result<(), String> {
-        // A leader applies and answers before the fsync of this batch's new entries: what it
-        // applies is committed, so already durable on a quorum (itself included: its own
-        // acknowledgement counts only once synced), and does not depend on this batch. Its
-        // clients then get their answers while the disk syncs, instead of after the next
-        // batch's fsync. A follower syncs first, because its acknowledgement to the leader,
-        // which waits for the sync, is what the leader's clients are waiting for.
-        let apply_before_sync =
-            self.replica.role() == Role::Leader && ready.may_apply_before_persist();
+        // When the replica allows it (a Raft leader), apply and answer before the fsync of this
+        // batch's new entries: what it applies is committed, so already durable on a quorum
+        // (itself included: its own acknowledgement counts only once synced), and does not
+        // depend on this batch. Its clients then get their answers while the disk syncs, instead
+        // of after the next batch's fsync. A follower syncs first, because its acknowledgement
+        // to the leader, which waits for the sync, is what the leader's clients are waiting for.
+        let apply_before_sync = ready.may_apply_before_persist();
         // When no client waits on any message (plain liveness probes: a commit notice, or the
         // periodic one, with no read round riding on it) and there are no new entries, answer
         // first. Each loopback send runs the receiver's TCP stack and wakes it on this
