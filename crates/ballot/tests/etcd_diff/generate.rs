@@ -11,6 +11,7 @@
 //! Nothing here reads a clock.
 
 use ballot_proto::etcdserverpb as pb;
+use ballot_storage::mvcc::types::prefix_end;
 use bytes::Bytes;
 use pb::compare::{CompareTarget, TargetUnion};
 use pb::request_op::Request;
@@ -110,17 +111,6 @@ pub struct Generator {
     /// and then put it, and a put that ignores its value or lease then finds no key and stops
     /// etcd (a panic while applying), so there is nothing to compare.
     txn_deletes_to_end: bool,
-}
-
-fn prefix_end(prefix: &[u8]) -> Bytes {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return Bytes::from(end);
-        }
-    }
-    Bytes::from_static(b"\0")
 }
 
 impl Generator {

@@ -59,6 +59,34 @@ pub struct Server {
     keep: bool,
 }
 
+/// The flags both servers are started with, under the same (etcd's) names: a one-member cluster
+/// named `diff` with its data in `dir/data`, and the limits both must share for their answers
+/// to match.
+fn member_flags(dir: &Path, client: &str, peer: &str) -> Vec<String> {
+    [
+        "--name",
+        "diff",
+        "--data-dir",
+        &dir.join("data").display().to_string(),
+        "--listen-client-urls",
+        client,
+        "--advertise-client-urls",
+        client,
+        "--listen-peer-urls",
+        peer,
+        "--initial-advertise-peer-urls",
+        peer,
+        "--initial-cluster",
+        &format!("diff={peer}"),
+        "--max-txn-ops",
+        &MAX_TXN_OPS.to_string(),
+        "--max-request-bytes",
+        &MAX_REQUEST_BYTES.to_string(),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 impl Server {
     /// Starts a one-member etcd in `dir` (created, must not exist) on the client and peer
     /// ports `ports`.
@@ -68,16 +96,7 @@ impl Server {
         std::fs::create_dir_all(&dir).expect("create etcd's directory");
         let log = std::fs::File::create(dir.join("server.log")).expect("create etcd's log");
         let child = Command::new(binary)
-            .args(["--name", "diff"])
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .args(["--listen-client-urls", &client])
-            .args(["--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer])
-            .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("diff={peer}")])
-            .args(["--max-txn-ops", &MAX_TXN_OPS.to_string()])
-            .args(["--max-request-bytes", &MAX_REQUEST_BYTES.to_string()])
+            .args(member_flags(&dir, &client, &peer))
             .args(["--logger", "zap", "--log-outputs", "stderr"])
             .stdout(Stdio::null())
             .stderr(log)
@@ -100,16 +119,8 @@ impl Server {
         std::fs::create_dir_all(&dir).expect("create ballot's directory");
         let log = std::fs::File::create(dir.join("server.log")).expect("create ballot's log");
         let child = Command::new(BALLOT)
-            .args(["server", "--name", "diff"])
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .args(["--listen-client-urls", &client])
-            .args(["--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer])
-            .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("diff={peer}")])
-            .args(["--max-txn-ops", &MAX_TXN_OPS.to_string()])
-            .args(["--max-request-bytes", &MAX_REQUEST_BYTES.to_string()])
+            .arg("server")
+            .args(member_flags(&dir, &client, &peer))
             .args([
                 "--listen-metrics-urls",
                 &format!("http://127.0.0.1:{}", ports[2]),
