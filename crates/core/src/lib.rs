@@ -5,15 +5,21 @@
 //! committed commands (a replicated state machine, seed 002). The storage layer, the server and the
 //! simulator depend on [`Replica`] and the types here, never on a protocol by name.
 //!
-//! This crate owns no behaviour: no I/O, no clock, no randomness.
+//! This crate does no I/O and has no clock and no randomness. The one behaviour it owns is the
+//! order in which a replica's outputs are handled ([`driver`]), over the storage traits in
+//! [`storage`], because the server and the simulator must follow it alike.
 
 pub mod codec;
+#[cfg(feature = "conformance")]
+pub mod conformance;
+pub mod driver;
 pub mod entry;
 pub mod error;
 pub mod membership;
 pub mod ready;
 pub mod replica;
 pub mod state;
+pub mod storage;
 
 pub use entry::{Entry, EntryPayload, LogPosition};
 pub use error::ReplicaError;
@@ -24,6 +30,7 @@ pub use replica::{
     WireMessage,
 };
 pub use state::{HardState, PersistedState, Snapshot, SnapshotMeta};
+pub use storage::{LogStore, RecoveredLog, SnapshotStore};
 
 /// Identifies a node of a cluster. Never zero: zero is reserved so that wire formats can use it
 /// for "none".

@@ -1,33 +1,94 @@
-//! A node's simulated disk: the durable hard state, snapshot and log entries, plus the one write
-//! that has been issued but not yet synced.
+//! A node's simulated disk: the durable hard state, log entries and snapshot, plus the records
+//! written but not yet synced. It is the simulator's log store and snapshot store (the
+//! `ballot_core::storage` traits, held to the same conformance suite as the server's WAL).
 //!
-//! It owns what survives a crash. It never makes an unsynced write durable except through
-//! [`Disk::sync`] or, for the torn-tail fault, a prefix of the snapshot-then-entries sequence at
-//! [`Disk::crash`]; a hard state is never half-written and synced data is never lost.
+//! It owns what survives a crash. It never makes an unsynced record durable except through
+//! [`LogStore::sync`] or, for the torn-tail fault, a prefix of the unsynced records at
+//! [`Disk::crash`]; synced data is never lost. Installing a snapshot and compacting are durable
+//! at once, as the WAL's are (each syncs what was written before it).
 //!
-//! Layout: the durable log is contiguous. Writing entries replaces any stored entry at the same
-//! index and everything after it (the `Ready` contract). Installing a snapshot keeps the entries
-//! after it only if the log holds the snapshot's last entry with the same term (Raft §7).
+//! Layout: the durable log is contiguous after its floor. Appending entries replaces any stored
+//! entry at the same index and everything after it (the `Ready` contract). Installing a
+//! snapshot keeps the entries after it only if the log holds the snapshot's last entry with the
+//! same term (Raft §7).
 
 use ballot_core::{
-    Entry, HardState, LogIndex, LogPosition, Membership, PersistedState, Snapshot, SnapshotMeta,
+    Entry, HardState, LogIndex, LogPosition, LogStore, Membership, PersistedState, Snapshot,
+    SnapshotMeta, SnapshotStore,
 };
 use bytes::Bytes;
+use std::fmt;
 
-/// A write issued from one `Ready`, in the order it reaches the disk.
-#[derive(Debug, Clone, Default)]
-pub struct PendingWrite {
-    pub snapshot: Option<Snapshot>,
-    pub entries: Vec<Entry>,
-    pub hard_state: Option<HardState>,
+/// One record written but not yet synced, in the order it reaches the disk.
+#[derive(Debug, Clone)]
+enum Unsynced {
+    Entry(Entry),
+    HardState(HardState),
 }
+
+/// A write the disk refuses, changing nothing: the caller (the driver, or a replica through it)
+/// broke the storage contract.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiskError {
+    /// Entries in one append that do not follow each other.
+    NotContiguous {
+        index: LogIndex,
+        previous: LogIndex,
+    },
+    /// An append whose first entry would leave a gap after the log, or rewrite the floor.
+    OutOfRange {
+        first: LogIndex,
+        lowest: LogIndex,
+        highest: LogIndex,
+    },
+    CompactBeyondLog {
+        index: LogIndex,
+        last: LogIndex,
+    },
+    StaleSnapshot {
+        offered: LogPosition,
+        latest: LogPosition,
+    },
+}
+
+impl fmt::Display for DiskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DiskError::NotContiguous { index, previous } => {
+                write!(f, "entries not contiguous: {previous} then {index}")
+            }
+            DiskError::OutOfRange {
+                first,
+                lowest,
+                highest,
+            } => write!(
+                f,
+                "entries starting at {first} must start in {lowest}..={highest} (after the floor, \
+                 no gap)"
+            ),
+            DiskError::CompactBeyondLog { index, last } => {
+                write!(f, "compaction to {index} is past the last entry, {last}")
+            }
+            DiskError::StaleSnapshot { offered, latest } => write!(
+                f,
+                "snapshot through {offered} is older than the one kept, through {latest}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for DiskError {}
 
 #[derive(Debug, Clone, Default)]
 pub struct Disk {
     hard_state: HardState,
     snapshot: Option<Snapshot>,
+    /// Where the durable log starts after: its last compaction or installed snapshot.
+    floor: Option<LogPosition>,
     entries: Vec<Entry>,
-    unsynced: Option<PendingWrite>,
+    unsynced: Vec<Unsynced>,
+    /// The last index written, synced or not: where the next append may start after.
+    written_last_index: LogIndex,
 }
 
 impl Disk {
@@ -47,7 +108,8 @@ impl Disk {
     pub fn is_empty(&self) -> bool {
         self.snapshot.is_none()
             && self.entries.is_empty()
-            && self.unsynced.is_none()
+            && self.unsynced.is_empty()
+            && self.floor.is_none()
             && self.hard_state == HardState::default()
     }
 
@@ -64,101 +126,37 @@ impl Disk {
     }
 
     pub fn has_unsynced(&self) -> bool {
-        self.unsynced.is_some()
+        !self.unsynced.is_empty()
     }
 
-    /// Issue a write. Fails (changing nothing) if a write is already unsynced or the entries would
-    /// leave a gap in the log: both are broken contracts of the replica or the caller.
-    pub fn write(&mut self, write: PendingWrite) -> Result<(), String> {
-        if self.unsynced.is_some() {
-            return Err("a write was issued before the previous one was synced".into());
-        }
-        if let Some(first) = write.entries.first() {
-            if let Some(pair) = write
-                .entries
-                .windows(2)
-                .find(|w| w[1].index != w[0].index + 1)
-            {
-                return Err(format!(
-                    "entries not contiguous: {} then {}",
-                    pair[0].index, pair[1].index
-                ));
-            }
-            let (floor, next) = match &write.snapshot {
-                Some(snapshot) => {
-                    let index = snapshot.meta.last_included.index;
-                    (index, index + 1)
-                }
-                None => (self.snapshot_index(), self.last_index() + 1),
-            };
-            if first.index <= floor || first.index > next {
-                return Err(format!(
-                    "entries starting at {} must start in {}..={} (after the snapshot, no gap)",
-                    first.index,
-                    floor + 1,
-                    next
-                ));
-            }
-        }
-        self.unsynced = Some(write);
-        Ok(())
-    }
-
-    /// The unsynced write becomes durable.
-    pub fn sync(&mut self) {
-        if let Some(write) = self.unsynced.take() {
-            if let Some(snapshot) = write.snapshot {
-                self.install_snapshot(snapshot);
-            }
-            self.append(write.entries);
-            if let Some(hard_state) = write.hard_state {
-                self.hard_state = hard_state;
-            }
-        }
-    }
-
-    /// Power loss. Without `torn_items`, the unsynced write is lost. With `Some(k)`, the first `k`
-    /// items of the sequence (snapshot if any, then entries) survive; the hard state never does.
+    /// Power loss. Without `torn_items`, every unsynced record is lost. With `Some(k)`, the first
+    /// `k` of them (entries and hard states, in the order written) survive.
     pub fn crash(&mut self, torn_items: Option<usize>) {
-        let Some(write) = self.unsynced.take() else {
-            return;
-        };
-        let Some(mut keep) = torn_items else { return };
-        let mut entries = write.entries;
-        if let Some(snapshot) = write.snapshot {
-            if keep == 0 {
-                return;
+        let unsynced = std::mem::take(&mut self.unsynced);
+        if let Some(keep) = torn_items {
+            for record in unsynced.into_iter().take(keep) {
+                self.make_durable(record);
             }
-            self.install_snapshot(snapshot);
-            keep -= 1;
         }
-        entries.truncate(keep);
-        self.append(entries);
+        self.written_last_index = self.last_index();
     }
 
-    /// Number of items a torn write could keep (snapshot counts as one, each entry as one).
+    /// Number of records a torn write could keep.
     pub fn unsynced_items(&self) -> usize {
-        self.unsynced
-            .as_ref()
-            .map_or(0, |w| usize::from(w.snapshot.is_some()) + w.entries.len())
+        self.unsynced.len()
     }
 
-    /// Store a snapshot the node took of its own state machine at an applied (so durable) index.
-    pub fn store_local_snapshot(&mut self, snapshot: Snapshot) {
-        self.snapshot = Some(snapshot);
+    /// What a log store over this disk recovers when it opens: the durable log only.
+    pub fn recovered_log(&self) -> ballot_core::RecoveredLog {
+        ballot_core::RecoveredLog {
+            hard_state: self.hard_state,
+            floor: self.floor,
+            entries: self.entries.clone(),
+        }
     }
 
-    /// Drop durable entries below `first_kept` (the replica compacted its log).
-    pub fn compact_before(&mut self, first_kept: LogIndex) {
-        let drop = self
-            .entries
-            .iter()
-            .take_while(|e| e.index < first_kept)
-            .count();
-        self.entries.drain(..drop);
-    }
-
-    /// What a replica restarts from: the durable state only, entries strictly after the snapshot.
+    /// What a replica restarts from: the durable state only, entries strictly after the snapshot
+    /// (whose metadata is the compaction point; it is never behind the log's floor).
     pub fn to_persisted_state(&self) -> PersistedState {
         let after = self.snapshot_index();
         PersistedState {
@@ -179,189 +177,252 @@ impl Disk {
             .map_or(0, |s| s.meta.last_included.index)
     }
 
-    pub fn last_index(&self) -> LogIndex {
-        self.entries
-            .last()
-            .map_or(self.snapshot_index(), |e| e.index)
+    fn floor_index(&self) -> LogIndex {
+        self.floor.map_or(0, |floor| floor.index)
     }
 
-    fn install_snapshot(&mut self, snapshot: Snapshot) {
-        let last = snapshot.meta.last_included;
+    /// The last durable entry's index (or the floor's).
+    pub fn last_index(&self) -> LogIndex {
+        self.entries.last().map_or(self.floor_index(), |e| e.index)
+    }
+
+    fn make_durable(&mut self, record: Unsynced) {
+        match record {
+            Unsynced::Entry(entry) => {
+                let keep = self
+                    .entries
+                    .iter()
+                    .take_while(|e| e.index < entry.index)
+                    .count();
+                self.entries.truncate(keep);
+                self.entries.push(entry);
+            }
+            Unsynced::HardState(hard_state) => self.hard_state = hard_state,
+        }
+    }
+}
+
+impl LogStore for Disk {
+    type Error = DiskError;
+
+    fn append(
+        &mut self,
+        entries: &[Entry],
+        hard_state: Option<HardState>,
+    ) -> Result<(), DiskError> {
+        if let Some(pair) = entries.windows(2).find(|w| w[1].index != w[0].index + 1) {
+            return Err(DiskError::NotContiguous {
+                index: pair[1].index,
+                previous: pair[0].index,
+            });
+        }
+        if let Some(first) = entries.first() {
+            let (lowest, highest) = (self.floor_index() + 1, self.written_last_index + 1);
+            if first.index < lowest || first.index > highest {
+                return Err(DiskError::OutOfRange {
+                    first: first.index,
+                    lowest,
+                    highest,
+                });
+            }
+        }
+        if let Some(last) = entries.last() {
+            self.written_last_index = last.index;
+        }
+        self.unsynced
+            .extend(entries.iter().cloned().map(Unsynced::Entry));
+        self.unsynced.extend(hard_state.map(Unsynced::HardState));
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), DiskError> {
+        for record in std::mem::take(&mut self.unsynced) {
+            self.make_durable(record);
+        }
+        Ok(())
+    }
+
+    fn install_snapshot(&mut self, position: LogPosition) -> Result<(), DiskError> {
+        self.sync()?;
+        if position.index <= self.floor_index() {
+            return Ok(());
+        }
         let keeps_log = self
             .entries
             .iter()
-            .any(|e| e.index == last.index && e.term == last.term);
+            .any(|e| e.index == position.index && e.term == position.term);
         if keeps_log {
-            self.entries.retain(|e| e.index > last.index);
+            self.entries.retain(|e| e.index > position.index);
         } else {
             self.entries.clear();
         }
-        self.snapshot = Some(snapshot);
+        self.floor = Some(position);
+        self.written_last_index = self.last_index();
+        Ok(())
     }
 
-    fn append(&mut self, entries: Vec<Entry>) {
-        let Some(first) = entries.first() else { return };
-        let keep = self
-            .entries
-            .iter()
-            .take_while(|e| e.index < first.index)
-            .count();
-        self.entries.truncate(keep);
-        self.entries.extend(entries);
+    fn compact_to(&mut self, index: LogIndex) -> Result<(), DiskError> {
+        self.sync()?;
+        if index <= self.floor_index() {
+            return Ok(());
+        }
+        let last = self.last_index();
+        let Some(position) = self.entries.iter().find(|e| e.index == index) else {
+            return Err(DiskError::CompactBeyondLog { index, last });
+        };
+        self.floor = Some(position.position());
+        self.entries.retain(|e| e.index > index);
+        Ok(())
+    }
+}
+
+impl SnapshotStore for Disk {
+    type Error = DiskError;
+
+    fn save(&mut self, snapshot: &Snapshot) -> Result<(), DiskError> {
+        if let Some(kept) = &self.snapshot {
+            if snapshot.meta.last_included < kept.meta.last_included {
+                return Err(DiskError::StaleSnapshot {
+                    offered: snapshot.meta.last_included,
+                    latest: kept.meta.last_included,
+                });
+            }
+        }
+        self.snapshot = Some(snapshot.clone());
+        Ok(())
+    }
+
+    fn latest(&self) -> Result<Option<Snapshot>, DiskError> {
+        Ok(self.snapshot.clone())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ballot_core::EntryPayload;
+    use ballot_core::conformance::{self, LogStoreHarness, SnapshotStoreHarness};
+    use ballot_core::{EntryPayload, RecoveredLog};
 
-    fn entry(index: LogIndex, term: u64) -> Entry {
-        Entry {
-            index,
-            term,
-            payload: EntryPayload::Noop,
+    /// Opens a disk that was closed by a crash: only what was synced remains.
+    #[derive(Default)]
+    struct Harness {
+        disk: Option<Disk>,
+    }
+
+    impl LogStoreHarness for Harness {
+        type Store = Disk;
+
+        fn open(&mut self) -> (Disk, RecoveredLog) {
+            let disk = self.disk.take().unwrap_or_default();
+            let recovered = disk.recovered_log();
+            (disk, recovered)
+        }
+
+        fn close(&mut self, mut disk: Disk) {
+            disk.crash(None);
+            self.disk = Some(disk);
         }
     }
 
-    fn entries(range: std::ops::RangeInclusive<LogIndex>, term: u64) -> Vec<Entry> {
-        range.map(|i| entry(i, term)).collect()
-    }
+    impl SnapshotStoreHarness for Harness {
+        type Store = Disk;
 
-    fn positions(disk: &Disk) -> Vec<(LogIndex, u64)> {
-        disk.to_persisted_state()
-            .entries
-            .iter()
-            .map(|e| (e.index, e.term))
-            .collect()
-    }
+        fn open(&mut self) -> Disk {
+            self.disk.take().unwrap_or_default()
+        }
 
-    fn write_synced(disk: &mut Disk, write: PendingWrite) {
-        disk.write(write).unwrap();
-        disk.sync();
+        fn close(&mut self, mut disk: Disk) {
+            disk.crash(None);
+            self.disk = Some(disk);
+        }
     }
 
     #[test]
-    fn entries_replace_the_suffix_from_their_first_index() {
-        let mut disk = Disk::default();
-        write_synced(
-            &mut disk,
-            PendingWrite {
-                entries: entries(1..=5, 1),
-                ..Default::default()
-            },
-        );
-        write_synced(
-            &mut disk,
-            PendingWrite {
-                entries: entries(3..=4, 2),
-                ..Default::default()
-            },
-        );
-        assert_eq!(positions(&disk), vec![(1, 1), (2, 1), (3, 2), (4, 2)]);
-        let gap = disk.write(PendingWrite {
-            entries: entries(7..=7, 2),
-            ..Default::default()
-        });
-        assert!(gap.is_err(), "a gap is a broken contract");
+    fn the_simulated_disk_keeps_every_rule_of_a_log_store_and_a_snapshot_store() {
+        conformance::log_store(Harness::default);
+        conformance::snapshot_store(Harness::default);
+    }
+
+    fn entries(range: std::ops::RangeInclusive<LogIndex>, term: u64) -> Vec<Entry> {
+        range
+            .map(|index| Entry {
+                index,
+                term,
+                payload: EntryPayload::Noop,
+            })
+            .collect()
+    }
+
+    fn positions(disk: &Disk) -> Vec<(LogIndex, u64)> {
+        disk.entries().iter().map(|e| (e.index, e.term)).collect()
     }
 
     #[test]
     fn unsynced_writes_are_lost_on_crash() {
         let mut disk = Disk::default();
-        write_synced(
-            &mut disk,
-            PendingWrite {
-                entries: entries(1..=2, 1),
-                ..Default::default()
-            },
-        );
+        disk.append(&entries(1..=2, 1), None).unwrap();
+        disk.sync().unwrap();
         let hard_state = HardState {
             term: 3,
             voted_for: Some(2),
             commit_index: 2,
         };
-        disk.write(PendingWrite {
-            entries: entries(3..=6, 3),
-            hard_state: Some(hard_state),
-            snapshot: None,
-        })
-        .unwrap();
+        disk.append(&entries(3..=6, 3), Some(hard_state)).unwrap();
         disk.crash(None);
         assert_eq!(positions(&disk), vec![(1, 1), (2, 1)]);
         assert_eq!(disk.hard_state(), HardState::default());
+        disk.append(&entries(3..=3, 4), None)
+            .expect("after a crash the log goes on from what is durable");
     }
 
     #[test]
-    fn torn_tail_keeps_a_prefix_of_entries_never_the_hard_state() {
+    fn a_torn_write_keeps_a_prefix_of_the_records_in_the_order_written() {
         let mut disk = Disk::default();
-        write_synced(
-            &mut disk,
-            PendingWrite {
-                entries: entries(1..=4, 1),
-                ..Default::default()
-            },
-        );
+        disk.append(&entries(1..=4, 1), None).unwrap();
+        disk.sync().unwrap();
         let hard_state = HardState {
             term: 2,
             voted_for: None,
             commit_index: 0,
         };
-        disk.write(PendingWrite {
-            entries: entries(3..=6, 2),
-            hard_state: Some(hard_state),
-            snapshot: None,
-        })
-        .unwrap();
+        disk.append(&entries(3..=6, 2), Some(hard_state)).unwrap();
+        assert_eq!(disk.unsynced_items(), 5, "four entries and a hard state");
         disk.crash(Some(2));
         assert_eq!(positions(&disk), vec![(1, 1), (2, 1), (3, 2), (4, 2)]);
-        assert_eq!(disk.hard_state().term, 0);
+        assert_eq!(
+            disk.hard_state().term,
+            0,
+            "the hard state came last and was torn off"
+        );
         // A torn write that kept nothing truncates nothing either.
-        disk.write(PendingWrite {
-            entries: entries(2..=2, 3),
-            ..Default::default()
-        })
-        .unwrap();
+        disk.append(&entries(2..=2, 3), None).unwrap();
         disk.crash(Some(0));
         assert_eq!(positions(&disk).len(), 4);
+        disk.append(&entries(5..=5, 3), Some(hard_state)).unwrap();
+        disk.crash(Some(2));
+        assert_eq!(disk.hard_state(), hard_state, "a whole write survived");
     }
 
     #[test]
-    fn snapshot_keeps_matching_log_suffix_and_restart_state_starts_after_it() {
+    fn restart_state_starts_after_the_snapshot() {
         let mut disk = Disk::default();
-        write_synced(
-            &mut disk,
-            PendingWrite {
-                entries: entries(1..=6, 1),
-                ..Default::default()
-            },
-        );
-        let snapshot = |index, term| Snapshot {
+        disk.append(&entries(1..=6, 1), None).unwrap();
+        disk.sync().unwrap();
+        let image = Snapshot {
             meta: SnapshotMeta {
-                last_included: LogPosition::new(index, term),
+                last_included: LogPosition::new(4, 1),
                 membership: Default::default(),
             },
             data: Default::default(),
         };
-        write_synced(
-            &mut disk,
-            PendingWrite {
-                snapshot: Some(snapshot(4, 1)),
-                ..Default::default()
-            },
+        SnapshotStore::save(&mut disk, &image).unwrap();
+        let persisted = disk.to_persisted_state();
+        assert_eq!(persisted.compacted, Some(image.meta.clone()));
+        assert_eq!(
+            persisted.entries.first().map(|e| e.index),
+            Some(5),
+            "entries the snapshot covers are not handed to the replica, even before the log \
+             is compacted"
         );
-        assert_eq!(positions(&disk), vec![(5, 1), (6, 1)]);
-        write_synced(
-            &mut disk,
-            PendingWrite {
-                snapshot: Some(snapshot(8, 2)),
-                entries: entries(9..=9, 2),
-                hard_state: None,
-            },
-        );
-        assert_eq!(positions(&disk), vec![(9, 2)]);
-        assert_eq!(disk.snapshot_index(), 8);
-        disk.store_local_snapshot(snapshot(9, 2));
-        assert!(disk.to_persisted_state().entries.is_empty());
     }
 }

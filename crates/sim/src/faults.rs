@@ -33,8 +33,9 @@
 //!   [`ELECTION_CRASH_PROBABILITY`] and reboots quickly: crashes in the middle of an election are
 //!   what finds vote-persistence bugs, and random episodes rarely land there. Unsynced writes are
 //!   lost; with
-//!   `torn-tail` a random prefix of the unsynced snapshot-and-entries sequence survives instead.
-//!   A hard state is never half-written. Any number of nodes may be down at once.
+//!   `torn-tail` a random prefix of the unsynced records (entries and hard states, in the order
+//!   written) survives instead. A hard state is never half-written; a snapshot install is
+//!   durable at once, as the WAL's is. Any number of nodes may be down at once.
 //! - `crash-all`: every running node crashes at the same moment (the whole cluster loses power:
 //!   unsynced writes lost, or with `torn-tail` a random prefix of each node's survives), and each
 //!   restarts after its own `[QUICK_REBOOT_MIN_TICKS, CRASH_DOWN_MAX_TICKS]` ticks, from its disk
@@ -135,7 +136,7 @@ impl FaultKind {
             FaultKind::IsolateLeader => "the current leader is cut off from all others",
             FaultKind::Crash => "a node crashes (losing unsynced writes) and restarts later",
             FaultKind::TornTail => {
-                "a crash after which a random prefix of unsynced entries survives"
+                "a crash after which a random prefix of unsynced records survives"
             }
             FaultKind::CrashAll => {
                 "every node crashes at once and each restarts later from its disk alone"

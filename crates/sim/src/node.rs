@@ -1,18 +1,18 @@
 //! A simulated node: the replica (absent while crashed), its disk, the key-value state machine,
-//! and the handling of `Ready` batches exactly as `ballot_core::ready` prescribes.
+//! and the host that `ballot_core::driver` (the server's driver too) handles its `Ready` batches
+//! through.
 //!
-//! It owns the order of effects of one `Ready`: messages at once; snapshot, entries and hard state
-//! written unsynced; after the fsync latency, durable; then `messages_after_persist`, snapshot
-//! restore, applies, read states, `advance`, and a requested snapshot. It never takes a new `Ready`
-//! while one is being persisted, never sends `messages_after_persist` before the write is durable,
-//! never applies an entry past what the replica handed out, and never decides what to check or
-//! whom to tell: every observable effect goes to a [`ReadyHandler`].
+//! The driver owns the order of effects of one `Ready`. This node owns when a write becomes
+//! durable: a batch that must be synced waits the fsync latency before the driver completes it,
+//! and no new `Ready` is taken meanwhile. It never decides what to check or whom to tell: every
+//! observable effect goes to a [`ReadyHandler`].
 
-use crate::disk::{Disk, PendingWrite};
+use crate::disk::{Disk, DiskError};
 use crate::kv::{ApplyResult, Command, KvStore};
+use ballot_core::driver::{self, InFlight, ReadyHost};
 use ballot_core::{
-    Entry, EntryPayload, LogIndex, LogPosition, Membership, NodeId, PersistedState, ReadState,
-    Replica, ReplicaStart, Snapshot, SnapshotMeta,
+    Entry, EntryPayload, LogIndex, LogPosition, LogStore, Membership, NodeId, PersistedState,
+    ReadState, Replica, ReplicaStart, Snapshot, SnapshotMeta, SnapshotStore,
 };
 
 /// A deliberately broken driver, for proving that the checkers catch what a driver (the server,
@@ -104,16 +104,19 @@ pub enum SnapshotPurpose {
     Image,
 }
 
-/// The parts of a `Ready` that wait for the write to become durable.
+/// A batch whose write waits for the simulated fsync latency.
 struct PendingReady<M> {
     durable_at: u64,
-    restores_snapshot: bool,
-    messages_after_persist: Vec<M>,
-    committed_entries: Vec<Entry>,
-    read_states: Vec<ReadState>,
-    dropped_reads: Vec<u64>,
-    compaction_wanted: bool,
-    snapshot_wanted: bool,
+    batch: InFlight<M>,
+}
+
+/// A storage or state machine failure while handling a batch: a broken contract.
+struct BrokenContract(String);
+
+impl From<DiskError> for BrokenContract {
+    fn from(error: DiskError) -> Self {
+        BrokenContract(format!("unusable write: {error}"))
+    }
 }
 
 /// Bound on `Ready` batches handled for one node in one drain, so a replica that always has
@@ -251,7 +254,15 @@ impl<R: Replica> Node<R> {
                     return;
                 }
                 let pending = self.pending.take().expect("checked above");
-                self.complete(now, pending, handler);
+                let mut host = Host {
+                    node: self,
+                    handler,
+                    now,
+                };
+                if let Err(BrokenContract(description)) = driver::complete(&mut host, pending.batch)
+                {
+                    handler.contract_broken(now, self.id, description);
+                }
                 continue;
             }
             let Some(replica) = self.replica.as_mut() else {
@@ -260,120 +271,25 @@ impl<R: Replica> Node<R> {
             if !replica.has_ready() {
                 return;
             }
-            let mut ready = replica.ready();
-            for message in ready.messages.drain(..) {
-                handler.send(now, message);
-            }
-            let replica = self.replica.as_ref().expect("running");
-            if !ready.entries.is_empty() {
-                handler.entries_written(now, self.id, replica, &ready.entries);
-            }
-            let must_persist = ready.must_persist();
-            let restores_snapshot = ready.snapshot.is_some();
-            // As the server does: when the replica allows it (a Raft leader), apply (and answer)
-            // before the write is durable, since what it applies is committed on a quorum
-            // already; a crash before the sync must not lose what it answered.
-            let applies_before_sync = ready.may_apply_before_persist();
-            if must_persist {
-                let write = PendingWrite {
-                    snapshot: ready.snapshot.take(),
-                    entries: std::mem::take(&mut ready.entries),
-                    hard_state: ready.hard_state.take(),
-                };
-                if let Err(error) = self.disk.write(write) {
-                    handler.contract_broken(now, self.id, format!("unusable write: {error}"));
+            let ready = replica.ready();
+            let mut host = Host {
+                node: self,
+                handler,
+                now,
+            };
+            let result = match driver::begin(&mut host, ready) {
+                Ok(batch) if batch.must_sync() => {
+                    self.pending = Some(PendingReady {
+                        durable_at: now + fsync_ticks(),
+                        batch,
+                    });
+                    Ok(())
                 }
-            }
-            if applies_before_sync {
-                self.apply_and_serve_reads(
-                    now,
-                    std::mem::take(&mut ready.committed_entries),
-                    std::mem::take(&mut ready.read_states),
-                    std::mem::take(&mut ready.dropped_reads),
-                    handler,
-                );
-            }
-            self.pending = Some(PendingReady {
-                durable_at: if must_persist {
-                    now + fsync_ticks()
-                } else {
-                    now
-                },
-                restores_snapshot,
-                messages_after_persist: ready.messages_after_persist,
-                committed_entries: ready.committed_entries,
-                read_states: ready.read_states,
-                dropped_reads: ready.dropped_reads,
-                compaction_wanted: ready.compaction_wanted,
-                snapshot_wanted: ready.snapshot_wanted,
-            });
-        }
-    }
-
-    fn complete(
-        &mut self,
-        now: u64,
-        pending: PendingReady<R::Message>,
-        handler: &mut impl ReadyHandler<R>,
-    ) {
-        self.disk.sync();
-        for message in pending.messages_after_persist {
-            handler.send(now, message);
-        }
-        if pending.restores_snapshot {
-            self.restore_snapshot(now, handler);
-        }
-        self.apply_and_serve_reads(
-            now,
-            pending.committed_entries,
-            pending.read_states,
-            pending.dropped_reads,
-            handler,
-        );
-        let Some(replica) = self.replica.as_mut() else {
-            return;
-        };
-        replica.advance();
-        if pending.compaction_wanted {
-            self.take_snapshot(now, SnapshotPurpose::Compaction, handler);
-        }
-        if pending.snapshot_wanted {
-            self.take_snapshot(now, SnapshotPurpose::Image, handler);
-        }
-    }
-
-    /// Steps 4 and 5 of the `Ready` contract: apply in order, then serve the reads they reach.
-    fn apply_and_serve_reads(
-        &mut self,
-        now: u64,
-        committed_entries: Vec<Entry>,
-        read_states: Vec<ReadState>,
-        dropped_reads: Vec<u64>,
-        handler: &mut impl ReadyHandler<R>,
-    ) {
-        for entry in &committed_entries {
-            self.apply(now, entry, handler);
-        }
-        self.waiting_reads.extend(read_states);
-        self.serve_reads(now, handler);
-        for request_id in dropped_reads {
-            handler.read_dropped(now, self.id, request_id);
-        }
-    }
-
-    fn restore_snapshot(&mut self, now: u64, handler: &mut impl ReadyHandler<R>) {
-        let Some(snapshot) = self.disk.snapshot() else {
-            return;
-        };
-        match KvStore::restore(&snapshot.data) {
-            Ok(kv) => {
-                self.kv = kv;
-                self.applied_index = snapshot.meta.last_included.index;
-                self.applied_membership = snapshot.meta.membership.clone();
-                handler.snapshot_restored(now, self.id, &snapshot.meta);
-            }
-            Err(error) => {
-                handler.contract_broken(now, self.id, format!("snapshot does not decode: {error}"))
+                Ok(batch) => driver::complete(&mut host, batch),
+                Err(error) => Err(error),
+            };
+            if let Err(BrokenContract(description)) = result {
+                handler.contract_broken(now, self.id, description);
             }
         }
     }
@@ -463,7 +379,10 @@ impl<R: Replica> Node<R> {
         let outcome = match purpose {
             SnapshotPurpose::Compaction => {
                 let expected = snapshot.meta.clone();
-                self.disk.store_local_snapshot(snapshot);
+                if let Err(error) = SnapshotStore::save(&mut self.disk, &snapshot) {
+                    handler.contract_broken(now, self.id, format!("image not saved: {error}"));
+                    return;
+                }
                 match replica.compact(at.index) {
                     Ok(Some(meta)) if meta != expected => {
                         handler.contract_broken(
@@ -477,7 +396,14 @@ impl<R: Replica> Node<R> {
                         Ok(())
                     }
                     Ok(_) => {
-                        self.disk.compact_before(replica.status().first_log_index);
+                        let first_kept = replica.status().first_log_index;
+                        if let Err(error) = self.disk.compact_to(first_kept.saturating_sub(1)) {
+                            handler.contract_broken(
+                                now,
+                                self.id,
+                                format!("log not compacted: {error}"),
+                            );
+                        }
                         Ok(())
                     }
                     Err(error) => Err(error.to_string()),
@@ -489,5 +415,84 @@ impl<R: Replica> Node<R> {
                 .map_err(|error| error.to_string()),
         };
         handler.snapshot_taken(now, self.id, at, purpose, outcome);
+    }
+}
+
+/// The node as the driver's host, for the length of one call into the driver.
+struct Host<'a, R: Replica, H> {
+    node: &'a mut Node<R>,
+    handler: &'a mut H,
+    now: u64,
+}
+
+impl<R: Replica, H: ReadyHandler<R>> ReadyHost for Host<'_, R, H> {
+    type Replica = R;
+    type Log = Disk;
+    type Snapshots = Disk;
+    type Error = BrokenContract;
+
+    fn replica(&mut self) -> &mut R {
+        self.node
+            .replica
+            .as_mut()
+            .expect("only a running node's batches are driven")
+    }
+
+    fn log(&mut self) -> &mut Disk {
+        &mut self.node.disk
+    }
+
+    fn snapshots(&mut self) -> &mut Disk {
+        &mut self.node.disk
+    }
+
+    fn send(&mut self, message: R::Message) {
+        self.handler.send(self.now, message);
+    }
+
+    fn written(&mut self, entries: &[Entry]) {
+        let replica = self.node.replica.as_ref().expect("running");
+        self.handler
+            .entries_written(self.now, self.node.id, replica, entries);
+    }
+
+    fn restore(&mut self, snapshot: &Snapshot) -> Result<(), BrokenContract> {
+        let kv = KvStore::restore(&snapshot.data)
+            .map_err(|error| BrokenContract(format!("snapshot does not decode: {error}")))?;
+        let node = &mut *self.node;
+        node.kv = kv;
+        node.applied_index = snapshot.meta.last_included.index;
+        node.applied_membership = snapshot.meta.membership.clone();
+        self.handler
+            .snapshot_restored(self.now, node.id, &snapshot.meta);
+        Ok(())
+    }
+
+    fn apply(&mut self, entries: &[Entry]) -> Result<(), BrokenContract> {
+        for entry in entries {
+            self.node.apply(self.now, entry, self.handler);
+        }
+        Ok(())
+    }
+
+    fn reads(&mut self, confirmed: &[ReadState], dropped: &[u64]) {
+        self.node.waiting_reads.extend_from_slice(confirmed);
+        self.node.serve_reads(self.now, self.handler);
+        for &request_id in dropped {
+            self.handler
+                .read_dropped(self.now, self.node.id, request_id);
+        }
+    }
+
+    fn compaction_wanted(&mut self) -> Result<(), BrokenContract> {
+        self.node
+            .take_snapshot(self.now, SnapshotPurpose::Compaction, self.handler);
+        Ok(())
+    }
+
+    fn snapshot_wanted(&mut self) -> Result<(), BrokenContract> {
+        self.node
+            .take_snapshot(self.now, SnapshotPurpose::Image, self.handler);
+        Ok(())
     }
 }

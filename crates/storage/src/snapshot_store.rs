@@ -263,6 +263,19 @@ impl SnapshotStore {
     }
 }
 
+/// The `snap/` directory is the server's snapshot store.
+impl ballot_core::SnapshotStore for SnapshotStore {
+    type Error = SnapshotError;
+
+    fn save(&mut self, snapshot: &Snapshot) -> Result<(), SnapshotError> {
+        SnapshotStore::save(self, snapshot).map(|_| ())
+    }
+
+    fn latest(&self) -> Result<Option<Snapshot>, SnapshotError> {
+        SnapshotStore::latest(self)
+    }
+}
+
 fn io_error<'a>(
     operation: &'static str,
     path: &'a Path,

@@ -848,5 +848,36 @@ pub fn dump_segment(
     }
 }
 
+/// The WAL is the server's log store; each rule of the trait is a method above.
+impl ballot_core::LogStore for Wal {
+    type Error = WalError;
+
+    fn append(&mut self, entries: &[Entry], hard_state: Option<HardState>) -> Result<(), WalError> {
+        Wal::append(self, entries, hard_state).map(|_| ())
+    }
+
+    fn sync(&mut self) -> Result<(), WalError> {
+        Wal::sync(self).map(|_| ())
+    }
+
+    fn install_snapshot(&mut self, position: LogPosition) -> Result<(), WalError> {
+        Wal::install_snapshot(self, position).map(|_| ())
+    }
+
+    fn compact_to(&mut self, index: LogIndex) -> Result<(), WalError> {
+        Wal::compact_to(self, index).map(|_| ())
+    }
+}
+
+impl From<Recovered> for ballot_core::RecoveredLog {
+    fn from(recovered: Recovered) -> Self {
+        Self {
+            hard_state: recovered.hard_state,
+            floor: recovered.snapshot,
+            entries: recovered.entries,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -8,29 +8,24 @@ where
     R: Replica,
     R::Message: WireMessage,
 {
-    /// Steps 4 and 5 of the contract: apply the committed entries, then serve the reads whose
-    /// read index they reach.
-    pub(super) fn apply_and_answer_reads(
-        &mut self,
-        ready: &Ready<R::Message>,
-    ) -> Result<(), String> {
-        self.apply(&ready.committed_entries)?;
-        for read in &ready.read_states {
+    /// Step 5 of the contract: confirmed reads wait for their read index, dropped ones are
+    /// refused, and every waiting read the store has reached is answered.
+    pub(super) fn answer_reads(&mut self, confirmed: &[ReadState], dropped: &[u64]) {
+        for read in confirmed {
             if let Some(reply) = self.reads_unconfirmed.remove(&read.request_id) {
                 self.reads_confirmed.push((read.index, reply));
             }
         }
-        for request_id in &ready.dropped_reads {
+        for request_id in dropped {
             if let Some(reply) = self.reads_unconfirmed.remove(request_id) {
                 let _ = reply.send(Err(NodeError::LeaderChanged));
             }
         }
         self.release_reads();
-        Ok(())
     }
 
     /// Applies committed entries in one store transaction and answers their proposers.
-    pub(super) fn apply(&mut self, entries: &[ballot_core::Entry]) -> Result<(), String> {
+    pub(super) fn apply_committed(&mut self, entries: &[ballot_core::Entry]) -> Result<(), String> {
         let Some(last) = entries.last() else {
             return Ok(());
         };

@@ -4,7 +4,8 @@
 //! failure stops the node (fail-stop): continuing after a failed fsync could acknowledge what is
 //! not durable.
 //!
-//! This module drives: inputs, ticks, the `Ready` contract, the WAL's syncs, watches. Its
+//! This module drives: inputs, ticks, the host the `Ready` driver (`ballot_core::driver`, the
+//! simulator's too) works through, the WAL's syncs, watches. Its
 //! children own the rest: [`recovery`] (opening the data directory), [`apply`] (committed
 //! entries and their waiters), [`snapshots`] (images and compaction), [`metrics`] (counters and
 //! the published status).
@@ -22,10 +23,11 @@ use super::members::{MemberCommand, MemberInfo, MemberRegistry};
 use super::{Input, NodeError, NodeStatus};
 use crate::config::ServerConfig;
 use crate::transport::Transport;
+use ballot_core::driver::{self, ReadyHost};
 use ballot_core::{
-    EntryPayload, LogIndex, LogPosition, Membership, NodeId, PersistedState, Probe,
-    ProtocolMessage, Ready, Replica, ReplicaSettings, ReplicaStart, Role, Snapshot, SnapshotMeta,
-    Term, WireMessage,
+    Entry, EntryPayload, LogIndex, LogPosition, Membership, NodeId, PersistedState, Probe,
+    ProtocolMessage, ReadState, Replica, ReplicaSettings, ReplicaStart, Role, Snapshot,
+    SnapshotMeta, Term, WireMessage,
 };
 use ballot_storage::dir_lock::DirLock;
 use ballot_storage::identity::Identity;
@@ -33,12 +35,13 @@ use ballot_storage::lessor::{LeaseTtl, Lessor, LessorConfig};
 use ballot_storage::mvcc::types::{Command, CommandResult};
 use ballot_storage::mvcc::types::{Lease, LeaseId};
 use ballot_storage::mvcc::{MvccOptions, MvccStore};
-use ballot_storage::snapshot_store::SnapshotStore;
-use ballot_storage::wal::{Wal, WalOptions};
+use ballot_storage::snapshot_store::{SnapshotError, SnapshotStore};
+use ballot_storage::wal::{Wal, WalError, WalOptions};
 use ballot_storage::watch::{
     StreamId, WatchHub, WatchLimits, WatchResponse, RESPONSE_OVERHEAD_BYTES,
 };
 use metrics::Counters;
+pub(crate) use snapshots::SharedSnapshots;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -73,7 +76,7 @@ pub(crate) struct ReplicaLoop<R: Replica> {
     replica: R,
     wal: Wal,
     /// Shared with the thread that saves a compaction marker while the loop goes on.
-    snapshots: Arc<SnapshotStore>,
+    snapshots: SharedSnapshots,
     /// An image for a follower is being encoded off the loop; no second one starts meanwhile.
     image_in_progress: bool,
     /// A compaction marker is being saved off the loop; no second compaction starts meanwhile.
@@ -512,83 +515,23 @@ where
         }
     }
 
+    /// Every `Ready` the replica has, through the one driver (`ballot_core::driver`), each
+    /// batch synced in place.
     fn handle_readies(&mut self) -> Result<(), String> {
-        while self.replica.has_ready() {
-            let ready = self.replica.ready();
-            self.handle_ready(ready)?;
-        }
-        Ok(())
-    }
-
-    /// The contract of `ballot_core::ready`, step by step.
-    fn handle_ready(&mut self, ready: Ready<R::Message>) -> Result<(), String> {
-        // When the replica allows it (a Raft leader), apply and answer before the fsync of this
-        // batch's new entries: what it applies is committed, so already durable on a quorum
-        // (itself included: its own acknowledgement counts only once synced), and does not
-        // depend on this batch. Its clients then get their answers while the disk syncs, instead
-        // of after the next batch's fsync. A follower syncs first, because its acknowledgement
-        // to the leader, which waits for the sync, is what the leader's clients are waiting for.
-        let apply_before_sync = ready.may_apply_before_persist();
-        // When no client waits on any message (plain liveness probes: a commit notice, or the
-        // periodic one, with no read round riding on it) and there are no new entries, answer
-        // first. Each loopback send runs the receiver's TCP stack and wakes it on this
-        // thread (tens of microseconds apiece here). Appends to a follower catching up, read
-        // rounds and read-index answers keep their place ahead of the apply.
-        let answer_before_sending = apply_before_sync
-            && ready.entries.is_empty()
-            && ready
-                .messages
-                .iter()
-                .all(|message| !message.awaited_by_clients());
-        if answer_before_sending {
-            self.apply_and_answer_reads(&ready)?;
-        }
-        for message in &ready.messages {
-            self.counters.on_sent(message);
-            self.transport.send(message);
-        }
-        if let Some(snapshot) = &ready.snapshot {
-            self.install_snapshot(snapshot)?;
-        }
-        if !ready.entries.is_empty() || ready.hard_state.is_some() {
-            self.wal
-                .append(&ready.entries, ready.hard_state)
-                .map_err(|e| e.to_string())?;
-        }
-        if apply_before_sync && !answer_before_sending {
-            self.apply_and_answer_reads(&ready)?;
-        }
-        if ready.must_persist() {
-            self.sync_wal()?;
-        }
-        for message in &ready.messages_after_persist {
-            self.counters.on_sent(message);
-            self.transport.send(message);
-        }
-        if !apply_before_sync {
-            self.apply_and_answer_reads(&ready)?;
-        }
-        self.replica.advance();
-        if ready.compaction_wanted {
-            self.compact()?;
-        }
-        if ready.snapshot_wanted {
-            self.build_image()?;
-        }
-        Ok(())
+        driver::drive(self).map_err(|error| error.to_string())
     }
 
     /// Syncs what was appended without a sync, if anything.
-    fn sync_lazy_records(&mut self) -> Result<(), String> {
+    fn sync_lazy_records(&mut self) -> Result<(), WalError> {
         if self.wal.synced_sequence() == self.wal.appended_sequence() {
             return Ok(());
         }
         self.sync_wal()
     }
 
-    fn sync_wal(&mut self) -> Result<(), String> {
+    fn sync_wal(&mut self) -> Result<(), WalError> {
         let started = Instant::now();
-        self.wal.sync().map_err(|e| e.to_string())?;
+        self.wal.sync()?;
         let took = started.elapsed();
         self.counters.observe_wal_sync(took);
         if took >= SLOW_FSYNC {
@@ -599,5 +542,71 @@ where
             );
         }
         Ok(())
+    }
+}
+
+/// A storage failure while a batch was handled: the node stops (fail-stop).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StorageFailure {
+    #[error("WAL: {0}")]
+    Wal(#[from] WalError),
+    #[error("snapshot store: {0}")]
+    Snapshots(#[from] SnapshotError),
+    #[error("state machine: {0}")]
+    StateMachine(String),
+}
+
+/// The loop as the driver's host: its replica, WAL, `snap/` and state machine.
+impl<R> ReadyHost for ReplicaLoop<R>
+where
+    R: Replica,
+    R::Message: WireMessage,
+{
+    type Replica = R;
+    type Log = Wal;
+    type Snapshots = SharedSnapshots;
+    type Error = StorageFailure;
+
+    fn replica(&mut self) -> &mut R {
+        &mut self.replica
+    }
+
+    fn log(&mut self) -> &mut Wal {
+        &mut self.wal
+    }
+
+    fn snapshots(&mut self) -> &mut SharedSnapshots {
+        &mut self.snapshots
+    }
+
+    fn send(&mut self, message: R::Message) {
+        self.counters.on_sent(&message);
+        self.transport.send(&message);
+    }
+
+    fn sync_log(&mut self) -> Result<(), StorageFailure> {
+        Ok(self.sync_wal()?)
+    }
+
+    fn restore(&mut self, snapshot: &Snapshot) -> Result<(), StorageFailure> {
+        self.restore_image(snapshot)
+            .map_err(StorageFailure::StateMachine)
+    }
+
+    fn apply(&mut self, entries: &[Entry]) -> Result<(), StorageFailure> {
+        self.apply_committed(entries)
+            .map_err(StorageFailure::StateMachine)
+    }
+
+    fn reads(&mut self, confirmed: &[ReadState], dropped: &[u64]) {
+        self.answer_reads(confirmed, dropped);
+    }
+
+    fn compaction_wanted(&mut self) -> Result<(), StorageFailure> {
+        self.compact().map_err(StorageFailure::StateMachine)
+    }
+
+    fn snapshot_wanted(&mut self) -> Result<(), StorageFailure> {
+        self.build_image().map_err(StorageFailure::StateMachine)
     }
 }

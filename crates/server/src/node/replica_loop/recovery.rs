@@ -92,7 +92,7 @@ where
         Ok(ReplicaLoop {
             replica,
             wal,
-            snapshots: Arc::new(snapshots),
+            snapshots: SharedSnapshots(Arc::new(snapshots)),
             image_in_progress: false,
             compaction_in_progress: false,
             loopback,

@@ -3,32 +3,44 @@
 
 use super::*;
 
+/// The `snap/` directory as the driver's snapshot store, shared with the thread that saves
+/// compaction markers off the loop.
+pub(crate) struct SharedSnapshots(pub(super) Arc<SnapshotStore>);
+
+impl ballot_core::SnapshotStore for SharedSnapshots {
+    type Error = ballot_storage::snapshot_store::SnapshotError;
+
+    /// A leader's image older than a compaction marker kept here is not saved (the state
+    /// machine is already past it) and not an error: after a restart the replica's commit
+    /// index, relearned from the leader, can lag what this node had made durable.
+    fn save(&mut self, snapshot: &Snapshot) -> Result<(), Self::Error> {
+        match self.0.save(snapshot) {
+            Err(ballot_storage::snapshot_store::SnapshotError::Stale { offered, latest }) => {
+                tracing::warn!(%offered, %latest, "ignored a stale snapshot");
+                Ok(())
+            }
+            other => other.map(|_| ()),
+        }
+    }
+
+    fn latest(&self) -> Result<Option<Snapshot>, Self::Error> {
+        self.0.latest()
+    }
+}
+
 impl<R> ReplicaLoop<R>
 where
     R: Replica,
     R::Message: WireMessage,
 {
-    pub(super) fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), String> {
-        match self.snapshots.save(snapshot) {
-            // An older snapshot than one we keep: the state machine is already past it.
-            Err(ballot_storage::snapshot_store::SnapshotError::Stale { .. }) => {
-                tracing::warn!(
-                    index = snapshot.meta.last_included.index,
-                    "ignored a stale snapshot"
-                );
-            }
-            other => {
-                other.map_err(|e| e.to_string())?;
-            }
-        }
+    /// A leader's image, saved and installed in the log by the driver, replaces the state
+    /// machine and the member registry.
+    pub(super) fn restore_image(&mut self, snapshot: &Snapshot) -> Result<(), String> {
         let (registry_part, mvcc_part) =
             decode_snapshot(&snapshot.data).map_err(|e| e.to_string())?;
         self.store.restore(mvcc_part).map_err(|e| e.to_string())?;
         self.registry
             .restore(registry_part, snapshot.meta.last_included.index)?;
-        self.wal
-            .install_snapshot(snapshot.meta.last_included)
-            .map_err(|e| e.to_string())?;
         self.watch_hub.restore(self.store.revision());
         self.counters.snapshot_images_installed += 1;
         self.counters.compaction_index = snapshot.meta.last_included.index;
@@ -65,7 +77,7 @@ where
                 return Ok(());
             }
         };
-        let snapshots = self.snapshots.clone();
+        let snapshots = self.snapshots.0.clone();
         self.compaction_in_progress = true;
         self.off_the_loop("compaction-save", move || {
             let index = meta.last_included.index;
