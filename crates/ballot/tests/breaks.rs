@@ -165,3 +165,38 @@ fn forgetting_the_bootstrap_membership_is_caught_by_liveness() {
         );
     }
 }
+
+#[test]
+fn every_break_is_still_caught_with_8_groups_on_the_nodes() {
+    // Eight groups share three nodes and the network; a break of the protocol is in every
+    // group's replicas, and the per-group checkers must still catch it.
+    let config = SimConfig {
+        nodes: 3,
+        groups: 8,
+        faults: "all".parse().unwrap(),
+        ..SimConfig::default()
+    };
+    for broken in Break::ALL {
+        let caught = first_caught(
+            broken,
+            &config,
+            400,
+            &[
+                "linearizability",
+                "election-safety",
+                "log-matching",
+                "leader-completeness",
+                "state-machine-safety",
+                "leader-stability",
+                "liveness",
+            ],
+        );
+        assert!(caught.is_some(), "{broken} went unnoticed with 8 groups");
+    }
+    let healthy = run_many(&config, 0..30, |s| raft_replica::build(s, None), None);
+    let violations: Vec<_> = healthy.iter().flat_map(|r| &r.violations).collect();
+    assert!(
+        violations.is_empty(),
+        "the correct protocol with 8 groups: {violations:?}"
+    );
+}

@@ -32,6 +32,10 @@ pub use replica::{
 pub use state::{HardState, PersistedState, Snapshot, SnapshotMeta};
 pub use storage::{LogStore, RecoveredLog, SnapshotStore};
 
+/// Identifies a replicated group. A node hosts a replica of many groups; group 0 is the one every
+/// cluster has (the default keyspace, and the catalog of the others).
+pub type GroupId = u32;
+
 /// Identifies a node of a cluster. Never zero: zero is reserved so that wire formats can use it
 /// for "none".
 pub type NodeId = u64;

@@ -7,7 +7,7 @@
 
 use crate::codec::DecodeError;
 use crate::{
-    LogIndex, LogPosition, Membership, MembershipChange, NodeId, PersistedState, Ready,
+    GroupId, LogIndex, LogPosition, Membership, MembershipChange, NodeId, PersistedState, Ready,
     ReplicaError, Snapshot, SnapshotMeta, Term,
 };
 use bytes::{Bytes, BytesMut};
@@ -136,6 +136,9 @@ pub struct ReplicaSettings {
 #[derive(Debug, Clone)]
 pub struct ReplicaStart {
     pub node_id: NodeId,
+    /// The group this replica belongs to (0 on a node that hosts only the one group): what
+    /// lets a factory build each group's replica of its own engine.
+    pub group: GroupId,
     /// The durable state to start from.
     pub persisted: PersistedState,
     /// Seed for the replica's own random source, different for every incarnation.

@@ -44,6 +44,7 @@ pub mod checkers;
 pub mod client;
 pub mod disk;
 pub mod faults;
+pub mod group;
 pub mod kv;
 pub mod linearizability;
 mod nemesis;

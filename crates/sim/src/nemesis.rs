@@ -10,10 +10,10 @@
 use crate::faults::{self, FaultKind, FaultSet};
 use crate::network::LinkFaults;
 use crate::node::Liveness;
-use crate::simulation::{Simulation, World};
+use crate::simulation::{Simulation, Who, World};
 use crate::trace_event;
 use ballot_core::ReplicaStart;
-use ballot_core::{MembershipChange, NodeId, Replica};
+use ballot_core::{GroupId, MembershipChange, NodeId, ProtocolMessage, Replica};
 use rand::seq::SliceRandom;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -44,6 +44,8 @@ pub(crate) struct Nemesis {
     partition_heal_at: Option<u64>,
     slow: Option<(u64, u64)>,
     pub cycle: MembershipCycle,
+    /// The group whose membership the cycle changes (one cycle at a time, in one group).
+    pub cycle_group: usize,
 }
 
 impl Nemesis {
@@ -56,6 +58,7 @@ impl Nemesis {
             partition_heal_at: None,
             slow: None,
             cycle: MembershipCycle::Idle,
+            cycle_group: 0,
         }
     }
 
@@ -167,12 +170,14 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
             return;
         }
         let now = self.world.now;
-        for index in 0..self.nodes.len() {
-            let observed = self.world.observed[index];
-            let changed =
-                observed.term > 0 && (1..=3).contains(&(now - observed.term_since.min(now)));
+        for index in 0..self.config.nodes {
+            // A node that just voted or campaigned in any of its groups.
+            let changed = self.groups.iter().any(|group| {
+                let observed = group.checks.observed[index];
+                observed.term > 0 && (1..=3).contains(&(now - observed.term_since.min(now)))
+            });
             if !changed
-                || !self.nodes[index].is_running()
+                || !self.node_is_up(index as NodeId + 1)
                 || !self
                     .nemesis
                     .rng
@@ -184,22 +189,19 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
                 .nemesis
                 .rng
                 .random_range(faults::QUICK_REBOOT_MIN_TICKS..=faults::QUICK_REBOOT_MAX_TICKS);
-            let torn_items = torn.then(|| {
-                self.nemesis
-                    .rng
-                    .random_range(0..=self.nodes[index].disk.unsynced_items())
-            });
-            self.crash(index as NodeId + 1, now + down, torn_items);
+            self.crash(index as NodeId + 1, now + down, torn);
         }
     }
 
     fn restart_due(&mut self) {
         let now = self.world.now;
         let chaos = self.nemesis.chaos;
-        for index in 0..self.nodes.len() {
-            if let Liveness::Crashed { restart_at } = self.nodes[index].liveness {
-                if !chaos || now >= restart_at {
-                    self.restart(index as NodeId + 1);
+        for group in 0..self.groups.len() {
+            for index in 0..self.config.nodes {
+                if let Liveness::Crashed { restart_at } = self.groups[group].nodes[index].liveness {
+                    if !chaos || now >= restart_at {
+                        self.restart(group, index as NodeId + 1);
+                    }
                 }
             }
         }
@@ -207,7 +209,7 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
 
     fn inject(&mut self, kind: FaultKind) {
         let now = self.world.now;
-        let ids: Vec<NodeId> = (1..=self.nodes.len() as NodeId).collect();
+        let ids: Vec<NodeId> = (1..=self.config.nodes as NodeId).collect();
         let count = ids.len();
         match kind {
             FaultKind::Delay => {
@@ -230,7 +232,10 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
                 }
                 self.world.network.heal();
                 let victim = match kind {
-                    FaultKind::IsolateLeader => self.current_leader(),
+                    FaultKind::IsolateLeader => {
+                        let group = self.pick_group();
+                        self.groups[group].current_leader()
+                    }
                     _ => None,
                 }
                 .unwrap_or_else(|| ids[self.nemesis.rng.random_range(0..count)]);
@@ -289,7 +294,7 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
                 let victims: Vec<NodeId> = ids
                     .iter()
                     .copied()
-                    .filter(|&id| self.nodes[id as usize - 1].is_running())
+                    .filter(|&id| self.node_is_up(id))
                     .collect();
                 if victims.is_empty() {
                     return;
@@ -304,11 +309,7 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
                         .rng
                         .random_range(faults::CRASH_DOWN_MIN_TICKS..=faults::CRASH_DOWN_MAX_TICKS)
                 };
-                let torn = (kind == FaultKind::TornTail).then(|| {
-                    let items = self.nodes[victim as usize - 1].disk.unsynced_items();
-                    self.nemesis.rng.random_range(0..=items)
-                });
-                self.crash(victim, now + down, torn);
+                self.crash(victim, now + down, kind == FaultKind::TornTail);
             }
             FaultKind::CrashAll => {
                 trace_event!(
@@ -318,26 +319,23 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
                 );
                 let torn = self.nemesis.faults.contains(FaultKind::TornTail);
                 for id in ids {
-                    if !self.nodes[id as usize - 1].is_running() {
+                    if !self.node_is_up(id) {
                         continue;
                     }
                     let down = self.nemesis.rng.random_range(
                         faults::QUICK_REBOOT_MIN_TICKS..=faults::CRASH_DOWN_MAX_TICKS,
                     );
-                    let torn_items = torn.then(|| {
-                        let items = self.nodes[id as usize - 1].disk.unsynced_items();
-                        self.nemesis.rng.random_range(0..=items)
-                    });
-                    self.crash(id, now + down, torn_items);
+                    self.crash(id, now + down, torn);
                 }
             }
             FaultKind::Membership => self.start_membership_cycle(),
             FaultKind::Transfer => {
-                let Some(leader) = self.current_leader() else {
+                let group = self.pick_group();
+                let Some(leader) = self.groups[group].current_leader() else {
                     return;
                 };
-                let voters: Vec<NodeId> = self
-                    .world
+                let voters: Vec<NodeId> = self.groups[group]
+                    .checks
                     .committed_membership
                     .voters
                     .iter()
@@ -348,15 +346,19 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
                     return;
                 }
                 let target = voters[self.nemesis.rng.random_range(0..voters.len())];
-                let replica = self.nodes[leader as usize - 1]
+                let replica = self.groups[group].nodes[leader as usize - 1]
                     .replica
                     .as_mut()
                     .expect("leader runs");
                 let result = replica.transfer_leadership(target);
+                let leader = Who {
+                    group: group as GroupId,
+                    node: leader,
+                };
                 trace_event!(
                     self.world.trace,
                     now,
-                    "FAULT transfer: n{leader} -> n{target}: {result:?}"
+                    "FAULT transfer: {leader} -> n{target}: {result:?}"
                 );
             }
             _ => {}
@@ -364,20 +366,34 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
     }
 
     /// Propose `change` on the current leader; `true` if it was accepted.
+    /// A group for a fault that hits one group: group 0 when it is the only one (no draw, so a
+    /// single group's runs replay as before), else a random one.
+    fn pick_group(&mut self) -> usize {
+        match self.groups.len() {
+            1 => 0,
+            groups => self.nemesis.rng.random_range(0..groups),
+        }
+    }
+
     fn propose_change(&mut self, change: MembershipChange) -> bool {
         let now = self.world.now;
-        let Some(leader) = self.current_leader() else {
+        let group = self.nemesis.cycle_group;
+        let Some(leader) = self.groups[group].current_leader() else {
             return false;
         };
-        let replica = self.nodes[leader as usize - 1]
+        let replica = self.groups[group].nodes[leader as usize - 1]
             .replica
             .as_mut()
             .expect("leader runs");
         let result = replica.propose_membership_change(change);
+        let leader = Who {
+            group: group as GroupId,
+            node: leader,
+        };
         trace_event!(
             self.world.trace,
             now,
-            "FAULT membership: {change} on n{leader}: {result:?}"
+            "FAULT membership: {change} on {leader}: {result:?}"
         );
         result.is_ok()
     }
@@ -386,10 +402,12 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
         if self.nemesis.cycle != MembershipCycle::Idle {
             return;
         }
-        let Some(leader) = self.current_leader() else {
+        self.nemesis.cycle_group = self.pick_group();
+        let group = &self.groups[self.nemesis.cycle_group];
+        let Some(leader) = group.current_leader() else {
             return;
         };
-        let membership = &self.world.committed_membership;
+        let membership = &group.checks.committed_membership;
         if membership.voters.len() < 3 || !membership.learners.is_empty() {
             return;
         }
@@ -410,7 +428,8 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
 
     fn advance_membership_cycle(&mut self) {
         let now = self.world.now;
-        let membership = &self.world.committed_membership;
+        let group = self.nemesis.cycle_group;
+        let membership = &self.groups[group].checks.committed_membership;
         match self.nemesis.cycle {
             MembershipCycle::Idle => {}
             MembershipCycle::Removing { node, retry_at } => {
@@ -435,8 +454,11 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
                 if membership.is_voter(node) {
                     self.nemesis.cycle = MembershipCycle::Idle;
                 } else if membership.is_learner(node) {
-                    let applied = self.nodes[node as usize - 1].applied_index;
-                    let frontier = self.world.state_machine_safety.highest_applied();
+                    let applied = self.groups[group].nodes[node as usize - 1].applied_index;
+                    let frontier = self.groups[group]
+                        .checks
+                        .state_machine_safety
+                        .highest_applied();
                     if applied + CATCH_UP_SLACK_ENTRIES >= frontier
                         && self.propose_change(MembershipChange::PromoteLearner(node))
                     {
@@ -457,10 +479,14 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
             }
             MembershipCycle::Promoting { node, retry_at } => {
                 if membership.is_voter(node) {
+                    let node = Who {
+                        group: group as GroupId,
+                        node,
+                    };
                     trace_event!(
                         self.world.trace,
                         now,
-                        "FAULT healed: n{node} is a voter again"
+                        "FAULT healed: {node} is a voter again"
                     );
                     self.nemesis.cycle = MembershipCycle::Idle;
                 } else if now >= retry_at {
@@ -481,8 +507,10 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
         node: NodeId,
         test: impl Fn(&ballot_core::Membership, NodeId) -> bool,
     ) -> bool {
-        self.current_leader()
-            .and_then(|leader| self.nodes[leader as usize - 1].replica.as_ref())
+        let group = &self.groups[self.nemesis.cycle_group];
+        group
+            .current_leader()
+            .and_then(|leader| group.nodes[leader as usize - 1].replica.as_ref())
             .is_some_and(|replica| test(&replica.status().membership, node))
     }
 
@@ -490,15 +518,23 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
     /// those it sent that are still in flight (they died with its process).
     fn stop_removed(&mut self, node: NodeId) {
         let now = self.world.now;
+        let group = self.nemesis.cycle_group;
+        let who = Who {
+            group: group as GroupId,
+            node,
+        };
         trace_event!(
             self.world.trace,
             now,
-            "FAULT membership: n{node} removed, stopped and wiped"
+            "FAULT membership: {who} removed, stopped and wiped"
         );
-        self.nodes[node as usize - 1].remove();
-        self.world.network.purge_to(node);
-        self.world.network.purge_from(node);
-        self.world.clients.on_node_down(now, node);
+        self.groups[group].nodes[node as usize - 1].remove();
+        // Only this group's replica is gone: the node's other groups keep their messages.
+        let group_id = group as GroupId;
+        self.world.network.purge(|message| {
+            message.group == group_id && (message.to() == node || message.from() == node)
+        });
+        self.groups[group].checks.clients.on_node_down(now, node);
         let delay = self
             .nemesis
             .rng
@@ -518,16 +554,19 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
             };
             return;
         }
-        let leader = self.current_leader().expect("just proposed on it");
-        let membership = self.nodes[leader as usize - 1]
+        let group = self.nemesis.cycle_group;
+        let leader = self.groups[group]
+            .current_leader()
+            .expect("just proposed on it");
+        let membership = self.groups[group].nodes[leader as usize - 1]
             .replica
             .as_ref()
             .expect("leader runs")
             .status()
             .membership;
         let broken = self.config.driver_break;
-        self.nodes[node as usize - 1].bootstrap(membership, broken);
-        self.restart(node);
+        self.groups[group].nodes[node as usize - 1].bootstrap(membership, broken);
+        self.restart(group, node);
         self.nemesis.cycle = MembershipCycle::Adding {
             node,
             retry_at: now + MEMBERSHIP_RETRY_TICKS,

@@ -164,24 +164,16 @@ impl<M: ProtocolMessage> Network<M> {
         Some(Arrival::Deliver(message))
     }
 
-    /// Forget every message in flight to `node` (it is replaced by a new incarnation that must not
-    /// receive what was meant for the old one).
-    pub fn purge_to(&mut self, node: NodeId) {
+    /// Forget every message in flight that `matches`: those to a replica replaced by a new
+    /// incarnation (which must not receive what was meant for the old one), and those from one
+    /// whose process is gone for good (wiped), with what its connections still carried. A member
+    /// id reused while an earlier incarnation's messages can still arrive is outside what Raft
+    /// (and ballot) supports: a success from the old log would make the leader count entries the
+    /// new one lacks. etcd never reuses a removed id; ballot reuses one only after the old
+    /// process is dead.
+    pub fn purge(&mut self, matches: impl Fn(&M) -> bool) {
         let before = self.queue.len();
-        self.queue
-            .retain(|in_flight| in_flight.message.to() != node);
-        self.stats.dropped += (before - self.queue.len()) as u64;
-    }
-
-    /// Forget every message in flight from `node`: its process is gone for good (wiped), and so
-    /// are its connections with what they still carried. A member id reused while an earlier
-    /// incarnation's messages can still arrive is outside what Raft (and ballot) supports: a
-    /// success from the old log would make the leader count entries the new one lacks. etcd never
-    /// reuses a removed id; ballot reuses one only after the old process is dead.
-    pub fn purge_from(&mut self, node: NodeId) {
-        let before = self.queue.len();
-        self.queue
-            .retain(|in_flight| in_flight.message.from() != node);
+        self.queue.retain(|in_flight| !matches(&in_flight.message));
         self.stats.dropped += (before - self.queue.len()) as u64;
     }
 
@@ -382,15 +374,15 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn purge_forgets_messages_to_a_node() {
+    fn purge_forgets_the_messages_it_matches() {
         let mut net = network();
         net.send(0, message(1, 2, 1));
         net.send(0, message(1, 3, 2));
-        net.purge_to(2);
+        net.purge(|m| m.to() == 2);
         assert_eq!(drain(&mut net, 5), vec![2]);
         net.send(0, message(2, 3, 3));
         net.send(0, message(1, 3, 4));
-        net.purge_from(2);
+        net.purge(|m| m.from() == 2);
         assert_eq!(drain(&mut net, 5), vec![4]);
     }
 }

@@ -11,8 +11,8 @@ use crate::disk::{Disk, DiskError};
 use crate::kv::{ApplyResult, Command, KvStore};
 use ballot_core::driver::{self, InFlight, ReadyHost};
 use ballot_core::{
-    Entry, EntryPayload, LogIndex, LogPosition, LogStore, Membership, NodeId, PersistedState,
-    ReadState, Replica, ReplicaStart, Snapshot, SnapshotMeta, SnapshotStore,
+    Entry, EntryPayload, GroupId, LogIndex, LogPosition, LogStore, Membership, NodeId,
+    PersistedState, ReadState, Replica, ReplicaStart, Snapshot, SnapshotMeta, SnapshotStore,
 };
 
 /// A deliberately broken driver, for proving that the checkers catch what a driver (the server,
@@ -125,6 +125,8 @@ const READIES_PER_DRAIN_MAX: usize = 64;
 
 pub struct Node<R: Replica> {
     pub id: NodeId,
+    /// The group this node's replica belongs to.
+    pub group: GroupId,
     pub replica: Option<R>,
     pub liveness: Liveness,
     pub disk: Disk,
@@ -145,9 +147,15 @@ pub struct Node<R: Replica> {
 impl<R: Replica> Node<R> {
     /// A node whose empty disk is about to be bootstrapped with `membership` (see
     /// [`Node::bootstrap`]).
-    pub fn new(id: NodeId, membership: Membership, broken: Option<DriverBreak>) -> Self {
+    pub fn new(
+        id: NodeId,
+        group: GroupId,
+        membership: Membership,
+        broken: Option<DriverBreak>,
+    ) -> Self {
         let mut node = Self {
             id,
+            group,
             replica: None,
             liveness: Liveness::Crashed { restart_at: 0 },
             disk: Disk::default(),
@@ -211,6 +219,7 @@ impl<R: Replica> Node<R> {
         }
         ReplicaStart {
             node_id: self.id,
+            group: self.group,
             persisted,
             rng_seed,
             incarnation: self.incarnation,

@@ -11,8 +11,9 @@ use crate::checkers::{
     leader_stability, liveness, payload_digest, ElectionSafety, LeaderCompleteness, LogMatching,
     StateMachineSafety, Violation,
 };
-use crate::client::Clients;
+use crate::client::{Clients, OpCounts};
 use crate::faults::FaultSet;
+use crate::group::GroupMessage;
 use crate::kv::{ApplyResult, Command, KvStore};
 use crate::linearizability::{self, Outcome, Verdict};
 use crate::nemesis::Nemesis;
@@ -22,20 +23,27 @@ use crate::trace::Trace;
 use crate::trace_event;
 use ballot_core::ReplicaStart;
 use ballot_core::{
-    Entry, EntryPayload, LogIndex, LogPosition, Membership, NodeId, ProtocolMessage, ReadState,
-    Replica, Role, SnapshotMeta, Term,
+    Entry, EntryPayload, GroupId, LogIndex, LogPosition, Membership, NodeId, ProtocolMessage,
+    ReadState, Replica, Role, SnapshotMeta, Term,
 };
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use std::fmt;
 use std::ops::Range;
 
 pub const NODES_MAX: usize = 9;
+/// Groups a run may host on its nodes.
+pub const GROUPS_MAX: usize = 64;
 
 /// What to simulate. `Default` gives 3 nodes, 2,000 chaos ticks, no faults, 5 clients on 3 keys.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SimConfig {
     /// Cluster size, 1..=9; node ids are `1..=nodes`, all voters at the start.
     pub nodes: usize,
+    /// Replicated groups, 1..=64, each with a replica on every node, sharing the nodes (a crash
+    /// takes down every group's replica on the node) and the network. Each group has its own
+    /// clients, keys and checkers.
+    pub groups: usize,
     pub seed: u64,
     /// Ticks of the chaos phase.
     pub steps: u64,
@@ -63,6 +71,7 @@ impl Default for SimConfig {
         let election_timeout_ticks = 30;
         Self {
             nodes: 3,
+            groups: 1,
             seed: 0,
             steps: 2000,
             heal_ticks: 20 * election_timeout_ticks,
@@ -86,6 +95,12 @@ impl SimConfig {
             return Err(format!(
                 "nodes must be in 1..={NODES_MAX}, got {}",
                 self.nodes
+            ));
+        }
+        if !(1..=GROUPS_MAX).contains(&self.groups) {
+            return Err(format!(
+                "groups must be in 1..={GROUPS_MAX}, got {}",
+                self.groups
             ));
         }
         if self.keys == 0 {
@@ -140,23 +155,12 @@ pub(crate) struct Observed {
     pub term_since: u64,
 }
 
-/// Everything but the nodes, so that a node can report into it while it is borrowed.
+/// What the groups share: virtual time, the network, the trace and the verdicts.
 pub(crate) struct World<M> {
     pub now: u64,
-    pub network: Network<M>,
+    pub network: Network<GroupMessage<M>>,
     pub trace: Trace,
-    pub clients: Clients,
-    pub election_safety: ElectionSafety,
-    pub log_matching: LogMatching,
-    pub leader_completeness: LeaderCompleteness,
-    pub state_machine_safety: StateMachineSafety,
     pub violations: Vec<Violation>,
-    pub observed: Vec<Observed>,
-    /// Membership after every membership entry committed so far.
-    pub committed_membership: Membership,
-    committed_membership_index: LogIndex,
-    /// Indexes first applied during the current drain, to check against current leaders.
-    new_commits: Vec<LogIndex>,
     pub max_term: Term,
     pub leader_changes: u64,
 }
@@ -172,32 +176,162 @@ impl<M> World<M> {
     }
 }
 
-impl<R: Replica> ReadyHandler<R> for World<R::Message> {
+/// One group's clients and checkers: every property is checked per group.
+pub(crate) struct Checks {
+    pub clients: Clients,
+    pub election_safety: ElectionSafety,
+    pub log_matching: LogMatching,
+    pub leader_completeness: LeaderCompleteness,
+    pub state_machine_safety: StateMachineSafety,
+    pub observed: Vec<Observed>,
+    /// Membership after every membership entry committed so far.
+    pub committed_membership: Membership,
+    committed_membership_index: LogIndex,
+    /// Indexes first applied during the current drain, to check against current leaders.
+    new_commits: Vec<LogIndex>,
+}
+
+/// One replicated group: a replica on every node, and its checks.
+pub(crate) struct Group<R: Replica> {
+    pub id: GroupId,
+    pub nodes: Vec<Node<R>>,
+    pub checks: Checks,
+}
+
+impl<R: Replica> Group<R> {
+    fn new(id: GroupId, config: &SimConfig, clients_rng: ChaCha8Rng) -> Self {
+        let node_count = config.nodes;
+        let membership = Membership::with_voters(1..=node_count as NodeId);
+        let nodes = (1..=node_count as NodeId)
+            .map(|node| Node::new(node, id, membership.clone(), config.driver_break))
+            .collect();
+        let idle = Observed {
+            role: Role::Follower,
+            term: 0,
+            leader: None,
+            term_since: 0,
+        };
+        Self {
+            id,
+            nodes,
+            checks: Checks {
+                clients: Clients::new(
+                    config.clients,
+                    node_count,
+                    config.keys,
+                    config.op_timeout_ticks,
+                    clients_rng,
+                ),
+                election_safety: ElectionSafety::default(),
+                log_matching: LogMatching::default(),
+                leader_completeness: LeaderCompleteness::default(),
+                state_machine_safety: StateMachineSafety::default(),
+                observed: vec![idle; node_count],
+                committed_membership: membership,
+                committed_membership_index: 0,
+                new_commits: Vec::new(),
+            },
+        }
+    }
+
+    /// The running leader with the highest term, if any.
+    pub(crate) fn current_leader(&self) -> Option<NodeId> {
+        self.nodes
+            .iter()
+            .zip(&self.checks.observed)
+            .filter(|(n, o)| n.is_running() && o.role == Role::Leader)
+            .max_by_key(|(_, o)| o.term)
+            .map(|(n, _)| n.id)
+    }
+
+    fn leader_with_quorum(&self) -> Option<(NodeId, Term)> {
+        let views: Vec<liveness::NodeView> = self
+            .nodes
+            .iter()
+            .zip(&self.checks.observed)
+            .filter(|(n, _)| n.is_running() && n.liveness == Liveness::Running)
+            .map(|(n, o)| liveness::NodeView {
+                id: n.id,
+                role: o.role,
+                term: o.term,
+                leader: o.leader,
+            })
+            .collect();
+        liveness::leader_with_quorum(&views, &self.checks.committed_membership)
+    }
+}
+
+/// A node's name in the trace and in violations: `n2` in group 0, `g3/n2` in group 3.
+pub(crate) struct Who {
+    pub group: GroupId,
+    pub node: NodeId,
+}
+
+impl fmt::Display for Who {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.group != 0 {
+            write!(f, "g{}/", self.group)?;
+        }
+        write!(f, "n{}", self.node)
+    }
+}
+
+/// A group's view of the world while one of its nodes is drained: what the node reports goes
+/// to the shared network and trace and to this group's checks.
+struct GroupWorld<'a, M> {
+    world: &'a mut World<M>,
+    checks: &'a mut Checks,
+    group: GroupId,
+}
+
+impl<M> GroupWorld<'_, M> {
+    fn who(&self, node: NodeId) -> Who {
+        Who {
+            group: self.group,
+            node,
+        }
+    }
+
+    /// Records a violation, naming the group when it is not group 0.
+    fn violation(&mut self, mut violation: Violation) {
+        if self.group != 0 {
+            violation.description = format!("group {}: {}", self.group, violation.description);
+        }
+        self.world.violation(violation);
+    }
+}
+
+impl<R: Replica> ReadyHandler<R> for GroupWorld<'_, R::Message> {
     fn send(&mut self, now: u64, message: R::Message) {
-        if !self.trace.is_enabled() {
-            self.network.send(now, message);
+        let message = GroupMessage {
+            group: self.group,
+            message,
+        };
+        let world = &mut *self.world;
+        if !world.trace.is_enabled() {
+            world.network.send(now, message);
             return;
         }
         let line = message.to_string();
-        match self.network.send(now, message) {
+        match world.network.send(now, message) {
             SendOutcome::Queued {
                 deliver_at,
                 duplicated: false,
             } => {
-                trace_event!(self.trace, now, "send {line} (due {deliver_at})")
+                trace_event!(world.trace, now, "send {line} (due {deliver_at})")
             }
             SendOutcome::Queued {
                 deliver_at,
                 duplicated: true,
             } => {
                 trace_event!(
-                    self.trace,
+                    world.trace,
                     now,
                     "send {line} (due {deliver_at}, duplicated)"
                 )
             }
             SendOutcome::Dropped(reason) => {
-                trace_event!(self.trace, now, "drop {line} ({reason:?})")
+                trace_event!(world.trace, now, "drop {line} ({reason:?})")
             }
         }
     }
@@ -205,9 +339,10 @@ impl<R: Replica> ReadyHandler<R> for World<R::Message> {
     fn entries_written(&mut self, now: u64, node: NodeId, replica: &R, entries: &[Entry]) {
         if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
             trace_event!(
-                self.trace,
+                self.world.trace,
                 now,
-                "n{node} writes {}..={} (last {})",
+                "{} writes {}..={} (last {})",
+                self.who(node),
                 first.index,
                 last.index,
                 last.position()
@@ -220,7 +355,7 @@ impl<R: Replica> ReadyHandler<R> for World<R::Message> {
                 replica.entry_term(entry.index - 1)
             };
             let digest = payload_digest(&entry.payload);
-            if let Some(v) = self.log_matching.observe_written(
+            if let Some(v) = self.checks.log_matching.observe_written(
                 now,
                 node,
                 entry.position(),
@@ -234,9 +369,10 @@ impl<R: Replica> ReadyHandler<R> for World<R::Message> {
 
     fn snapshot_restored(&mut self, now: u64, node: NodeId, meta: &SnapshotMeta) {
         trace_event!(
-            self.trace,
+            self.world.trace,
             now,
-            "n{node} restores snapshot at {} ({})",
+            "{} restores snapshot at {} ({})",
+            self.who(node),
             meta.last_included,
             meta.membership
         );
@@ -250,9 +386,9 @@ impl<R: Replica> ReadyHandler<R> for World<R::Message> {
         entry: &Entry,
         result: Option<ApplyResult>,
     ) {
-        trace_event!(self.trace, now, "n{node} applies {entry}");
+        trace_event!(self.world.trace, now, "{} applies {entry}", self.who(node));
         let digest = payload_digest(&entry.payload);
-        let check = self.state_machine_safety.observe_apply(
+        let check = self.checks.state_machine_safety.observe_apply(
             now,
             node,
             previous_applied,
@@ -266,46 +402,66 @@ impl<R: Replica> ReadyHandler<R> for World<R::Message> {
         if !check.first {
             return;
         }
-        trace_event!(self.trace, now, "commit {entry} (first applied by n{node})");
-        let bound = self.observed[node as usize - 1].term;
-        self.leader_completeness
+        trace_event!(
+            self.world.trace,
+            now,
+            "commit {entry} (first applied by {})",
+            self.who(node)
+        );
+        let checks = &mut *self.checks;
+        let bound = checks.observed[node as usize - 1].term;
+        checks
+            .leader_completeness
             .record_commit(entry.index, entry.term, bound);
-        self.new_commits.push(entry.index);
+        checks.new_commits.push(entry.index);
         let op_id = match &entry.payload {
             EntryPayload::Command(data) => Command::decode(data).ok().map(|c| c.op_id()),
             // The checker keeps its own account of the membership from the changes alone, as
             // an oracle independent of what the entry says the result is.
             EntryPayload::Membership(change, _) => {
-                if entry.index > self.committed_membership_index {
-                    self.committed_membership_index = entry.index;
-                    if let Ok(next) = self.committed_membership.apply(*change) {
-                        trace_event!(self.trace, now, "membership committed: {next}");
-                        self.committed_membership = next;
+                if entry.index > checks.committed_membership_index {
+                    checks.committed_membership_index = entry.index;
+                    if let Ok(next) = checks.committed_membership.apply(*change) {
+                        trace_event!(self.world.trace, now, "membership committed: {next}");
+                        checks.committed_membership = next;
                     }
                 }
                 None
             }
             EntryPayload::Noop => None,
         };
-        self.clients
-            .on_first_apply(now, entry.index, entry.term, op_id, result, &mut self.trace);
+        checks.clients.on_first_apply(
+            now,
+            entry.index,
+            entry.term,
+            op_id,
+            result,
+            &mut self.world.trace,
+        );
     }
 
     fn read_served(&mut self, now: u64, node: NodeId, read: ReadState, kv: &KvStore) {
         trace_event!(
-            self.trace,
+            self.world.trace,
             now,
-            "n{node} serves read {} at index {}",
+            "{} serves read {} at index {}",
+            self.who(node),
             read.request_id,
             read.index
         );
-        self.clients
-            .on_read_served(now, node, read, kv, &mut self.trace);
+        self.checks
+            .clients
+            .on_read_served(now, node, read, kv, &mut self.world.trace);
     }
 
     fn read_dropped(&mut self, now: u64, node: NodeId, request_id: u64) {
-        trace_event!(self.trace, now, "n{node} drops read {request_id}");
-        self.clients.on_read_dropped(now, node, request_id);
+        trace_event!(
+            self.world.trace,
+            now,
+            "{} drops read {request_id}",
+            self.who(node)
+        );
+        self.checks.clients.on_read_dropped(now, node, request_id);
     }
 
     fn snapshot_taken(
@@ -321,9 +477,14 @@ impl<R: Replica> ReadyHandler<R> for World<R::Message> {
             SnapshotPurpose::Image => "builds an image",
         };
         match outcome {
-            Ok(()) => trace_event!(self.trace, now, "n{node} {what} at {at}"),
+            Ok(()) => trace_event!(self.world.trace, now, "{} {what} at {at}", self.who(node)),
             Err(error) => {
-                trace_event!(self.trace, now, "n{node} {what} at {at}, refused: {error}")
+                trace_event!(
+                    self.world.trace,
+                    now,
+                    "{} {what} at {at}, refused: {error}",
+                    self.who(node)
+                )
             }
         }
     }
@@ -339,7 +500,7 @@ impl<R: Replica> ReadyHandler<R> for World<R::Message> {
 
 pub(crate) struct Simulation<R: Replica, F> {
     pub config: SimConfig,
-    pub nodes: Vec<Node<R>>,
+    pub groups: Vec<Group<R>>,
     pub world: World<R::Message>,
     pub nemesis: Nemesis,
     factory: F,
@@ -347,10 +508,11 @@ pub(crate) struct Simulation<R: Replica, F> {
     fsync_rng: ChaCha8Rng,
 }
 
-/// Run one simulation. `factory` builds a replica for every (re)start of a node; it owns the
-/// protocol configuration and gets the node id, the durable state (which holds the starting
-/// membership from the first start on) and a per-incarnation seed in [`ReplicaStart`]. A factory error (the replica refuses its durable state)
-/// is reported as a `restart` violation and the node stays down.
+/// Run one simulation. `factory` builds a replica for every (re)start of a node in every group;
+/// it owns the protocol configuration and gets the node id, the durable state (which holds the
+/// starting membership from the first start on) and a per-incarnation seed in [`ReplicaStart`].
+/// A factory error (the replica refuses its durable state) is reported as a `restart` violation
+/// and the replica stays down.
 ///
 /// Panics if `config` is invalid (see [`SimConfig::validate`]).
 pub fn run<R, F>(config: &SimConfig, factory: F) -> SimReport
@@ -415,48 +577,30 @@ where
 
 impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
     fn new(config: SimConfig, factory: F) -> Self {
+        // The generators are drawn in the order a single group always drew them, and the other
+        // groups' clients after, so `groups: 1` replays the seeds of runs before groups existed.
         let mut master = ChaCha8Rng::seed_from_u64(config.seed);
         let mut child = || ChaCha8Rng::seed_from_u64(master.next_u64());
-        let node_count = config.nodes;
-        let membership = Membership::with_voters(1..=node_count as NodeId);
-        let nodes = (1..=node_count as NodeId)
-            .map(|id| Node::new(id, membership.clone(), config.driver_break))
-            .collect();
-        let idle = Observed {
-            role: Role::Follower,
-            term: 0,
-            leader: None,
-            term_since: 0,
-        };
-        let world = World {
-            now: 0,
-            network: Network::new(node_count as NodeId, child()),
-            trace: Trace::new(config.trace),
-            clients: Clients::new(
-                config.clients,
-                node_count,
-                config.keys,
-                config.op_timeout_ticks,
-                child(),
-            ),
-            election_safety: ElectionSafety::default(),
-            log_matching: LogMatching::default(),
-            leader_completeness: LeaderCompleteness::default(),
-            state_machine_safety: StateMachineSafety::default(),
-            violations: Vec::new(),
-            observed: vec![idle; node_count],
-            committed_membership: membership,
-            committed_membership_index: 0,
-            new_commits: Vec::new(),
-            max_term: 0,
-            leader_changes: 0,
-        };
+        let network = Network::new(config.nodes as NodeId, child());
+        let first_clients = child();
         let nemesis = Nemesis::new(config.faults, child());
         let seed_rng = child();
         let fsync_rng = child();
+        let mut groups = vec![Group::new(0, &config, first_clients)];
+        for id in 1..config.groups as GroupId {
+            groups.push(Group::new(id, &config, child()));
+        }
+        let world = World {
+            now: 0,
+            network,
+            trace: Trace::new(config.trace),
+            violations: Vec::new(),
+            max_term: 0,
+            leader_changes: 0,
+        };
         Self {
             config,
-            nodes,
+            groups,
             world,
             nemesis,
             factory,
@@ -466,8 +610,10 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
     }
 
     fn run(mut self) -> SimReport {
-        for id in 1..=self.config.nodes as NodeId {
-            self.restart(id);
+        for group in 0..self.groups.len() {
+            for id in 1..=self.config.nodes as NodeId {
+                self.restart(group, id);
+            }
         }
         self.nemesis.start_chaos(&mut self.world);
         let finished = self.chaos()
@@ -487,6 +633,20 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
     /// Whether the run may go on: false once a safety violation stops it.
     fn may_continue(&self) -> bool {
         !(self.config.stop_at_first_violation && self.world.has_safety_violation())
+    }
+
+    /// Records a violation of `group`'s, naming the group when it is not group 0.
+    fn group_violation(&mut self, group: usize, mut violation: Violation) {
+        if group != 0 {
+            violation.description = format!("group {group}: {}", violation.description);
+        }
+        self.world.violation(violation);
+    }
+
+    fn set_invoking(&mut self, invoking: bool) {
+        for group in &mut self.groups {
+            group.checks.clients.invoking = invoking;
+        }
     }
 
     fn chaos(&mut self) -> bool {
@@ -509,62 +669,87 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
         self.nemesis.heal(&mut self.world);
         let end = heal_at + self.config.heal_ticks;
         let quiesce_at = end - self.config.op_timeout_ticks;
-        let mut leader_seen = None;
+        let mut leaders_seen = vec![None; self.groups.len()];
         while self.world.now < end {
-            self.world.clients.invoking = self.world.now < quiesce_at;
+            self.set_invoking(self.world.now < quiesce_at);
             self.tick();
             if !self.may_continue() {
                 return false;
             }
-            leader_seen = leader_seen.or_else(|| self.leader_with_quorum());
+            for (group, seen) in self.groups.iter().zip(&mut leaders_seen) {
+                *seen = seen.or_else(|| group.leader_with_quorum());
+            }
         }
-        self.world.clients.invoking = false;
+        self.set_invoking(false);
         let now = self.world.now;
-        if let Some(v) = liveness::check_leader(now, leader_seen, self.config.heal_ticks) {
-            self.world.violation(v);
-        }
-        let (undecided, first) = self.world.clients.undecided_since(heal_at);
-        if let Some(v) = liveness::check_operations(now, undecided, first) {
-            self.world.violation(v);
+        for (index, leader_seen) in leaders_seen.into_iter().enumerate() {
+            if let Some(v) = liveness::check_leader(now, leader_seen, self.config.heal_ticks) {
+                self.group_violation(index, v);
+            }
+            let (undecided, first) = self.groups[index].checks.clients.undecided_since(heal_at);
+            if let Some(v) = liveness::check_operations(now, undecided, first) {
+                self.group_violation(index, v);
+            }
         }
         if !self.nemesis.membership_restored() {
             let description = format!(
                 "membership not restored to all voters within {} ticks of the heal",
                 self.config.heal_ticks
             );
-            self.world
-                .violation(Violation::new(liveness::NAME, now, description));
+            let group = self.nemesis.cycle_group;
+            self.group_violation(group, Violation::new(liveness::NAME, now, description));
         }
         true
     }
 
-    /// The PreVote scenario of `checkers::leader_stability`, when a partition fault is enabled.
+    /// The PreVote scenario of `checkers::leader_stability`, when a partition fault is enabled:
+    /// a node that leads no group is isolated, and every group's healthy leader must keep its
+    /// term.
     fn leader_stability(&mut self) -> bool {
         if !self.config.faults.has_partition() || self.config.nodes < 3 {
             return true;
         }
-        let Some((leader, term)) = self.leader_with_quorum() else {
+        let leaders: Vec<Option<(NodeId, Term)>> =
+            self.groups.iter().map(Group::leader_with_quorum).collect();
+        if leaders.iter().all(Option::is_none) {
             return true;
-        };
-        let Some(follower) = self
-            .world
+        }
+        let leads = |id: NodeId| leaders.iter().flatten().any(|&(leader, _)| leader == id);
+        let Some(follower) = self.groups[0]
+            .checks
             .committed_membership
             .voters
             .iter()
             .copied()
-            .find(|&id| id != leader && self.nodes[id as usize - 1].is_running())
+            .find(|&id| {
+                !leads(id)
+                    && self
+                        .groups
+                        .iter()
+                        .all(|group| group.nodes[id as usize - 1].is_running())
+            })
         else {
             return true;
         };
         let phase =
             leader_stability::ISOLATION_ELECTION_TIMEOUTS * self.config.election_timeout_ticks;
-        trace_event!(
-            self.world.trace,
-            self.world.now,
-            "STABILITY: leader n{leader} term {term}; isolating n{follower} for {phase} ticks"
-        );
+        for (group, (leader, term)) in leaders
+            .iter()
+            .enumerate()
+            .filter_map(|(g, l)| l.map(|l| (g, l)))
+        {
+            trace_event!(
+                self.world.trace,
+                self.world.now,
+                "STABILITY: leader {} term {term}; isolating n{follower} for {phase} ticks",
+                Who {
+                    group: group as GroupId,
+                    node: leader
+                }
+            );
+        }
         self.world.network.isolate(follower);
-        for round in 0..2 * phase {
+        'rounds: for round in 0..2 * phase {
             if round == phase {
                 trace_event!(
                     self.world.trace,
@@ -577,88 +762,122 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
             if !self.may_continue() {
                 return false;
             }
-            let views = self
-                .nodes
-                .iter()
-                .zip(&self.world.observed)
-                .filter(|(n, _)| n.is_running())
-                .map(|(n, o)| (n.id, o.role, o.term));
-            if let Some(v) = leader_stability::check_tick(self.world.now, leader, term, views) {
-                self.world.violation(v);
-                break;
+            for (index, group) in self.groups.iter().enumerate() {
+                let Some((leader, term)) = leaders[index] else {
+                    continue;
+                };
+                let views = group
+                    .nodes
+                    .iter()
+                    .zip(&group.checks.observed)
+                    .filter(|(n, _)| n.is_running())
+                    .map(|(n, o)| (n.id, o.role, o.term));
+                if let Some(v) = leader_stability::check_tick(self.world.now, leader, term, views) {
+                    self.group_violation(index, v);
+                    break 'rounds;
+                }
             }
         }
         self.world.network.heal();
         true
     }
 
-    /// A final write must commit within the liveness bound.
+    /// A final write in every group must commit within the liveness bound.
     fn probe(&mut self) -> bool {
-        self.world.clients.request_probe();
+        for group in &mut self.groups {
+            group.checks.clients.request_probe();
+        }
         let end = self.world.now + self.config.heal_ticks;
+        let mut decided = vec![false; self.groups.len()];
         while self.world.now < end {
             self.tick();
             if !self.may_continue() {
                 return false;
             }
-            if let Some(outcome) = self.world.clients.probe_outcome() {
-                if outcome != Outcome::Written {
-                    let description = format!("the probe write ended {outcome:?}");
-                    self.world.violation(Violation::new(
-                        liveness::NAME,
-                        self.world.now,
-                        description,
-                    ));
+            for index in 0..self.groups.len() {
+                if decided[index] {
+                    continue;
                 }
+                if let Some(outcome) = self.groups[index].checks.clients.probe_outcome() {
+                    decided[index] = true;
+                    if outcome != Outcome::Written {
+                        let description = format!("the probe write ended {outcome:?}");
+                        let v = Violation::new(liveness::NAME, self.world.now, description);
+                        self.group_violation(index, v);
+                    }
+                }
+            }
+            if decided.iter().all(|&d| d) {
                 return true;
             }
         }
-        let description = format!(
-            "the probe write did not commit within {} ticks",
-            self.config.heal_ticks
-        );
-        self.world
-            .violation(Violation::new(liveness::NAME, self.world.now, description));
+        for index in (0..self.groups.len()).filter(|&g| !decided[g]) {
+            let description = format!(
+                "the probe write did not commit within {} ticks",
+                self.config.heal_ticks
+            );
+            let v = Violation::new(liveness::NAME, self.world.now, description);
+            self.group_violation(index, v);
+        }
         true
     }
 
-    /// Let outstanding operations finish (or time out) before the history is judged.
+    /// Let outstanding operations finish (or time out) before the histories are judged.
     fn drain_clients(&mut self) {
-        self.world.clients.invoking = false;
+        self.set_invoking(false);
         let end = self.world.now + self.config.op_timeout_ticks + 1;
-        while self.world.clients.outstanding() > 0 && self.world.now < end && self.may_continue() {
+        let outstanding = |groups: &[Group<R>]| -> usize {
+            groups.iter().map(|g| g.checks.clients.outstanding()).sum()
+        };
+        while outstanding(&self.groups) > 0 && self.world.now < end && self.may_continue() {
             self.tick();
         }
     }
 
+    /// Each group's history on its own (their keys are their own): the first verdict that is
+    /// not linearizable is the run's.
     fn check_linearizability(&mut self) -> Verdict {
         let now = self.world.now;
-        match linearizability::check(self.world.clients.history()) {
-            Ok(Verdict::NotLinearizable { key, explanation }) => {
-                // The explanation already names the key.
-                let description = explanation.clone();
-                self.world
-                    .violation(Violation::new("linearizability", now, description));
-                Verdict::NotLinearizable { key, explanation }
-            }
-            Ok(verdict) => verdict,
-            Err(error) => {
-                // The simulator recorded the history, so a malformed one is its own bug.
-                self.world.violation(Violation::new(
-                    "linearizability",
-                    now,
-                    format!("malformed history: {error}"),
-                ));
-                Verdict::Inconclusive {
-                    key: 0,
-                    explored: 0,
+        let mut run_verdict = Verdict::Linearizable;
+        for index in 0..self.groups.len() {
+            let verdict = match linearizability::check(self.groups[index].checks.clients.history())
+            {
+                Ok(Verdict::NotLinearizable { key, explanation }) => {
+                    // The explanation already names the key.
+                    let v = Violation::new("linearizability", now, explanation.clone());
+                    self.group_violation(index, v);
+                    Verdict::NotLinearizable { key, explanation }
                 }
+                Ok(verdict) => verdict,
+                Err(error) => {
+                    // The simulator recorded the history, so a malformed one is its own bug.
+                    let description = format!("malformed history: {error}");
+                    self.group_violation(
+                        index,
+                        Violation::new("linearizability", now, description),
+                    );
+                    Verdict::Inconclusive {
+                        key: 0,
+                        explored: 0,
+                    }
+                }
+            };
+            if matches!(run_verdict, Verdict::Linearizable) {
+                run_verdict = verdict;
             }
         }
+        run_verdict
     }
 
     fn report(self, linearizability: Option<Verdict>) -> SimReport {
-        let counts = self.world.clients.counts();
+        let mut counts = OpCounts::default();
+        for group in &self.groups {
+            let group = group.checks.clients.counts();
+            counts.invoked += group.invoked;
+            counts.committed += group.committed;
+            counts.failed += group.failed;
+            counts.unknown += group.unknown;
+        }
         SimReport {
             seed: self.config.seed,
             ops_invoked: counts.invoked,
@@ -690,58 +909,82 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
                 }
             }
         }
-        for index in 0..self.nodes.len() {
-            if let Some(replica) = self.nodes[index].replica.as_mut() {
-                replica.tick();
-                self.observe(index);
+        for group in 0..self.groups.len() {
+            for index in 0..self.config.nodes {
+                if let Some(replica) = self.groups[group].nodes[index].replica.as_mut() {
+                    replica.tick();
+                    self.observe(group, index);
+                }
             }
         }
-        self.world.clients.act(
-            now,
-            &mut self.nodes,
-            &self.world.state_machine_safety,
-            &mut self.world.trace,
-        );
+        for group in &mut self.groups {
+            group.checks.clients.act(
+                now,
+                &mut group.nodes,
+                &group.checks.state_machine_safety,
+                &mut self.world.trace,
+            );
+        }
         self.nemesis_act();
         self.drain_all();
         self.world.now += 1;
     }
 
-    fn deliver(&mut self, message: R::Message) {
+    fn deliver(&mut self, message: GroupMessage<R::Message>) {
+        let group = message.group as usize;
         let index = message.to() as usize - 1;
-        match self.nodes.get_mut(index).and_then(|n| n.replica.as_mut()) {
+        let node = self
+            .groups
+            .get_mut(group)
+            .and_then(|g| g.nodes.get_mut(index))
+            .and_then(|n| n.replica.as_mut());
+        match node {
             Some(replica) => {
                 trace_event!(self.world.trace, self.world.now, "deliver {message}");
-                replica.step(message);
-                self.observe(index);
+                replica.step(message.message);
+                self.observe(group, index);
             }
             None => trace_event!(
                 self.world.trace,
                 self.world.now,
-                "drop {message} (n{} is down)",
-                index + 1
+                "drop {message} ({} is down)",
+                Who {
+                    group: group as GroupId,
+                    node: index as NodeId + 1
+                }
             ),
         }
     }
 
     pub(crate) fn drain_all(&mut self) {
         let fsync_max = self.config.fsync_ticks_max;
-        for index in 0..self.nodes.len() {
-            let rng = &mut self.fsync_rng;
-            let mut fsync_ticks = || rng.random_range(0..=fsync_max);
-            self.nodes[index].drain(self.world.now, &mut fsync_ticks, &mut self.world);
-            if !self.world.new_commits.is_empty() {
-                self.check_new_commits();
+        for group in 0..self.groups.len() {
+            for index in 0..self.config.nodes {
+                let rng = &mut self.fsync_rng;
+                let mut fsync_ticks = || rng.random_range(0..=fsync_max);
+                let now = self.world.now;
+                let Group { id, nodes, checks } = &mut self.groups[group];
+                let mut handler = GroupWorld {
+                    world: &mut self.world,
+                    checks,
+                    group: *id,
+                };
+                nodes[index].drain(now, &mut fsync_ticks, &mut handler);
+                if !self.groups[group].checks.new_commits.is_empty() {
+                    self.check_new_commits(group);
+                }
+                self.observe(group, index);
             }
-            self.observe(index);
         }
     }
 
     /// Entries first committed in the last drain must be in every leader of a later term.
-    fn check_new_commits(&mut self) {
-        let commits = std::mem::take(&mut self.world.new_commits);
-        for (slot, node) in self.nodes.iter().enumerate() {
-            let observed = self.world.observed[slot];
+    fn check_new_commits(&mut self, group: usize) {
+        let Group { nodes, checks, .. } = &mut self.groups[group];
+        let commits = std::mem::take(&mut checks.new_commits);
+        let mut violations = Vec::new();
+        for (slot, node) in nodes.iter().enumerate() {
+            let observed = checks.observed[slot];
             let Some(replica) = node
                 .replica
                 .as_ref()
@@ -750,7 +993,7 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
                 continue;
             };
             for &index in &commits {
-                let check = self.world.leader_completeness.check_entry(
+                let check = checks.leader_completeness.check_entry(
                     self.world.now,
                     node.id,
                     observed.term,
@@ -758,30 +1001,32 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
                     || replica.status().first_log_index,
                     |i| replica.entry_term(i),
                 );
-                if let Some(v) = check {
-                    self.world.violation(v);
-                }
+                violations.extend(check);
             }
         }
-        self.world.new_commits = commits;
-        self.world.new_commits.clear();
+        checks.new_commits = commits;
+        checks.new_commits.clear();
+        for v in violations {
+            self.group_violation(group, v);
+        }
     }
 
     /// Diff the node's status against the last one seen: trace role and term changes, and run the
     /// checks that fire when a node becomes leader.
-    pub(crate) fn observe(&mut self, index: usize) {
-        let Some(replica) = self.nodes[index].replica.as_ref() else {
+    pub(crate) fn observe(&mut self, group: usize, index: usize) {
+        let Group { id, nodes, checks } = &mut self.groups[group];
+        let Some(replica) = nodes[index].replica.as_ref() else {
             return;
         };
         let status = replica.status();
-        let before = self.world.observed[index];
+        let before = checks.observed[index];
         let now = self.world.now;
         let term_since = if status.term == before.term {
             before.term_since
         } else {
             now
         };
-        self.world.observed[index] = Observed {
+        checks.observed[index] = Observed {
             role: status.role,
             term: status.term,
             leader: status.leader,
@@ -793,8 +1038,11 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
         trace_event!(
             self.world.trace,
             now,
-            "n{} is {} in term {} (was {} in term {})",
-            status.id,
+            "{} is {} in term {} (was {} in term {})",
+            Who {
+                group: *id,
+                node: status.id
+            },
             status.role,
             status.term,
             before.role,
@@ -805,37 +1053,41 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
             return;
         }
         self.world.leader_changes += 1;
-        if let Some(v) =
-            self.world
+        let mut violations = Vec::new();
+        violations.extend(
+            checks
                 .election_safety
-                .observe(now, status.id, status.role, status.term)
-        {
-            self.world.violation(v);
-        }
-        let check = self.world.leader_completeness.check_new_leader(
+                .observe(now, status.id, status.role, status.term),
+        );
+        violations.extend(checks.leader_completeness.check_new_leader(
             now,
             status.id,
             status.term,
             status.first_log_index,
             |i| replica.entry_term(i),
-        );
-        if let Some(v) = check {
-            self.world.violation(v);
+        ));
+        for v in violations {
+            self.group_violation(group, v);
         }
     }
 
-    /// Start (or restart) node `id` from its disk. A replica that refuses to start from what its
-    /// disk durably holds is a violation: every state the disk can be in after a crash is one the
-    /// `Ready` contract allows.
-    pub(crate) fn restart(&mut self, id: NodeId) {
+    /// Start (or restart) node `id` of `group` from its disk. A replica that refuses to start
+    /// from what its disk durably holds is a violation: every state the disk can be in after a
+    /// crash is one the `Ready` contract allows.
+    pub(crate) fn restart(&mut self, group: usize, id: NodeId) {
         let now = self.world.now;
         let seed = self.seed_rng.next_u64();
-        let node = &mut self.nodes[id as usize - 1];
+        let group_id = self.groups[group].id;
+        let node = &mut self.groups[group].nodes[id as usize - 1];
         let start = node.prepare_start(seed);
         trace_event!(
             self.world.trace,
             now,
-            "n{id} starts (incarnation {}, {} entries, snapshot at {}, {:?})",
+            "{} starts (incarnation {}, {} entries, snapshot at {}, {:?})",
+            Who {
+                group: group_id,
+                node: id
+            },
             start.incarnation,
             start.persisted.entries.len(),
             node.disk.snapshot_index(),
@@ -847,62 +1099,58 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
                 node.liveness = Liveness::Refused;
                 let description =
                     format!("n{id} refuses to restart from its durable state: {error}");
-                self.world
-                    .violation(Violation::new("restart", now, description));
+                self.group_violation(group, Violation::new("restart", now, description));
                 return;
             }
         }
-        self.world.observed[id as usize - 1] = Observed {
+        self.groups[group].checks.observed[id as usize - 1] = Observed {
             role: Role::Follower,
             term: 0,
             leader: None,
             term_since: now,
         };
-        self.observe(id as usize - 1);
+        self.observe(group, id as usize - 1);
     }
 
-    /// Crash node `id`; with `torn_items`, that many unsynced items survive (torn tail).
-    pub(crate) fn crash(&mut self, id: NodeId, restart_at: u64, torn_items: Option<usize>) {
+    /// Whether node `id` runs in any group (its process is up).
+    pub(crate) fn node_is_up(&self, id: NodeId) -> bool {
+        self.groups
+            .iter()
+            .any(|group| group.nodes[id as usize - 1].is_running())
+    }
+
+    /// Crash node `id`, every group's replica on it; with `torn`, a random prefix of each
+    /// replica's unsynced records survives (torn tail), drawn from the nemesis's generator.
+    pub(crate) fn crash(&mut self, id: NodeId, restart_at: u64, torn: bool) {
         let now = self.world.now;
-        match torn_items {
-            Some(kept) => trace_event!(
-                self.world.trace,
-                now,
-                "CRASH n{id} (restart at {restart_at}, torn tail keeps {kept} unsynced items)"
-            ),
-            None => trace_event!(
-                self.world.trace,
-                now,
-                "CRASH n{id} (restart at {restart_at})"
-            ),
+        for group in 0..self.groups.len() {
+            let node = &mut self.groups[group].nodes[id as usize - 1];
+            if !node.is_running() {
+                continue;
+            }
+            let torn_items = torn.then(|| {
+                self.nemesis
+                    .rng
+                    .random_range(0..=node.disk.unsynced_items())
+            });
+            let who = Who {
+                group: group as GroupId,
+                node: id,
+            };
+            match torn_items {
+                Some(kept) => trace_event!(
+                    self.world.trace,
+                    now,
+                    "CRASH {who} (restart at {restart_at}, torn tail keeps {kept} unsynced items)"
+                ),
+                None => trace_event!(
+                    self.world.trace,
+                    now,
+                    "CRASH {who} (restart at {restart_at})"
+                ),
+            }
+            node.crash(restart_at, torn_items);
+            self.groups[group].checks.clients.on_node_down(now, id);
         }
-        self.nodes[id as usize - 1].crash(restart_at, torn_items);
-        self.world.clients.on_node_down(now, id);
-    }
-
-    /// The running leader with the highest term, if any.
-    pub(crate) fn current_leader(&self) -> Option<NodeId> {
-        self.nodes
-            .iter()
-            .zip(&self.world.observed)
-            .filter(|(n, o)| n.is_running() && o.role == Role::Leader)
-            .max_by_key(|(_, o)| o.term)
-            .map(|(n, _)| n.id)
-    }
-
-    fn leader_with_quorum(&self) -> Option<(NodeId, Term)> {
-        let views: Vec<liveness::NodeView> = self
-            .nodes
-            .iter()
-            .zip(&self.world.observed)
-            .filter(|(n, _)| n.is_running() && n.liveness == Liveness::Running)
-            .map(|(n, o)| liveness::NodeView {
-                id: n.id,
-                role: o.role,
-                term: o.term,
-                leader: o.leader,
-            })
-            .collect();
-        liveness::leader_with_quorum(&views, &self.world.committed_membership)
     }
 }

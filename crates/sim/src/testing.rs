@@ -647,6 +647,73 @@ mod tests {
     }
 
     #[test]
+    fn a_broken_group_among_healthy_ones_is_caught_and_named() {
+        let one_broken = |start: ReplicaStart| {
+            let broken = (start.group == 2).then_some(FakeBreak::TwoLeaders);
+            Ok(Fake::new(start, broken))
+        };
+        let report = run(
+            &SimConfig {
+                groups: 4,
+                ..config(1, "none")
+            },
+            one_broken,
+        );
+        assert_eq!(report.violations.len(), 1, "{:#?}", report.violations);
+        let violation = &report.violations[0];
+        assert_eq!(violation.checker, crate::checkers::election_safety::NAME);
+        assert!(
+            violation.description.starts_with("group 2: "),
+            "each group has its own checkers, and a violation names its group: {violation:?}"
+        );
+    }
+
+    #[test]
+    fn groups_share_their_nodes_crashes_and_each_is_linearizable() {
+        let report = run(
+            &SimConfig {
+                groups: 3,
+                trace: true,
+                ..config(4, "crash,partition,drop")
+            },
+            fake(None),
+        );
+        assert!(report.passed(), "{:#?}", report.violations);
+        assert_eq!(report.linearizability, Some(Verdict::Linearizable));
+        let crashes: Vec<&String> = report
+            .trace
+            .iter()
+            .filter(|line| line.contains("CRASH "))
+            .collect();
+        let group_zero: Vec<&&String> = crashes
+            .iter()
+            .filter(|line| line.contains("CRASH n"))
+            .collect();
+        assert!(!group_zero.is_empty(), "the seed crashes some node");
+        for line in group_zero {
+            // "  tick CRASH nK (restart at T...": every group's replica on nK goes down at once.
+            let tick = line.split_whitespace().next().unwrap();
+            let node = line.split_whitespace().nth(2).unwrap();
+            for group in 1..3 {
+                let expected = format!("CRASH g{group}/{node} ");
+                assert!(
+                    crashes.iter().any(|other| {
+                        other.split_whitespace().next() == Some(tick) && other.contains(&expected)
+                    }),
+                    "{line}: no {expected} at the same tick"
+                );
+            }
+        }
+        let single = run(&config(4, "crash,partition,drop"), fake(None));
+        assert!(
+            report.ops_committed > 2 * single.ops_committed,
+            "three groups' clients each commit their own work: {} against {} for one group",
+            report.ops_committed,
+            single.ops_committed
+        );
+    }
+
+    #[test]
     fn invalid_configs_are_refused() {
         assert!(SimConfig {
             nodes: 0,
@@ -666,6 +733,15 @@ mod tests {
         }
         .validate()
         .is_err());
+        for groups in [0, crate::simulation::GROUPS_MAX + 1] {
+            let error = SimConfig {
+                groups,
+                ..SimConfig::default()
+            }
+            .validate()
+            .expect_err("groups out of range");
+            assert!(error.contains("groups"), "{error}");
+        }
         assert!(SimConfig {
             faults: FaultSet::all(),
             nodes: 9,
@@ -716,7 +792,7 @@ mod tests {
     #[test]
     fn acknowledgements_wait_for_the_fsync_and_crashes_lose_unsynced_entries() {
         let membership = Membership::with_voters([1, 2, 3]);
-        let mut node: Node<Fake> = Node::new(2, membership, None);
+        let mut node: Node<Fake> = Node::new(2, 0, membership, None);
         let start = node.prepare_start(0);
         node.start(Fake::new(start, None));
         let noop = |index| Entry {

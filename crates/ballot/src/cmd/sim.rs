@@ -25,6 +25,11 @@ pub struct SimArgs {
     /// Cluster size (1 to 9). Node ids are 1..=N, all voters at the start.
     #[arg(long, default_value_t = 3)]
     nodes: usize,
+    /// Replicated groups (1 to 64), each with a replica on every node. They share the nodes (a
+    /// crash takes every group's replica on a node down) and the network (a partition cuts
+    /// every group); each has its own clients and keys, and every check runs per group.
+    #[arg(long, default_value_t = 1)]
+    groups: usize,
     /// How many seeds to run, starting at --first-seed [default: 100; with --break, 5000, stopping
     /// at the first violation].
     #[arg(long)]
@@ -113,6 +118,10 @@ fn help_text() -> String {
     let mut text = String::from(
         "Each run has a chaos phase (--steps ticks of faults while clients work), then a heal \
          (faults undone, crashed nodes restarted), a leader-stability check, and a final probe write.\n\n\
+         With --groups G, G replicated groups share the nodes and the network: a crash or a \
+         partition hits every group on the node; membership changes and leadership transfers hit \
+         one group at a time; each group has its own clients and keys, and every check below runs \
+         per group.\n\n\
          Checked after every step: Election Safety, Log Matching, Leader Completeness, State Machine \
          Safety (Raft figure 3). Checked at the end: liveness (a leader and every pending operation \
          decided within a bound after the heal) and linearizability of every client operation \
@@ -142,6 +151,7 @@ fn help_text() -> String {
     text.push_str(
         "\nExit status: 0 when every run finished with zero violations, 1 otherwise, 2 on bad flags.\n\n\
          Examples:\n  ballot sim raft --nodes 5 --seeds 1000 --faults all\n  \
+         ballot sim raft --groups 8 --seeds 1000 --faults all\n  \
          ballot sim raft --seed 42 --trace\n  ballot sim raft --break commit-old-term --seeds 2000\n  \
          ballot sim raft --break forget-bootstrap --faults crash-all\n",
     );
@@ -151,6 +161,7 @@ fn help_text() -> String {
 pub fn run(args: SimArgs) -> ExitCode {
     let config = SimConfig {
         nodes: args.nodes,
+        groups: args.groups,
         steps: args.steps,
         faults: args.faults,
         clients: args.clients,
@@ -295,6 +306,9 @@ fn explain_failure(config: &SimConfig, args: &SimArgs, seed: u64) {
         "ballot sim raft --nodes {} --steps {} --faults {} --clients {} --keys {} --seed {seed} --trace",
         config.nodes, config.steps, config.faults, config.clients, config.keys
     );
+    if config.groups > 1 {
+        replay.push_str(&format!(" --groups {}", config.groups));
+    }
     if let Some(broken) = args.broken {
         replay.push_str(&format!(" --break {broken}"));
     }
@@ -317,8 +331,13 @@ fn print_summary(config: &SimConfig, args: &SimArgs, reports: &[SimReport], star
         .broken
         .map(|b| format!(", break {b}"))
         .unwrap_or_default();
+    let groups = if config.groups > 1 {
+        format!(", {} groups", config.groups)
+    } else {
+        String::new()
+    };
     println!(
-        "sim raft: {seeds}, {} nodes, faults {}{broken}: {committed} operations committed ({failed} failed, {unknown} indeterminate), {violations} violations, {:.1} s",
+        "sim raft: {seeds}, {} nodes{groups}, faults {}{broken}: {committed} operations committed ({failed} failed, {unknown} indeterminate), {violations} violations, {:.1} s",
         config.nodes,
         config.faults,
         started.elapsed().as_secs_f64()

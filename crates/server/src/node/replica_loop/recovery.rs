@@ -76,6 +76,8 @@ where
             &config.replica_settings(),
             ReplicaStart {
                 node_id: identity.member_id,
+                // This node hosts the one group so far.
+                group: 0,
                 persisted,
                 // Outside the simulator a different seed per start is what we want; nothing
                 // replays it.
