@@ -52,7 +52,9 @@ fn server(data_dir: &Path) -> Command {
 fn bad_values_are_refused_at_start_naming_the_flag() {
     let dir = test_dir("refused");
     let data_dir = dir.join("never-created");
-    let cases: [(&[&str], &[(&str, &str)], &str); 6] = [
+    // (flags, environment, what the error names)
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 6] = [
         (
             &[
                 "--auto-compaction-mode",

@@ -794,10 +794,8 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
             if !self.may_continue() {
                 return false;
             }
-            for index in 0..self.groups.len() {
-                if decided[index] {
-                    continue;
-                }
+            let undecided: Vec<usize> = (0..self.groups.len()).filter(|&g| !decided[g]).collect();
+            for index in undecided {
                 if let Some(outcome) = self.groups[index].checks.clients.probe_outcome() {
                     decided[index] = true;
                     if outcome != Outcome::Written {

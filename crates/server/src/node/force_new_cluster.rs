@@ -24,7 +24,7 @@ use ballot_core::{
 };
 use ballot_storage::atomic_file::write_atomically;
 use ballot_storage::wal::Wal;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The file that records a forced rewrite, in the data directory.
 pub(crate) const MARKER_FILE_NAME: &str = "force-new-cluster";
@@ -111,7 +111,7 @@ pub(crate) fn rewrite(
     Ok(())
 }
 
-fn write_marker(path: &PathBuf, first_index: u64, term: u64) -> Result<(), String> {
+fn write_marker(path: &Path, first_index: u64, term: u64) -> Result<(), String> {
     let text = format!(
         "--force-new-cluster made this member the only one of its cluster with the entries from \
          index {first_index} in term {term}.\n"

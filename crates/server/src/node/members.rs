@@ -367,9 +367,8 @@ mod tests {
         newer.put_u64_le(9);
         encode_members(&mut newer, &BTreeMap::new());
         std::fs::write(&path, &newer).unwrap();
-        let error = MemberRegistry::open(path.clone(), [info(1)])
-            .err()
-            .expect("a newer format is refused");
+        let error =
+            MemberRegistry::open(path.clone(), [info(1)]).expect_err("a newer format is refused");
         assert!(
             error.contains(&format!("version {}", FILE_FORMAT_VERSION + 1))
                 && error.contains(&format!("up to version {FILE_FORMAT_VERSION}")),

@@ -11,6 +11,9 @@ where
 {
     /// Recovers everything from the data directory (whose lock the caller holds and whose
     /// identity it has read or created) and builds the replica.
+    // Each argument is one part `Node::start` built for this loop alone; a struct to carry
+    // them would have no other use.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn open(
         config: &ServerConfig,
         identity: &Identity,
