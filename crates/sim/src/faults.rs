@@ -45,6 +45,11 @@
 //!   stopped and its disk wiped; later it is re-added as a learner with a fresh, empty disk (a new
 //!   incarnation) and promoted once it has caught up. One change at a time; never below 2 voters.
 //! - `transfer`: the leader is asked to hand leadership to a random other voter.
+//! - `groups` (only in runs with more than one group): half the time a new group is created
+//!   with replicas on `GROUP_REPLICAS` random nodes (bootstrapped on their disks; a node that is
+//!   down starts its replica when it comes back), else a group created this way is removed
+//!   (every replica stopped and wiped, its messages in flight dropped). Group 0 and the groups
+//!   the run started with are never removed, nor a group in the middle of a membership cycle.
 //!
 //! Never injected: corruption of durable data, loss of synced data, clock drift beyond what the
 //! tick model expresses, Byzantine messages.
@@ -66,6 +71,8 @@ pub const QUICK_REBOOT_MAX_TICKS: u64 = 10;
 pub const ELECTION_CRASH_PROBABILITY: f64 = 0.1;
 pub const CRASH_DOWN_MIN_TICKS: u64 = 10;
 pub const CRASH_DOWN_MAX_TICKS: u64 = 150;
+/// Replicas of a group the `groups` fault creates (fewer when the cluster is smaller).
+pub const GROUP_REPLICAS: usize = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum FaultKind {
@@ -83,10 +90,11 @@ pub enum FaultKind {
     CrashAll,
     Membership,
     Transfer,
+    Groups,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 14] = [
+    pub const ALL: [FaultKind; 15] = [
         FaultKind::Delay,
         FaultKind::Drop,
         FaultKind::Duplicate,
@@ -101,6 +109,7 @@ impl FaultKind {
         FaultKind::CrashAll,
         FaultKind::Membership,
         FaultKind::Transfer,
+        FaultKind::Groups,
     ];
 
     pub fn name(self) -> &'static str {
@@ -119,6 +128,7 @@ impl FaultKind {
             FaultKind::CrashAll => "crash-all",
             FaultKind::Membership => "membership",
             FaultKind::Transfer => "transfer",
+            FaultKind::Groups => "groups",
         }
     }
 
@@ -145,6 +155,10 @@ impl FaultKind {
                 "a follower is removed, then re-added empty as a learner and promoted"
             }
             FaultKind::Transfer => "the leader is asked to transfer leadership to another voter",
+            FaultKind::Groups => {
+                "with --groups above 1: a group is created on 3 of the nodes, or a created one is \
+                 removed"
+            }
         }
     }
 

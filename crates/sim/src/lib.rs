@@ -19,6 +19,9 @@
 //! assert!(report.passed(), "{:#?}", report.violations);
 //! ```
 //!
+//! With `groups` above 1, that many replicated groups run on the same nodes and network: a crash
+//! or a partition hits every group on a node, and each group has its own clients and checkers.
+//!
 //! # Phases
 //!
 //! 1. **Chaos** (`steps` ticks): clients issue reads, writes and compare-and-swaps on a few keys

@@ -10,12 +10,12 @@
 use crate::faults::{self, FaultKind, FaultSet};
 use crate::network::LinkFaults;
 use crate::node::Liveness;
-use crate::simulation::{Simulation, Who, World};
+use crate::simulation::{Group, Simulation, Who, World};
 use crate::trace_event;
 use ballot_core::ReplicaStart;
 use ballot_core::{GroupId, MembershipChange, NodeId, ProtocolMessage, Replica};
 use rand::seq::SliceRandom;
-use rand::Rng;
+use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 /// Ticks between retries of a membership proposal that has not committed.
@@ -141,12 +141,12 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
             return;
         }
         self.nemesis.next_episode_at = now + self.nemesis.interval();
-        let episodes = self
-            .nemesis
-            .faults
-            .iter()
-            .filter(|k| k.is_episode())
-            .count();
+        // Group churn needs more than one group; leaving it out of a single group's draw keeps
+        // those runs' seeds as they were before it existed.
+        let several_groups = self.groups.len() > 1;
+        let enabled =
+            |kind: &FaultKind| kind.is_episode() && (*kind != FaultKind::Groups || several_groups);
+        let episodes = self.nemesis.faults.iter().filter(enabled).count();
         if episodes == 0 {
             return;
         }
@@ -155,7 +155,7 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
             .nemesis
             .faults
             .iter()
-            .filter(|k| k.is_episode())
+            .filter(enabled)
             .nth(pick)
             .expect("in range");
         self.inject(kind);
@@ -329,6 +329,13 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
                 }
             }
             FaultKind::Membership => self.start_membership_cycle(),
+            FaultKind::Groups => {
+                if self.nemesis.rng.random_bool(0.5) {
+                    self.create_group();
+                } else {
+                    self.remove_group();
+                }
+            }
             FaultKind::Transfer => {
                 let group = self.pick_group();
                 let Some(leader) = self.groups[group].current_leader() else {
@@ -367,12 +374,84 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
 
     /// Propose `change` on the current leader; `true` if it was accepted.
     /// A group for a fault that hits one group: group 0 when it is the only one (no draw, so a
-    /// single group's runs replay as before), else a random one.
+    /// single group's runs replay as before), else a random live one.
     fn pick_group(&mut self) -> usize {
-        match self.groups.len() {
-            1 => 0,
-            groups => self.nemesis.rng.random_range(0..groups),
+        if self.groups.len() == 1 {
+            return 0;
         }
+        let live: Vec<usize> = (0..self.groups.len())
+            .filter(|&g| self.groups[g].is_live())
+            .collect();
+        live[self.nemesis.rng.random_range(0..live.len())]
+    }
+
+    /// A new group with replicas on `GROUP_REPLICAS` random nodes, as `ballot group create`
+    /// makes one: their disks are bootstrapped with its membership at once, and each replica
+    /// starts with its node (now, or when a node that is down comes back).
+    fn create_group(&mut self) {
+        if self.groups.len() >= crate::simulation::GROUPS_MAX {
+            return;
+        }
+        let now = self.world.now;
+        let mut nodes: Vec<NodeId> = (1..=self.config.nodes as NodeId).collect();
+        nodes.shuffle(&mut self.nemesis.rng);
+        nodes.truncate(faults::GROUP_REPLICAS.min(self.config.nodes));
+        nodes.sort_unstable();
+        let id = self.groups.len() as GroupId;
+        let clients_rng = ChaCha8Rng::seed_from_u64(self.nemesis.rng.next_u64());
+        let mut group = Group::new(id, &nodes, &self.config, clients_rng);
+        group.checks.clients.invoking = self.groups[0].checks.clients.invoking;
+        for &node in &nodes {
+            // A node that is down starts this replica when it restarts, like its others.
+            if let Some(restart_at) = self.node_restart_at(node) {
+                group.nodes[node as usize - 1].liveness = Liveness::Crashed { restart_at };
+            }
+        }
+        trace_event!(
+            self.world.trace,
+            now,
+            "FAULT groups: group {id} created on {nodes:?}"
+        );
+        self.groups.push(group);
+    }
+
+    /// Removes a group the `groups` fault created (not one the run started with, and not one in
+    /// the middle of a membership cycle): every replica stopped and wiped, its messages dropped.
+    fn remove_group(&mut self) {
+        let now = self.world.now;
+        let cycling = self.nemesis.cycle != MembershipCycle::Idle;
+        let removable: Vec<usize> = (self.config.groups..self.groups.len())
+            .filter(|&g| self.groups[g].is_live())
+            .filter(|&g| !(cycling && self.nemesis.cycle_group == g))
+            .collect();
+        if removable.is_empty() {
+            return;
+        }
+        let index = removable[self.nemesis.rng.random_range(0..removable.len())];
+        let group = &mut self.groups[index];
+        for slot in &mut group.nodes {
+            if slot.liveness != Liveness::Removed {
+                slot.remove();
+            }
+        }
+        group.removed_at = Some(now);
+        group.checks.clients.invoking = false;
+        let id = group.id;
+        self.world.network.purge(|message| message.group == id);
+        trace_event!(self.world.trace, now, "FAULT groups: group {id} removed");
+    }
+
+    /// When node `id`, down now, restarts: the restart time its replicas share.
+    fn node_restart_at(&self, id: NodeId) -> Option<u64> {
+        if self.node_is_up(id) {
+            return None;
+        }
+        self.groups
+            .iter()
+            .find_map(|group| match group.nodes[id as usize - 1].liveness {
+                Liveness::Crashed { restart_at } => Some(restart_at),
+                _ => None,
+            })
     }
 
     fn propose_change(&mut self, change: MembershipChange) -> bool {

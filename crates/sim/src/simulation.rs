@@ -191,19 +191,34 @@ pub(crate) struct Checks {
     new_commits: Vec<LogIndex>,
 }
 
-/// One replicated group: a replica on every node, and its checks.
+/// One replicated group: a slot for its replica on every node (a node that is not one of its
+/// members keeps the slot empty, as `Liveness::Removed`), and its checks.
 pub(crate) struct Group<R: Replica> {
     pub id: GroupId,
     pub nodes: Vec<Node<R>>,
     pub checks: Checks,
+    /// When the `groups` fault removed the group; its history is still judged.
+    pub removed_at: Option<u64>,
 }
 
 impl<R: Replica> Group<R> {
-    fn new(id: GroupId, config: &SimConfig, clients_rng: ChaCha8Rng) -> Self {
+    /// A group whose replicas are on `members` (all voters), bootstrapped on their disks.
+    pub(crate) fn new(
+        id: GroupId,
+        members: &[NodeId],
+        config: &SimConfig,
+        clients_rng: ChaCha8Rng,
+    ) -> Self {
         let node_count = config.nodes;
-        let membership = Membership::with_voters(1..=node_count as NodeId);
+        let membership = Membership::with_voters(members.iter().copied());
         let nodes = (1..=node_count as NodeId)
-            .map(|node| Node::new(node, id, membership.clone(), config.driver_break))
+            .map(|node| {
+                let mut slot = Node::new(node, id, membership.clone(), config.driver_break);
+                if !members.contains(&node) {
+                    slot.remove();
+                }
+                slot
+            })
             .collect();
         let idle = Observed {
             role: Role::Follower,
@@ -231,7 +246,17 @@ impl<R: Replica> Group<R> {
                 committed_membership_index: 0,
                 new_commits: Vec::new(),
             },
+            removed_at: None,
         }
+    }
+
+    pub(crate) fn is_live(&self) -> bool {
+        self.removed_at.is_none()
+    }
+
+    /// Whether node `id` holds (or should hold) a replica of this group.
+    pub(crate) fn has_member(&self, id: NodeId) -> bool {
+        self.nodes[id as usize - 1].liveness != Liveness::Removed
     }
 
     /// The running leader with the highest term, if any.
@@ -586,9 +611,10 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
         let nemesis = Nemesis::new(config.faults, child());
         let seed_rng = child();
         let fsync_rng = child();
-        let mut groups = vec![Group::new(0, &config, first_clients)];
+        let everyone: Vec<NodeId> = (1..=config.nodes as NodeId).collect();
+        let mut groups = vec![Group::new(0, &everyone, &config, first_clients)];
         for id in 1..config.groups as GroupId {
-            groups.push(Group::new(id, &config, child()));
+            groups.push(Group::new(id, &everyone, &config, child()));
         }
         let world = World {
             now: 0,
@@ -643,8 +669,9 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
         self.world.violation(violation);
     }
 
+    /// Lets the clients of every live group start operations, or stops them.
     fn set_invoking(&mut self, invoking: bool) {
-        for group in &mut self.groups {
+        for group in self.groups.iter_mut().filter(|g| g.is_live()) {
             group.checks.clients.invoking = invoking;
         }
     }
@@ -683,6 +710,9 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
         self.set_invoking(false);
         let now = self.world.now;
         for (index, leader_seen) in leaders_seen.into_iter().enumerate() {
+            if !self.groups[index].is_live() {
+                continue;
+            }
             if let Some(v) = liveness::check_leader(now, leader_seen, self.config.heal_ticks) {
                 self.group_violation(index, v);
             }
@@ -726,6 +756,7 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
                     && self
                         .groups
                         .iter()
+                        .filter(|group| group.has_member(id))
                         .all(|group| group.nodes[id as usize - 1].is_running())
             })
         else {
@@ -784,11 +815,11 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
 
     /// A final write in every group must commit within the liveness bound.
     fn probe(&mut self) -> bool {
-        for group in &mut self.groups {
+        for group in self.groups.iter_mut().filter(|g| g.is_live()) {
             group.checks.clients.request_probe();
         }
         let end = self.world.now + self.config.heal_ticks;
-        let mut decided = vec![false; self.groups.len()];
+        let mut decided: Vec<bool> = self.groups.iter().map(|g| !g.is_live()).collect();
         while self.world.now < end {
             self.tick();
             if !self.may_continue() {
@@ -961,7 +992,9 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
                 let rng = &mut self.fsync_rng;
                 let mut fsync_ticks = || rng.random_range(0..=fsync_max);
                 let now = self.world.now;
-                let Group { id, nodes, checks } = &mut self.groups[group];
+                let Group {
+                    id, nodes, checks, ..
+                } = &mut self.groups[group];
                 let mut handler = GroupWorld {
                     world: &mut self.world,
                     checks,
@@ -1012,7 +1045,9 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
     /// Diff the node's status against the last one seen: trace role and term changes, and run the
     /// checks that fire when a node becomes leader.
     pub(crate) fn observe(&mut self, group: usize, index: usize) {
-        let Group { id, nodes, checks } = &mut self.groups[group];
+        let Group {
+            id, nodes, checks, ..
+        } = &mut self.groups[group];
         let Some(replica) = nodes[index].replica.as_ref() else {
             return;
         };

@@ -714,6 +714,41 @@ mod tests {
     }
 
     #[test]
+    fn groups_are_created_and_removed_under_faults_and_each_is_checked() {
+        let mut created = 0;
+        let mut removed = 0;
+        let mut started_late = 0;
+        for seed in 0..8 {
+            let report = run(
+                &SimConfig {
+                    groups: 2,
+                    trace: true,
+                    ..config(seed, "groups,crash,crash-all,partition")
+                },
+                fake(None),
+            );
+            assert!(report.passed(), "seed {seed}: {:#?}", report.violations);
+            assert_eq!(report.linearizability, Some(Verdict::Linearizable));
+            let lines = |text: &str| report.trace.iter().filter(|l| l.contains(text)).count();
+            created += lines("FAULT groups: group") - lines(" removed");
+            removed += lines(" removed");
+            // The first created group (id 2) starts its replicas from the disks its creation
+            // bootstrapped: first incarnations, after tick 0.
+            started_late += report
+                .trace
+                .iter()
+                .filter(|l| l.contains("starts (incarnation 0") && l.contains("g2/"))
+                .filter(|l| l.split_whitespace().next() != Some("0"))
+                .count();
+        }
+        assert!(
+            created > 0 && removed > 0,
+            "{created} created, {removed} removed"
+        );
+        assert!(started_late > 0, "created groups start their replicas");
+    }
+
+    #[test]
     fn invalid_configs_are_refused() {
         assert!(SimConfig {
             nodes: 0,
