@@ -1,11 +1,12 @@
-//! The conformance suite for the storage traits: every rule [`LogStore`] and [`SnapshotStore`]
-//! state, checked the same way against every implementation (the server's WAL and snapshot
-//! directory, the simulator's in-memory disk). An implementation's tests call
-//! [`log_store`] and [`snapshot_store`] with a harness that opens it over fresh storage.
+//! The conformance suite for the storage traits: every rule [`LogStore`], [`SnapshotStore`] and
+//! [`StateMachine`] state, checked the same way against every implementation (the server's WAL,
+//! snapshot directory and MVCC store; the simulator's in-memory disk and map). An
+//! implementation's tests call [`log_store`], [`snapshot_store`] and [`state_machine`] with a
+//! harness that opens it over fresh storage.
 //!
 //! Each check panics with a sentence naming the rule it found broken.
 
-use crate::storage::{LogStore, RecoveredLog, SnapshotStore};
+use crate::storage::{LogStore, RecoveredLog, SnapshotStore, StateMachine};
 use crate::{Entry, EntryPayload, HardState, LogIndex, LogPosition, Snapshot, SnapshotMeta, Term};
 use bytes::Bytes;
 
@@ -25,6 +26,24 @@ pub trait SnapshotStoreHarness {
     type Store: SnapshotStore;
     fn open(&mut self) -> Self::Store;
     fn close(&mut self, store: Self::Store);
+}
+
+/// Builds fresh state machines and speaks their command language for the checks: keys and
+/// values are numbers, each implementation encodes them its own way.
+pub trait StateMachineHarness {
+    type Machine: StateMachine;
+    /// A new, empty state machine, independent of every other this harness made.
+    fn fresh(&mut self) -> Self::Machine;
+    /// The command that sets `key` to `value`.
+    fn put(&self, key: u64, value: u64) -> <Self::Machine as StateMachine>::Command;
+    /// The value of `key` in `machine`, if it has one.
+    fn get(&self, machine: &Self::Machine, key: u64) -> Option<u64>;
+}
+
+/// Runs every state machine check on one harness.
+pub fn state_machine<H: StateMachineHarness>(harness: &mut H) {
+    commands_apply_in_order_and_a_replay_applies_nothing_twice(harness);
+    an_image_restores_the_whole_state_and_a_bad_one_changes_nothing(harness);
 }
 
 /// Runs every log store check, each on a harness from `new_harness` (fresh, empty storage).
@@ -268,4 +287,99 @@ fn an_older_snapshot_is_refused_and_changes_nothing<H: SnapshotStoreHarness>(har
     harness.close(store);
     let store = harness.open();
     assert_eq!(store.latest().unwrap(), Some(snapshot(9, 2, "nine")));
+}
+
+fn commands_apply_in_order_and_a_replay_applies_nothing_twice<H: StateMachineHarness>(
+    harness: &mut H,
+) {
+    let mut machine = harness.fresh();
+    assert_eq!(
+        machine.applied_index(),
+        0,
+        "a fresh state machine has applied nothing"
+    );
+    let outcomes = machine
+        .apply(&[
+            (1, harness.put(1, 10)),
+            (2, harness.put(2, 20)),
+            (3, harness.put(1, 11)),
+        ])
+        .unwrap();
+    assert!(
+        outcomes.iter().all(Option::is_some),
+        "every new command has an outcome"
+    );
+    assert_eq!(harness.get(&machine, 1), Some(11), "later commands win");
+    assert_eq!(harness.get(&machine, 2), Some(20));
+    assert_eq!(machine.applied_index(), 3);
+    let outcomes = machine
+        .apply(&[
+            (2, harness.put(2, 99)),
+            (3, harness.put(1, 99)),
+            (4, harness.put(3, 30)),
+        ])
+        .unwrap();
+    assert!(
+        outcomes[0].is_none() && outcomes[1].is_none() && outcomes[2].is_some(),
+        "commands at or below the applied index are skipped, later ones applied"
+    );
+    assert_eq!(
+        harness.get(&machine, 2),
+        Some(20),
+        "a replayed command changed nothing"
+    );
+    assert_eq!(harness.get(&machine, 1), Some(11));
+    assert_eq!(harness.get(&machine, 3), Some(30));
+    machine.mark_applied(6).unwrap();
+    assert_eq!(
+        machine.applied_index(),
+        6,
+        "an entry without a command moves the index"
+    );
+    let outcomes = machine.apply(&[(5, harness.put(5, 50))]).unwrap();
+    assert!(outcomes[0].is_none(), "index 5 is behind the applied index");
+    assert_eq!(harness.get(&machine, 5), None);
+}
+
+fn an_image_restores_the_whole_state_and_a_bad_one_changes_nothing<H: StateMachineHarness>(
+    harness: &mut H,
+) {
+    let mut machine = harness.fresh();
+    machine
+        .apply(&[(1, harness.put(1, 10)), (2, harness.put(2, 20))])
+        .unwrap();
+    let image = machine.image().unwrap();
+    let mut copy = harness.fresh();
+    copy.apply(&[(1, harness.put(9, 90))]).unwrap();
+    copy.restore(&image).unwrap();
+    assert_eq!(
+        copy.applied_index(),
+        2,
+        "the image carries its applied index"
+    );
+    assert_eq!(harness.get(&copy, 1), Some(10));
+    assert_eq!(harness.get(&copy, 2), Some(20));
+    assert_eq!(
+        harness.get(&copy, 9),
+        None,
+        "a restore replaces the whole state: what the image lacks is gone"
+    );
+    machine.apply(&[(3, harness.put(4, 40))]).unwrap();
+    machine.restore(&image).unwrap();
+    assert_eq!(
+        machine.applied_index(),
+        2,
+        "a restore can move the applied index back"
+    );
+    assert_eq!(harness.get(&machine, 4), None);
+    assert!(
+        machine.restore(b"this is not an image").is_err(),
+        "an image that does not decode is refused"
+    );
+    assert_eq!(
+        machine.applied_index(),
+        2,
+        "a refused image changes nothing"
+    );
+    assert_eq!(harness.get(&machine, 1), Some(10));
 }

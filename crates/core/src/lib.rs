@@ -30,7 +30,7 @@ pub use replica::{
     WireMessage,
 };
 pub use state::{HardState, PersistedState, Snapshot, SnapshotMeta};
-pub use storage::{LogStore, RecoveredLog, SnapshotStore};
+pub use storage::{LogStore, RecoveredLog, SnapshotStore, StateMachine};
 
 /// Identifies a replicated group. A node hosts a replica of many groups; group 0 is the one every
 /// cluster has (the default keyspace, and the catalog of the others).

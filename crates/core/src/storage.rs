@@ -4,10 +4,14 @@
 //! simulator with its in-memory disk, and one conformance suite (`conformance`, behind the
 //! feature of that name) holds every implementation to the same rules.
 //!
-//! The state machine is not a trait here: what applying an entry means (and whom it answers) is
-//! each host's, so it is a question the driver asks its host ([`crate::driver::ReadyHost`]).
+//! The state machine's storage is the third trait, [`StateMachine`]: applying commands in log
+//! order, at most once each, and images of the whole state. What a command means, and whom its
+//! outcome answers, is each host's: the driver asks its host to apply
+//! ([`crate::driver::ReadyHost::apply`]), and the host decodes its entries into its state
+//! machine's commands.
 
 use crate::{Entry, HardState, LogIndex, LogPosition, Snapshot};
+use bytes::Bytes;
 
 /// A replica's log and hard state, as the driver writes them.
 ///
@@ -64,4 +68,36 @@ pub trait SnapshotStore {
 
     /// The newest snapshot kept, if any.
     fn latest(&self) -> Result<Option<Snapshot>, Self::Error>;
+}
+
+/// A replicated state machine's storage: the MVCC store on a server, the simulator's map.
+///
+/// Rules every implementation keeps (the conformance suite checks each):
+/// - [`StateMachine::apply`] applies commands in log order; a command at or below the applied
+///   index is skipped (its outcome is `None`), so replaying a log after a restart applies
+///   nothing twice;
+/// - [`StateMachine::mark_applied`] moves the applied index past an entry that carries no
+///   command, changing no state;
+/// - [`StateMachine::image`] holds the whole state and its applied index, and
+///   [`StateMachine::restore`] replaces the whole state with one (keys the image lacks are
+///   gone); an image that does not decode is refused and changes nothing.
+pub trait StateMachine {
+    /// One entry's command, decoded from the log by the host.
+    type Command;
+    /// What applying one command answers.
+    type Outcome;
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    fn apply(
+        &mut self,
+        commands: &[(LogIndex, Self::Command)],
+    ) -> Result<Vec<Option<Self::Outcome>>, Self::Error>;
+
+    fn mark_applied(&mut self, index: LogIndex) -> Result<(), Self::Error>;
+
+    fn applied_index(&self) -> LogIndex;
+
+    fn image(&self) -> Result<Bytes, Self::Error>;
+
+    fn restore(&mut self, image: &[u8]) -> Result<(), Self::Error>;
 }

@@ -8,8 +8,9 @@
 //! Encoding (little-endian):
 //! `Put`: `[1][op_id u64][key u64][value u64]`;
 //! `Cas`: `[2][op_id u64][key u64][has_expected u8][expected u64][new u64]`;
-//! snapshot: `[count u64]` then `count` pairs `[key u64][value u64]` in key order.
+//! image: `[applied index u64][count u64]` then `count` pairs `[key u64][value u64]` in key order.
 
+use ballot_core::{LogIndex, StateMachine};
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -50,6 +51,8 @@ impl fmt::Display for DecodeError {
         f.write_str(&self.0)
     }
 }
+
+impl std::error::Error for DecodeError {}
 
 struct Reader<'a> {
     bytes: &'a [u8],
@@ -149,9 +152,13 @@ impl Command {
     }
 }
 
+/// The simulated nodes' state machine: a map from keys to values, and the index it has applied
+/// through. It is the simulator's implementation of `ballot_core::StateMachine`, held to the
+/// same conformance suite as the server's MVCC store.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KvStore {
     map: BTreeMap<Key, Value>,
+    applied_index: LogIndex,
 }
 
 impl KvStore {
@@ -159,7 +166,9 @@ impl KvStore {
         self.map.get(&key).copied()
     }
 
-    pub fn apply(&mut self, command: &Command) -> ApplyResult {
+    /// Runs one command on the map (the applied index is the caller's: see
+    /// [`StateMachine::apply`]).
+    pub fn execute(&mut self, command: &Command) -> ApplyResult {
         match *command {
             Command::Put { key, value, .. } => {
                 self.map.insert(key, value);
@@ -177,8 +186,10 @@ impl KvStore {
         }
     }
 
-    pub fn snapshot(&self) -> Bytes {
-        let mut out = Vec::with_capacity(8 + 16 * self.map.len());
+    /// The image: applied index, then the pairs.
+    pub fn encode_image(&self) -> Bytes {
+        let mut out = Vec::with_capacity(16 + 16 * self.map.len());
+        out.extend_from_slice(&self.applied_index.to_le_bytes());
         out.extend_from_slice(&(self.map.len() as u64).to_le_bytes());
         for (key, value) in &self.map {
             out.extend_from_slice(&key.to_le_bytes());
@@ -187,15 +198,56 @@ impl KvStore {
         Bytes::from(out)
     }
 
-    pub fn restore(bytes: &[u8]) -> Result<KvStore, DecodeError> {
+    pub fn decode_image(bytes: &[u8]) -> Result<KvStore, DecodeError> {
         let mut reader = Reader { bytes };
+        let applied_index = reader.u64()?;
         let count = reader.u64()?;
         let mut map = BTreeMap::new();
         for _ in 0..count {
             map.insert(reader.u64()?, reader.u64()?);
         }
         reader.finish()?;
-        Ok(KvStore { map })
+        Ok(KvStore { map, applied_index })
+    }
+}
+
+impl StateMachine for KvStore {
+    type Command = Command;
+    type Outcome = ApplyResult;
+    type Error = DecodeError;
+
+    fn apply(
+        &mut self,
+        commands: &[(LogIndex, Command)],
+    ) -> Result<Vec<Option<ApplyResult>>, DecodeError> {
+        Ok(commands
+            .iter()
+            .map(|(index, command)| {
+                if *index <= self.applied_index {
+                    return None;
+                }
+                self.applied_index = *index;
+                Some(self.execute(command))
+            })
+            .collect())
+    }
+
+    fn mark_applied(&mut self, index: LogIndex) -> Result<(), DecodeError> {
+        self.applied_index = self.applied_index.max(index);
+        Ok(())
+    }
+
+    fn applied_index(&self) -> LogIndex {
+        self.applied_index
+    }
+
+    fn image(&self) -> Result<Bytes, DecodeError> {
+        Ok(self.encode_image())
+    }
+
+    fn restore(&mut self, image: &[u8]) -> Result<(), DecodeError> {
+        *self = KvStore::decode_image(image)?;
+        Ok(())
     }
 }
 
@@ -235,17 +287,44 @@ mod tests {
         fn snapshots_round_trip(commands in proptest::collection::vec(command(), 0..40)) {
             let mut kv = KvStore::default();
             for command in &commands {
-                kv.apply(command);
+                kv.execute(command);
             }
-            prop_assert_eq!(KvStore::restore(&kv.snapshot()).unwrap(), kv);
+            prop_assert_eq!(KvStore::decode_image(&kv.encode_image()).unwrap(), kv);
         }
+    }
+
+    struct Harness;
+
+    impl ballot_core::conformance::StateMachineHarness for Harness {
+        type Machine = KvStore;
+
+        fn fresh(&mut self) -> KvStore {
+            KvStore::default()
+        }
+
+        fn put(&self, key: u64, value: u64) -> Command {
+            Command::Put {
+                op_id: key ^ value,
+                key,
+                value,
+            }
+        }
+
+        fn get(&self, machine: &KvStore, key: u64) -> Option<u64> {
+            machine.get(key)
+        }
+    }
+
+    #[test]
+    fn the_simulated_map_keeps_every_rule_of_a_state_machine() {
+        ballot_core::conformance::state_machine(&mut Harness);
     }
 
     #[test]
     fn cas_swaps_only_on_match() {
         let mut kv = KvStore::default();
         assert_eq!(
-            kv.apply(&Command::Cas {
+            kv.execute(&Command::Cas {
                 op_id: 1,
                 key: 0,
                 expected: Some(5),
@@ -254,7 +333,7 @@ mod tests {
             ApplyResult::Cas { swapped: false }
         );
         assert_eq!(
-            kv.apply(&Command::Cas {
+            kv.execute(&Command::Cas {
                 op_id: 2,
                 key: 0,
                 expected: None,
@@ -263,7 +342,7 @@ mod tests {
             ApplyResult::Cas { swapped: true }
         );
         assert_eq!(
-            kv.apply(&Command::Put {
+            kv.execute(&Command::Put {
                 op_id: 3,
                 key: 0,
                 value: 9
@@ -286,6 +365,6 @@ mod tests {
         .to_vec();
         bytes.push(0);
         assert!(Command::decode(&bytes).is_err());
-        assert!(KvStore::restore(&[1, 0, 0, 0, 0, 0, 0, 0]).is_err());
+        assert!(KvStore::decode_image(&[0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]).is_err());
     }
 }

@@ -533,7 +533,7 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
                 if membership.is_voter(node) {
                     self.nemesis.cycle = MembershipCycle::Idle;
                 } else if membership.is_learner(node) {
-                    let applied = self.groups[group].nodes[node as usize - 1].applied_index;
+                    let applied = self.groups[group].nodes[node as usize - 1].applied_index();
                     let frontier = self.groups[group]
                         .checks
                         .state_machine_safety

@@ -13,6 +13,7 @@ use ballot_core::driver::{self, InFlight, ReadyHost};
 use ballot_core::{
     Entry, EntryPayload, GroupId, LogIndex, LogPosition, LogStore, Membership, NodeId,
     PersistedState, ReadState, Replica, ReplicaStart, Snapshot, SnapshotMeta, SnapshotStore,
+    StateMachine,
 };
 
 /// A deliberately broken driver, for proving that the checkers catch what a driver (the server,
@@ -130,9 +131,9 @@ pub struct Node<R: Replica> {
     pub replica: Option<R>,
     pub liveness: Liveness,
     pub disk: Disk,
+    /// The state machine, with the index it has applied through.
     pub kv: KvStore,
-    pub applied_index: LogIndex,
-    /// Membership as of `applied_index` (the bootstrap one, then snapshots and applied changes):
+    /// Membership as of the applied index (the bootstrap one, then snapshots and applied changes):
     /// what a snapshot taken now must record.
     pub applied_membership: Membership,
     /// Only with the `forget-bootstrap` driver break: the starting membership, kept in memory
@@ -160,7 +161,6 @@ impl<R: Replica> Node<R> {
             liveness: Liveness::Crashed { restart_at: 0 },
             disk: Disk::default(),
             kv: KvStore::default(),
-            applied_index: 0,
             applied_membership: Membership::default(),
             bootstrap_in_memory: None,
             incarnation: 0,
@@ -184,8 +184,13 @@ impl<R: Replica> Node<R> {
             Some(DriverBreak::ForgetBootstrap) => self.bootstrap_in_memory = Some(membership),
             None => self
                 .disk
-                .bootstrap(membership, KvStore::default().snapshot()),
+                .bootstrap(membership, KvStore::default().encode_image()),
         }
+    }
+
+    /// The index the state machine has applied through.
+    pub fn applied_index(&self) -> LogIndex {
+        self.kv.applied_index()
     }
 
     pub fn is_running(&self) -> bool {
@@ -207,13 +212,11 @@ impl<R: Replica> Node<R> {
             Some(snapshot) => {
                 // A snapshot that cannot be decoded was written by this simulator, so failing to
                 // read it back is a simulator bug, not a protocol one.
-                self.kv = KvStore::restore(&snapshot.data).expect("durable snapshot decodes");
-                self.applied_index = snapshot.meta.last_included.index;
+                self.kv = KvStore::decode_image(&snapshot.data).expect("durable snapshot decodes");
                 self.applied_membership = snapshot.meta.membership.clone();
             }
             None => {
                 self.kv = KvStore::default();
-                self.applied_index = 0;
                 self.applied_membership = persisted.base_membership();
             }
         }
@@ -304,7 +307,7 @@ impl<R: Replica> Node<R> {
     }
 
     fn apply(&mut self, now: u64, entry: &Entry, handler: &mut impl ReadyHandler<R>) {
-        let previous = self.applied_index;
+        let previous = self.applied_index();
         if entry.index <= previous {
             // Already in the state machine (e.g. covered by a restored snapshot): report it so the
             // order check sees it, but never apply twice.
@@ -313,7 +316,10 @@ impl<R: Replica> Node<R> {
         }
         let result = match &entry.payload {
             EntryPayload::Command(data) => match Command::decode(data) {
-                Ok(command) => Some(self.kv.apply(&command)),
+                Ok(command) => StateMachine::apply(&mut self.kv, &[(entry.index, command)])
+                    .expect("the map applies every command")
+                    .pop()
+                    .flatten(),
                 Err(error) => {
                     handler.contract_broken(
                         now,
@@ -329,12 +335,17 @@ impl<R: Replica> Node<R> {
             }
             EntryPayload::Noop => None,
         };
-        self.applied_index = entry.index;
+        if self.kv.applied_index() < entry.index {
+            // A no-op, a membership change, or a command that did not decode.
+            self.kv
+                .mark_applied(entry.index)
+                .expect("the map marks any index");
+        }
         handler.applied(now, self.id, previous, entry, result);
     }
 
     fn serve_reads(&mut self, now: u64, handler: &mut impl ReadyHandler<R>) {
-        let applied = self.applied_index;
+        let applied = self.applied_index();
         let kv = &self.kv;
         let id = self.id;
         self.waiting_reads.retain(|read| {
@@ -358,16 +369,16 @@ impl<R: Replica> Node<R> {
         let Some(replica) = self.replica.as_mut() else {
             return;
         };
-        if self.applied_index == 0
-            || (purpose == SnapshotPurpose::Compaction
-                && self.applied_index <= self.disk.snapshot_index())
+        let applied = self.kv.applied_index();
+        if applied == 0
+            || (purpose == SnapshotPurpose::Compaction && applied <= self.disk.snapshot_index())
         {
             return;
         }
         // Steps keep arriving while a `Ready` is persisted, so the replica may already have
         // installed a newer snapshot from the leader and forgotten this index: nothing to do then.
-        let Some(term) = replica.entry_term(self.applied_index) else {
-            let at = LogPosition::new(self.applied_index, 0);
+        let Some(term) = replica.entry_term(applied) else {
+            let at = LogPosition::new(applied, 0);
             handler.snapshot_taken(
                 now,
                 self.id,
@@ -377,13 +388,13 @@ impl<R: Replica> Node<R> {
             );
             return;
         };
-        let at = LogPosition::new(self.applied_index, term);
+        let at = LogPosition::new(applied, term);
         let snapshot = Snapshot {
             meta: SnapshotMeta {
                 last_included: at,
                 membership: self.applied_membership.clone(),
             },
-            data: self.kv.snapshot(),
+            data: self.kv.encode_image(),
         };
         let outcome = match purpose {
             SnapshotPurpose::Compaction => {
@@ -466,11 +477,17 @@ impl<R: Replica, H: ReadyHandler<R>> ReadyHost for Host<'_, R, H> {
     }
 
     fn restore(&mut self, snapshot: &Snapshot) -> Result<(), BrokenContract> {
-        let kv = KvStore::restore(&snapshot.data)
+        let kv = KvStore::decode_image(&snapshot.data)
             .map_err(|error| BrokenContract(format!("snapshot does not decode: {error}")))?;
+        if kv.applied_index() != snapshot.meta.last_included.index {
+            return Err(BrokenContract(format!(
+                "the image of the snapshot at {} holds the state at index {}",
+                snapshot.meta.last_included,
+                kv.applied_index()
+            )));
+        }
         let node = &mut *self.node;
         node.kv = kv;
-        node.applied_index = snapshot.meta.last_included.index;
         node.applied_membership = snapshot.meta.membership.clone();
         self.handler
             .snapshot_restored(self.now, node.id, &snapshot.meta);

@@ -1,9 +1,11 @@
 //! The storage conformance suite (`ballot_core::conformance`) run against the server's storage:
-//! the WAL as the log store, the `snap/` directory as the snapshot store. The simulator runs the
-//! same suite against its in-memory disk.
+//! the WAL as the log store, the `snap/` directory as the snapshot store, the MVCC store as the
+//! state machine. The simulator runs the same suite against its in-memory disk and map.
 
-use ballot_core::conformance::{self, LogStoreHarness, SnapshotStoreHarness};
+use ballot_core::conformance::{self, LogStoreHarness, SnapshotStoreHarness, StateMachineHarness};
 use ballot_core::RecoveredLog;
+use ballot_storage::mvcc::types::{Command, KeyRange, PutRequest, RangeRequest};
+use ballot_storage::mvcc::MvccStore;
 use ballot_storage::snapshot_store::SnapshotStore;
 use ballot_storage::wal::{Wal, WalOptions};
 use tempfile::TempDir;
@@ -57,5 +59,51 @@ fn the_wal_keeps_every_rule_of_a_log_store() {
 fn the_snapshot_directory_keeps_every_rule_of_a_snapshot_store() {
     conformance::snapshot_store(|| SnapHarness {
         dir: TempDir::new().unwrap(),
+    });
+}
+
+struct MvccHarness {
+    dir: TempDir,
+    made: usize,
+}
+
+impl StateMachineHarness for MvccHarness {
+    type Machine = MvccStore;
+
+    fn fresh(&mut self) -> MvccStore {
+        self.made += 1;
+        MvccStore::open(self.dir.path().join(format!("state-{}", self.made)))
+            .expect("the store opens")
+    }
+
+    fn put(&self, key: u64, value: u64) -> Command {
+        Command::Put(PutRequest {
+            key: key.to_string().into(),
+            value: value.to_string().into(),
+            ..PutRequest::default()
+        })
+    }
+
+    fn get(&self, store: &MvccStore, key: u64) -> Option<u64> {
+        let response = store
+            .range(&RangeRequest {
+                range: KeyRange::single(key.to_string()),
+                ..RangeRequest::default()
+            })
+            .expect("the store reads");
+        response.kvs.first().map(|kv| {
+            std::str::from_utf8(&kv.value)
+                .expect("the harness writes numbers")
+                .parse()
+                .expect("the harness writes numbers")
+        })
+    }
+}
+
+#[test]
+fn the_mvcc_store_keeps_every_rule_of_a_state_machine() {
+    conformance::state_machine(&mut MvccHarness {
+        dir: TempDir::new().unwrap(),
+        made: 0,
     });
 }

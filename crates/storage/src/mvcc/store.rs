@@ -908,3 +908,40 @@ impl History for MvccStore {
         }
     }
 }
+
+/// The MVCC store is the server's state machine: the trait's rules are this store's own
+/// (`apply_batch` skips what it has applied, `restore` checks an image whole before it changes
+/// anything). The server shares the store with its readers behind an `Arc` and calls the
+/// inherent methods, which take `&self`; the trait is how the conformance suite holds the store
+/// to the rules the simulator's map keeps too.
+impl ballot_core::StateMachine for MvccStore {
+    type Command = Command;
+    type Outcome = Applied;
+    type Error = MvccError;
+
+    fn apply(
+        &mut self,
+        commands: &[(LogIndex, Command)],
+    ) -> Result<Vec<Option<Applied>>, MvccError> {
+        Ok(MvccStore::apply_batch(self, commands)?
+            .into_iter()
+            .map(|applied| (!applied.was_skipped()).then_some(applied))
+            .collect())
+    }
+
+    fn mark_applied(&mut self, index: LogIndex) -> Result<(), MvccError> {
+        MvccStore::mark_applied(self, index)
+    }
+
+    fn applied_index(&self) -> LogIndex {
+        MvccStore::applied_index(self)
+    }
+
+    fn image(&self) -> Result<bytes::Bytes, MvccError> {
+        self.begin_snapshot()?.into_bytes()
+    }
+
+    fn restore(&mut self, image: &[u8]) -> Result<(), MvccError> {
+        MvccStore::restore(self, image)
+    }
+}
