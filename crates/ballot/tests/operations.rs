@@ -10,6 +10,10 @@
 //! Backups: `snapshot save` from a loaded cluster, `snapshot status`, and `snapshot restore`
 //! into a new three-member cluster that holds every key with its revisions; damaged and
 //! truncated files refused by both.
+//!
+//! Upgrades (feature `upgrade-tests`, with `BALLOT_OLD_BIN` naming an older release's binary):
+//! a cluster of the old release upgraded one member at a time under load, old and new members
+//! side by side, loses no acknowledged write.
 
 use ballot_proto::etcdserverpb as pb;
 use pb::cluster_client::ClusterClient;
@@ -18,7 +22,7 @@ use pb::maintenance_client::MaintenanceClient;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
@@ -44,6 +48,8 @@ use ports::free_port;
 
 struct Member {
     name: String,
+    /// The `ballot` binary this member runs (this build's, or an older release's).
+    binary: PathBuf,
     client_port: u16,
     peer_port: u16,
     metrics_port: u16,
@@ -211,6 +217,7 @@ fn new_member(dir: &Path, i: usize) -> Member {
     Member {
         data_dir: dir.join(&name),
         name,
+        binary: PathBuf::from(BALLOT),
         client_port: free_port(),
         peer_port: free_port(),
         metrics_port: free_port(),
@@ -232,7 +239,7 @@ fn server_command(
     bootstrap: Bootstrap,
     extra: &[&str],
 ) -> Command {
-    let mut command = Command::new(BALLOT);
+    let mut command = Command::new(&member.binary);
     command
         .args(["server", "--name", &member.name])
         .arg("--data-dir")
@@ -296,6 +303,27 @@ fn write_until_stopped(
     acknowledged_before_kill_min: usize,
     enough: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<BTreeMap<String, String>> {
+    write_counting(
+        urls,
+        prefix,
+        stop,
+        acknowledged_before_kill_min,
+        enough,
+        Arc::new(AtomicUsize::new(0)),
+    )
+}
+
+/// [`write_until_stopped`], counting the acknowledged writes in `acknowledged_count` as they
+/// come. A put to a member that is down fails and is not counted; the next goes to the next
+/// member (a channel reconnects by itself once its member is back).
+fn write_counting(
+    urls: Vec<String>,
+    prefix: &'static str,
+    stop: Arc<AtomicBool>,
+    acknowledged_before_kill_min: usize,
+    enough: Arc<AtomicBool>,
+    acknowledged_count: Arc<AtomicUsize>,
+) -> std::thread::JoinHandle<BTreeMap<String, String>> {
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -323,6 +351,7 @@ fn write_until_stopped(
                 };
                 if client.put(put).await.is_ok() {
                     acknowledged.insert(key, value);
+                    acknowledged_count.store(acknowledged.len(), Ordering::Relaxed);
                     if acknowledged.len() >= acknowledged_before_kill_min {
                         enough.store(true, Ordering::Relaxed);
                     }
@@ -1104,6 +1133,81 @@ fn operators_see_elections_and_peers_in_json_logs_and_etcds_metrics() {
         assert!(
             event["level"].is_string() && event["timestamp"].is_string(),
             "{line}"
+        );
+    }
+}
+
+/// Waits until `count` has grown by `more` (writes keep being acknowledged).
+fn wait_for_progress(cluster: &Cluster, count: &AtomicUsize, more: usize, what: &str) {
+    let target = count.load(Ordering::Relaxed) + more;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count.load(Ordering::Relaxed) < target {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {more} more writes were not acknowledged within a minute\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[cfg(feature = "upgrade-tests")]
+#[test]
+fn a_cluster_upgraded_one_member_at_a_time_under_load_loses_no_acknowledged_write() {
+    let old = std::env::var_os("BALLOT_OLD_BIN").expect(
+        "BALLOT_OLD_BIN names the binary of the older release to upgrade from (.ci/run builds \
+         it from the commit before the multi-group work)",
+    );
+    let _serial = serial();
+    let runtime = runtime();
+    let mut cluster = Cluster::new("upgrade", 3);
+    for member in &mut cluster.members {
+        member.binary = PathBuf::from(&old);
+    }
+    cluster.start_all(Bootstrap::New);
+    cluster.wait_for_leader(&runtime);
+    let stop = Arc::new(AtomicBool::new(false));
+    let acknowledged_count = Arc::new(AtomicUsize::new(0));
+    let writer = write_counting(
+        cluster.running_urls(),
+        "upgrade",
+        stop.clone(),
+        usize::MAX,
+        Arc::new(AtomicBool::new(false)),
+        acknowledged_count.clone(),
+    );
+    wait_for_progress(&cluster, &acknowledged_count, 200, "the old cluster");
+    for name in ["n1", "n2", "n3"] {
+        // As an operator upgrades: stop the member (SIGTERM, a clean stop), start this build on
+        // its data directory with the same flags.
+        let index = cluster.index(name);
+        let mut child = cluster.members[index].child.take().expect("member runs");
+        // SAFETY: the child is ours and has not been waited for, so its pid is still its own.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        child.wait().unwrap();
+        wait_for_progress(&cluster, &acknowledged_count, 50, &format!("{name} down"));
+        cluster.members[index].binary = PathBuf::from(BALLOT);
+        cluster.start(name, Bootstrap::New, &[]);
+        cluster.wait_for_leader(&runtime);
+        // Old and new members side by side, under load, for a while.
+        wait_for_progress(
+            &cluster,
+            &acknowledged_count,
+            200,
+            &format!("{name} upgraded"),
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    let acknowledged = writer.join().unwrap();
+    cluster.wait_for_leader(&runtime);
+    assert_all_present(&cluster, &runtime, &acknowledged);
+    for member in &cluster.members {
+        let log = std::fs::read_to_string(member.log()).unwrap_or_default();
+        assert!(
+            log.contains("upgraded the member registry file's format"),
+            "{} upgraded its member registry file in place, with a log line:\n{}",
+            member.name,
+            cluster.logs()
         );
     }
 }

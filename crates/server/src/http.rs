@@ -274,6 +274,12 @@ fn metrics(node: &NodeHandle, transport: &Transport) -> String {
         "counter",
         status.snapshot_images_installed,
     );
+    gauge(
+        "ballot_peer_messages_unknown_group_total",
+        "Peer messages of a replicated group this node does not host, dropped.",
+        "counter",
+        status.unknown_group_messages,
+    );
     let stats = &transport.stats;
     gauge(
         "ballot_peer_messages_sent_total",

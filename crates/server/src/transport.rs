@@ -19,14 +19,22 @@
 //! Wire format. A connection starts with a hello, then carries frames:
 //!
 //! ```text
-//! hello  magic "BALLOTP1" | token_len u16 | cluster token | sender node id u64
-//! frame  len u32 | protocol message (the engine's own versioned form, `WireMessage`)
+//! hello        magic "BALLOTP1" | token_len u16 | cluster token | sender node id u64
+//! frame        len u32 | protocol message (the engine's own versioned form, `WireMessage`)
+//! group frame  (len | 1 << 31) u32 | group u32 | protocol message
 //! ```
+//!
+//! `len` counts the bytes after it. A frame is group 0's (the only group a node had before
+//! groups existed); a group frame carries its group, flagged by the top bit of its length (a
+//! frame is never near 2 GiB). Group 0's frames stay exactly as version 1 wrote them, so a
+//! node of an older release (in a rolling upgrade) still exchanges them; an older node cannot
+//! read a group frame (it takes the length for an oversized frame and drops the connection), so
+//! groups other than 0 are used only once every member runs a release that reads them.
 //!
 //! A hello with another cluster token (a node of another cluster dialling the wrong port) is
 //! refused, so clusters cannot mix.
 
-use ballot_core::{NodeId, WireMessage};
+use ballot_core::{GroupId, NodeId, WireMessage};
 use bytes::{BufMut, Bytes, BytesMut};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -39,6 +47,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 const HELLO_MAGIC: &[u8; 8] = b"BALLOTP1";
+/// Set in a frame's length word when a group id follows it.
+const GROUP_FRAME_FLAG: u32 = 1 << 31;
+const GROUP_BYTES: usize = 4;
 
 #[derive(Debug, Clone)]
 pub struct TransportConfig {
@@ -117,7 +128,7 @@ impl Transport {
     pub async fn start<M: WireMessage>(
         config: TransportConfig,
         listen: SocketAddr,
-        inbound: mpsc::Sender<M>,
+        inbound: mpsc::Sender<(GroupId, M)>,
     ) -> std::io::Result<(Arc<Transport>, SocketAddr)> {
         let reader: ReaderTask = Arc::new(move |stream, frames, config, stats| {
             let inbound = inbound.clone();
@@ -210,14 +221,27 @@ impl Transport {
         }
     }
 
-    /// Sends `message` to its addressee, writing it to the socket at once if nothing is queued
-    /// there, else queueing it; never waits. Unknown peers and full queues drop it.
+    /// Sends group 0's `message` to its addressee: [`Transport::send_to_group`].
     pub fn send<M: WireMessage>(&self, message: &M) {
+        self.send_to_group(0, message);
+    }
+
+    /// Sends `message` of `group` to its addressee, writing it to the socket at once if nothing
+    /// is queued there, else queueing it; never waits. Unknown peers and full queues drop it.
+    pub fn send_to_group<M: WireMessage>(&self, group: GroupId, message: &M) {
         let mut frame = BytesMut::with_capacity(64);
         frame.put_u32_le(0);
+        if group != 0 {
+            frame.put_u32_le(group);
+        }
         message.encode(&mut frame);
         let len = (frame.len() - 4) as u32;
-        frame[..4].copy_from_slice(&len.to_le_bytes());
+        let word = if group == 0 {
+            len
+        } else {
+            len | GROUP_FRAME_FLAG
+        };
+        frame[..4].copy_from_slice(&word.to_le_bytes());
         let frame = frame.freeze();
         let peers = self.peers.lock().expect("peer map lock");
         let sent = peers
@@ -486,7 +510,7 @@ async fn read_loop<M: WireMessage>(
     mut frames: FrameReader,
     config: &TransportConfig,
     stats: &TransportStats,
-    inbound: &mpsc::Sender<M>,
+    inbound: &mpsc::Sender<(GroupId, M)>,
 ) -> Result<(), String> {
     let mut messages = Vec::new();
     loop {
@@ -495,7 +519,7 @@ async fn read_loop<M: WireMessage>(
             config,
             stats,
             |buffer| stream.try_read(buffer),
-            |message| messages.push(message),
+            |group, message| messages.push((group, message)),
         );
         for message in messages.drain(..) {
             if inbound.send(message).await.is_err() {
@@ -545,7 +569,7 @@ impl FrameReader {
     }
 
     /// Reads with `read` (a non-blocking socket read) until it would block or
-    /// `READ_BYTES_PER_CALL_MAX` bytes came in, handing each whole frame's message to
+    /// `READ_BYTES_PER_CALL_MAX` bytes came in, handing each whole frame's group and message to
     /// `deliver`. An error ends the connection: closed by the peer, or a frame that breaks the
     /// protocol (too large, undecodable, or not from the sender to this node).
     pub fn read_frames<M: WireMessage>(
@@ -553,7 +577,7 @@ impl FrameReader {
         config: &TransportConfig,
         stats: &TransportStats,
         mut read: impl FnMut(&mut [u8]) -> std::io::Result<usize>,
-        mut deliver: impl FnMut(M),
+        mut deliver: impl FnMut(GroupId, M),
     ) -> Result<ReadProgress, String> {
         let mut read_bytes = 0;
         loop {
@@ -570,9 +594,9 @@ impl FrameReader {
                 Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(error) => return Err(error.to_string()),
             }
-            while let Some(message) = self.next_frame(config)? {
+            while let Some((group, message)) = self.next_frame(config)? {
                 stats.messages_received.fetch_add(1, Ordering::Relaxed);
-                deliver(message);
+                deliver(group, message);
             }
             if read_bytes >= READ_BYTES_PER_CALL_MAX {
                 return Ok(ReadProgress::More);
@@ -580,7 +604,8 @@ impl FrameReader {
         }
     }
 
-    /// The length of the frame at `start`, once its header is in.
+    /// The length of the frame at `start` (the bytes after its length word), once its length
+    /// word is in.
     fn frame_len(&self, config: &TransportConfig) -> Result<Option<usize>, String> {
         if self.end - self.start < 4 {
             return Ok(None);
@@ -588,7 +613,7 @@ impl FrameReader {
         let header: [u8; 4] = self.buffer[self.start..self.start + 4]
             .try_into()
             .expect("four bytes");
-        let len = u32::from_le_bytes(header) as usize;
+        let len = (u32::from_le_bytes(header) & !GROUP_FRAME_FLAG) as usize;
         if len > config.frame_bytes_max {
             return Err(format!(
                 "frame of {len} bytes from n{} exceeds {}",
@@ -601,15 +626,33 @@ impl FrameReader {
     fn next_frame<M: WireMessage>(
         &mut self,
         config: &TransportConfig,
-    ) -> Result<Option<M>, String> {
+    ) -> Result<Option<(GroupId, M)>, String> {
         let Some(len) = self.frame_len(config)? else {
             return Ok(None);
         };
         if self.end - self.start < 4 + len {
             return Ok(None);
         }
-        let payload = &self.buffer[self.start + 4..self.start + 4 + len];
-        let message = M::decode(payload).map_err(|e| format!("from n{}: {e}", self.sender))?;
+        let word = u32::from_le_bytes(
+            self.buffer[self.start..self.start + 4]
+                .try_into()
+                .expect("four bytes"),
+        );
+        let mut body = &self.buffer[self.start + 4..self.start + 4 + len];
+        let group = if word & GROUP_FRAME_FLAG == 0 {
+            0
+        } else {
+            if body.len() < GROUP_BYTES {
+                return Err(format!(
+                    "group frame of {len} bytes from n{} has no room for its group",
+                    self.sender
+                ));
+            }
+            let group = GroupId::from_le_bytes(body[..GROUP_BYTES].try_into().expect("4 bytes"));
+            body = &body[GROUP_BYTES..];
+            group
+        };
+        let message = M::decode(body).map_err(|e| format!("from n{}: {e}", self.sender))?;
         if message.from() != self.sender || message.to() != config.node_id {
             return Err(format!(
                 "n{} sent a message {} -> {} on its connection",
@@ -623,7 +666,7 @@ impl FrameReader {
             self.start = 0;
             self.end = 0;
         }
-        Ok(Some(message))
+        Ok(Some((group, message)))
     }
 
     /// Room after `end` for at least the rest of the frame being read (or its header): moves

@@ -1,5 +1,6 @@
 //! The peer transport on loopback: delivery in order, batching, direct writes from a plain
-//! thread with frames kept in order, a refused foreign cluster,
+//! thread with frames kept in order, frames of every group on one connection, a refused
+//! foreign cluster,
 //! reconnection after a peer restarts, and dropping (not blocking) when a peer is down.
 
 use ballot_raft::{Message, MessageBody};
@@ -26,22 +27,34 @@ fn any_port() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
 }
 
-async fn receive(inbound: &mut mpsc::Receiver<Message>) -> Message {
+/// A message and the group its frame named.
+type Grouped = (u32, Message);
+
+async fn receive_grouped(inbound: &mut mpsc::Receiver<Grouped>) -> Grouped {
     timeout(Duration::from_secs(5), inbound.recv())
         .await
         .expect("a message within 5 s")
         .unwrap()
 }
 
+/// The next message, which must be group 0's.
+async fn receive(inbound: &mut mpsc::Receiver<Grouped>) -> Message {
+    let (group, message) = receive_grouped(inbound).await;
+    assert_eq!(group, 0, "{message:?} came in a frame of group {group}");
+    message
+}
+
 /// Sends heartbeats from n1 to n2 until one arrives (a connection may still be coming up, and
 /// what is sent before it is may be lost); the one that arrived.
 async fn send_until_one_arrives(
     one: &Transport,
-    two_inbound: &mut mpsc::Receiver<Message>,
+    two_inbound: &mut mpsc::Receiver<Grouped>,
 ) -> Message {
     for round in 1..100 {
         one.send(&heartbeat(1, 2, round));
-        if let Ok(Some(message)) = timeout(Duration::from_millis(100), two_inbound.recv()).await {
+        if let Ok(Some((_, message))) =
+            timeout(Duration::from_millis(100), two_inbound.recv()).await
+        {
             return message;
         }
     }
@@ -75,8 +88,8 @@ fn append(from: u64, to: u64, index: u64, payload_bytes: usize) -> Message {
 
 #[tokio::test]
 async fn messages_queued_while_connecting_arrive_in_order_and_are_batched() {
-    let (to_one, mut one_inbound) = mpsc::channel::<Message>(10_000);
-    let (to_two, mut two_inbound) = mpsc::channel::<Message>(10_000);
+    let (to_one, mut one_inbound) = mpsc::channel::<Grouped>(10_000);
+    let (to_two, mut two_inbound) = mpsc::channel::<Grouped>(10_000);
     let (one, one_addr) = Transport::start(TransportConfig::new(1, "t"), any_port(), to_one)
         .await
         .unwrap();
@@ -105,8 +118,8 @@ async fn messages_queued_while_connecting_arrive_in_order_and_are_batched() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plain_thread_writes_directly_and_frames_never_overtake_each_other() {
-    let (to_one, _one_inbound) = mpsc::channel::<Message>(16);
-    let (to_two, mut two_inbound) = mpsc::channel::<Message>(100_000);
+    let (to_one, _one_inbound) = mpsc::channel::<Grouped>(16);
+    let (to_two, mut two_inbound) = mpsc::channel::<Grouped>(100_000);
     let (one, _) = Transport::start(TransportConfig::new(1, "t"), any_port(), to_one)
         .await
         .unwrap();
@@ -152,8 +165,8 @@ async fn a_plain_thread_writes_directly_and_frames_never_overtake_each_other() {
 
 #[tokio::test]
 async fn a_node_of_another_cluster_is_refused() {
-    let (to_one, mut one_inbound) = mpsc::channel::<Message>(16);
-    let (to_two, _two_inbound) = mpsc::channel::<Message>(16);
+    let (to_one, mut one_inbound) = mpsc::channel::<Grouped>(16);
+    let (to_two, _two_inbound) = mpsc::channel::<Grouped>(16);
     let (one, one_addr) =
         Transport::start(TransportConfig::new(1, "cluster-a"), any_port(), to_one)
             .await
@@ -174,11 +187,11 @@ async fn a_node_of_another_cluster_is_refused() {
 
 #[tokio::test]
 async fn a_restarted_peer_is_reconnected() {
-    let (to_one, _one_inbound) = mpsc::channel::<Message>(16);
+    let (to_one, _one_inbound) = mpsc::channel::<Grouped>(16);
     let (one, _) = Transport::start(TransportConfig::new(1, "t"), any_port(), to_one)
         .await
         .unwrap();
-    let (to_two, mut two_inbound) = mpsc::channel::<Message>(16);
+    let (to_two, mut two_inbound) = mpsc::channel::<Grouped>(16);
     let (two, two_addr) = Transport::start(TransportConfig::new(2, "t"), any_port(), to_two)
         .await
         .unwrap();
@@ -188,7 +201,7 @@ async fn a_restarted_peer_is_reconnected() {
     drop(two);
     drop(two_inbound);
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let (to_two, mut two_inbound) = mpsc::channel::<Message>(16);
+    let (to_two, mut two_inbound) = mpsc::channel::<Grouped>(16);
     let (_two, _) = Transport::start(TransportConfig::new(2, "t"), two_addr, to_two)
         .await
         .unwrap();
@@ -199,7 +212,7 @@ async fn a_restarted_peer_is_reconnected() {
 
 #[tokio::test]
 async fn sending_to_a_dead_peer_drops_instead_of_blocking() {
-    let (to_one, _one_inbound) = mpsc::channel::<Message>(16);
+    let (to_one, _one_inbound) = mpsc::channel::<Grouped>(16);
     let mut config = TransportConfig::new(1, "t");
     config.queue_messages_max = 8;
     let (one, _) = Transport::start(config, any_port(), to_one).await.unwrap();
@@ -226,7 +239,7 @@ async fn a_handed_off_connection_yields_every_frame_in_order_to_its_reader() {
     )
     .await
     .unwrap();
-    let (to_one, _one_inbound) = mpsc::channel::<Message>(16);
+    let (to_one, _one_inbound) = mpsc::channel::<Grouped>(16);
     let (one, _) = Transport::start(TransportConfig::new(1, "t"), any_port(), to_one)
         .await
         .unwrap();
@@ -254,7 +267,7 @@ async fn a_handed_off_connection_yields_every_frame_in_order_to_its_reader() {
                     &config,
                     &stats,
                     |buffer| std::io::Read::read(stream, buffer),
-                    |message: Message| received.push(message),
+                    |group, message: Message| received.push((group, message)),
                 )
                 .expect("the connection stays up");
             std::thread::sleep(Duration::from_millis(1));
@@ -262,10 +275,23 @@ async fn a_handed_off_connection_yields_every_frame_in_order_to_its_reader() {
         received
     });
     // Frames sent before the connection is up wait in the writer's queue (see the first test).
+    // Frames of three groups, plain and flagged, large and small, cut anywhere by the reads.
     for index in 1..=200u64 {
-        one.send(&append(1, 2, index, size(index)));
+        one.send_to_group((index % 3) as u32, &append(1, 2, index, size(index)));
     }
     let received = reader.join().unwrap();
+    for (group, message) in &received {
+        let MessageBody::AppendEntries { entries, .. } = &message.body else {
+            panic!("unexpected {message:?}")
+        };
+        assert_eq!(
+            u64::from(*group),
+            entries[0].index % 3,
+            "frame {} keeps its group",
+            entries[0].index
+        );
+    }
+    let received: Vec<Message> = received.into_iter().map(|(_, message)| message).collect();
     let indexes: Vec<u64> = received
         .iter()
         .map(|message| match &message.body {
@@ -285,4 +311,39 @@ async fn a_handed_off_connection_yields_every_frame_in_order_to_its_reader() {
             "frame {index} intact"
         );
     }
+}
+
+#[tokio::test]
+async fn every_group_shares_one_connection_and_each_frame_keeps_its_group() {
+    let (to_one, _one_inbound) = mpsc::channel::<Grouped>(16);
+    let (to_two, mut two_inbound) = mpsc::channel::<Grouped>(1000);
+    let (one, _) = Transport::start(TransportConfig::new(1, "t"), any_port(), to_one)
+        .await
+        .unwrap();
+    let (_two, two_addr) = Transport::start(TransportConfig::new(2, "t"), any_port(), to_two)
+        .await
+        .unwrap();
+    one.set_peer(2, two_addr);
+    send_until_one_arrives(&one, &mut two_inbound).await;
+    while let Ok(Some(_)) = timeout(Duration::from_millis(50), two_inbound.recv()).await {}
+    let groups = [0, 1, 7, u32::MAX >> 1, u32::MAX];
+    for (round, &group) in groups.iter().enumerate() {
+        one.send_to_group(group, &heartbeat(1, 2, round as u64));
+        one.send_to_group(group, &append(1, 2, 3, 100));
+    }
+    for (round, &group) in groups.iter().enumerate() {
+        assert_eq!(
+            receive_grouped(&mut two_inbound).await,
+            (group, heartbeat(1, 2, round as u64))
+        );
+        assert_eq!(
+            receive_grouped(&mut two_inbound).await,
+            (group, append(1, 2, 3, 100))
+        );
+    }
+    assert_eq!(
+        one.stats.connects.load(Ordering::Relaxed),
+        1,
+        "one connection carries every group"
+    );
 }

@@ -15,7 +15,7 @@
 
 use super::Input;
 use crate::transport::{FrameReader, InboundConnection, ReadProgress, Transport};
-use ballot_core::WireMessage;
+use ballot_core::{GroupId, WireMessage};
 
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -163,12 +163,12 @@ impl Inbox {
         self.connections.insert(token, connection);
     }
 
-    /// Reads every connection that has bytes (without waiting) and appends their messages to
-    /// `messages`. Returns how many it appended.
+    /// Reads every connection that has bytes (without waiting) and appends their messages, each
+    /// with its group, to `messages`. Returns how many it appended.
     pub fn read_peers<M: WireMessage>(
         &mut self,
         transport: &Transport,
-        messages: &mut Vec<M>,
+        messages: &mut Vec<(GroupId, M)>,
     ) -> usize {
         if !std::mem::take(&mut self.events_fresh) {
             self.collect_events(Some(std::time::Duration::ZERO));
@@ -185,7 +185,7 @@ impl Inbox {
                 config,
                 &transport.stats,
                 |buffer| stream.read(buffer),
-                |message| messages.push(message),
+                |group, message| messages.push((group, message)),
             );
             match progress {
                 Ok(ReadProgress::Drained) => connection.ready = false,

@@ -108,6 +108,8 @@ pub struct NodeStatus {
     pub snapshot_images_built: u64,
     /// Snapshot images this node installed from a leader.
     pub snapshot_images_installed: u64,
+    /// Peer messages of a group this node does not host, dropped.
+    pub unknown_group_messages: u64,
     /// WAL fdatasync latencies.
     pub wal_sync: LatencySnapshot,
     /// Per peer: time from a heartbeat sent to the next heartbeat answer from that peer (the

@@ -11,6 +11,8 @@ pub(super) struct Counters {
     pub(super) compaction_index: LogIndex,
     pub(super) snapshot_images_built: u64,
     pub(super) snapshot_images_installed: u64,
+    /// Peer messages of a group this node does not host, dropped.
+    pub(super) unknown_group_messages: u64,
     pub(super) wal_sync: LatencyHistogram,
     /// When the last liveness probe to each peer left; taken out by the peer's next answer.
     pub(super) probes_unanswered: HashMap<NodeId, Instant>,
@@ -27,6 +29,7 @@ impl Default for Counters {
             compaction_index: 0,
             snapshot_images_built: 0,
             snapshot_images_installed: 0,
+            unknown_group_messages: 0,
             wal_sync: LatencyHistogram::new(FSYNC_BOUNDS_MICROS),
             probes_unanswered: HashMap::new(),
             peer_round_trips: BTreeMap::new(),
@@ -105,6 +108,7 @@ where
             compaction_index: counters.compaction_index,
             snapshot_images_built: counters.snapshot_images_built,
             snapshot_images_installed: counters.snapshot_images_installed,
+            unknown_group_messages: counters.unknown_group_messages,
             wal_sync: counters.wal_sync.snapshot(),
             peer_round_trips: counters
                 .peer_round_trips

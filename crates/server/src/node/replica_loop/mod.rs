@@ -25,7 +25,7 @@ use crate::config::ServerConfig;
 use crate::transport::Transport;
 use ballot_core::driver::{self, ReadyHost};
 use ballot_core::{
-    Entry, EntryPayload, LogIndex, LogPosition, Membership, NodeId, PersistedState, Probe,
+    Entry, EntryPayload, GroupId, LogIndex, LogPosition, Membership, NodeId, PersistedState, Probe,
     ProtocolMessage, ReadState, Replica, ReplicaSettings, ReplicaStart, Role, Snapshot,
     SnapshotMeta, Term, WireMessage,
 };
@@ -87,8 +87,8 @@ pub(crate) struct ReplicaLoop<R: Replica> {
     transport: Arc<Transport>,
     /// The input queue and the inbound peer connections.
     inbox: Inbox,
-    /// Peer messages read in this batch, waiting to be stepped.
-    peer_messages: Vec<R::Message>,
+    /// Peer messages read in this batch, with their groups, waiting to be stepped.
+    peer_messages: Vec<(GroupId, R::Message)>,
     status: Arc<Mutex<NodeStatus>>,
     /// Proposals by the log position they were given; answered when that index is applied.
     proposals: BTreeMap<LogIndex, (Term, Reply<CommandResult>)>,
@@ -168,7 +168,14 @@ where
             handled += self
                 .inbox
                 .read_peers(&self.transport, &mut self.peer_messages);
-            for message in self.peer_messages.drain(..) {
+            for (group, message) in self.peer_messages.drain(..) {
+                if group != 0 {
+                    // This node hosts group 0 only: a peer that sends another group's frames
+                    // runs a release ahead of this one's groups. The protocol copes with the
+                    // loss; the counter says it happened.
+                    self.counters.unknown_group_messages += 1;
+                    continue;
+                }
                 self.counters.on_received(&message);
                 self.replica.step(message);
             }
