@@ -61,6 +61,29 @@ async fn send_until_one_arrives(
     panic!("no connection within 10 s");
 }
 
+/// n1 connected to n2, with the first messages through and drained: n1, n2, and what n2
+/// receives (room for `inbound_max` messages).
+async fn connected_pair(
+    inbound_max: usize,
+) -> (
+    std::sync::Arc<Transport>,
+    std::sync::Arc<Transport>,
+    mpsc::Receiver<Grouped>,
+) {
+    let (to_one, _one_inbound) = mpsc::channel::<Grouped>(16);
+    let (to_two, mut two_inbound) = mpsc::channel::<Grouped>(inbound_max);
+    let (one, _) = Transport::start(TransportConfig::new(1, "t"), any_port(), to_one)
+        .await
+        .unwrap();
+    let (two, two_addr) = Transport::start(TransportConfig::new(2, "t"), any_port(), to_two)
+        .await
+        .unwrap();
+    one.set_peer(2, two_addr);
+    send_until_one_arrives(&one, &mut two_inbound).await;
+    while let Ok(Some(_)) = timeout(Duration::from_millis(50), two_inbound.recv()).await {}
+    (one, two, two_inbound)
+}
+
 /// A loopback address nothing listens on yet.
 fn reserved_port() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -118,17 +141,7 @@ async fn messages_queued_while_connecting_arrive_in_order_and_are_batched() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plain_thread_writes_directly_and_frames_never_overtake_each_other() {
-    let (to_one, _one_inbound) = mpsc::channel::<Grouped>(16);
-    let (to_two, mut two_inbound) = mpsc::channel::<Grouped>(100_000);
-    let (one, _) = Transport::start(TransportConfig::new(1, "t"), any_port(), to_one)
-        .await
-        .unwrap();
-    let (_two, two_addr) = Transport::start(TransportConfig::new(2, "t"), any_port(), to_two)
-        .await
-        .unwrap();
-    one.set_peer(2, two_addr);
-    send_until_one_arrives(&one, &mut two_inbound).await;
-    while let Ok(Some(_)) = timeout(Duration::from_millis(50), two_inbound.recv()).await {}
+    let (one, _two, mut two_inbound) = connected_pair(100_000).await;
     let written_by_task_before = one.stats.socket_writes.load(Ordering::Relaxed)
         - one.stats.direct_writes.load(Ordering::Relaxed);
     // From a thread outside the runtime, as the raft loop sends: small frames go straight to
@@ -315,17 +328,7 @@ async fn a_handed_off_connection_yields_every_frame_in_order_to_its_reader() {
 
 #[tokio::test]
 async fn every_group_shares_one_connection_and_each_frame_keeps_its_group() {
-    let (to_one, _one_inbound) = mpsc::channel::<Grouped>(16);
-    let (to_two, mut two_inbound) = mpsc::channel::<Grouped>(1000);
-    let (one, _) = Transport::start(TransportConfig::new(1, "t"), any_port(), to_one)
-        .await
-        .unwrap();
-    let (_two, two_addr) = Transport::start(TransportConfig::new(2, "t"), any_port(), to_two)
-        .await
-        .unwrap();
-    one.set_peer(2, two_addr);
-    send_until_one_arrives(&one, &mut two_inbound).await;
-    while let Ok(Some(_)) = timeout(Duration::from_millis(50), two_inbound.recv()).await {}
+    let (one, _two, mut two_inbound) = connected_pair(1000).await;
     let groups = [0, 1, 7, u32::MAX >> 1, u32::MAX];
     for (round, &group) in groups.iter().enumerate() {
         one.send_to_group(group, &heartbeat(1, 2, round as u64));
