@@ -88,6 +88,8 @@ pub struct Clients {
     pub invoking: bool,
     probe_requested: bool,
     probe: Option<usize>,
+    /// How trace lines name the clients' group: empty for group 0, `g3/` for group 3.
+    group_prefix: String,
 }
 
 impl Clients {
@@ -120,7 +122,18 @@ impl Clients {
             invoking: true,
             probe_requested: false,
             probe: None,
+            group_prefix: String::new(),
         }
+    }
+
+    /// Names the clients' group in trace lines (group 0's lines read as they always have).
+    pub fn in_group(mut self, group: ballot_core::GroupId) -> Self {
+        self.group_prefix = if group == 0 {
+            String::new()
+        } else {
+            format!("g{group}/")
+        };
+        self
     }
 
     pub fn history(&self) -> &[Operation] {
@@ -312,7 +325,8 @@ impl Clients {
         trace_event!(
             trace,
             now,
-            "client c{} invokes op {id}: {kind:?} on key {key}",
+            "client {}c{} invokes op {id}: {kind:?} on key {key}",
+            self.group_prefix,
             client.id
         );
         self.history.push(Operation {
@@ -407,7 +421,8 @@ impl Clients {
             trace_event!(
                 trace,
                 now,
-                "client c{} op {} refused by n{target}: {error}",
+                "client {}c{} op {} refused by n{target}: {error}",
+                self.group_prefix,
                 client.id,
                 op.id
             );
@@ -430,7 +445,8 @@ impl Clients {
         trace_event!(
             trace,
             now,
-            "client c{} op {} proposed at {position} on n{}",
+            "client {}c{} op {} proposed at {position} on n{}",
+            self.group_prefix,
             self.clients[slot].id,
             self.history[pending.op].id,
             self.clients[slot].target
@@ -465,7 +481,8 @@ impl Clients {
             trace_event!(
                 trace,
                 now,
-                "client c{} op {} timed out: unknown; client retired",
+                "client {}c{} op {} timed out: unknown; client retired",
+                self.group_prefix,
                 self.clients[slot].id,
                 self.history[pending.op].id
             );
@@ -497,7 +514,8 @@ impl Clients {
             trace_event!(
                 trace,
                 now,
-                "client c{} op {} ends unknown; client retired",
+                "client {}c{} op {} ends unknown; client retired",
+                self.group_prefix,
                 client.id,
                 op.id
             );
@@ -518,7 +536,8 @@ impl Clients {
         trace_event!(
             trace,
             now,
-            "client c{} op {} completes: {outcome:?}",
+            "client {}c{} op {} completes: {outcome:?}",
+            self.group_prefix,
             client.id,
             op.id
         );

@@ -236,7 +236,8 @@ impl<R: Replica> Group<R> {
                     config.keys,
                     config.op_timeout_ticks,
                     clients_rng,
-                ),
+                )
+                .in_group(id),
                 election_safety: ElectionSafety::default(),
                 log_matching: LogMatching::default(),
                 leader_completeness: LeaderCompleteness::default(),
