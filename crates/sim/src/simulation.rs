@@ -740,29 +740,41 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
         if !self.config.faults.has_partition() || self.config.nodes < 3 {
             return true;
         }
-        let leaders: Vec<Option<(NodeId, Term)>> =
+        let mut leaders: Vec<Option<(NodeId, Term)>> =
             self.groups.iter().map(Group::leader_with_quorum).collect();
         if leaders.iter().all(Option::is_none) {
             return true;
         }
+        // Best a node that leads no group; with many groups on few nodes every node may lead
+        // one, and then a node that does not lead group 0: the groups it leads are left out of
+        // the check (losing their leader is what isolating it must do to them).
         let leads = |id: NodeId| leaders.iter().flatten().any(|&(leader, _)| leader == id);
-        let Some(follower) = self.groups[0]
-            .checks
-            .committed_membership
-            .voters
+        let group_zero_leader = leaders[0].map(|(leader, _)| leader);
+        let runs_everywhere = |id: NodeId| {
+            self.groups
+                .iter()
+                .filter(|group| group.has_member(id))
+                .all(|group| group.nodes[id as usize - 1].is_running())
+        };
+        let voters = &self.groups[0].checks.committed_membership.voters;
+        let Some(follower) = voters
             .iter()
             .copied()
-            .find(|&id| {
-                !leads(id)
-                    && self
-                        .groups
-                        .iter()
-                        .filter(|group| group.has_member(id))
-                        .all(|group| group.nodes[id as usize - 1].is_running())
+            .find(|&id| !leads(id) && runs_everywhere(id))
+            .or_else(|| {
+                voters
+                    .iter()
+                    .copied()
+                    .find(|&id| Some(id) != group_zero_leader && runs_everywhere(id))
             })
         else {
             return true;
         };
+        for leader in &mut leaders {
+            if leader.is_some_and(|(id, _)| id == follower) {
+                *leader = None;
+            }
+        }
         let phase =
             leader_stability::ISOLATION_ELECTION_TIMEOUTS * self.config.election_timeout_ticks;
         for (group, (leader, term)) in leaders
