@@ -193,6 +193,12 @@ fn every_break_is_still_caught_with_8_groups_on_the_nodes() {
         );
         assert!(caught.is_some(), "{broken} went unnoticed with 8 groups");
     }
+    // The PreVote scenario still runs with every node leading some group.
+    let caught = first_caught(Break::NoPrevoteCheck, &config, 400, &["leader-stability"]);
+    assert!(
+        caught.is_some(),
+        "no-prevote-check went unnoticed by leader-stability with 8 groups"
+    );
     let healthy = run_many(&config, 0..30, |s| raft_replica::build(s, None), None);
     let violations: Vec<_> = healthy.iter().flat_map(|r| &r.violations).collect();
     assert!(
