@@ -29,6 +29,28 @@ fn a_clean_run_ends_with_one_summary_line_and_exit_zero() {
 }
 
 #[test]
+fn many_groups_run_on_the_same_nodes_and_a_failing_seed_replays_with_them() {
+    let (code, stdout, _) = ballot(&[
+        "sim", "raft", "--nodes", "3", "--groups", "4", "--seeds", "10",
+    ]);
+    assert_eq!(code, 0, "{stdout}");
+    let last = stdout.lines().last().unwrap();
+    assert!(
+        last.starts_with("sim raft: 10 seeds (0..=9), 3 nodes, 4 groups, faults all"),
+        "{last}"
+    );
+    let (code, stdout, _) = ballot(&[
+        "sim", "raft", "--groups", "4", "--break", "stale-read",
+    ]);
+    assert_eq!(code, 1, "a caught break exits 1:\n{stdout}");
+    let replay = stdout
+        .lines()
+        .find(|l| l.starts_with("replay: "))
+        .expect("a replay command");
+    assert!(replay.contains("--groups 4"), "{replay}");
+}
+
+#[test]
 fn a_break_is_caught_with_seed_trace_and_replay_command() {
     let (code, stdout, _) = ballot(&["sim", "raft", "--nodes", "5", "--break", "stale-read"]);
     assert_eq!(code, 1, "a caught break exits 1:\n{stdout}");
@@ -68,6 +90,9 @@ fn bad_flags_get_a_clear_error_and_exit_two() {
     let (code, _, stderr) = ballot(&["sim", "raft", "--faults", "drop,earthquake"]);
     assert_eq!(code, 2);
     assert!(stderr.contains("unknown fault 'earthquake'"), "{stderr}");
+    let (code, _, stderr) = ballot(&["sim", "raft", "--groups", "0"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("groups must be in 1..=64, got 0"), "{stderr}");
     let (code, _, stderr) = ballot(&["sim", "raft", "--break", "everything"]);
     assert_eq!(code, 2);
     assert!(
@@ -90,6 +115,8 @@ fn help_explains_every_fault_and_break() {
         "stale-read",
         "persist-vote",
         "linearizability",
+        "--groups",
+        "groups",
     ] {
         assert!(stdout.contains(word), "--help does not mention {word}");
     }
