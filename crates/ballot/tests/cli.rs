@@ -39,9 +39,7 @@ fn many_groups_run_on_the_same_nodes_and_a_failing_seed_replays_with_them() {
         last.starts_with("sim raft: 10 seeds (0..=9), 3 nodes, 4 groups, faults all"),
         "{last}"
     );
-    let (code, stdout, _) = ballot(&[
-        "sim", "raft", "--groups", "4", "--break", "stale-read",
-    ]);
+    let (code, stdout, _) = ballot(&["sim", "raft", "--groups", "4", "--break", "stale-read"]);
     assert_eq!(code, 1, "a caught break exits 1:\n{stdout}");
     let replay = stdout
         .lines()
@@ -92,7 +90,10 @@ fn bad_flags_get_a_clear_error_and_exit_two() {
     assert!(stderr.contains("unknown fault 'earthquake'"), "{stderr}");
     let (code, _, stderr) = ballot(&["sim", "raft", "--groups", "0"]);
     assert_eq!(code, 2);
-    assert!(stderr.contains("groups must be in 1..=64, got 0"), "{stderr}");
+    assert!(
+        stderr.contains("groups must be in 1..=64, got 0"),
+        "{stderr}"
+    );
     let (code, _, stderr) = ballot(&["sim", "raft", "--break", "everything"]);
     assert_eq!(code, 2);
     assert!(
