@@ -1138,6 +1138,7 @@ fn operators_see_elections_and_peers_in_json_logs_and_etcds_metrics() {
 }
 
 /// Waits until `count` has grown by `more` (writes keep being acknowledged).
+#[cfg(feature = "upgrade-tests")]
 fn wait_for_progress(cluster: &Cluster, count: &AtomicUsize, more: usize, what: &str) {
     let target = count.load(Ordering::Relaxed) + more;
     let deadline = Instant::now() + Duration::from_secs(60);

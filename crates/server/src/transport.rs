@@ -604,42 +604,38 @@ impl FrameReader {
         }
     }
 
-    /// The length of the frame at `start` (the bytes after its length word), once its length
-    /// word is in.
-    fn frame_len(&self, config: &TransportConfig) -> Result<Option<usize>, String> {
+    /// The frame at `start`, once its length word is in: the length of what follows the word,
+    /// and whether that begins with a group id.
+    fn frame_header(&self, config: &TransportConfig) -> Result<Option<(usize, bool)>, String> {
         if self.end - self.start < 4 {
             return Ok(None);
         }
         let header: [u8; 4] = self.buffer[self.start..self.start + 4]
             .try_into()
             .expect("four bytes");
-        let len = (u32::from_le_bytes(header) & !GROUP_FRAME_FLAG) as usize;
+        let word = u32::from_le_bytes(header);
+        let len = (word & !GROUP_FRAME_FLAG) as usize;
         if len > config.frame_bytes_max {
             return Err(format!(
                 "frame of {len} bytes from n{} exceeds {}",
                 self.sender, config.frame_bytes_max
             ));
         }
-        Ok(Some(len))
+        Ok(Some((len, word & GROUP_FRAME_FLAG != 0)))
     }
 
     fn next_frame<M: WireMessage>(
         &mut self,
         config: &TransportConfig,
     ) -> Result<Option<(GroupId, M)>, String> {
-        let Some(len) = self.frame_len(config)? else {
+        let Some((len, grouped)) = self.frame_header(config)? else {
             return Ok(None);
         };
         if self.end - self.start < 4 + len {
             return Ok(None);
         }
-        let word = u32::from_le_bytes(
-            self.buffer[self.start..self.start + 4]
-                .try_into()
-                .expect("four bytes"),
-        );
         let mut body = &self.buffer[self.start + 4..self.start + 4 + len];
-        let group = if word & GROUP_FRAME_FLAG == 0 {
+        let group = if !grouped {
             0
         } else {
             if body.len() < GROUP_BYTES {
@@ -673,7 +669,7 @@ impl FrameReader {
     /// the unparsed bytes to the front, grows the buffer for a large frame, shrinks it back
     /// after one.
     fn make_room(&mut self, config: &TransportConfig) -> Result<(), String> {
-        let needed = 4 + self.frame_len(config)?.unwrap_or(0);
+        let needed = 4 + self.frame_header(config)?.map_or(0, |(len, _)| len);
         if self.start == self.end && self.buffer.len() > FRAME_BUFFER_BYTES {
             self.buffer = vec![0; FRAME_BUFFER_BYTES];
         }

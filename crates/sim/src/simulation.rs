@@ -174,6 +174,14 @@ impl<M> World<M> {
     pub fn has_safety_violation(&self) -> bool {
         self.violations.iter().any(Violation::is_safety)
     }
+
+    /// Records a violation of `group`'s, naming the group when it is not group 0.
+    pub fn group_violation(&mut self, group: GroupId, mut violation: Violation) {
+        if group != 0 {
+            violation.description = format!("group {group}: {}", violation.description);
+        }
+        self.violation(violation);
+    }
 }
 
 /// One group's clients and checkers: every property is checked per group.
@@ -318,12 +326,8 @@ impl<M> GroupWorld<'_, M> {
         }
     }
 
-    /// Records a violation, naming the group when it is not group 0.
-    fn violation(&mut self, mut violation: Violation) {
-        if self.group != 0 {
-            violation.description = format!("group {}: {}", self.group, violation.description);
-        }
-        self.world.violation(violation);
+    fn violation(&mut self, violation: Violation) {
+        self.world.group_violation(self.group, violation);
     }
 }
 
@@ -663,11 +667,8 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
     }
 
     /// Records a violation of `group`'s, naming the group when it is not group 0.
-    fn group_violation(&mut self, group: usize, mut violation: Violation) {
-        if group != 0 {
-            violation.description = format!("group {group}: {}", violation.description);
-        }
-        self.world.violation(violation);
+    fn group_violation(&mut self, group: usize, violation: Violation) {
+        self.world.group_violation(group as GroupId, violation);
     }
 
     /// Lets the clients of every live group start operations, or stops them.

@@ -126,30 +126,15 @@ where
                 .mark_applied(last.index)
                 .map_err(|e| e.to_string())?;
         }
-        let lost_members: Vec<LogIndex> = self
-            .member_proposals
-            .range(..=last.index)
-            .map(|(&i, _)| i)
-            .collect();
-        for index in lost_members {
+        for index in indexes_through(&self.member_proposals, last.index) {
             self.answer_member_proposal(index, 0);
         }
-        let lost_keepalives: Vec<LogIndex> = self
-            .keepalives_proposed
-            .range(..=last.index)
-            .map(|(&i, _)| i)
-            .collect();
-        for index in lost_keepalives {
+        for index in indexes_through(&self.keepalives_proposed, last.index) {
             self.answer_keepalives(index, 0);
         }
         // Proposals whose index now holds something else (a no-op or a membership change of a
         // later leader) were lost.
-        let lost: Vec<LogIndex> = self
-            .proposals
-            .range(..=last.index)
-            .map(|(&index, _)| index)
-            .collect();
-        for index in lost {
+        for index in indexes_through(&self.proposals, last.index) {
             if let Some((_, reply)) = self.proposals.remove(&index) {
                 self.counters.proposals_failed += 1;
                 let _ = reply.send(Err(NodeError::LeaderChanged));

@@ -205,15 +205,8 @@ where
             Input::Tick => return self.tick(),
             Input::PeerConnection(connection) => self.inbox.add(connection),
             Input::Propose { command, reply } if self.replica.role() == Role::Leader => {
-                match self.replica.propose(LogCommand::Kv(command).encode()) {
-                    Ok(position) => {
-                        self.proposals
-                            .insert(position.index, (position.term, reply));
-                    }
-                    Err(error) => {
-                        let _ = reply.send(Err(error.into()));
-                    }
-                }
+                let proposed = self.replica.propose(LogCommand::Kv(command).encode());
+                wait_for_position(&mut self.proposals, proposed, reply);
             }
             // A follower hands the command to the leader through the replica (as etcd does
             // through Raft), not over the leader's client API: one message among the peer traffic instead of a second
@@ -237,15 +230,8 @@ where
                 }
             }
             Input::ProposeMember { command, reply } => {
-                match self.replica.propose(LogCommand::Member(command).encode()) {
-                    Ok(position) => {
-                        self.member_proposals
-                            .insert(position.index, (position.term, reply));
-                    }
-                    Err(error) => {
-                        let _ = reply.send(Err(error.into()));
-                    }
-                }
+                let proposed = self.replica.propose(LogCommand::Member(command).encode());
+                wait_for_position(&mut self.member_proposals, proposed, reply);
             }
             Input::Read { mode, reply } => {
                 let id = self.next_read_id;
@@ -260,15 +246,8 @@ where
                 }
             }
             Input::ChangeMembership { change, reply } => {
-                match self.replica.propose_membership_change(change) {
-                    Ok(position) => {
-                        self.membership_changes
-                            .insert(position.index, (position.term, reply));
-                    }
-                    Err(error) => {
-                        let _ = reply.send(Err(error.into()));
-                    }
-                }
+                let proposed = self.replica.propose_membership_change(change);
+                wait_for_position(&mut self.membership_changes, proposed, reply);
             }
             Input::TransferLeadership { target, reply } => {
                 let _ = reply.send(
@@ -550,6 +529,28 @@ where
         }
         Ok(())
     }
+}
+
+/// Files `reply` under the position a proposal was given, to be answered when that index is
+/// applied; a refused proposal is answered at once.
+fn wait_for_position<T>(
+    waiting: &mut BTreeMap<LogIndex, (Term, Reply<T>)>,
+    proposed: Result<LogPosition, ballot_core::ReplicaError>,
+    reply: Reply<T>,
+) {
+    match proposed {
+        Ok(position) => {
+            waiting.insert(position.index, (position.term, reply));
+        }
+        Err(error) => {
+            let _ = reply.send(Err(error.into()));
+        }
+    }
+}
+
+/// The indexes in `waiting` at or below `last`: what an apply through `last` has decided.
+fn indexes_through<V>(waiting: &BTreeMap<LogIndex, V>, last: LogIndex) -> Vec<LogIndex> {
+    waiting.range(..=last).map(|(&index, _)| index).collect()
 }
 
 /// A storage failure while a batch was handled: the node stops (fail-stop).
