@@ -1,4 +1,4 @@
-//! Compiles the etcd v3 protos under `proto/` into Rust with protox (pure Rust,
+//! Compiles the etcd v3 protos and ballot's own under `proto/` into Rust with protox (pure Rust,
 //! no system `protoc`) and tonic-prost-build. Everything generated goes to
 //! `OUT_DIR`; nothing is written into the source tree.
 
@@ -11,6 +11,7 @@ const PROTOS: &[&str] = &[
     "etcd/api/etcdserverpb/rpc.proto",
     "etcd/api/v3electionpb/v3election.proto",
     "etcd/api/v3lockpb/v3lock.proto",
+    "ballot/groups.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

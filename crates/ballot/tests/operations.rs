@@ -1,5 +1,9 @@
 //! Operating a cluster as etcd operators do, on real `ballot server` processes.
 //!
+//! Groups: groups made with `ballot group create`, written beside group 0 while every member is
+//! SIGKILLed, come back with every acknowledged write, served through every member (those that
+//! host no replica relay).
+//!
 //! Restarts: every member SIGKILLed in the middle of writes and started again with
 //! `--initial-cluster-state new`, with `existing` and with the bootstrap flags left out; one
 //! member alone; a member added with `member add`; after log compactions and a snapshot install;
@@ -324,6 +328,27 @@ fn write_counting(
     enough: Arc<AtomicBool>,
     acknowledged_count: Arc<AtomicUsize>,
 ) -> std::thread::JoinHandle<BTreeMap<String, String>> {
+    write_counting_in(
+        0,
+        urls,
+        prefix,
+        stop,
+        acknowledged_before_kill_min,
+        enough,
+        acknowledged_count,
+    )
+}
+
+/// [`write_counting`] into group `group`'s keyspace.
+fn write_counting_in(
+    group: u32,
+    urls: Vec<String>,
+    prefix: &'static str,
+    stop: Arc<AtomicBool>,
+    acknowledged_before_kill_min: usize,
+    enough: Arc<AtomicBool>,
+    acknowledged_count: Arc<AtomicUsize>,
+) -> std::thread::JoinHandle<BTreeMap<String, String>> {
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -344,11 +369,14 @@ fn write_counting(
                 let Some(client) = clients[n as usize % count].as_mut() else {
                     continue;
                 };
-                let put = pb::PutRequest {
-                    key: key.clone().into_bytes().into(),
-                    value: value.clone().into_bytes().into(),
-                    ..Default::default()
-                };
+                let put = in_group(
+                    group,
+                    pb::PutRequest {
+                        key: key.clone().into_bytes().into(),
+                        value: value.clone().into_bytes().into(),
+                        ..Default::default()
+                    },
+                );
                 if client.put(put).await.is_ok() {
                     acknowledged.insert(key, value);
                     acknowledged_count.store(acknowledged.len(), Ordering::Relaxed);
@@ -457,16 +485,38 @@ async fn read_all(url: &str) -> Result<BTreeMap<String, String>, String> {
 }
 
 async fn read_all_with(url: &str, serializable: bool) -> Result<BTreeMap<String, String>, String> {
+    read_all_in(0, url, serializable).await
+}
+
+/// A request for group `group`'s keyspace (group 0's carries no metadata, as etcd's).
+fn in_group<T>(group: u32, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if group != 0 {
+        request.metadata_mut().insert(
+            ballot_server::etcd::kv::GROUP_HEADER,
+            tonic::metadata::MetadataValue::from(group),
+        );
+    }
+    request
+}
+
+/// [`read_all_with`] from group `group`'s keyspace.
+async fn read_all_in(
+    group: u32,
+    url: &str,
+    serializable: bool,
+) -> Result<BTreeMap<String, String>, String> {
     let channel = channel(url)
         .await
         .ok_or_else(|| format!("cannot reach {url}"))?;
+    let request = pb::RangeRequest {
+        key: b"k/".to_vec().into(),
+        range_end: b"k0".to_vec().into(),
+        serializable,
+        ..Default::default()
+    };
     let response = KvClient::new(channel)
-        .range(pb::RangeRequest {
-            key: b"k/".to_vec().into(),
-            range_end: b"k0".to_vec().into(),
-            serializable,
-            ..Default::default()
-        })
+        .range(in_group(group, request))
         .await
         .map_err(|status| status.to_string())?
         .into_inner();
@@ -546,6 +596,114 @@ fn every_member_killed_mid_write_comes_back_with_new_with_existing_and_with_the_
         log.contains("restarting from the data directory"),
         "a restart says the bootstrap flags are ignored:\n{log}"
     );
+}
+
+#[test]
+fn groups_come_back_from_every_member_killed_mid_write_and_every_member_serves_them() {
+    let _serial = serial();
+    let runtime = runtime();
+    let mut cluster = Cluster::new("groups", 3);
+    cluster.start_all(Bootstrap::New);
+    cluster.wait_for_leader(&runtime);
+    let endpoints = cluster.running_urls().join(",");
+    for (replicas, expected) in [("3", "group 1 created on "), ("1", "group 2 created on ")] {
+        let created = ballot(&[
+            "group",
+            "create",
+            "--replicas",
+            replicas,
+            "--endpoints",
+            &endpoints,
+        ]);
+        let stdout = String::from_utf8_lossy(&created.stdout);
+        assert!(
+            created.status.success() && stdout.starts_with(expected),
+            "{stdout}{}",
+            String::from_utf8_lossy(&created.stderr)
+        );
+    }
+    let refused = ballot(&[
+        "group",
+        "create",
+        "--replicas",
+        "4",
+        "--endpoints",
+        &endpoints,
+    ]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("the cluster has 3 voting members"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = [(0, "zero"), (1, "one"), (2, "two")]
+        .into_iter()
+        .map(|(group, prefix)| {
+            let enough = Arc::new(AtomicBool::new(false));
+            let writer = write_counting_in(
+                group,
+                cluster.running_urls(),
+                prefix,
+                stop.clone(),
+                100,
+                enough.clone(),
+                Arc::new(AtomicUsize::new(0)),
+            );
+            (group, enough, writer)
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !writers
+        .iter()
+        .all(|(_, enough, _)| enough.load(Ordering::Relaxed))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "100 writes per group were not acknowledged within a minute\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    cluster.kill_all();
+    stop.store(true, Ordering::Relaxed);
+    let acknowledged: Vec<(u32, BTreeMap<String, String>)> = writers
+        .into_iter()
+        .map(|(group, _, writer)| (group, writer.join().unwrap()))
+        .collect();
+
+    cluster.start_all(Bootstrap::Existing);
+    cluster.wait_for_leader(&runtime);
+    for (group, written) in &acknowledged {
+        for url in cluster.running_urls() {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let stored = loop {
+                match runtime.block_on(read_all_in(*group, &url, false)) {
+                    Ok(stored) => break stored,
+                    Err(error) => assert!(
+                        Instant::now() < deadline,
+                        "group {group} through {url}: {error}\n{}",
+                        cluster.logs()
+                    ),
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            let missing = written
+                .iter()
+                .filter(|(key, value)| stored.get(*key) != Some(*value))
+                .count();
+            assert_eq!(
+                missing,
+                0,
+                "group {group} through {url}: {missing} of {} acknowledged writes missing",
+                written.len()
+            );
+        }
+    }
+    let listed = ballot(&["group", "list", "--endpoints", &endpoints]);
+    let listing = String::from_utf8_lossy(&listed.stdout);
+    assert_eq!(listing.lines().count(), 2, "{listing}");
 }
 
 #[test]

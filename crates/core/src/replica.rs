@@ -190,6 +190,13 @@ pub trait Replica {
     /// Ask the leader to hand leadership to `target` once `target` has caught up.
     fn transfer_leadership(&mut self, target: NodeId) -> Result<(), ReplicaError>;
 
+    /// Stand for leader now rather than at the next election timeout. A node starting a new
+    /// group calls it on the one replica chosen to lead first, so the group is ready in a round
+    /// trip instead of an election timeout. A replica that cannot lead (not a voter), already
+    /// leads, or whose group has seen any era but the first ignores it: waking an established
+    /// group this way would only disturb its leader.
+    fn campaign(&mut self);
+
     fn has_ready(&self) -> bool;
 
     /// Take the next batch of outputs. Call only when `has_ready()`.

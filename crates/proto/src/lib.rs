@@ -1,4 +1,4 @@
-//! The etcd v3 gRPC wire contract, and nothing else.
+//! The etcd v3 gRPC wire contract, and ballot's own small API beside it ([`ballotpb`]).
 //!
 //! This crate owns the `.proto` files under `proto/` (written by us from the
 //! public etcd v3 API: same packages, services, methods, messages, field names,
@@ -49,6 +49,13 @@ pub mod v3electionpb {
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod v3lockpb {
     tonic::include_proto!("v3lockpb");
+}
+
+/// ballot's own services, for what etcd's API cannot express (proto package `ballotpb`):
+/// `Groups`, the replicated groups beside group 0.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod ballotpb {
+    tonic::include_proto!("ballotpb");
 }
 
 /// The encoded `google.protobuf.FileDescriptorSet` of every proto in this

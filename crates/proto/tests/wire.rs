@@ -17,7 +17,7 @@ use ballot_proto::etcdserverpb::{
     watch_request,
 };
 use ballot_proto::mvccpb::{self, event};
-use ballot_proto::{v3electionpb, v3lockpb};
+use ballot_proto::{ballotpb, v3electionpb, v3lockpb};
 use bytes::Bytes;
 use prost::Message;
 use tonic::codegen::{http, tokio_stream, Service};
@@ -947,6 +947,9 @@ const ALL_PATHS: &[&str] = &[
     "/v3electionpb.Election/Resign",
     "/v3lockpb.Lock/Lock",
     "/v3lockpb.Lock/Unlock",
+    "/ballotpb.Groups/GroupCreate",
+    "/ballotpb.Groups/GroupList",
+    "/ballotpb.Groups/GroupRemove",
 ];
 
 #[tokio::test]
@@ -1038,6 +1041,14 @@ async fn generated_clients_use_the_etcd_method_paths() {
     let mut l = LockClient::new(rec.clone());
     let _ = l.lock(v3lockpb::LockRequest::default()).await;
     let _ = l.unlock(v3lockpb::UnlockRequest::default()).await;
+    let mut g = ballotpb::groups_client::GroupsClient::new(rec.clone());
+    let _ = g
+        .group_create(ballotpb::GroupCreateRequest::default())
+        .await;
+    let _ = g.group_list(ballotpb::GroupListRequest::default()).await;
+    let _ = g
+        .group_remove(ballotpb::GroupRemoveRequest::default())
+        .await;
 
     let seen = rec.0.lock().unwrap().clone();
     assert_eq!(seen, ALL_PATHS);
@@ -1099,7 +1110,7 @@ fn descriptor_set_lists_every_rpc_with_its_streaming_kind() {
             }
         }
     }
-    assert_eq!(files.len(), 5, "{files:?}");
+    assert_eq!(files.len(), 6, "{files:?}");
     let paths: Vec<&str> = rpcs.iter().map(|(p, _)| p.as_str()).collect();
     let mut want: Vec<&str> = ALL_PATHS.to_vec();
     let mut got = paths.clone();

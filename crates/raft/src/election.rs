@@ -80,7 +80,7 @@ impl Raft {
         }
     }
 
-    fn become_candidate(&mut self, leadership_transfer: bool) {
+    pub(crate) fn become_candidate(&mut self, leadership_transfer: bool) {
         self.term += 1;
         self.voted_for = Some(self.id);
         self.role = Role::Candidate;

@@ -637,6 +637,14 @@ impl Replica for Raft {
         self.start_transfer(target)
     }
 
+    /// Straight to a real election, without a pre-vote round: in a group that never had a term,
+    /// no leader exists for the pre-vote to protect.
+    fn campaign(&mut self) {
+        if self.term == 0 && self.role != Role::Leader && self.is_promotable() {
+            self.become_candidate(false);
+        }
+    }
+
     fn has_ready(&self) -> bool {
         if self.ready_in_flight {
             return false;

@@ -125,6 +125,32 @@ fn s5_2_one_leader_is_elected_and_commits_a_noop() {
 }
 
 #[test]
+fn s5_2_a_new_groups_chosen_replica_campaigns_at_once_and_only_in_the_first_term() {
+    let mut cluster = Cluster::new(3);
+    cluster.node_mut(2).campaign();
+    assert_eq!(
+        cluster.node(2).role(),
+        Role::Candidate,
+        "no pre-vote round: nobody leads a group that never had a term"
+    );
+    cluster.settle();
+    assert_eq!(cluster.leader(), Some(2), "elected without a single tick");
+    assert_eq!(cluster.node(2).status().term, 1);
+    cluster.node_mut(3).campaign();
+    cluster.node_mut(2).campaign();
+    cluster.settle();
+    assert_eq!(
+        cluster.node(3).role(),
+        Role::Follower,
+        "a later era ignores it"
+    );
+    assert_eq!(
+        (cluster.leader(), cluster.node(2).status().term),
+        (Some(2), 1)
+    );
+}
+
+#[test]
 fn s5_2_vote_is_persisted_before_the_reply_leaves() {
     let mut raft = follower_with_log(2, 1, &[1]);
     raft.step(msg(

@@ -462,3 +462,132 @@ async fn every_member_learns_every_members_name_and_client_urls() {
         node.stop();
     }
 }
+
+/// Waits until one of `handles` leads group `group`; returns its position.
+async fn wait_for_group_leader(handles: &[NodeHandle], group: u32) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let leader = handles.iter().position(|handle| {
+            handle
+                .group(group)
+                .is_ok_and(|group| group.status().role == Some(Role::Leader))
+        });
+        if let Some(leader) = leader {
+            return leader;
+        }
+        let statuses: Vec<_> = handles
+            .iter()
+            .map(|handle| {
+                handle
+                    .group(group)
+                    .map(|g| (g.status().role, g.status().term))
+            })
+            .collect();
+        assert!(
+            Instant::now() < deadline,
+            "group {group} elected no leader within 10 s: {statuses:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_are_created_written_survive_restarts_and_are_removed() {
+    let root = tempdir();
+    let configs = configs(root.path(), 3);
+    let nodes = start_all(&configs).await;
+    let all: Vec<NodeHandle> = nodes.iter().map(|n| n.handle.clone()).collect();
+    let leader = wait_for_leader(&all.iter().collect::<Vec<_>>()).await;
+    let follower = (leader + 1) % 3;
+
+    // Bad input creates nothing and says why.
+    let too_many = all[follower].create_group(None, 4).await.unwrap_err();
+    assert!(
+        too_many.to_string().contains("4 replicas asked for")
+            && too_many.to_string().contains("3 voting members"),
+        "{too_many}"
+    );
+    assert!(all[leader].create_group(None, 0).await.is_err());
+    assert!(all[leader].catalog().is_empty(), "nothing created");
+
+    let everywhere = all[leader].create_group(None, 3).await.unwrap();
+    assert_eq!(everywhere.id, 1);
+    assert_eq!(everywhere.replicas.len(), 3);
+    let used = all[leader].create_group(Some(1), 1).await.unwrap_err();
+    assert!(
+        used.to_string().contains("group 1 already exists"),
+        "{used}"
+    );
+    let pair = all[leader].create_group(Some(7), 2).await.unwrap();
+    assert_eq!(pair.id, 7);
+    assert_eq!(pair.replicas.len(), 2);
+
+    // Group 1 elects, takes writes through its leader and through a follower (which hands
+    // them on), and every replica applies them; group 0 does not see them.
+    let group_leader = wait_for_group_leader(&all, 1).await;
+    let through_leader = all[group_leader].group(1).unwrap();
+    let through_follower = all[(group_leader + 1) % 3].group(1).unwrap();
+    through_leader.propose(put("g1", "leader")).await.unwrap();
+    through_follower
+        .propose(put("g1f", "follower"))
+        .await
+        .unwrap();
+    through_follower.read(ReadMode::ReadIndex).await.unwrap();
+    assert_eq!(
+        get(&through_follower, "g1").as_deref(),
+        Some(&b"leader"[..])
+    );
+    assert_eq!(get(&all[leader], "g1"), None, "group 0's keyspace is apart");
+    let pair_leader = wait_for_group_leader(&all, 7).await;
+    all[pair_leader]
+        .group(7)
+        .unwrap()
+        .propose(put("g7", "pair"))
+        .await
+        .unwrap();
+    let outsider = configs
+        .iter()
+        .position(|config| !pair.replicas.contains(&config.node_id()))
+        .expect("a node without group 7");
+    assert!(matches!(
+        all[outsider].group(7).err(),
+        Some(NodeError::UnknownGroup(7))
+    ));
+
+    // Every node stopped at once, then started: the catalog, the groups and their keys are
+    // all still there.
+    for node in nodes {
+        node.stop();
+    }
+    let nodes = start_all(&configs).await;
+    let all: Vec<NodeHandle> = nodes.iter().map(|n| n.handle.clone()).collect();
+    assert_eq!(all[0].catalog().len(), 2);
+    let group_leader = wait_for_group_leader(&all, 1).await;
+    let group = all[group_leader].group(1).unwrap();
+    group.read(ReadMode::ReadIndex).await.unwrap();
+    assert_eq!(get(&group, "g1f").as_deref(), Some(&b"follower"[..]));
+    group.propose(put("after", "restart")).await.unwrap();
+
+    // Removal stops every replica and deletes its storage; the id stays taken.
+    let leader = wait_for_leader(&all.iter().collect::<Vec<_>>()).await;
+    all[leader].remove_group(1).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for (handle, config) in all.iter().zip(&configs) {
+        while handle.group(1).is_ok() || config.data_dir.join("groups/1").exists() {
+            assert!(
+                Instant::now() < deadline,
+                "group 1 still on {}",
+                config.name
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert!(matches!(
+        all[leader].remove_group(1).await.unwrap_err(),
+        NodeError::Catalog(_)
+    ));
+    assert_eq!(all[leader].create_group(None, 1).await.unwrap().id, 8);
+    for node in nodes {
+        node.stop();
+    }
+}

@@ -386,6 +386,9 @@ impl Replica for Fake {
         }
     }
 
+    /// The fake's leader is fixed.
+    fn campaign(&mut self) {}
+
     fn transfer_leadership(&mut self, _target: NodeId) -> Result<(), ReplicaError> {
         Err(ReplicaError::NotLeader {
             leader_hint: Some(LEADER),

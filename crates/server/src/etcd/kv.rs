@@ -10,7 +10,8 @@
 //! store has no read-only transaction path yet).
 
 use super::{convert, forward, status, Context};
-use ballot_core::ReadMode;
+use crate::node::NodeHandle;
+use ballot_core::{GroupId, ReadMode};
 use ballot_proto::etcdserverpb as pb;
 use ballot_proto::etcdserverpb::kv_client::KvClient;
 use ballot_storage::mvcc::limits;
@@ -23,6 +24,80 @@ use tonic::{Request, Response, Status};
 /// read levels, as Consul names them. Without it a Range is `consistent` (etcd's linearizable
 /// default); `serializable = true` wins over it.
 pub const READ_LEVEL_HEADER: &str = "ballot-read-level";
+
+/// Metadata entry naming the group (`ballot group create`) whose keyspace a request reads and
+/// writes; without it, group 0's (the one etcd clients know).
+pub const GROUP_HEADER: &str = "ballot-group";
+
+/// Metadata entry marking a key request one member relayed to another because it hosts no
+/// replica of the request's group: the receiver serves it or refuses it, never relays again.
+pub const GROUP_RELAYED_HEADER: &str = "ballot-group-relayed";
+
+/// Where a key request is served.
+pub enum GroupTarget {
+    /// This node hosts a replica of the group (group 0 always).
+    Here(NodeHandle),
+    /// Another member does: the request goes there whole.
+    Elsewhere(tonic::transport::Channel, GroupId),
+}
+
+/// The group `metadata` names (group 0 without [`GROUP_HEADER`]), here or on a member that
+/// hosts it.
+pub fn group_of_request(context: &Context, metadata: &MetadataMap) -> Result<GroupTarget, Status> {
+    let Some(value) = metadata.get(GROUP_HEADER) else {
+        return Ok(GroupTarget::Here(context.node.clone()));
+    };
+    let text = value.to_str().unwrap_or("");
+    let group = text.parse::<GroupId>().map_err(|_| {
+        Status::invalid_argument(format!(
+            "{GROUP_HEADER} is {text:?}; use a group id (`ballot group list` shows them)"
+        ))
+    })?;
+    let error = match context.node.group(group) {
+        Ok(node) => return Ok(GroupTarget::Here(node)),
+        Err(error) => error,
+    };
+    let replicas = context
+        .node
+        .catalog()
+        .iter()
+        .find(|record| record.id == group)
+        .map(|record| record.replicas.clone());
+    let (Some(replicas), false) = (replicas, metadata.contains_key(GROUP_RELAYED_HEADER)) else {
+        return Err(status::from_node(&error));
+    };
+    replicas
+        .iter()
+        .find_map(|&replica| context.leaders.channel(replica))
+        .map(|channel| GroupTarget::Elsewhere(channel, group))
+        .ok_or_else(|| {
+            Status::unavailable(format!(
+                "group {group} has no replica on this member, and no client URL of its \
+                 replicas is known here"
+            ))
+        })
+}
+
+/// `message` relayed whole to a member hosting `group`.
+fn relayed_to_group<T>(message: T, group: GroupId) -> Request<T> {
+    let mut request = Request::new(message);
+    let metadata = request.metadata_mut();
+    metadata.insert(GROUP_HEADER, MetadataValue::from(group));
+    metadata.insert(GROUP_RELAYED_HEADER, MetadataValue::from_static("1"));
+    request.set_timeout(forward::FORWARD_TIMEOUT);
+    request
+}
+
+/// `message` to send to the leader of `node`'s group: marked forwarded, and naming the group.
+fn forwarded_to<T>(node: &NodeHandle, message: T) -> Request<T> {
+    let mut request = forward::request(message);
+    if node.group_id() != 0 {
+        request
+            .metadata_mut()
+            .insert(GROUP_HEADER, MetadataValue::from(node.group_id()));
+    }
+    request
+}
 
 /// How much a read may trail the latest committed write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,13 +171,15 @@ impl KvService {
         Ok(())
     }
 
-    /// Proposes `command`; on a follower, `Err(channel)` says where to forward the request.
+    /// Proposes `command` to `node`'s group; on a follower, `Err(channel)` says where to
+    /// forward the request.
     async fn propose(
         &self,
+        node: &NodeHandle,
         command: Command,
         forwarded: bool,
     ) -> Result<Result<CommandResult, tonic::transport::Channel>, Status> {
-        match self.context.node.propose(command).await {
+        match node.propose(command).await {
             Ok(result) => Ok(Ok(result)),
             Err(error) => Ok(Err(self.context.leader_channel(error, forwarded)?)),
         }
@@ -163,7 +240,21 @@ impl pb::kv_server::Kv for KvService {
     ) -> Result<Response<pb::RangeResponse>, Status> {
         let forwarded = forward::is_forwarded(request.metadata());
         let level = ReadLevel::of_request(request.metadata())?;
+        let target = group_of_request(&self.context, request.metadata())?;
         let message = request.into_inner();
+        let node = match target {
+            GroupTarget::Here(node) => node,
+            GroupTarget::Elsewhere(channel, group) => {
+                let mut request = relayed_to_group(message, group);
+                if let Some(level) = level {
+                    level.mark(request.metadata_mut());
+                }
+                return self
+                    .context
+                    .relay(KvClient::new(channel).range(request))
+                    .await;
+            }
+        };
         let range = convert::range_request(&message)?;
         limits::check_range_request(&range).map_err(|error| status::from_apply(&error))?;
         let mode = match (message.serializable, level) {
@@ -172,9 +263,9 @@ impl pb::kv_server::Kv for KvService {
             (false, Some(ReadLevel::Consistent) | None) => Some(ReadMode::ReadIndex),
         };
         if let Some(mode) = mode {
-            if let Err(error) = self.context.node.read(mode).await {
+            if let Err(error) = node.read(mode).await {
                 let channel = self.context.leader_channel(error, forwarded)?;
-                let mut request = forward::request(message);
+                let mut request = forwarded_to(&node, message);
                 if let Some(level) = level {
                     level.mark(request.metadata_mut());
                 }
@@ -184,9 +275,7 @@ impl pb::kv_server::Kv for KvService {
                     .await;
             }
         }
-        let response = self
-            .context
-            .node
+        let response = node
             .store()
             .range(&range)
             .map_err(|error| status::from_mvcc(&error))?;
@@ -199,10 +288,20 @@ impl pb::kv_server::Kv for KvService {
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
         let forwarded = forward::is_forwarded(request.metadata());
+        let target = group_of_request(&self.context, request.metadata())?;
         let message = request.into_inner();
+        let node = match target {
+            GroupTarget::Here(node) => node,
+            GroupTarget::Elsewhere(channel, group) => {
+                return self
+                    .context
+                    .relay(KvClient::new(channel).put(relayed_to_group(message, group)))
+                    .await
+            }
+        };
         let command = Command::Put(convert::put_request(&message));
         self.check_write(&message, &command)?;
-        match self.propose(command, forwarded).await? {
+        match self.propose(&node, command, forwarded).await? {
             Ok(CommandResult::Put(put)) => {
                 let header = self.context.header(put.revision);
                 Ok(Response::new(convert::put_response(put, header)))
@@ -210,7 +309,7 @@ impl pb::kv_server::Kv for KvService {
             Ok(other) => Err(unexpected(other)),
             Err(channel) => {
                 self.context
-                    .relay(KvClient::new(channel).put(forward::request(message)))
+                    .relay(KvClient::new(channel).put(forwarded_to(&node, message)))
                     .await
             }
         }
@@ -221,10 +320,20 @@ impl pb::kv_server::Kv for KvService {
         request: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
         let forwarded = forward::is_forwarded(request.metadata());
+        let target = group_of_request(&self.context, request.metadata())?;
         let message = request.into_inner();
+        let node = match target {
+            GroupTarget::Here(node) => node,
+            GroupTarget::Elsewhere(channel, group) => {
+                return self
+                    .context
+                    .relay(KvClient::new(channel).delete_range(relayed_to_group(message, group)))
+                    .await
+            }
+        };
         let command = Command::DeleteRange(convert::delete_range_request(&message));
         self.check_write(&message, &command)?;
-        match self.propose(command, forwarded).await? {
+        match self.propose(&node, command, forwarded).await? {
             Ok(CommandResult::DeleteRange(delete)) => {
                 let header = self.context.header(delete.revision);
                 Ok(Response::new(convert::delete_range_response(
@@ -234,7 +343,7 @@ impl pb::kv_server::Kv for KvService {
             Ok(other) => Err(unexpected(other)),
             Err(channel) => {
                 self.context
-                    .relay(KvClient::new(channel).delete_range(forward::request(message)))
+                    .relay(KvClient::new(channel).delete_range(forwarded_to(&node, message)))
                     .await
             }
         }
@@ -245,12 +354,22 @@ impl pb::kv_server::Kv for KvService {
         request: Request<pb::TxnRequest>,
     ) -> Result<Response<pb::TxnResponse>, Status> {
         let forwarded = forward::is_forwarded(request.metadata());
+        let target = group_of_request(&self.context, request.metadata())?;
         let message = request.into_inner();
+        let node = match target {
+            GroupTarget::Here(node) => node,
+            GroupTarget::Elsewhere(channel, group) => {
+                return self
+                    .context
+                    .relay(KvClient::new(channel).txn(relayed_to_group(message, group)))
+                    .await
+            }
+        };
         let ops_max = self.context.limits.max_txn_ops;
         check_txn_request(&message, ops_max, ops_max)?;
         let command = Command::Txn(convert::txn_request(&message)?);
         self.check_write(&message, &command)?;
-        match self.propose(command, forwarded).await? {
+        match self.propose(&node, command, forwarded).await? {
             Ok(CommandResult::Txn(txn)) => {
                 let header = self.context.header(txn.revision);
                 Ok(Response::new(convert::txn_response(txn, header)))
@@ -258,7 +377,7 @@ impl pb::kv_server::Kv for KvService {
             Ok(other) => Err(unexpected(other)),
             Err(channel) => {
                 self.context
-                    .relay(KvClient::new(channel).txn(forward::request(message)))
+                    .relay(KvClient::new(channel).txn(forwarded_to(&node, message)))
                     .await
             }
         }
@@ -272,18 +391,28 @@ impl pb::kv_server::Kv for KvService {
         request: Request<pb::CompactionRequest>,
     ) -> Result<Response<pb::CompactionResponse>, Status> {
         let forwarded = forward::is_forwarded(request.metadata());
+        let target = group_of_request(&self.context, request.metadata())?;
         let message = request.into_inner();
+        let node = match target {
+            GroupTarget::Here(node) => node,
+            GroupTarget::Elsewhere(channel, group) => {
+                return self
+                    .context
+                    .relay(KvClient::new(channel).compact(relayed_to_group(message, group)))
+                    .await
+            }
+        };
         let command = Command::Compact {
             revision: message.revision,
         };
-        match self.propose(command, forwarded).await? {
+        match self.propose(&node, command, forwarded).await? {
             Ok(CommandResult::Compact { .. }) => Ok(Response::new(pb::CompactionResponse {
                 header: Some(self.context.current_header()),
             })),
             Ok(other) => Err(unexpected(other)),
             Err(channel) => {
                 self.context
-                    .relay(KvClient::new(channel).compact(forward::request(message)))
+                    .relay(KvClient::new(channel).compact(forwarded_to(&node, message)))
                     .await
             }
         }

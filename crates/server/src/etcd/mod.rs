@@ -13,6 +13,8 @@
 //!   codes and exact messages; [`header`]: the `ResponseHeader` every response carries.
 //! - [`serve`]: HTTP/2 connections and gRPC framing, on h2 directly; KV's unary calls are
 //!   dispatched there, every other call goes to tonic's generated services.
+//! - [`groups`]: ballot's own Groups service (not etcd's), served beside them; a request with
+//!   [`kv::GROUP_HEADER`] metadata reads and writes that group's keyspace instead of group 0's.
 //! - [`forward`]: a follower sends writes, linearizable reads, keep-alives and time-to-live
 //!   queries to the leader's client endpoint, as etcd clients expect any member to answer.
 
@@ -20,6 +22,7 @@ pub mod auth;
 pub mod cluster;
 pub mod convert;
 pub mod forward;
+pub mod groups;
 pub mod header;
 pub mod kv;
 pub mod lease;
@@ -120,7 +123,10 @@ pub fn services(
     .add_service(
         ClusterServer::new(cluster::ClusterService::new(context.clone()))
             .max_decoding_message_size(decoding_max),
-    );
+    )
+    .add_service(ballot_proto::ballotpb::groups_server::GroupsServer::new(
+        groups::GroupsService::new(context.clone()),
+    ));
     Services {
         kv: Arc::new(kv::KvService::new(context)),
         routes,

@@ -6,7 +6,7 @@
 //!
 //! Never decides anything: the mapping is total and pure.
 
-use crate::node::NodeError;
+use crate::node::{CatalogError, NodeError};
 use ballot_core::ReplicaError;
 use ballot_storage::lessor::LessorError;
 use ballot_storage::mvcc::types::HistoryError;
@@ -91,6 +91,19 @@ pub fn from_node(error: &NodeError) -> Status {
         NodeError::Watch(watch) => from_watch(watch),
         NodeError::Lease(lease) => from_lessor(lease),
         NodeError::Storage(_) => Status::internal(error.to_string()),
+        NodeError::UnknownGroup(_) => Status::not_found(error.to_string()),
+        NodeError::Catalog(catalog) => {
+            let message = error.to_string();
+            match catalog {
+                CatalogError::IdUsed(_) => Status::already_exists(message),
+                CatalogError::UnknownGroup(_) => Status::not_found(message),
+                CatalogError::Full => Status::resource_exhausted(message),
+                CatalogError::NotTheCatalog => Status::internal(message),
+                CatalogError::GroupZero
+                | CatalogError::BadReplicas(_)
+                | CatalogError::ReplicaCount { .. } => Status::invalid_argument(message),
+            }
+        }
     }
 }
 

@@ -1,16 +1,23 @@
-//! What the server writes into log entries and snapshots: key-value commands for the MVCC store
-//! and member commands for the registry share one log, so each entry carries a tag, and a
-//! snapshot carries both states.
+//! What the server writes into log entries and snapshots: key-value commands for the MVCC store,
+//! member commands for the registry and group commands for the catalog share one log, so each
+//! entry carries a tag, and a snapshot carries every state.
 //!
 //! ```text
 //! entry     1 | mvcc Command (its own codec)   or   2 | MemberCommand
 //!           or   3 | origin node id u64 LE | request id u64 LE | mvcc Command
+//!           or   4 | GroupCommand (group 0's log only)
 //! snapshot  magic "BALLOTSD" | registry_len u32 | registry | mvcc snapshot
+//!           or, once the catalog holds anything:
+//!           magic "BALLOTSG" | registry_len u32 | registry | catalog_len u32 | catalog | mvcc snapshot
 //! ```
+//!
+//! A release from before the catalog skips a tag-4 entry (with an error line) and refuses a
+//! `BALLOTSG` snapshot, which is why a snapshot without groups keeps the older form.
 //!
 //! A record in `snap/` with no data at all is a compaction marker, not an image: the store
 //! and the registry were durable through its index on their own.
 
+use super::catalog::GroupCommand;
 use super::members::MemberCommand;
 use ballot_core::codec::{DecodeError, Decoder};
 use ballot_core::NodeId;
@@ -19,6 +26,7 @@ use ballot_storage::mvcc::CommandCodec;
 use bytes::{BufMut, Bytes};
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"BALLOTSD";
+const SNAPSHOT_WITH_CATALOG_MAGIC: &[u8; 8] = b"BALLOTSG";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LogCommand {
@@ -31,6 +39,8 @@ pub enum LogCommand {
         request: u64,
         command: Command,
     },
+    /// A change to the group catalog.
+    Group(GroupCommand),
 }
 
 impl LogCommand {
@@ -54,6 +64,10 @@ impl LogCommand {
                 out.put_u64_le(*origin);
                 out.put_u64_le(*request);
                 out.extend_from_slice(&command.encode());
+            }
+            LogCommand::Group(command) => {
+                out.put_u8(4);
+                command.encode(&mut out);
             }
         }
         Bytes::from(out)
@@ -81,31 +95,78 @@ impl LogCommand {
                 })
             }
             Some((3, _)) => Err("forwarded log command shorter than its header".into()),
+            Some((4, rest)) => {
+                let mut input = Decoder::new(rest);
+                let command = GroupCommand::decode(&mut input).map_err(|e| e.to_string())?;
+                input.finish("group command").map_err(|e| e.to_string())?;
+                Ok(LogCommand::Group(command))
+            }
             Some((tag, _)) => Err(format!("unknown log command tag {tag}")),
             None => Err("empty log command".into()),
         }
     }
 }
 
-pub fn encode_snapshot(registry: &[u8], mvcc: &[u8]) -> Bytes {
-    let mut out = Vec::with_capacity(12 + registry.len() + mvcc.len());
-    out.extend_from_slice(SNAPSHOT_MAGIC);
-    out.put_u32_le(registry.len() as u32);
-    out.extend_from_slice(registry);
+/// A node snapshot's parts, each in its own codec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotParts<'a> {
+    pub registry: &'a [u8],
+    /// Empty in a snapshot of a cluster that never created a group (and in older ones).
+    pub catalog: &'a [u8],
+    pub mvcc: &'a [u8],
+}
+
+pub fn encode_snapshot(parts: SnapshotParts<'_>) -> Bytes {
+    let SnapshotParts {
+        registry,
+        catalog,
+        mvcc,
+    } = parts;
+    let mut out = Vec::with_capacity(16 + registry.len() + catalog.len() + mvcc.len());
+    if catalog.is_empty() {
+        out.extend_from_slice(SNAPSHOT_MAGIC);
+        out.put_u32_le(registry.len() as u32);
+        out.extend_from_slice(registry);
+    } else {
+        out.extend_from_slice(SNAPSHOT_WITH_CATALOG_MAGIC);
+        out.put_u32_le(registry.len() as u32);
+        out.extend_from_slice(registry);
+        out.put_u32_le(catalog.len() as u32);
+        out.extend_from_slice(catalog);
+    }
     out.extend_from_slice(mvcc);
     Bytes::from(out)
 }
 
-/// Splits a snapshot into (registry, mvcc) parts.
-pub fn decode_snapshot(data: &[u8]) -> Result<(&[u8], &[u8]), DecodeError> {
-    if data.len() < 12 || &data[..8] != SNAPSHOT_MAGIC {
-        return Err(Decoder::new(data).error("snapshot", "not a ballot node snapshot"));
-    }
-    let registry_len = u32::from_le_bytes(data[8..12].try_into().expect("4 bytes")) as usize;
-    if data.len() < 12 + registry_len {
-        return Err(Decoder::new(data).error("snapshot", "registry longer than the snapshot"));
-    }
-    Ok((&data[12..12 + registry_len], &data[12 + registry_len..]))
+/// Splits a snapshot into its parts.
+pub fn decode_snapshot(data: &[u8]) -> Result<SnapshotParts<'_>, DecodeError> {
+    let with_catalog = match data.get(..8) {
+        Some(magic) if magic == SNAPSHOT_MAGIC => false,
+        Some(magic) if magic == SNAPSHOT_WITH_CATALOG_MAGIC => true,
+        _ => return Err(Decoder::new(data).error("snapshot", "not a ballot node snapshot")),
+    };
+    let mut rest = &data[8..];
+    let mut part = |what: &'static str| -> Result<&[u8], DecodeError> {
+        let Some((length, tail)) = rest.split_first_chunk::<4>() else {
+            return Err(Decoder::new(data).error("snapshot", format!("{what} length missing")));
+        };
+        let length = u32::from_le_bytes(*length) as usize;
+        if tail.len() < length {
+            return Err(
+                Decoder::new(data).error("snapshot", format!("{what} longer than the snapshot"))
+            );
+        }
+        let (part, tail) = tail.split_at(length);
+        rest = tail;
+        Ok(part)
+    };
+    let registry = part("registry")?;
+    let catalog = if with_catalog { part("catalog")? } else { &[] };
+    Ok(SnapshotParts {
+        registry,
+        catalog,
+        mvcc: rest,
+    })
 }
 
 #[cfg(test)]
@@ -132,10 +193,28 @@ mod tests {
         assert!(LogCommand::decode(&[9])
             .unwrap_err()
             .contains("unknown log command tag 9"));
-        let snapshot = encode_snapshot(b"reg", b"mvcc-bytes");
-        assert_eq!(
-            decode_snapshot(&snapshot).unwrap(),
-            (&b"reg"[..], &b"mvcc-bytes"[..])
+        let group = LogCommand::Group(GroupCommand::Remove(4));
+        assert_eq!(LogCommand::decode(&group.encode()).unwrap(), group);
+        let without = SnapshotParts {
+            registry: b"reg",
+            catalog: b"",
+            mvcc: b"mvcc-bytes",
+        };
+        let encoded = encode_snapshot(without);
+        assert!(
+            encoded.starts_with(SNAPSHOT_MAGIC),
+            "no catalog: the older form, which a release before catalogs installs"
+        );
+        assert_eq!(decode_snapshot(&encoded).unwrap(), without);
+        let with = SnapshotParts {
+            catalog: b"cat",
+            ..without
+        };
+        let encoded = encode_snapshot(with);
+        assert_eq!(decode_snapshot(&encoded).unwrap(), with);
+        assert!(
+            decode_snapshot(&encoded[..14]).is_err(),
+            "cut in the catalog"
         );
         assert!(decode_snapshot(b"short").is_err());
     }

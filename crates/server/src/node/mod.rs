@@ -1,21 +1,24 @@
-//! A running ballot node: the replica loop thread, its ticker, the peer transport, and the handle
-//! through which client APIs reach them. See `docs/design/server.md`.
+//! A running ballot node: the node loop thread with the groups it hosts, its ticker, the peer
+//! transport, and the handle through which client APIs reach them. See `docs/design/server.md`.
 
+pub mod catalog;
 mod envelope;
 mod events;
 mod force_new_cluster;
+mod group_host;
 mod inbox;
 mod latency;
 pub mod members;
-mod replica_loop;
+mod node_loop;
 
+pub use catalog::{CatalogError, GroupRecord};
 pub use latency::{LatencySnapshot, ETCD_DISK_BOUNDS_MICROS, ETCD_ROUND_TRIP_BOUNDS_MICROS};
 pub use members::{MemberCommand, MemberInfo};
 
 use crate::config::ServerConfig;
 use crate::transport::{InboundConnection, Transport, TransportConfig};
 use ballot_core::{
-    LogIndex, LogPosition, MembershipChange, NodeId, ReadMode, Replica, ReplicaError,
+    GroupId, LogIndex, LogPosition, MembershipChange, NodeId, ReadMode, Replica, ReplicaError,
     ReplicaSettings, ReplicaStart, Role, Term, WireMessage,
 };
 use ballot_storage::dir_lock::DirLock;
@@ -26,8 +29,9 @@ use ballot_storage::mvcc::types::{Lease, LeaseId};
 use ballot_storage::mvcc::{ApplyError, MvccStore};
 use ballot_storage::watch::{StreamId, WatchCreate, WatchError, WatchId, WatchResponse};
 use inbox::InputSender;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
@@ -60,6 +64,10 @@ pub enum NodeError {
     Lease(LessorError),
     #[error("etcdserver: storage failure: {0}")]
     Storage(String),
+    #[error("ballot: this node hosts no group {0} (`ballot group list` shows where groups are)")]
+    UnknownGroup(GroupId),
+    #[error("ballot: {0}")]
+    Catalog(CatalogError),
 }
 
 impl From<LessorError> for NodeError {
@@ -117,10 +125,27 @@ pub struct NodeStatus {
     pub peer_round_trips: Vec<(NodeId, LatencySnapshot)>,
     /// Every voter and learner, with what the registry knows of it.
     pub members: Vec<MemberInfo>,
+    /// Group 0's: every group the catalog records, as this node has applied it.
+    pub catalog: Arc<Vec<GroupRecord>>,
 }
 
 pub(crate) enum Input {
     Tick,
+    /// An input for a group other than 0 (every other variant alone is group 0's).
+    ToGroup {
+        group: GroupId,
+        input: Box<Input>,
+    },
+    /// Proposes a new group to the catalog (group 0's).
+    CreateGroup {
+        requested: Option<GroupId>,
+        replicas: usize,
+        reply: oneshot::Sender<Result<GroupRecord, NodeError>>,
+    },
+    RemoveGroup {
+        id: GroupId,
+        reply: oneshot::Sender<Result<GroupRecord, NodeError>>,
+    },
     /// An accepted peer connection, past its hello: the loop reads its frames from now on.
     PeerConnection(InboundConnection),
     Propose {
@@ -170,7 +195,7 @@ pub(crate) enum Input {
         id: LeaseId,
         reply: oneshot::Sender<Result<(Lease, i64), NodeError>>,
     },
-    /// A state machine image for a follower, built off the loop (see `ReplicaLoop::build_image`).
+    /// A state machine image for a follower, built off the loop (see `GroupHost::build_image`).
     SnapshotEncoded {
         applied: LogIndex,
         result: Result<bytes::Bytes, String>,
@@ -182,6 +207,60 @@ pub(crate) enum Input {
     },
     Stop,
 }
+
+impl Input {
+    /// `input` addressed to `group`.
+    pub(crate) fn for_group(group: GroupId, input: Input) -> Input {
+        if group == 0 {
+            input
+        } else {
+            Input::ToGroup {
+                group,
+                input: Box::new(input),
+            }
+        }
+    }
+
+    /// Answers whoever waits on this input with `error` instead (its group is not here).
+    pub(crate) fn refuse(self, error: NodeError) {
+        fn answer<T>(reply: oneshot::Sender<Result<T, NodeError>>, error: NodeError) {
+            let _ = reply.send(Err(error));
+        }
+        match self {
+            Input::Propose { reply, .. } => answer(reply, error),
+            Input::ProposeMember { reply, .. } | Input::Read { reply, .. } => answer(reply, error),
+            Input::TransferLeadership { reply, .. } | Input::WatchCancel { reply, .. } => {
+                answer(reply, error)
+            }
+            Input::ChangeMembership { reply, .. } => answer(reply, error),
+            Input::CreateGroup { reply, .. } | Input::RemoveGroup { reply, .. } => {
+                answer(reply, error)
+            }
+            Input::WatchOpen { reply } => answer(reply, error),
+            Input::WatchCreate { reply, .. } => answer(reply, error),
+            Input::LeaseKeepAlive { reply, .. } => answer(reply, error),
+            Input::LeaseTimeToLive { reply, .. } => answer(reply, error),
+            Input::ToGroup { input, .. } => input.refuse(error),
+            Input::Tick
+            | Input::PeerConnection(_)
+            | Input::WatchProgress { .. }
+            | Input::WatchClose { .. }
+            | Input::SnapshotEncoded { .. }
+            | Input::CompactionSaved { .. }
+            | Input::Stop => {}
+        }
+    }
+}
+
+/// What client handles reach of a group other than 0 that this node hosts.
+#[derive(Clone)]
+pub(crate) struct GroupCell {
+    pub(crate) store: Arc<MvccStore>,
+    pub(crate) status: Arc<Mutex<NodeStatus>>,
+}
+
+/// The groups this node hosts (beyond 0), kept by the node loop as the catalog changes.
+pub(crate) type GroupCells = Arc<RwLock<BTreeMap<GroupId, GroupCell>>>;
 
 /// One client watch stream: create and cancel watches on it, read their responses from
 /// `responses`. Closed on drop.
@@ -240,9 +319,16 @@ impl Drop for WatchStream {
 /// How client APIs talk to the node. Cheap to clone.
 #[derive(Clone)]
 pub struct NodeHandle {
+    /// The group this handle's calls, store and status are of (0 unless [`NodeHandle::group`]
+    /// made it).
+    group: GroupId,
     inputs: InputSender,
     store: Arc<MvccStore>,
     status: Arc<Mutex<NodeStatus>>,
+    cells: GroupCells,
+    /// Group 0's, whatever group this handle is of (the catalog lives there).
+    zero_status: Arc<Mutex<NodeStatus>>,
+    zero_store: Arc<MvccStore>,
     request_timeout: Duration,
     cluster_token: Arc<str>,
     /// Durations of the store's durable commits made by the background flusher.
@@ -250,6 +336,83 @@ pub struct NodeHandle {
 }
 
 impl NodeHandle {
+    /// The same node's handle for `group`: its calls, store and status are that group's.
+    pub fn group(&self, group: GroupId) -> Result<NodeHandle, NodeError> {
+        if group == self.group {
+            return Ok(self.clone());
+        }
+        if group == 0 {
+            return Ok(NodeHandle {
+                group: 0,
+                status: self.zero_status.clone(),
+                store: self.zero_store.clone(),
+                ..self.clone()
+            });
+        }
+        let cell = self
+            .cells
+            .read()
+            .expect("group cells lock")
+            .get(&group)
+            .cloned()
+            .ok_or(NodeError::UnknownGroup(group))?;
+        Ok(NodeHandle {
+            group,
+            store: cell.store,
+            status: cell.status,
+            ..self.clone()
+        })
+    }
+
+    /// Which group this handle is of.
+    pub fn group_id(&self) -> GroupId {
+        self.group
+    }
+
+    /// The groups beyond 0 this node hosts, with their statuses.
+    pub fn hosted_groups(&self) -> Vec<(GroupId, NodeStatus)> {
+        self.cells
+            .read()
+            .expect("group cells lock")
+            .iter()
+            .map(|(&id, cell)| (id, cell.status.lock().expect("status lock").clone()))
+            .collect()
+    }
+
+    /// Every group the catalog records (as this node has applied it), whether hosted here or
+    /// not.
+    pub fn catalog(&self) -> Vec<GroupRecord> {
+        self.zero_status
+            .lock()
+            .expect("status lock")
+            .catalog
+            .as_ref()
+            .clone()
+    }
+
+    /// Creates a group of `replicas` replicas (with id `requested` if given), placed on the
+    /// voters hosting the fewest; answers once the catalog has it (on the leader of group 0).
+    pub async fn create_group(
+        &self,
+        requested: Option<GroupId>,
+        replicas: usize,
+    ) -> Result<GroupRecord, NodeError> {
+        self.group(0)?
+            .call(|reply| Input::CreateGroup {
+                requested,
+                replicas,
+                reply,
+            })
+            .await
+    }
+
+    /// Removes group `id` from the catalog; its replicas stop and delete their storage.
+    pub async fn remove_group(&self, id: GroupId) -> Result<GroupRecord, NodeError> {
+        self.group(0)?
+            .call(|reply| Input::RemoveGroup { id, reply })
+            .await
+    }
+
     /// The local state machine, for serializable reads (and linearizable ones after `read`).
     pub fn store(&self) -> &Arc<MvccStore> {
         &self.store
@@ -289,7 +452,7 @@ impl NodeHandle {
     ) -> Result<T, NodeError> {
         let (reply, answer) = oneshot::channel();
         self.inputs
-            .try_send(make(reply))
+            .try_send(Input::for_group(self.group, make(reply)))
             .map_err(|error| match error {
                 mpsc::error::TrySendError::Full(_) => NodeError::TooManyRequests,
                 mpsc::error::TrySendError::Closed(_) => NodeError::Stopped,
@@ -383,7 +546,7 @@ impl Node {
     /// no protocol.
     pub async fn start<R>(
         config: ServerConfig,
-        new_replica: impl FnOnce(&ReplicaSettings, ReplicaStart) -> Result<R, String>,
+        new_replica: impl Fn(&ReplicaSettings, ReplicaStart) -> Result<R, String> + Send + 'static,
     ) -> Result<Node, String>
     where
         R: Replica + Send + 'static,
@@ -441,15 +604,17 @@ impl Node {
             cluster_id: identity.cluster_id,
             ..NodeStatus::default()
         }));
-        let opened = replica_loop::ReplicaLoop::open(
-            &config,
-            &identity,
+        let cells = GroupCells::default();
+        let opened = node_loop::NodeLoop::open(
+            config.clone(),
+            identity.clone(),
             lock,
             transport.clone(),
             status.clone(),
+            cells.clone(),
             inbox,
             inputs.clone(),
-            new_replica,
+            Box::new(new_replica),
         )?;
         for (id, url) in opened.peer_urls() {
             match crate::config::parse_url(&url) {
@@ -459,7 +624,7 @@ impl Node {
                 }
             }
         }
-        let store = opened.store();
+        let store = opened.zero().store();
         let loop_thread = std::thread::Builder::new()
             .name(format!("replica-{}", config.name))
             .spawn(move || {
@@ -476,11 +641,20 @@ impl Node {
         let backend_commits = Arc::new(Mutex::new(latency::LatencyHistogram::new(
             latency::FSYNC_BOUNDS_MICROS,
         )));
-        spawn_store_flusher(store.clone(), ticker_stop.clone(), backend_commits.clone());
+        spawn_store_flusher(
+            store.clone(),
+            cells.clone(),
+            ticker_stop.clone(),
+            backend_commits.clone(),
+        );
         let handle = NodeHandle {
+            group: 0,
             inputs,
-            store,
-            status,
+            store: store.clone(),
+            status: status.clone(),
+            cells,
+            zero_status: status,
+            zero_store: store,
             request_timeout: Duration::from_secs(5),
             cluster_token: Arc::from(identity.cluster_token.as_str()),
             backend_commits,
@@ -594,31 +768,45 @@ fn has_wal(data_dir: &std::path::Path) -> bool {
 /// How often the state machine's non-durable commits are made durable.
 const STORE_FLUSH_PERIOD: Duration = Duration::from_millis(100);
 
-/// Makes the store durable in the background, off the replica loop's path: the loop applies with
+/// Makes the stores durable in the background, off the node loop's path: the loop applies with
 /// non-durable commits (the WAL holds the entries, so a crash only redoes work), and this thread
-/// pays one fsync per period instead of every few batches paying one inside the apply.
+/// pays one fsync per store with writes per period instead of every few batches paying one
+/// inside the apply. One thread for every group's store: group 0's, and those in `groups`.
 fn spawn_store_flusher(
     store: Arc<MvccStore>,
+    groups: GroupCells,
     stop: Arc<std::sync::atomic::AtomicBool>,
     commits: Arc<Mutex<latency::LatencyHistogram>>,
 ) {
     std::thread::Builder::new()
         .name("store-flusher".into())
         .spawn(move || {
+            let mut stores = Vec::new();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 std::thread::sleep(STORE_FLUSH_PERIOD);
-                let started = std::time::Instant::now();
-                match store.flush_if_pending() {
-                    Ok(true) => commits
-                        .lock()
-                        .expect("backend commit histogram lock")
-                        .observe(started.elapsed().as_micros() as u64),
-                    Ok(false) => {}
-                    Err(error) => {
-                        // The replica loop meets the same failure on its next commit and stops the
-                        // node.
-                        tracing::error!(%error, "background state machine flush failed");
-                        return;
+                stores.clear();
+                stores.push((0, store.clone()));
+                stores.extend(
+                    groups
+                        .read()
+                        .expect("group cells lock")
+                        .iter()
+                        .map(|(&group, cell)| (group, cell.store.clone())),
+                );
+                for (group, store) in &stores {
+                    let started = std::time::Instant::now();
+                    match store.flush_if_pending() {
+                        Ok(true) => commits
+                            .lock()
+                            .expect("backend commit histogram lock")
+                            .observe(started.elapsed().as_micros() as u64),
+                        Ok(false) => {}
+                        Err(error) => {
+                            // The node loop meets the same failure on its next commit and stops
+                            // the node.
+                            tracing::error!(group, %error, "background state machine flush failed");
+                            return;
+                        }
                     }
                 }
             }

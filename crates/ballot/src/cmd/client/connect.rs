@@ -38,6 +38,11 @@ pub struct ConnectArgs {
     /// Output format: simple (etcdctl's default lines), json (etcd's JSON field names), table
     #[arg(short = 'w', long, env = "BALLOT_WRITE_OUT", value_enum, default_value_t = OutputFormat::Simple, global = true)]
     pub write_out: OutputFormat,
+    /// The group whose keys put, get, del and txn work on (`ballot group create` makes one,
+    /// `ballot group list` shows them); 0 is the cluster's default keyspace, the one etcd
+    /// clients see
+    #[arg(long, env = "BALLOT_GROUP", default_value_t = 0, global = true)]
+    pub group: u32,
 }
 
 /// Whether a call may be sent again to the next endpoint after it reached a server.
@@ -129,6 +134,8 @@ pub struct Endpoints {
     pub list: Vec<String>,
     pub dial_timeout: Duration,
     pub command_timeout: Duration,
+    /// The group key requests are for (`--group`).
+    pub group: u32,
 }
 
 impl Endpoints {
@@ -148,7 +155,20 @@ impl Endpoints {
             list,
             dial_timeout: args.dial_timeout,
             command_timeout: args.command_timeout,
+            group: args.group,
         })
+    }
+
+    /// A key request for `--group`'s keyspace (group 0's carries nothing extra, as etcdctl's).
+    pub fn key_request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if self.group != 0 {
+            request.metadata_mut().insert(
+                ballot_server::etcd::kv::GROUP_HEADER,
+                tonic::metadata::MetadataValue::from(self.group),
+            );
+        }
+        request
     }
 
     /// Connects to one endpoint within the dial timeout.
@@ -389,6 +409,7 @@ mod tests {
             list: vec!["http://a".into(), "http://b".into()],
             dial_timeout: Duration::from_secs(1),
             command_timeout: Duration::from_secs(1),
+            group: 0,
         };
         let mut fresh = Reconnect::default();
         assert_eq!(fresh.next_endpoint(&endpoints), "http://a");
@@ -428,6 +449,7 @@ mod tests {
             list: vec![format!("http://127.0.0.1:{port}")],
             dial_timeout: Duration::from_millis(500),
             command_timeout: Duration::from_secs(1),
+            group: 0,
         };
         let error = endpoints
             .call(Retry::Read, |_channel| async { Ok::<_, CallError>(()) })

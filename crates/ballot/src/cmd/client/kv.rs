@@ -147,7 +147,7 @@ pub async fn put(args: PutArgs) -> Result<(), ClientError> {
     let (_, response) =
         endpoints
             .call(Retry::Write, |channel| {
-                let request = request.clone();
+                let request = endpoints.key_request(request.clone());
                 async move {
                     Ok::<_, CallError>(KvClient::new(channel).put(request).await?.into_inner())
                 }
@@ -302,7 +302,7 @@ pub async fn get(args: GetArgs) -> Result<(), ClientError> {
     let (_, response) =
         endpoints
             .call(Retry::Read, |channel| {
-                let mut request = tonic::Request::new(request.clone());
+                let mut request = endpoints.key_request(request.clone());
                 if let Some(level) = &args.level {
                     let level = ballot_server::etcd::kv::ReadLevel::parse(level)
                         .expect("clap checked the level");
@@ -376,7 +376,7 @@ pub async fn del(args: DelArgs) -> Result<(), ClientError> {
     let request = args.op.request()?;
     let (_, response) = endpoints
         .call(Retry::Write, |channel| {
-            let request = request.clone();
+            let request = endpoints.key_request(request.clone());
             async move {
                 Ok::<_, CallError>(
                     KvClient::new(channel)

@@ -1,6 +1,7 @@
 //! The client subcommands (`put`, `get`, `del`, `txn`, `watch`, `lease`, `member`, `status`,
 //! `snapshot`): etcdctl's commands and output over the etcd v3 gRPC API, so they work against
-//! ballot and against etcd alike.
+//! ballot and against etcd alike; and `group`, ballot's own (groups beside group 0), which
+//! works against ballot only.
 //!
 //! Each file owns one command group: it parses flags into a request, sends it through
 //! [`connect::Endpoints`] (endpoint order, timeouts, failover) and hands the response to
@@ -10,6 +11,7 @@
 //! 2 on bad usage (bad flags, unparsable `txn` input, an unsupported output format).
 
 pub mod connect;
+pub mod group;
 pub mod kv;
 pub mod lease;
 pub mod member;
@@ -44,6 +46,8 @@ pub enum ClientCommand {
     Status(status::StatusArgs),
     /// Snapshots of the state machine: `snapshot save FILE`.
     Snapshot(snapshot::SnapshotArgs),
+    /// Replicated groups beside group 0 (ballot only): create, list, remove.
+    Group(group::GroupArgs),
 }
 
 /// Everything a client command can fail with, each with its exit status.
@@ -111,6 +115,17 @@ pub fn run(command: ClientCommand) -> ExitCode {
         }
     };
     let outcome = runtime.block_on(async {
+        let group = match &command {
+            ClientCommand::Watch(args) => args.connection.group,
+            ClientCommand::Lease(args) => args.connection.group,
+            _ => 0,
+        };
+        if group != 0 {
+            return Err(ClientError::Usage(format!(
+                "--group {group}: watches and leases are group 0's for now; --group applies to \
+                 put, get, del and txn"
+            )));
+        }
         match command {
             ClientCommand::Put(args) => kv::put(args).await,
             ClientCommand::Get(args) => kv::get(args).await,
@@ -121,6 +136,7 @@ pub fn run(command: ClientCommand) -> ExitCode {
             ClientCommand::Member(args) => member::run(args).await,
             ClientCommand::Status(args) => status::run(args).await,
             ClientCommand::Snapshot(args) => snapshot::run(args).await,
+            ClientCommand::Group(args) => group::run(args).await,
         }
     });
     match outcome {

@@ -398,7 +398,7 @@ struct StatusJson {
     db_size_quota: i64,
 }
 
-fn json_line<T: Serialize>(value: &T) -> Vec<u8> {
+pub fn json_line<T: Serialize>(value: &T) -> Vec<u8> {
     let mut line =
         serde_json::to_vec(value).expect("response JSON has no maps with non-string keys");
     line.push(b'\n');
@@ -863,7 +863,7 @@ pub fn status(format: OutputFormat, statuses: &[(String, StatusResponse)]) -> Ve
     }
 }
 
-fn simple_rows(rows: &[Vec<String>]) -> Vec<u8> {
+pub fn simple_rows(rows: &[Vec<String>]) -> Vec<u8> {
     let mut text = String::new();
     for row in rows {
         text.push_str(&row.join(", "));

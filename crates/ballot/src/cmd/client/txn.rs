@@ -337,7 +337,7 @@ pub async fn run(args: TxnArgs) -> Result<(), ClientError> {
     let (_, response) =
         endpoints
             .call(retry_for(&request), |channel| {
-                let request = request.clone();
+                let request = endpoints.key_request(request.clone());
                 async move {
                     Ok::<_, CallError>(KvClient::new(channel).txn(request).await?.into_inner())
                 }

@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl<R> ReplicaLoop<R>
+impl<R> GroupHost<R>
 where
     R: Replica,
     R::Message: WireMessage,
@@ -55,6 +55,28 @@ where
                         self.follow_member_addresses(&command);
                         self.answer_member_proposal(entry.index, entry.term);
                     }
+                    Ok(LogCommand::Group(command)) if self.group == 0 => {
+                        let applied = self.catalog.apply(entry.index, &command)?;
+                        if let Some(Ok(record)) = &applied {
+                            tracing::info!(
+                                group = record.id,
+                                replicas = ?record.replicas,
+                                index = entry.index,
+                                "{}",
+                                match command {
+                                    GroupCommand::Create { .. } => "group created",
+                                    GroupCommand::Remove(_) => "group removed",
+                                }
+                            );
+                            self.catalog_changed = true;
+                        }
+                        self.answer_group_proposal(entry.index, entry.term, applied);
+                    }
+                    Ok(LogCommand::Group(_)) => tracing::error!(
+                        group = self.group,
+                        index = entry.index,
+                        "a group catalog command in a group other than 0 skipped"
+                    ),
                     // Only this server's own encoder writes commands, so this is a bug or a
                     // corrupt entry that passed the WAL's checksum: apply nothing, say so loudly.
                     Err(error) => {
@@ -129,6 +151,9 @@ where
         for index in indexes_through(&self.member_proposals, last.index) {
             self.answer_member_proposal(index, 0);
         }
+        for index in indexes_through(&self.group_proposals, last.index) {
+            self.answer_group_proposal(index, 0, None);
+        }
         for index in indexes_through(&self.keepalives_proposed, last.index) {
             self.answer_keepalives(index, 0);
         }
@@ -173,6 +198,23 @@ where
                 Ok(())
             } else {
                 Err(NodeError::LeaderChanged)
+            };
+            let _ = reply.send(answer);
+        }
+    }
+
+    /// `applied` is what the catalog made of the entry (`None`: nothing, a replay or another
+    /// entry at the index).
+    pub(super) fn answer_group_proposal(
+        &mut self,
+        index: LogIndex,
+        term: Term,
+        applied: Option<super::super::catalog::Applied>,
+    ) {
+        if let Some((proposed_term, reply)) = self.group_proposals.remove(&index) {
+            let answer = match applied {
+                Some(outcome) if proposed_term == term => outcome.map_err(NodeError::Catalog),
+                _ => Err(NodeError::LeaderChanged),
             };
             let _ = reply.send(answer);
         }

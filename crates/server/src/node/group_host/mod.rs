@@ -1,23 +1,28 @@
-//! The replica loop: the one thread that owns the replica (whatever its engine), the WAL, the
-//! snapshot store and the state machine's write side. Inputs are handled in batches; after each
-//! batch every `Ready` is handled in the order of the contract in `ballot_core::ready`. A storage
-//! failure stops the node (fail-stop): continuing after a failed fsync could acknowledge what is
-//! not durable.
+//! One replicated group on this node: its replica (whatever its engine), WAL, snapshot store,
+//! state machine, and everything waiting on them (proposals, reads, watches, leases). The node
+//! loop ([`super::node_loop`]) owns the thread, the inputs and the peer sockets, and hands each
+//! host what is its group's; after each batch every `Ready` is handled in the order of the
+//! contract in `ballot_core::ready`. A storage failure stops the node (fail-stop): continuing
+//! after a failed fsync could acknowledge what is not durable.
 //!
-//! This module drives: inputs, ticks, the host the `Ready` driver (`ballot_core::driver`, the
-//! simulator's too) works through, the WAL's syncs, watches. Its
-//! children own the rest: [`recovery`] (opening the data directory), [`apply`] (committed
-//! entries and their waiters), [`snapshots`] (images and compaction), [`metrics`] (counters and
-//! the published status).
+//! Group 0 is the cluster's own: it also holds the member registry and the group catalog, and
+//! publishes this member. Every other group is a plain replicated key-value store so far, in
+//! `groups/<id>/` of the data directory.
+//!
+//! This module handles the group's inputs and ticks and is the host the `Ready` driver
+//! (`ballot_core::driver`, the simulator's too) works through. Its children own the rest:
+//! [`recovery`] (opening the group's storage), [`apply`] (committed entries and their waiters),
+//! [`snapshots`] (images and compaction), [`metrics`] (counters and the published status).
 
 mod apply;
 mod metrics;
 mod recovery;
 mod snapshots;
 
-use super::envelope::{decode_snapshot, encode_snapshot, LogCommand};
+use super::catalog::{CatalogError, GroupCatalog, GroupCommand, GroupRecord};
+use super::envelope::{decode_snapshot, encode_snapshot, LogCommand, SnapshotParts};
 use super::events::Transitions;
-use super::inbox::{Inbox, InputSender, Queued};
+use super::inbox::InputSender;
 use super::latency::{LatencyHistogram, FSYNC_BOUNDS_MICROS, ROUND_TRIP_BOUNDS_MICROS};
 use super::members::{MemberCommand, MemberInfo, MemberRegistry};
 use super::{Input, NodeError, NodeStatus};
@@ -29,7 +34,6 @@ use ballot_core::{
     ProtocolMessage, ReadState, Replica, ReplicaSettings, ReplicaStart, Role, Snapshot,
     SnapshotMeta, Term, WireMessage,
 };
-use ballot_storage::dir_lock::DirLock;
 use ballot_storage::identity::Identity;
 use ballot_storage::lessor::{LeaseTtl, Lessor, LessorConfig};
 use ballot_storage::mvcc::types::{Command, CommandResult};
@@ -41,15 +45,14 @@ use ballot_storage::watch::{
     StreamId, WatchHub, WatchLimits, WatchResponse, RESPONSE_OVERHEAD_BYTES,
 };
 use metrics::Counters;
+pub(crate) use recovery::{group_dir, NodeParts};
 pub(crate) use snapshots::SharedSnapshots;
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
-/// Inputs handled before the replica's outputs are processed; bounds the latency one batch adds.
-const INPUTS_PER_BATCH_MAX: usize = 1024;
 /// Apply commits between two durable ones when the background flusher falls behind.
 const SERVER_NON_DURABLE_COMMITS_MAX: u32 = 64;
 /// Ticks between sweeps of forwarded commands nobody waits for any more.
@@ -72,7 +75,8 @@ type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
 /// Keep-alive answers (granted TTL, reply) waiting for one checkpoint entry, with its term.
 type KeepAliveWaiters = (Term, Vec<(i64, Reply<i64>)>);
 
-pub(crate) struct ReplicaLoop<R: Replica> {
+pub(crate) struct GroupHost<R: Replica> {
+    group: GroupId,
     replica: R,
     wal: Wal,
     /// Shared with the thread that saves a compaction marker while the loop goes on.
@@ -85,10 +89,6 @@ pub(crate) struct ReplicaLoop<R: Replica> {
     loopback: InputSender,
     store: Arc<MvccStore>,
     transport: Arc<Transport>,
-    /// The input queue and the inbound peer connections.
-    inbox: Inbox,
-    /// Peer messages read in this batch, with their groups, waiting to be stepped.
-    peer_messages: Vec<(GroupId, R::Message)>,
     status: Arc<Mutex<NodeStatus>>,
     /// Proposals by the log position they were given; answered when that index is applied.
     proposals: BTreeMap<LogIndex, (Term, Reply<CommandResult>)>,
@@ -99,7 +99,13 @@ pub(crate) struct ReplicaLoop<R: Replica> {
     next_forward_id: u64,
     ticks: u64,
     member_proposals: BTreeMap<LogIndex, (Term, Reply<()>)>,
+    /// Group 0's only: who the members are (empty and never changed in other groups).
     registry: MemberRegistry,
+    /// Group 0's only: which other groups exist (empty and never changed in other groups).
+    catalog: GroupCatalog,
+    group_proposals: BTreeMap<LogIndex, (Term, Reply<GroupRecord>)>,
+    /// A catalog command was applied since the node loop last asked.
+    catalog_changed: bool,
     /// What this node publishes about itself.
     own_info: MemberInfo,
     /// The cluster id this member's identity derived, if it was one of the cluster's first
@@ -123,10 +129,9 @@ pub(crate) struct ReplicaLoop<R: Replica> {
     counters: Counters,
     /// What the replica was after the last batch, for the operator log lines.
     transitions: Transitions,
-    _lock: DirLock,
 }
 
-impl<R> ReplicaLoop<R>
+impl<R> GroupHost<R>
 where
     R: Replica,
     R::Message: WireMessage,
@@ -145,65 +150,101 @@ where
             .collect()
     }
 
-    pub(crate) fn run(mut self) {
-        let mut running = true;
-        while running {
-            let mut handled = 0;
-            while handled < INPUTS_PER_BATCH_MAX {
-                match self.inbox.next_input() {
-                    Queued::Input(input) => {
-                        handled += 1;
-                        if !self.handle_input(input) {
-                            running = false;
-                            break;
-                        }
-                    }
-                    Queued::Empty => break,
-                    Queued::Closed => {
-                        running = false;
-                        break;
-                    }
-                }
-            }
-            handled += self
-                .inbox
-                .read_peers(&self.transport, &mut self.peer_messages);
-            for (group, message) in self.peer_messages.drain(..) {
-                if group != 0 {
-                    // This node hosts group 0 only: a peer that sends another group's frames
-                    // runs a release ahead of this one's groups. The protocol copes with the
-                    // loss; the counter says it happened.
-                    self.counters.unknown_group_messages += 1;
-                    continue;
-                }
-                self.counters.on_received(&message);
-                self.replica.step(message);
-            }
-            if handled == 0 {
-                self.inbox.wait();
-                continue;
-            }
-            if let Err(error) = self.handle_readies() {
-                tracing::error!(%error, "storage failure: stopping this node");
-                break;
-            }
-            self.follow_leadership();
-            self.pump_watches();
-            self.publish_status();
-        }
+    pub(crate) fn catalog(&self) -> &GroupCatalog {
+        &self.catalog
+    }
+
+    /// Whether a catalog command was applied since the last call.
+    pub(crate) fn take_catalog_changed(&mut self) -> bool {
+        std::mem::take(&mut self.catalog_changed)
+    }
+
+    /// The count the node loop keeps, published in group 0's status.
+    pub(crate) fn set_unknown_group_messages(&mut self, count: u64) {
+        self.counters.unknown_group_messages = count;
+    }
+
+    /// Stands for leader at once (see `Replica::campaign`).
+    pub(crate) fn campaign(&mut self) {
+        self.replica.campaign();
+    }
+
+    /// A peer message for this group.
+    pub(crate) fn step(&mut self, message: R::Message) {
+        self.counters.on_received(&message);
+        self.replica.step(message);
+    }
+
+    /// Everything a batch of inputs left to do: the `Ready`s, the lessor following leadership,
+    /// watch responses, the published status.
+    pub(crate) fn after_batch(&mut self) -> Result<(), String> {
+        self.handle_readies()?;
+        self.follow_leadership();
+        self.pump_watches();
+        self.publish_status();
+        Ok(())
+    }
+
+    /// Makes what the group holds durable before the node exits or the group is dropped.
+    pub(crate) fn shut_down(&mut self) {
         if let Err(error) = self.wal.sync() {
-            tracing::error!(%error, "final WAL sync failed at shutdown");
+            tracing::error!(group = self.group, %error, "final WAL sync failed at shutdown");
         }
         if let Err(error) = self.store.flush() {
-            tracing::error!(%error, "final state machine flush failed at shutdown");
+            tracing::error!(
+                group = self.group,
+                %error,
+                "final state machine flush failed at shutdown"
+            );
         }
     }
 
-    /// Returns false on `Stop`.
-    fn handle_input(&mut self, input: Input) -> bool {
+    /// One input addressed to this group.
+    pub(crate) fn handle_input(&mut self, input: Input) {
         match input {
-            Input::Tick => return self.tick(),
-            Input::PeerConnection(connection) => self.inbox.add(connection),
+            Input::Tick | Input::PeerConnection(_) | Input::Stop | Input::ToGroup { .. } => {
+                unreachable!("the node loop handles its own inputs and unwraps a group's")
+            }
+            Input::CreateGroup {
+                requested,
+                replicas,
+                reply,
+            } => {
+                let proposed = self.group_command(requested, replicas).and_then(|command| {
+                    self.replica
+                        .propose(LogCommand::Group(command).encode())
+                        .map_err(NodeError::from)
+                });
+                match proposed {
+                    Ok(position) => {
+                        self.group_proposals
+                            .insert(position.index, (position.term, reply));
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(error));
+                    }
+                }
+            }
+            Input::RemoveGroup { id, reply } => {
+                let proposed = if self.group != 0 {
+                    Err(NodeError::Catalog(CatalogError::NotTheCatalog))
+                } else if self.catalog.get(id).is_none() {
+                    Err(NodeError::Catalog(CatalogError::UnknownGroup(id)))
+                } else {
+                    self.replica
+                        .propose(LogCommand::Group(GroupCommand::Remove(id)).encode())
+                        .map_err(NodeError::from)
+                };
+                match proposed {
+                    Ok(position) => {
+                        self.group_proposals
+                            .insert(position.index, (position.term, reply));
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(error));
+                    }
+                }
+            }
             Input::Propose { command, reply } if self.replica.role() == Role::Leader => {
                 let proposed = self.replica.propose(LogCommand::Kv(command).encode());
                 wait_for_position(&mut self.proposals, proposed, reply);
@@ -308,9 +349,46 @@ where
             }
             Input::SnapshotEncoded { applied, result } => self.image_encoded(applied, result),
             Input::CompactionSaved { index, result } => self.compaction_saved(index, result),
-            Input::Stop => return false,
         }
-        true
+    }
+
+    /// The catalog command for `group create`: checked against what this node knows (the
+    /// command is checked again, the same way everywhere, when it is applied), its replicas
+    /// placed on the voters that host the fewest groups.
+    fn group_command(
+        &self,
+        requested: Option<GroupId>,
+        replicas: usize,
+    ) -> Result<GroupCommand, NodeError> {
+        if self.group != 0 {
+            return Err(NodeError::Catalog(CatalogError::NotTheCatalog));
+        }
+        let voters: Vec<NodeId> = self
+            .replica
+            .status()
+            .membership
+            .voters
+            .iter()
+            .copied()
+            .collect();
+        if replicas == 0 || replicas > voters.len() {
+            return Err(NodeError::Catalog(CatalogError::ReplicaCount {
+                asked: replicas,
+                voters: voters.len(),
+            }));
+        }
+        if let Some(id) = requested {
+            if id == 0 {
+                return Err(NodeError::Catalog(CatalogError::GroupZero));
+            }
+            if self.catalog.get(id).is_some() {
+                return Err(NodeError::Catalog(CatalogError::IdUsed(id)));
+            }
+        }
+        Ok(GroupCommand::Create {
+            requested,
+            replicas: self.catalog.place(&voters, replicas),
+        })
     }
 
     fn now_ms(&self) -> u64 {
@@ -343,7 +421,7 @@ where
 
     /// One tick of logical time for the replica, and of wall time for the lessor and watches.
     /// Returns false when the WAL failed (the node stops).
-    fn tick(&mut self) -> bool {
+    pub(crate) fn tick(&mut self) -> bool {
         self.replica.tick();
         self.ticks += 1;
         if self.ticks.is_multiple_of(WAL_LAZY_SYNC_TICKS) {
@@ -357,7 +435,9 @@ where
             // be applied with nobody left to answer.
             self.forwarded.retain(|_, reply| !reply.is_closed());
         }
-        self.publish_self_if_needed();
+        if self.group == 0 {
+            self.publish_self_if_needed();
+        }
         let now = self.now_ms();
         self.watch_hub.progress(now);
         if !self.lessor.is_leader() {
@@ -565,7 +645,7 @@ pub(crate) enum StorageFailure {
 }
 
 /// The loop as the driver's host: its replica, WAL, `snap/` and state machine.
-impl<R> ReadyHost for ReplicaLoop<R>
+impl<R> ReadyHost for GroupHost<R>
 where
     R: Replica,
     R::Message: WireMessage,
@@ -589,7 +669,7 @@ where
 
     fn send(&mut self, message: R::Message) {
         self.counters.on_sent(&message);
-        self.transport.send(&message);
+        self.transport.send_to_group(self.group, &message);
     }
 
     fn sync_log(&mut self) -> Result<(), StorageFailure> {

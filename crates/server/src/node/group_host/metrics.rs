@@ -71,7 +71,7 @@ impl Counters {
     }
 }
 
-impl<R> ReplicaLoop<R>
+impl<R> GroupHost<R>
 where
     R: Replica,
     R::Message: WireMessage,
@@ -104,6 +104,7 @@ where
             proposals_pending: (self.proposals.len()
                 + self.forwarded.len()
                 + self.member_proposals.len()
+                + self.group_proposals.len()
                 + self.membership_changes.len()) as u64,
             compaction_index: counters.compaction_index,
             snapshot_images_built: counters.snapshot_images_built,
@@ -125,6 +126,7 @@ where
                     })
                 })
                 .collect(),
+            catalog: self.catalog.view(),
         };
         debug_assert!(status.role != Role::Leader || status.leader == Some(status.id));
     }

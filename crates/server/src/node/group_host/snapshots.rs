@@ -28,19 +28,22 @@ impl ballot_core::SnapshotStore for SharedSnapshots {
     }
 }
 
-impl<R> ReplicaLoop<R>
+impl<R> GroupHost<R>
 where
     R: Replica,
     R::Message: WireMessage,
 {
     /// A leader's image, saved and installed in the log by the driver, replaces the state
-    /// machine and the member registry.
+    /// machine, the member registry and the group catalog.
     pub(super) fn restore_image(&mut self, snapshot: &Snapshot) -> Result<(), String> {
-        let (registry_part, mvcc_part) =
-            decode_snapshot(&snapshot.data).map_err(|e| e.to_string())?;
-        self.store.restore(mvcc_part).map_err(|e| e.to_string())?;
-        self.registry
-            .restore(registry_part, snapshot.meta.last_included.index)?;
+        let parts = decode_snapshot(&snapshot.data).map_err(|e| e.to_string())?;
+        let index = snapshot.meta.last_included.index;
+        self.store.restore(parts.mvcc).map_err(|e| e.to_string())?;
+        self.registry.restore(parts.registry, index)?;
+        if self.group == 0 {
+            self.catalog.restore(parts.catalog, index)?;
+            self.catalog_changed = true;
+        }
         self.watch_hub.restore(self.store.revision());
         self.counters.snapshot_images_installed += 1;
         self.counters.compaction_index = snapshot.meta.last_included.index;
@@ -100,10 +103,11 @@ where
         work: impl FnOnce() -> Input + Send + 'static,
     ) -> Result<(), String> {
         let loopback = self.loopback.clone();
+        let group = self.group;
         std::thread::Builder::new()
             .name(name.into())
             .spawn(move || {
-                let _ = loopback.blocking_send(work());
+                let _ = loopback.blocking_send(Input::for_group(group, work()));
             })
             .map(|_| ())
             .map_err(|e| e.to_string())
@@ -151,13 +155,20 @@ where
         }
         let reader = self.store.begin_snapshot().map_err(|e| e.to_string())?;
         let applied = reader.applied_index();
-        // The registry is changed only by this loop, so it is at `applied` too.
+        // The registry and catalog are changed only by this loop, so they are at `applied` too.
         let registry = self.registry.snapshot();
+        let catalog = self.catalog.snapshot();
         self.image_in_progress = true;
         self.off_the_loop("snapshot-encode", move || {
             let result = reader
                 .into_bytes()
-                .map(|mvcc| encode_snapshot(&registry, &mvcc))
+                .map(|mvcc| {
+                    encode_snapshot(SnapshotParts {
+                        registry: &registry,
+                        catalog: &catalog,
+                        mvcc: &mvcc,
+                    })
+                })
                 .map_err(|e| e.to_string());
             Input::SnapshotEncoded { applied, result }
         })

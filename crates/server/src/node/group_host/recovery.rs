@@ -1,30 +1,36 @@
-//! Opening a node's replica loop: the data directory's snapshot store, WAL and state machine
-//! recovered and reconciled, the member registry read, and the replica built from what they
+//! Opening one group on this node: its snapshot store, WAL and state machine recovered and
+//! reconciled, group 0's member registry and catalog read, and the replica built from what they
 //! hold (the engine's constructor is the caller's).
 
 use super::*;
 
-impl<R> ReplicaLoop<R>
+impl<R> GroupHost<R>
 where
     R: Replica,
     R::Message: WireMessage,
 {
-    /// Recovers everything from the data directory (whose lock the caller holds and whose
-    /// identity it has read or created) and builds the replica.
-    // Each argument is one part `Node::start` built for this loop alone; a struct to carry
-    // them would have no other use.
-    #[allow(clippy::too_many_arguments)]
+    /// Recovers `group` from its directory (the data directory for group 0, whose lock the
+    /// caller holds and whose identity it has read or created; `groups/<id>` for another,
+    /// created if missing) and builds the replica. `bootstrap` is the membership a group with
+    /// an empty log starts from (group 0's comes from the identity file).
     pub(crate) fn open(
         config: &ServerConfig,
         identity: &Identity,
-        lock: DirLock,
-        transport: Arc<Transport>,
-        status: Arc<Mutex<NodeStatus>>,
-        inbox: Inbox,
-        loopback: InputSender,
-        new_replica: impl FnOnce(&ReplicaSettings, ReplicaStart) -> Result<R, String>,
-    ) -> Result<ReplicaLoop<R>, String> {
-        let data_dir = &config.data_dir;
+        group: GroupId,
+        bootstrap: Membership,
+        node: NodeParts,
+        new_replica: &dyn Fn(&ReplicaSettings, ReplicaStart) -> Result<R, String>,
+    ) -> Result<GroupHost<R>, String> {
+        let NodeParts {
+            transport,
+            status,
+            loopback,
+        } = node;
+        let data_dir = &group_dir(&config.data_dir, group);
+        if group != 0 {
+            std::fs::create_dir_all(data_dir)
+                .map_err(|e| format!("{}: {e}", data_dir.display()))?;
+        }
         let snapshots = SnapshotStore::open(data_dir.join("snap"), SNAPSHOTS_RETAINED)
             .map_err(|e| e.to_string())?;
         // A background thread makes writes durable every 100 ms (`spawn_store_flusher`); the
@@ -46,20 +52,36 @@ where
             peer_urls: member.peer_urls.clone(),
             client_urls: Vec::new(),
         });
-        let mut registry = MemberRegistry::open(data_dir.join("members"), initial_members)?;
+        let (mut registry, mut catalog) = if group == 0 {
+            (
+                MemberRegistry::open(data_dir.join("members"), initial_members)?,
+                GroupCatalog::open(data_dir.join("catalog"))?,
+            )
+        } else {
+            (
+                MemberRegistry::open(data_dir.join("members"), [])?,
+                GroupCatalog::in_memory(),
+            )
+        };
         let own_info = MemberInfo {
             id: identity.member_id,
             name: config.name.clone(),
             peer_urls: config.initial_advertise_peer_urls.clone(),
             client_urls: config.advertise_client_urls.clone(),
         };
-        let (wal, recovered) = open_wal(data_dir, snapshot.as_ref(), &store, &mut registry)?;
+        let (wal, recovered) = open_wal(
+            data_dir,
+            snapshot.as_ref(),
+            &store,
+            &mut registry,
+            &mut catalog,
+        )?;
         let watch_hub = WatchHub::new(WatchLimits::default(), store.revision());
         // Until the log is first compacted or a snapshot installed, the replica starts from the
         // membership the identity file recorded when the directory was created.
         let compacted = match snapshot {
             Some(snapshot) => Some(snapshot.meta),
-            None => PersistedState::bootstrap(identity.bootstrap.clone()).compacted,
+            None => PersistedState::bootstrap(bootstrap).compacted,
         };
         let mut persisted = PersistedState {
             hard_state: recovered.hard_state,
@@ -67,7 +89,7 @@ where
             entries: recovered.entries,
         };
         let mut wal = wal;
-        if config.force_new_cluster {
+        if config.force_new_cluster && group == 0 {
             crate::node::force_new_cluster::rewrite(
                 data_dir,
                 &mut persisted,
@@ -79,8 +101,7 @@ where
             &config.replica_settings(),
             ReplicaStart {
                 node_id: identity.member_id,
-                // This node hosts the one group so far.
-                group: 0,
+                group,
                 persisted,
                 // Outside the simulator a different seed per start is what we want; nothing
                 // replays it.
@@ -94,7 +115,8 @@ where
         )
         .map_err(|e| format!("cannot restore the replica: {e}"))?;
         let transitions = Transitions::new(&replica.status());
-        Ok(ReplicaLoop {
+        Ok(GroupHost {
+            group,
             replica,
             wal,
             snapshots: SharedSnapshots(Arc::new(snapshots)),
@@ -103,8 +125,6 @@ where
             loopback,
             store,
             transport,
-            inbox,
-            peer_messages: Vec::new(),
             status,
             proposals: BTreeMap::new(),
             forwarded: HashMap::new(),
@@ -114,6 +134,10 @@ where
             ticks: 0,
             member_proposals: BTreeMap::new(),
             registry,
+            catalog,
+            group_proposals: BTreeMap::new(),
+            // The node loop starts the groups the catalog names once this host is open.
+            catalog_changed: false,
             own_info,
             founding_cluster_id: (!identity.bootstrap.voters.is_empty())
                 .then_some(identity.cluster_id),
@@ -131,7 +155,6 @@ where
             started: Instant::now(),
             counters: Counters::default(),
             transitions,
-            _lock: lock,
         })
     }
 }
@@ -145,6 +168,7 @@ fn open_wal(
     snapshot: Option<&Snapshot>,
     store: &MvccStore,
     registry: &mut MemberRegistry,
+    catalog: &mut GroupCatalog,
 ) -> Result<(Wal, ballot_storage::wal::Recovered), String> {
     let wal_dir = data_dir.join("wal");
     let (mut wal, recovered) =
@@ -174,12 +198,12 @@ fn open_wal(
             ));
         }
     } else {
-        let (registry_part, mvcc_part) =
-            decode_snapshot(&snapshot.data).map_err(|e| e.to_string())?;
+        let parts = decode_snapshot(&snapshot.data).map_err(|e| e.to_string())?;
         if store.applied_index() < position.index {
-            store.restore(mvcc_part).map_err(|e| e.to_string())?;
+            store.restore(parts.mvcc).map_err(|e| e.to_string())?;
         }
-        registry.restore_if_behind(registry_part, position.index)?;
+        registry.restore_if_behind(parts.registry, position.index)?;
+        catalog.restore_if_behind(parts.catalog, position.index)?;
     }
     if recovered
         .snapshot
@@ -190,4 +214,22 @@ fn open_wal(
         return Wal::open(&wal_dir, WalOptions::default()).map_err(|e| e.to_string());
     }
     Ok((wal, recovered))
+}
+
+/// What every group's host shares with the node: the peer transport, where it publishes its
+/// status, and the node loop's queue for the work it does off the loop.
+pub(crate) struct NodeParts {
+    pub(crate) transport: Arc<Transport>,
+    pub(crate) status: Arc<Mutex<NodeStatus>>,
+    pub(crate) loopback: InputSender,
+}
+
+/// Where `group` keeps its storage: the data directory itself for group 0 (the layout of a
+/// node before groups), `groups/<id>` inside it for any other.
+pub(crate) fn group_dir(data_dir: &Path, group: GroupId) -> PathBuf {
+    if group == 0 {
+        data_dir.to_path_buf()
+    } else {
+        data_dir.join("groups").join(group.to_string())
+    }
 }
