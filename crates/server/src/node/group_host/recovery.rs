@@ -71,6 +71,7 @@ where
         };
         let (wal, recovered) = open_wal(
             data_dir,
+            wal_options(group),
             snapshot.as_ref(),
             &store,
             &mut registry,
@@ -165,14 +166,14 @@ where
 /// of the record (dropping entries it covers, or all entries if they conflict).
 fn open_wal(
     data_dir: &Path,
+    options: WalOptions,
     snapshot: Option<&Snapshot>,
     store: &MvccStore,
     registry: &mut MemberRegistry,
     catalog: &mut GroupCatalog,
 ) -> Result<(Wal, ballot_storage::wal::Recovered), String> {
     let wal_dir = data_dir.join("wal");
-    let (mut wal, recovered) =
-        Wal::open(&wal_dir, WalOptions::default()).map_err(|e| e.to_string())?;
+    let (mut wal, recovered) = Wal::open(&wal_dir, options).map_err(|e| e.to_string())?;
     if let Some(repair) = &recovered.tail_repair {
         tracing::warn!(
             ?repair,
@@ -211,7 +212,7 @@ fn open_wal(
     {
         wal.install_snapshot(position).map_err(|e| e.to_string())?;
         drop(wal);
-        return Wal::open(&wal_dir, WalOptions::default()).map_err(|e| e.to_string());
+        return Wal::open(&wal_dir, options).map_err(|e| e.to_string());
     }
     Ok((wal, recovered))
 }
@@ -222,6 +223,19 @@ pub(crate) struct NodeParts {
     pub(crate) transport: Arc<Transport>,
     pub(crate) status: Arc<Mutex<NodeStatus>>,
     pub(crate) loopback: InputSender,
+}
+
+/// Segments of a group other than 0 while each group has a WAL of its own: a node hosts many
+/// groups, and a default segment (64 MiB, preallocated) each would take 64 GiB of disk for
+/// 1,000 groups before a single write. A busy group rolls over to a new segment more often.
+const GROUP_WAL_SEGMENT_BYTES: u64 = 1024 * 1024;
+
+fn wal_options(group: GroupId) -> WalOptions {
+    let mut options = WalOptions::default();
+    if group != 0 {
+        options.segment_size_bytes = GROUP_WAL_SEGMENT_BYTES;
+    }
+    options
 }
 
 /// Where `group` keeps its storage: the data directory itself for group 0 (the layout of a
