@@ -31,6 +31,8 @@ pub mod raft_replica {
         config.snapshot_threshold_entries = 200;
         config.snapshot_trailing_entries = 20;
         config.snapshot_chunk_bytes = 512;
+        // Every group but 0 hibernates, as on a server (node liveness runs with them).
+        config.hibernate = start.group != 0;
         Raft::new(config, start.persisted)
     }
 }

@@ -67,6 +67,23 @@ fn unconfirmed_follower_read_is_caught_by_linearizability() {
 }
 
 #[test]
+fn a_sleeping_leader_keeping_its_lease_is_caught_by_linearizability() {
+    // Only groups other than 0 hibernate, so the break needs them; their clients go quiet in
+    // turns, the groups fall asleep, and faults meet them asleep.
+    let config = SimConfig {
+        nodes: 3,
+        groups: 8,
+        faults: "all".parse().unwrap(),
+        ..SimConfig::default()
+    };
+    let caught = first_caught(Break::SleepingLease, &config, 1000, &["linearizability"]);
+    assert!(
+        caught.is_some(),
+        "a hibernating leader serving lease reads after a sleep went unnoticed"
+    );
+}
+
+#[test]
 fn persist_vote_is_caught_by_election_safety() {
     let config = SimConfig {
         nodes: 3,

@@ -126,6 +126,9 @@ pub struct ReplicaSettings {
     pub compaction_threshold_entries: u64,
     /// The largest command a replica accepts, in bytes.
     pub command_bytes_max: usize,
+    /// A quiet replica may sleep ([`Replica::is_asleep`]); the runtime then runs node liveness
+    /// and tells replicas of a peer it declared down ([`Replica::peer_down`]).
+    pub hibernate: bool,
 }
 
 /// What a replica is built from, each time its node starts: a server process opening its data
@@ -189,6 +192,17 @@ pub trait Replica {
 
     /// Ask the leader to hand leadership to `target` once `target` has caught up.
     fn transfer_leadership(&mut self, target: NodeId) -> Result<(), ReplicaError>;
+
+    /// The replica sleeps: a tick does nothing until a message or a request wakes it, so the
+    /// runtime may stop ticking it (hibernation, with [`ReplicaSettings::hibernate`]).
+    fn is_asleep(&self) -> bool {
+        false
+    }
+
+    /// The runtime's node liveness heard nothing from `node` for a leader timeout. A sleeping
+    /// replica that relies on `node` (a follower of a leader there) wakes and acts as if the
+    /// leader had timed out.
+    fn peer_down(&mut self, _node: NodeId) {}
 
     /// Stand for leader now rather than at the next election timeout. A node starting a new
     /// group calls it on the one replica chosen to lead first, so the group is ready in a round

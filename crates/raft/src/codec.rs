@@ -18,6 +18,8 @@
 //!  12 ForwardProposals        count u32 | (len u32 | bytes) * count
 //!  13 ReadIndex               request u64 | lease u8
 //!  14 ReadIndexResponse       request u64 | 0   or   request u64 | 1 | index u64
+//!  15 Sleep                   leader_commit u64      (hibernating groups only: never group 0,
+//!                                                     so no release before it meets one)
 //! ```
 
 use crate::message::{AppendResult, Message, MessageBody};
@@ -150,6 +152,10 @@ pub fn encode(message: &Message, out: &mut impl BufMut) {
                 }
             }
         }
+        MessageBody::Sleep { leader_commit } => {
+            out.put_u8(15);
+            out.put_u64_le(*leader_commit);
+        }
     }
 }
 
@@ -268,6 +274,9 @@ pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
             };
             MessageBody::ReadIndexResponse { request, index }
         }
+        15 => MessageBody::Sleep {
+            leader_commit: input.u64("leader commit")?,
+        },
         other => return Err(input.error("message kind", format!("unknown kind {other}"))),
     };
     input.finish("message")?;
@@ -345,6 +354,7 @@ mod tests {
                 done: true,
             },
             MessageBody::TimeoutNow,
+            MessageBody::Sleep { leader_commit: 12 },
             MessageBody::ForwardProposals {
                 commands: vec![Bytes::from_static(b"a"), Bytes::new()],
             },

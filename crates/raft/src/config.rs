@@ -39,6 +39,9 @@ pub struct Config {
     /// Entries kept behind a snapshot so slightly lagging followers still catch up by log.
     pub snapshot_trailing_entries: u64,
     pub snapshot_chunk_bytes: usize,
+    /// A quiet group sleeps until something wakes it (see `hibernation`). Off by default: a
+    /// runtime that turns it on must run node liveness (`Replica::peer_down`).
+    pub hibernate: bool,
     /// Seed of the replica's own random source (election timeouts). Never a global RNG.
     pub rng_seed: u64,
     /// A deliberately broken protocol, for teaching and for proving the checkers. Never set in
@@ -67,6 +70,7 @@ impl Config {
             snapshot_threshold_entries: 10_000,
             snapshot_trailing_entries: 500,
             snapshot_chunk_bytes: 256 * 1024,
+            hibernate: false,
             rng_seed: id,
             broken: None,
         }
@@ -82,6 +86,7 @@ impl Config {
             election_timeout_max_ticks: settings.leader_timeout_max_ticks,
             snapshot_threshold_entries: settings.compaction_threshold_entries,
             command_bytes_max: settings.command_bytes_max,
+            hibernate: settings.hibernate,
             rng_seed,
             ..Self::new(id)
         }
@@ -138,15 +143,19 @@ pub enum Break {
     /// A leader answers a follower's ReadIndex request at once with its commit index, without
     /// confirming with a quorum that it still leads: a deposed leader hands out stale indexes.
     UnconfirmedFollowerRead,
+    /// A hibernating leader keeps its lease while it sleeps: its clock stops, so after a long
+    /// sleep (and an election it slept through) it serves lease reads it no longer may.
+    SleepingLease,
 }
 
 impl Break {
-    pub const ALL: [Break; 5] = [
+    pub const ALL: [Break; 6] = [
         Break::PersistVote,
         Break::CommitOldTerm,
         Break::NoPrevoteCheck,
         Break::StaleRead,
         Break::UnconfirmedFollowerRead,
+        Break::SleepingLease,
     ];
 
     pub fn name(self) -> &'static str {
@@ -156,6 +165,7 @@ impl Break {
             Break::NoPrevoteCheck => "no-prevote-check",
             Break::StaleRead => "stale-read",
             Break::UnconfirmedFollowerRead => "unconfirmed-follower-read",
+            Break::SleepingLease => "sleeping-lease",
         }
     }
 
@@ -173,6 +183,9 @@ impl Break {
             Break::StaleRead => "reads served from local state without ReadIndex or lease",
             Break::UnconfirmedFollowerRead => {
                 "a follower's read index answered from the commit index, leadership unconfirmed"
+            }
+            Break::SleepingLease => {
+                "a hibernating leader keeps its lease through a sleep its clock did not count"
             }
         }
     }

@@ -56,6 +56,7 @@
 pub mod codec;
 mod config;
 mod election;
+mod hibernation;
 mod log;
 mod membership;
 mod message;

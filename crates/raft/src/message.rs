@@ -64,6 +64,11 @@ pub enum MessageBody {
     },
     /// Leadership transfer: start an election now, ignoring the election timer.
     TimeoutNow,
+    /// The leader has nothing to do and sleeps (hibernation): a follower whose log is exactly
+    /// the leader's, committed through `leader_commit`, sleeps too.
+    Sleep {
+        leader_commit: LogIndex,
+    },
     /// Commands a follower asks the leader to append on its behalf (fire and forget: the
     /// follower learns the outcome by applying the log, like everyone else).
     ForwardProposals {
@@ -214,6 +219,7 @@ impl fmt::Display for Message {
                 "InstallSnapshotResp upto={last_included} received={received_bytes} done={done}"
             ),
             MessageBody::TimeoutNow => write!(f, "TimeoutNow"),
+            MessageBody::Sleep { leader_commit } => write!(f, "Sleep commit={leader_commit}"),
             MessageBody::ForwardProposals { commands } => {
                 write!(f, "ForwardProposals count={}", commands.len())
             }

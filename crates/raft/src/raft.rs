@@ -66,6 +66,10 @@ pub struct Raft {
     /// any later time (the message may be delayed), so the leader trusts no lease for the rest of
     /// the term.
     pub(crate) timeout_now_sent_this_term: bool,
+    /// Hibernating (see `hibernation`): a tick does nothing.
+    pub(crate) asleep: bool,
+    /// Leader: consecutive ticks with nothing to do.
+    pub(crate) quiet_ticks: u32,
     /// Highest term whose hard state is durable. A leader's appends may leave before its own
     /// entries are durable, but never before its term is: otherwise a restarted node could lead
     /// the same term again with different entries (found by review: a sole voter elects itself
@@ -159,6 +163,8 @@ impl Raft {
             reads: ReadQueue::default(),
             transfer: None,
             timeout_now_sent_this_term: false,
+            asleep: false,
+            quiet_ticks: 0,
             durable_term: persisted_hard_state.term,
             snapshot: None,
             incoming_snapshot: None,
@@ -473,6 +479,7 @@ impl Raft {
                 done,
             } => self.handle_install_snapshot_response(from, last_included, received_bytes, done),
             MessageBody::TimeoutNow => self.handle_timeout_now(),
+            MessageBody::Sleep { leader_commit } => self.handle_sleep(from, leader_commit),
             MessageBody::ForwardProposals { commands } => {
                 for command in commands {
                     // Refusals are silent: the follower's caller learns by timeout, as with a
@@ -557,6 +564,10 @@ impl Raft {
             self.log.last_position().term <= self.term,
             "log holds an entry from a future term"
         );
+        assert!(
+            !self.asleep || matches!(self.role, Role::Leader | Role::Follower),
+            "only a leader and its followers sleep"
+        );
         if self.role == Role::Leader {
             assert_eq!(self.leader, Some(self.id), "a leader follows itself");
             for (id, progress) in &self.progress {
@@ -579,10 +590,14 @@ impl Replica for Raft {
     }
 
     fn tick(&mut self) {
+        if self.asleep {
+            return;
+        }
         self.now_ticks += 1;
         self.expire_forwarded_reads();
         if self.role == Role::Leader {
             self.tick_leader();
+            self.tick_hibernation();
         } else {
             self.tick_election();
         }
@@ -595,6 +610,9 @@ impl Replica for Raft {
         if message.to != self.id || message.from == self.id {
             return;
         }
+        if self.asleep && !self.woken_by(&message.body, message.from) {
+            return;
+        }
         if self.observe_term(&message) {
             self.dispatch(message);
         }
@@ -604,6 +622,7 @@ impl Replica for Raft {
     }
 
     fn propose_or_forward(&mut self, command: Bytes) -> Result<(), ReplicaError> {
+        self.wake();
         Raft::propose_or_forward(self, command)
     }
 
@@ -612,6 +631,7 @@ impl Replica for Raft {
     }
 
     fn propose(&mut self, command: Bytes) -> Result<LogPosition, ReplicaError> {
+        self.wake();
         self.check_can_propose()?;
         if command.len() > self.config.command_bytes_max {
             return Err(ReplicaError::CommandTooLarge {
@@ -626,15 +646,26 @@ impl Replica for Raft {
         &mut self,
         change: MembershipChange,
     ) -> Result<LogPosition, ReplicaError> {
+        self.wake();
         self.propose_membership(change)
     }
 
     fn read(&mut self, request_id: u64, mode: ReadMode) -> Result<(), ReplicaError> {
+        self.wake();
         self.start_read(request_id, mode)
     }
 
     fn transfer_leadership(&mut self, target: NodeId) -> Result<(), ReplicaError> {
+        self.wake();
         self.start_transfer(target)
+    }
+
+    fn is_asleep(&self) -> bool {
+        self.asleep
+    }
+
+    fn peer_down(&mut self, node: NodeId) {
+        self.handle_peer_down(node);
     }
 
     /// Straight to a real election, without a pre-vote round: in a group that never had a term,

@@ -77,6 +77,22 @@ impl ReadQueue {
             || self.unsent.iter().any(|reads| !reads.is_empty())
     }
 
+    /// No read waits for anything, on either side.
+    pub(crate) fn is_quiet(&self) -> bool {
+        self.pending.is_empty()
+            && !self.round_due
+            && self.forwarded.is_empty()
+            && !self.has_output()
+    }
+
+    /// A sleeping leader's lease ends: its clock stops, so it could not tell when it runs out.
+    /// Rounds still unanswered are forgotten too: answered after the sleep, they would start a
+    /// lease at a tick from before it.
+    pub(crate) fn forget_lease(&mut self) {
+        self.lease_start_tick = None;
+        self.round_sent_ticks.clear();
+    }
+
     /// Reads of this node's clients waiting to be sent or answered.
     fn forwarded_count(&self) -> usize {
         self.unsent.iter().map(Vec::len).sum::<usize>()

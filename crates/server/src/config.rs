@@ -227,6 +227,8 @@ impl ServerConfig {
             leader_timeout_max_ticks: 2 * election_min,
             compaction_threshold_entries: self.snapshot_count,
             command_bytes_max: self.max_request_bytes + 4096,
+            // Group 0 never sleeps; the node loop turns it on for the others.
+            hibernate: false,
         }
     }
 

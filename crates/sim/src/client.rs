@@ -90,7 +90,15 @@ pub struct Clients {
     probe: Option<usize>,
     /// How trace lines name the clients' group: empty for group 0, `g3/` for group 3.
     group_prefix: String,
+    /// Clients of a group other than 0 start nothing in every other window of
+    /// `QUIET_WINDOW_TICKS` (shifted by the group), so the group goes quiet long enough to
+    /// hibernate, and the faults of those windows reach it asleep.
+    quiet_windows: Option<u64>,
 }
+
+/// Length of the alternating busy and quiet windows of a hibernating group's clients: many
+/// election timeouts, so a quiet group falls asleep well inside one.
+const QUIET_WINDOW_TICKS: u64 = 400;
 
 impl Clients {
     pub fn new(
@@ -123,6 +131,7 @@ impl Clients {
             probe_requested: false,
             probe: None,
             group_prefix: String::new(),
+            quiet_windows: None,
         }
     }
 
@@ -133,7 +142,15 @@ impl Clients {
         } else {
             format!("g{group}/")
         };
+        // Group 0 never hibernates: its clients keep the load of runs before groups.
+        self.quiet_windows = (group != 0).then_some(group as u64 * QUIET_WINDOW_TICKS / 3);
         self
+    }
+
+    /// Whether `now` falls in one of this group's quiet windows.
+    fn in_quiet_window(&self, now: u64) -> bool {
+        self.quiet_windows
+            .is_some_and(|shift| ((now + shift) / QUIET_WINDOW_TICKS) % 2 == 1)
     }
 
     pub fn history(&self) -> &[Operation] {
@@ -300,7 +317,8 @@ impl Clients {
         trace: &mut Trace,
     ) {
         let is_probe = self.probe_requested && self.probe.is_none() && slot == 0;
-        if !(is_probe || (self.invoking && now >= self.clients[slot].next_at)) {
+        let may_start = self.invoking && !self.in_quiet_window(now);
+        if !(is_probe || (may_start && now >= self.clients[slot].next_at)) {
             return;
         }
         let id = self.history.len() as u64 + 1;

@@ -50,6 +50,7 @@ pub mod faults;
 pub mod group;
 pub mod kv;
 pub mod linearizability;
+mod liveness;
 mod nemesis;
 pub mod network;
 pub mod node;

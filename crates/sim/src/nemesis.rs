@@ -437,7 +437,9 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
         group.removed_at = Some(now);
         group.checks.clients.invoking = false;
         let id = group.id;
-        self.world.network.purge(|message| message.group == id);
+        self.world
+            .network
+            .purge(|message| message.group() == Some(id));
         trace_event!(self.world.trace, now, "FAULT groups: group {id} removed");
     }
 
@@ -611,7 +613,7 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
         // Only this group's replica is gone: the node's other groups keep their messages.
         let group_id = group as GroupId;
         self.world.network.purge(|message| {
-            message.group == group_id && (message.to() == node || message.from() == node)
+            message.group() == Some(group_id) && (message.to() == node || message.from() == node)
         });
         self.groups[group].checks.clients.on_node_down(now, node);
         let delay = self

@@ -13,9 +13,10 @@ use crate::checkers::{
 };
 use crate::client::{Clients, OpCounts};
 use crate::faults::FaultSet;
-use crate::group::GroupMessage;
+use crate::group::{GroupMessage, NodeMessage};
 use crate::kv::{ApplyResult, Command, KvStore};
 use crate::linearizability::{self, Outcome, Verdict};
+use crate::liveness::{NodeLiveness, PING_INTERVAL_TICKS};
 use crate::nemesis::Nemesis;
 use crate::network::{Arrival, Network, SendOutcome};
 use crate::node::{DriverBreak, Liveness, Node, ReadyHandler, SnapshotPurpose};
@@ -158,7 +159,7 @@ pub(crate) struct Observed {
 /// What the groups share: virtual time, the network, the trace and the verdicts.
 pub(crate) struct World<M> {
     pub now: u64,
-    pub network: Network<GroupMessage<M>>,
+    pub network: Network<NodeMessage<M>>,
     pub trace: Trace,
     pub violations: Vec<Violation>,
     pub max_term: Term,
@@ -333,10 +334,10 @@ impl<M> GroupWorld<'_, M> {
 
 impl<R: Replica> ReadyHandler<R> for GroupWorld<'_, R::Message> {
     fn send(&mut self, now: u64, message: R::Message) {
-        let message = GroupMessage {
+        let message = NodeMessage::Group(GroupMessage {
             group: self.group,
             message,
-        };
+        });
         let world = &mut *self.world;
         if !world.trace.is_enabled() {
             world.network.send(now, message);
@@ -536,6 +537,8 @@ pub(crate) struct Simulation<R: Replica, F> {
     factory: F,
     seed_rng: ChaCha8Rng,
     fsync_rng: ChaCha8Rng,
+    /// What each node has heard from each other (runs with hibernating groups only).
+    liveness: NodeLiveness,
 }
 
 /// Run one simulation. `factory` builds a replica for every (re)start of a node in every group;
@@ -621,6 +624,7 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
         for id in 1..config.groups as GroupId {
             groups.push(Group::new(id, &everyone, &config, child()));
         }
+        let liveness = NodeLiveness::new(config.nodes);
         let world = World {
             now: 0,
             network,
@@ -637,6 +641,7 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
             factory,
             seed_rng,
             fsync_rng,
+            liveness,
         }
     }
 
@@ -960,6 +965,9 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
                 }
             }
         }
+        if self.groups.len() > 1 {
+            self.run_node_liveness();
+        }
         for group in &mut self.groups {
             group.checks.clients.act(
                 now,
@@ -973,7 +981,15 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
         self.world.now += 1;
     }
 
-    fn deliver(&mut self, message: GroupMessage<R::Message>) {
+    fn deliver(&mut self, message: NodeMessage<R::Message>) {
+        let (from, to) = (message.from(), message.to());
+        if self.node_is_up(to) {
+            self.liveness.heard(self.world.now, to, from);
+        }
+        let message = match message {
+            NodeMessage::Group(message) => message,
+            NodeMessage::Ping { .. } => return,
+        };
         let group = message.group as usize;
         let index = message.to() as usize - 1;
         let node = self
@@ -996,6 +1012,35 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
                     node: index as NodeId + 1
                 }
             ),
+        }
+    }
+
+    /// Every running node pings the others, and declares down the peers it has not heard from
+    /// for a leader timeout: each of its replicas is told (see `liveness`).
+    fn run_node_liveness(&mut self) {
+        let now = self.world.now;
+        let nodes = self.config.nodes as NodeId;
+        let up: Vec<bool> = (1..=nodes).map(|id| self.node_is_up(id)).collect();
+        if now.is_multiple_of(PING_INTERVAL_TICKS) {
+            for from in (1..=nodes).filter(|&id| up[id as usize - 1]) {
+                for to in (1..=nodes).filter(|&to| to != from) {
+                    self.world.network.send(now, NodeMessage::Ping { from, to });
+                }
+            }
+        }
+        for (node, peer) in self.liveness.newly_down(now, |id| up[id as usize - 1]) {
+            trace_event!(
+                self.world.trace,
+                now,
+                "n{node} declares n{peer} down (node liveness)"
+            );
+            for group in 0..self.groups.len() {
+                if let Some(replica) = self.groups[group].nodes[node as usize - 1].replica.as_mut()
+                {
+                    replica.peer_down(peer);
+                    self.observe(group, node as usize - 1);
+                }
+            }
         }
     }
 
@@ -1140,6 +1185,7 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
             node.disk.snapshot_index(),
             start.persisted.hard_state
         );
+        self.liveness.started(now, id);
         match (self.factory)(start) {
             Ok(replica) => node.start(replica),
             Err(error) => {
