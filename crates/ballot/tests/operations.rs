@@ -706,6 +706,104 @@ fn groups_come_back_from_every_member_killed_mid_write_and_every_member_serves_t
     assert_eq!(listing.lines().count(), 2, "{listing}");
 }
 
+/// Idle groups hibernate (no ticks, no heartbeats); when the node leading some of them is
+/// killed, node liveness on the survivors declares it down and those groups elect again, so every
+/// group takes writes.
+#[test]
+fn sleeping_groups_elect_again_when_node_liveness_declares_their_leaders_node_down() {
+    let _serial = serial();
+    let runtime = runtime();
+    let mut cluster = Cluster::new("hibernate", 3);
+    cluster.start_all(Bootstrap::New);
+    cluster.wait_for_leader(&runtime);
+    let endpoints = cluster.running_urls().join(",");
+    // Each group's first campaign is on replica `id % 3`: groups 1, 2 and 3 start with leaders
+    // on three different nodes, so whichever node is killed led one of them.
+    let groups = ["1", "2", "3"];
+    for group in groups {
+        let created = ballot(&[
+            "group",
+            "create",
+            "--replicas",
+            "3",
+            "--endpoints",
+            &endpoints,
+        ]);
+        assert!(
+            created.status.success(),
+            "{}",
+            String::from_utf8_lossy(&created.stderr)
+        );
+        let put = ballot(&[
+            "put",
+            "before",
+            group,
+            "--group",
+            group,
+            "--endpoints",
+            &endpoints,
+        ]);
+        assert!(
+            put.status.success(),
+            "{}",
+            String::from_utf8_lossy(&put.stderr)
+        );
+    }
+    let count =
+        |member: &Member, series: &str| metric(&scrape_metrics(member.metrics_port), series);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cluster
+        .members
+        .iter()
+        .all(|m| count(m, "ballot_groups_hibernating") == Some(groups.len() as f64))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the idle groups did not all hibernate within 30 s: {:?}",
+            cluster
+                .members
+                .iter()
+                .map(|m| count(m, "ballot_groups_hibernating"))
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    cluster.kill("n1");
+    let survivors = cluster.running_urls().join(",");
+    for group in groups {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let put = ballot(&[
+                "put",
+                "after",
+                group,
+                "--group",
+                group,
+                "--endpoints",
+                &survivors,
+            ]);
+            if put.status.success() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "group {group} took no write within 30 s of n1's death: {}\n{}",
+                String::from_utf8_lossy(&put.stderr),
+                cluster.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    for member in &cluster.members[1..] {
+        assert!(
+            count(member, "ballot_node_liveness_peers_declared_down_total").unwrap_or(0.0) >= 1.0,
+            "{} never declared n1 down",
+            member.name
+        );
+    }
+}
+
 #[test]
 fn one_member_restarts_alone_and_catches_up() {
     let _serial = serial();

@@ -280,6 +280,24 @@ fn metrics(node: &NodeHandle, transport: &Transport) -> String {
         "counter",
         status.unknown_group_messages,
     );
+    gauge(
+        "ballot_groups",
+        "Replicated groups this node hosts a replica of, group 0 included.",
+        "gauge",
+        status.groups_hosted,
+    );
+    gauge(
+        "ballot_groups_hibernating",
+        "Of those, the groups asleep: not ticked until a request, a message or node liveness wakes them.",
+        "gauge",
+        status.groups_asleep,
+    );
+    gauge(
+        "ballot_node_liveness_peers_declared_down_total",
+        "Times node liveness declared a peer down (nothing heard from it for an election timeout).",
+        "counter",
+        status.peers_declared_down,
+    );
     let stats = &transport.stats;
     gauge(
         "ballot_peer_messages_sent_total",

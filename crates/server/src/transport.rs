@@ -22,6 +22,7 @@
 //! hello        magic "BALLOTP1" | token_len u16 | cluster token | sender node id u64
 //! frame        len u32 | protocol message (the engine's own versioned form, `WireMessage`)
 //! group frame  (len | 1 << 31) u32 | group u32 | protocol message
+//! liveness     (4 | 1 << 31) u32 | 0xFFFF_FFFF u32         (no message: "this node is up")
 //! ```
 //!
 //! `len` counts the bytes after it. A frame is group 0's (the only group a node had before
@@ -30,6 +31,10 @@
 //! node of an older release (in a rolling upgrade) still exchanges them; an older node cannot
 //! read a group frame (it takes the length for an oversized frame and drops the connection), so
 //! groups other than 0 are used only once every member runs a release that reads them.
+//!
+//! A liveness frame is a group frame of the reserved group [`LIVENESS_GROUP`] with nothing
+//! after the group: node liveness for hibernating groups (`node::liveness`). Like every group
+//! frame it goes only to nodes of a release that reads it.
 //!
 //! A hello with another cluster token (a node of another cluster dialling the wrong port) is
 //! refused, so clusters cannot mix.
@@ -47,6 +52,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 const HELLO_MAGIC: &[u8; 8] = b"BALLOTP1";
+/// The group id a liveness frame carries; never a replicated group's (the catalog stops below).
+pub const LIVENESS_GROUP: GroupId = GroupId::MAX;
 /// Set in a frame's length word when a group id follows it.
 const GROUP_FRAME_FLAG: u32 = 1 << 31;
 const GROUP_BYTES: usize = 4;
@@ -92,6 +99,8 @@ pub struct TransportStats {
     pub direct_writes: AtomicU64,
     pub connects: AtomicU64,
     pub hellos_refused: AtomicU64,
+    pub liveness_sent: AtomicU64,
+    pub liveness_received: AtomicU64,
 }
 
 struct Peer {
@@ -253,6 +262,21 @@ impl Transport {
             &self.stats.messages_dropped
         };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Tells `peer` this node is up (a liveness frame); dropped like a message when the peer is
+    /// unknown or its queue full.
+    pub fn send_liveness(&self, peer: NodeId) {
+        let mut frame = BytesMut::with_capacity(8);
+        frame.put_u32_le(GROUP_BYTES as u32 | GROUP_FRAME_FLAG);
+        frame.put_u32_le(LIVENESS_GROUP);
+        let peers = self.peers.lock().expect("peer map lock");
+        if peers
+            .get(&peer)
+            .is_some_and(|known| self.write_or_queue(known, frame.freeze()))
+        {
+            self.stats.liveness_sent.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Whether `frame` was written or queued (false: the queue is full).
@@ -594,7 +618,7 @@ impl FrameReader {
                 Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(error) => return Err(error.to_string()),
             }
-            while let Some((group, message)) = self.next_frame(config)? {
+            while let Some((group, message)) = self.next_frame(config, stats)? {
                 stats.messages_received.fetch_add(1, Ordering::Relaxed);
                 deliver(group, message);
             }
@@ -627,7 +651,9 @@ impl FrameReader {
     fn next_frame<M: WireMessage>(
         &mut self,
         config: &TransportConfig,
+        stats: &TransportStats,
     ) -> Result<Option<(GroupId, M)>, String> {
+        self.skip_liveness_frames(config, stats)?;
         let Some((len, grouped)) = self.frame_header(config)? else {
             return Ok(None);
         };
@@ -657,12 +683,38 @@ impl FrameReader {
                 message.to()
             ));
         }
-        self.start += 4 + len;
+        self.consume(4 + len);
+        Ok(Some((group, message)))
+    }
+
+    /// Steps over whole liveness frames at `start`: reading them was the point (the inbox notes
+    /// when it last heard from a peer).
+    fn skip_liveness_frames(
+        &mut self,
+        config: &TransportConfig,
+        stats: &TransportStats,
+    ) -> Result<(), String> {
+        while let Some((GROUP_BYTES, true)) = self.frame_header(config)? {
+            if self.end - self.start < 4 + GROUP_BYTES {
+                return Ok(());
+            }
+            let group = &self.buffer[self.start + 4..self.start + 4 + GROUP_BYTES];
+            if GroupId::from_le_bytes(group.try_into().expect("4 bytes")) != LIVENESS_GROUP {
+                return Ok(());
+            }
+            stats.liveness_received.fetch_add(1, Ordering::Relaxed);
+            self.consume(4 + GROUP_BYTES);
+        }
+        Ok(())
+    }
+
+    /// The frame of `bytes` at `start` is parsed.
+    fn consume(&mut self, bytes: usize) {
+        self.start += bytes;
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
         }
-        Ok(Some((group, message)))
     }
 
     /// Room after `end` for at least the rest of the frame being read (or its header): moves

@@ -272,7 +272,10 @@ async fn a_handed_off_connection_yields_every_frame_in_order_to_its_reader() {
         let stats = ballot_server::transport::TransportStats::default();
         let mut received = Vec::new();
         let started = std::time::Instant::now();
-        while received.len() < 200 && started.elapsed() < Duration::from_secs(20) {
+        let all_in = |received: &Vec<_>| {
+            received.len() == 200 && stats.liveness_received.load(Ordering::Relaxed) == 20
+        };
+        while !all_in(&received) && started.elapsed() < Duration::from_secs(20) {
             let stream = &mut connection.stream;
             connection
                 .frames
@@ -285,12 +288,21 @@ async fn a_handed_off_connection_yields_every_frame_in_order_to_its_reader() {
                 .expect("the connection stays up");
             std::thread::sleep(Duration::from_millis(1));
         }
+        assert_eq!(
+            stats.liveness_received.load(Ordering::Relaxed),
+            20,
+            "every liveness frame is read, and none is taken for a message"
+        );
         received
     });
     // Frames sent before the connection is up wait in the writer's queue (see the first test).
     // Frames of three groups, plain and flagged, large and small, cut anywhere by the reads.
+    // Liveness frames (a group id and nothing else) between them.
     for index in 1..=200u64 {
         one.send_to_group((index % 3) as u32, &append(1, 2, index, size(index)));
+        if index % 10 == 0 {
+            one.send_liveness(2);
+        }
     }
     let received = reader.join().unwrap();
     for (group, message) in &received {

@@ -43,7 +43,10 @@ pub enum GroupTarget {
 
 /// The group `metadata` names (group 0 without [`GROUP_HEADER`]), here or on a member that
 /// hosts it.
-pub fn group_of_request(context: &Context, metadata: &MetadataMap) -> Result<GroupTarget, Status> {
+pub async fn group_of_request(
+    context: &Context,
+    metadata: &MetadataMap,
+) -> Result<GroupTarget, Status> {
     let Some(value) = metadata.get(GROUP_HEADER) else {
         return Ok(GroupTarget::Here(context.node.clone()));
     };
@@ -53,7 +56,7 @@ pub fn group_of_request(context: &Context, metadata: &MetadataMap) -> Result<Gro
             "{GROUP_HEADER} is {text:?}; use a group id (`ballot group list` shows them)"
         ))
     })?;
-    let error = match context.node.group(group) {
+    let error = match context.node.group_caught_up(group).await {
         Ok(node) => return Ok(GroupTarget::Here(node)),
         Err(error) => error,
     };
@@ -76,6 +79,16 @@ pub fn group_of_request(context: &Context, metadata: &MetadataMap) -> Result<Gro
                  replicas is known here"
             ))
         })
+}
+
+/// Returns once `node`'s group knows a leader, or the request timeout passed. A group other than
+/// 0 elects on demand (just created, or woken from hibernation), so a request that finds it
+/// without a leader waits for one, as etcd's requests wait out an election, rather than failing
+/// at once. Group 0 answers "no leader" at once, as it always has.
+async fn leader_elected(node: &NodeHandle) {
+    if node.group_id() != 0 && node.with_status(|status| status.leader.is_none()) {
+        node.wait_for_leader().await;
+    }
 }
 
 /// `message` relayed whole to a member hosting `group`.
@@ -179,6 +192,7 @@ impl KvService {
         command: Command,
         forwarded: bool,
     ) -> Result<Result<CommandResult, tonic::transport::Channel>, Status> {
+        leader_elected(node).await;
         match node.propose(command).await {
             Ok(result) => Ok(Ok(result)),
             Err(error) => Ok(Err(self.context.leader_channel(error, forwarded)?)),
@@ -240,7 +254,7 @@ impl pb::kv_server::Kv for KvService {
     ) -> Result<Response<pb::RangeResponse>, Status> {
         let forwarded = forward::is_forwarded(request.metadata());
         let level = ReadLevel::of_request(request.metadata())?;
-        let target = group_of_request(&self.context, request.metadata())?;
+        let target = group_of_request(&self.context, request.metadata()).await?;
         let message = request.into_inner();
         let node = match target {
             GroupTarget::Here(node) => node,
@@ -263,6 +277,7 @@ impl pb::kv_server::Kv for KvService {
             (false, Some(ReadLevel::Consistent) | None) => Some(ReadMode::ReadIndex),
         };
         if let Some(mode) = mode {
+            leader_elected(&node).await;
             if let Err(error) = node.read(mode).await {
                 let channel = self.context.leader_channel(error, forwarded)?;
                 let mut request = forwarded_to(&node, message);
@@ -288,7 +303,7 @@ impl pb::kv_server::Kv for KvService {
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
         let forwarded = forward::is_forwarded(request.metadata());
-        let target = group_of_request(&self.context, request.metadata())?;
+        let target = group_of_request(&self.context, request.metadata()).await?;
         let message = request.into_inner();
         let node = match target {
             GroupTarget::Here(node) => node,
@@ -320,7 +335,7 @@ impl pb::kv_server::Kv for KvService {
         request: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
         let forwarded = forward::is_forwarded(request.metadata());
-        let target = group_of_request(&self.context, request.metadata())?;
+        let target = group_of_request(&self.context, request.metadata()).await?;
         let message = request.into_inner();
         let node = match target {
             GroupTarget::Here(node) => node,
@@ -354,7 +369,7 @@ impl pb::kv_server::Kv for KvService {
         request: Request<pb::TxnRequest>,
     ) -> Result<Response<pb::TxnResponse>, Status> {
         let forwarded = forward::is_forwarded(request.metadata());
-        let target = group_of_request(&self.context, request.metadata())?;
+        let target = group_of_request(&self.context, request.metadata()).await?;
         let message = request.into_inner();
         let node = match target {
             GroupTarget::Here(node) => node,
@@ -391,7 +406,7 @@ impl pb::kv_server::Kv for KvService {
         request: Request<pb::CompactionRequest>,
     ) -> Result<Response<pb::CompactionResponse>, Status> {
         let forwarded = forward::is_forwarded(request.metadata());
-        let target = group_of_request(&self.context, request.metadata())?;
+        let target = group_of_request(&self.context, request.metadata()).await?;
         let message = request.into_inner();
         let node = match target {
             GroupTarget::Here(node) => node,

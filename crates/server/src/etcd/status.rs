@@ -100,6 +100,7 @@ pub fn from_node(error: &NodeError) -> Status {
                 CatalogError::Full => Status::resource_exhausted(message),
                 CatalogError::NotTheCatalog => Status::internal(message),
                 CatalogError::GroupZero
+                | CatalogError::Reserved(_)
                 | CatalogError::BadReplicas(_)
                 | CatalogError::ReplicaCount { .. } => Status::invalid_argument(message),
             }

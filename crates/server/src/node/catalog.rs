@@ -67,6 +67,8 @@ pub enum CatalogError {
     GroupZero,
     #[error("no group {0}")]
     UnknownGroup(GroupId),
+    #[error("group id {0} is reserved (node liveness frames carry it)")]
+    Reserved(GroupId),
     #[error("a group needs between 1 and {REPLICAS_MAX} replicas on distinct nodes, got {0:?}")]
     BadReplicas(Vec<NodeId>),
     #[error("the catalog is full ({GROUPS_MAX} groups)")]
@@ -207,6 +209,7 @@ impl GroupCatalog {
                 }
                 let id = match *requested {
                     Some(0) => return Err(CatalogError::GroupZero),
+                    Some(GroupId::MAX) => return Err(CatalogError::Reserved(GroupId::MAX)),
                     Some(id) if id < self.next_id => return Err(CatalogError::IdUsed(id)),
                     Some(id) => id,
                     None => self.next_id,
@@ -455,6 +458,10 @@ mod tests {
             (create(None, &[]), CatalogError::BadReplicas(vec![])),
             (create(None, &[1, 1]), CatalogError::BadReplicas(vec![1, 1])),
             (create(Some(0), &[1]), CatalogError::GroupZero),
+            (
+                create(Some(GroupId::MAX), &[1]),
+                CatalogError::Reserved(GroupId::MAX),
+            ),
             (GroupCommand::Remove(0), CatalogError::GroupZero),
             (GroupCommand::Remove(4), CatalogError::UnknownGroup(4)),
         ] {

@@ -15,7 +15,7 @@
 
 use super::Input;
 use crate::transport::{FrameReader, InboundConnection, ReadProgress, Transport};
-use ballot_core::{GroupId, WireMessage};
+use ballot_core::{GroupId, NodeId, WireMessage};
 
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -91,6 +91,8 @@ pub(crate) struct Inbox {
     next_token: usize,
     /// `wait` has just collected the sockets' events: the next read need not poll again.
     events_fresh: bool,
+    /// When something was last read from each peer (node liveness).
+    heard: HashMap<NodeId, std::time::Instant>,
 }
 
 /// The input queue with room for `capacity` inputs, and its inbox.
@@ -114,6 +116,7 @@ pub(crate) fn channel(capacity: usize) -> std::io::Result<(InputSender, Inbox)> 
         connections: HashMap::new(),
         next_token: 1,
         events_fresh: false,
+        heard: HashMap::new(),
     };
     Ok((sender, inbox))
 }
@@ -176,10 +179,13 @@ impl Inbox {
         let before = messages.len();
         let config = transport.config();
         let mut closed = Vec::new();
+        let mut now = None;
         for (token, connection) in &mut self.connections {
             if !connection.ready {
                 continue;
             }
+            let now = *now.get_or_insert_with(std::time::Instant::now);
+            self.heard.insert(connection.frames.sender(), now);
             let stream = &mut connection.stream;
             let progress = connection.frames.read_frames(
                 config,
@@ -202,6 +208,11 @@ impl Inbox {
             }
         }
         messages.len() - before
+    }
+
+    /// When something was last read from `peer` (`None`: never, in this process).
+    pub fn last_heard(&self, peer: NodeId) -> Option<std::time::Instant> {
+        self.heard.get(&peer).copied()
     }
 
     /// Sleeps until an input is queued or a peer connection has bytes (returns at once if

@@ -8,6 +8,7 @@ mod force_new_cluster;
 mod group_host;
 mod inbox;
 mod latency;
+mod liveness;
 pub mod members;
 mod node_loop;
 
@@ -118,6 +119,12 @@ pub struct NodeStatus {
     pub snapshot_images_installed: u64,
     /// Peer messages of a group this node does not host, dropped.
     pub unknown_group_messages: u64,
+    /// Groups this node hosts a replica of, group 0 included.
+    pub groups_hosted: u64,
+    /// Of those, the ones hibernating (not ticked until something wakes them).
+    pub groups_asleep: u64,
+    /// Times node liveness declared a peer down (nothing heard for an election timeout).
+    pub peers_declared_down: u64,
     /// WAL fdatasync latencies.
     pub wal_sync: LatencySnapshot,
     /// Per peer: time from a heartbeat sent to the next heartbeat answer from that peer (the
@@ -145,6 +152,11 @@ pub(crate) enum Input {
     RemoveGroup {
         id: GroupId,
         reply: oneshot::Sender<Result<GroupRecord, NodeError>>,
+    },
+    /// Answered by the node loop once every batch before it has been handled, catalog changes
+    /// followed (groups started and stopped) included.
+    CatalogFollowed {
+        reply: oneshot::Sender<Result<(), NodeError>>,
     },
     /// An accepted peer connection, past its hello: the loop reads its frames from now on.
     PeerConnection(InboundConnection),
@@ -236,6 +248,7 @@ impl Input {
             Input::CreateGroup { reply, .. } | Input::RemoveGroup { reply, .. } => {
                 answer(reply, error)
             }
+            Input::CatalogFollowed { reply } => answer(reply, error),
             Input::WatchOpen { reply } => answer(reply, error),
             Input::WatchCreate { reply, .. } => answer(reply, error),
             Input::LeaseKeepAlive { reply, .. } => answer(reply, error),
@@ -257,6 +270,7 @@ impl Input {
 pub(crate) struct GroupCell {
     pub(crate) store: Arc<MvccStore>,
     pub(crate) status: Arc<Mutex<NodeStatus>>,
+    pub(crate) leader_found: Arc<tokio::sync::Notify>,
 }
 
 /// The groups this node hosts (beyond 0), kept by the node loop as the catalog changes.
@@ -325,10 +339,13 @@ pub struct NodeHandle {
     inputs: InputSender,
     store: Arc<MvccStore>,
     status: Arc<Mutex<NodeStatus>>,
+    /// Woken when this group's replica learns of a leader after knowing none.
+    leader_found: Arc<tokio::sync::Notify>,
     cells: GroupCells,
     /// Group 0's, whatever group this handle is of (the catalog lives there).
     zero_status: Arc<Mutex<NodeStatus>>,
     zero_store: Arc<MvccStore>,
+    zero_leader_found: Arc<tokio::sync::Notify>,
     request_timeout: Duration,
     cluster_token: Arc<str>,
     /// Durations of the store's durable commits made by the background flusher.
@@ -346,6 +363,7 @@ impl NodeHandle {
                 group: 0,
                 status: self.zero_status.clone(),
                 store: self.zero_store.clone(),
+                leader_found: self.zero_leader_found.clone(),
                 ..self.clone()
             });
         }
@@ -360,6 +378,7 @@ impl NodeHandle {
             group,
             store: cell.store,
             status: cell.status,
+            leader_found: cell.leader_found,
             ..self.clone()
         })
     }
@@ -367,6 +386,49 @@ impl NodeHandle {
     /// Which group this handle is of.
     pub fn group_id(&self) -> GroupId {
         self.group
+    }
+
+    /// [`NodeHandle::group`] for a request that may have raced the group's creation through
+    /// another member. When this node does not host `group` yet, it first catches up: a
+    /// linearizable read of group 0 (if its catalog does not name the group), so every catalog
+    /// change committed before this call is applied here, then a round through the node loop, so
+    /// the groups that catalog names are started. `UnknownGroup` then means the group does not
+    /// exist, or has no replica on this node.
+    pub async fn group_caught_up(&self, group: GroupId) -> Result<NodeHandle, NodeError> {
+        match self.group(group) {
+            Err(NodeError::UnknownGroup(_)) => {}
+            found => return found,
+        }
+        let zero = self.group(0)?;
+        let here = zero.with_status(|status| status.id);
+        let hosted_here = zero
+            .catalog()
+            .iter()
+            .find(|record| record.id == group)
+            .map(|record| record.replicas.contains(&here));
+        match hosted_here {
+            Some(false) => return Err(NodeError::UnknownGroup(group)),
+            Some(true) => {}
+            None => zero.read(ReadMode::ReadIndex).await?,
+        }
+        zero.call(|reply| Input::CatalogFollowed { reply }).await?;
+        self.group(group)
+    }
+
+    /// Waits (up to the request timeout) until this group's replica knows a leader; false if
+    /// none was found in time. A group other than 0 elects on demand: when just created, or
+    /// when a request wakes it from hibernation, so its first request may find no leader yet.
+    pub async fn wait_for_leader(&self) -> bool {
+        let found = self.leader_found.notified();
+        tokio::pin!(found);
+        // Registered before the status is read: a leader found in between still wakes it.
+        found.as_mut().enable();
+        if self.with_status(|status| status.leader.is_some()) {
+            return true;
+        }
+        tokio::time::timeout(self.request_timeout, found)
+            .await
+            .is_ok()
     }
 
     /// The groups beyond 0 this node hosts, with their statuses.
@@ -605,12 +667,14 @@ impl Node {
             ..NodeStatus::default()
         }));
         let cells = GroupCells::default();
+        let leader_found = Arc::new(tokio::sync::Notify::new());
         let opened = node_loop::NodeLoop::open(
             config.clone(),
             identity.clone(),
             lock,
             transport.clone(),
             status.clone(),
+            leader_found.clone(),
             cells.clone(),
             inbox,
             inputs.clone(),
@@ -652,9 +716,11 @@ impl Node {
             inputs,
             store: store.clone(),
             status: status.clone(),
+            leader_found: leader_found.clone(),
             cells,
             zero_status: status,
             zero_store: store,
+            zero_leader_found: leader_found,
             request_timeout: Duration::from_secs(5),
             cluster_token: Arc::from(identity.cluster_token.as_str()),
             backend_commits,

@@ -4,11 +4,14 @@
 //! `Ready`s. Group 0 is always here; the others are started and stopped as group 0's catalog
 //! says (on open, and whenever a catalog command is applied or a snapshot installs one).
 //!
-//! No group has a thread or a timer of its own: one ticker ticks them all.
+//! No group has a thread or a timer of its own: one ticker ticks them all, except those that
+//! hibernate (see `ballot_raft`'s hibernation), which are not ticked at all until an input, a
+//! message or node liveness ([`super::liveness`]) wakes them.
 
 use super::catalog::GroupRecord;
-use super::group_host::{group_dir, GroupHost, NodeParts};
+use super::group_host::{group_dir, GroupHost, NodeCounts, NodeParts};
 use super::inbox::{Inbox, InputSender, Queued};
+use super::liveness::NodeLiveness;
 use super::{GroupCell, GroupCells, Input, NodeError, NodeStatus};
 use crate::config::ServerConfig;
 use crate::transport::Transport;
@@ -46,6 +49,10 @@ pub(crate) struct NodeLoop<R: Replica> {
     peer_messages: Vec<(GroupId, R::Message)>,
     /// Groups that got an input or a message in this batch.
     touched: BTreeSet<GroupId>,
+    /// Groups (other than 0, which never sleeps) that are not hibernating: the ones ticked.
+    awake: BTreeSet<GroupId>,
+    liveness: NodeLiveness,
+    ticks: u64,
     /// Peer messages of a group this node does not host, dropped.
     unknown_group_messages: u64,
     _lock: DirLock,
@@ -67,6 +74,7 @@ where
         lock: DirLock,
         transport: Arc<Transport>,
         status: Arc<Mutex<NodeStatus>>,
+        leader_found: Arc<tokio::sync::Notify>,
         cells: GroupCells,
         inbox: Inbox,
         loopback: InputSender,
@@ -80,10 +88,12 @@ where
             NodeParts {
                 transport: transport.clone(),
                 status,
+                leader_found,
                 loopback: loopback.clone(),
             },
             &*new_replica,
         )?;
+        let liveness_config = config.clone();
         let mut opened = NodeLoop {
             config,
             identity,
@@ -96,6 +106,9 @@ where
             inbox,
             peer_messages: Vec::new(),
             touched: BTreeSet::new(),
+            awake: BTreeSet::new(),
+            liveness: NodeLiveness::new(&liveness_config),
+            ticks: 0,
             unknown_group_messages: 0,
             _lock: lock,
         };
@@ -164,16 +177,12 @@ where
     /// Returns false on `Stop`, or when a group's storage failed.
     fn handle_input(&mut self, input: Input) -> bool {
         match input {
-            Input::Tick => {
-                let mut healthy = self.zero.tick();
-                for host in self.groups.values_mut() {
-                    healthy &= host.tick();
-                }
-                self.touched.extend(self.groups.keys());
-                return healthy;
-            }
+            Input::Tick => return self.tick(),
             Input::PeerConnection(connection) => self.inbox.add(connection),
             Input::Stop => return false,
+            Input::CatalogFollowed { reply } => {
+                let _ = reply.send(Ok(()));
+            }
             Input::ToGroup { group: 0, input } => self.zero.handle_input(*input),
             Input::ToGroup { group, input } => match self.groups.get_mut(&group) {
                 Some(host) => {
@@ -187,6 +196,42 @@ where
         true
     }
 
+    /// One tick for group 0 and every awake group, and for node liveness. Returns false when a
+    /// group's storage failed.
+    fn tick(&mut self) -> bool {
+        self.ticks += 1;
+        let mut healthy = self.zero.tick();
+        for &group in &self.awake {
+            if let Some(host) = self.groups.get_mut(&group) {
+                healthy &= host.tick();
+            }
+        }
+        self.touched.extend(self.awake.iter().copied());
+        let peers = self.zero.peer_ids();
+        let inbox = &self.inbox;
+        let down = self.liveness.tick(
+            self.ticks,
+            &peers,
+            |peer| inbox.last_heard(peer),
+            &self.transport,
+            // Every node pings while any group exists: a node's silence matters to the groups
+            // of the others even when it hosts none itself.
+            !self.zero.catalog().is_empty(),
+        );
+        for peer in down {
+            tracing::info!(
+                peer = format!("{peer:x}"),
+                "node liveness: nothing heard from a peer for an election timeout; the sleeping \
+                 groups it led wake and elect"
+            );
+            for (&group, host) in &mut self.groups {
+                host.peer_down(peer);
+                self.touched.insert(group);
+            }
+        }
+        healthy
+    }
+
     /// Every group that got something in this batch handles its `Ready`s; then the groups this
     /// node hosts follow the catalog, if it changed.
     fn after_batch(&mut self) -> Result<(), String> {
@@ -195,10 +240,19 @@ where
             if let Some(host) = self.groups.get_mut(&group) {
                 host.after_batch()
                     .map_err(|error| format!("group {group}: {error}"))?;
+                if host.is_asleep() {
+                    self.awake.remove(&group);
+                } else {
+                    self.awake.insert(group);
+                }
             }
         }
-        self.zero
-            .set_unknown_group_messages(self.unknown_group_messages);
+        self.zero.set_node_counts(NodeCounts {
+            unknown_group_messages: self.unknown_group_messages,
+            groups_hosted: self.groups.len() as u64 + 1,
+            groups_asleep: (self.groups.len() - self.awake.len()) as u64,
+            peers_declared_down: self.liveness.declared_total,
+        });
         if self.zero.take_catalog_changed() {
             self.follow_catalog()?;
         }
@@ -226,6 +280,7 @@ where
             if let Some(mut host) = self.groups.remove(&group) {
                 host.shut_down();
             }
+            self.awake.remove(&group);
             self.cells.write().expect("group cells lock").remove(&group);
             self.remove_storage(group);
             tracing::info!(group, "stopped a removed group and deleted its storage");
@@ -245,6 +300,7 @@ where
             id: self.identity.member_id,
             ..NodeStatus::default()
         }));
+        let leader_found = Arc::new(tokio::sync::Notify::new());
         let host = GroupHost::open(
             &self.config,
             &self.identity,
@@ -253,6 +309,7 @@ where
             NodeParts {
                 transport: self.transport.clone(),
                 status: status.clone(),
+                leader_found: leader_found.clone(),
                 loopback: self.loopback.clone(),
             },
             &*self.new_replica,
@@ -263,6 +320,7 @@ where
             GroupCell {
                 store: host.store(),
                 status,
+                leader_found,
             },
         );
         tracing::debug!(group = record.id, replicas = ?record.replicas, "started a group");
@@ -275,6 +333,7 @@ where
         }
         self.groups.insert(record.id, host);
         self.touched.insert(record.id);
+        self.awake.insert(record.id);
         Ok(())
     }
 

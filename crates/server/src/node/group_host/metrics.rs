@@ -11,12 +11,22 @@ pub(super) struct Counters {
     pub(super) compaction_index: LogIndex,
     pub(super) snapshot_images_built: u64,
     pub(super) snapshot_images_installed: u64,
-    /// Peer messages of a group this node does not host, dropped.
-    pub(super) unknown_group_messages: u64,
+    /// What the node loop counts for the whole node, published with group 0's status.
+    pub(super) node: NodeCounts,
     pub(super) wal_sync: LatencyHistogram,
     /// When the last liveness probe to each peer left; taken out by the peer's next answer.
     pub(super) probes_unanswered: HashMap<NodeId, Instant>,
     pub(super) peer_round_trips: BTreeMap<NodeId, LatencyHistogram>,
+}
+
+/// What the node loop counts across its groups.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct NodeCounts {
+    /// Peer messages of a group this node does not host, dropped.
+    pub(crate) unknown_group_messages: u64,
+    pub(crate) groups_hosted: u64,
+    pub(crate) groups_asleep: u64,
+    pub(crate) peers_declared_down: u64,
 }
 
 impl Default for Counters {
@@ -29,7 +39,7 @@ impl Default for Counters {
             compaction_index: 0,
             snapshot_images_built: 0,
             snapshot_images_installed: 0,
-            unknown_group_messages: 0,
+            node: NodeCounts::default(),
             wal_sync: LatencyHistogram::new(FSYNC_BOUNDS_MICROS),
             probes_unanswered: HashMap::new(),
             peer_round_trips: BTreeMap::new(),
@@ -82,6 +92,9 @@ where
         if status.leader.is_some() && status.leader != self.counters.last_leader {
             self.counters.leader_changes += 1;
         }
+        if status.leader.is_some() && self.counters.last_leader.is_none() {
+            self.leader_found.notify_waiters();
+        }
         self.counters.last_leader = status.leader;
         let counters = &self.counters;
         let mut shared = self.status.lock().expect("status lock");
@@ -109,7 +122,10 @@ where
             compaction_index: counters.compaction_index,
             snapshot_images_built: counters.snapshot_images_built,
             snapshot_images_installed: counters.snapshot_images_installed,
-            unknown_group_messages: counters.unknown_group_messages,
+            unknown_group_messages: counters.node.unknown_group_messages,
+            groups_hosted: counters.node.groups_hosted,
+            groups_asleep: counters.node.groups_asleep,
+            peers_declared_down: counters.node.peers_declared_down,
             wal_sync: counters.wal_sync.snapshot(),
             peer_round_trips: counters
                 .peer_round_trips

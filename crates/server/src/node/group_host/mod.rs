@@ -45,6 +45,7 @@ use ballot_storage::watch::{
     StreamId, WatchHub, WatchLimits, WatchResponse, RESPONSE_OVERHEAD_BYTES,
 };
 use metrics::Counters;
+pub(crate) use metrics::NodeCounts;
 pub(crate) use recovery::{group_dir, NodeParts};
 pub(crate) use snapshots::SharedSnapshots;
 use std::collections::{BTreeMap, HashMap};
@@ -90,6 +91,8 @@ pub(crate) struct GroupHost<R: Replica> {
     store: Arc<MvccStore>,
     transport: Arc<Transport>,
     status: Arc<Mutex<NodeStatus>>,
+    /// Woken when the replica learns of a leader after knowing none.
+    leader_found: Arc<tokio::sync::Notify>,
     /// Proposals by the log position they were given; answered when that index is applied.
     proposals: BTreeMap<LogIndex, (Term, Reply<CommandResult>)>,
     /// Commands this node forwarded to the leader, by request id; answered when applied here.
@@ -140,6 +143,15 @@ where
         self.store.clone()
     }
 
+    /// Every other member's id, as the registry knows them.
+    pub(crate) fn peer_ids(&self) -> Vec<NodeId> {
+        self.registry
+            .all()
+            .map(|member| member.id)
+            .filter(|&id| id != self.own_info.id)
+            .collect()
+    }
+
     /// Every other member's first peer URL, as the registry knows it (members added after the
     /// initial cluster are only there).
     pub(crate) fn peer_urls(&self) -> Vec<(NodeId, String)> {
@@ -159,9 +171,19 @@ where
         std::mem::take(&mut self.catalog_changed)
     }
 
-    /// The count the node loop keeps, published in group 0's status.
-    pub(crate) fn set_unknown_group_messages(&mut self, count: u64) {
-        self.counters.unknown_group_messages = count;
+    /// What the node loop counts, published in group 0's status.
+    pub(crate) fn set_node_counts(&mut self, counts: NodeCounts) {
+        self.counters.node = counts;
+    }
+
+    /// The group hibernates: no tick until something wakes it.
+    pub(crate) fn is_asleep(&self) -> bool {
+        self.replica.is_asleep()
+    }
+
+    /// Node liveness declared `peer` down.
+    pub(crate) fn peer_down(&mut self, peer: NodeId) {
+        self.replica.peer_down(peer);
     }
 
     /// Stands for leader at once (see `Replica::campaign`).
@@ -202,7 +224,11 @@ where
     /// One input addressed to this group.
     pub(crate) fn handle_input(&mut self, input: Input) {
         match input {
-            Input::Tick | Input::PeerConnection(_) | Input::Stop | Input::ToGroup { .. } => {
+            Input::Tick
+            | Input::PeerConnection(_)
+            | Input::Stop
+            | Input::ToGroup { .. }
+            | Input::CatalogFollowed { .. } => {
                 unreachable!("the node loop handles its own inputs and unwraps a group's")
             }
             Input::CreateGroup {

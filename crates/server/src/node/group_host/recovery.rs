@@ -24,6 +24,7 @@ where
         let NodeParts {
             transport,
             status,
+            leader_found,
             loopback,
         } = node;
         let data_dir = &group_dir(&config.data_dir, group);
@@ -98,8 +99,12 @@ where
                 identity.member_id,
             )?;
         }
+        let mut settings = config.replica_settings();
+        // Group 0 (leases, member publication, the catalog) never sleeps; the others may, with
+        // node liveness (`node::liveness`) watching for their leaders.
+        settings.hibernate = group != 0;
         let replica = new_replica(
-            &config.replica_settings(),
+            &settings,
             ReplicaStart {
                 node_id: identity.member_id,
                 group,
@@ -127,6 +132,7 @@ where
             store,
             transport,
             status,
+            leader_found,
             proposals: BTreeMap::new(),
             forwarded: HashMap::new(),
             next_forward_id: std::time::SystemTime::now()
@@ -218,10 +224,12 @@ fn open_wal(
 }
 
 /// What every group's host shares with the node: the peer transport, where it publishes its
-/// status, and the node loop's queue for the work it does off the loop.
+/// status (and wakes those waiting for a leader), and the node loop's queue for the work it does
+/// off the loop.
 pub(crate) struct NodeParts {
     pub(crate) transport: Arc<Transport>,
     pub(crate) status: Arc<Mutex<NodeStatus>>,
+    pub(crate) leader_found: Arc<tokio::sync::Notify>,
     pub(crate) loopback: InputSender,
 }
 
