@@ -4,10 +4,14 @@
 
 use super::{forward, status, Context};
 use crate::node::{GroupRecord, NodeError, NodeHandle};
-use ballot_core::GroupId;
+use ballot_core::{GroupId, NodeId, Role};
 use ballot_proto::ballotpb as bpb;
 use ballot_proto::ballotpb::groups_client::GroupsClient;
-use tonic::{Request, Response, Status};
+use std::time::Duration;
+use tonic::{Code, Request, Response, Status};
+
+/// How long a member has to show its release before `group create` counts it as behind.
+const RELEASE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct GroupsService {
     context: Context,
@@ -30,6 +34,76 @@ impl GroupsService {
             .leader_channel(error, forward::is_forwarded(metadata))?;
         Ok(GroupsClient::new(channel))
     }
+
+    /// A channel to `member`'s client API. A member publishes its client URLs through group
+    /// 0's log once it has a leader, so on a cluster that has just started this waits for
+    /// that, re-reading the registry every few milliseconds (up to [`RELEASE_PROBE_TIMEOUT`]).
+    async fn client_channel(&self, member: NodeId) -> Option<tonic::transport::Channel> {
+        let deadline = tokio::time::Instant::now() + RELEASE_PROBE_TIMEOUT;
+        loop {
+            if let Some(channel) = self.context.leaders.channel(member) {
+                return Some(channel);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Refuses a group's creation while a member runs a release from before groups: such a
+    /// member takes a group's peer frame for an oversized frame and drops the connection, and
+    /// group 0's messages with it. A member's release shows in its client API: one from before
+    /// groups has no Groups service (`Unimplemented`). Checked until the first group exists:
+    /// after that every member read group frames once, and a release is never downgraded (an
+    /// older one refuses the newer files). A member added later is the operator's to check.
+    async fn every_member_reads_group_frames(&self) -> Result<(), Status> {
+        let status = self.context.node.status();
+        let mut behind = Vec::new();
+        for member in status
+            .members
+            .iter()
+            .filter(|member| member.id != status.id)
+        {
+            let label = match member.name.as_str() {
+                "" => format!("{:x}", member.id),
+                name => format!("{name} ({:x})", member.id),
+            };
+            let Some(channel) = self.client_channel(member.id).await else {
+                behind.push(format!("{label}: its client URL is not known yet"));
+                continue;
+            };
+            let mut probe = Request::new(bpb::GroupListRequest {});
+            probe.set_timeout(RELEASE_PROBE_TIMEOUT);
+            match GroupsClient::new(channel).group_list(probe).await {
+                Ok(_) => {}
+                Err(error) if error.code() == Code::Unimplemented => {
+                    behind.push(format!("{label} runs a release from before groups"))
+                }
+                Err(error) => behind.push(format!("{label} did not answer ({})", error.message())),
+            }
+        }
+        if behind.is_empty() {
+            return Ok(());
+        }
+        Err(Status::failed_precondition(format!(
+            "ballot: a group is created only once every member runs a release that knows \
+             groups (upgrade them first): {}",
+            behind.join("; ")
+        )))
+    }
+}
+
+/// The error of a change forwarded to group 0's leader, with the reason spelled out when the
+/// leader runs a release from before groups (it has no Groups service).
+fn leader_behind(error: Status) -> Status {
+    if error.code() != Code::Unimplemented {
+        return error;
+    }
+    Status::failed_precondition(
+        "ballot: group 0's leader runs a release from before groups, so no group can be created \
+         or removed yet (upgrade every member first)",
+    )
 }
 
 /// A group as this node sees it: its record, and its status if this node hosts a replica.
@@ -58,6 +132,11 @@ impl bpb::groups_server::Groups for GroupsService {
     ) -> Result<Response<bpb::GroupCreateResponse>, Status> {
         let message = *request.get_ref();
         let requested = (message.id != 0).then_some(message.id as GroupId);
+        let node = &self.context.node;
+        let leads = node.with_status(|status| status.role == Some(Role::Leader));
+        if leads && node.with_status(|status| status.catalog.is_empty()) {
+            self.every_member_reads_group_frames().await?;
+        }
         match self
             .context
             .node
@@ -69,7 +148,9 @@ impl bpb::groups_server::Groups for GroupsService {
             })),
             Err(error @ NodeError::NotLeader { .. }) => {
                 let mut leader = self.leader(error, request.metadata())?;
-                forward::call(leader.group_create(forward::request(message))).await
+                forward::call(leader.group_create(forward::request(message)))
+                    .await
+                    .map_err(leader_behind)
             }
             Err(error) => Err(status::from_node(&error)),
         }
@@ -105,7 +186,9 @@ impl bpb::groups_server::Groups for GroupsService {
             })),
             Err(error @ NodeError::NotLeader { .. }) => {
                 let mut leader = self.leader(error, request.metadata())?;
-                forward::call(leader.group_remove(forward::request(message))).await
+                forward::call(leader.group_remove(forward::request(message)))
+                    .await
+                    .map_err(leader_behind)
             }
             Err(error) => Err(status::from_node(&error)),
         }
