@@ -45,6 +45,7 @@ fn history(dir: &Path) -> serde_json::Value {
 fn a_short_run_against_a_healthy_cluster_passes() {
     let _one = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
     let dir = out_dir("pass");
+    // Two groups: the keys alternate between group 0 and a group the run creates.
     let run = ballot(&[
         "check",
         "--nodes",
@@ -53,6 +54,8 @@ fn a_short_run_against_a_healthy_cluster_passes() {
         "20s",
         "--faults",
         "all",
+        "--groups",
+        "2",
         "--seed",
         "11",
         "--out",
@@ -69,6 +72,16 @@ fn a_short_run_against_a_healthy_cluster_passes() {
     assert!(
         acknowledged > 100,
         "only {acknowledged} operations succeeded"
+    );
+    assert_eq!(history["meta"]["groups"].as_u64(), Some(2));
+    let acknowledged_in_group_1 = operations
+        .iter()
+        .filter(|op| op["key"].as_u64().is_some_and(|key| key % 2 == 1))
+        .filter(|op| !matches!(op["outcome"]["type"].as_str(), Some("failed" | "unknown")))
+        .count();
+    assert!(
+        acknowledged_in_group_1 > 50,
+        "only {acknowledged_in_group_1} operations on group 1's keys succeeded"
     );
     let faults = history["faults"].as_array().unwrap();
     assert!(faults.len() >= 2, "faults: {faults:?}");
@@ -137,6 +150,14 @@ fn bad_flags_get_a_clear_error_and_exit_two() {
     assert_eq!(run.code, 2);
     assert!(
         run.stderr.contains("--duration must be between"),
+        "{}",
+        run.stderr
+    );
+    let run = ballot(&["check", "--groups", "17"]);
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr
+            .contains("--groups must be between 1 and 16, got 17"),
         "{}",
         run.stderr
     );

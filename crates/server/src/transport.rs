@@ -58,6 +58,15 @@ pub const LIVENESS_GROUP: GroupId = GroupId::MAX;
 const GROUP_FRAME_FLAG: u32 = 1 << 31;
 const GROUP_BYTES: usize = 4;
 
+/// What a frame's length word says: how many bytes follow it, and whether they begin with a
+/// group id. Public for whatever relays frames whole (`ballot check`'s fault-injecting proxy).
+pub fn parse_length_word(word: u32) -> (usize, bool) {
+    (
+        (word & !GROUP_FRAME_FLAG) as usize,
+        word & GROUP_FRAME_FLAG != 0,
+    )
+}
+
 #[derive(Debug, Clone)]
 pub struct TransportConfig {
     pub node_id: NodeId,
@@ -637,15 +646,14 @@ impl FrameReader {
         let header: [u8; 4] = self.buffer[self.start..self.start + 4]
             .try_into()
             .expect("four bytes");
-        let word = u32::from_le_bytes(header);
-        let len = (word & !GROUP_FRAME_FLAG) as usize;
+        let (len, grouped) = parse_length_word(u32::from_le_bytes(header));
         if len > config.frame_bytes_max {
             return Err(format!(
                 "frame of {len} bytes from n{} exceeds {}",
                 self.sender, config.frame_bytes_max
             ));
         }
-        Ok(Some((len, word & GROUP_FRAME_FLAG != 0)))
+        Ok(Some((len, grouped)))
     }
 
     fn next_frame<M: WireMessage>(

@@ -12,6 +12,7 @@ pub const NODES_MIN: usize = 3;
 pub const NODES_MAX: usize = 7;
 pub const KEYS_MAX: usize = 64;
 pub const CLIENTS_MAX: usize = 64;
+pub const GROUPS_MAX: u32 = 16;
 pub const DURATION_MIN: Duration = Duration::from_secs(5);
 pub const DURATION_MAX: Duration = Duration::from_secs(24 * 3600);
 
@@ -28,10 +29,16 @@ pub struct CheckArgs {
     /// Faults to inject: `all`, `none`, or a comma list (see below).
     #[arg(long, default_value = "all", value_parser = parse_faults)]
     pub faults: FaultSet,
-    /// Keys in use at a time. Each key is retired after 200 operations and a fresh one takes
-    /// its place, so that every key's history stays small enough to check.
-    #[arg(long, default_value_t = 3)]
-    pub keys: usize,
+    /// Keys in use at a time [default: 3, or one per group with --groups]. Each key is retired
+    /// after 200 operations and a fresh one takes its place, so that every key's history stays
+    /// small enough to check.
+    #[arg(long)]
+    pub keys: Option<usize>,
+    /// Replicated groups the keys are spread over (key k in group k mod G): group 0 and G-1
+    /// groups created at the start with 3 replicas each (`ballot group create`). Every fault
+    /// hits every group on the nodes it hits; linearizability is judged per key, so per group.
+    #[arg(long, default_value_t = 1)]
+    pub groups: u32,
     /// Concurrent clients, pinned round-robin to the nodes [default: 2 per node].
     #[arg(long)]
     pub clients: Option<usize>,
@@ -64,10 +71,16 @@ impl CheckArgs {
                 self.nodes
             ));
         }
-        if self.keys == 0 || self.keys > KEYS_MAX {
+        let keys = self.keys();
+        if keys == 0 || keys > KEYS_MAX {
             return Err(format!(
-                "--keys must be between 1 and {KEYS_MAX}, got {}",
-                self.keys
+                "--keys must be between 1 and {KEYS_MAX}, got {keys}"
+            ));
+        }
+        if self.groups == 0 || self.groups > GROUPS_MAX {
+            return Err(format!(
+                "--groups must be between 1 and {GROUPS_MAX}, got {}",
+                self.groups
             ));
         }
         let clients = self.clients();
@@ -85,6 +98,15 @@ impl CheckArgs {
             ));
         }
         Ok(())
+    }
+
+    pub fn keys(&self) -> usize {
+        self.keys.unwrap_or(3.max(self.groups as usize))
+    }
+
+    /// Replicas of each group beyond 0.
+    pub fn group_replicas(&self) -> usize {
+        3.min(self.nodes)
     }
 
     pub fn clients(&self) -> usize {

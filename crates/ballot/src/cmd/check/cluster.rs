@@ -443,3 +443,44 @@ pub async fn dial(url: &str) -> Result<Channel, String> {
         Err(_) => Err("dial timed out".into()),
     }
 }
+
+/// Creates `count` groups of `replicas` replicas (`ballot group create`, through the first node
+/// that answers) before the clients start. The cluster has just started: a refusal is retried
+/// until [`GROUPS_CREATED_WITHIN`] (group 0 may have no leader yet, or its members may not have
+/// published their client URLs).
+pub async fn create_groups(cluster: &Cluster, count: u32, replicas: usize) -> Result<(), String> {
+    use ballot_proto::ballotpb as bpb;
+    use ballot_proto::ballotpb::groups_client::GroupsClient;
+    let deadline = tokio::time::Instant::now() + GROUPS_CREATED_WITHIN;
+    let mut created = 0;
+    let mut attempt = 0;
+    while created < count {
+        let url = &cluster.client_urls[attempt % cluster.len()];
+        attempt += 1;
+        let answer = match dial(url).await {
+            Ok(channel) => GroupsClient::new(channel)
+                .group_create(bpb::GroupCreateRequest {
+                    id: 0,
+                    replicas: replicas as u32,
+                })
+                .await
+                .map(|_| ())
+                .map_err(|status| status.message().to_string()),
+            Err(error) => Err(error),
+        };
+        match answer {
+            Ok(()) => created += 1,
+            Err(error) if tokio::time::Instant::now() >= deadline => {
+                return Err(format!(
+                    "{created} of {count} groups created within {GROUPS_CREATED_WITHIN:?}; the \
+                     last attempt through {url}: {error}"
+                ))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    Ok(())
+}
+
+/// How long the cluster has to create the groups of a `--groups` run.
+const GROUPS_CREATED_WITHIN: Duration = Duration::from_secs(30);

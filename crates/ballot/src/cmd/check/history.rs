@@ -208,6 +208,10 @@ pub struct Incident {
     pub description: String,
 }
 
+fn one_group() -> u32 {
+    1
+}
+
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct Meta {
     pub command: String,
@@ -215,6 +219,10 @@ pub struct Meta {
     pub nodes: usize,
     pub clients: usize,
     pub keys: usize,
+    /// Groups the keys were spread over (key k in group k mod `groups`); 1 in histories from
+    /// before `--groups`.
+    #[serde(default = "one_group")]
+    pub groups: u32,
     pub duration_s: f64,
     pub faults: String,
     pub serializable: bool,
@@ -444,6 +452,7 @@ mod tests {
                 nodes: 3,
                 clients: 1,
                 keys: 1,
+                groups: 1,
                 duration_s: 5.0,
                 faults: "all".into(),
                 serializable: false,

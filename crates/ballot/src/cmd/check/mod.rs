@@ -122,11 +122,15 @@ fn seed_from_clock() -> u64 {
 /// The command that repeats this run's schedule, every flag spelled out.
 fn canonical_command(args: &CheckArgs, seed: u64) -> String {
     format!(
-        "ballot check --nodes {} --duration {} --faults {} --keys {} --clients {} --rate {} --seed {seed}{}",
+        "ballot check --nodes {} --duration {} --faults {}{} --keys {} --clients {} --rate {} --seed {seed}{}",
         args.nodes,
         duration_text(args.duration),
         args.faults,
-        args.keys,
+        match args.groups {
+            1 => String::new(),
+            groups => format!(" --groups {groups}"),
+        },
+        args.keys(),
         args.clients(),
         args.rate,
         if args.serializable {
@@ -173,9 +177,20 @@ async fn check(args: &CheckArgs, seed: u64, out: &Path) -> Result<bool, SetupErr
         leaders.clone(),
         monitor_stop.clone(),
     ));
+    if args.groups > 1 {
+        cluster::create_groups(&cluster, args.groups - 1, args.group_replicas()).await?;
+        println!(
+            "  {} groups: group 0 and {} created with {} replicas each; key k in group k mod {}",
+            args.groups,
+            args.groups - 1,
+            args.group_replicas(),
+            args.groups
+        );
+    }
     let workload = Arc::new(Workload::new(
         recorder.clone(),
-        args.keys,
+        args.keys(),
+        args.groups,
         args.serializable,
         args.client_interval(),
     ));
@@ -219,10 +234,11 @@ async fn check(args: &CheckArgs, seed: u64, out: &Path) -> Result<bool, SetupErr
         let _ = worker.await;
     }
     match workload::final_read(&workload, &cluster).await {
-        Ok((node, values)) => println!(
-            "{} final read of {} keys from {node}",
+        Ok((nodes, values)) => println!(
+            "{} final read of {} keys from {}",
             stamp(recorder.now_ns()),
-            values.len()
+            values.len(),
+            nodes.join(", ")
         ),
         Err(error) => anomalies.push(format!("did not recover: {error}")),
     }
@@ -241,7 +257,8 @@ async fn check(args: &CheckArgs, seed: u64, out: &Path) -> Result<bool, SetupErr
         seed,
         nodes: args.nodes,
         clients: args.clients(),
-        keys: args.keys,
+        keys: args.keys(),
+        groups: args.groups,
         duration_s: args.duration.as_secs_f64(),
         faults: args.faults.to_string(),
         serializable: args.serializable,

@@ -4,7 +4,8 @@
 //!
 //! The peer transport (`crates/server/src/transport.rs`) dials one connection per peer and only
 //! sends on it: a hello (`"BALLOTP1" | token_len u16 | token | sender id u64`, little endian),
-//! then frames (`len u32 | message`). The proxy of node `to` reads the hello to learn the sender,
+//! then frames (`len u32 | message`, or for a group other than 0 `len u32 | group u32 | message`
+//! with the top bit of `len` set). The proxy of node `to` reads the hello to learn the sender,
 //! passes it on to the node's real peer port, then forwards whole frames, dropping every frame
 //! whose link `from -> to` is cut at the moment it passes. Dropping whole frames keeps the stream
 //! well formed, so a cut costs no reconnection, and a heal takes effect at the next frame. Since
@@ -14,6 +15,7 @@
 //! loss); messages are never reordered, duplicated or corrupted. A sender whose id is unknown
 //! (not a member the tool started) is passed through untouched.
 
+use ballot_server::transport::parse_length_word;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -133,10 +135,12 @@ async fn relay(
     let from = links.node_of(sender);
     let mut frame = Vec::new();
     loop {
-        let len = match reader.read_u32_le().await {
-            Ok(len) => len as usize,
+        let word = match reader.read_u32_le().await {
+            Ok(word) => word,
             Err(_) => return Ok(()), // the sender closed
         };
+        // A group's frame (or a liveness frame) is relayed as whole as group 0's.
+        let (len, _grouped) = parse_length_word(word);
         if len > FRAME_BYTES_MAX {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
@@ -148,7 +152,7 @@ async fn relay(
         if from.is_some_and(|from| links.is_cut(from, to)) {
             links.frames_dropped.fetch_add(1, Ordering::Relaxed);
         } else {
-            writer.write_all(&(len as u32).to_le_bytes()).await?;
+            writer.write_all(&word.to_le_bytes()).await?;
             writer.write_all(&frame).await?;
             links.frames_forwarded.fetch_add(1, Ordering::Relaxed);
         }
@@ -201,6 +205,16 @@ mod tests {
         bytes
     }
 
+    /// A frame of a group other than 0: the top bit of the length word set, the group first.
+    fn group_frame(group: u32, payload: &[u8]) -> Vec<u8> {
+        let mut bytes = ((payload.len() as u32 + 4) | 1 << 31)
+            .to_le_bytes()
+            .to_vec();
+        bytes.extend_from_slice(&group.to_le_bytes());
+        bytes.extend_from_slice(payload);
+        bytes
+    }
+
     #[tokio::test]
     async fn frames_on_a_cut_link_are_dropped_and_a_heal_lets_them_through() {
         let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -213,11 +227,16 @@ mod tests {
 
         sender.write_all(&hello(41)).await.unwrap();
         sender.write_all(&frame(b"one")).await.unwrap();
+        sender.write_all(&group_frame(7, b"two")).await.unwrap();
         let mut expected = hello(41);
         expected.extend(frame(b"one"));
+        expected.extend(group_frame(7, b"two"));
         let mut got = vec![0u8; expected.len()];
         received.read_exact(&mut got).await.unwrap();
-        assert_eq!(got, expected, "the hello and a frame pass unchanged");
+        assert_eq!(
+            got, expected,
+            "the hello, a frame and a group's frame pass unchanged"
+        );
 
         links.set_cut([(0, 1)].into_iter().collect());
         sender.write_all(&frame(b"lost")).await.unwrap();

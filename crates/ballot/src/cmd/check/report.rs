@@ -91,8 +91,8 @@ fn figures(history: &HistoryFile, judgement: &Judgement) -> String {
         .count();
     format!(
         "<h2>Figures</h2><table>\
-         <tr><th>cluster</th><td>{nodes} nodes, {clients} clients, {keys} keys at a time, \
-         faults {faults_flag}{serializable}</td></tr>\
+         <tr><th>cluster</th><td>{nodes} nodes, {groups} group(s), {clients} clients, {keys} keys at \
+         a time, faults {faults_flag}{serializable}</td></tr>\
          <tr><th>duration</th><td>{duration:.0} s of faults, heal at {heal:.1} s, end at {end:.1} s</td></tr>\
          <tr><th>operations</th><td>{total}: {ok} ok, {failed} failed, {unknown} indeterminate</td></tr>\
          <tr><th>faults injected</th><td>{fault_count}: {fault_list}</td></tr>\
@@ -103,6 +103,7 @@ fn figures(history: &HistoryFile, judgement: &Judgement) -> String {
         nodes = meta.nodes,
         clients = meta.clients,
         keys = meta.keys,
+        groups = meta.groups,
         faults_flag = escape(&meta.faults),
         serializable = if meta.serializable {
             ", <b>serializable reads</b>"
@@ -482,6 +483,7 @@ mod tests {
                 nodes: 3,
                 clients: 2,
                 keys: 1,
+                groups: 1,
                 duration_s: 5.0,
                 faults: "all".into(),
                 serializable: false,

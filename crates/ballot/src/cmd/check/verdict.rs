@@ -190,6 +190,7 @@ mod tests {
                 nodes: 3,
                 clients: 2,
                 keys: 1,
+                groups: 1,
                 duration_s: 1.0,
                 faults: "none".into(),
                 serializable: false,

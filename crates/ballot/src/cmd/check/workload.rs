@@ -14,12 +14,15 @@
 //! - A key is retired after [`KEY_OPERATIONS_MAX`] operations and a fresh key takes its slot,
 //!   so that each key's sub-history, which the checker searches alone, stays short.
 //! - A client dials before it sends, so a node that is down costs no indeterminate operations.
+//! - With `--groups G`, key k lives in group k mod G (named in each request's `ballot-group`
+//!   metadata), so each key's history is one group's, and the checker needs no notion of groups.
 
 use super::cluster::{dial, Cluster};
 use super::history::{Kind, OperationRecord, Outcome, Recorder, FINAL_READ_WORKER};
 use super::proxy::NodeIndex;
 use super::rng::Rng;
 use ballot_proto::etcdserverpb as pb;
+use ballot_server::etcd::kv::GROUP_HEADER;
 use ballot_server::etcd::status::{NOT_LEADER, NO_LEADER, TOO_MANY_REQUESTS};
 use bytes::Bytes;
 use pb::kv_client::KvClient;
@@ -97,6 +100,8 @@ struct KeySlot {
 /// State the workers share.
 pub struct Workload {
     recorder: Arc<Recorder>,
+    /// Groups the keys are spread over (1: every key in group 0).
+    groups: u32,
     serializable: bool,
     /// Time between two operations of one client (`None`: back to back).
     interval: Option<Duration>,
@@ -112,14 +117,17 @@ impl Workload {
     pub fn new(
         recorder: Arc<Recorder>,
         keys: usize,
+        groups: u32,
         serializable: bool,
         interval: Option<Duration>,
     ) -> Workload {
         let slots = (0..keys as u64)
             .map(|key| KeySlot { key, operations: 0 })
             .collect();
+        assert!(groups >= 1, "a run has at least group 0");
         Workload {
             recorder,
+            groups,
             serializable,
             interval,
             slots: Mutex::new(slots),
@@ -128,6 +136,11 @@ impl Workload {
             last_values: Mutex::new(HashMap::new()),
             stop: AtomicBool::new(false),
         }
+    }
+
+    /// The group key `key` lives in.
+    pub fn group_of(&self, key: u64) -> u32 {
+        (key % self.groups as u64) as u32
     }
 
     /// Every key handed out so far.
@@ -217,7 +230,7 @@ pub async fn worker(
         let invoke_ns = recorder.now_ns();
         let answer = tokio::time::timeout(
             OPERATION_TIMEOUT,
-            perform(kv, key, kind, workload.serializable),
+            perform(kv, workload.group_of(key), key, kind, workload.serializable),
         )
         .await;
         let end_ns = recorder.now_ns();
@@ -268,8 +281,20 @@ pub async fn worker(
     }
 }
 
+/// `message` addressed to `group` (no metadata for group 0, as an etcd client sends it).
+fn in_group<T>(group: u32, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if group != 0 {
+        request
+            .metadata_mut()
+            .insert(GROUP_HEADER, tonic::metadata::MetadataValue::from(group));
+    }
+    request
+}
+
 async fn perform(
     kv: &mut KvClient<Channel>,
+    group: u32,
     key: u64,
     kind: Kind,
     serializable: bool,
@@ -277,11 +302,14 @@ async fn perform(
     match kind {
         Kind::Read => {
             let response = kv
-                .range(pb::RangeRequest {
-                    key: key_name(key),
-                    serializable,
-                    ..Default::default()
-                })
+                .range(in_group(
+                    group,
+                    pb::RangeRequest {
+                        key: key_name(key),
+                        serializable,
+                        ..Default::default()
+                    },
+                ))
                 .await?
                 .into_inner();
             Ok(match response.kvs.first() {
@@ -293,16 +321,22 @@ async fn perform(
             })
         }
         Kind::Write { value } => {
-            kv.put(pb::PutRequest {
-                key: key_name(key),
-                value: Bytes::from(value.to_string()),
-                ..Default::default()
-            })
+            kv.put(in_group(
+                group,
+                pb::PutRequest {
+                    key: key_name(key),
+                    value: Bytes::from(value.to_string()),
+                    ..Default::default()
+                },
+            ))
             .await?;
             Ok((Outcome::Written, None))
         }
         Kind::Cas { expected, new } => {
-            let response = kv.txn(cas_request(key, expected, new)).await?.into_inner();
+            let response = kv
+                .txn(in_group(group, cas_request(key, expected, new)))
+                .await?
+                .into_inner();
             let outcome = if response.succeeded {
                 Outcome::Swapped
             } else {
@@ -378,15 +412,37 @@ fn describe(status: &tonic::Status) -> String {
     }
 }
 
-/// After the heal: one linearizable read of every key (one range over the prefix), from the
-/// first node that answers, retried until [`FINAL_READ_DEADLINE`]. Recorded as one read per key
-/// with the range's interval. Returns the node that answered, or why none did.
+/// After the heal: one linearizable read of every key (one range over the prefix per group),
+/// each from the first node that answers, retried until [`FINAL_READ_DEADLINE`]. Recorded as
+/// one read per key with its range's interval. Returns the nodes that answered (one per
+/// group), or why some group's read was served by none.
 pub async fn final_read(
     workload: &Workload,
     cluster: &Cluster,
+) -> Result<(Vec<String>, BTreeMap<u64, Option<u64>>), String> {
+    let deadline = tokio::time::Instant::now() + FINAL_READ_DEADLINE;
+    let mut nodes = Vec::new();
+    let mut values = BTreeMap::new();
+    for group in 0..workload.groups {
+        let (node, read) = final_read_of_group(workload, cluster, group, deadline)
+            .await
+            .map_err(|error| match workload.groups {
+                1 => error,
+                _ => format!("group {group}: {error}"),
+            })?;
+        nodes.push(node);
+        values.extend(read);
+    }
+    Ok((nodes, values))
+}
+
+async fn final_read_of_group(
+    workload: &Workload,
+    cluster: &Cluster,
+    group: u32,
+    deadline: tokio::time::Instant,
 ) -> Result<(String, BTreeMap<u64, Option<u64>>), String> {
     let recorder = &workload.recorder;
-    let deadline = tokio::time::Instant::now() + FINAL_READ_DEADLINE;
     let mut errors = Vec::new();
     for attempt in 0.. {
         let node = attempt % cluster.len();
@@ -411,8 +467,11 @@ pub async fn final_read(
             ..Default::default()
         };
         let invoke_ns = recorder.now_ns();
-        let answer =
-            tokio::time::timeout(OPERATION_TIMEOUT, KvClient::new(channel).range(request)).await;
+        let answer = tokio::time::timeout(
+            OPERATION_TIMEOUT,
+            KvClient::new(channel).range(in_group(group, request)),
+        )
+        .await;
         let complete_ns = recorder.now_ns();
         let response = match answer {
             Ok(Ok(response)) => response.into_inner(),
@@ -429,11 +488,23 @@ pub async fn final_read(
         let mut values: BTreeMap<u64, Option<u64>> = workload
             .keys_used()
             .into_iter()
+            .filter(|&key| workload.group_of(key) == group)
             .map(|k| (k, None))
             .collect();
         let mut notes: HashMap<u64, String> = HashMap::new();
         for found in &response.kvs {
             if let Some(key) = key_of(&found.key) {
+                if workload.group_of(key) != group {
+                    // Each group's keyspace is its own: a write went to the wrong group.
+                    recorder.incident(
+                        cluster.name(node),
+                        &format!(
+                            "k{key} (group {}'s) was found in group {group}'s keyspace",
+                            workload.group_of(key)
+                        ),
+                    );
+                    continue;
+                }
                 let (value, note) = value_of(&found.value);
                 values.insert(key, Some(value));
                 if let Some(note) = note {
@@ -493,7 +564,7 @@ mod tests {
     #[test]
     fn keys_are_retired_after_their_operations() {
         let recorder = Arc::new(Recorder::new(super::super::history::Clock::start()));
-        let workload = Workload::new(recorder, 1, false, None);
+        let workload = Workload::new(recorder, 1, 1, false, None);
         let mut rng = Rng::new(1);
         let keys: Vec<u64> = (0..2 * KEY_OPERATIONS_MAX + 1)
             .map(|_| workload.take_key(&mut rng))
