@@ -128,7 +128,9 @@ impl Raft {
 
     /// Node liveness: nothing was heard from `node` for an election timeout. A sleeping
     /// follower whose leader it is wakes, drops its promise to it, and stands for election
-    /// when its timeout comes (randomized, so the followers do not all stand at once).
+    /// when the random part of its timeout has passed: the silence that declared the leader
+    /// down already was the fixed part (the randomness still keeps the followers from all
+    /// standing at once).
     pub(crate) fn handle_peer_down(&mut self, node: NodeId) {
         if !self.asleep || self.role != Role::Follower || self.leader != Some(node) {
             return;
@@ -137,5 +139,6 @@ impl Raft {
         self.leader = None;
         self.last_leader_contact_tick = None;
         self.reset_election_timer();
+        self.election_elapsed_ticks = self.config.election_timeout_min_ticks;
     }
 }

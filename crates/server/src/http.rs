@@ -324,6 +324,18 @@ fn metrics(node: &NodeHandle, transport: &Transport) -> String {
         stats.direct_writes.load(Ordering::Relaxed),
     );
     gauge(
+        "ballot_node_liveness_frames_sent_total",
+        "Node liveness pings sent to peers (one per peer each heartbeat interval while any group exists).",
+        "counter",
+        stats.liveness_sent.load(Ordering::Relaxed),
+    );
+    gauge(
+        "ballot_node_liveness_frames_received_total",
+        "Node liveness pings received from peers.",
+        "counter",
+        stats.liveness_received.load(Ordering::Relaxed),
+    );
+    gauge(
         "ballot_peer_bytes_sent_total",
         "Bytes written to peer connections.",
         "counter",

@@ -31,8 +31,12 @@ pub enum GroupCommand {
         #[arg(long, default_value_t = 3)]
         replicas: u32,
         /// The group's id; the next free one if not given. Ids are never reused.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "count")]
         id: Option<u32>,
+        /// Create this many groups, one after another over one connection (each placed as if
+        /// created alone); one line each. Stops at the first refusal.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        count: u32,
     },
     /// List the groups beyond group 0: id, replicas, and (where the answering member hosts
     /// one) the leader, term and commit index it sees.
@@ -52,7 +56,11 @@ pub async fn run(args: GroupArgs) -> Result<(), ClientError> {
     let format = args.connection.write_out;
     let endpoints = Endpoints::from_args(&args.connection)?;
     match args.command {
-        GroupCommand::Create { replicas, id } => {
+        GroupCommand::Create {
+            replicas,
+            id,
+            count,
+        } => {
             output::require(format, output::SIMPLE_JSON, "group create")?;
             if id == Some(0) {
                 return Err(ClientError::Usage(
@@ -65,22 +73,49 @@ pub async fn run(args: GroupArgs) -> Result<(), ClientError> {
                 replicas,
                 id: id.unwrap_or(0),
             };
-            let (endpoint, response) = endpoints
-                .call(Retry::Write, |channel| async move {
-                    Ok::<_, CallError>(
-                        GroupsClient::new(channel)
-                            .group_create(request)
-                            .await?
-                            .into_inner(),
-                    )
+            // Only a first create that failed is retried elsewhere: after one succeeded, a
+            // retry could not tell which of the rest had been applied. --command-timeout
+            // bounds each create.
+            let limit = endpoints.command_timeout;
+            let (endpoint, (created, failure)) = endpoints
+                .call_with_timeout(Retry::Write, None, |channel| async move {
+                    let mut client = GroupsClient::new(channel);
+                    let mut created = Vec::new();
+                    for _ in 0..count {
+                        let answer = tokio::time::timeout(limit, client.group_create(request))
+                            .await
+                            .unwrap_or_else(|_| {
+                                Err(tonic::Status::deadline_exceeded(format!(
+                                    "no answer within --command-timeout {limit:?}"
+                                )))
+                            });
+                        match answer {
+                            Ok(response) => created.push(response.into_inner().group),
+                            Err(status) if created.is_empty() => return Err(status.into()),
+                            Err(status) => return Ok((created, Some(status))),
+                        }
+                    }
+                    Ok::<_, CallError>((created, None))
                 })
                 .await?;
-            let group = response.group.ok_or_else(|| {
-                ClientError::Local(format!(
-                    "{endpoint} answered group create without the group"
-                ))
-            })?;
-            output::write_stdout(&changed(format, "created", &group))
+            let mut text = Vec::new();
+            for group in &created {
+                let group = group.as_ref().ok_or_else(|| {
+                    ClientError::Local(format!(
+                        "{endpoint} answered group create without the group"
+                    ))
+                })?;
+                text.extend(changed(format, "created", group));
+            }
+            output::write_stdout(&text)?;
+            match failure {
+                None => Ok(()),
+                Some(status) => Err(ClientError::Local(format!(
+                    "{} of {count} groups created; then {endpoint} refused: {}",
+                    created.len(),
+                    status.message()
+                ))),
+            }
         }
         GroupCommand::List => {
             output::require(format, output::ALL, "group list")?;
