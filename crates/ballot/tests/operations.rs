@@ -720,20 +720,26 @@ fn sleeping_groups_elect_again_when_node_liveness_declares_their_leaders_node_do
     // Each group's first campaign is on replica `id % 3`: groups 1, 2 and 3 start with leaders
     // on three different nodes, so whichever node is killed led one of them.
     let groups = ["1", "2", "3"];
+    let created = ballot(&[
+        "group",
+        "create",
+        "--replicas",
+        "3",
+        "--count",
+        "3",
+        "--endpoints",
+        &endpoints,
+    ]);
+    let stdout = String::from_utf8_lossy(&created.stdout);
+    assert!(
+        created.status.success()
+            && groups
+                .iter()
+                .all(|group| stdout.contains(&format!("group {group} created on "))),
+        "{stdout}{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
     for group in groups {
-        let created = ballot(&[
-            "group",
-            "create",
-            "--replicas",
-            "3",
-            "--endpoints",
-            &endpoints,
-        ]);
-        assert!(
-            created.status.success(),
-            "{}",
-            String::from_utf8_lossy(&created.stderr)
-        );
         let put = ballot(&[
             "put",
             "before",
