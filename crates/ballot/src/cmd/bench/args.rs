@@ -7,6 +7,7 @@ use std::time::Duration;
 
 /// Most concurrent clients (each is a task with its own 18 KiB histogram).
 pub const CLIENTS_MAX: usize = 100_000;
+const GROUPS_MAX: usize = 4096;
 /// Most gRPC connections.
 pub const CONNS_MAX: usize = 10_000;
 /// Most watch streams in the `watch` workload.
@@ -138,6 +139,11 @@ pub struct BenchArgs {
     /// Worker threads of the bench's runtime (it shares the machine with the servers).
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
+    /// Spread the clients over groups 1 to N (created beforehand: `ballot group create --count
+    /// N`), client i on group 1 + i mod N; each request names its group in `ballot-group`
+    /// metadata. 0: group 0, the keyspace etcd clients see.
+    #[arg(long, default_value_t = 0)]
+    pub groups: u32,
     /// Time allowed to connect to an endpoint.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub dial_timeout: Duration,
@@ -174,6 +180,8 @@ pub struct Plan {
     pub read_ratio: f64,
     pub watchers: usize,
     pub preload: bool,
+    /// Groups 1 to `groups` take the clients; 0: group 0 alone.
+    pub groups: u32,
     pub threads: usize,
     pub dial_timeout: Duration,
     pub command_timeout: Duration,
@@ -264,6 +272,10 @@ impl Plan {
                 ))
             }
         };
+        within("--groups", args.groups as usize, 0, GROUPS_MAX)?;
+        if args.groups > 0 && workload == Workload::Watch {
+            return Err("--groups applies to put, get, txn and mixed: watches are group 0's".into());
+        }
         if args.dial_timeout.is_zero() || args.command_timeout.is_zero() {
             return Err("--dial-timeout and --command-timeout must be longer than zero".into());
         }
@@ -282,6 +294,7 @@ impl Plan {
             read_ratio,
             watchers,
             preload: workload.reads() && !args.no_preload,
+            groups: args.groups,
             threads: args.threads,
             dial_timeout: args.dial_timeout,
             command_timeout: args.command_timeout,

@@ -169,12 +169,15 @@ pub async fn client(run: Arc<Run>, mut kv: Connection, index: usize) -> ClientSt
     stats
 }
 
-/// Starts `plan.clients` clients, client i on connection i modulo their number, and merges
-/// their statistics when all are done.
+/// Starts `plan.clients` clients, client i on connection i modulo their number (and with
+/// `--groups N` on group 1 + i mod N), and merges their statistics when all are done.
 pub async fn run_clients(plan: &Plan, run: &Arc<Run>, connections: &[Connection]) -> ClientStats {
     let tasks: Vec<_> = (0..plan.clients)
         .map(|index| {
-            let connection = connections[index % connections.len()].clone();
+            let mut connection = connections[index % connections.len()].clone();
+            if plan.groups > 0 {
+                connection = connection.in_group(1 + index as u32 % plan.groups);
+            }
             tokio::spawn(client(Arc::clone(run), connection, index))
         })
         .collect();
@@ -186,8 +189,8 @@ pub async fn run_clients(plan: &Plan, run: &Arc<Run>, connections: &[Connection]
     merged
 }
 
-/// Writes every key of the key space unless a count shows they are all there already.
-/// Returns how many keys were written.
+/// Writes every key of the key space (in every group of `--groups`) unless a count (of the first
+/// group's) shows they are all there already. Returns how many keys were written.
 pub async fn preload(
     plan: &Plan,
     operations: &Arc<Operations>,
@@ -201,8 +204,12 @@ pub async fn preload(
         count_only: true,
         ..Default::default()
     };
-    let present = connections[0]
-        .clone()
+    let groups = plan.groups.max(1) as u64;
+    let in_group = |connection: &Connection, slot: u64| match plan.groups {
+        0 => connection.clone(),
+        _ => connection.clone().in_group(1 + slot as u32),
+    };
+    let present = in_group(&connections[0], 0)
         .unary::<_, RangeResponse>(ops::RANGE, &count_request)
         .await
         .map_err(|status| format!("preload: cannot count the keys: {}", error_kind(&status)))?
@@ -211,21 +218,27 @@ pub async fn preload(
         return Ok(0);
     }
     let next = Arc::new(AtomicU64::new(0));
-    let writers = plan.clients.max(16).min(keys.size() as usize);
+    let writers = plan.clients.max(16).min((keys.size() * groups) as usize);
     let tasks: Vec<_> = (0..writers)
         .map(|index| {
-            let mut kv = connections[index % connections.len()].clone();
+            // One connection per group in use: a writer's puts go to whichever group comes.
+            let kvs: Vec<Connection> = (0..groups)
+                .map(|slot| in_group(&connections[index % connections.len()], slot))
+                .collect();
             let operations = Arc::clone(operations);
             let next = Arc::clone(&next);
             let timeout = plan.command_timeout;
             tokio::spawn(async move {
+                let mut kvs = kvs;
                 loop {
                     let index = next.fetch_add(1, Ordering::Relaxed);
-                    if index >= operations.keys.size() {
+                    let size = operations.keys.size();
+                    if index >= size * groups {
                         return Ok(());
                     }
-                    let key = operations.keys.key(index);
-                    let put = operations.put(&mut kv, key, operations.value.clone());
+                    let key = operations.keys.key(index % size);
+                    let kv = &mut kvs[(index / size) as usize];
+                    let put = operations.put(kv, key, operations.value.clone());
                     match tokio::time::timeout(timeout, put).await {
                         Ok(Ok(Outcome::Put)) => {}
                         Ok(Ok(other)) => unreachable!("a put answered {other:?}"),
@@ -241,5 +254,5 @@ pub async fn preload(
             .expect("a preload writer does not panic")
             .map_err(|kind| format!("preload: a put failed: {kind}"))?;
     }
-    Ok(keys.size())
+    Ok(keys.size() * groups)
 }

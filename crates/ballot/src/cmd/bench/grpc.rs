@@ -13,6 +13,7 @@
 //! ([`super::watch`]): they are streams, and few.
 
 use ballot_server::coalesce::CoalescedStream;
+use ballot_server::etcd::kv::GROUP_HEADER;
 use ballot_server::etcd::serve::{encode_message, MESSAGE_PREFIX_BYTES};
 use bytes::{Buf, Bytes, BytesMut};
 use prost::Message;
@@ -32,6 +33,8 @@ const RESPONSE_BYTES_MAX: usize = 256 * 1024 * 1024;
 pub struct Connection {
     send: h2::client::SendRequest<Bytes>,
     authority: http::uri::Authority,
+    /// The `ballot-group` metadata of every call, when not group 0's.
+    group: Option<HeaderValue>,
 }
 
 impl Connection {
@@ -68,7 +71,17 @@ impl Connection {
             // then fail with the connection's error, which is what the report counts.
             let _ = connection.await;
         });
-        Ok(Connection { send, authority })
+        Ok(Connection {
+            send,
+            authority,
+            group: None,
+        })
+    }
+
+    /// The same connection, its calls addressed to `group` (a ballot group other than 0).
+    pub fn in_group(mut self, group: u32) -> Connection {
+        self.group = Some(HeaderValue::from(group));
+        self
     }
 
     /// Calls the unary method `path` (`/etcdserverpb.KV/Put`) with `request`.
@@ -92,6 +105,9 @@ impl Connection {
             HeaderValue::from_static("application/grpc"),
         );
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        if let Some(group) = &self.group {
+            headers.insert(GROUP_HEADER, group.clone());
+        }
 
         // Values are at most 1 MiB (`--value-size`): far below what a prefix can say.
         let frame = encode_message(request);

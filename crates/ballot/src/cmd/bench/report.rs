@@ -17,6 +17,8 @@ pub struct Report {
     pub endpoints: Vec<String>,
     pub clients: usize,
     pub conns: usize,
+    /// Groups 1 to `groups` took the clients; 0: group 0.
+    pub groups: u32,
     pub threads: usize,
     /// Offered operations per second (open loop); `null`: closed loop.
     pub rate: Option<f64>,
@@ -126,6 +128,7 @@ impl Report {
             endpoints: plan.endpoints.clone(),
             clients: plan.clients,
             conns: plan.conns,
+            groups: plan.groups,
             threads: plan.threads,
             rate: plan.rate,
             serializable: plan.serializable,
@@ -185,9 +188,13 @@ impl Report {
         } else {
             ""
         };
+        let groups = match self.groups {
+            0 => String::new(),
+            groups => format!(", {groups} groups"),
+        };
         let _ = writeln!(
             text,
-            "{}: {} ops in {:.2} s = {:.0} ops/s ({} clients, {} conns, {load}{reads}; {}-byte values, {} keys)",
+            "{}: {} ops in {:.2} s = {:.0} ops/s ({} clients, {} conns{groups}, {load}{reads}; {}-byte values, {} keys)",
             self.workload,
             self.ops,
             self.elapsed_seconds,
