@@ -155,6 +155,60 @@ fn total_sends_exactly_that_many_puts_and_every_key_is_readable_afterwards() {
 }
 
 #[test]
+fn groups_spread_the_preload_and_the_clients_over_created_groups() {
+    let cluster = Cluster::start("groups");
+    let created = ballot(
+        &cluster.endpoints,
+        &["group", "create", "--replicas", "3", "--count", "2"],
+    );
+    assert_eq!(created.code, 0, "{created:?}");
+    let run = cluster.bench(&[
+        "get",
+        "--total",
+        "200",
+        "--key-space",
+        "50",
+        "--key-prefix",
+        "grouped/",
+        "--groups",
+        "2",
+        "--clients",
+        "4",
+        "--json",
+    ]);
+    let report = run.report();
+    assert_eq!(number(&report, "ops"), 200.0, "{report}");
+    assert_eq!(number(&report, "errors"), 0.0, "{report}");
+    assert_eq!(number(&report, "groups"), 2.0, "{report}");
+    assert_eq!(
+        number(&report, "preloaded_keys"),
+        100.0,
+        "every key in each of the two groups: {report}"
+    );
+    let count_in = |group: &str| {
+        let run = ballot(
+            &cluster.endpoints,
+            &[
+                "get",
+                "grouped/",
+                "--prefix",
+                "--count-only",
+                "-w",
+                "json",
+                "--group",
+                group,
+            ],
+        );
+        assert_eq!(run.code, 0, "{run:?}");
+        let value: Value = serde_json::from_str(run.stdout.trim()).expect("JSON");
+        value["count"].as_u64().unwrap_or(0)
+    };
+    assert_eq!(count_in("1"), 50);
+    assert_eq!(count_in("2"), 50);
+    assert_eq!(count_in("0"), 0, "group 0's keyspace is its own");
+}
+
+#[test]
 fn reads_preload_missing_keys_once_and_count_linearizable_and_serializable_gets() {
     let cluster = Cluster::start("reads");
     let common = [

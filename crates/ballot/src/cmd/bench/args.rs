@@ -274,7 +274,9 @@ impl Plan {
         };
         within("--groups", args.groups as usize, 0, GROUPS_MAX)?;
         if args.groups > 0 && workload == Workload::Watch {
-            return Err("--groups applies to put, get, txn and mixed: watches are group 0's".into());
+            return Err(
+                "--groups applies to put, get, txn and mixed: watches are group 0's".into(),
+            );
         }
         if args.dial_timeout.is_zero() || args.command_timeout.is_zero() {
             return Err("--dial-timeout and --command-timeout must be longer than zero".into());
@@ -361,6 +363,11 @@ mod tests {
                 "--read-ratio must be between 0 and 1",
             ),
             ("get --watchers 3", "--watchers applies to watch"),
+            ("put --groups 5000", "--groups must be between 0 and 4096"),
+            (
+                "watch --groups 2",
+                "--groups applies to put, get, txn and mixed",
+            ),
             ("watch --value-size 4", "--value-size must be at least 8"),
             ("put --value-size 2000000", "--value-size must be at most"),
             ("put --endpoints ,", "--endpoints is empty"),
