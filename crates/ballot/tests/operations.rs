@@ -775,6 +775,30 @@ fn sleeping_groups_elect_again_when_node_liveness_declares_their_leaders_node_do
         std::thread::sleep(Duration::from_millis(50));
     }
 
+    // A thousand groups must not flood the page: per-group series only on request.
+    let n2 = &cluster.members[1];
+    let default_page = scrape_metrics(n2.metrics_port);
+    assert!(
+        !default_page.contains("ballot_group_term"),
+        "{default_page}"
+    );
+    assert_eq!(
+        metric(&default_page, "ballot_groups_without_leader"),
+        Some(0.0)
+    );
+    let all = scrape(n2.metrics_port, "/metrics?groups=all");
+    let listed = scrape(n2.metrics_port, "/metrics?groups=2");
+    for group in groups {
+        let series = format!("ballot_group_has_leader{{group=\"{group}\"}}");
+        assert_eq!(metric(&all, &series), Some(1.0), "{all}");
+        assert_eq!(metric(&listed, &series).is_some(), group == "2", "{listed}");
+    }
+    let refused = scrape(n2.metrics_port, "/metrics?groups=some");
+    assert!(
+        refused.starts_with("HTTP/1.1 400") && refused.contains("groups=all"),
+        "{refused}"
+    );
+
     cluster.kill("n1");
     let survivors = cluster.running_urls().join(",");
     for group in groups {
@@ -1272,10 +1296,15 @@ fn a_snapshot_saved_from_a_loaded_cluster_restores_into_a_new_cluster_with_every
 }
 
 fn scrape_metrics(port: u16) -> String {
+    scrape(port, "/metrics")
+}
+
+/// The response (head and body) to `GET target` on the metrics port.
+fn scrape(port: u16, target: &str) -> String {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics port");
     stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .write_all(format!("GET {target} HTTP/1.1\r\nhost: localhost\r\n\r\n").as_bytes())
         .unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();

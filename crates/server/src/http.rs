@@ -7,7 +7,7 @@ use crate::node::{
     LatencySnapshot, NodeHandle, ETCD_DISK_BOUNDS_MICROS, ETCD_ROUND_TRIP_BOUNDS_MICROS,
 };
 use crate::transport::Transport;
-use ballot_core::Role;
+use ballot_core::{GroupId, Role};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -78,11 +78,18 @@ async fn answer(
     let target = words.next().unwrap_or("").to_string();
     let path = target.split('?').next().unwrap_or("");
     let (status, content_type, body): (&str, &str, Vec<u8>) = match path {
-        "/metrics" => (
-            "200 OK",
-            "text/plain; version=0.0.4",
-            metrics(node, transport).into_bytes(),
-        ),
+        "/metrics" => match GroupSelection::of_query(target.split_once('?').map(|(_, q)| q)) {
+            Ok(groups) => (
+                "200 OK",
+                "text/plain; version=0.0.4",
+                metrics(node, transport, &groups).into_bytes(),
+            ),
+            Err(error) => (
+                "400 Bad Request",
+                "text/plain",
+                format!("{error}\n").into_bytes(),
+            ),
+        },
         "/health" => {
             let (status, content_type, body) = health(node);
             (status, content_type, body.into_bytes())
@@ -193,7 +200,139 @@ fn health(node: &NodeHandle) -> (&'static str, &'static str, String) {
     ("503 Service Unavailable", "application/json", body)
 }
 
-fn metrics(node: &NodeHandle, transport: &Transport) -> String {
+/// Which groups get series of their own (`/metrics?groups=all` or `?groups=1,7`): none by
+/// default, so that a node hosting a thousand groups still serves a readable page of node
+/// aggregates.
+#[derive(Debug, PartialEq)]
+enum GroupSelection {
+    None,
+    All,
+    Listed(Vec<GroupId>),
+}
+
+impl GroupSelection {
+    fn of_query(query: Option<&str>) -> Result<GroupSelection, String> {
+        let Some(value) = query
+            .unwrap_or("")
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("groups="))
+        else {
+            return Ok(GroupSelection::None);
+        };
+        if value == "all" {
+            return Ok(GroupSelection::All);
+        }
+        value
+            .split(',')
+            .map(|id| {
+                id.parse::<GroupId>().map_err(|_| {
+                    format!(
+                        "groups={value}: use groups=all or a comma list of group ids (as \
+                         `ballot group list` prints them)"
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(GroupSelection::Listed)
+    }
+
+    fn includes(&self, group: GroupId) -> bool {
+        match self {
+            GroupSelection::None => false,
+            GroupSelection::All => true,
+            GroupSelection::Listed(ids) => ids.contains(&group),
+        }
+    }
+}
+
+/// Aggregates over the groups beyond 0 this node hosts, and the series of the selected ones.
+fn group_metrics(out: &mut String, node: &NodeHandle, selection: &GroupSelection) {
+    let hosted = node.hosted_groups();
+    let mut aggregate = |name: &str, help: &str, kind: &str, value: u64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    };
+    let count = |test: &dyn Fn(&crate::node::NodeStatus) -> bool| {
+        hosted.iter().filter(|(_, status)| test(status)).count() as u64
+    };
+    aggregate(
+        "ballot_groups_leading",
+        "Groups beyond 0 whose replica on this node leads.",
+        "gauge",
+        count(&|status| status.role == Some(Role::Leader)),
+    );
+    aggregate(
+        "ballot_groups_without_leader",
+        "Groups beyond 0 whose replica on this node knows no leader.",
+        "gauge",
+        count(&|status| status.leader.is_none()),
+    );
+    aggregate(
+        "ballot_groups_proposals_committed_total",
+        "Client proposals applied by the groups beyond 0 this node leads, summed.",
+        "counter",
+        hosted
+            .iter()
+            .map(|(_, status)| status.proposals_committed)
+            .sum(),
+    );
+    let selected: Vec<&(GroupId, crate::node::NodeStatus)> = hosted
+        .iter()
+        .filter(|(group, _)| selection.includes(*group))
+        .collect();
+    if selected.is_empty() {
+        return;
+    }
+    type Field = fn(&crate::node::NodeStatus) -> u64;
+    let series: [(&str, &str, &str, Field); 6] = [
+        (
+            "ballot_group_term",
+            "The group's term as its replica here sees it.",
+            "gauge",
+            |s| s.term,
+        ),
+        (
+            "ballot_group_is_leader",
+            "1 if the group's replica here leads.",
+            "gauge",
+            |s| (s.role == Some(Role::Leader)) as u64,
+        ),
+        (
+            "ballot_group_has_leader",
+            "1 if the group's replica here knows a leader.",
+            "gauge",
+            |s| s.leader.is_some() as u64,
+        ),
+        (
+            "ballot_group_commit_index",
+            "The group's commit index here.",
+            "gauge",
+            |s| s.commit_index,
+        ),
+        (
+            "ballot_group_applied_index",
+            "The group's applied index here.",
+            "gauge",
+            |s| s.applied_index,
+        ),
+        (
+            "ballot_group_proposals_committed_total",
+            "Client proposals the group applied while its replica here led.",
+            "counter",
+            |s| s.proposals_committed,
+        ),
+    ];
+    for (name, help, kind, field) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (group, status) in &selected {
+            let _ = writeln!(out, "{name}{{group=\"{group}\"}} {}", field(status));
+        }
+    }
+}
+
+fn metrics(node: &NodeHandle, transport: &Transport, groups: &GroupSelection) -> String {
     let status = node.status();
     let mut out = String::new();
     let mut gauge = |name: &str, help: &str, kind: &str, value: u64| {
@@ -362,6 +501,7 @@ fn metrics(node: &NodeHandle, transport: &Transport) -> String {
         "Heartbeat to answer time per peer (member id in hex), while this node leads.",
         &peers,
     );
+    group_metrics(&mut out, node, groups);
     etcd_metrics(&mut out, node, &status);
     out
 }
