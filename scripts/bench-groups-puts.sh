@@ -8,21 +8,9 @@
 set -euo pipefail
 ROUNDS=${1:-5}
 BALLOT=$(realpath "${2:-target/release/ballot}")
-WORK=$(mktemp -d /tmp/ballot-bench-group-puts.XXXXXX)
-DEV_PID=
-cleanup() {
-  [ -n "$DEV_PID" ] && kill "$DEV_PID" 2>/dev/null && wait "$DEV_PID" 2>/dev/null
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-"$BALLOT" dev --fresh --data-dir "$WORK/data" </dev/null >"$WORK/dev.log" 2>&1 &
-DEV_PID=$!
-for _ in $(seq 1 300); do
-  [ "$(grep -c 'metrics http' "$WORK/dev.log" || true)" -ge 3 ] && break
-  sleep 0.1
-done
-ENDPOINTS=$(grep -o 'endpoints=[^ ]*' "$WORK/dev.log" | head -1 | cut -d= -f2)
-until "$BALLOT" put warm up --endpoints "$ENDPOINTS" >/dev/null 2>&1; do sleep 0.1; done
+# shellcheck source=lib/dev-cluster.sh
+source "$(dirname "$0")/lib/dev-cluster.sh"
+start_dev_cluster "$BALLOT" "$(mktemp -d /tmp/ballot-bench-group-puts.XXXXXX)"
 "$BALLOT" group create --replicas 3 --count 16 --endpoints "$ENDPOINTS" >/dev/null
 for round in $(seq 1 "$ROUNDS"); do
   for groups in 0 1 16; do

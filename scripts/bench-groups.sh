@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idle replicated groups on a 3-node `ballot dev` cluster (loopback, this machine): per node,
 # CPU (% of one core over 10 s), resident memory, peer messages and liveness pings per second,
-# open descriptors and disk, before and after creating N groups of 3 replicas (N >= 100); the
+# open descriptors and disk, before and after creating N groups of 3 replicas (at least 100); the
 # time to create them (100 one `ballot group create` process after another, the rest with
 # `--count` over one connection); one group's time from create to
 # first committed write; and, after SIGKILL of n1, how long until every group has a live leader.
@@ -11,26 +11,11 @@
 # Figures go to docs/benchmarks.md ("Many groups on one node"). Needs curl.
 set -euo pipefail
 N=${1:-1000}
+[ "$N" -ge 100 ] || { echo "N must be at least 100" >&2; exit 2; }
 BALLOT=$(realpath "${2:-target/release/ballot}")
-WORK=$(mktemp -d /tmp/ballot-bench-groups.XXXXXX)
-DEV_PID=
-cleanup() {
-  [ -n "$DEV_PID" ] && kill "$DEV_PID" 2>/dev/null && wait "$DEV_PID" 2>/dev/null
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-"$BALLOT" dev --fresh --data-dir "$WORK/data" </dev/null >"$WORK/dev.log" 2>&1 &
-DEV_PID=$!
-for _ in $(seq 1 300); do
-  [ "$(grep -c 'metrics http' "$WORK/dev.log" || true)" -ge 3 ] && break
-  sleep 0.1
-done
-ENDPOINTS=$(grep -o 'endpoints=[^ ]*' "$WORK/dev.log" | head -1 | cut -d= -f2)
-mapfile -t PIDS < <(grep -oE ' pid [0-9]+' "$WORK/dev.log" | awk '{print $2}')
-mapfile -t METRICS < <(grep -oE 'metrics http://[^ ]*' "$WORK/dev.log" | awk '{print $2}')
-mapfile -t CLIENTS < <(grep -oE 'client http://[^ ]*' "$WORK/dev.log" | awk '{print $2}')
-until "$BALLOT" put warm up --endpoints "$ENDPOINTS" >/dev/null 2>&1; do sleep 0.1; done
+# shellcheck source=lib/dev-cluster.sh
+source "$(dirname "$0")/lib/dev-cluster.sh"
+start_dev_cluster "$BALLOT" "$(mktemp -d /tmp/ballot-bench-groups.XXXXXX)"
 
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
@@ -66,9 +51,11 @@ for _ in $(seq 1 100); do
   "$BALLOT" group create --replicas 3 --endpoints "$ENDPOINTS" >/dev/null
 done
 echo "created 100 groups of 3 replicas in $(elapsed "$start" "$(now)") s (one CLI process each)"
-start=$(now)
-"$BALLOT" group create --replicas 3 --count $((N - 100)) --endpoints "$ENDPOINTS" >/dev/null
-echo "created $((N - 100)) more in $(elapsed "$start" "$(now)") s (group create --count, one connection)"
+if [ "$N" -gt 100 ]; then
+  start=$(now)
+  "$BALLOT" group create --replicas 3 --count $((N - 100)) --endpoints "$ENDPOINTS" >/dev/null
+  echo "created $((N - 100)) more in $(elapsed "$start" "$(now)") s (group create --count, one connection)"
+fi
 
 # One more: create it, then its first write, each a CLI process; a CLI process that does
 # nothing but a read of group 0 is the baseline.
@@ -83,7 +70,7 @@ sleep 5
 echo "after $((N + 1)) groups, idle:"
 measure
 echo "  groups asleep on n1: $(counter "${METRICS[0]}" ballot_groups_hibernating) of $(counter "${METRICS[0]}" ballot_groups)"
-echo "  disk per node: $(du -sh "$WORK/data/n1" | cut -f1)"
+echo "  disk per node: $(du -sh "$DEV_WORK/data/n1" | cut -f1)"
 
 # SIGKILL n1; ask n2 until no group names n1 as its leader or has none.
 n1_decimal=$("$BALLOT" status --endpoints "${CLIENTS[0]}" -w json | grep -oE '"member_id": *[0-9]+' | head -1 | grep -oE '[0-9]+$')

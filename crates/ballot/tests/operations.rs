@@ -607,14 +607,7 @@ fn groups_come_back_from_every_member_killed_mid_write_and_every_member_serves_t
     cluster.wait_for_leader(&runtime);
     let endpoints = cluster.running_urls().join(",");
     for (replicas, expected) in [("3", "group 1 created on "), ("1", "group 2 created on ")] {
-        let created = ballot(&[
-            "group",
-            "create",
-            "--replicas",
-            replicas,
-            "--endpoints",
-            &endpoints,
-        ]);
+        let created = group_create(&endpoints, &["--replicas", replicas]);
         let stdout = String::from_utf8_lossy(&created.stdout);
         assert!(
             created.status.success() && stdout.starts_with(expected),
@@ -622,14 +615,7 @@ fn groups_come_back_from_every_member_killed_mid_write_and_every_member_serves_t
             String::from_utf8_lossy(&created.stderr)
         );
     }
-    let refused = ballot(&[
-        "group",
-        "create",
-        "--replicas",
-        "4",
-        "--endpoints",
-        &endpoints,
-    ]);
+    let refused = group_create(&endpoints, &["--replicas", "4"]);
     assert_eq!(refused.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&refused.stderr).contains("the cluster has 3 voting members"),
@@ -720,16 +706,7 @@ fn sleeping_groups_elect_again_when_node_liveness_declares_their_leaders_node_do
     // Each group's first campaign is on replica `id % 3`: groups 1, 2 and 3 start with leaders
     // on three different nodes, so whichever node is killed led one of them.
     let groups = ["1", "2", "3"];
-    let created = ballot(&[
-        "group",
-        "create",
-        "--replicas",
-        "3",
-        "--count",
-        "3",
-        "--endpoints",
-        &endpoints,
-    ]);
+    let created = group_create(&endpoints, &["--replicas", "3", "--count", "3"]);
     let stdout = String::from_utf8_lossy(&created.stdout);
     assert!(
         created.status.success()
@@ -1156,6 +1133,14 @@ fn read_key_values(
     })
 }
 
+/// `ballot group create ARGS --endpoints ENDPOINTS`.
+fn group_create(endpoints: &str, args: &[&str]) -> std::process::Output {
+    let mut words = vec!["group", "create"];
+    words.extend_from_slice(args);
+    words.extend_from_slice(&["--endpoints", endpoints]);
+    ballot(&words)
+}
+
 fn ballot(args: &[&str]) -> std::process::Output {
     Command::new(BALLOT)
         .args(args)
@@ -1454,14 +1439,7 @@ fn refuses_groups_while_n3_runs_the_old_release(
 ) {
     let endpoints = cluster.running_urls().join(",");
     let create = || {
-        let refused = ballot(&[
-            "group",
-            "create",
-            "--replicas",
-            "3",
-            "--endpoints",
-            &endpoints,
-        ]);
+        let refused = group_create(&endpoints, &["--replicas", "3"]);
         assert!(
             !refused.status.success(),
             "a group was created with n3 on the old release"
@@ -1553,14 +1531,7 @@ fn a_cluster_upgraded_one_member_at_a_time_under_load_loses_no_acknowledged_writ
     }
     // Every member upgraded: groups can be created, and take writes.
     let endpoints = cluster.running_urls().join(",");
-    let created = ballot(&[
-        "group",
-        "create",
-        "--replicas",
-        "3",
-        "--endpoints",
-        &endpoints,
-    ]);
+    let created = group_create(&endpoints, &["--replicas", "3"]);
     assert!(
         created.status.success(),
         "{}",
