@@ -181,14 +181,15 @@ impl Cluster {
         }
     }
 
-    /// Until every member has applied what the leader has.
+    /// Until every member has applied what the leader has. By log index, not revision: a
+    /// compaction moves no revision but must reach every member's store too.
     pub async fn wait_applied(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        let target = self.handles[self.leader().await].store().revision();
+        let target = self.handles[self.leader().await].store().applied_index();
         while self
             .handles
             .iter()
-            .any(|handle| handle.store().revision() < target)
+            .any(|handle| handle.store().applied_index() < target)
         {
             assert!(Instant::now() < deadline, "members did not catch up");
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -239,13 +239,14 @@ impl MvccStore {
         Ok(self.space()?.file_bytes)
     }
 
+    /// The applied index goes last: whoever sees an index applied also sees its revisions.
     fn publish(&self, position: Position) {
-        self.applied_index
-            .store(position.applied_index, Ordering::Release);
         self.current_revision
             .store(position.current_revision, Ordering::Release);
         self.compacted_revision
             .store(position.compacted_revision, Ordering::Release);
+        self.applied_index
+            .store(position.applied_index, Ordering::Release);
     }
 
     fn lock_writer(&self) -> Result<MutexGuard<'_, Writer>, MvccError> {
