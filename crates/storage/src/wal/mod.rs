@@ -14,6 +14,7 @@
 //! `fdatasync` (the WAL stops; reopen it), or take the data directory lock (the caller holds it).
 
 mod error;
+mod files;
 mod format;
 mod group_commit;
 mod replay;
@@ -23,27 +24,19 @@ pub use error::{Defect, Violation, WalError};
 pub use format::RecordKind;
 pub use group_commit::{GroupCommit, GroupCommitStats, BATCH_HISTOGRAM_BUCKETS};
 
-use crate::dir_lock::create_dir_durably;
 use ballot_core::{Entry, HardState, LogIndex, LogPosition, Term};
+use files::SegmentFiles;
 use format::{Record, SnapshotMarker};
 use replay::{LogState, Replay};
 use segment::{io_error, ScanEnd, SegmentName};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Default size a segment is preallocated to and rolled over at.
 pub const SEGMENT_SIZE_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
 pub const SEGMENT_SIZE_BYTES_MIN: u64 = 1024;
-/// How far ahead of the write offset the active segment is kept written with zeros. A
-/// preallocated (`fallocate`) range is "unwritten" on ext4 and XFS: the first write to each
-/// block converts it, and every `fdatasync` that wrote into such blocks must also write the inode
-/// (one more synchronous device write, about twice the time and CPU of a sync on this machine's
-/// disk, docs/benchmarks.md). Writing zeros ahead, a MiB at a time, moves that conversion off
-/// all but one sync per MiB. Zeros are what replay already reads past the end of a segment.
-const ZERO_AHEAD_BYTES: u64 = 1024 * 1024;
 /// Default bound on one record, header included.
 pub const RECORD_BYTES_MAX_DEFAULT: usize = 4 * 1024 * 1024;
 /// `record_bytes_max` must leave room for every fixed-size record.
@@ -137,55 +130,6 @@ pub struct RecordInfo {
     pub index: Option<LogIndex>,
 }
 
-/// The segment being appended to.
-#[derive(Debug)]
-struct ActiveSegment {
-    name: SegmentName,
-    path: PathBuf,
-    /// Shared with a group-commit syncer, which runs `fdatasync` without holding the WAL.
-    file: Arc<File>,
-    write_offset: u64,
-    /// Bytes from the start that have been written (records or zeros): appends below this point
-    /// land in initialised blocks. At least `write_offset`.
-    zeroed_to: u64,
-}
-
-impl ActiveSegment {
-    fn new(name: SegmentName, path: PathBuf, file: File, write_offset: u64) -> Self {
-        ActiveSegment {
-            name,
-            path,
-            file: Arc::new(file),
-            write_offset,
-            zeroed_to: write_offset,
-        }
-    }
-
-    /// Writes zeros from the end of what `bytes` more will fill to `ZERO_AHEAD_BYTES` beyond it,
-    /// when what is left falls under half of that, never past `limit` (the preallocated size: a
-    /// write beyond it would grow the file, which costs an inode write too).
-    fn zero_ahead(&mut self, bytes: u64, limit: u64) -> Result<(), WalError> {
-        let end = self.write_offset + bytes;
-        if end + ZERO_AHEAD_BYTES / 2 <= self.zeroed_to {
-            return Ok(());
-        }
-        let from = self.zeroed_to.max(end);
-        let to = (end + ZERO_AHEAD_BYTES).next_multiple_of(4096).min(limit);
-        // From one static buffer: a fresh zeroed allocation per MiB cost faults and zeroing.
-        static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
-        let mut offset = from;
-        while offset < to {
-            let length = (to - offset).min(ZEROS.len() as u64) as usize;
-            self.file
-                .write_all_at(&ZEROS[..length], offset)
-                .map_err(io_error("write zeros ahead in", &self.path))?;
-            offset += length as u64;
-        }
-        self.zeroed_to = to.max(end);
-        Ok(())
-    }
-}
-
 /// A record waiting to be written by [`Wal::write_records`].
 #[derive(Clone, Copy)]
 enum Outgoing<'a> {
@@ -206,11 +150,7 @@ pub(crate) struct SyncTicket {
 /// The single writer of a WAL directory. See the module documentation.
 #[derive(Debug)]
 pub struct Wal {
-    dir: PathBuf,
-    options: WalOptions,
-    /// Every kept segment, oldest first; the last is `active`.
-    segments: Vec<SegmentName>,
-    active: ActiveSegment,
+    files: SegmentFiles,
     log: LogState,
     appended: Sequence,
     synced: Sequence,
@@ -228,64 +168,14 @@ impl Wal {
     pub fn open(dir: impl AsRef<Path>, options: WalOptions) -> Result<(Wal, Recovered), WalError> {
         options.validate()?;
         let dir = dir.as_ref().to_path_buf();
-        create_dir_durably(&dir).map_err(io_error("create directory", &dir))?;
-        let names = segment::list_segments(&dir)?;
-        if names.is_empty() {
+        let mut replay = None;
+        let replayed = files::replay_dir(&dir, options, |path, name, bytes, is_oldest| {
+            let replay = replay.get_or_insert_with(|| Replay::new(name.first_index.max(1)));
+            replay_segment(replay, path, name, bytes, is_oldest, options)
+        })?;
+        let (Some(replayed), Some(replay)) = (replayed, replay) else {
             return Self::create(dir, options);
-        }
-        let mut replay = Replay::new(names[0].first_index.max(1));
-        let mut tail_repair = None;
-        let mut active_end = 0;
-        for (position, name) in names.iter().enumerate() {
-            let path = dir.join(name.file_name());
-            if position > 0 && name.number != names[position - 1].number + 1 {
-                return Err(corrupt_invariant(
-                    &path,
-                    0,
-                    Violation::SegmentNumberGap {
-                        previous: names[position - 1].number,
-                        found: name.number,
-                    },
-                ));
-            }
-            let bytes = fs::read(&path).map_err(io_error("read", &path))?;
-            let is_last = position == names.len() - 1;
-            let end = replay_segment(&mut replay, &path, *name, &bytes, position == 0, options)?;
-            match end {
-                ScanEnd::Clean { end } if is_last => active_end = end,
-                ScanEnd::Clean { end } if end == bytes.len() as u64 => {}
-                ScanEnd::Clean { end } => {
-                    // Segments before the last were cut to their last record when the next one
-                    // was opened.
-                    return Err(WalError::Corrupt {
-                        file: path,
-                        offset: end,
-                        defect: Defect::ZerosBeforeEnd,
-                    });
-                }
-                ScanEnd::Defect { offset, defect } => {
-                    let after = offset + 1;
-                    let torn_tail = is_last
-                        && offset > 0
-                        && segment::valid_record_after(&bytes, after, options.record_bytes_max)
-                            .is_none();
-                    if !torn_tail {
-                        return Err(WalError::Corrupt {
-                            file: path,
-                            offset,
-                            defect,
-                        });
-                    }
-                    tail_repair = Some(TailRepair {
-                        bytes_discarded: segment::nonzero_bytes_after(&bytes, offset),
-                        file: path,
-                        offset,
-                        reason: defect,
-                    });
-                    active_end = offset;
-                }
-            }
-        }
+        };
         if let Err((first_missing, last_missing)) = replay.state.check_complete() {
             return Err(WalError::MissingEntries {
                 dir,
@@ -293,37 +183,17 @@ impl Wal {
                 last_missing,
             });
         }
-        let last_name = *names.last().expect("not empty");
-        let path = dir.join(last_name.file_name());
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(io_error("open", &path))?;
-        if let Some(repair) = &tail_repair {
-            file.set_len(repair.offset)
-                .and_then(|()| file.sync_all())
-                .map_err(io_error("cut torn tail of", &path))?;
-        }
-        segment::preallocate(&file, &path, options.segment_size_bytes)?;
-        // A writer killed before its fdatasync leaves records in the page cache that replay reads
-        // as valid: make them durable before the caller treats what was recovered as such (a
-        // replica acknowledges recovered entries to its leader).
-        file.sync_all().map_err(io_error("sync", &path))?;
-        segment::sync_dir(&dir)?;
+        let files = SegmentFiles::reopen(dir, options, &replayed, format::PREAMBLE_BYTES_MAX)?;
         let log = replay.state.clone();
         let recovered = Recovered {
             hard_state: log.hard_state().unwrap_or_default(),
             first_index: log.first_index(),
             entries: replay.into_entries(),
             snapshot: log.marker().map(|marker| marker.position),
-            tail_repair,
+            tail_repair: replayed.tail_repair,
         };
         let wal = Wal {
-            dir,
-            options,
-            segments: names,
-            active: ActiveSegment::new(last_name, path, file, active_end),
+            files,
             log,
             appended: Sequence(0),
             synced: Sequence(0),
@@ -341,18 +211,13 @@ impl Wal {
             first_index: 1,
         };
         let log = LogState::new(1);
-        let preamble = preamble(&log, name);
-        let (file, path) =
-            segment::create_segment(&dir, name, &preamble, options.segment_size_bytes)?;
+        let files = SegmentFiles::create(dir, options, name, &preamble(&log, name))?;
         let recovered = Recovered {
             first_index: 1,
             ..Recovered::default()
         };
         let wal = Wal {
-            dir,
-            options,
-            segments: vec![name],
-            active: ActiveSegment::new(name, path, file, preamble.len() as u64),
+            files,
             log,
             appended: Sequence(0),
             synced: Sequence(0),
@@ -364,11 +229,11 @@ impl Wal {
     }
 
     pub fn dir(&self) -> &Path {
-        &self.dir
+        &self.files.dir
     }
 
     pub fn options(&self) -> WalOptions {
-        self.options
+        self.files.options
     }
 
     /// First live index: one past the latest snapshot marker.
@@ -407,10 +272,7 @@ impl Wal {
 
     /// Paths of the kept segments, oldest first.
     pub fn segment_paths(&self) -> Vec<PathBuf> {
-        self.segments
-            .iter()
-            .map(|name| self.dir.join(name.file_name()))
-            .collect()
+        self.files.segment_paths()
     }
 
     /// Writes `entries` and then `hard_state` (the `Ready` order). An entry at an index already
@@ -445,9 +307,8 @@ impl Wal {
             return Ok(self.synced);
         }
         let upto = self.appended;
-        let path = self.active.path.clone();
-        let result = self.active.file.sync_data();
-        self.sync_finished(upto, &path, result)?;
+        self.guarded(|wal| wal.files.sync_active())?;
+        self.synced = self.synced.max(upto);
         Ok(self.synced)
     }
 
@@ -476,7 +337,7 @@ impl Wal {
             .map_err(|violation| WalError::InvalidAppend { violation })?;
         self.write_records([Outgoing::Marker(marker)].into_iter())?;
         self.sync()?;
-        let deletable = compactable_segments(&self.segments, index);
+        let deletable = compactable_segments(&self.files.segments, index);
         self.delete_oldest_segments(deletable)
     }
 
@@ -499,7 +360,7 @@ impl Wal {
         self.write_records([Outgoing::Marker(marker)].into_iter())?;
         // The new segment's preamble repeats the marker, so every older segment can go.
         self.guarded(|wal| wal.open_next_segment())?;
-        self.delete_oldest_segments(self.segments.len() - 1)
+        self.delete_oldest_segments(self.files.segments.len() - 1)
     }
 
     fn validate_append(
@@ -507,7 +368,7 @@ impl Wal {
         entries: &[Entry],
         hard_state: Option<&HardState>,
     ) -> Result<(), WalError> {
-        let record_bytes_max = self.options.record_bytes_max;
+        let record_bytes_max = self.files.options.record_bytes_max;
         for entry in entries {
             let record_bytes = format::entry_record_bytes(entry);
             if record_bytes > record_bytes_max {
@@ -563,13 +424,13 @@ impl Wal {
                     Outgoing::HardState(_) => format::HARD_STATE_RECORD_BYTES,
                     Outgoing::Marker(_) => format::SNAPSHOT_MARKER_RECORD_BYTES,
                 } as u64;
-                if wal.needs_next_segment(buffer.len() as u64, record_bytes) {
-                    wal.write_out(&mut buffer)?;
+                if wal.files.needs_next_segment(buffer.len() as u64, record_bytes) {
+                    wal.files.write_out(&mut buffer)?;
                     wal.open_next_segment()?;
                 }
                 wal.encode_and_apply(record, &mut buffer);
             }
-            wal.write_out(&mut buffer)
+            wal.files.write_out(&mut buffer)
         });
         self.buffer = buffer;
         result?;
@@ -593,78 +454,32 @@ impl Wal {
             }
         };
         assert!(
-            written <= self.options.record_bytes_max,
+            written <= self.files.options.record_bytes_max,
             "records are bounded before they are encoded"
         );
     }
 
-    /// Whether a record of `record_bytes`, after `pending_bytes` not yet written, must go to a new
-    /// segment. A segment holding only its preamble takes the record anyway (and grows), or a
-    /// record larger than a segment would open segments forever.
-    fn needs_next_segment(&self, pending_bytes: u64, record_bytes: u64) -> bool {
-        let end = self.active.write_offset + pending_bytes;
-        end > format::PREAMBLE_BYTES_MAX && end + record_bytes > self.options.segment_size_bytes
-    }
-
-    fn write_out(&mut self, buffer: &mut Vec<u8>) -> Result<(), WalError> {
-        if buffer.is_empty() {
-            return Ok(());
-        }
-        let active = &mut self.active;
-        active.zero_ahead(buffer.len() as u64, self.options.segment_size_bytes)?;
-        active
-            .file
-            .write_all_at(buffer, active.write_offset)
-            .map_err(io_error("write", &active.path))?;
-        active.write_offset += buffer.len() as u64;
-        buffer.clear();
-        Ok(())
-    }
-
-    /// Syncs and cuts the active segment (replay requires every segment but the last to be
-    /// complete and durable), then creates the next one, starting at the next index.
+    /// Syncs and cuts the active segment, then creates the next one, starting at the next
+    /// index, with a preamble that repeats the hard state and marker in force.
     fn open_next_segment(&mut self) -> Result<(), WalError> {
-        let active = &self.active;
-        active
-            .file
-            .set_len(active.write_offset)
-            .and_then(|()| active.file.sync_all())
-            .map_err(io_error("sync and cut", &active.path))?;
-        self.synced = self.appended;
         let name = SegmentName {
-            number: active.name.number + 1,
+            number: self.files.active.name.number + 1,
             first_index: self.log.last_index() + 1,
         };
-        let preamble = preamble(&self.log, name);
-        let (file, path) =
-            segment::create_segment(&self.dir, name, &preamble, self.options.segment_size_bytes)?;
-        self.segments.push(name);
-        self.active = ActiveSegment::new(name, path, file, preamble.len() as u64);
+        self.files.roll_over(name, &preamble(&self.log, name))?;
+        self.synced = self.appended;
         Ok(())
     }
 
     fn delete_oldest_segments(&mut self, count: usize) -> Result<usize, WalError> {
-        assert!(
-            count < self.segments.len(),
-            "the last segment is never deleted"
-        );
-        if count == 0 {
-            return Ok(0);
-        }
-        let dir = self.dir.clone();
-        for name in self.segments.drain(..count) {
-            let path = dir.join(name.file_name());
-            fs::remove_file(&path).map_err(io_error("delete", &path))?;
-        }
-        segment::sync_dir(&dir)?;
-        Ok(count)
+        self.files.delete_oldest(count)
     }
 
     fn check_running(&self) -> Result<(), WalError> {
         match &self.stopped {
             None => Ok(()),
             Some(cause) => Err(WalError::Stopped {
-                dir: self.dir.clone(),
+                dir: self.files.dir.clone(),
                 cause: cause.clone(),
             }),
         }
@@ -691,8 +506,8 @@ impl Wal {
             return Ok(None);
         }
         Ok(Some(SyncTicket {
-            file: Arc::clone(&self.active.file),
-            path: self.active.path.clone(),
+            file: Arc::clone(&self.files.active.file),
+            path: self.files.active.path.clone(),
             upto: self.appended,
             entries_upto: self.entries_appended,
         }))

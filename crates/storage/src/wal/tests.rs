@@ -2,6 +2,7 @@
 //! Crash and corruption tests are in `crates/storage/tests/wal_*.rs`.
 
 use super::*;
+use std::fs::OpenOptions;
 use ballot_core::{EntryPayload, MembershipChange};
 use bytes::Bytes;
 
@@ -225,7 +226,7 @@ fn compaction_deletes_only_segments_wholly_at_or_below_the_index() {
     for index in 1..=300 {
         wal.append(&[entry(index, 1)], None).unwrap();
     }
-    let names: Vec<SegmentName> = wal.segments.clone();
+    let names: Vec<SegmentName> = wal.files.segments.clone();
     assert!(names.len() >= 3);
     let second_start = names[1].first_index;
     // One below the second segment's start: the first segment still holds index + 1.
@@ -310,7 +311,7 @@ fn bad_appends_are_refused_and_change_nothing() {
     let (mut wal, _) = reopen(dir.path());
     wal.append(&entries(1..=3, 2), None).unwrap();
     wal.sync().unwrap();
-    let active = wal.active.path.clone();
+    let active = wal.files.active.path.clone();
     let before = fs::read(&active).unwrap();
     let oversized = Entry {
         index: 4,
@@ -362,7 +363,7 @@ fn bad_appends_are_refused_and_change_nothing() {
     wal.sync().unwrap();
     let after = fs::read(&active).unwrap();
     let hard_state_record = format::HARD_STATE_RECORD_BYTES;
-    let written = wal.active.write_offset as usize;
+    let written = wal.files.active.write_offset as usize;
     assert_eq!(
         after[..written - hard_state_record],
         before[..written - hard_state_record],
