@@ -38,6 +38,16 @@ pub enum WalError {
         last_missing: LogIndex,
     },
     #[error(
+        "shared WAL in {dir} is missing entries {first_missing}..={last_missing} of group {group} \
+         between its snapshot marker and the oldest segment (were segment files deleted by hand?)"
+    )]
+    MissingGroupEntries {
+        dir: PathBuf,
+        group: ballot_core::GroupId,
+        first_missing: LogIndex,
+        last_missing: LogIndex,
+    },
+    #[error(
         "WAL directory holds {path}, whose name is not a segment's (<number>-<first index>.wal)"
     )]
     UnexpectedFile { path: PathBuf },
@@ -132,6 +142,11 @@ pub enum Violation {
         first_index: LogIndex,
         last_index: LogIndex,
     },
+    #[error(
+        "a group record (of the node's shared WAL) in a one-replica WAL segment, or a record \
+         without a group in a shared WAL segment"
+    )]
+    WrongLogKind,
     #[error("entry index 0 (the first entry has index 1)")]
     IndexZero,
     #[error("entry {index} leaves a gap after the last index {last_index}")]

@@ -6,7 +6,8 @@
 //! offset  size  field
 //! 0       4     payload length n in bytes, u32 LE (the type byte is not counted)
 //! 4       4     CRC32C of type byte + payload, u32 LE
-//! 8       1     record type: 1 segment header, 2 entry, 3 hard state, 4 snapshot marker
+//! 8       1     record type: 1 segment header, 2 entry, 3 hard state, 4 snapshot marker,
+//!                             5 group record (the node's shared WAL only)
 //! 9       n     payload
 //!
 //! segment header   magic "BALLOTWL" (8), format version (u32), segment number (u64), first index (u64)
@@ -15,13 +16,20 @@
 //!                    membership body: change (u8: 0 add voter, 1 add learner, 2 promote, 3 remove), node (u64)
 //! hard state       term (u64), voted for (u64, 0 = nobody), commit index (u64)
 //! snapshot marker  index (u64), term (u64), keep later entries (u8: 0 or 1)
+//! group record     group id (u32), inner type (u8: 2 entry, 3 hard state, 4 snapshot marker,
+//!                    5 the group was removed), the inner record's payload (none for 5)
 //! ```
+//!
+//! A one-replica WAL's segments say format version 2 and hold no group records; the node's shared
+//! WAL's say version 3 and hold nothing but group records after their header.
 //!
 //! Every integer is little endian. Decoding never trusts a length: it is bounded by
 //! `record_bytes_max` and by the bytes present before anything is read or allocated.
 
 use crate::wal::Defect;
-use ballot_core::{Entry, EntryPayload, HardState, LogIndex, LogPosition, MembershipChange};
+use ballot_core::{
+    Entry, EntryPayload, GroupId, HardState, LogIndex, LogPosition, MembershipChange,
+};
 use bytes::Bytes;
 
 /// Length, checksum and type.
@@ -29,11 +37,18 @@ pub const RECORD_HEADER_BYTES: usize = 9;
 pub const SEGMENT_MAGIC: [u8; 8] = *b"BALLOTWL";
 /// 2: membership entries carry the whole membership after the change.
 pub const FORMAT_VERSION: u32 = 2;
+/// The node's shared WAL: every record after the segment header is a group record.
+pub const SHARED_FORMAT_VERSION: u32 = 3;
 
 const TYPE_SEGMENT_HEADER: u8 = 1;
 const TYPE_ENTRY: u8 = 2;
 const TYPE_HARD_STATE: u8 = 3;
 const TYPE_SNAPSHOT_MARKER: u8 = 4;
+const TYPE_GROUP: u8 = 5;
+/// The last record type: a byte above it is not the start of a record.
+pub const TYPE_MAX: u8 = TYPE_GROUP;
+/// A group record's inner type for the group's removal.
+const INNER_GROUP_REMOVED: u8 = 5;
 
 const ENTRY_KIND_NOOP: u8 = 0;
 const ENTRY_KIND_COMMAND: u8 = 1;
@@ -50,6 +65,8 @@ const ENTRY_PAYLOAD_FIXED_BYTES: usize = 8 + 8 + 1;
 const MEMBERSHIP_BODY_BYTES: usize = 1 + 8;
 const HARD_STATE_PAYLOAD_BYTES: usize = 8 + 8 + 8;
 const SNAPSHOT_MARKER_PAYLOAD_BYTES: usize = 8 + 8 + 1;
+/// Group id and inner type: what a group record adds to the record it wraps.
+pub const GROUP_RECORD_EXTRA_BYTES: usize = 4 + 1;
 
 /// The largest preamble a segment can have (header, hard state, snapshot marker). A segment holding
 /// no more than this has nothing but its preamble, so a record that does not fit after it must
@@ -82,6 +99,17 @@ pub enum Record {
     Entry(Entry),
     HardState(HardState),
     SnapshotMarker(SnapshotMarker),
+    Group(GroupId, GroupRecord),
+}
+
+/// What a group record of the shared WAL says about its group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupRecord {
+    Entry(Entry),
+    HardState(HardState),
+    SnapshotMarker(SnapshotMarker),
+    /// The group was removed from this node: nothing before this says anything about it.
+    Removed,
 }
 
 /// What a record is, for listings (`dump_segment`) and error messages.
@@ -91,6 +119,7 @@ pub enum RecordKind {
     Entry,
     HardState,
     SnapshotMarker,
+    Group,
 }
 
 impl Record {
@@ -100,6 +129,7 @@ impl Record {
             Record::Entry(_) => RecordKind::Entry,
             Record::HardState(_) => RecordKind::HardState,
             Record::SnapshotMarker(_) => RecordKind::SnapshotMarker,
+            Record::Group(..) => RecordKind::Group,
         }
     }
 }
@@ -135,54 +165,98 @@ fn frame(out: &mut Vec<u8>, record_type: u8, payload: impl FnOnce(&mut Vec<u8>))
 }
 
 pub fn encode_segment_header(segment_number: u64, first_index: LogIndex, out: &mut Vec<u8>) {
+    encode_versioned_header(FORMAT_VERSION, segment_number, first_index, out);
+}
+
+/// A shared WAL segment's header: version 3, no first index (0).
+pub fn encode_shared_segment_header(segment_number: u64, out: &mut Vec<u8>) {
+    encode_versioned_header(SHARED_FORMAT_VERSION, segment_number, 0, out);
+}
+
+fn encode_versioned_header(
+    format_version: u32,
+    segment_number: u64,
+    first_index: LogIndex,
+    out: &mut Vec<u8>,
+) {
     frame(out, TYPE_SEGMENT_HEADER, |out| {
         out.extend_from_slice(&SEGMENT_MAGIC);
-        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&format_version.to_le_bytes());
         out.extend_from_slice(&segment_number.to_le_bytes());
         out.extend_from_slice(&first_index.to_le_bytes());
     });
 }
 
 pub fn encode_entry(entry: &Entry, out: &mut Vec<u8>) -> usize {
-    frame(out, TYPE_ENTRY, |out| {
-        out.extend_from_slice(&entry.index.to_le_bytes());
-        out.extend_from_slice(&entry.term.to_le_bytes());
-        match &entry.payload {
-            EntryPayload::Noop => out.push(ENTRY_KIND_NOOP),
-            EntryPayload::Command(data) => {
-                out.push(ENTRY_KIND_COMMAND);
-                out.extend_from_slice(data);
+    frame(out, TYPE_ENTRY, |out| entry_payload(entry, out))
+}
+
+/// A group record wrapping `record`, which must not be a segment header or a group record.
+pub fn encode_group_record(group: GroupId, record: &GroupRecord, out: &mut Vec<u8>) -> usize {
+    frame(out, TYPE_GROUP, |out| {
+        out.extend_from_slice(&group.to_le_bytes());
+        match record {
+            GroupRecord::Entry(entry) => {
+                out.push(TYPE_ENTRY);
+                entry_payload(entry, out);
             }
-            EntryPayload::Membership(change, membership) => {
-                out.push(ENTRY_KIND_MEMBERSHIP);
-                let (kind, node) = match *change {
-                    MembershipChange::AddVoter(node) => (CHANGE_ADD_VOTER, node),
-                    MembershipChange::AddLearner(node) => (CHANGE_ADD_LEARNER, node),
-                    MembershipChange::PromoteLearner(node) => (CHANGE_PROMOTE_LEARNER, node),
-                    MembershipChange::Remove(node) => (CHANGE_REMOVE, node),
-                };
-                out.push(kind);
-                out.extend_from_slice(&node.to_le_bytes());
-                ballot_core::codec::encode_membership(out, membership);
+            GroupRecord::HardState(hard_state) => {
+                out.push(TYPE_HARD_STATE);
+                hard_state_payload(hard_state, out);
             }
+            GroupRecord::SnapshotMarker(marker) => {
+                out.push(TYPE_SNAPSHOT_MARKER);
+                marker_payload(marker, out);
+            }
+            GroupRecord::Removed => out.push(INNER_GROUP_REMOVED),
         }
     })
 }
 
+fn entry_payload(entry: &Entry, out: &mut Vec<u8>) {
+    out.extend_from_slice(&entry.index.to_le_bytes());
+    out.extend_from_slice(&entry.term.to_le_bytes());
+    match &entry.payload {
+        EntryPayload::Noop => out.push(ENTRY_KIND_NOOP),
+        EntryPayload::Command(data) => {
+            out.push(ENTRY_KIND_COMMAND);
+            out.extend_from_slice(data);
+        }
+        EntryPayload::Membership(change, membership) => {
+            out.push(ENTRY_KIND_MEMBERSHIP);
+            let (kind, node) = match *change {
+                MembershipChange::AddVoter(node) => (CHANGE_ADD_VOTER, node),
+                MembershipChange::AddLearner(node) => (CHANGE_ADD_LEARNER, node),
+                MembershipChange::PromoteLearner(node) => (CHANGE_PROMOTE_LEARNER, node),
+                MembershipChange::Remove(node) => (CHANGE_REMOVE, node),
+            };
+            out.push(kind);
+            out.extend_from_slice(&node.to_le_bytes());
+            ballot_core::codec::encode_membership(out, membership);
+        }
+    }
+}
+
 pub fn encode_hard_state(hard_state: &HardState, out: &mut Vec<u8>) -> usize {
     frame(out, TYPE_HARD_STATE, |out| {
-        out.extend_from_slice(&hard_state.term.to_le_bytes());
-        out.extend_from_slice(&hard_state.voted_for.unwrap_or(0).to_le_bytes());
-        out.extend_from_slice(&hard_state.commit_index.to_le_bytes());
+        hard_state_payload(hard_state, out)
     })
 }
 
+fn hard_state_payload(hard_state: &HardState, out: &mut Vec<u8>) {
+    out.extend_from_slice(&hard_state.term.to_le_bytes());
+    out.extend_from_slice(&hard_state.voted_for.unwrap_or(0).to_le_bytes());
+    out.extend_from_slice(&hard_state.commit_index.to_le_bytes());
+}
+
 pub fn encode_snapshot_marker(marker: &SnapshotMarker, out: &mut Vec<u8>) -> usize {
-    frame(out, TYPE_SNAPSHOT_MARKER, |out| {
-        out.extend_from_slice(&marker.position.index.to_le_bytes());
-        out.extend_from_slice(&marker.position.term.to_le_bytes());
-        out.push(u8::from(marker.keep_later_entries));
-    })
+    frame(out, TYPE_SNAPSHOT_MARKER, |out| marker_payload(marker, out))
+}
+
+fn marker_payload(marker: &SnapshotMarker, out: &mut Vec<u8>) {
+    out.extend_from_slice(&marker.position.index.to_le_bytes());
+    out.extend_from_slice(&marker.position.term.to_le_bytes());
+    out.push(u8::from(marker.keep_later_entries));
 }
 
 /// What is at the start of `bytes`.
@@ -280,6 +354,32 @@ fn decode_payload(record_type: u8, payload: &[u8]) -> Result<Record, Defect> {
                 position: LogPosition::new(index, term),
                 keep_later_entries,
             })
+        }
+        TYPE_GROUP => {
+            reader.expect_at_least("group record", GROUP_RECORD_EXTRA_BYTES)?;
+            let group = reader.u32();
+            let inner_type = reader.u8();
+            let inner = match inner_type {
+                INNER_GROUP_REMOVED => {
+                    reader.expect_bytes("group removal", 0)?;
+                    GroupRecord::Removed
+                }
+                TYPE_ENTRY | TYPE_HARD_STATE | TYPE_SNAPSHOT_MARKER => {
+                    match decode_payload(inner_type, reader.rest())? {
+                        Record::Entry(entry) => GroupRecord::Entry(entry),
+                        Record::HardState(hard_state) => GroupRecord::HardState(hard_state),
+                        Record::SnapshotMarker(marker) => GroupRecord::SnapshotMarker(marker),
+                        _ => unreachable!("the inner type was one of the three"),
+                    }
+                }
+                other => {
+                    return Err(Defect::BadPayload {
+                        record: "group record",
+                        reason: format!("inner record type {other}, not 2, 3, 4 or 5"),
+                    })
+                }
+            };
+            Record::Group(group, inner)
         }
         other => return Err(Defect::UnknownRecordType(other)),
     };

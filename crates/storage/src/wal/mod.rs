@@ -19,14 +19,16 @@ mod format;
 mod group_commit;
 mod replay;
 mod segment;
+mod shared;
 
 pub use error::{Defect, Violation, WalError};
 pub use format::RecordKind;
 pub use group_commit::{GroupCommit, GroupCommitStats, BATCH_HISTOGRAM_BUCKETS};
+pub use shared::{GroupWal, SharedOpened, SharedWal};
 
 use ballot_core::{Entry, HardState, LogIndex, LogPosition, Term};
 use files::SegmentFiles;
-use format::{Record, SnapshotMarker};
+use format::{GroupRecord, Record, SnapshotMarker};
 use replay::{LogState, Replay};
 use segment::{io_error, ScanEnd, SegmentName};
 use std::fs::{self, File};
@@ -368,45 +370,13 @@ impl Wal {
         entries: &[Entry],
         hard_state: Option<&HardState>,
     ) -> Result<(), WalError> {
-        let record_bytes_max = self.files.options.record_bytes_max;
-        for entry in entries {
-            let record_bytes = format::entry_record_bytes(entry);
-            if record_bytes > record_bytes_max {
-                return Err(WalError::RecordTooLarge {
-                    index: Some(entry.index),
-                    record_bytes: record_bytes as u64,
-                    record_bytes_max,
-                });
-            }
-        }
-        let invalid = |violation| WalError::InvalidAppend { violation };
-        if let Some(first) = entries.first() {
-            self.log
-                .check_entry(first.index, first.term)
-                .map_err(invalid)?;
-        }
-        for pair in entries.windows(2) {
-            if pair[1].index != pair[0].index + 1 {
-                return Err(invalid(Violation::NotConsecutive {
-                    index: pair[1].index,
-                    previous_index: pair[0].index,
-                }));
-            }
-            if pair[1].term < pair[0].term {
-                return Err(invalid(Violation::TermDecreased {
-                    index: pair[1].index,
-                    term: pair[1].term,
-                    previous_term: pair[0].term,
-                }));
-            }
-        }
-        if let Some(hard_state) = hard_state {
-            if hard_state.voted_for == Some(0) {
-                return Err(invalid(Violation::VoteForNodeZero));
-            }
-            self.log.check_hard_state(hard_state).map_err(invalid)?;
-        }
-        Ok(())
+        validate_append(
+            &self.log,
+            self.files.options.record_bytes_max,
+            0,
+            entries,
+            hard_state,
+        )
     }
 
     /// Encodes and writes records, one `write` per segment touched, opening new segments as
@@ -424,7 +394,10 @@ impl Wal {
                     Outgoing::HardState(_) => format::HARD_STATE_RECORD_BYTES,
                     Outgoing::Marker(_) => format::SNAPSHOT_MARKER_RECORD_BYTES,
                 } as u64;
-                if wal.files.needs_next_segment(buffer.len() as u64, record_bytes) {
+                if wal
+                    .files
+                    .needs_next_segment(buffer.len() as u64, record_bytes)
+                {
                     wal.files.write_out(&mut buffer)?;
                     wal.open_next_segment()?;
                 }
@@ -532,6 +505,53 @@ impl Wal {
     }
 }
 
+/// Checks an append against `log` and the record bound (each record being `extra_bytes` larger
+/// than a one-replica WAL's, for the group tag of the shared WAL) before anything is written.
+fn validate_append(
+    log: &LogState,
+    record_bytes_max: usize,
+    extra_bytes: usize,
+    entries: &[Entry],
+    hard_state: Option<&HardState>,
+) -> Result<(), WalError> {
+    for entry in entries {
+        let record_bytes = format::entry_record_bytes(entry) + extra_bytes;
+        if record_bytes > record_bytes_max {
+            return Err(WalError::RecordTooLarge {
+                index: Some(entry.index),
+                record_bytes: record_bytes as u64,
+                record_bytes_max,
+            });
+        }
+    }
+    let invalid = |violation| WalError::InvalidAppend { violation };
+    if let Some(first) = entries.first() {
+        log.check_entry(first.index, first.term).map_err(invalid)?;
+    }
+    for pair in entries.windows(2) {
+        if pair[1].index != pair[0].index + 1 {
+            return Err(invalid(Violation::NotConsecutive {
+                index: pair[1].index,
+                previous_index: pair[0].index,
+            }));
+        }
+        if pair[1].term < pair[0].term {
+            return Err(invalid(Violation::TermDecreased {
+                index: pair[1].index,
+                term: pair[1].term,
+                previous_term: pair[0].term,
+            }));
+        }
+    }
+    if let Some(hard_state) = hard_state {
+        if hard_state.voted_for == Some(0) {
+            return Err(invalid(Violation::VoteForNodeZero));
+        }
+        log.check_hard_state(hard_state).map_err(invalid)?;
+    }
+    Ok(())
+}
+
 /// A segment's first records: its header, then the hard state and the snapshot marker in force,
 /// so that deleting older segments never loses the latest of either.
 fn preamble(log: &LogState, name: SegmentName) -> Vec<u8> {
@@ -600,6 +620,7 @@ fn replay_segment(
             Record::Entry(entry) => replay.entry(entry),
             Record::HardState(hard_state) => replay.hard_state(hard_state),
             Record::SnapshotMarker(marker) => replay.marker(marker),
+            Record::Group(..) => Err(Violation::WrongLogKind),
         };
         checked.map_err(|violation| corrupt_invariant(path, offset, violation))
     })?;
@@ -647,7 +668,9 @@ pub fn dump_segment(
             bytes: size as u64,
             kind: record.kind(),
             index: match &record {
-                Record::Entry(entry) => Some(entry.index),
+                Record::Entry(entry) | Record::Group(_, GroupRecord::Entry(entry)) => {
+                    Some(entry.index)
+                }
                 _ => None,
             },
         });

@@ -175,7 +175,7 @@ pub fn valid_record_after(bytes: &[u8], from: u64, record_bytes_max: usize) -> O
     candidates.into_iter().find_map(|offset| {
         // Cheap filters first: a known type byte and a length that fits.
         let record_type = bytes[offset + 8];
-        if !(1..=4).contains(&record_type) {
+        if !(1..=format::TYPE_MAX).contains(&record_type) {
             return None;
         }
         let length = u32::from_le_bytes(bytes[offset..offset + 4].try_into().expect("4 bytes"));

@@ -2,9 +2,9 @@
 //! Crash and corruption tests are in `crates/storage/tests/wal_*.rs`.
 
 use super::*;
-use std::fs::OpenOptions;
 use ballot_core::{EntryPayload, MembershipChange};
 use bytes::Bytes;
+use std::fs::OpenOptions;
 
 fn small() -> WalOptions {
     WalOptions {

@@ -1,0 +1,678 @@
+//! The node's shared WAL: the logs of every group a node hosts besides group 0, in one sequence
+//! of segments whose records carry their group, so that one `fdatasync` makes a batch of every
+//! group's writes durable (docs/design/storage.md, "The shared WAL").
+//!
+//! [`SharedWal`] is the single writer; [`GroupWal`] is one group's view of it and that group's
+//! [`ballot_core::LogStore`]. Each group's records keep the rules of a one-replica WAL (`replay`,
+//! checked before every write and again on read). Every segment's preamble repeats each group's
+//! snapshot marker and hard state, so only live entries keep a segment: the oldest segments go
+//! once every group has compacted past (or truncated) the entries it wrote in them. A removed
+//! group's records end with a removal record; replay forgets the group there.
+//!
+//! Never does: skip a damaged record (a torn tail of the last segment is cut and reported, any
+//! other damage refuses to open, unless it lies in the records of a group removed later), write
+//! anything for an append it rejects, or retry a failed `fdatasync` (the WAL stops; reopen it).
+
+use crate::wal::files::{self, SegmentFiles};
+use crate::wal::format::{self, GroupRecord, Record, SnapshotMarker, SHARED_FORMAT_VERSION};
+use crate::wal::replay::{LogState, Replay};
+use crate::wal::segment::{self, ScanEnd, SegmentName};
+use crate::wal::{
+    corrupt_invariant, validate_append, Recovered, Sequence, TailRepair, Violation, WalError,
+    WalOptions,
+};
+use ballot_core::{Entry, GroupId, HardState, LogIndex, LogPosition};
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// What [`SharedWal::open`] found.
+#[derive(Debug)]
+pub struct SharedOpened {
+    pub wal: SharedWal,
+    /// The log of every group with records, by group. A group not here has an empty log.
+    pub groups: BTreeMap<GroupId, Recovered>,
+    /// The torn tail cut off the last segment, if there was one.
+    pub tail_repair: Option<TailRepair>,
+}
+
+/// The live entries a group wrote in one segment: `first..=last`.
+#[derive(Debug, Clone, Copy)]
+struct EntrySpan {
+    segment: u64,
+    first: LogIndex,
+    last: LogIndex,
+}
+
+/// Which segments hold a group's live entries, oldest first: what keeps segments from going.
+#[derive(Debug, Default, Clone)]
+struct Spans(VecDeque<EntrySpan>);
+
+impl Spans {
+    /// An entry at `index` was written to `segment`: it replaces every entry from `index` on.
+    fn entry_written(&mut self, segment: u64, index: LogIndex) {
+        while let Some(back) = self.0.back_mut() {
+            if back.first >= index {
+                self.0.pop_back();
+            } else {
+                back.last = back.last.min(index - 1);
+                break;
+            }
+        }
+        match self.0.back_mut() {
+            Some(back) if back.segment == segment => back.last = index,
+            _ => self.0.push_back(EntrySpan {
+                segment,
+                first: index,
+                last: index,
+            }),
+        }
+    }
+
+    /// The log now starts at `first_index`: entries before it are no longer live.
+    fn floor_moved(&mut self, first_index: LogIndex) {
+        while let Some(front) = self.0.front_mut() {
+            if front.last < first_index {
+                self.0.pop_front();
+            } else {
+                front.first = front.first.max(first_index);
+                break;
+            }
+        }
+    }
+
+    fn oldest_segment(&self) -> Option<u64> {
+        self.0.front().map(|span| span.segment)
+    }
+}
+
+/// One group's log as the writer knows it.
+#[derive(Debug, Clone)]
+struct GroupLog {
+    log: LogState,
+    spans: Spans,
+}
+
+impl GroupLog {
+    fn empty() -> Self {
+        GroupLog {
+            log: LogState::new(1),
+            spans: Spans::default(),
+        }
+    }
+}
+
+/// The single writer of a node's shared WAL directory. See the module documentation.
+#[derive(Debug)]
+pub struct SharedWal {
+    files: SegmentFiles,
+    groups: BTreeMap<GroupId, GroupLog>,
+    appended: Sequence,
+    synced: Sequence,
+    /// Reused for encoding.
+    buffer: Vec<u8>,
+    /// Why the WAL stopped accepting writes, after a failed write or sync.
+    stopped: Option<String>,
+}
+
+/// A record waiting to be written for a group.
+#[derive(Clone, Copy)]
+enum Outgoing<'a> {
+    Entry(&'a Entry),
+    HardState(HardState),
+    Marker(SnapshotMarker),
+    Removed,
+}
+
+/// One group's replay: started by its first entry or marker (which say where its log begins in
+/// what is kept); hard states seen before either wait.
+#[derive(Default)]
+struct GroupReplay {
+    replay: Option<Replay>,
+    early_hard_state: Option<HardState>,
+    spans: Spans,
+}
+
+impl GroupReplay {
+    fn started(&mut self, first_index: LogIndex) -> Result<&mut Replay, Violation> {
+        if self.replay.is_none() {
+            let mut replay = Replay::new(first_index);
+            if let Some(hard_state) = self.early_hard_state.take() {
+                replay.hard_state(hard_state)?;
+            }
+            self.replay = Some(replay);
+        }
+        Ok(self.replay.as_mut().expect("just started"))
+    }
+
+    fn record(&mut self, segment: u64, record: GroupRecord) -> Result<(), Violation> {
+        match record {
+            GroupRecord::Entry(entry) => {
+                let index = entry.index;
+                self.started(index)?.entry(entry)?;
+                self.spans.entry_written(segment, index);
+            }
+            GroupRecord::SnapshotMarker(marker) => {
+                let replay = self.started(marker.position.index + 1)?;
+                replay.marker(marker)?;
+                let first_index = replay.state.first_index();
+                self.spans.floor_moved(first_index);
+            }
+            GroupRecord::HardState(hard_state) => match &mut self.replay {
+                Some(replay) => replay.hard_state(hard_state)?,
+                None => {
+                    if let Some(previous) = self.early_hard_state {
+                        if hard_state.term < previous.term {
+                            return Err(Violation::HardStateTermDecreased {
+                                term: hard_state.term,
+                                previous_term: previous.term,
+                            });
+                        }
+                    }
+                    self.early_hard_state = Some(hard_state);
+                }
+            },
+            GroupRecord::Removed => unreachable!("removal is handled by the caller"),
+        }
+        Ok(())
+    }
+
+    /// A group that never wrote an entry or a marker starts at index 1.
+    fn finish(mut self) -> Result<(Replay, Spans), Violation> {
+        self.started(1)?;
+        Ok((self.replay.expect("started"), self.spans))
+    }
+}
+
+impl SharedWal {
+    /// Opens (creating it if needed) the shared WAL in `dir` (`<data-dir>/groups/wal`), replays
+    /// it, cuts a torn tail off the last segment, and returns the writer positioned after the
+    /// last valid record with every group's recovered log.
+    pub fn open(dir: impl AsRef<Path>, options: WalOptions) -> Result<SharedOpened, WalError> {
+        options.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        let mut groups: BTreeMap<GroupId, GroupReplay> = BTreeMap::new();
+        // The first broken record of each group: an error unless the group's removal follows.
+        let mut broken: BTreeMap<GroupId, WalError> = BTreeMap::new();
+        let replayed = files::replay_dir(&dir, options, |path, name, bytes, _| {
+            replay_segment(&mut groups, &mut broken, path, name, bytes, options)
+        })?;
+        let Some(replayed) = replayed else {
+            return Self::create(dir, options);
+        };
+        if let Some((_, error)) = broken.pop_first() {
+            return Err(error);
+        }
+        let mut logs = BTreeMap::new();
+        let mut recovered = BTreeMap::new();
+        for (group, replay) in groups {
+            let (replay, spans) = replay.finish().map_err(|violation| WalError::Corrupt {
+                file: dir.clone(),
+                offset: 0,
+                defect: crate::wal::Defect::Invariant(violation),
+            })?;
+            if let Err((first_missing, last_missing)) = replay.state.check_complete() {
+                return Err(WalError::MissingGroupEntries {
+                    dir,
+                    group,
+                    first_missing,
+                    last_missing,
+                });
+            }
+            let log = replay.state.clone();
+            recovered.insert(
+                group,
+                Recovered {
+                    hard_state: log.hard_state().unwrap_or_default(),
+                    first_index: log.first_index(),
+                    entries: replay.into_entries(),
+                    snapshot: log.marker().map(|marker| marker.position),
+                    tail_repair: None,
+                },
+            );
+            logs.insert(group, GroupLog { log, spans });
+        }
+        let files = SegmentFiles::reopen(dir, options, &replayed, 0)?;
+        Ok(SharedOpened {
+            wal: SharedWal {
+                files,
+                groups: logs,
+                appended: Sequence(0),
+                synced: Sequence(0),
+                buffer: Vec::new(),
+                stopped: None,
+            },
+            groups: recovered,
+            tail_repair: replayed.tail_repair,
+        })
+    }
+
+    fn create(dir: PathBuf, options: WalOptions) -> Result<SharedOpened, WalError> {
+        let name = SegmentName {
+            number: 1,
+            first_index: 0,
+        };
+        let groups = BTreeMap::new();
+        let files = SegmentFiles::create(dir, options, name, &preamble(&groups, name))?;
+        Ok(SharedOpened {
+            wal: SharedWal {
+                files,
+                groups,
+                appended: Sequence(0),
+                synced: Sequence(0),
+                buffer: Vec::new(),
+                stopped: None,
+            },
+            groups: BTreeMap::new(),
+            tail_repair: None,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.files.dir
+    }
+
+    /// Paths of the kept segments, oldest first.
+    pub fn segment_paths(&self) -> Vec<PathBuf> {
+        self.files.segment_paths()
+    }
+
+    /// Groups with records in the kept segments.
+    pub fn groups(&self) -> impl Iterator<Item = GroupId> + '_ {
+        self.groups.keys().copied()
+    }
+
+    /// The sequence of the last append.
+    pub fn appended_sequence(&self) -> Sequence {
+        self.appended
+    }
+
+    /// Every append up to this sequence is durable.
+    pub fn synced_sequence(&self) -> Sequence {
+        self.synced
+    }
+
+    /// Writes `group`'s `entries` and then `hard_state`, as [`super::Wal::append`] does for one
+    /// replica: nothing is durable until [`SharedWal::sync`]; a batch that breaks a limit or an
+    /// invariant is refused whole and changes nothing.
+    pub fn append(
+        &mut self,
+        group: GroupId,
+        entries: &[Entry],
+        hard_state: Option<HardState>,
+    ) -> Result<Sequence, WalError> {
+        self.check_running()?;
+        if entries.is_empty() && hard_state.is_none() {
+            return Ok(self.appended);
+        }
+        let empty = GroupLog::empty();
+        let log = &self.groups.get(&group).unwrap_or(&empty).log;
+        validate_append(
+            log,
+            self.files.options.record_bytes_max,
+            format::GROUP_RECORD_EXTRA_BYTES,
+            entries,
+            hard_state.as_ref(),
+        )?;
+        let records = entries
+            .iter()
+            .map(Outgoing::Entry)
+            .chain(hard_state.map(Outgoing::HardState));
+        self.write_records(group, records)?;
+        Ok(self.appended)
+    }
+
+    /// Makes every group's appends so far durable with one `fdatasync`.
+    pub fn sync(&mut self) -> Result<Sequence, WalError> {
+        self.check_running()?;
+        if self.synced == self.appended {
+            return Ok(self.synced);
+        }
+        let upto = self.appended;
+        self.guarded(|wal| wal.files.sync_active())?;
+        self.synced = self.synced.max(upto);
+        Ok(self.synced)
+    }
+
+    /// `group`'s state machine is durable through `index`: writes and syncs a snapshot marker,
+    /// then deletes the oldest segments no group needs any more. A no-op at or below the floor.
+    pub fn compact_to(&mut self, group: GroupId, index: LogIndex) -> Result<usize, WalError> {
+        self.check_running()?;
+        let empty = GroupLog::empty();
+        let log = &self.groups.get(&group).unwrap_or(&empty).log;
+        if index <= log.floor().index {
+            return Ok(0);
+        }
+        if index > log.last_index() {
+            return Err(WalError::CompactBeyondLog {
+                index,
+                last_index: log.last_index(),
+            });
+        }
+        let term = log.term_at(index).expect("a live index has a term");
+        let marker = SnapshotMarker {
+            position: LogPosition::new(index, term),
+            keep_later_entries: true,
+        };
+        log.check_marker(&marker)
+            .map_err(|violation| WalError::InvalidAppend { violation })?;
+        self.write_records(group, [Outgoing::Marker(marker)].into_iter())?;
+        self.sync()?;
+        self.delete_unneeded_segments()
+    }
+
+    /// After `group` saved a snapshot received from a leader (Raft §7): [`SharedWal::compact_to`]
+    /// if its log holds the snapshot's last entry, else its whole log is discarded and its next
+    /// entry must be `position.index + 1`. Durable when it returns.
+    pub fn install_snapshot(
+        &mut self,
+        group: GroupId,
+        position: LogPosition,
+    ) -> Result<usize, WalError> {
+        self.check_running()?;
+        let empty = GroupLog::empty();
+        let log = &self.groups.get(&group).unwrap_or(&empty).log;
+        if position.index <= log.floor().index {
+            return Ok(0);
+        }
+        if log.term_at(position.index) == Some(position.term) {
+            return self.compact_to(group, position.index);
+        }
+        let marker = SnapshotMarker {
+            position,
+            keep_later_entries: false,
+        };
+        self.write_records(group, [Outgoing::Marker(marker)].into_iter())?;
+        self.sync()?;
+        self.delete_unneeded_segments()
+    }
+
+    /// Forgets `group` (removed from this node): a removal record, after which replay knows
+    /// nothing of it, and its entries no longer keep segments. Durable with the next sync; a
+    /// group the WAL does not know writes nothing.
+    pub fn remove_group(&mut self, group: GroupId) -> Result<(), WalError> {
+        self.check_running()?;
+        if !self.groups.contains_key(&group) {
+            return Ok(());
+        }
+        self.write_records(group, [Outgoing::Removed].into_iter())?;
+        self.delete_unneeded_segments()?;
+        Ok(())
+    }
+
+    /// Writes a group's records, opening new segments as needed, and applies each to the
+    /// group's log. Counts as one append. Stops the WAL on failure.
+    fn write_records<'a>(
+        &mut self,
+        group: GroupId,
+        records: impl Iterator<Item = Outgoing<'a>>,
+    ) -> Result<(), WalError> {
+        let mut buffer = std::mem::take(&mut self.buffer);
+        buffer.clear();
+        let result = self.guarded(|wal| {
+            for record in records {
+                let record_bytes = format::GROUP_RECORD_EXTRA_BYTES
+                    + match record {
+                        Outgoing::Entry(entry) => format::entry_record_bytes(entry),
+                        Outgoing::HardState(_) => format::HARD_STATE_RECORD_BYTES,
+                        Outgoing::Marker(_) => format::SNAPSHOT_MARKER_RECORD_BYTES,
+                        Outgoing::Removed => format::RECORD_HEADER_BYTES,
+                    };
+                if wal
+                    .files
+                    .needs_next_segment(buffer.len() as u64, record_bytes as u64)
+                {
+                    wal.files.write_out(&mut buffer)?;
+                    wal.open_next_segment()?;
+                }
+                wal.encode_and_apply(group, record, &mut buffer);
+            }
+            wal.files.write_out(&mut buffer)
+        });
+        self.buffer = buffer;
+        result?;
+        self.appended = Sequence(self.appended.0 + 1);
+        Ok(())
+    }
+
+    fn encode_and_apply(&mut self, group: GroupId, record: Outgoing<'_>, buffer: &mut Vec<u8>) {
+        let segment = self.files.active.name.number;
+        let written = match record {
+            Outgoing::Removed => {
+                self.groups.remove(&group);
+                format::encode_group_record(group, &GroupRecord::Removed, buffer)
+            }
+            Outgoing::Entry(entry) => {
+                let state = self.groups.entry(group).or_insert_with(GroupLog::empty);
+                state.log.apply_entry(entry.index, entry.term);
+                state.spans.entry_written(segment, entry.index);
+                format::encode_group_record(group, &GroupRecord::Entry(entry.clone()), buffer)
+            }
+            Outgoing::HardState(hard_state) => {
+                let state = self.groups.entry(group).or_insert_with(GroupLog::empty);
+                state.log.apply_hard_state(hard_state);
+                format::encode_group_record(group, &GroupRecord::HardState(hard_state), buffer)
+            }
+            Outgoing::Marker(marker) => {
+                let state = self.groups.entry(group).or_insert_with(GroupLog::empty);
+                state.log.apply_marker(marker);
+                state.spans.floor_moved(state.log.first_index());
+                format::encode_group_record(group, &GroupRecord::SnapshotMarker(marker), buffer)
+            }
+        };
+        assert!(
+            written <= self.files.options.record_bytes_max,
+            "records are bounded before they are encoded"
+        );
+    }
+
+    /// Syncs and cuts the active segment, then opens the next with a preamble repeating every
+    /// group's marker and hard state, and lets go of segments nobody needs.
+    fn open_next_segment(&mut self) -> Result<(), WalError> {
+        let name = SegmentName {
+            number: self.files.active.name.number + 1,
+            first_index: 0,
+        };
+        self.files.roll_over(name, &preamble(&self.groups, name))?;
+        self.synced = self.appended;
+        self.delete_unneeded_segments()?;
+        Ok(())
+    }
+
+    /// Deletes the oldest segments that hold no group's live entries (their markers and hard
+    /// states are repeated in every later preamble). Returns how many went.
+    fn delete_unneeded_segments(&mut self) -> Result<usize, WalError> {
+        let active = self.files.active.name.number;
+        let oldest_needed = self
+            .groups
+            .values()
+            .filter_map(|group| group.spans.oldest_segment())
+            .min()
+            .unwrap_or(active)
+            .min(active);
+        let count = self
+            .files
+            .segments
+            .iter()
+            .take_while(|name| name.number < oldest_needed)
+            .count();
+        self.guarded(|wal| wal.files.delete_oldest(count))
+    }
+
+    fn check_running(&self) -> Result<(), WalError> {
+        match &self.stopped {
+            None => Ok(()),
+            Some(cause) => Err(WalError::Stopped {
+                dir: self.files.dir.clone(),
+                cause: cause.clone(),
+            }),
+        }
+    }
+
+    /// Runs a step that writes or syncs; if it fails, what is on disk is unknown, so the WAL
+    /// stops.
+    fn guarded<R>(
+        &mut self,
+        step: impl FnOnce(&mut Self) -> Result<R, WalError>,
+    ) -> Result<R, WalError> {
+        let result = step(self);
+        if let Err(error) = &result {
+            self.stopped = Some(error.to_string());
+        }
+        result
+    }
+}
+
+/// A shared segment's first records: its header, then each group's marker in force and its hard
+/// state (marker first: it tells replay where the group's log starts).
+fn preamble(groups: &BTreeMap<GroupId, GroupLog>, name: SegmentName) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    format::encode_shared_segment_header(name.number, &mut bytes);
+    for (&group, state) in groups {
+        if let Some(marker) = state.log.marker() {
+            let repeated = SnapshotMarker {
+                keep_later_entries: true,
+                ..marker
+            };
+            format::encode_group_record(group, &GroupRecord::SnapshotMarker(repeated), &mut bytes);
+        }
+        if let Some(hard_state) = state.log.hard_state() {
+            format::encode_group_record(group, &GroupRecord::HardState(hard_state), &mut bytes);
+        }
+    }
+    bytes
+}
+
+/// Replays one shared segment: the header checked against the name and the version, then each
+/// group record handed to its group's replay. A group's broken record is kept in `broken` (and
+/// the group's later records skipped) until its removal shows up, or open fails with it.
+fn replay_segment(
+    groups: &mut BTreeMap<GroupId, GroupReplay>,
+    broken: &mut BTreeMap<GroupId, WalError>,
+    path: &Path,
+    name: SegmentName,
+    bytes: &[u8],
+    options: WalOptions,
+) -> Result<ScanEnd, WalError> {
+    let mut saw_header = false;
+    let end = segment::scan(bytes, options.record_bytes_max, |offset, _, record| {
+        let checked = match record {
+            Record::SegmentHeader(_) if offset != 0 => Err(Violation::SegmentHeaderNotFirst),
+            Record::SegmentHeader(header) => {
+                saw_header = true;
+                check_shared_header(&header, name)
+            }
+            _ if !saw_header => Err(Violation::MissingSegmentHeader),
+            Record::Group(group, GroupRecord::Removed) => {
+                groups.remove(&group);
+                broken.remove(&group);
+                Ok(())
+            }
+            Record::Group(group, _) if broken.contains_key(&group) => Ok(()),
+            Record::Group(group, inner) => {
+                let replay = groups.entry(group).or_default();
+                if let Err(violation) = replay.record(name.number, inner) {
+                    groups.remove(&group);
+                    broken.insert(group, corrupt_invariant(path, offset, violation));
+                }
+                Ok(())
+            }
+            Record::Entry(_) | Record::HardState(_) | Record::SnapshotMarker(_) => {
+                Err(Violation::WrongLogKind)
+            }
+        };
+        checked.map_err(|violation| corrupt_invariant(path, offset, violation))
+    })?;
+    if !saw_header && matches!(end, ScanEnd::Clean { .. }) {
+        return Err(corrupt_invariant(path, 0, Violation::MissingSegmentHeader));
+    }
+    Ok(end)
+}
+
+fn check_shared_header(header: &format::SegmentHeader, name: SegmentName) -> Result<(), Violation> {
+    if header.format_version != SHARED_FORMAT_VERSION {
+        return Err(Violation::UnsupportedVersion {
+            found: header.format_version,
+            supported: SHARED_FORMAT_VERSION,
+        });
+    }
+    let disagrees = |field, in_header, in_name| Violation::HeaderDisagreesWithName {
+        field,
+        in_header,
+        in_name,
+    };
+    if header.segment_number != name.number {
+        return Err(disagrees(
+            "segment number",
+            header.segment_number,
+            name.number,
+        ));
+    }
+    if header.first_index != 0 || name.first_index != 0 {
+        return Err(disagrees(
+            "first index (0 in a shared WAL)",
+            header.first_index,
+            name.first_index,
+        ));
+    }
+    Ok(())
+}
+
+/// One group's log in the node's shared WAL: the group's [`ballot_core::LogStore`]. Its sync
+/// makes every group's appends durable, so the node syncs once for a batch of all its groups
+/// and the others find nothing left to sync.
+#[derive(Debug, Clone)]
+pub struct GroupWal {
+    group: GroupId,
+    shared: Arc<Mutex<SharedWal>>,
+}
+
+impl GroupWal {
+    pub fn new(group: GroupId, shared: Arc<Mutex<SharedWal>>) -> Self {
+        GroupWal { group, shared }
+    }
+
+    pub fn group(&self) -> GroupId {
+        self.group
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SharedWal> {
+        // A panic while holding the lock leaves the WAL's memory behind its files; nothing may
+        // write after that.
+        self.shared
+            .lock()
+            .expect("the shared WAL's lock is never poisoned")
+    }
+
+    /// Whether everything appended (by any group) is durable.
+    pub fn is_synced(&self) -> bool {
+        let wal = self.lock();
+        wal.synced_sequence() == wal.appended_sequence()
+    }
+}
+
+impl ballot_core::LogStore for GroupWal {
+    type Error = WalError;
+
+    fn append(&mut self, entries: &[Entry], hard_state: Option<HardState>) -> Result<(), WalError> {
+        let group = self.group;
+        self.lock().append(group, entries, hard_state).map(|_| ())
+    }
+
+    fn sync(&mut self) -> Result<(), WalError> {
+        self.lock().sync().map(|_| ())
+    }
+
+    fn install_snapshot(&mut self, position: LogPosition) -> Result<(), WalError> {
+        let group = self.group;
+        self.lock().install_snapshot(group, position).map(|_| ())
+    }
+
+    fn compact_to(&mut self, index: LogIndex) -> Result<(), WalError> {
+        let group = self.group;
+        self.lock().compact_to(group, index).map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests;
