@@ -4,11 +4,16 @@
 //! `Ready`s. Group 0 is always here; the others are started and stopped as group 0's catalog
 //! says (on open, and whenever a catalog command is applied or a snapshot installs one).
 //!
+//! Every group begins its batch (sends, writes, applies what a leader may) before any
+//! completes one, so that the first completion's `fdatasync` of the shared WAL (where every
+//! group but 0 keeps its log, `group_host::log`) covers them all.
+//!
 //! No group has a thread or a timer of its own: one ticker ticks them all, except those that
 //! hibernate (see `ballot_raft`'s hibernation), which are not ticked at all until an input, a
 //! message or node liveness ([`super::liveness`]) wakes them.
 
 use super::catalog::GroupRecord;
+use super::group_host::log::{shared_wal_dir, SharedLog};
 use super::group_host::{group_dir, GroupHost, NodeCounts, NodeParts};
 use super::inbox::{Inbox, InputSender, Queued};
 use super::liveness::NodeLiveness;
@@ -38,6 +43,8 @@ pub(crate) struct NodeLoop<R: Replica> {
     zero: GroupHost<R>,
     /// Every other group this node hosts.
     groups: BTreeMap<GroupId, GroupHost<R>>,
+    /// Their logs: opened when the first of them starts, or at open if it exists.
+    shared_log: Option<SharedLog>,
     /// What client handles see of the groups (their stores and statuses), kept in step with
     /// `groups`.
     cells: GroupCells,
@@ -91,8 +98,14 @@ where
                 leader_found,
                 loopback: loopback.clone(),
             },
+            None,
             &*new_replica,
         )?;
+        let shared_log = if shared_wal_dir(&config.data_dir).is_dir() {
+            Some(SharedLog::open(&config.data_dir)?)
+        } else {
+            None
+        };
         let liveness_config = config.clone();
         let mut opened = NodeLoop {
             config,
@@ -100,6 +113,7 @@ where
             new_replica,
             zero,
             groups: BTreeMap::new(),
+            shared_log,
             cells,
             transport,
             loopback,
@@ -235,11 +249,38 @@ where
     /// Every group that got something in this batch handles its `Ready`s; then the groups this
     /// node hosts follow the catalog, if it changed.
     fn after_batch(&mut self) -> Result<(), String> {
-        self.zero.after_batch()?;
-        for group in std::mem::take(&mut self.touched) {
-            if let Some(host) = self.groups.get_mut(&group) {
-                host.after_batch()
+        let touched = std::mem::take(&mut self.touched);
+        loop {
+            let mut in_flight = Vec::new();
+            if let Some(batch) = self.zero.begin_ready()? {
+                in_flight.push((0, batch));
+            }
+            for &group in &touched {
+                if let Some(host) = self.groups.get_mut(&group) {
+                    if let Some(batch) = host
+                        .begin_ready()
+                        .map_err(|error| format!("group {group}: {error}"))?
+                    {
+                        in_flight.push((group, batch));
+                    }
+                }
+            }
+            if in_flight.is_empty() {
+                break;
+            }
+            for (group, batch) in in_flight {
+                let host = match group {
+                    0 => &mut self.zero,
+                    _ => self.groups.get_mut(&group).expect("began its batch above"),
+                };
+                host.complete_ready(batch)
                     .map_err(|error| format!("group {group}: {error}"))?;
+            }
+        }
+        self.zero.after_readies();
+        for group in touched {
+            if let Some(host) = self.groups.get_mut(&group) {
+                host.after_readies();
                 if host.is_asleep() {
                     self.awake.remove(&group);
                 } else {
@@ -282,6 +323,11 @@ where
             }
             self.awake.remove(&group);
             self.cells.write().expect("group cells lock").remove(&group);
+            if let Some(shared) = &self.shared_log {
+                shared
+                    .remove_group(group)
+                    .map_err(|error| format!("group {group}: {error}"))?;
+            }
             self.remove_storage(group);
             tracing::info!(group, "stopped a removed group and deleted its storage");
         }
@@ -292,6 +338,17 @@ where
             self.start_group(&record)?;
         }
         self.remove_leftovers();
+        // Groups removed while this node was down: the shared WAL forgets them too.
+        if let Some(shared) = &mut self.shared_log {
+            for group in shared.groups() {
+                if !self.groups.contains_key(&group) {
+                    shared
+                        .remove_group(group)
+                        .map_err(|error| format!("group {group}: {error}"))?;
+                    shared.recovered.remove(&group);
+                }
+            }
+        }
         Ok(())
     }
 
@@ -301,6 +358,13 @@ where
             ..NodeStatus::default()
         }));
         let leader_found = Arc::new(tokio::sync::Notify::new());
+        if self.shared_log.is_none() {
+            self.shared_log = Some(SharedLog::open(&self.config.data_dir)?);
+        }
+        let shared_log = self.shared_log.as_mut().expect("opened above");
+        let log = shared_log
+            .take_group(record.id, &group_dir(&self.config.data_dir, record.id))
+            .map_err(|error| format!("group {}: {error}", record.id))?;
         let host = GroupHost::open(
             &self.config,
             &self.identity,
@@ -312,6 +376,7 @@ where
                 leader_found: leader_found.clone(),
                 loopback: self.loopback.clone(),
             },
+            Some(log),
             &*self.new_replica,
         )
         .map_err(|error| format!("group {}: {error}", record.id))?;

@@ -15,6 +15,7 @@
 //! [`snapshots`] (images and compaction), [`metrics`] (counters and the published status).
 
 mod apply;
+pub(crate) mod log;
 mod metrics;
 mod recovery;
 mod snapshots;
@@ -40,10 +41,11 @@ use ballot_storage::mvcc::types::{Command, CommandResult};
 use ballot_storage::mvcc::types::{Lease, LeaseId};
 use ballot_storage::mvcc::{MvccOptions, MvccStore};
 use ballot_storage::snapshot_store::{SnapshotError, SnapshotStore};
-use ballot_storage::wal::{Wal, WalError, WalOptions};
+use ballot_storage::wal::WalError;
 use ballot_storage::watch::{
     StreamId, WatchHub, WatchLimits, WatchResponse, RESPONSE_OVERHEAD_BYTES,
 };
+use log::HostLog;
 use metrics::Counters;
 pub(crate) use metrics::NodeCounts;
 pub(crate) use recovery::{group_dir, NodeParts};
@@ -79,7 +81,8 @@ type KeepAliveWaiters = (Term, Vec<(i64, Reply<i64>)>);
 pub(crate) struct GroupHost<R: Replica> {
     group: GroupId,
     replica: R,
-    wal: Wal,
+    /// Group 0's own WAL, or this group's view of the node's shared one.
+    log: HostLog,
     /// Shared with the thread that saves a compaction marker while the loop goes on.
     snapshots: SharedSnapshots,
     /// An image for a follower is being encoded off the loop; no second one starts meanwhile.
@@ -197,19 +200,38 @@ where
         self.replica.step(message);
     }
 
-    /// Everything a batch of inputs left to do: the `Ready`s, the lessor following leadership,
-    /// watch responses, the published status.
-    pub(crate) fn after_batch(&mut self) -> Result<(), String> {
-        self.handle_readies()?;
+    /// The first half of the replica's next `Ready` ([`driver::begin`]), if it has one: the
+    /// node loop begins every group's batch before it completes any, so that one sync of the
+    /// shared WAL covers them all.
+    pub(crate) fn begin_ready(&mut self) -> Result<Option<driver::InFlight<R::Message>>, String> {
+        if !self.replica.has_ready() {
+            return Ok(None);
+        }
+        let ready = self.replica.ready();
+        driver::begin(self, ready)
+            .map(Some)
+            .map_err(|error| error.to_string())
+    }
+
+    /// The second half of a batch [`GroupHost::begin_ready`] began.
+    pub(crate) fn complete_ready(
+        &mut self,
+        batch: driver::InFlight<R::Message>,
+    ) -> Result<(), String> {
+        driver::complete(self, batch).map_err(|error| error.to_string())
+    }
+
+    /// What follows the `Ready`s of a batch: the lessor following leadership, watch responses,
+    /// the published status.
+    pub(crate) fn after_readies(&mut self) {
         self.follow_leadership();
         self.pump_watches();
         self.publish_status();
-        Ok(())
     }
 
     /// Makes what the group holds durable before the node exits or the group is dropped.
     pub(crate) fn shut_down(&mut self) {
-        if let Err(error) = self.wal.sync() {
+        if let Err(error) = ballot_core::LogStore::sync(&mut self.log) {
             tracing::error!(group = self.group, %error, "final WAL sync failed at shutdown");
         }
         if let Err(error) = self.store.flush() {
@@ -609,21 +631,21 @@ where
 
     /// Every `Ready` the replica has, through the one driver (`ballot_core::driver`), each
     /// batch synced in place.
-    fn handle_readies(&mut self) -> Result<(), String> {
-        driver::drive(self).map_err(|error| error.to_string())
-    }
-
     /// Syncs what was appended without a sync, if anything.
     fn sync_lazy_records(&mut self) -> Result<(), WalError> {
-        if self.wal.synced_sequence() == self.wal.appended_sequence() {
+        if self.log.is_synced() {
             return Ok(());
         }
         self.sync_wal()
     }
 
     fn sync_wal(&mut self) -> Result<(), WalError> {
+        // Another group's completion may have synced the shared WAL for this batch already.
+        if self.log.is_synced() {
+            return Ok(());
+        }
         let started = Instant::now();
-        self.wal.sync()?;
+        ballot_core::LogStore::sync(&mut self.log)?;
         let took = started.elapsed();
         self.counters.observe_wal_sync(took);
         if took >= SLOW_FSYNC {
@@ -677,7 +699,7 @@ where
     R::Message: WireMessage,
 {
     type Replica = R;
-    type Log = Wal;
+    type Log = HostLog;
     type Snapshots = SharedSnapshots;
     type Error = StorageFailure;
 
@@ -685,8 +707,8 @@ where
         &mut self.replica
     }
 
-    fn log(&mut self) -> &mut Wal {
-        &mut self.wal
+    fn log(&mut self) -> &mut HostLog {
+        &mut self.log
     }
 
     fn snapshots(&mut self) -> &mut SharedSnapshots {

@@ -3,6 +3,8 @@
 //! hold (the engine's constructor is the caller's).
 
 use super::*;
+use ballot_core::LogStore;
+use ballot_storage::wal::{GroupWal, Recovered, Wal, WalOptions};
 
 impl<R> GroupHost<R>
 where
@@ -12,15 +14,23 @@ where
     /// Recovers `group` from its directory (the data directory for group 0, whose lock the
     /// caller holds and whose identity it has read or created; `groups/<id>` for another,
     /// created if missing) and builds the replica. `bootstrap` is the membership a group with
-    /// an empty log starts from (group 0's comes from the identity file).
+    /// an empty log starts from (group 0's comes from the identity file). `shared` is the
+    /// group's log in the node's shared WAL, with what it recovered (`None` for group 0, whose
+    /// WAL is its own).
     pub(crate) fn open(
         config: &ServerConfig,
         identity: &Identity,
         group: GroupId,
         bootstrap: Membership,
         node: NodeParts,
+        shared: Option<(GroupWal, Recovered)>,
         new_replica: &dyn Fn(&ReplicaSettings, ReplicaStart) -> Result<R, String>,
     ) -> Result<GroupHost<R>, String> {
+        assert_eq!(
+            shared.is_none(),
+            group == 0,
+            "group 0 has a WAL of its own; every other group's log is in the shared WAL"
+        );
         let NodeParts {
             transport,
             status,
@@ -70,9 +80,9 @@ where
             peer_urls: config.initial_advertise_peer_urls.clone(),
             client_urls: config.advertise_client_urls.clone(),
         };
-        let (wal, recovered) = open_wal(
+        let (log, recovered) = open_log(
             data_dir,
-            wal_options(group),
+            shared,
             snapshot.as_ref(),
             &store,
             &mut registry,
@@ -90,12 +100,12 @@ where
             compacted,
             entries: recovered.entries,
         };
-        let mut wal = wal;
+        let mut log = log;
         if config.force_new_cluster && group == 0 {
             crate::node::force_new_cluster::rewrite(
                 data_dir,
                 &mut persisted,
-                &mut wal,
+                log.own().expect("group 0 has a WAL of its own"),
                 identity.member_id,
             )?;
         }
@@ -124,7 +134,7 @@ where
         Ok(GroupHost {
             group,
             replica,
-            wal,
+            log,
             snapshots: SharedSnapshots(Arc::new(snapshots)),
             image_in_progress: false,
             compaction_in_progress: false,
@@ -166,28 +176,36 @@ where
     }
 }
 
-/// Opens the WAL and reconciles it with the latest record in `snap/` and the state machine: a
-/// state machine behind an installed image is restored from it, one behind a compaction marker
-/// is refused (the entries it lacks are gone), and a WAL whose snapshot marker is older learns
-/// of the record (dropping entries it covers, or all entries if they conflict).
-fn open_wal(
+/// Opens the group's log (group 0's own WAL, or takes the group's view of the shared one) and
+/// reconciles it with the latest record in `snap/` and the state machine: a state machine
+/// behind an installed image is restored from it, one behind a compaction marker is refused
+/// (the entries it lacks are gone), and a log whose snapshot marker is older learns of the
+/// record (dropping entries it covers, or all entries if they conflict).
+fn open_log(
     data_dir: &Path,
-    options: WalOptions,
+    shared: Option<(GroupWal, Recovered)>,
     snapshot: Option<&Snapshot>,
     store: &MvccStore,
     registry: &mut MemberRegistry,
     catalog: &mut GroupCatalog,
-) -> Result<(Wal, ballot_storage::wal::Recovered), String> {
-    let wal_dir = data_dir.join("wal");
-    let (mut wal, recovered) = Wal::open(&wal_dir, options).map_err(|e| e.to_string())?;
-    if let Some(repair) = &recovered.tail_repair {
-        tracing::warn!(
-            ?repair,
-            "cut a damaged tail off the WAL (written after the last fsync, or rotted since)"
-        );
-    }
+) -> Result<(HostLog, Recovered), String> {
+    let (mut log, recovered) = match shared {
+        Some((wal, recovered)) => (HostLog::Shared(wal), recovered),
+        None => {
+            let (wal, recovered) = Wal::open(data_dir.join("wal"), WalOptions::default())
+                .map_err(|e| e.to_string())?;
+            if let Some(repair) = &recovered.tail_repair {
+                tracing::warn!(
+                    ?repair,
+                    "cut a damaged tail off the WAL (written after the last fsync, or rotted \
+                     since)"
+                );
+            }
+            (HostLog::Own(wal), recovered)
+        }
+    };
     let Some(snapshot) = snapshot else {
-        return Ok((wal, recovered));
+        return Ok((log, recovered));
     };
     let position = snapshot.meta.last_included;
     if snapshot.data.is_empty() {
@@ -216,11 +234,29 @@ fn open_wal(
         .snapshot
         .is_none_or(|marker| marker.index < position.index)
     {
-        wal.install_snapshot(position).map_err(|e| e.to_string())?;
-        drop(wal);
-        return Wal::open(&wal_dir, options).map_err(|e| e.to_string());
+        log.install_snapshot(position).map_err(|e| e.to_string())?;
+        return Ok((log, installed(recovered, position)));
     }
-    Ok((wal, recovered))
+    Ok((log, recovered))
+}
+
+/// What a log recovered as `recovered` holds after [`LogStore::install_snapshot`] at
+/// `position`: the entries after it if the log held `position` itself, else none.
+fn installed(mut recovered: Recovered, position: LogPosition) -> Recovered {
+    let holds_position = recovered
+        .entries
+        .iter()
+        .any(|entry| entry.index == position.index && entry.term == position.term);
+    if holds_position {
+        recovered
+            .entries
+            .retain(|entry| entry.index > position.index);
+    } else {
+        recovered.entries.clear();
+    }
+    recovered.first_index = position.index + 1;
+    recovered.snapshot = Some(position);
+    recovered
 }
 
 /// What every group's host shares with the node: the peer transport, where it publishes its
@@ -231,19 +267,6 @@ pub(crate) struct NodeParts {
     pub(crate) status: Arc<Mutex<NodeStatus>>,
     pub(crate) leader_found: Arc<tokio::sync::Notify>,
     pub(crate) loopback: InputSender,
-}
-
-/// Segments of a group other than 0 while each group has a WAL of its own: a node hosts many
-/// groups, and a default segment (64 MiB, preallocated) each would take 64 GiB of disk for
-/// 1,000 groups before a single write. A busy group rolls over to a new segment more often.
-const GROUP_WAL_SEGMENT_BYTES: u64 = 1024 * 1024;
-
-fn wal_options(group: GroupId) -> WalOptions {
-    let mut options = WalOptions::default();
-    if group != 0 {
-        options.segment_size_bytes = GROUP_WAL_SEGMENT_BYTES;
-    }
-    options
 }
 
 /// Where `group` keeps its storage: the data directory itself for group 0 (the layout of a

@@ -127,7 +127,7 @@ where
             .first_log_index
             .saturating_sub(1)
             .min(index);
-        match self.wal.compact_to(compact_to) {
+        match ballot_core::LogStore::compact_to(&mut self.log, compact_to) {
             Ok(_) => {
                 self.counters.compaction_index = index;
                 tracing::info!(

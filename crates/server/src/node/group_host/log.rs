@@ -1,0 +1,169 @@
+//! Where a group's log lives: group 0 in its own WAL (the data directory's `wal/`, as before
+//! groups), every other group in the node's shared WAL (`groups/wal/`), so that one `fdatasync`
+//! covers a batch of all of them (docs/design/storage.md, "The shared WAL").
+
+use ballot_core::{Entry, GroupId, HardState, LogIndex, LogPosition, LogStore};
+use ballot_storage::wal::{GroupWal, Recovered, SharedWal, Wal, WalError, WalOptions};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// Group 0's WAL or a group's view of the shared one.
+#[derive(Debug)]
+pub(crate) enum HostLog {
+    Own(Wal),
+    Shared(GroupWal),
+}
+
+impl HostLog {
+    /// Whether everything appended is durable (for the shared WAL: every group's appends).
+    pub(crate) fn is_synced(&self) -> bool {
+        match self {
+            HostLog::Own(wal) => wal.synced_sequence() == wal.appended_sequence(),
+            HostLog::Shared(wal) => wal.is_synced(),
+        }
+    }
+
+    /// Group 0's own WAL, for what only group 0 does (`--force-new-cluster`).
+    pub(crate) fn own(&mut self) -> Option<&mut Wal> {
+        match self {
+            HostLog::Own(wal) => Some(wal),
+            HostLog::Shared(_) => None,
+        }
+    }
+}
+
+impl LogStore for HostLog {
+    type Error = WalError;
+
+    fn append(&mut self, entries: &[Entry], hard_state: Option<HardState>) -> Result<(), WalError> {
+        match self {
+            HostLog::Own(wal) => LogStore::append(wal, entries, hard_state),
+            HostLog::Shared(wal) => wal.append(entries, hard_state),
+        }
+    }
+
+    fn sync(&mut self) -> Result<(), WalError> {
+        match self {
+            HostLog::Own(wal) => LogStore::sync(wal),
+            HostLog::Shared(wal) => LogStore::sync(wal),
+        }
+    }
+
+    fn install_snapshot(&mut self, position: LogPosition) -> Result<(), WalError> {
+        match self {
+            HostLog::Own(wal) => LogStore::install_snapshot(wal, position),
+            HostLog::Shared(wal) => wal.install_snapshot(position),
+        }
+    }
+
+    fn compact_to(&mut self, index: LogIndex) -> Result<(), WalError> {
+        match self {
+            HostLog::Own(wal) => LogStore::compact_to(wal, index),
+            HostLog::Shared(wal) => wal.compact_to(index),
+        }
+    }
+}
+
+/// The node's shared WAL, opened when the first group other than 0 starts (a node that never
+/// hosts one keeps the layout of a node before groups), with what it recovered for each group
+/// until that group starts.
+pub(crate) struct SharedLog {
+    pub(crate) wal: Arc<Mutex<SharedWal>>,
+    pub(crate) recovered: std::collections::BTreeMap<GroupId, Recovered>,
+}
+
+/// Where the shared WAL lives.
+pub(crate) fn shared_wal_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("groups").join("wal")
+}
+
+impl SharedLog {
+    pub(crate) fn open(data_dir: &Path) -> Result<Self, String> {
+        let dir = shared_wal_dir(data_dir);
+        let opened = SharedWal::open(&dir, WalOptions::default())
+            .map_err(|error| format!("shared WAL: {error}"))?;
+        if let Some(repair) = &opened.tail_repair {
+            tracing::warn!(
+                ?repair,
+                "cut a damaged tail off the shared WAL (written after the last fsync, or rotted \
+                 since)"
+            );
+        }
+        Ok(SharedLog {
+            wal: Arc::new(Mutex::new(opened.wal)),
+            recovered: opened.groups,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SharedWal> {
+        self.wal
+            .lock()
+            .expect("the shared WAL's lock is never poisoned")
+    }
+
+    /// `group`'s log, for its host to start from: moved in from the group's own WAL first if a
+    /// release before the shared WAL left one (`groups/<id>/wal`).
+    pub(crate) fn take_group(
+        &mut self,
+        group: GroupId,
+        group_dir: &Path,
+    ) -> Result<(GroupWal, Recovered), String> {
+        let old_dir = group_dir.join("wal");
+        if old_dir.is_dir() {
+            let recovered = self.import(group, &old_dir).map_err(|error| {
+                format!("moving {} into the shared WAL: {error}", old_dir.display())
+            })?;
+            self.recovered.insert(group, recovered);
+        }
+        let recovered = self.recovered.remove(&group).unwrap_or(Recovered {
+            first_index: 1,
+            ..Recovered::default()
+        });
+        Ok((GroupWal::new(group, self.wal.clone()), recovered))
+    }
+
+    /// Copies a group's own WAL into the shared one, durably, then deletes it. Idempotent: a
+    /// crash before the delete repeats the copy, whose removal record first forgets the
+    /// partial one.
+    fn import(&mut self, group: GroupId, old_dir: &Path) -> Result<Recovered, WalError> {
+        let options = WalOptions {
+            segment_size_bytes: 1024 * 1024,
+            ..WalOptions::default()
+        };
+        let (old, recovered) = Wal::open(old_dir, options)?;
+        drop(old);
+        let mut wal = self.lock();
+        wal.remove_group(group)?;
+        if let Some(position) = recovered.snapshot {
+            wal.install_snapshot(group, position)?;
+        }
+        wal.append(group, &recovered.entries, Some(recovered.hard_state))?;
+        wal.sync()?;
+        drop(wal);
+        std::fs::remove_dir_all(old_dir).map_err(|source| WalError::Io {
+            operation: "delete the moved",
+            path: old_dir.to_path_buf(),
+            source,
+        })?;
+        tracing::info!(
+            group,
+            entries = recovered.entries.len(),
+            from = %old_dir.display(),
+            "moved a group's own WAL into the node's shared WAL (format 3)"
+        );
+        Ok(Recovered {
+            tail_repair: None,
+            ..recovered
+        })
+    }
+
+    /// Forgets a group this node no longer hosts.
+    pub(crate) fn remove_group(&self, group: GroupId) -> Result<(), WalError> {
+        self.lock().remove_group(group)
+    }
+
+    /// Groups the shared WAL holds records of.
+    pub(crate) fn groups(&self) -> Vec<GroupId> {
+        self.lock().groups().collect()
+    }
+}
