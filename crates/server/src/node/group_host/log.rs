@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 /// Group 0's WAL or a group's view of the shared one.
 #[derive(Debug)]
 pub(crate) enum HostLog {
-    Own(Wal),
+    /// Boxed: one per node, far larger than a view of the shared WAL.
+    Own(Box<Wal>),
     Shared(GroupWal),
 }
 
@@ -26,7 +27,7 @@ impl HostLog {
     /// Group 0's own WAL, for what only group 0 does (`--force-new-cluster`).
     pub(crate) fn own(&mut self) -> Option<&mut Wal> {
         match self {
-            HostLog::Own(wal) => Some(wal),
+            HostLog::Own(wal) => Some(wal.as_mut()),
             HostLog::Shared(_) => None,
         }
     }
@@ -37,28 +38,28 @@ impl LogStore for HostLog {
 
     fn append(&mut self, entries: &[Entry], hard_state: Option<HardState>) -> Result<(), WalError> {
         match self {
-            HostLog::Own(wal) => LogStore::append(wal, entries, hard_state),
+            HostLog::Own(wal) => LogStore::append(wal.as_mut(), entries, hard_state),
             HostLog::Shared(wal) => wal.append(entries, hard_state),
         }
     }
 
     fn sync(&mut self) -> Result<(), WalError> {
         match self {
-            HostLog::Own(wal) => LogStore::sync(wal),
+            HostLog::Own(wal) => LogStore::sync(wal.as_mut()),
             HostLog::Shared(wal) => LogStore::sync(wal),
         }
     }
 
     fn install_snapshot(&mut self, position: LogPosition) -> Result<(), WalError> {
         match self {
-            HostLog::Own(wal) => LogStore::install_snapshot(wal, position),
+            HostLog::Own(wal) => LogStore::install_snapshot(wal.as_mut(), position),
             HostLog::Shared(wal) => wal.install_snapshot(position),
         }
     }
 
     fn compact_to(&mut self, index: LogIndex) -> Result<(), WalError> {
         match self {
-            HostLog::Own(wal) => LogStore::compact_to(wal, index),
+            HostLog::Own(wal) => LogStore::compact_to(wal.as_mut(), index),
             HostLog::Shared(wal) => wal.compact_to(index),
         }
     }
@@ -165,5 +166,77 @@ impl SharedLog {
     /// Groups the shared WAL holds records of.
     pub(crate) fn groups(&self) -> Vec<GroupId> {
         self.lock().groups().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ballot_core::{EntryPayload, LogPosition};
+
+    fn entry(index: LogIndex, term: u64) -> Entry {
+        Entry {
+            index,
+            term,
+            payload: EntryPayload::Command(format!("put {index}").into_bytes().into()),
+        }
+    }
+
+    /// A group's own WAL, as the release before the shared WAL left it: compacted at 3, entries
+    /// 4..=6, a hard state.
+    fn write_old_wal(group_dir: &Path) -> Recovered {
+        let (mut wal, _) = Wal::open(group_dir.join("wal"), WalOptions::default()).unwrap();
+        wal.append(&(1..=6).map(|i| entry(i, 2)).collect::<Vec<_>>(), None)
+            .unwrap();
+        wal.compact_to(3).unwrap();
+        let hard_state = HardState {
+            term: 2,
+            voted_for: Some(9),
+            commit_index: 5,
+        };
+        wal.append(&[], Some(hard_state)).unwrap();
+        wal.sync().unwrap();
+        drop(wal);
+        Wal::open(group_dir.join("wal"), WalOptions::default())
+            .unwrap()
+            .1
+    }
+
+    #[test]
+    fn a_groups_own_wal_moves_into_the_shared_one_once_and_whole() {
+        let data = tempfile::tempdir().unwrap();
+        let group_dir = data.path().join("groups").join("5");
+        let old = write_old_wal(&group_dir);
+        assert_eq!(old.snapshot, Some(LogPosition::new(3, 2)));
+
+        let mut shared = SharedLog::open(data.path()).unwrap();
+        let (_, moved) = shared.take_group(5, &group_dir).unwrap();
+        assert!(
+            !group_dir.join("wal").exists(),
+            "the old WAL is gone once moved"
+        );
+        assert_eq!(moved, old);
+        drop(shared);
+
+        // Moved durably: a restart finds the group in the shared WAL.
+        let mut shared = SharedLog::open(data.path()).unwrap();
+        assert_eq!(shared.groups(), vec![5]);
+        let (_, reopened) = shared.take_group(5, &group_dir).unwrap();
+        assert_eq!(reopened.entries, old.entries);
+        assert_eq!(reopened.hard_state, old.hard_state);
+        assert_eq!(reopened.snapshot, old.snapshot);
+        drop(shared);
+
+        // A crash after the copy and before the delete leaves both: the move runs again and
+        // its removal record makes the first copy vanish, so nothing is doubled or refused.
+        write_old_wal(&group_dir);
+        let mut shared = SharedLog::open(data.path()).unwrap();
+        let (_, again) = shared.take_group(5, &group_dir).unwrap();
+        assert_eq!(again.entries, old.entries);
+        drop(shared);
+        let mut shared = SharedLog::open(data.path()).unwrap();
+        let (_, last) = shared.take_group(5, &group_dir).unwrap();
+        assert_eq!(last.entries, old.entries);
+        assert_eq!(last.snapshot, old.snapshot);
     }
 }

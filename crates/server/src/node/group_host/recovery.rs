@@ -201,7 +201,7 @@ fn open_log(
                      since)"
                 );
             }
-            (HostLog::Own(wal), recovered)
+            (HostLog::Own(Box::new(wal)), recovered)
         }
     };
     let Some(snapshot) = snapshot else {
