@@ -5,7 +5,7 @@
 
 use crate::dir_lock::create_dir_durably;
 use crate::wal::segment::{self, io_error, ScanEnd, SegmentName};
-use crate::wal::{Defect, TailRepair, Violation, WalError, WalOptions};
+use crate::wal::{Defect, Sequence, TailRepair, Violation, WalError, WalOptions};
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -72,13 +72,20 @@ impl ActiveSegment {
     }
 }
 
-/// Every kept segment of one directory, oldest first, the last being the active one.
+/// Every kept segment of one directory, oldest first, the last being the active one, and the
+/// writer's progress: appends, syncs, and whether a failure stopped it.
 #[derive(Debug)]
 pub(crate) struct SegmentFiles {
     pub(crate) dir: PathBuf,
     pub(crate) options: WalOptions,
     pub(crate) segments: Vec<SegmentName>,
     pub(crate) active: ActiveSegment,
+    appended: Sequence,
+    synced: Sequence,
+    /// Reused for encoding.
+    pub(crate) buffer: Vec<u8>,
+    /// Why the WAL stopped accepting writes, after a failed write or sync.
+    stopped: Option<String>,
 }
 
 /// What [`replay_dir`] found: the segment names and where the last one's records end.
@@ -172,12 +179,30 @@ impl SegmentFiles {
         let (file, path) =
             segment::create_segment(&dir, name, preamble, options.segment_size_bytes)?;
         let preamble_bytes = preamble.len() as u64;
-        Ok(SegmentFiles {
+        Ok(Self::new(
             dir,
             options,
-            segments: vec![name],
-            active: ActiveSegment::new(name, path, file, preamble_bytes, preamble_bytes),
-        })
+            vec![name],
+            ActiveSegment::new(name, path, file, preamble_bytes, preamble_bytes),
+        ))
+    }
+
+    fn new(
+        dir: PathBuf,
+        options: WalOptions,
+        segments: Vec<SegmentName>,
+        active: ActiveSegment,
+    ) -> Self {
+        SegmentFiles {
+            dir,
+            options,
+            segments,
+            active,
+            appended: Sequence(0),
+            synced: Sequence(0),
+            buffer: Vec::new(),
+            stopped: None,
+        }
     }
 
     /// After [`replay_dir`]: the last segment opened for appends at the end of its records, a
@@ -207,18 +232,120 @@ impl SegmentFiles {
         file.sync_all().map_err(io_error("sync", &path))?;
         segment::sync_dir(&dir)?;
         let active_end = replayed.active_end;
-        Ok(SegmentFiles {
-            dir,
-            options,
-            segments: replayed.names.clone(),
-            active: ActiveSegment::new(
-                last_name,
-                path,
-                file,
-                active_end,
-                preamble_bytes.min(active_end),
-            ),
-        })
+        let active = ActiveSegment::new(
+            last_name,
+            path,
+            file,
+            active_end,
+            preamble_bytes.min(active_end),
+        );
+        Ok(Self::new(dir, options, replayed.names.clone(), active))
+    }
+
+    /// The sequence of the last append.
+    pub(crate) fn appended(&self) -> Sequence {
+        self.appended
+    }
+
+    /// Every append up to this sequence is durable.
+    pub(crate) fn synced(&self) -> Sequence {
+        self.synced
+    }
+
+    /// One more append was written.
+    pub(crate) fn count_append(&mut self) {
+        self.appended = Sequence(self.appended.0 + 1);
+    }
+
+    pub(crate) fn check_running(&self) -> Result<(), WalError> {
+        match &self.stopped {
+            None => Ok(()),
+            Some(cause) => Err(WalError::Stopped {
+                dir: self.dir.clone(),
+                cause: cause.clone(),
+            }),
+        }
+    }
+
+    /// Runs a step that writes or syncs; if it fails, what is on disk is unknown (assumption 2),
+    /// so the writer stops. Every step of this type that touches the files goes through here.
+    fn guarded<R>(
+        &mut self,
+        step: impl FnOnce(&mut Self) -> Result<R, WalError>,
+    ) -> Result<R, WalError> {
+        let result = step(self);
+        if let Err(error) = &result {
+            self.stopped = Some(error.to_string());
+        }
+        result
+    }
+
+    /// Makes every append so far durable with one `fdatasync` of the active segment (earlier
+    /// segments were synced when the next one was opened). Returns the durable sequence.
+    pub(crate) fn sync(&mut self) -> Result<Sequence, WalError> {
+        self.check_running()?;
+        if self.synced == self.appended {
+            return Ok(self.synced);
+        }
+        let upto = self.appended;
+        self.guarded(|files| {
+            files
+                .active
+                .file
+                .sync_data()
+                .map_err(io_error("fdatasync", &files.active.path))
+        })?;
+        self.synced = self.synced.max(upto);
+        Ok(self.synced)
+    }
+
+    /// Records the outcome of a sync of everything up to `upto` run by someone else (group
+    /// commit's syncer). A failure stops the writer.
+    pub(crate) fn sync_finished(
+        &mut self,
+        upto: Sequence,
+        path: &Path,
+        result: std::io::Result<()>,
+    ) -> Result<(), WalError> {
+        self.guarded(|_| result.map_err(io_error("fdatasync", path)))?;
+        self.synced = self.synced.max(upto);
+        Ok(())
+    }
+
+    /// Writes a batch of records as one append, one `write` per segment touched. `encode` adds a
+    /// record to the buffer, applies it to the writer's `state` (given the number of the segment
+    /// it goes to) and returns its size in bytes; a record of `record_bytes` that does not fit first opens the next
+    /// segment, named and begun as `next_segment` says from `state` and the next number.
+    pub(crate) fn write_batch<S, T>(
+        &mut self,
+        state: &mut S,
+        records: impl Iterator<Item = T>,
+        record_bytes: impl Fn(&T) -> usize,
+        mut encode: impl FnMut(&mut S, u64, T, &mut Vec<u8>) -> usize,
+        next_segment: impl Fn(&S, u64) -> (SegmentName, Vec<u8>),
+    ) -> Result<(), WalError> {
+        let mut buffer = std::mem::take(&mut self.buffer);
+        buffer.clear();
+        let write = || {
+            for record in records {
+                if self.needs_next_segment(buffer.len() as u64, record_bytes(&record) as u64) {
+                    self.write_out(&mut buffer)?;
+                    let (name, preamble) = next_segment(state, self.active.name.number + 1);
+                    self.roll_over(name, &preamble)?;
+                }
+                let written = encode(state, self.active.name.number, record, &mut buffer);
+                assert!(
+                    written <= self.options.record_bytes_max,
+                    "records are bounded before they are encoded"
+                );
+            }
+            self.write_out(&mut buffer)
+        };
+        let result = write();
+        self.buffer = buffer;
+        result?;
+        self.count_append();
+        Ok(())
     }
 
     /// Whether a record of `record_bytes`, after `pending_bytes` not yet written, must go to a new
@@ -234,46 +361,47 @@ impl SegmentFiles {
         if buffer.is_empty() {
             return Ok(());
         }
-        let active = &mut self.active;
-        active.zero_ahead(buffer.len() as u64, self.options.segment_size_bytes)?;
-        active
-            .file
-            .write_all_at(buffer, active.write_offset)
-            .map_err(io_error("write", &active.path))?;
-        active.write_offset += buffer.len() as u64;
-        buffer.clear();
-        Ok(())
-    }
-
-    /// `fdatasync` of the active segment: every earlier one was synced when the next opened.
-    pub(crate) fn sync_active(&self) -> Result<(), WalError> {
-        self.active
-            .file
-            .sync_data()
-            .map_err(io_error("fdatasync", &self.active.path))
+        self.guarded(|files| {
+            let active = &mut files.active;
+            active.zero_ahead(buffer.len() as u64, files.options.segment_size_bytes)?;
+            active
+                .file
+                .write_all_at(buffer, active.write_offset)
+                .map_err(io_error("write", &active.path))?;
+            active.write_offset += buffer.len() as u64;
+            buffer.clear();
+            Ok(())
+        })
     }
 
     /// Syncs and cuts the active segment (replay requires every segment but the last to be
     /// complete and durable), then creates `next` holding `preamble`. Everything written before
     /// is durable when it returns.
     pub(crate) fn roll_over(&mut self, next: SegmentName, preamble: &[u8]) -> Result<(), WalError> {
-        let active = &self.active;
         assert_eq!(
             next.number,
-            active.name.number + 1,
+            self.active.name.number + 1,
             "segments are numbered without gaps"
         );
-        active
-            .file
-            .set_len(active.write_offset)
-            .and_then(|()| active.file.sync_all())
-            .map_err(io_error("sync and cut", &active.path))?;
-        let (file, path) =
-            segment::create_segment(&self.dir, next, preamble, self.options.segment_size_bytes)?;
-        self.segments.push(next);
-        let preamble_bytes = preamble.len() as u64;
-        self.active = ActiveSegment::new(next, path, file, preamble_bytes, preamble_bytes);
-        Ok(())
+        self.guarded(|files| {
+            let active = &files.active;
+            active
+                .file
+                .set_len(active.write_offset)
+                .and_then(|()| active.file.sync_all())
+                .map_err(io_error("sync and cut", &active.path))?;
+            let (file, path) = segment::create_segment(
+                &files.dir,
+                next,
+                preamble,
+                files.options.segment_size_bytes,
+            )?;
+            files.synced = files.appended;
+            files.segments.push(next);
+            let preamble_bytes = preamble.len() as u64;
+            files.active = ActiveSegment::new(next, path, file, preamble_bytes, preamble_bytes);
+            Ok(())
+        })
     }
 
     /// Deletes the `count` oldest segments (never the active one) and syncs the directory.
@@ -285,12 +413,14 @@ impl SegmentFiles {
         if count == 0 {
             return Ok(0);
         }
-        for name in self.segments.drain(..count) {
-            let path = self.dir.join(name.file_name());
-            fs::remove_file(&path).map_err(io_error("delete", &path))?;
-        }
-        segment::sync_dir(&self.dir)?;
-        Ok(count)
+        self.guarded(|files| {
+            for name in files.segments.drain(..count) {
+                let path = files.dir.join(name.file_name());
+                fs::remove_file(&path).map_err(io_error("delete", &path))?;
+            }
+            segment::sync_dir(&files.dir)?;
+            Ok(count)
+        })
     }
 
     pub(crate) fn segment_paths(&self) -> Vec<PathBuf> {

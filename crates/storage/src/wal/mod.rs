@@ -154,14 +154,8 @@ pub(crate) struct SyncTicket {
 pub struct Wal {
     files: SegmentFiles,
     log: LogState,
-    appended: Sequence,
-    synced: Sequence,
     /// Entries appended since open, for group-commit statistics.
     entries_appended: u64,
-    /// Reused for encoding.
-    buffer: Vec<u8>,
-    /// Why the WAL stopped accepting writes, after a failed write or sync.
-    stopped: Option<String>,
 }
 
 impl Wal {
@@ -197,11 +191,7 @@ impl Wal {
         let wal = Wal {
             files,
             log,
-            appended: Sequence(0),
-            synced: Sequence(0),
             entries_appended: 0,
-            buffer: Vec::new(),
-            stopped: None,
         };
         Ok((wal, recovered))
     }
@@ -221,11 +211,7 @@ impl Wal {
         let wal = Wal {
             files,
             log,
-            appended: Sequence(0),
-            synced: Sequence(0),
             entries_appended: 0,
-            buffer: Vec::new(),
-            stopped: None,
         };
         Ok((wal, recovered))
     }
@@ -264,12 +250,12 @@ impl Wal {
 
     /// The sequence of the last append.
     pub fn appended_sequence(&self) -> Sequence {
-        self.appended
+        self.files.appended()
     }
 
     /// Every append up to this sequence is durable.
     pub fn synced_sequence(&self) -> Sequence {
-        self.synced
+        self.files.synced()
     }
 
     /// Paths of the kept segments, oldest first.
@@ -289,7 +275,7 @@ impl Wal {
     ) -> Result<Sequence, WalError> {
         self.check_running()?;
         if entries.is_empty() && hard_state.is_none() {
-            return Ok(self.appended);
+            return Ok(self.files.appended());
         }
         self.validate_append(entries, hard_state.as_ref())?;
         let records = entries
@@ -298,20 +284,13 @@ impl Wal {
             .chain(hard_state.map(Outgoing::HardState));
         self.write_records(records)?;
         self.entries_appended += entries.len() as u64;
-        Ok(self.appended)
+        Ok(self.files.appended())
     }
 
     /// Makes every append so far durable with one `fdatasync` of the last segment (earlier
     /// segments were synced when the next one was opened). Returns the durable sequence.
     pub fn sync(&mut self) -> Result<Sequence, WalError> {
-        self.check_running()?;
-        if self.synced == self.appended {
-            return Ok(self.synced);
-        }
-        let upto = self.appended;
-        self.guarded(|wal| wal.files.sync_active())?;
-        self.synced = self.synced.max(upto);
-        Ok(self.synced)
+        self.files.sync()
     }
 
     /// Prefix compaction, after a snapshot through `index` (or later) has been saved: writes and
@@ -361,7 +340,7 @@ impl Wal {
         };
         self.write_records([Outgoing::Marker(marker)].into_iter())?;
         // The new segment's preamble repeats the marker, so every older segment can go.
-        self.guarded(|wal| wal.open_next_segment())?;
+        self.open_next_segment()?;
         self.delete_oldest_segments(self.files.segments.len() - 1)
     }
 
@@ -385,51 +364,23 @@ impl Wal {
         &mut self,
         records: impl Iterator<Item = Outgoing<'a>>,
     ) -> Result<(), WalError> {
-        let mut buffer = std::mem::take(&mut self.buffer);
-        buffer.clear();
-        let result = self.guarded(|wal| {
-            for record in records {
-                let record_bytes = match record {
-                    Outgoing::Entry(entry) => format::entry_record_bytes(entry),
-                    Outgoing::HardState(_) => format::HARD_STATE_RECORD_BYTES,
-                    Outgoing::Marker(_) => format::SNAPSHOT_MARKER_RECORD_BYTES,
-                } as u64;
-                if wal
-                    .files
-                    .needs_next_segment(buffer.len() as u64, record_bytes)
-                {
-                    wal.files.write_out(&mut buffer)?;
-                    wal.open_next_segment()?;
-                }
-                wal.encode_and_apply(record, &mut buffer);
-            }
-            wal.files.write_out(&mut buffer)
-        });
-        self.buffer = buffer;
-        result?;
-        self.appended = Sequence(self.appended.0 + 1);
-        Ok(())
-    }
-
-    fn encode_and_apply(&mut self, record: Outgoing<'_>, buffer: &mut Vec<u8>) {
-        let written = match record {
-            Outgoing::Entry(entry) => {
-                self.log.apply_entry(entry.index, entry.term);
-                format::encode_entry(entry, buffer)
-            }
-            Outgoing::HardState(hard_state) => {
-                self.log.apply_hard_state(hard_state);
-                format::encode_hard_state(&hard_state, buffer)
-            }
-            Outgoing::Marker(marker) => {
-                self.log.apply_marker(marker);
-                format::encode_snapshot_marker(&marker, buffer)
-            }
-        };
-        assert!(
-            written <= self.files.options.record_bytes_max,
-            "records are bounded before they are encoded"
-        );
+        self.files.write_batch(
+            &mut self.log,
+            records,
+            |record| match record {
+                Outgoing::Entry(entry) => format::entry_record_bytes(entry),
+                Outgoing::HardState(_) => format::HARD_STATE_RECORD_BYTES,
+                Outgoing::Marker(_) => format::SNAPSHOT_MARKER_RECORD_BYTES,
+            },
+            |log, _, record, buffer| encode_and_apply(log, record, buffer),
+            |log, number| {
+                let name = SegmentName {
+                    number,
+                    first_index: log.last_index() + 1,
+                };
+                (name, preamble(log, name))
+            },
+        )
     }
 
     /// Syncs and cuts the active segment, then creates the next one, starting at the next
@@ -439,9 +390,7 @@ impl Wal {
             number: self.files.active.name.number + 1,
             first_index: self.log.last_index() + 1,
         };
-        self.files.roll_over(name, &preamble(&self.log, name))?;
-        self.synced = self.appended;
-        Ok(())
+        self.files.roll_over(name, &preamble(&self.log, name))
     }
 
     fn delete_oldest_segments(&mut self, count: usize) -> Result<usize, WalError> {
@@ -449,39 +398,20 @@ impl Wal {
     }
 
     fn check_running(&self) -> Result<(), WalError> {
-        match &self.stopped {
-            None => Ok(()),
-            Some(cause) => Err(WalError::Stopped {
-                dir: self.files.dir.clone(),
-                cause: cause.clone(),
-            }),
-        }
-    }
-
-    /// Runs a step that writes or syncs; if it fails, what is on disk is unknown (assumption 2),
-    /// so the WAL stops.
-    fn guarded<R>(
-        &mut self,
-        step: impl FnOnce(&mut Self) -> Result<R, WalError>,
-    ) -> Result<R, WalError> {
-        let result = step(self);
-        if let Err(error) = &result {
-            self.stopped = Some(error.to_string());
-        }
-        result
+        self.files.check_running()
     }
 
     /// For group commit: what to `fdatasync` to make every append so far durable, or `None` if
     /// everything already is.
     pub(crate) fn sync_ticket(&self) -> Result<Option<SyncTicket>, WalError> {
         self.check_running()?;
-        if self.synced == self.appended {
+        if self.files.synced() == self.files.appended() {
             return Ok(None);
         }
         Ok(Some(SyncTicket {
             file: Arc::clone(&self.files.active.file),
             path: self.files.active.path.clone(),
-            upto: self.appended,
+            upto: self.files.appended(),
             entries_upto: self.entries_appended,
         }))
     }
@@ -493,15 +423,29 @@ impl Wal {
         path: &Path,
         result: io::Result<()>,
     ) -> Result<(), WalError> {
-        self.guarded(|wal| {
-            result.map_err(io_error("fdatasync", path))?;
-            wal.synced = wal.synced.max(upto);
-            Ok(())
-        })
+        self.files.sync_finished(upto, path, result)
     }
 
     pub(crate) fn entries_appended(&self) -> u64 {
         self.entries_appended
+    }
+}
+
+/// Adds `record` to `buffer` and applies it to `log`; returns its size in bytes.
+fn encode_and_apply(log: &mut LogState, record: Outgoing<'_>, buffer: &mut Vec<u8>) -> usize {
+    match record {
+        Outgoing::Entry(entry) => {
+            log.apply_entry(entry.index, entry.term);
+            format::encode_entry(entry, buffer)
+        }
+        Outgoing::HardState(hard_state) => {
+            log.apply_hard_state(hard_state);
+            format::encode_hard_state(&hard_state, buffer)
+        }
+        Outgoing::Marker(marker) => {
+            log.apply_marker(marker);
+            format::encode_snapshot_marker(&marker, buffer)
+        }
     }
 }
 
@@ -607,24 +551,48 @@ fn replay_segment(
     is_oldest: bool,
     options: WalOptions,
 ) -> Result<ScanEnd, WalError> {
-    let mut saw_header = false;
-    let end = segment::scan(bytes, options.record_bytes_max, |offset, _, record| {
-        let checked = match record {
-            Record::SegmentHeader(_) if offset != 0 => Err(Violation::SegmentHeaderNotFirst),
-            Record::SegmentHeader(header) => {
-                saw_header = true;
-                check_header_name(&header, name)
-                    .and_then(|()| replay.state.check_segment_header(&header, is_oldest))
-            }
-            _ if !saw_header => Err(Violation::MissingSegmentHeader),
+    // The header is checked against the log as it stood before this segment.
+    let before = replay.state.clone();
+    let check_header = |header: &format::SegmentHeader| {
+        check_header_name(header, name)?;
+        before.check_segment_header(header, is_oldest)
+    };
+    scan_segment(
+        path,
+        bytes,
+        options,
+        check_header,
+        |_, record| match record {
             Record::Entry(entry) => replay.entry(entry),
             Record::HardState(hard_state) => replay.hard_state(hard_state),
             Record::SnapshotMarker(marker) => replay.marker(marker),
             Record::Group(..) => Err(Violation::WrongLogKind),
+            Record::SegmentHeader(_) => unreachable!("scan_segment handles headers"),
+        },
+    )
+}
+
+/// Scans one segment's bytes: a header first, checked by `header`, then every other record
+/// handed to `record` with its offset. A violation either returns is corruption at that
+/// offset; returns how the segment ended.
+fn scan_segment(
+    path: &Path,
+    bytes: &[u8],
+    options: WalOptions,
+    header: impl FnOnce(&format::SegmentHeader) -> Result<(), Violation>,
+    mut record: impl FnMut(u64, Record) -> Result<(), Violation>,
+) -> Result<ScanEnd, WalError> {
+    let mut header = Some(header);
+    let end = segment::scan(bytes, options.record_bytes_max, |offset, _, scanned| {
+        let checked = match scanned {
+            Record::SegmentHeader(_) if offset != 0 => Err(Violation::SegmentHeaderNotFirst),
+            Record::SegmentHeader(found) => (header.take().expect("offset 0 comes once"))(&found),
+            _ if header.is_some() => Err(Violation::MissingSegmentHeader),
+            other => record(offset, other),
         };
         checked.map_err(|violation| corrupt_invariant(path, offset, violation))
     })?;
-    if !saw_header && matches!(end, ScanEnd::Clean { .. }) {
+    if header.is_some() && matches!(end, ScanEnd::Clean { .. }) {
         return Err(corrupt_invariant(path, 0, Violation::MissingSegmentHeader));
     }
     Ok(end)

@@ -16,10 +16,10 @@
 use crate::wal::files::{self, SegmentFiles};
 use crate::wal::format::{self, GroupRecord, Record, SnapshotMarker, SHARED_FORMAT_VERSION};
 use crate::wal::replay::{LogState, Replay};
-use crate::wal::segment::{self, ScanEnd, SegmentName};
+use crate::wal::segment::{ScanEnd, SegmentName};
 use crate::wal::{
-    corrupt_invariant, validate_append, Recovered, Sequence, TailRepair, Violation, WalError,
-    WalOptions,
+    check_header_name, corrupt_invariant, scan_segment, validate_append, Recovered, Sequence,
+    TailRepair, Violation, WalError, WalOptions,
 };
 use ballot_core::{Entry, GroupId, HardState, LogIndex, LogPosition};
 use std::collections::{BTreeMap, VecDeque};
@@ -107,12 +107,6 @@ impl GroupLog {
 pub struct SharedWal {
     files: SegmentFiles,
     groups: BTreeMap<GroupId, GroupLog>,
-    appended: Sequence,
-    synced: Sequence,
-    /// Reused for encoding.
-    buffer: Vec<u8>,
-    /// Why the WAL stopped accepting writes, after a failed write or sync.
-    stopped: Option<String>,
 }
 
 /// A record waiting to be written for a group.
@@ -237,10 +231,6 @@ impl SharedWal {
             wal: SharedWal {
                 files,
                 groups: logs,
-                appended: Sequence(0),
-                synced: Sequence(0),
-                buffer: Vec::new(),
-                stopped: None,
             },
             groups: recovered,
             tail_repair: replayed.tail_repair,
@@ -255,14 +245,7 @@ impl SharedWal {
         let groups = BTreeMap::new();
         let files = SegmentFiles::create(dir, options, name, &preamble(&groups, name))?;
         Ok(SharedOpened {
-            wal: SharedWal {
-                files,
-                groups,
-                appended: Sequence(0),
-                synced: Sequence(0),
-                buffer: Vec::new(),
-                stopped: None,
-            },
+            wal: SharedWal { files, groups },
             groups: BTreeMap::new(),
             tail_repair: None,
         })
@@ -284,12 +267,12 @@ impl SharedWal {
 
     /// The sequence of the last append.
     pub fn appended_sequence(&self) -> Sequence {
-        self.appended
+        self.files.appended()
     }
 
     /// Every append up to this sequence is durable.
     pub fn synced_sequence(&self) -> Sequence {
-        self.synced
+        self.files.synced()
     }
 
     /// Writes `group`'s `entries` and then `hard_state`, as [`super::Wal::append`] does for one
@@ -303,7 +286,7 @@ impl SharedWal {
     ) -> Result<Sequence, WalError> {
         self.check_running()?;
         if entries.is_empty() && hard_state.is_none() {
-            return Ok(self.appended);
+            return Ok(self.files.appended());
         }
         let empty = GroupLog::empty();
         let log = &self.groups.get(&group).unwrap_or(&empty).log;
@@ -319,19 +302,12 @@ impl SharedWal {
             .map(Outgoing::Entry)
             .chain(hard_state.map(Outgoing::HardState));
         self.write_records(group, records)?;
-        Ok(self.appended)
+        Ok(self.files.appended())
     }
 
     /// Makes every group's appends so far durable with one `fdatasync`.
     pub fn sync(&mut self) -> Result<Sequence, WalError> {
-        self.check_running()?;
-        if self.synced == self.appended {
-            return Ok(self.synced);
-        }
-        let upto = self.appended;
-        self.guarded(|wal| wal.files.sync_active())?;
-        self.synced = self.synced.max(upto);
-        Ok(self.synced)
+        self.files.sync()
     }
 
     /// `group`'s state machine is durable through `index`: writes and syncs a snapshot marker,
@@ -400,82 +376,41 @@ impl SharedWal {
         Ok(())
     }
 
-    /// Writes a group's records, opening new segments as needed, and applies each to the
-    /// group's log. Counts as one append. Stops the WAL on failure.
+    /// Writes a group's records, opening new segments as needed (and then letting go of those
+    /// nobody needs), and applies each to the group's log. Counts as one append. Stops the WAL
+    /// on failure.
     fn write_records<'a>(
         &mut self,
         group: GroupId,
         records: impl Iterator<Item = Outgoing<'a>>,
     ) -> Result<(), WalError> {
-        let mut buffer = std::mem::take(&mut self.buffer);
-        buffer.clear();
-        let result = self.guarded(|wal| {
-            for record in records {
-                let record_bytes = format::GROUP_RECORD_EXTRA_BYTES
+        let segment_before = self.files.active.name.number;
+        self.files.write_batch(
+            &mut self.groups,
+            records,
+            |record| {
+                format::GROUP_RECORD_EXTRA_BYTES
                     + match record {
                         Outgoing::Entry(entry) => format::entry_record_bytes(entry),
                         Outgoing::HardState(_) => format::HARD_STATE_RECORD_BYTES,
                         Outgoing::Marker(_) => format::SNAPSHOT_MARKER_RECORD_BYTES,
                         Outgoing::Removed => format::RECORD_HEADER_BYTES,
-                    };
-                if wal
-                    .files
-                    .needs_next_segment(buffer.len() as u64, record_bytes as u64)
-                {
-                    wal.files.write_out(&mut buffer)?;
-                    wal.open_next_segment()?;
-                }
-                wal.encode_and_apply(group, record, &mut buffer);
-            }
-            wal.files.write_out(&mut buffer)
-        });
-        self.buffer = buffer;
-        result?;
-        self.appended = Sequence(self.appended.0 + 1);
-        Ok(())
-    }
-
-    fn encode_and_apply(&mut self, group: GroupId, record: Outgoing<'_>, buffer: &mut Vec<u8>) {
-        let segment = self.files.active.name.number;
-        let written = match record {
-            Outgoing::Removed => {
-                self.groups.remove(&group);
-                format::encode_group_record(group, &GroupRecord::Removed, buffer)
-            }
-            Outgoing::Entry(entry) => {
-                let state = self.groups.entry(group).or_insert_with(GroupLog::empty);
-                state.log.apply_entry(entry.index, entry.term);
-                state.spans.entry_written(segment, entry.index);
-                format::encode_group_record(group, &GroupRecord::Entry(entry.clone()), buffer)
-            }
-            Outgoing::HardState(hard_state) => {
-                let state = self.groups.entry(group).or_insert_with(GroupLog::empty);
-                state.log.apply_hard_state(hard_state);
-                format::encode_group_record(group, &GroupRecord::HardState(hard_state), buffer)
-            }
-            Outgoing::Marker(marker) => {
-                let state = self.groups.entry(group).or_insert_with(GroupLog::empty);
-                state.log.apply_marker(marker);
-                state.spans.floor_moved(state.log.first_index());
-                format::encode_group_record(group, &GroupRecord::SnapshotMarker(marker), buffer)
-            }
-        };
-        assert!(
-            written <= self.files.options.record_bytes_max,
-            "records are bounded before they are encoded"
-        );
-    }
-
-    /// Syncs and cuts the active segment, then opens the next with a preamble repeating every
-    /// group's marker and hard state, and lets go of segments nobody needs.
-    fn open_next_segment(&mut self) -> Result<(), WalError> {
-        let name = SegmentName {
-            number: self.files.active.name.number + 1,
-            first_index: 0,
-        };
-        self.files.roll_over(name, &preamble(&self.groups, name))?;
-        self.synced = self.appended;
-        self.delete_unneeded_segments()?;
+                    }
+            },
+            |groups, segment, record, buffer| {
+                encode_and_apply(groups, segment, group, record, buffer)
+            },
+            |groups, number| {
+                let name = SegmentName {
+                    number,
+                    first_index: 0,
+                };
+                (name, preamble(groups, name))
+            },
+        )?;
+        if self.files.active.name.number != segment_before {
+            self.delete_unneeded_segments()?;
+        }
         Ok(())
     }
 
@@ -496,30 +431,44 @@ impl SharedWal {
             .iter()
             .take_while(|name| name.number < oldest_needed)
             .count();
-        self.guarded(|wal| wal.files.delete_oldest(count))
+        self.files.delete_oldest(count)
     }
 
     fn check_running(&self) -> Result<(), WalError> {
-        match &self.stopped {
-            None => Ok(()),
-            Some(cause) => Err(WalError::Stopped {
-                dir: self.files.dir.clone(),
-                cause: cause.clone(),
-            }),
-        }
+        self.files.check_running()
     }
+}
 
-    /// Runs a step that writes or syncs; if it fails, what is on disk is unknown, so the WAL
-    /// stops.
-    fn guarded<R>(
-        &mut self,
-        step: impl FnOnce(&mut Self) -> Result<R, WalError>,
-    ) -> Result<R, WalError> {
-        let result = step(self);
-        if let Err(error) = &result {
-            self.stopped = Some(error.to_string());
+/// Adds `group`'s `record` to `buffer`, going to `segment`, and applies it to the group's log;
+/// returns its size in bytes.
+fn encode_and_apply(
+    groups: &mut BTreeMap<GroupId, GroupLog>,
+    segment: u64,
+    group: GroupId,
+    record: Outgoing<'_>,
+    buffer: &mut Vec<u8>,
+) -> usize {
+    if let Outgoing::Removed = record {
+        groups.remove(&group);
+        return format::encode_group_record(group, &GroupRecord::Removed, buffer);
+    }
+    let state = groups.entry(group).or_insert_with(GroupLog::empty);
+    match record {
+        Outgoing::Entry(entry) => {
+            state.log.apply_entry(entry.index, entry.term);
+            state.spans.entry_written(segment, entry.index);
+            format::encode_group_record(group, &GroupRecord::Entry(entry.clone()), buffer)
         }
-        result
+        Outgoing::HardState(hard_state) => {
+            state.log.apply_hard_state(hard_state);
+            format::encode_group_record(group, &GroupRecord::HardState(hard_state), buffer)
+        }
+        Outgoing::Marker(marker) => {
+            state.log.apply_marker(marker);
+            state.spans.floor_moved(state.log.first_index());
+            format::encode_group_record(group, &GroupRecord::SnapshotMarker(marker), buffer)
+        }
+        Outgoing::Removed => unreachable!("handled above"),
     }
 }
 
@@ -554,39 +503,28 @@ fn replay_segment(
     bytes: &[u8],
     options: WalOptions,
 ) -> Result<ScanEnd, WalError> {
-    let mut saw_header = false;
-    let end = segment::scan(bytes, options.record_bytes_max, |offset, _, record| {
-        let checked = match record {
-            Record::SegmentHeader(_) if offset != 0 => Err(Violation::SegmentHeaderNotFirst),
-            Record::SegmentHeader(header) => {
-                saw_header = true;
-                check_shared_header(&header, name)
-            }
-            _ if !saw_header => Err(Violation::MissingSegmentHeader),
+    let check_header = |header: &format::SegmentHeader| check_shared_header(header, name);
+    scan_segment(path, bytes, options, check_header, |offset, record| {
+        match record {
             Record::Group(group, GroupRecord::Removed) => {
                 groups.remove(&group);
                 broken.remove(&group);
-                Ok(())
             }
-            Record::Group(group, _) if broken.contains_key(&group) => Ok(()),
+            Record::Group(group, _) if broken.contains_key(&group) => {}
             Record::Group(group, inner) => {
                 let replay = groups.entry(group).or_default();
                 if let Err(violation) = replay.record(name.number, inner) {
                     groups.remove(&group);
                     broken.insert(group, corrupt_invariant(path, offset, violation));
                 }
-                Ok(())
             }
             Record::Entry(_) | Record::HardState(_) | Record::SnapshotMarker(_) => {
-                Err(Violation::WrongLogKind)
+                return Err(Violation::WrongLogKind)
             }
-        };
-        checked.map_err(|violation| corrupt_invariant(path, offset, violation))
-    })?;
-    if !saw_header && matches!(end, ScanEnd::Clean { .. }) {
-        return Err(corrupt_invariant(path, 0, Violation::MissingSegmentHeader));
-    }
-    Ok(end)
+            Record::SegmentHeader(_) => unreachable!("scan_segment handles headers"),
+        }
+        Ok(())
+    })
 }
 
 fn check_shared_header(header: &format::SegmentHeader, name: SegmentName) -> Result<(), Violation> {
@@ -596,24 +534,13 @@ fn check_shared_header(header: &format::SegmentHeader, name: SegmentName) -> Res
             supported: SHARED_FORMAT_VERSION,
         });
     }
-    let disagrees = |field, in_header, in_name| Violation::HeaderDisagreesWithName {
-        field,
-        in_header,
-        in_name,
-    };
-    if header.segment_number != name.number {
-        return Err(disagrees(
-            "segment number",
-            header.segment_number,
-            name.number,
-        ));
-    }
-    if header.first_index != 0 || name.first_index != 0 {
-        return Err(disagrees(
-            "first index (0 in a shared WAL)",
-            header.first_index,
-            name.first_index,
-        ));
+    check_header_name(header, name)?;
+    if name.first_index != 0 {
+        return Err(Violation::HeaderDisagreesWithName {
+            field: "first index (0 in a shared WAL)",
+            in_header: header.first_index,
+            in_name: name.first_index,
+        });
     }
     Ok(())
 }
