@@ -136,6 +136,16 @@ impl LogState {
         self.last = index;
     }
 
+    /// Only in the replay of a shared WAL's oldest segment: the log goes on at `index` after
+    /// entries lost with deleted segments (a later marker must cover them, `check_complete`
+    /// says whether one did). The floor, marker and hard state stay.
+    pub fn restart_at(&mut self, index: LogIndex) {
+        assert!(index > self.last + 1, "a restart skips entries");
+        self.runs.clear();
+        self.start = index;
+        self.last = index - 1;
+    }
+
     pub fn check_hard_state(&self, hard_state: &HardState) -> Result<(), Violation> {
         match self.hard_state {
             Some(previous) if hard_state.term < previous.term => {
@@ -240,6 +250,12 @@ impl Replay {
         self.state.apply_entry(entry.index, entry.term);
         self.entries.push_back(entry);
         Ok(())
+    }
+
+    /// See [`LogState::restart_at`].
+    pub fn restart_at(&mut self, index: LogIndex) {
+        self.state.restart_at(index);
+        self.entries.clear();
     }
 
     pub fn hard_state(&mut self, hard_state: HardState) -> Result<(), Violation> {

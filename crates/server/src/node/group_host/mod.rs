@@ -32,8 +32,8 @@ use crate::transport::Transport;
 use ballot_core::driver::{self, ReadyHost};
 use ballot_core::{
     Entry, EntryPayload, GroupId, LogIndex, LogPosition, Membership, NodeId, PersistedState, Probe,
-    ProtocolMessage, ReadState, Replica, ReplicaSettings, ReplicaStart, Role, Snapshot,
-    SnapshotMeta, Term, WireMessage,
+    ProtocolMessage, ReadMode, ReadState, Replica, ReplicaError, ReplicaSettings, ReplicaStart,
+    Role, Snapshot, SnapshotMeta, Term, WireMessage,
 };
 use ballot_storage::identity::Identity;
 use ballot_storage::lessor::{LeaseTtl, Lessor, LessorConfig};
@@ -64,6 +64,9 @@ const FORWARD_SWEEP_TICKS: u64 = 100;
 /// commit index): bounds how long an unsynced record can sit ahead of a later torn write,
 /// which recovery would take for corruption rather than a torn tail.
 const WAL_LAZY_SYNC_TICKS: u64 = 10;
+/// How long a read waits for a new leader's first commit in its term (a round trip, unless the
+/// leader lost its quorum) before it is refused.
+const READ_WAIT_FOR_TERM_COMMIT_TICKS: u64 = 100;
 /// Records kept in `snap/`: compaction markers (no data) and images installed from a leader.
 const SNAPSHOTS_RETAINED: usize = 3;
 /// Responses buffered per client watch stream between the loop and the gRPC task.
@@ -122,6 +125,10 @@ pub(crate) struct GroupHost<R: Replica> {
     ticks_until_publish_check: u32,
     membership_changes: BTreeMap<LogIndex, (Term, Reply<LogPosition>)>,
     reads_unconfirmed: HashMap<u64, Reply<()>>,
+    /// Reads that reached a leader before it committed an entry of its term (it cannot know the
+    /// commit index yet), with the tick they came: asked again after every batch, as etcd's
+    /// read index waits for that first commit instead of refusing.
+    reads_until_term_commit: Vec<(u64, ReadMode, Reply<()>)>,
     reads_confirmed: Vec<(LogIndex, Reply<()>)>,
     next_read_id: u64,
     watch_hub: WatchHub,
@@ -224,6 +231,7 @@ where
     /// What follows the `Ready`s of a batch: the lessor following leadership, watch responses,
     /// the published status.
     pub(crate) fn after_readies(&mut self) {
+        self.retry_reads_until_term_commit();
         self.follow_leadership();
         self.pump_watches();
         self.publish_status();
@@ -328,6 +336,9 @@ where
                 match self.replica.read(id, mode) {
                     Ok(()) => {
                         self.reads_unconfirmed.insert(id, reply);
+                    }
+                    Err(ReplicaError::LeaderNotReady) => {
+                        self.reads_until_term_commit.push((self.ticks, mode, reply));
                     }
                     Err(error) => {
                         let _ = reply.send(Err(error.into()));
@@ -631,6 +642,31 @@ where
 
     /// Every `Ready` the replica has, through the one driver (`ballot_core::driver`), each
     /// batch synced in place.
+    /// Asks again for the reads that waited for the leader's first commit in its term; those
+    /// still waiting after [`READ_WAIT_FOR_TERM_COMMIT_TICKS`] get the refusal.
+    fn retry_reads_until_term_commit(&mut self) {
+        if self.reads_until_term_commit.is_empty() {
+            return;
+        }
+        for (queued, mode, reply) in std::mem::take(&mut self.reads_until_term_commit) {
+            let id = self.next_read_id;
+            self.next_read_id += 1;
+            match self.replica.read(id, mode) {
+                Ok(()) => {
+                    self.reads_unconfirmed.insert(id, reply);
+                }
+                Err(ReplicaError::LeaderNotReady)
+                    if self.ticks - queued < READ_WAIT_FOR_TERM_COMMIT_TICKS =>
+                {
+                    self.reads_until_term_commit.push((queued, mode, reply));
+                }
+                Err(error) => {
+                    let _ = reply.send(Err(error.into()));
+                }
+            }
+        }
+    }
+
     /// Syncs what was appended without a sync, if anything.
     fn sync_lazy_records(&mut self) -> Result<(), WalError> {
         if self.log.is_synced() {

@@ -162,6 +162,7 @@ where
             ticks_until_publish_check: 0,
             membership_changes: BTreeMap::new(),
             reads_unconfirmed: HashMap::new(),
+            reads_until_term_commit: Vec::new(),
             reads_confirmed: Vec::new(),
             next_read_id: 1,
             watch_hub,

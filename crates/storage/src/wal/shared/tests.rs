@@ -41,7 +41,25 @@ fn positions(recovered: &Recovered) -> Vec<(LogIndex, Term)> {
 }
 
 fn open(dir: &Path) -> SharedOpened {
-    SharedWal::open(dir, small()).expect("the shared WAL opens")
+    match SharedWal::open(dir, small()) {
+        Ok(opened) => opened,
+        Err(error) => {
+            let mut names: Vec<_> = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            names.sort();
+            for path in names {
+                eprintln!("{}", path.display());
+                let bytes = std::fs::read(&path).unwrap();
+                let _ = segment::scan(&bytes, 512, |offset, _, record| {
+                    eprintln!("  {offset} {record:?}");
+                    Ok(())
+                });
+            }
+            panic!("the shared WAL opens: {error}");
+        }
+    }
 }
 
 #[test]
@@ -273,4 +291,211 @@ fn unsynced_appends_may_be_lost_but_never_half_of_a_record() {
         positions(&opened.groups[&1]),
         (1..=4).map(|i| (i, 1)).collect::<Vec<_>>()
     );
+}
+
+#[test]
+fn a_quiet_groups_entries_are_copied_forward_so_the_log_stays_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut wal = open(dir.path()).wal;
+    // Group 1 writes a little and goes quiet without compacting; group 3 never compacts either
+    // but has nothing live after a snapshot; group 2 keeps writing and compacting.
+    wal.append(1, &entries(1, 1..=3, 1), Some(hard_state(1, 3)))
+        .unwrap();
+    wal.append(3, &entries(3, 1..=2, 1), None).unwrap();
+    wal.install_snapshot(3, LogPosition::new(9, 2)).unwrap();
+    for index in 1..=300 {
+        wal.append(2, &[entry(2, index, 1)], None).unwrap();
+        if index % 10 == 0 {
+            wal.compact_to(2, index - 2).unwrap();
+        }
+        assert!(
+            wal.segment_paths().len() <= SEGMENTS_KEPT_MAX,
+            "{} segments kept after entry {index}",
+            wal.segment_paths().len()
+        );
+    }
+    wal.sync().unwrap();
+    let first_kept = wal.segment_paths()[0].clone();
+    assert!(
+        !first_kept.ends_with("00000000000000000001-00000000000000000000.wal"),
+        "the first segment went"
+    );
+    drop(wal);
+    let opened = open(dir.path());
+    let one = &opened.groups[&1];
+    assert_eq!(positions(one), vec![(1, 1), (2, 1), (3, 1)]);
+    assert_eq!(
+        one.entries[2],
+        entry(1, 3, 1),
+        "copies are the same entries"
+    );
+    assert_eq!(one.hard_state, hard_state(1, 3));
+    let two = &opened.groups[&2];
+    assert_eq!(two.snapshot, Some(LogPosition::new(298, 1)));
+    assert_eq!(positions(two), vec![(299, 1), (300, 1)]);
+    assert_eq!(opened.groups[&3].snapshot, Some(LogPosition::new(9, 2)));
+    assert!(opened.groups[&3].entries.is_empty());
+}
+
+mod model {
+    //! Random histories of several groups against a model of each group's log: whatever the
+    //! roll-overs, deletions and copies did, a reopened WAL returns every group's log as the
+    //! model has it.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Entries from `back` before the end (truncating), `count` of them, in the last term
+        /// plus `term_step`.
+        Append {
+            group: GroupId,
+            back: u64,
+            count: u64,
+            term_step: u64,
+        },
+        HardState {
+            group: GroupId,
+            term_step: u64,
+        },
+        /// Compact to the live index `fraction`/8 of the way through the log.
+        Compact {
+            group: GroupId,
+            fraction: u64,
+        },
+        /// A snapshot `ahead` entries past the end, in a later term (discarding the log).
+        InstallAhead {
+            group: GroupId,
+            ahead: u64,
+        },
+        Remove {
+            group: GroupId,
+        },
+        Reopen,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let group = 1..4u32;
+        prop_oneof![
+            8 => (group.clone(), 0..3u64, 1..6u64, 0..2u64).prop_map(|(group, back, count, term_step)| Op::Append { group, back, count, term_step }),
+            2 => (group.clone(), 0..2u64).prop_map(|(group, term_step)| Op::HardState { group, term_step }),
+            3 => (group.clone(), 0..9u64).prop_map(|(group, fraction)| Op::Compact { group, fraction }),
+            1 => (group.clone(), 1..4u64).prop_map(|(group, ahead)| Op::InstallAhead { group, ahead }),
+            1 => group.prop_map(|group| Op::Remove { group }),
+            1 => Just(Op::Reopen),
+        ]
+    }
+
+    /// One group as it should come back.
+    #[derive(Debug, Clone, Default)]
+    struct Expected {
+        floor: Option<LogPosition>,
+        entries: Vec<Entry>,
+        hard_state: HardState,
+    }
+
+    impl Expected {
+        fn last(&self) -> (LogIndex, Term) {
+            match self.entries.last() {
+                Some(entry) => (entry.index, entry.term),
+                None => self.floor.map_or((0, 0), |floor| (floor.index, floor.term)),
+            }
+        }
+    }
+
+    fn check(dir: &Path, model: &BTreeMap<GroupId, Expected>) -> SharedWal {
+        let opened = open(dir);
+        for group in 1..4 {
+            let expected = model.get(&group).cloned().unwrap_or_default();
+            let found = opened.groups.get(&group).cloned().unwrap_or_default();
+            assert_eq!(found.entries, expected.entries, "group {group}'s entries");
+            assert_eq!(found.snapshot, expected.floor, "group {group}'s floor");
+            assert_eq!(
+                found.hard_state, expected.hard_state,
+                "group {group}'s hard state"
+            );
+        }
+        opened.wal
+    }
+
+    fn run(ops: Vec<Op>) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = open(dir.path()).wal;
+        let mut model: BTreeMap<GroupId, Expected> = BTreeMap::new();
+        for op in ops {
+            match op {
+                Op::Append {
+                    group,
+                    back,
+                    count,
+                    term_step,
+                } => {
+                    let expected = model.entry(group).or_default();
+                    let (last, term) = expected.last();
+                    let floor = expected.floor.map_or(0, |floor| floor.index);
+                    let first = (last + 1).saturating_sub(back).max(floor + 1);
+                    let term = term.max(expected.hard_state.term).max(1) + term_step;
+                    let batch = entries(group, first..=first + count - 1, term);
+                    wal.append(group, &batch, None).unwrap();
+                    expected.entries.retain(|entry| entry.index < first);
+                    expected.entries.extend(batch);
+                }
+                Op::HardState { group, term_step } => {
+                    let expected = model.entry(group).or_default();
+                    let state = hard_state(expected.hard_state.term + term_step, 0);
+                    wal.append(group, &[], Some(state)).unwrap();
+                    expected.hard_state = state;
+                }
+                Op::Compact { group, fraction } => {
+                    let Some(expected) = model.get_mut(&group) else {
+                        continue;
+                    };
+                    if expected.entries.is_empty() {
+                        continue;
+                    }
+                    let at = (expected.entries.len() as u64 * fraction / 8)
+                        .min(expected.entries.len() as u64 - 1);
+                    let position = expected.entries[at as usize].position();
+                    wal.compact_to(group, position.index).unwrap();
+                    expected.floor = Some(position);
+                    expected
+                        .entries
+                        .retain(|entry| entry.index > position.index);
+                }
+                Op::InstallAhead { group, ahead } => {
+                    let expected = model.entry(group).or_default();
+                    let (last, term) = expected.last();
+                    let position = LogPosition::new(last + ahead, term + 1);
+                    wal.install_snapshot(group, position).unwrap();
+                    expected.floor = Some(position);
+                    expected.entries.clear();
+                }
+                Op::Remove { group } => {
+                    wal.remove_group(group).unwrap();
+                    model.remove(&group);
+                }
+                Op::Reopen => {
+                    wal.sync().unwrap();
+                    drop(wal);
+                    wal = check(dir.path(), &model);
+                }
+            }
+            assert!(
+                wal.segment_paths().len() <= SEGMENTS_KEPT_MAX,
+                "the log stays bounded"
+            );
+        }
+        wal.sync().unwrap();
+        drop(wal);
+        check(dir.path(), &model);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        #[test]
+        fn every_group_comes_back_as_the_model_says(ops in proptest::collection::vec(op(), 1..120)) {
+            run(ops);
+        }
+    }
 }
