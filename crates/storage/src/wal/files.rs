@@ -82,8 +82,11 @@ pub(crate) struct SegmentFiles {
     pub(crate) active: ActiveSegment,
     appended: Sequence,
     synced: Sequence,
-    /// Reused for encoding.
-    pub(crate) buffer: Vec<u8>,
+    /// Records encoded and not yet written: empty between batches unless `defer_writes`.
+    buffer: Vec<u8>,
+    /// Batches stay in `buffer` until the next sync (or a roll-over) writes them: a shared
+    /// WAL's batch of many groups costs one `write`, not one per group.
+    pub(crate) defer_writes: bool,
     /// Why the WAL stopped accepting writes, after a failed write or sync.
     stopped: Option<String>,
 }
@@ -201,6 +204,7 @@ impl SegmentFiles {
             appended: Sequence(0),
             synced: Sequence(0),
             buffer: Vec::new(),
+            defer_writes: false,
             stopped: None,
         }
     }
@@ -287,6 +291,7 @@ impl SegmentFiles {
         if self.synced == self.appended {
             return Ok(self.synced);
         }
+        self.flush()?;
         let upto = self.appended;
         self.guarded(|files| {
             files
@@ -325,7 +330,6 @@ impl SegmentFiles {
         next_segment: impl Fn(&S, u64) -> (SegmentName, Vec<u8>),
     ) -> Result<(), WalError> {
         let mut buffer = std::mem::take(&mut self.buffer);
-        buffer.clear();
         let write = || {
             for record in records {
                 if self.needs_next_segment(buffer.len() as u64, record_bytes(&record) as u64) {
@@ -338,6 +342,9 @@ impl SegmentFiles {
                     written <= self.options.record_bytes_max,
                     "records are bounded before they are encoded"
                 );
+            }
+            if self.defer_writes {
+                return Ok(());
             }
             self.write_out(&mut buffer)
         };
@@ -354,6 +361,14 @@ impl SegmentFiles {
     pub(crate) fn needs_next_segment(&self, pending_bytes: u64, record_bytes: u64) -> bool {
         let end = self.active.write_offset + pending_bytes;
         end > self.active.preamble_bytes && end + record_bytes > self.options.segment_size_bytes
+    }
+
+    /// Writes what deferred batches left in the buffer (see `defer_writes`).
+    pub(crate) fn flush(&mut self) -> Result<(), WalError> {
+        let mut buffer = std::mem::take(&mut self.buffer);
+        let result = self.write_out(&mut buffer);
+        self.buffer = buffer;
+        result
     }
 
     /// Writes `buffer` at the active segment's end and empties it.

@@ -243,7 +243,8 @@ impl SharedWal {
             );
             logs.insert(group, GroupLog { log, spans });
         }
-        let files = SegmentFiles::reopen(dir, options, &replayed, 0)?;
+        let mut files = SegmentFiles::reopen(dir, options, &replayed, 0)?;
+        files.defer_writes = true;
         Ok(SharedOpened {
             wal: SharedWal {
                 files,
@@ -260,7 +261,8 @@ impl SharedWal {
             first_index: 0,
         };
         let groups = BTreeMap::new();
-        let files = SegmentFiles::create(dir, options, name, &preamble(&groups, name))?;
+        let mut files = SegmentFiles::create(dir, options, name, &preamble(&groups, name))?;
+        files.defer_writes = true;
         Ok(SharedOpened {
             wal: SharedWal { files, groups },
             groups: BTreeMap::new(),
@@ -322,7 +324,8 @@ impl SharedWal {
         Ok(self.files.appended())
     }
 
-    /// Makes every group's appends so far durable with one `fdatasync`.
+    /// Makes every group's appends so far durable: one `write` of what the appends since the last
+    /// sync encoded, one `fdatasync`.
     pub fn sync(&mut self) -> Result<Sequence, WalError> {
         self.files.sync()
     }
@@ -438,6 +441,10 @@ impl SharedWal {
     /// log growing. The copies are the same entries (same indexes and terms), so a group's log
     /// does not change.
     fn copy_forward_quiet_groups(&mut self) -> Result<(), WalError> {
+        if self.files.segments.len() > SEGMENTS_KEPT_MAX {
+            // The entries are read back from the files.
+            self.files.flush()?;
+        }
         while self.files.segments.len() > SEGMENTS_KEPT_MAX {
             let oldest = self.files.segments[0].number;
             let pinning: Vec<GroupId> = self

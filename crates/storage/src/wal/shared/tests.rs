@@ -276,7 +276,9 @@ fn unsynced_appends_may_be_lost_but_never_half_of_a_record() {
     wal.append(1, &entries(1, 1..=3, 1), None).unwrap();
     wal.sync().unwrap();
     wal.append(1, &entries(1, 4..=5, 1), None).unwrap();
-    // A torn write: the last record's bytes cut short on disk.
+    // Written (appends wait in memory for the next sync), then torn: the last record's bytes
+    // cut short on disk.
+    wal.files.flush().unwrap();
     let active = wal.files.active.path.clone();
     let written = wal.files.active.write_offset;
     drop(wal);
