@@ -16,7 +16,7 @@
 use crate::wal::files::{self, SegmentFiles};
 use crate::wal::format::{self, GroupRecord, Record, SnapshotMarker, SHARED_FORMAT_VERSION};
 use crate::wal::replay::{LogState, Replay};
-use crate::wal::segment::{self, ScanEnd, SegmentName};
+use crate::wal::segment::{ScanEnd, SegmentName};
 use crate::wal::{
     check_header_name, corrupt_invariant, scan_segment, validate_append, Recovered, Sequence,
     TailRepair, Violation, WalError, WalOptions,
@@ -25,10 +25,6 @@ use ballot_core::{Entry, GroupId, HardState, LogIndex, LogPosition};
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-
-/// Segments kept before quiet groups' entries are copied forward so the oldest can go (at the
-/// default 64 MiB, 256 MiB of log).
-const SEGMENTS_KEPT_MAX: usize = 4;
 
 /// What [`SharedWal::open`] found.
 #[derive(Debug)]
@@ -430,118 +426,8 @@ impl SharedWal {
         )?;
         if self.files.active.name.number != segment_before {
             self.delete_unneeded_segments()?;
-            self.copy_forward_quiet_groups()?;
         }
         Ok(())
-    }
-
-    /// While more than [`SEGMENTS_KEPT_MAX`] segments are kept, the groups whose live entries
-    /// keep the oldest one (groups that went quiet before compacting) get those entries written
-    /// again at the end, synced, and the oldest segment goes: one quiet group cannot keep the
-    /// log growing. The copies are the same entries (same indexes and terms), so a group's log
-    /// does not change.
-    fn copy_forward_quiet_groups(&mut self) -> Result<(), WalError> {
-        if self.files.segments.len() > SEGMENTS_KEPT_MAX {
-            // The entries are read back from the files.
-            self.files.flush()?;
-        }
-        while self.files.segments.len() > SEGMENTS_KEPT_MAX {
-            let oldest = self.files.segments[0].number;
-            let pinning: Vec<GroupId> = self
-                .groups
-                .iter()
-                .filter(|(_, log)| log.spans.oldest_segment() == Some(oldest))
-                .map(|(&group, _)| group)
-                .collect();
-            assert!(
-                !pinning.is_empty(),
-                "a segment no group needs was deleted before this"
-            );
-            for (group, entries) in self.read_live_entries(&pinning)? {
-                // Not `write_records`: a roll-over in here must not start another copy.
-                self.files.write_batch(
-                    &mut self.groups,
-                    entries.iter().map(Outgoing::Entry),
-                    |record| match record {
-                        Outgoing::Entry(entry) => {
-                            format::GROUP_RECORD_EXTRA_BYTES + format::entry_record_bytes(entry)
-                        }
-                        _ => unreachable!("only entries are copied"),
-                    },
-                    |groups, segment, record, buffer| {
-                        encode_and_apply(groups, segment, group, record, buffer)
-                    },
-                    |groups, number| {
-                        let name = SegmentName {
-                            number,
-                            first_index: 0,
-                        };
-                        (name, preamble(groups, name))
-                    },
-                )?;
-            }
-            // The copies must be durable before the originals go.
-            self.files.sync()?;
-            let deleted = self.delete_unneeded_segments()?;
-            assert!(
-                deleted > 0,
-                "copied groups no longer keep the oldest segment"
-            );
-        }
-        Ok(())
-    }
-
-    /// Every live entry of `groups`, read back from the segments that hold them (the last
-    /// write of each index in the segment its span names), in index order.
-    fn read_live_entries(
-        &self,
-        groups: &[GroupId],
-    ) -> Result<BTreeMap<GroupId, Vec<Entry>>, WalError> {
-        let mut wanted: BTreeMap<u64, Vec<(GroupId, EntrySpan)>> = BTreeMap::new();
-        for &group in groups {
-            for span in &self.groups[&group].spans.0 {
-                wanted.entry(span.segment).or_default().push((group, *span));
-            }
-        }
-        let mut found: BTreeMap<(GroupId, LogIndex), Entry> = BTreeMap::new();
-        for (number, spans) in wanted {
-            let name = *self
-                .files
-                .segments
-                .iter()
-                .find(|name| name.number == number)
-                .expect("a segment holding live entries is kept");
-            let path = self.files.dir.join(name.file_name());
-            let bytes = std::fs::read(&path).map_err(segment::io_error("read", &path))?;
-            segment::scan(
-                &bytes,
-                self.files.options.record_bytes_max,
-                |_, _, record| {
-                    if let Record::Group(group, GroupRecord::Entry(entry)) = record {
-                        let live = spans.iter().any(|(wanted, span)| {
-                            *wanted == group && (span.first..=span.last).contains(&entry.index)
-                        });
-                        if live {
-                            found.insert((group, entry.index), entry);
-                        }
-                    }
-                    Ok(())
-                },
-            )?;
-        }
-        let mut entries: BTreeMap<GroupId, Vec<Entry>> = BTreeMap::new();
-        for ((group, _), entry) in found {
-            entries.entry(group).or_default().push(entry);
-        }
-        for (group, list) in &entries {
-            let log = &self.groups[group].log;
-            assert!(
-                list.first().map(|entry| entry.index) == Some(log.first_index())
-                    && list.len() as u64 == log.last_index() + 1 - log.first_index(),
-                "every live entry of group {group} was read back"
-            );
-        }
-        Ok(entries)
     }
 
     /// Deletes the oldest segments that hold no group's live entries (their markers and hard
