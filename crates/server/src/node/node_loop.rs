@@ -323,7 +323,7 @@ where
             }
             self.awake.remove(&group);
             self.cells.write().expect("group cells lock").remove(&group);
-            if let Some(shared) = &self.shared_log {
+            if let Some(shared) = &mut self.shared_log {
                 shared
                     .remove_group(group)
                     .map_err(|error| format!("group {group}: {error}"))?;
@@ -345,7 +345,6 @@ where
                     shared
                         .remove_group(group)
                         .map_err(|error| format!("group {group}: {error}"))?;
-                    shared.recovered.remove(&group);
                 }
             }
         }

@@ -299,23 +299,9 @@ impl Wal {
     /// were deleted. A no-op for an index at or below the current marker.
     pub fn compact_to(&mut self, index: LogIndex) -> Result<usize, WalError> {
         self.check_running()?;
-        if index <= self.log.floor().index {
+        let Some(marker) = compaction_marker(&self.log, index)? else {
             return Ok(0);
-        }
-        if index > self.log.last_index() {
-            return Err(WalError::CompactBeyondLog {
-                index,
-                last_index: self.log.last_index(),
-            });
-        }
-        let term = self.log.term_at(index).expect("a live index has a term");
-        let marker = SnapshotMarker {
-            position: LogPosition::new(index, term),
-            keep_later_entries: true,
         };
-        self.log
-            .check_marker(&marker)
-            .map_err(|violation| WalError::InvalidAppend { violation })?;
         self.write_records([Outgoing::Marker(marker)].into_iter())?;
         self.sync()?;
         let deletable = compactable_segments(&self.files.segments, index);
@@ -328,15 +314,10 @@ impl Wal {
     /// Returns how many segments were deleted. A no-op for a snapshot not newer than the marker.
     pub fn install_snapshot(&mut self, position: LogPosition) -> Result<usize, WalError> {
         self.check_running()?;
-        if position.index <= self.log.floor().index {
-            return Ok(0);
-        }
-        if self.log.term_at(position.index) == Some(position.term) {
-            return self.compact_to(position.index);
-        }
-        let marker = SnapshotMarker {
-            position,
-            keep_later_entries: false,
+        let marker = match install_marker(&self.log, position)? {
+            None => return Ok(0),
+            Some(marker) if marker.keep_later_entries => return self.compact_to(position.index),
+            Some(marker) => marker,
         };
         self.write_records([Outgoing::Marker(marker)].into_iter())?;
         // The new segment's preamble repeats the marker, so every older segment can go.
@@ -447,6 +428,46 @@ fn encode_and_apply(log: &mut LogState, record: Outgoing<'_>, buffer: &mut Vec<u
             format::encode_snapshot_marker(&marker, buffer)
         }
     }
+}
+
+/// The marker a compaction of `log` through `index` writes; `None` at or below its floor, an
+/// error past its end.
+fn compaction_marker(log: &LogState, index: LogIndex) -> Result<Option<SnapshotMarker>, WalError> {
+    if index <= log.floor().index {
+        return Ok(None);
+    }
+    if index > log.last_index() {
+        return Err(WalError::CompactBeyondLog {
+            index,
+            last_index: log.last_index(),
+        });
+    }
+    let term = log.term_at(index).expect("a live index has a term");
+    let marker = SnapshotMarker {
+        position: LogPosition::new(index, term),
+        keep_later_entries: true,
+    };
+    log.check_marker(&marker)
+        .map_err(|violation| WalError::InvalidAppend { violation })?;
+    Ok(Some(marker))
+}
+
+/// The marker installing a snapshot at `position` writes (Raft §7): a compaction's if `log`
+/// holds `position` itself, else one that discards the whole log; `None` at or below its floor.
+fn install_marker(
+    log: &LogState,
+    position: LogPosition,
+) -> Result<Option<SnapshotMarker>, WalError> {
+    if position.index <= log.floor().index {
+        return Ok(None);
+    }
+    if log.term_at(position.index) == Some(position.term) {
+        return compaction_marker(log, position.index);
+    }
+    Ok(Some(SnapshotMarker {
+        position,
+        keep_later_entries: false,
+    }))
 }
 
 /// Checks an append against `log` and the record bound (each record being `extra_bytes` larger

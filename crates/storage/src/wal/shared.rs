@@ -18,8 +18,8 @@ use crate::wal::format::{self, GroupRecord, Record, SnapshotMarker, SHARED_FORMA
 use crate::wal::replay::{LogState, Replay};
 use crate::wal::segment::{ScanEnd, SegmentName};
 use crate::wal::{
-    check_header_name, corrupt_invariant, scan_segment, validate_append, Recovered, Sequence,
-    TailRepair, Violation, WalError, WalOptions,
+    check_header_name, compaction_marker, corrupt_invariant, install_marker, scan_segment,
+    validate_append, Recovered, Sequence, TailRepair, Violation, WalError, WalOptions,
 };
 use ballot_core::{Entry, GroupId, HardState, LogIndex, LogPosition};
 use std::collections::{BTreeMap, VecDeque};
@@ -128,15 +128,17 @@ struct GroupReplay {
 }
 
 impl GroupReplay {
-    fn started(&mut self, first_index: LogIndex) -> Result<&mut Replay, Violation> {
-        if self.replay.is_none() {
+    fn started(&mut self, first_index: LogIndex) -> &mut Replay {
+        let early_hard_state = &mut self.early_hard_state;
+        self.replay.get_or_insert_with(|| {
             let mut replay = Replay::new(first_index);
-            if let Some(hard_state) = self.early_hard_state.take() {
-                replay.hard_state(hard_state)?;
+            if let Some(hard_state) = early_hard_state.take() {
+                replay
+                    .hard_state(hard_state)
+                    .expect("a fresh replay takes any hard state");
             }
-            self.replay = Some(replay);
-        }
-        Ok(self.replay.as_mut().expect("just started"))
+            replay
+        })
     }
 
     /// Replays one of the group's records from `segment`. The group's log may have lost entries
@@ -149,7 +151,7 @@ impl GroupReplay {
         match record {
             GroupRecord::Entry(entry) => {
                 let index = entry.index;
-                let replay = self.started(index)?;
+                let replay = self.started(index);
                 if index > replay.state.last_index() + 1 {
                     replay.restart_at(index);
                 }
@@ -157,7 +159,7 @@ impl GroupReplay {
                 self.spans.entry_written(segment, index);
             }
             GroupRecord::SnapshotMarker(mut marker) => {
-                let replay = self.started(marker.position.index + 1)?;
+                let replay = self.started(marker.position.index + 1);
                 if marker.position.index > replay.state.last_index() {
                     marker.keep_later_entries = false;
                 }
@@ -185,9 +187,9 @@ impl GroupReplay {
     }
 
     /// A group that never wrote an entry or a marker starts at index 1.
-    fn finish(mut self) -> Result<(Replay, Spans), Violation> {
-        self.started(1)?;
-        Ok((self.replay.expect("started"), self.spans))
+    fn finish(mut self) -> (Replay, Spans) {
+        self.started(1);
+        (self.replay.expect("started"), self.spans)
     }
 }
 
@@ -213,11 +215,7 @@ impl SharedWal {
         let mut logs = BTreeMap::new();
         let mut recovered = BTreeMap::new();
         for (group, replay) in groups {
-            let (replay, spans) = replay.finish().map_err(|violation| WalError::Corrupt {
-                file: dir.clone(),
-                offset: 0,
-                defect: crate::wal::Defect::Invariant(violation),
-            })?;
+            let (replay, spans) = replay.finish();
             if let Err((first_missing, last_missing)) = replay.state.check_complete() {
                 return Err(WalError::MissingGroupEntries {
                     dir,
@@ -303,10 +301,8 @@ impl SharedWal {
         if entries.is_empty() && hard_state.is_none() {
             return Ok(self.files.appended());
         }
-        let empty = GroupLog::empty();
-        let log = &self.groups.get(&group).unwrap_or(&empty).log;
         validate_append(
-            log,
+            self.log(group),
             self.files.options.record_bytes_max,
             format::GROUP_RECORD_EXTRA_BYTES,
             entries,
@@ -330,27 +326,8 @@ impl SharedWal {
     /// then deletes the oldest segments no group needs any more. A no-op at or below the floor.
     pub fn compact_to(&mut self, group: GroupId, index: LogIndex) -> Result<usize, WalError> {
         self.check_running()?;
-        let empty = GroupLog::empty();
-        let log = &self.groups.get(&group).unwrap_or(&empty).log;
-        if index <= log.floor().index {
-            return Ok(0);
-        }
-        if index > log.last_index() {
-            return Err(WalError::CompactBeyondLog {
-                index,
-                last_index: log.last_index(),
-            });
-        }
-        let term = log.term_at(index).expect("a live index has a term");
-        let marker = SnapshotMarker {
-            position: LogPosition::new(index, term),
-            keep_later_entries: true,
-        };
-        log.check_marker(&marker)
-            .map_err(|violation| WalError::InvalidAppend { violation })?;
-        self.write_records(group, [Outgoing::Marker(marker)].into_iter())?;
-        self.sync()?;
-        self.delete_unneeded_segments()
+        let marker = compaction_marker(self.log(group), index)?;
+        self.write_marker(group, marker)
     }
 
     /// After `group` saved a snapshot received from a leader (Raft §7): [`SharedWal::compact_to`]
@@ -362,17 +339,25 @@ impl SharedWal {
         position: LogPosition,
     ) -> Result<usize, WalError> {
         self.check_running()?;
-        let empty = GroupLog::empty();
-        let log = &self.groups.get(&group).unwrap_or(&empty).log;
-        if position.index <= log.floor().index {
+        let marker = install_marker(self.log(group), position)?;
+        self.write_marker(group, marker)
+    }
+
+    /// `group`'s log as the writer knows it (empty for a group without records).
+    fn log(&self, group: GroupId) -> &LogState {
+        static EMPTY: std::sync::LazyLock<LogState> = std::sync::LazyLock::new(|| LogState::new(1));
+        self.groups.get(&group).map_or(&EMPTY, |state| &state.log)
+    }
+
+    /// Writes and syncs `marker` (if any) for `group`, then lets go of the segments nobody
+    /// needs. Returns how many went.
+    fn write_marker(
+        &mut self,
+        group: GroupId,
+        marker: Option<SnapshotMarker>,
+    ) -> Result<usize, WalError> {
+        let Some(marker) = marker else {
             return Ok(0);
-        }
-        if log.term_at(position.index) == Some(position.term) {
-            return self.compact_to(group, position.index);
-        }
-        let marker = SnapshotMarker {
-            position,
-            keep_later_entries: false,
         };
         self.write_records(group, [Outgoing::Marker(marker)].into_iter())?;
         self.sync()?;

@@ -158,8 +158,9 @@ impl SharedLog {
         })
     }
 
-    /// Forgets a group this node no longer hosts.
-    pub(crate) fn remove_group(&self, group: GroupId) -> Result<(), WalError> {
+    /// Forgets a group this node no longer hosts (and what was recovered for it).
+    pub(crate) fn remove_group(&mut self, group: GroupId) -> Result<(), WalError> {
+        self.recovered.remove(&group);
         self.lock().remove_group(group)
     }
 

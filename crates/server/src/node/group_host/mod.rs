@@ -484,7 +484,7 @@ where
         self.replica.tick();
         self.ticks += 1;
         if self.ticks.is_multiple_of(WAL_LAZY_SYNC_TICKS) {
-            if let Err(error) = self.sync_lazy_records() {
+            if let Err(error) = self.sync_wal() {
                 tracing::error!(%error, "storage failure: stopping this node");
                 return false;
             }
@@ -667,16 +667,9 @@ where
         }
     }
 
-    /// Syncs what was appended without a sync, if anything.
-    fn sync_lazy_records(&mut self) -> Result<(), WalError> {
-        if self.log.is_synced() {
-            return Ok(());
-        }
-        self.sync_wal()
-    }
-
+    /// Syncs what was appended, if anything is not durable yet (another group's completion may
+    /// have synced the shared WAL for this batch already).
     fn sync_wal(&mut self) -> Result<(), WalError> {
-        // Another group's completion may have synced the shared WAL for this batch already.
         if self.log.is_synced() {
             return Ok(());
         }
