@@ -245,15 +245,19 @@ impl GroupSelection {
     }
 }
 
+/// One series with its help and type lines, in Prometheus' text format.
+fn metric(out: &mut String, name: &str, help: &str, kind: &str, value: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+    );
+}
+
 /// Aggregates over the groups beyond 0 this node hosts, and the series of the selected ones.
 fn group_metrics(out: &mut String, node: &NodeHandle, selection: &GroupSelection) {
     let hosted = node.hosted_groups();
-    let mut aggregate = |name: &str, help: &str, kind: &str, value: u64| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-        );
-    };
+    let mut aggregate =
+        |name: &str, help: &str, kind: &str, value: u64| metric(out, name, help, kind, value);
     let count = |test: &dyn Fn(&crate::node::NodeStatus) -> bool| {
         hosted.iter().filter(|(_, status)| test(status)).count() as u64
     };
@@ -335,12 +339,8 @@ fn group_metrics(out: &mut String, node: &NodeHandle, selection: &GroupSelection
 fn metrics(node: &NodeHandle, transport: &Transport, groups: &GroupSelection) -> String {
     let status = node.status();
     let mut out = String::new();
-    let mut gauge = |name: &str, help: &str, kind: &str, value: u64| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-        );
-    };
+    let mut gauge =
+        |name: &str, help: &str, kind: &str, value: u64| metric(&mut out, name, help, kind, value);
     gauge(
         "ballot_raft_term",
         "Current Raft term.",
