@@ -18,6 +18,7 @@ pub mod error;
 pub mod membership;
 pub mod ready;
 pub mod replica;
+pub mod safety;
 pub mod state;
 pub mod storage;
 
@@ -29,6 +30,7 @@ pub use replica::{
     Probe, ProtocolMessage, ReadMode, Replica, ReplicaSettings, ReplicaStart, Role, Status,
     WireMessage,
 };
+pub use safety::{Finding, LogView, SafetyChecker};
 pub use state::{HardState, PersistedState, Snapshot, SnapshotMeta};
 pub use storage::{LogStore, RecoveredLog, SnapshotStore, StateMachine};
 

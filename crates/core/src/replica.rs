@@ -240,4 +240,13 @@ pub trait Replica {
     /// Term of the entry at `index` if this replica still knows it: an entry in its log, or the
     /// last entry covered by its snapshot. For invariant checks and debugging.
     fn entry_term(&self, index: LogIndex) -> Option<Term>;
+
+    /// The safety properties this engine promises, as fresh checkers for one group (see
+    /// [`crate::safety`]). A simulator runs them on every group beside its own checks.
+    fn safety_checkers() -> Vec<Box<dyn crate::SafetyChecker>>
+    where
+        Self: Sized,
+    {
+        Vec::new()
+    }
 }

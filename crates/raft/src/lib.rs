@@ -64,6 +64,7 @@ mod progress;
 mod raft;
 mod read;
 mod replication;
+pub mod safety;
 mod snapshot;
 mod transfer;
 

@@ -763,4 +763,8 @@ impl Replica for Raft {
     fn entry_term(&self, index: LogIndex) -> Option<Term> {
         self.log.term_at(index)
     }
+
+    fn safety_checkers() -> Vec<Box<dyn ballot_core::SafetyChecker>> {
+        crate::safety::checkers()
+    }
 }

@@ -37,9 +37,10 @@
 //!
 //! # Checks
 //!
-//! After every step, incrementally ([`checkers`]): Election Safety, Log Matching, Leader
-//! Completeness, State Machine Safety (Raft figure 3), plus the `Ready` contract itself. At the
-//! end: liveness and linearizability of the recorded client history ([`linearizability`]). A run
+//! After every step, incrementally, per group: the engine's own safety checkers, which its crate
+//! hands over (`Replica::safety_checkers`; Raft's are Election Safety, Log Matching and Leader
+//! Completeness) and the simulator feeds without naming them, then its own ([`checkers`]): State
+//! Machine Safety and the `Ready` contract itself. At the end: liveness and linearizability of the recorded client history ([`linearizability`]). A run
 //! stops at the first safety violation and reports it with the trace up to that point.
 //! [`run_many`] runs a range of seeds on all cores.
 

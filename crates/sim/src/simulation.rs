@@ -7,10 +7,7 @@
 //! draws randomness except from child generators of one `ChaCha8Rng` seeded with the run's seed,
 //! each consumer with its own, so a seed reproduces a run exactly.
 
-use crate::checkers::{
-    leader_stability, liveness, payload_digest, ElectionSafety, LeaderCompleteness, LogMatching,
-    StateMachineSafety, Violation,
-};
+use crate::checkers::{leader_stability, liveness, StateMachineSafety, Violation};
 use crate::client::{Clients, OpCounts};
 use crate::faults::FaultSet;
 use crate::group::{GroupMessage, NodeMessage};
@@ -24,8 +21,8 @@ use crate::trace::Trace;
 use crate::trace_event;
 use ballot_core::ReplicaStart;
 use ballot_core::{
-    Entry, EntryPayload, GroupId, LogIndex, LogPosition, Membership, NodeId, ProtocolMessage,
-    ReadState, Replica, Role, SnapshotMeta, Term,
+    Entry, EntryPayload, Finding, GroupId, LogIndex, LogPosition, Membership, NodeId,
+    ProtocolMessage, ReadState, Replica, Role, SafetyChecker, SnapshotMeta, Term,
 };
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -183,14 +180,19 @@ impl<M> World<M> {
         }
         self.violation(violation);
     }
+
+    /// Records what one of `group`'s engine checkers found.
+    pub fn found(&mut self, group: GroupId, now: u64, finding: Finding) {
+        let violation = Violation::new(finding.checker, now, finding.description);
+        self.group_violation(group, violation);
+    }
 }
 
 /// One group's clients and checkers: every property is checked per group.
 pub(crate) struct Checks {
     pub clients: Clients,
-    pub election_safety: ElectionSafety,
-    pub log_matching: LogMatching,
-    pub leader_completeness: LeaderCompleteness,
+    /// The engine's own (`Replica::safety_checkers`), fed every observation below.
+    pub engine: Vec<Box<dyn SafetyChecker>>,
     pub state_machine_safety: StateMachineSafety,
     pub observed: Vec<Observed>,
     /// Membership after every membership entry committed so far.
@@ -247,9 +249,7 @@ impl<R: Replica> Group<R> {
                     clients_rng,
                 )
                 .in_group(id),
-                election_safety: ElectionSafety::default(),
-                log_matching: LogMatching::default(),
-                leader_completeness: LeaderCompleteness::default(),
+                engine: R::safety_checkers(),
                 state_machine_safety: StateMachineSafety::default(),
                 observed: vec![idle; node_count],
                 committed_membership: membership,
@@ -380,20 +380,10 @@ impl<R: Replica> ReadyHandler<R> for GroupWorld<'_, R::Message> {
             );
         }
         for entry in entries {
-            let previous_term = if entry.index <= 1 {
-                Some(0)
-            } else {
-                replica.entry_term(entry.index - 1)
-            };
-            let digest = payload_digest(&entry.payload);
-            if let Some(v) = self.checks.log_matching.observe_written(
-                now,
-                node,
-                entry.position(),
-                digest,
-                previous_term,
-            ) {
-                self.violation(v);
+            for checker in &mut self.checks.engine {
+                if let Some(finding) = checker.entry_written(node, entry, replica) {
+                    self.world.found(self.group, now, finding);
+                }
             }
         }
     }
@@ -418,7 +408,7 @@ impl<R: Replica> ReadyHandler<R> for GroupWorld<'_, R::Message> {
         result: Option<ApplyResult>,
     ) {
         trace_event!(self.world.trace, now, "{} applies {entry}", self.who(node));
-        let digest = payload_digest(&entry.payload);
+        let digest = entry.payload.digest();
         let check = self.checks.state_machine_safety.observe_apply(
             now,
             node,
@@ -440,10 +430,10 @@ impl<R: Replica> ReadyHandler<R> for GroupWorld<'_, R::Message> {
             self.who(node)
         );
         let checks = &mut *self.checks;
-        let bound = checks.observed[node as usize - 1].term;
-        checks
-            .leader_completeness
-            .record_commit(entry.index, entry.term, bound);
+        let node_term = checks.observed[node as usize - 1].term;
+        for checker in &mut checks.engine {
+            checker.entry_committed(node, node_term, entry);
+        }
         checks.new_commits.push(entry.index);
         let op_id = match &entry.payload {
             EntryPayload::Command(data) => Command::decode(data).ok().map(|c| c.op_id()),
@@ -1082,22 +1072,20 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
             else {
                 continue;
             };
-            for &index in &commits {
-                let check = checks.leader_completeness.check_entry(
-                    self.world.now,
+            for checker in &mut checks.engine {
+                violations.extend(checker.leading_after_commits(
                     node.id,
                     observed.term,
-                    index,
-                    || replica.status().first_log_index,
-                    |i| replica.entry_term(i),
-                );
-                violations.extend(check);
+                    &commits,
+                    replica,
+                ));
             }
         }
         checks.new_commits = commits;
         checks.new_commits.clear();
-        for v in violations {
-            self.group_violation(group, v);
+        let now = self.world.now;
+        for finding in violations {
+            self.world.found(self.groups[group].id, now, finding);
         }
     }
 
@@ -1141,25 +1129,17 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
             before.term
         );
         self.world.max_term = self.world.max_term.max(status.term);
-        if status.role != Role::Leader {
-            return;
+        if status.role == Role::Leader {
+            self.world.leader_changes += 1;
         }
-        self.world.leader_changes += 1;
-        let mut violations = Vec::new();
-        violations.extend(
-            checks
-                .election_safety
-                .observe(now, status.id, status.role, status.term),
-        );
-        violations.extend(checks.leader_completeness.check_new_leader(
-            now,
-            status.id,
-            status.term,
-            status.first_log_index,
-            |i| replica.entry_term(i),
-        ));
-        for v in violations {
-            self.group_violation(group, v);
+        let findings: Vec<Finding> = checks
+            .engine
+            .iter_mut()
+            .filter_map(|checker| checker.role_changed(&status, replica))
+            .collect();
+        let group = *id;
+        for finding in findings {
+            self.world.found(group, now, finding);
         }
     }
 

@@ -122,8 +122,9 @@ fn help_text() -> String {
          partition hits every group on the node; membership changes and leadership transfers hit \
          one group at a time; each group has its own clients and keys, and every check below runs \
          per group.\n\n\
-         Checked after every step: Election Safety, Log Matching, Leader Completeness, State Machine \
-         Safety (Raft figure 3). Checked at the end: liveness (a leader and every pending operation \
+         Checked after every step: Raft's own properties, which ballot-raft brings with it \
+         (Election Safety, Log Matching, Leader Completeness: Raft figure 3), and the simulator's \
+         own for every engine (State Machine Safety, entries applied in order). Checked at the end: liveness (a leader and every pending operation \
          decided within a bound after the heal) and linearizability of every client operation \
          (Wing & Gong / Lowe, per key).\n\nFaults:\n",
     );
