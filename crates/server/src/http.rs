@@ -451,6 +451,12 @@ fn metrics(node: &NodeHandle, transport: &Transport, groups: &GroupSelection) ->
         stats.messages_dropped.load(Ordering::Relaxed),
     );
     gauge(
+        "ballot_peer_bytes_queued",
+        "Bytes waiting in the peer queues (bounded per peer; beyond it messages are dropped).",
+        "gauge",
+        stats.bytes_queued.load(Ordering::Relaxed),
+    );
+    gauge(
         "ballot_peer_messages_received_total",
         "Protocol messages received from peers.",
         "counter",

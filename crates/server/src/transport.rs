@@ -10,7 +10,9 @@
 //! frame is unwritten, so the rest of a partly written frame is always first in the queue.
 //!
 //! The protocols tolerate lost messages, so the transport never blocks the node: when a peer's queue is
-//! full (the peer is down or slow) new messages to it are dropped and counted. Incoming
+//! full (the peer is down or slow) new messages to it are dropped and counted. A queue is bounded
+//! in messages and in bytes, so a stalled peer costs the node at most `queue_bytes_max` of memory
+//! whatever its groups send it (the protocols then resend from their logs, or a snapshot). Incoming
 //! connections are checked (the hello) and then either read by a task that puts their messages
 //! in a channel ([`Transport::start`]) or handed, with their [`FrameReader`], to an owner that
 //! reads them itself ([`Transport::start_handing_off`]: the node's replica thread). Either way a
@@ -74,6 +76,9 @@ pub struct TransportConfig {
     pub cluster_token: String,
     /// Messages queued per peer before new ones are dropped.
     pub queue_messages_max: usize,
+    /// Bytes queued per peer before new messages are dropped (one message is always let in when
+    /// nothing is queued, however large, so the bound is this or one message).
+    pub queue_bytes_max: usize,
     /// Largest frame accepted from a peer.
     pub frame_bytes_max: usize,
     /// Bytes gathered into one socket write.
@@ -88,6 +93,7 @@ impl TransportConfig {
             node_id,
             cluster_token: cluster_token.into(),
             queue_messages_max: 4096,
+            queue_bytes_max: 64 << 20,
             frame_bytes_max: 64 << 20,
             write_batch_bytes_max: 1 << 20,
             reconnect_backoff_min: Duration::from_millis(20),
@@ -110,6 +116,8 @@ pub struct TransportStats {
     pub hellos_refused: AtomicU64,
     pub liveness_sent: AtomicU64,
     pub liveness_received: AtomicU64,
+    /// Bytes waiting in every peer's queue now (a gauge).
+    pub bytes_queued: AtomicU64,
 }
 
 struct Peer {
@@ -127,6 +135,8 @@ struct Link {
     /// Frames handed to the queue and not yet written (or dropped) by the writer task. A direct
     /// write is allowed only at zero, which keeps frames in order.
     unwritten: usize,
+    /// The bytes of those frames.
+    unwritten_bytes: usize,
 }
 
 /// The running transport. Dropping it stops its tasks.
@@ -229,14 +239,24 @@ impl Transport {
                 link,
             },
         ) {
-            old.writer.abort();
+            self.retire(old);
         }
     }
 
     pub fn remove_peer(&self, id: NodeId) {
         if let Some(old) = self.peers.lock().expect("peer map lock").remove(&id) {
-            old.writer.abort();
+            self.retire(old);
         }
+    }
+
+    /// Stops a peer's writer; what was queued for it is dropped with it.
+    fn retire(&self, peer: Peer) {
+        peer.writer.abort();
+        let mut link = peer.link.lock().expect("peer link lock");
+        let bytes = std::mem::take(&mut link.unwritten_bytes);
+        self.stats
+            .bytes_queued
+            .fetch_sub(bytes as u64, Ordering::Relaxed);
     }
 
     /// Sends group 0's `message` to its addressee: [`Transport::send_to_group`].
@@ -288,7 +308,7 @@ impl Transport {
         }
     }
 
-    /// Whether `frame` was written or queued (false: the queue is full).
+    /// Whether `frame` was written or queued (false: the queue is full, in messages or bytes).
     fn write_or_queue(&self, peer: &Peer, frame: Bytes) -> bool {
         let mut link = peer.link.lock().expect("peer link lock");
         let rest = match &link.stream {
@@ -315,10 +335,19 @@ impl Transport {
             _ => frame,
         };
         // With nothing unwritten the queue is empty, so the rest of a partly written frame
-        // fails to queue only if the writer task is gone, and its connection with it.
+        // fails to queue only if the writer task is gone, and its connection with it (the byte
+        // bound never refuses it: it applies only behind frames already queued).
+        let len = rest.len();
+        if link.unwritten > 0 && link.unwritten_bytes + len > self.config.queue_bytes_max {
+            return false;
+        }
         let queued = peer.queue.try_send(rest).is_ok();
         if queued {
             link.unwritten += 1;
+            link.unwritten_bytes += len;
+            self.stats
+                .bytes_queued
+                .fetch_add(len as u64, Ordering::Relaxed);
         }
         queued
     }
@@ -399,6 +428,10 @@ async fn write_loop(
             let written = write_all_shared(&stream, &batch).await;
             let mut shared = link.lock().expect("peer link lock");
             shared.unwritten -= frames;
+            // At most what is counted: a peer being replaced already took its bytes off.
+            let done = batch.len().min(shared.unwritten_bytes);
+            shared.unwritten_bytes -= done;
+            stats.bytes_queued.fetch_sub(done as u64, Ordering::Relaxed);
             if let Err(error) = written {
                 // Reconnect; the batch is lost, as the protocols allow. Direct writes stop until the
                 // new connection's hello is out.

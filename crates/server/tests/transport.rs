@@ -3,8 +3,10 @@
 //! foreign cluster,
 //! reconnection after a peer restarts, and dropping (not blocking) when a peer is down.
 
+use ballot_core::{Entry, EntryPayload, LogPosition};
 use ballot_raft::{Message, MessageBody};
 use ballot_server::transport::{Transport, TransportConfig};
+use bytes::Bytes;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -234,6 +236,67 @@ async fn sending_to_a_dead_peer_drops_instead_of_blocking() {
         one.send(&heartbeat(1, 2, round));
     }
     assert!(one.stats.messages_dropped.load(Ordering::Relaxed) >= 90);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_peer_holds_at_most_the_queue_byte_bound() {
+    // A peer that accepts the connection and never reads (a stopped process): once the socket
+    // buffers are full, frames queue up to the byte bound and the rest are dropped.
+    let stalled = tokio::net::TcpListener::bind(any_port()).await.unwrap();
+    let stalled_addr = stalled.local_addr().unwrap();
+    let (accepted_tx, accepted_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (socket, _) = stalled.accept().await.unwrap();
+        let _ = accepted_tx.send(());
+        // Held open, never read.
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        drop(socket);
+    });
+    let (to_one, _one_inbound) = mpsc::channel::<Grouped>(16);
+    let mut config = TransportConfig::new(1, "t");
+    const BOUND: usize = 4 << 20;
+    config.queue_bytes_max = BOUND;
+    let (one, _) = Transport::start(config, any_port(), to_one).await.unwrap();
+    one.set_peer(2, stalled_addr);
+    timeout(Duration::from_secs(5), accepted_rx)
+        .await
+        .expect("connected within 5 s")
+        .unwrap();
+    let append = |index: u64| Message {
+        from: 1,
+        to: 2,
+        term: 1,
+        body: MessageBody::AppendEntries {
+            prev_log: LogPosition::new(index - 1, 1),
+            entries: vec![Entry {
+                index,
+                term: 1,
+                payload: EntryPayload::Command(Bytes::from(vec![7u8; 256 << 10])),
+            }],
+            leader_commit: 0,
+        },
+    };
+    // 400 frames of 256 KiB: 100 MiB, far more than loopback socket buffers and the bound hold.
+    for index in 1..=400 {
+        one.send(&append(index));
+        assert!(
+            one.stats.bytes_queued.load(Ordering::Relaxed) <= BOUND as u64,
+            "queued bytes exceed the bound after frame {index}"
+        );
+    }
+    let dropped = one.stats.messages_dropped.load(Ordering::Relaxed);
+    let queued = one.stats.bytes_queued.load(Ordering::Relaxed);
+    assert!(dropped >= 300, "only {dropped} of 400 frames dropped");
+    assert!(
+        queued > (BOUND / 2) as u64,
+        "the queue fills towards its bound before dropping: {queued} bytes"
+    );
+    one.remove_peer(2);
+    assert_eq!(
+        one.stats.bytes_queued.load(Ordering::Relaxed),
+        0,
+        "a removed peer's queue is released"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
