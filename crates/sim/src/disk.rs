@@ -7,6 +7,14 @@
 //! [`Disk::crash`]; synced data is never lost. Installing a snapshot and compacting are durable
 //! at once, as the WAL's are (each syncs what was written before it).
 //!
+//! A sync can be made to fail ([`Disk::fail_next_sync`], the `sync-fail` fault) as `fdatasync`
+//! fails on Linux with EIO: the records written since the last sync are lost (the kernel drops
+//! the dirty pages and may report success to a later sync, the "fsyncgate" behaviour), while
+//! writes after them land after the hole. A driver must stop there, as the server does; one
+//! that syncs again and carries on (the `retry-failed-sync` break) has acknowledged records that
+//! are gone. At the next start the log is read up to the hole, as a WAL's replay stops at the
+//! first record it cannot read.
+//!
 //! Layout: the durable log is contiguous after its floor. Appending entries replaces any stored
 //! entry at the same index and everything after it (the `Ready` contract). Installing a
 //! snapshot keeps the entries after it only if the log holds the snapshot's last entry with the
@@ -49,6 +57,10 @@ pub enum DiskError {
         offered: LogPosition,
         latest: LogPosition,
     },
+    /// The sync failed (the `sync-fail` fault): what was written since the last sync is lost.
+    SyncFailed {
+        lost_records: usize,
+    },
 }
 
 impl fmt::Display for DiskError {
@@ -73,6 +85,10 @@ impl fmt::Display for DiskError {
                 f,
                 "snapshot through {offered} is older than the one kept, through {latest}"
             ),
+            DiskError::SyncFailed { lost_records } => write!(
+                f,
+                "fsync failed (EIO); the {lost_records} records written since the last sync are lost"
+            ),
         }
     }
 }
@@ -89,6 +105,8 @@ pub struct Disk {
     unsynced: Vec<Unsynced>,
     /// The last index written, synced or not: where the next append may start after.
     written_last_index: LogIndex,
+    /// The next sync fails (the `sync-fail` fault).
+    sync_fails: bool,
 }
 
 impl Disk {
@@ -125,6 +143,17 @@ impl Disk {
         });
     }
 
+    /// The next sync fails, losing what was written since the last one. A crash clears it (a
+    /// reboot clears a transient fault), and so does [`Disk::repair`].
+    pub fn fail_next_sync(&mut self) {
+        self.sync_fails = true;
+    }
+
+    /// The disk works again (the heal).
+    pub fn repair(&mut self) {
+        self.sync_fails = false;
+    }
+
     pub fn has_unsynced(&self) -> bool {
         !self.unsynced.is_empty()
     }
@@ -138,6 +167,20 @@ impl Disk {
                 self.make_durable(record);
             }
         }
+        self.sync_fails = false;
+        // What a replay reads: the log up to a hole a failed sync left (entries written after
+        // it are there, but a replay cannot get past the hole to them).
+        let mut expected = self.floor_index() + 1;
+        let readable = self
+            .entries
+            .iter()
+            .take_while(|entry| {
+                let next = entry.index == expected;
+                expected += 1;
+                next
+            })
+            .count();
+        self.entries.truncate(readable);
         self.written_last_index = self.last_index();
     }
 
@@ -177,7 +220,8 @@ impl Disk {
             .map_or(0, |s| s.meta.last_included.index)
     }
 
-    fn floor_index(&self) -> LogIndex {
+    /// Where the durable log starts after (0 when it was never compacted).
+    pub fn floor_index(&self) -> LogIndex {
         self.floor.map_or(0, |floor| floor.index)
     }
 
@@ -236,7 +280,14 @@ impl LogStore for Disk {
     }
 
     fn sync(&mut self) -> Result<(), DiskError> {
-        for record in std::mem::take(&mut self.unsynced) {
+        let unsynced = std::mem::take(&mut self.unsynced);
+        if std::mem::take(&mut self.sync_fails) {
+            // Later appends still go after the lost records: the file offset has moved on.
+            return Err(DiskError::SyncFailed {
+                lost_records: unsynced.len(),
+            });
+        }
+        for record in unsynced {
             self.make_durable(record);
         }
         Ok(())
@@ -355,6 +406,50 @@ mod tests {
 
     fn positions(disk: &Disk) -> Vec<(LogIndex, u64)> {
         disk.entries().iter().map(|e| (e.index, e.term)).collect()
+    }
+
+    #[test]
+    fn a_failed_sync_loses_what_it_covered_and_a_restart_reads_up_to_the_hole() {
+        let mut disk = Disk::default();
+        disk.append(&entries(1..=2, 1), None).unwrap();
+        disk.sync().unwrap();
+        let vote = HardState {
+            term: 2,
+            voted_for: Some(3),
+            commit_index: 2,
+        };
+        disk.append(&entries(3..=4, 2), Some(vote)).unwrap();
+        disk.fail_next_sync();
+        assert_eq!(disk.sync(), Err(DiskError::SyncFailed { lost_records: 3 }));
+        assert_eq!(disk.hard_state(), HardState::default(), "the vote is lost");
+        // A driver that carries on (the retry-failed-sync break): the retry succeeds with
+        // nothing to write, and later writes land after the hole.
+        assert_eq!(disk.sync(), Ok(()));
+        disk.append(&entries(5..=6, 2), None).unwrap();
+        disk.sync().unwrap();
+        assert_eq!(positions(&disk), vec![(1, 1), (2, 1), (5, 2), (6, 2)]);
+        disk.crash(None);
+        assert_eq!(
+            positions(&disk),
+            vec![(1, 1), (2, 1)],
+            "a replay stops at the hole"
+        );
+        disk.append(&entries(3..=3, 4), None)
+            .expect("the log goes on from what a replay reads");
+    }
+
+    #[test]
+    fn a_sync_fault_is_cleared_by_a_crash_or_a_repair() {
+        let mut disk = Disk::default();
+        disk.fail_next_sync();
+        disk.crash(None);
+        disk.append(&entries(1..=1, 1), None).unwrap();
+        assert_eq!(disk.sync(), Ok(()));
+        disk.fail_next_sync();
+        disk.repair();
+        disk.append(&entries(2..=2, 1), None).unwrap();
+        assert_eq!(disk.sync(), Ok(()));
+        assert_eq!(positions(&disk), vec![(1, 1), (2, 1)]);
     }
 
     #[test]

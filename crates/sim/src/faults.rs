@@ -51,8 +51,16 @@
 //!   (every replica stopped and wiped, its messages in flight dropped). Group 0 and the groups
 //!   the run started with are never removed, nor a group in the middle of a membership cycle.
 //!
+//! - `sync-fail`: a running node's disk fails its next sync, as `fdatasync` fails with EIO: the
+//!   records written since the last sync are lost (see `disk.rs`), and the node stops at once,
+//!   every group on it, as the server's node loop does on a WAL error; it restarts after
+//!   `[QUICK_REBOOT_MIN_TICKS, CRASH_DOWN_MAX_TICKS]` ticks from what its disks hold. Messages
+//!   sent before the sync (which promise nothing durable) are already out; nothing that waits
+//!   for durability is sent. The heal repairs every disk.
+//!
 //! Never injected: corruption of durable data, loss of synced data, clock drift beyond what the
-//! tick model expresses, Byzantine messages.
+//! tick model expresses, Byzantine messages. (The real WAL's handling of flipped bits and torn
+//! records is tested on real files: `crates/storage`.)
 
 use std::fmt;
 use std::str::FromStr;
@@ -91,10 +99,11 @@ pub enum FaultKind {
     Membership,
     Transfer,
     Groups,
+    SyncFail,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 15] = [
+    pub const ALL: [FaultKind; 16] = [
         FaultKind::Delay,
         FaultKind::Drop,
         FaultKind::Duplicate,
@@ -110,6 +119,7 @@ impl FaultKind {
         FaultKind::Membership,
         FaultKind::Transfer,
         FaultKind::Groups,
+        FaultKind::SyncFail,
     ];
 
     pub fn name(self) -> &'static str {
@@ -129,6 +139,7 @@ impl FaultKind {
             FaultKind::Membership => "membership",
             FaultKind::Transfer => "transfer",
             FaultKind::Groups => "groups",
+            FaultKind::SyncFail => "sync-fail",
         }
     }
 
@@ -158,6 +169,10 @@ impl FaultKind {
             FaultKind::Groups => {
                 "with --groups above 1: a group is created on 3 of the nodes, or a created one is \
                  removed"
+            }
+            FaultKind::SyncFail => {
+                "a node's next fsync fails (EIO): its unsynced writes are lost, it stops, and it \
+                 restarts later"
             }
         }
     }

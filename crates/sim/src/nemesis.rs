@@ -311,6 +311,25 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
                 };
                 self.crash(victim, now + down, kind == FaultKind::TornTail);
             }
+            FaultKind::SyncFail => {
+                let up: Vec<NodeId> = ids
+                    .iter()
+                    .copied()
+                    .filter(|&id| self.node_is_up(id))
+                    .collect();
+                if up.is_empty() {
+                    return;
+                }
+                let victim = up[self.nemesis.rng.random_range(0..up.len())];
+                trace_event!(
+                    self.world.trace,
+                    now,
+                    "FAULT sync-fail: n{victim}'s next fsync fails"
+                );
+                for group in &mut self.groups {
+                    group.nodes[victim as usize - 1].disk.fail_next_sync();
+                }
+            }
             FaultKind::CrashAll => {
                 trace_event!(
                     self.world.trace,

@@ -25,14 +25,20 @@ pub enum DriverBreak {
     /// nothing): after a crash the node starts with no membership at all, cannot vote or
     /// campaign, and once every node has crashed the cluster never elects a leader (liveness).
     ForgetBootstrap,
+    /// A failed sync is retried, and the driver carries on when the retry succeeds (as
+    /// PostgreSQL did before 2018's "fsyncgate"): the kernel dropped the failed pages, so the
+    /// retry has nothing to write and succeeds, and the node acknowledges records that are not
+    /// on its disk. Caught under `sync-fail`.
+    RetryFailedSync,
 }
 
 impl DriverBreak {
-    pub const ALL: [DriverBreak; 1] = [DriverBreak::ForgetBootstrap];
+    pub const ALL: [DriverBreak; 2] = [DriverBreak::ForgetBootstrap, DriverBreak::RetryFailedSync];
 
     pub fn name(self) -> &'static str {
         match self {
             DriverBreak::ForgetBootstrap => "forget-bootstrap",
+            DriverBreak::RetryFailedSync => "retry-failed-sync",
         }
     }
 
@@ -40,6 +46,9 @@ impl DriverBreak {
         match self {
             DriverBreak::ForgetBootstrap => {
                 "the driver never stores a node's starting membership; restarts come back without it"
+            }
+            DriverBreak::RetryFailedSync => {
+                "a failed fsync is retried and the node carries on, acknowledging writes its disk lost"
             }
         }
     }
@@ -93,6 +102,8 @@ pub trait ReadyHandler<R: Replica> {
     );
     /// The replica broke the `Ready` contract (or handed out something unusable).
     fn contract_broken(&mut self, now: u64, node: NodeId, description: String);
+    /// `node`'s disk failed a sync; the node must stop (every group's replica on it).
+    fn sync_failed(&mut self, now: u64, node: NodeId);
 }
 
 /// Why a node cut its state machine at an index.
@@ -111,12 +122,21 @@ struct PendingReady<M> {
     batch: InFlight<M>,
 }
 
-/// A storage or state machine failure while handling a batch: a broken contract.
-struct BrokenContract(String);
+/// Why a batch could not be finished.
+enum Stop {
+    /// The replica broke the `Ready` contract (or handed out something unusable), or the state
+    /// machine refused what it was given.
+    BrokenContract(String),
+    /// The disk failed a sync: the node stops, as a server's node loop does on a WAL error.
+    SyncFailed,
+}
 
-impl From<DiskError> for BrokenContract {
+impl From<DiskError> for Stop {
     fn from(error: DiskError) -> Self {
-        BrokenContract(format!("unusable write: {error}"))
+        match error {
+            DiskError::SyncFailed { .. } => Stop::SyncFailed,
+            error => Stop::BrokenContract(format!("unusable write: {error}")),
+        }
     }
 }
 
@@ -139,6 +159,8 @@ pub struct Node<R: Replica> {
     /// Only with the `forget-bootstrap` driver break: the starting membership, kept in memory
     /// instead of on the disk and handed to the first start only.
     bootstrap_in_memory: Option<Membership>,
+    /// A deliberately broken driver, if any.
+    driver_break: Option<DriverBreak>,
     pub incarnation: u64,
     pending: Option<PendingReady<R::Message>>,
     /// Confirmed reads waiting for the applied index to reach theirs.
@@ -163,6 +185,7 @@ impl<R: Replica> Node<R> {
             kv: KvStore::default(),
             applied_membership: Membership::default(),
             bootstrap_in_memory: None,
+            driver_break: broken,
             incarnation: 0,
             pending: None,
             waiting_reads: Vec::new(),
@@ -182,7 +205,7 @@ impl<R: Replica> Node<R> {
         );
         match broken {
             Some(DriverBreak::ForgetBootstrap) => self.bootstrap_in_memory = Some(membership),
-            None => self
+            Some(DriverBreak::RetryFailedSync) | None => self
                 .disk
                 .bootstrap(membership, KvStore::default().encode_image()),
         }
@@ -204,6 +227,15 @@ impl<R: Replica> Node<R> {
     /// What the next incarnation starts from; the state machine is rebuilt from the durable
     /// snapshot and the replica re-delivers the committed entries after it.
     pub fn prepare_start(&mut self, rng_seed: u64) -> ReplicaStart {
+        // An image saved but not yet marked in the log (the node stopped in between: a sync
+        // failed) is installed now, as the server's recovery does before the replica starts.
+        if let Some(position) = self.disk.snapshot().map(|image| image.meta.last_included) {
+            if position.index > self.disk.floor_index() {
+                self.disk
+                    .install_snapshot(position)
+                    .expect("a disk that just came back up syncs");
+            }
+        }
         let mut persisted = self.disk.to_persisted_state();
         if let Some(membership) = self.bootstrap_in_memory.take() {
             persisted.compacted = PersistedState::bootstrap(membership).compacted;
@@ -271,9 +303,10 @@ impl<R: Replica> Node<R> {
                     handler,
                     now,
                 };
-                if let Err(BrokenContract(description)) = driver::complete(&mut host, pending.batch)
-                {
-                    handler.contract_broken(now, self.id, description);
+                if let Err(stop) = driver::complete(&mut host, pending.batch) {
+                    if self.stopped(now, stop, handler) {
+                        return;
+                    }
                 }
                 continue;
             }
@@ -300,8 +333,25 @@ impl<R: Replica> Node<R> {
                 Ok(batch) => driver::complete(&mut host, batch),
                 Err(error) => Err(error),
             };
-            if let Err(BrokenContract(description)) = result {
+            if let Err(stop) = result {
+                if self.stopped(now, stop, handler) {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reports why a batch stopped; whether the node must stop draining (its disk failed: the
+    /// handler crashes it).
+    fn stopped(&mut self, now: u64, stop: Stop, handler: &mut impl ReadyHandler<R>) -> bool {
+        match stop {
+            Stop::BrokenContract(description) => {
                 handler.contract_broken(now, self.id, description);
+                false
+            }
+            Stop::SyncFailed => {
+                handler.sync_failed(now, self.id);
+                true
             }
         }
     }
@@ -360,20 +410,21 @@ impl<R: Replica> Node<R> {
     /// Cut the state machine at the applied index: for a compaction, store the image durably
     /// (what a server's store does on its own), tell the replica and drop the disk entries it
     /// compacted away; for a follower, hand the image to the replica only.
+    /// `Err` only when the disk failed a sync (the node stops).
     fn take_snapshot(
         &mut self,
         now: u64,
         purpose: SnapshotPurpose,
         handler: &mut impl ReadyHandler<R>,
-    ) {
+    ) -> Result<(), Stop> {
         let Some(replica) = self.replica.as_mut() else {
-            return;
+            return Ok(());
         };
         let applied = self.kv.applied_index();
         if applied == 0
             || (purpose == SnapshotPurpose::Compaction && applied <= self.disk.snapshot_index())
         {
-            return;
+            return Ok(());
         }
         // Steps keep arriving while a `Ready` is persisted, so the replica may already have
         // installed a newer snapshot from the leader and forgotten this index: nothing to do then.
@@ -386,7 +437,7 @@ impl<R: Replica> Node<R> {
                 purpose,
                 Err("the replica no longer knows this index".into()),
             );
-            return;
+            return Ok(());
         };
         let at = LogPosition::new(applied, term);
         let snapshot = Snapshot {
@@ -401,7 +452,7 @@ impl<R: Replica> Node<R> {
                 let expected = snapshot.meta.clone();
                 if let Err(error) = SnapshotStore::save(&mut self.disk, &snapshot) {
                     handler.contract_broken(now, self.id, format!("image not saved: {error}"));
-                    return;
+                    return Ok(());
                 }
                 match replica.compact(at.index) {
                     Ok(Some(meta)) if meta != expected => {
@@ -417,12 +468,14 @@ impl<R: Replica> Node<R> {
                     }
                     Ok(_) => {
                         let first_kept = replica.status().first_log_index;
-                        if let Err(error) = self.disk.compact_to(first_kept.saturating_sub(1)) {
-                            handler.contract_broken(
+                        match self.disk.compact_to(first_kept.saturating_sub(1)) {
+                            Err(DiskError::SyncFailed { .. }) => return Err(Stop::SyncFailed),
+                            Err(error) => handler.contract_broken(
                                 now,
                                 self.id,
                                 format!("log not compacted: {error}"),
-                            );
+                            ),
+                            Ok(()) => {}
                         }
                         Ok(())
                     }
@@ -435,6 +488,7 @@ impl<R: Replica> Node<R> {
                 .map_err(|error| error.to_string()),
         };
         handler.snapshot_taken(now, self.id, at, purpose, outcome);
+        Ok(())
     }
 }
 
@@ -449,7 +503,7 @@ impl<R: Replica, H: ReadyHandler<R>> ReadyHost for Host<'_, R, H> {
     type Replica = R;
     type Log = Disk;
     type Snapshots = Disk;
-    type Error = BrokenContract;
+    type Error = Stop;
 
     fn replica(&mut self) -> &mut R {
         self.node
@@ -466,6 +520,17 @@ impl<R: Replica, H: ReadyHandler<R>> ReadyHost for Host<'_, R, H> {
         &mut self.node.disk
     }
 
+    fn sync_log(&mut self) -> Result<(), Stop> {
+        match self.node.disk.sync() {
+            Err(DiskError::SyncFailed { .. })
+                if self.node.driver_break == Some(DriverBreak::RetryFailedSync) =>
+            {
+                Ok(self.node.disk.sync()?)
+            }
+            result => Ok(result?),
+        }
+    }
+
     fn send(&mut self, message: R::Message) {
         self.handler.send(self.now, message);
     }
@@ -476,11 +541,11 @@ impl<R: Replica, H: ReadyHandler<R>> ReadyHost for Host<'_, R, H> {
             .entries_written(self.now, self.node.id, replica, entries);
     }
 
-    fn restore(&mut self, snapshot: &Snapshot) -> Result<(), BrokenContract> {
+    fn restore(&mut self, snapshot: &Snapshot) -> Result<(), Stop> {
         let kv = KvStore::decode_image(&snapshot.data)
-            .map_err(|error| BrokenContract(format!("snapshot does not decode: {error}")))?;
+            .map_err(|error| Stop::BrokenContract(format!("snapshot does not decode: {error}")))?;
         if kv.applied_index() != snapshot.meta.last_included.index {
-            return Err(BrokenContract(format!(
+            return Err(Stop::BrokenContract(format!(
                 "the image of the snapshot at {} holds the state at index {}",
                 snapshot.meta.last_included,
                 kv.applied_index()
@@ -494,7 +559,7 @@ impl<R: Replica, H: ReadyHandler<R>> ReadyHost for Host<'_, R, H> {
         Ok(())
     }
 
-    fn apply(&mut self, entries: &[Entry]) -> Result<(), BrokenContract> {
+    fn apply(&mut self, entries: &[Entry]) -> Result<(), Stop> {
         for entry in entries {
             self.node.apply(self.now, entry, self.handler);
         }
@@ -510,15 +575,13 @@ impl<R: Replica, H: ReadyHandler<R>> ReadyHost for Host<'_, R, H> {
         }
     }
 
-    fn compaction_wanted(&mut self) -> Result<(), BrokenContract> {
+    fn compaction_wanted(&mut self) -> Result<(), Stop> {
         self.node
-            .take_snapshot(self.now, SnapshotPurpose::Compaction, self.handler);
-        Ok(())
+            .take_snapshot(self.now, SnapshotPurpose::Compaction, self.handler)
     }
 
-    fn snapshot_wanted(&mut self) -> Result<(), BrokenContract> {
+    fn snapshot_wanted(&mut self) -> Result<(), Stop> {
         self.node
-            .take_snapshot(self.now, SnapshotPurpose::Image, self.handler);
-        Ok(())
+            .take_snapshot(self.now, SnapshotPurpose::Image, self.handler)
     }
 }

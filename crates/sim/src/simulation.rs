@@ -9,7 +9,7 @@
 
 use crate::checkers::{leader_stability, liveness, StateMachineSafety, Violation};
 use crate::client::{Clients, OpCounts};
-use crate::faults::FaultSet;
+use crate::faults::{self, FaultSet};
 use crate::group::{GroupMessage, NodeMessage};
 use crate::kv::{ApplyResult, Command, KvStore};
 use crate::linearizability::{self, Outcome, Verdict};
@@ -161,6 +161,8 @@ pub(crate) struct World<M> {
     pub violations: Vec<Violation>,
     pub max_term: Term,
     pub leader_changes: u64,
+    /// Nodes whose disk failed a sync in the current drain: each stops after it.
+    pub failed_disks: Vec<NodeId>,
 }
 
 impl<M> World<M> {
@@ -517,6 +519,18 @@ impl<R: Replica> ReadyHandler<R> for GroupWorld<'_, R::Message> {
             format!("n{node}: {description}"),
         ));
     }
+
+    fn sync_failed(&mut self, now: u64, node: NodeId) {
+        trace_event!(
+            self.world.trace,
+            now,
+            "{} fsync fails: its unsynced writes are lost and the node stops",
+            self.who(node)
+        );
+        if !self.world.failed_disks.contains(&node) {
+            self.world.failed_disks.push(node);
+        }
+    }
 }
 
 pub(crate) struct Simulation<R: Replica, F> {
@@ -622,6 +636,7 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
             violations: Vec::new(),
             max_term: 0,
             leader_changes: 0,
+            failed_disks: Vec::new(),
         };
         Self {
             config,
@@ -691,6 +706,9 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
             "HEAL: faults off, partitions lifted, crashed nodes restart"
         );
         self.nemesis.heal(&mut self.world);
+        for node in self.groups.iter_mut().flat_map(|group| &mut group.nodes) {
+            node.disk.repair();
+        }
         let end = heal_at + self.config.heal_ticks;
         let quiesce_at = end - self.config.op_timeout_ticks;
         let mut leaders_seen = vec![None; self.groups.len()];
@@ -1054,7 +1072,20 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
                     self.check_new_commits(group);
                 }
                 self.observe(group, index);
+                self.stop_failed_disks();
             }
+        }
+    }
+
+    /// A node whose disk failed a sync stops at once, every group on it, as a server's node
+    /// loop does on a WAL error; it restarts after a reboot, from what its disks hold.
+    fn stop_failed_disks(&mut self) {
+        for id in std::mem::take(&mut self.world.failed_disks) {
+            let down = self
+                .nemesis
+                .rng
+                .random_range(faults::QUICK_REBOOT_MIN_TICKS..=faults::CRASH_DOWN_MAX_TICKS);
+            self.crash(id, self.world.now + down, false);
         }
     }
 

@@ -851,6 +851,10 @@ mod tests {
         fn contract_broken(&mut self, _: u64, _: NodeId, description: String) {
             panic!("{description}");
         }
+
+        fn sync_failed(&mut self, _: u64, node: NodeId) {
+            panic!("n{node}: no sync fails in these tests");
+        }
     }
 
     #[test]
