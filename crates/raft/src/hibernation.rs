@@ -17,6 +17,11 @@
 //! `peer_down`: the followers it led wake with the promise to it (the CheckQuorum lease) given
 //! up, and elect.
 //!
+//! Asleep, a replica gives back its log: falling asleep asks the runtime for a compaction (a
+//! `Ready` with `compaction_wanted`), and a compaction while asleep keeps no trailing entries,
+//! since every follower held the whole log when the group fell asleep. The runtime compacts up
+//! to what its state machine has made durable (and may offer more later, `Replica::compact`).
+//!
 //! Lease reads stay correct: a leader forgets its lease, and the rounds of heartbeats still
 //! unanswered, when it falls asleep (its clock stops, so it could not tell when a lease runs
 //! out), so the first read after it wakes confirms with a new round. Its followers keep their promise not to
@@ -89,6 +94,7 @@ impl Raft {
         );
         self.asleep = true;
         self.quiet_ticks = 0;
+        self.give_back_asleep = true;
     }
 
     /// A message reached this sleeping replica: wakes it unless it changes nothing. Returns

@@ -268,6 +268,10 @@ impl RaftLog {
         let term = self.term_at(index).expect("compaction point is in the log");
         self.entries
             .drain(..(index - self.compacted.index) as usize);
+        if self.entries.capacity() > 4 * self.entries.len() + 64 {
+            // Give the memory back (a sleeping group's log is compacted whole).
+            self.entries.shrink_to_fit();
+        }
         self.compacted = LogPosition::new(index, term);
     }
 

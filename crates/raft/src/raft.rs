@@ -67,6 +67,9 @@ pub struct Raft {
     /// the term.
     pub(crate) timeout_now_sent_this_term: bool,
     /// Hibernating (see `hibernation`): a tick does nothing.
+    /// Fell asleep with applied entries behind the compaction point: the next `Ready` asks for
+    /// a compaction, which keeps no trailing entries while asleep (see `hibernation`).
+    pub(crate) give_back_asleep: bool,
     pub(crate) asleep: bool,
     /// Leader: consecutive ticks with nothing to do.
     pub(crate) quiet_ticks: u32,
@@ -164,6 +167,7 @@ impl Raft {
             transfer: None,
             timeout_now_sent_this_term: false,
             asleep: false,
+            give_back_asleep: false,
             quiet_ticks: 0,
             durable_term: persisted_hard_state.term,
             snapshot: None,
@@ -387,6 +391,9 @@ impl Raft {
     }
 
     fn compaction_due(&self) -> bool {
+        if self.give_back_asleep && self.log.applied_index > self.compaction_index {
+            return true;
+        }
         let threshold = self.config.snapshot_threshold_entries;
         let asked_long_ago = self
             .compaction_requested_at
@@ -719,6 +726,7 @@ impl Replica for Raft {
         };
         if ready.compaction_wanted {
             self.compaction_requested_at = Some(self.log.applied_index);
+            self.give_back_asleep = false;
         }
         self.last_hard_state = hard_state;
         self.ready_in_flight = true;

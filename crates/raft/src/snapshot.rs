@@ -213,7 +213,14 @@ impl Raft {
         let meta = self.meta_at(index)?;
         self.compaction_index = index;
         self.compaction_requested_at = None;
-        let compact_to = index.saturating_sub(self.config.snapshot_trailing_entries);
+        // Asleep, every follower held the whole log when the group fell asleep (it sleeps only
+        // so), so none needs trailing entries: the log is given back whole.
+        let trailing = if self.asleep {
+            0
+        } else {
+            self.config.snapshot_trailing_entries
+        };
+        let compact_to = index.saturating_sub(trailing);
         if compact_to > self.log.compacted().index {
             self.log.compact_to(compact_to);
             self.memberships.compact_to(compact_to);

@@ -154,3 +154,38 @@ fn without_hibernation_nothing_sleeps() {
     cluster.tick_all(200);
     assert!((1..=3).all(|id| !cluster.node(id).is_asleep()));
 }
+
+#[test]
+fn a_sleeping_group_gives_back_its_whole_log_and_works_after() {
+    let mut cluster = hibernating();
+    cluster.auto_snapshot = true;
+    cluster.elect(1);
+    for _ in 0..20 {
+        cluster.propose(1, b"x");
+    }
+    cluster.settle();
+    until_asleep(&mut cluster);
+    cluster.settle();
+    for id in 1..=3 {
+        let status = cluster.node(id).status();
+        assert_eq!(status.applied_index, 21, "n{id}: the no-op and 20 commands");
+        assert_eq!(
+            status.first_log_index, 22,
+            "n{id}: asleep, the log is compacted whole, no trailing entries kept"
+        );
+        assert!(
+            cluster.node(id).is_asleep(),
+            "n{id}: the compaction woke nothing"
+        );
+    }
+    cluster.propose(1, b"after");
+    cluster.settle();
+    cluster.tick_all(5);
+    for id in 1..=3 {
+        assert_eq!(
+            cluster.node(id).status().applied_index,
+            22,
+            "n{id} appended after the compacted log, from the log, not a snapshot"
+        );
+    }
+}

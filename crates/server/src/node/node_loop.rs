@@ -30,6 +30,11 @@ use std::sync::{Arc, Mutex};
 
 /// Inputs handled before the groups' outputs are processed; bounds the latency one batch adds.
 const INPUTS_PER_BATCH_MAX: usize = 1024;
+/// Ticks between looks at which groups keep the shared WAL's oldest segment.
+const OLD_SEGMENT_SWEEP_TICKS: u64 = 100;
+/// Segments of the shared WAL kept before the sleeping groups that keep the oldest one are
+/// compacted (busy groups compact on their own, every `--snapshot-count` entries).
+const SHARED_WAL_SEGMENTS_KEPT: usize = 2;
 
 /// The engine's constructor, called once per group this node starts.
 pub(crate) type NewReplica<R> =
@@ -232,6 +237,9 @@ where
             // of the others even when it hosts none itself.
             !self.zero.catalog().is_empty(),
         );
+        if self.ticks % OLD_SEGMENT_SWEEP_TICKS == 0 {
+            healthy &= self.compact_groups_keeping_old_segments();
+        }
         for peer in down {
             tracing::info!(
                 peer = format!("{peer:x}"),
@@ -241,6 +249,25 @@ where
             for (&group, host) in &mut self.groups {
                 host.peer_down(peer);
                 self.touched.insert(group);
+            }
+        }
+        healthy
+    }
+
+    /// Compacts the sleeping groups whose entries keep the shared WAL's oldest segment, so that
+    /// a group that took a few writes and went quiet does not keep every later segment on disk.
+    /// Returns false when a group's storage failed.
+    fn compact_groups_keeping_old_segments(&mut self) -> bool {
+        let Some(shared) = &self.shared_log else {
+            return true;
+        };
+        let mut healthy = true;
+        for group in shared.groups_keeping_old_segments(SHARED_WAL_SEGMENTS_KEPT) {
+            if let Some(host) = self.groups.get_mut(&group) {
+                if let Err(error) = host.compact_asleep() {
+                    tracing::error!(group, %error, "compaction of a sleeping group failed");
+                    healthy = false;
+                }
             }
         }
         healthy

@@ -9,6 +9,11 @@
 //! stalls the apply path for as long as it takes. Here a full chunk is never touched again by a
 //! push; the chunk a sweep empties is kept to be the next one filled.
 //!
+//! The very first chunk grows as it fills instead (doubling up to `CHUNK_LEN`, about 190 KiB of
+//! copies once in a store's life): a node hosts a store per group, and a group that takes a few
+//! writes and goes quiet should not hold a whole chunk for them (it did: about 240 KiB of
+//! resident memory per written group, benchmarks.md).
+//!
 //! Positions are as in a `VecDeque`: 0 is the oldest element. Every chunk but the first and the
 //! last is full, which is what makes a position's chunk a division away.
 
@@ -44,10 +49,14 @@ impl<T> Chunked<T> {
             .back()
             .is_none_or(|last| last.len() == CHUNK_LEN);
         if full {
-            let chunk = self
-                .spare
-                .take()
-                .unwrap_or_else(|| VecDeque::with_capacity(CHUNK_LEN));
+            let first = self.chunks.is_empty();
+            let chunk = self.spare.take().unwrap_or_else(|| {
+                if first {
+                    VecDeque::new()
+                } else {
+                    VecDeque::with_capacity(CHUNK_LEN)
+                }
+            });
             self.chunks.push_back(chunk);
         }
         let last = self.chunks.back_mut().expect("a chunk with room exists");
@@ -234,6 +243,29 @@ mod tests {
                 assert_same(&chunked, &model);
             }
         }
+    }
+
+    #[test]
+    fn a_small_log_holds_little_and_the_first_chunk_grows_to_exactly_a_chunk() {
+        let mut chunked = Chunked::default();
+        for item in 0..100u64 {
+            chunked.push_back(item);
+        }
+        let capacity: usize = chunked.chunks.iter().map(VecDeque::capacity).sum();
+        assert!(capacity < 256, "100 elements hold room for {capacity}");
+        for item in 100..=CHUNK_LEN as u64 {
+            chunked.push_back(item);
+        }
+        let capacities: Vec<usize> = chunked.chunks.iter().map(VecDeque::capacity).collect();
+        assert_eq!(chunked.chunks.len(), 2);
+        assert_eq!(
+            capacities[0], CHUNK_LEN,
+            "doubling stops at a chunk: {capacities:?}"
+        );
+        assert!(
+            capacities[1] >= CHUNK_LEN,
+            "later chunks are allocated whole"
+        );
     }
 
     #[test]

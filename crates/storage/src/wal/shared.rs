@@ -278,6 +278,22 @@ impl SharedWal {
         self.groups.keys().copied()
     }
 
+    /// The groups whose live entries keep the oldest segment, once more than `segments_kept_max`
+    /// segments are kept: compacting them (their state machines are durable on their own) lets
+    /// that segment, and the ones after it that only they keep, be deleted. Empty while the WAL
+    /// is within the bound.
+    pub fn groups_keeping_old_segments(&self, segments_kept_max: usize) -> Vec<GroupId> {
+        if self.files.segments.len() <= segments_kept_max {
+            return Vec::new();
+        }
+        let oldest = self.files.segments[0].number;
+        self.groups
+            .iter()
+            .filter(|(_, group)| group.spans.oldest_segment() == Some(oldest))
+            .map(|(&id, _)| id)
+            .collect()
+    }
+
     /// The sequence of the last append.
     pub fn appended_sequence(&self) -> Sequence {
         self.files.appended()

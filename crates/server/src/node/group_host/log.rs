@@ -96,6 +96,12 @@ impl SharedLog {
         })
     }
 
+    /// The groups whose entries keep the oldest segment, once more than `segments_kept_max`
+    /// are kept ([`SharedWal::groups_keeping_old_segments`]).
+    pub(crate) fn groups_keeping_old_segments(&self, segments_kept_max: usize) -> Vec<GroupId> {
+        self.lock().groups_keeping_old_segments(segments_kept_max)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, SharedWal> {
         self.wal
             .lock()

@@ -168,6 +168,30 @@ fn segments_go_only_when_every_group_compacted_past_their_entries() {
 }
 
 #[test]
+fn the_groups_keeping_old_segments_are_named_once_the_wal_grows_past_a_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut wal = open(dir.path()).wal;
+    // Group 1 writes once and goes quiet; group 2 keeps writing and compacting.
+    wal.append(1, &[entry(1, 1, 1)], None).unwrap();
+    for index in 1..=60 {
+        wal.append(2, &[entry(2, index, 1)], None).unwrap();
+        wal.compact_to(2, index).unwrap();
+    }
+    wal.sync().unwrap();
+    let kept = wal.segment_paths().len();
+    assert!(kept >= 4, "group 1's one entry keeps every segment: {kept}");
+    assert_eq!(wal.groups_keeping_old_segments(kept), Vec::<GroupId>::new());
+    assert_eq!(wal.groups_keeping_old_segments(2), vec![1]);
+    wal.compact_to(1, 1).unwrap();
+    assert_eq!(
+        wal.segment_paths().len(),
+        1,
+        "once the quiet group compacted, its old segments go"
+    );
+    assert_eq!(wal.groups_keeping_old_segments(0), Vec::<GroupId>::new());
+}
+
+#[test]
 fn a_hard_state_in_a_preamble_before_the_first_live_entry_is_kept() {
     // Group 1 writes entries and a hard state, then only much later entries and a compaction:
     // the oldest kept segment shows its hard state before anything says where its log starts.
