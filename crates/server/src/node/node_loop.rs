@@ -237,7 +237,7 @@ where
             // of the others even when it hosts none itself.
             !self.zero.catalog().is_empty(),
         );
-        if self.ticks % OLD_SEGMENT_SWEEP_TICKS == 0 {
+        if self.ticks.is_multiple_of(OLD_SEGMENT_SWEEP_TICKS) {
             healthy &= self.compact_groups_keeping_old_segments();
         }
         for peer in down {
