@@ -53,6 +53,9 @@ pub struct ServerConfig {
     pub listen_metrics_urls: Vec<String>,
     /// `--auto-compaction-mode` and `--auto-compaction-retention`: off by default, as in etcd.
     pub auto_compaction: AutoCompaction,
+    /// Size of a segment of the groups' shared WAL (64 MiB; no flag: small ones are for tests
+    /// that need many segments).
+    pub shared_wal_segment_bytes: u64,
 }
 
 impl Default for ServerConfig {
@@ -77,6 +80,7 @@ impl Default for ServerConfig {
             max_txn_ops: ballot_storage::mvcc::limits::TXN_OPS_DEFAULT,
             listen_metrics_urls: Vec::new(),
             auto_compaction: AutoCompaction::Disabled,
+            shared_wal_segment_bytes: ballot_storage::wal::SEGMENT_SIZE_BYTES_DEFAULT,
         }
     }
 }

@@ -591,3 +591,78 @@ async fn groups_are_created_written_survive_restarts_and_are_removed() {
         node.stop();
     }
 }
+
+/// Segments of the node's shared WAL (`groups/wal/*.wal`).
+fn shared_wal_segments(config: &ServerConfig) -> usize {
+    std::fs::read_dir(config.data_dir.join("groups/wal"))
+        .map(|dir| {
+            dir.filter(|entry| {
+                entry
+                    .as_ref()
+                    .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "wal"))
+            })
+            .count()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_that_went_quiet_does_not_keep_the_shared_wal_growing() {
+    // One write into a group that then sleeps keeps the shared WAL's first segment; another
+    // group writes on. The node compacts a sleeping group that keeps the oldest segment, so
+    // the WAL shrinks back once both sleep, and nothing is lost across a restart.
+    let root = tempdir();
+    let mut configs = configs(root.path(), 1);
+    configs[0].shared_wal_segment_bytes = 64 * 1024;
+    let node = start_all(&configs).await.remove(0);
+    let handle = node.handle.clone();
+    wait_for_leader(&[&handle]).await;
+    let quiet = handle.create_group(None, 1).await.unwrap().id;
+    let busy = handle.create_group(None, 1).await.unwrap().id;
+    let handles = [handle.clone()];
+    wait_for_group_leader(&handles, quiet).await;
+    wait_for_group_leader(&handles, busy).await;
+    let quiet_group = handle.group(quiet).unwrap();
+    quiet_group.propose(put("quiet", "once")).await.unwrap();
+    let busy_group = handle.group(busy).unwrap();
+    let value = "v".repeat(1024);
+    let mut most_segments = 0;
+    for i in 0..600 {
+        busy_group
+            .propose(put(&format!("k{i:03}"), &value))
+            .await
+            .unwrap();
+        most_segments = most_segments.max(shared_wal_segments(&configs[0]));
+    }
+    assert!(
+        most_segments >= 5,
+        "600 KiB of writes fill several 64 KiB segments: {most_segments}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while shared_wal_segments(&configs[0]) > 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the shared WAL kept {} segments 30 s after the writes stopped",
+            shared_wal_segments(&configs[0])
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    node.stop();
+
+    let node = start_all(&configs).await.remove(0);
+    let handle = node.handle.clone();
+    let handles = [handle.clone()];
+    wait_for_group_leader(&handles, quiet).await;
+    wait_for_group_leader(&handles, busy).await;
+    let quiet_group = handle.group(quiet).unwrap();
+    quiet_group.read(ReadMode::ReadIndex).await.unwrap();
+    assert_eq!(get(&quiet_group, "quiet").as_deref(), Some(&b"once"[..]));
+    let busy_group = handle.group(busy).unwrap();
+    busy_group.read(ReadMode::ReadIndex).await.unwrap();
+    assert_eq!(
+        get(&busy_group, "k599").as_deref(),
+        Some(value.as_bytes())
+    );
+    busy_group.propose(put("after", "restart")).await.unwrap();
+    node.stop();
+}

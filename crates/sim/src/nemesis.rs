@@ -327,7 +327,10 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
                     "FAULT sync-fail: n{victim}'s next fsync fails"
                 );
                 for group in &mut self.groups {
-                    group.nodes[victim as usize - 1].disk.fail_next_sync();
+                    let node = &mut group.nodes[victim as usize - 1];
+                    if node.is_running() {
+                        node.disk.fail_next_sync();
+                    }
                 }
             }
             FaultKind::CrashAll => {

@@ -227,6 +227,8 @@ impl<R: Replica> Node<R> {
     /// What the next incarnation starts from; the state machine is rebuilt from the durable
     /// snapshot and the replica re-delivers the committed entries after it.
     pub fn prepare_start(&mut self, rng_seed: u64) -> ReplicaStart {
+        // A start follows a reboot, which clears a transient disk fault.
+        self.disk.repair();
         // An image saved but not yet marked in the log (the node stopped in between: a sync
         // failed) is installed now, as the server's recovery does before the replica starts.
         if let Some(position) = self.disk.snapshot().map(|image| image.meta.last_included) {

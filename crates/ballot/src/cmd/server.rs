@@ -275,6 +275,7 @@ pub fn resolve(args: &ServerArgs) -> Result<(ServerConfig, ProcessSettings), Str
         listen_metrics_urls: pick(&args.listen_metrics_urls, &file.listen_metrics_urls)
             .map_or(Vec::new(), |l| urls(&l)),
         auto_compaction,
+        shared_wal_segment_bytes: defaults.shared_wal_segment_bytes,
         name,
     };
     let process = ProcessSettings {

@@ -107,7 +107,10 @@ where
             &*new_replica,
         )?;
         let shared_log = if shared_wal_dir(&config.data_dir).is_dir() {
-            Some(SharedLog::open(&config.data_dir)?)
+            Some(SharedLog::open(
+                &config.data_dir,
+                config.shared_wal_segment_bytes,
+            )?)
         } else {
             None
         };
@@ -385,7 +388,10 @@ where
         }));
         let leader_found = Arc::new(tokio::sync::Notify::new());
         if self.shared_log.is_none() {
-            self.shared_log = Some(SharedLog::open(&self.config.data_dir)?);
+            self.shared_log = Some(SharedLog::open(
+                &self.config.data_dir,
+                self.config.shared_wal_segment_bytes,
+            )?);
         }
         let shared_log = self.shared_log.as_mut().expect("opened above");
         let log = shared_log
