@@ -659,10 +659,7 @@ async fn a_group_that_went_quiet_does_not_keep_the_shared_wal_growing() {
     assert_eq!(get(&quiet_group, "quiet").as_deref(), Some(&b"once"[..]));
     let busy_group = handle.group(busy).unwrap();
     busy_group.read(ReadMode::ReadIndex).await.unwrap();
-    assert_eq!(
-        get(&busy_group, "k599").as_deref(),
-        Some(value.as_bytes())
-    );
+    assert_eq!(get(&busy_group, "k599").as_deref(), Some(value.as_bytes()));
     busy_group.propose(put("after", "restart")).await.unwrap();
     node.stop();
 }

@@ -161,6 +161,19 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
         self.inject(kind);
     }
 
+    /// A node drawn among those up (in any group), from the nemesis's generator.
+    fn random_up_node(&mut self, ids: &[NodeId]) -> Option<NodeId> {
+        let up: Vec<NodeId> = ids
+            .iter()
+            .copied()
+            .filter(|&id| self.node_is_up(id))
+            .collect();
+        if up.is_empty() {
+            return None;
+        }
+        Some(up[self.nemesis.rng.random_range(0..up.len())])
+    }
+
     /// Crash, with a small probability, each node whose term changed 1 to 3 ticks ago: late
     /// enough that its vote (or campaign) has left, early enough to be in the same election.
     fn crash_during_elections(&mut self) {
@@ -291,15 +304,9 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
                 self.nemesis.partition_heal_at = Some(now + self.nemesis.episode());
             }
             FaultKind::Crash | FaultKind::TornTail => {
-                let victims: Vec<NodeId> = ids
-                    .iter()
-                    .copied()
-                    .filter(|&id| self.node_is_up(id))
-                    .collect();
-                if victims.is_empty() {
+                let Some(victim) = self.random_up_node(&ids) else {
                     return;
-                }
-                let victim = victims[self.nemesis.rng.random_range(0..victims.len())];
+                };
                 let down = if self.nemesis.rng.random_bool(0.5) {
                     self.nemesis.rng.random_range(
                         faults::QUICK_REBOOT_MIN_TICKS..=faults::QUICK_REBOOT_MAX_TICKS,
@@ -312,15 +319,9 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
                 self.crash(victim, now + down, kind == FaultKind::TornTail);
             }
             FaultKind::SyncFail => {
-                let up: Vec<NodeId> = ids
-                    .iter()
-                    .copied()
-                    .filter(|&id| self.node_is_up(id))
-                    .collect();
-                if up.is_empty() {
+                let Some(victim) = self.random_up_node(&ids) else {
                     return;
-                }
-                let victim = up[self.nemesis.rng.random_range(0..up.len())];
+                };
                 trace_event!(
                     self.world.trace,
                     now,

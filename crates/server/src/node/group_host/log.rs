@@ -86,8 +86,8 @@ impl SharedLog {
             segment_size_bytes: segment_bytes,
             ..WalOptions::default()
         };
-        let opened = SharedWal::open(&dir, options)
-            .map_err(|error| format!("shared WAL: {error}"))?;
+        let opened =
+            SharedWal::open(&dir, options).map_err(|error| format!("shared WAL: {error}"))?;
         if let Some(repair) = &opened.tail_repair {
             tracing::warn!(
                 ?repair,
@@ -221,7 +221,8 @@ mod tests {
         let old = write_old_wal(&group_dir);
         assert_eq!(old.snapshot, Some(LogPosition::new(3, 2)));
 
-        let mut shared = SharedLog::open(data.path(), ballot_storage::wal::SEGMENT_SIZE_BYTES_DEFAULT).unwrap();
+        let mut shared =
+            SharedLog::open(data.path(), ballot_storage::wal::SEGMENT_SIZE_BYTES_DEFAULT).unwrap();
         let (_, moved) = shared.take_group(5, &group_dir).unwrap();
         assert!(
             !group_dir.join("wal").exists(),
@@ -231,7 +232,8 @@ mod tests {
         drop(shared);
 
         // Moved durably: a restart finds the group in the shared WAL.
-        let mut shared = SharedLog::open(data.path(), ballot_storage::wal::SEGMENT_SIZE_BYTES_DEFAULT).unwrap();
+        let mut shared =
+            SharedLog::open(data.path(), ballot_storage::wal::SEGMENT_SIZE_BYTES_DEFAULT).unwrap();
         assert_eq!(shared.groups(), vec![5]);
         let (_, reopened) = shared.take_group(5, &group_dir).unwrap();
         assert_eq!(reopened.entries, old.entries);
@@ -242,11 +244,13 @@ mod tests {
         // A crash after the copy and before the delete leaves both: the move runs again and
         // its removal record makes the first copy vanish, so nothing is doubled or refused.
         write_old_wal(&group_dir);
-        let mut shared = SharedLog::open(data.path(), ballot_storage::wal::SEGMENT_SIZE_BYTES_DEFAULT).unwrap();
+        let mut shared =
+            SharedLog::open(data.path(), ballot_storage::wal::SEGMENT_SIZE_BYTES_DEFAULT).unwrap();
         let (_, again) = shared.take_group(5, &group_dir).unwrap();
         assert_eq!(again.entries, old.entries);
         drop(shared);
-        let mut shared = SharedLog::open(data.path(), ballot_storage::wal::SEGMENT_SIZE_BYTES_DEFAULT).unwrap();
+        let mut shared =
+            SharedLog::open(data.path(), ballot_storage::wal::SEGMENT_SIZE_BYTES_DEFAULT).unwrap();
         let (_, last) = shared.take_group(5, &group_dir).unwrap();
         assert_eq!(last.entries, old.entries);
         assert_eq!(last.snapshot, old.snapshot);
