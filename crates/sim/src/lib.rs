@@ -27,7 +27,8 @@
 //! 1. **Chaos** (`steps` ticks): clients issue reads, writes and compare-and-swaps on a few keys
 //!    while the nemesis injects the enabled faults (see [`faults`] for the fault model: latency,
 //!    reordering, loss, duplication, five kinds of partition, crashes with lost or torn unsynced
-//!    writes, membership changes, leadership transfers).
+//!    writes, failed fsyncs, membership changes, leadership transfers, groups created and
+//!    removed).
 //! 2. **Heal**: every fault is undone, crashed nodes restart, an interrupted membership change is
 //!    completed. Within `heal_ticks` a leader followed by a quorum must exist and every operation
 //!    invoked after the heal must get a definite outcome.
