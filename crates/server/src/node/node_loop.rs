@@ -35,6 +35,10 @@ const OLD_SEGMENT_SWEEP_TICKS: u64 = 100;
 /// Segments of the shared WAL kept before the sleeping groups that keep the oldest one are
 /// compacted (busy groups compact on their own, every `--snapshot-count` entries).
 const SHARED_WAL_SEGMENTS_KEPT: usize = 2;
+/// Sleeping groups compacted per look: each compaction saves its marker on a thread of its own,
+/// so a WAL whose oldest segment a thousand quiet groups share is freed over a few seconds
+/// rather than by a thousand threads at once.
+const OLD_SEGMENT_COMPACTIONS_PER_SWEEP: usize = 32;
 
 /// The engine's constructor, called once per group this node starts.
 pub(crate) type NewReplica<R> =
@@ -265,11 +269,19 @@ where
             return true;
         };
         let mut healthy = true;
+        let mut started = 0;
         for group in shared.groups_keeping_old_segments(SHARED_WAL_SEGMENTS_KEPT) {
+            if started == OLD_SEGMENT_COMPACTIONS_PER_SWEEP {
+                break;
+            }
             if let Some(host) = self.groups.get_mut(&group) {
-                if let Err(error) = host.compact_asleep() {
-                    tracing::error!(group, %error, "compaction of a sleeping group failed");
-                    healthy = false;
+                match host.compact_asleep() {
+                    Ok(true) => started += 1,
+                    Ok(false) => {}
+                    Err(error) => {
+                        tracing::error!(group, %error, "compaction of a sleeping group failed");
+                        healthy = false;
+                    }
                 }
             }
         }

@@ -194,12 +194,13 @@ where
     /// The group hibernates: no tick until something wakes it.
     /// A sleeping group whose entries keep an old segment of the shared WAL compacts as far as
     /// its state machine is durable (a no-op while the store's flusher has not caught up: the
-    /// node loop asks again at its next sweep).
-    pub(crate) fn compact_asleep(&mut self) -> Result<(), String> {
-        if !self.replica.is_asleep() {
-            return Ok(());
+    /// node loop asks again at its next sweep). Returns whether a compaction started.
+    pub(crate) fn compact_asleep(&mut self) -> Result<bool, String> {
+        if !self.replica.is_asleep() || self.compaction_in_progress {
+            return Ok(false);
         }
-        self.compact()
+        self.compact()?;
+        Ok(self.compaction_in_progress)
     }
 
     pub(crate) fn is_asleep(&self) -> bool {
