@@ -19,6 +19,7 @@
 
 pub mod preflight;
 
+use ballot_server::ports::PortPicker;
 use ballot_storage::dir_lock::{DirLock, DirLockError, LOCK_FILE_NAME};
 use preflight::Busy;
 use serde::{Deserialize, Serialize};
@@ -67,32 +68,26 @@ pub fn worker_threads_per_node(nodes: usize) -> usize {
     (crate::cpus() / nodes.max(1)).max(1)
 }
 
-/// A loopback port free now, below the kernel's ephemeral range (32768 and up on Linux). A port
-/// the kernel handed out for port 0 is an ephemeral one: once released, any outgoing connection
-/// on the machine may take it as its local port, and a node restarted on it later (`start n1`
-/// after a kill, or `ballot dev` again with the same `cluster.toml`) finds it in use. Ports are
-/// tried from an offset taken from the process id and the clock, so `ballot dev` processes
-/// starting at once start far apart; port 0 is the fallback when the range is full.
+/// A loopback port free now, below the kernel's ephemeral range (`ballot_server::ports`): a node
+/// restarted later on it (`start n1` after a kill, or `ballot dev` again with the same
+/// `cluster.toml`) must not find an outgoing connection holding it. The range is apart from the
+/// tests' (20000-31999); the offset comes from the process id and the clock, so `ballot dev`
+/// processes starting at once start far apart. Port 0 is the fallback when the range is full.
 fn free_port() -> std::io::Result<u16> {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    use std::sync::OnceLock;
-    const RANGE_START: u32 = 10_000;
-    const RANGE_END: u32 = 20_000;
-    const SPAN: u32 = RANGE_END - RANGE_START;
-    static NEXT: OnceLock<AtomicU32> = OnceLock::new();
-    let next = NEXT.get_or_init(|| {
+    static PICKER: std::sync::OnceLock<PortPicker> = std::sync::OnceLock::new();
+    let picker = PICKER.get_or_init(|| {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |elapsed| elapsed.subsec_nanos());
-        AtomicU32::new(std::process::id().wrapping_mul(7_919).wrapping_add(nanos) % SPAN)
+        PortPicker::new(
+            10_000..20_000,
+            std::process::id().wrapping_mul(7_919).wrapping_add(nanos),
+        )
     });
-    for _ in 0..SPAN {
-        let port = (RANGE_START + next.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
+    match picker.pick() {
+        Some(port) => Ok(port),
+        None => Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()),
     }
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// Reads `cluster.toml`, or picks ports and writes it.

@@ -67,10 +67,10 @@ pub struct Raft {
     /// the term.
     pub(crate) timeout_now_sent_this_term: bool,
     /// Hibernating (see `hibernation`): a tick does nothing.
-    /// Fell asleep with applied entries behind the compaction point: the next `Ready` asks for
-    /// a compaction, which keeps no trailing entries while asleep (see `hibernation`).
-    pub(crate) give_back_asleep: bool,
     pub(crate) asleep: bool,
+    /// Fell asleep and has not yet asked for the compaction that gives its log back: the next
+    /// `Ready` asks if entries were applied since the last one (see `hibernation`).
+    pub(crate) give_back_asleep: bool,
     /// Leader: consecutive ticks with nothing to do.
     pub(crate) quiet_ticks: u32,
     /// Highest term whose hard state is durable. A leader's appends may leave before its own

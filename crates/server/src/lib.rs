@@ -23,4 +23,5 @@ pub mod etcd;
 pub mod http;
 pub mod native;
 pub mod node;
+pub mod ports;
 pub mod transport;

@@ -170,15 +170,11 @@ impl Disk {
         self.sync_fails = false;
         // What a replay reads: the log up to a hole a failed sync left (entries written after
         // it are there, but a replay cannot get past the hole to them).
-        let mut expected = self.floor_index() + 1;
         let readable = self
             .entries
             .iter()
-            .take_while(|entry| {
-                let next = entry.index == expected;
-                expected += 1;
-                next
-            })
+            .zip(self.floor_index() + 1..)
+            .take_while(|(entry, expected)| entry.index == *expected)
             .count();
         self.entries.truncate(readable);
         self.written_last_index = self.last_index();

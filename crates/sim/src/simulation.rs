@@ -1093,7 +1093,7 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
     fn check_new_commits(&mut self, group: usize) {
         let Group { nodes, checks, .. } = &mut self.groups[group];
         let commits = std::mem::take(&mut checks.new_commits);
-        let mut violations = Vec::new();
+        let mut findings = Vec::new();
         for (slot, node) in nodes.iter().enumerate() {
             let observed = checks.observed[slot];
             let Some(replica) = node
@@ -1104,7 +1104,7 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
                 continue;
             };
             for checker in &mut checks.engine {
-                violations.extend(checker.leading_after_commits(
+                findings.extend(checker.leading_after_commits(
                     node.id,
                     observed.term,
                     &commits,
@@ -1115,7 +1115,7 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
         checks.new_commits = commits;
         checks.new_commits.clear();
         let now = self.world.now;
-        for finding in violations {
+        for finding in findings {
             self.world.found(self.groups[group].id, now, finding);
         }
     }

@@ -65,14 +65,14 @@ mod testing {
 
     /// A log described by its term lookup and its first index.
     pub(crate) struct FnLog<F> {
-        entry_term: F,
+        term_at: F,
         first_log_index: LogIndex,
     }
 
     impl<F: Fn(LogIndex) -> Option<Term>> FnLog<F> {
-        pub(crate) fn new(entry_term: F, first_log_index: LogIndex) -> Self {
+        pub(crate) fn new(term_at: F, first_log_index: LogIndex) -> Self {
             Self {
-                entry_term,
+                term_at,
                 first_log_index,
             }
         }
@@ -80,7 +80,7 @@ mod testing {
 
     impl<F: Fn(LogIndex) -> Option<Term>> LogView for FnLog<F> {
         fn term_at(&self, index: LogIndex) -> Option<Term> {
-            (self.entry_term)(index)
+            (self.term_at)(index)
         }
 
         fn first_log_index(&self) -> LogIndex {

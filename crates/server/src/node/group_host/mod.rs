@@ -191,7 +191,6 @@ where
         self.counters.node = counts;
     }
 
-    /// The group hibernates: no tick until something wakes it.
     /// A sleeping group whose entries keep an old segment of the shared WAL compacts as far as
     /// its state machine is durable (a no-op while the store's flusher has not caught up: the
     /// node loop asks again at its next sweep). Returns whether a compaction started.
@@ -203,6 +202,7 @@ where
         Ok(self.compaction_in_progress)
     }
 
+    /// The group hibernates: no tick until something wakes it.
     pub(crate) fn is_asleep(&self) -> bool {
         self.replica.is_asleep()
     }
