@@ -134,10 +134,15 @@ impl ProtocolMessage for Message {
         }
     }
 
-    /// A heartbeat that carries no read round only tells a follower the commit index: no client
-    /// waits on it (a commit waits on appends' acknowledgements, a read on its round).
+    /// A heartbeat that carries no read round only tells a follower the commit index, and its
+    /// answer only says the follower is there: no client waits on either (a commit waits on
+    /// appends' acknowledgements, a read on its round).
     fn awaited_by_clients(&self) -> bool {
-        !matches!(self.body, MessageBody::Heartbeat { read_round: 0, .. })
+        !matches!(
+            self.body,
+            MessageBody::Heartbeat { read_round: 0, .. }
+                | MessageBody::HeartbeatResponse { read_round: 0 }
+        )
     }
 }
 

@@ -469,6 +469,24 @@ fn metrics(node: &NodeHandle, transport: &Transport, groups: &GroupSelection) ->
         stats.direct_writes.load(Ordering::Relaxed),
     );
     gauge(
+        "ballot_peer_socket_writes_total",
+        "Writes to peer sockets, by the node loop itself or by a peer's writer task.",
+        "counter",
+        stats.socket_writes.load(Ordering::Relaxed),
+    );
+    gauge(
+        "ballot_peer_frames_coalesced_total",
+        "Probes no client waits on and liveness pings, held during a batch and sent together.",
+        "counter",
+        stats.frames_coalesced.load(Ordering::Relaxed),
+    );
+    gauge(
+        "ballot_peer_coalesced_sends_total",
+        "Sends of held frames: one per peer per batch that held any.",
+        "counter",
+        stats.coalesced_sends.load(Ordering::Relaxed),
+    );
+    gauge(
         "ballot_node_liveness_frames_sent_total",
         "Node liveness pings sent to peers (one per peer each heartbeat interval while any group exists).",
         "counter",

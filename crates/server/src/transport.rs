@@ -38,6 +38,12 @@
 //! after the group: node liveness for hibernating groups (`node::liveness`). Like every group
 //! frame it goes only to nodes of a release that reads it.
 //!
+//! Coalescing. Probes no client waits on (a leader's plain heartbeat, its answer) and liveness
+//! frames are held ([`Transport::hold`]) instead of written, and the node loop sends what a
+//! batch held with one socket write per peer ([`Transport::send_held`]): a node whose thousand
+//! awake groups each heartbeat a peer in a tick writes to that peer once, not a thousand times.
+//! The frames inside that write are the ones above, so a node of any release reads them.
+//!
 //! A hello with another cluster token (a node of another cluster dialling the wrong port) is
 //! refused, so clusters cannot mix.
 
@@ -118,6 +124,19 @@ pub struct TransportStats {
     pub liveness_received: AtomicU64,
     /// Bytes waiting in every peer's queue now (a gauge).
     pub bytes_queued: AtomicU64,
+    /// Held frames (probes and liveness) sent by [`Transport::send_held`], and the writes or
+    /// queue slots they took: one per peer per batch.
+    pub frames_coalesced: AtomicU64,
+    pub coalesced_sends: AtomicU64,
+}
+
+/// Frames held for one peer until the batch ends.
+#[derive(Default)]
+struct Held {
+    frames: BytesMut,
+    count: u64,
+    /// Of which liveness frames (counted as such when sent, not as messages).
+    liveness: u64,
 }
 
 struct Peer {
@@ -147,6 +166,8 @@ pub struct Transport {
     /// The runtime the transport was started on: peers may be added from outside it (the replica
     /// loop's thread applies `member add`).
     runtime: tokio::runtime::Handle,
+    /// Frames held per peer until [`Transport::send_held`].
+    held: Mutex<HashMap<NodeId, Held>>,
     pub stats: Arc<TransportStats>,
 }
 
@@ -196,6 +217,7 @@ impl Transport {
             config,
             peers: Mutex::new(HashMap::new()),
             listener: accept,
+            held: Mutex::new(HashMap::new()),
             stats,
             runtime: tokio::runtime::Handle::current(),
         };
@@ -268,18 +290,7 @@ impl Transport {
     /// is queued there, else queueing it; never waits. Unknown peers and full queues drop it.
     pub fn send_to_group<M: WireMessage>(&self, group: GroupId, message: &M) {
         let mut frame = BytesMut::with_capacity(64);
-        frame.put_u32_le(0);
-        if group != 0 {
-            frame.put_u32_le(group);
-        }
-        message.encode(&mut frame);
-        let len = (frame.len() - 4) as u32;
-        let word = if group == 0 {
-            len
-        } else {
-            len | GROUP_FRAME_FLAG
-        };
-        frame[..4].copy_from_slice(&word.to_le_bytes());
+        encode_frame(group, message, &mut frame);
         let frame = frame.freeze();
         let peers = self.peers.lock().expect("peer map lock");
         let sent = peers
@@ -293,18 +304,56 @@ impl Transport {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Tells `peer` this node is up (a liveness frame); dropped like a message when the peer is
-    /// unknown or its queue full.
-    pub fn send_liveness(&self, peer: NodeId) {
-        let mut frame = BytesMut::with_capacity(8);
-        frame.put_u32_le(GROUP_BYTES as u32 | GROUP_FRAME_FLAG);
-        frame.put_u32_le(LIVENESS_GROUP);
+    /// Holds `message` of `group` for its addressee until [`Transport::send_held`], which sends
+    /// everything held for a peer in one write. For messages that may wait for the end of the
+    /// batch: no client waits on them, and the protocols cope with their reordering.
+    pub fn hold<M: WireMessage>(&self, group: GroupId, message: &M) {
+        let mut held = self.held.lock().expect("held frames lock");
+        let peer = held.entry(message.to()).or_default();
+        encode_frame(group, message, &mut peer.frames);
+        peer.count += 1;
+    }
+
+    /// Tells `peer` this node is up (a liveness frame), held like a probe until
+    /// [`Transport::send_held`]; dropped like a message when the peer is unknown or its queue
+    /// full.
+    pub fn hold_liveness(&self, peer: NodeId) {
+        let mut held = self.held.lock().expect("held frames lock");
+        let peer = held.entry(peer).or_default();
+        peer.frames
+            .put_u32_le(GROUP_BYTES as u32 | GROUP_FRAME_FLAG);
+        peer.frames.put_u32_le(LIVENESS_GROUP);
+        peer.count += 1;
+        peer.liveness += 1;
+    }
+
+    /// Sends what was held for each peer: one write (or one queue slot) per peer.
+    pub fn send_held(&self) {
+        let held = std::mem::take(&mut *self.held.lock().expect("held frames lock"));
+        if held.is_empty() {
+            return;
+        }
         let peers = self.peers.lock().expect("peer map lock");
-        if peers
-            .get(&peer)
-            .is_some_and(|known| self.write_or_queue(known, frame.freeze()))
-        {
-            self.stats.liveness_sent.fetch_add(1, Ordering::Relaxed);
+        for (to, frames) in held {
+            let messages = frames.count - frames.liveness;
+            let sent = peers
+                .get(&to)
+                .is_some_and(|peer| self.write_or_queue(peer, frames.frames.freeze()));
+            if !sent {
+                self.stats
+                    .messages_dropped
+                    .fetch_add(messages, Ordering::Relaxed);
+                continue;
+            }
+            let stats = &self.stats;
+            stats.messages_sent.fetch_add(messages, Ordering::Relaxed);
+            stats
+                .liveness_sent
+                .fetch_add(frames.liveness, Ordering::Relaxed);
+            stats
+                .frames_coalesced
+                .fetch_add(frames.count, Ordering::Relaxed);
+            stats.coalesced_sends.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -360,6 +409,23 @@ impl Drop for Transport {
             peer.writer.abort();
         }
     }
+}
+
+/// Appends `message`'s frame (group 0's plain, any other group's flagged) to `out`.
+fn encode_frame<M: WireMessage>(group: GroupId, message: &M, out: &mut BytesMut) {
+    let start = out.len();
+    out.put_u32_le(0);
+    if group != 0 {
+        out.put_u32_le(group);
+    }
+    message.encode(out);
+    let len = (out.len() - start - 4) as u32;
+    let word = if group == 0 {
+        len
+    } else {
+        len | GROUP_FRAME_FLAG
+    };
+    out[start..start + 4].copy_from_slice(&word.to_le_bytes());
 }
 
 fn hello(config: &TransportConfig) -> Bytes {

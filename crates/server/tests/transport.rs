@@ -364,7 +364,8 @@ async fn a_handed_off_connection_yields_every_frame_in_order_to_its_reader() {
     for index in 1..=200u64 {
         one.send_to_group((index % 3) as u32, &append(1, 2, index, size(index)));
         if index % 10 == 0 {
-            one.send_liveness(2);
+            one.hold_liveness(2);
+            one.send_held();
         }
     }
     let received = reader.join().unwrap();
@@ -424,4 +425,47 @@ async fn every_group_shares_one_connection_and_each_frame_keeps_its_group() {
         1,
         "one connection carries every group"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_probes_of_many_groups_leave_in_one_write_and_keep_their_groups() {
+    let (one, _two, mut two_inbound) = connected_pair(10_000).await;
+    let writes_before = one.stats.socket_writes.load(Ordering::Relaxed);
+    let liveness_before = one.stats.liveness_sent.load(Ordering::Relaxed);
+    let groups = 500u32;
+    for group in 0..groups {
+        one.hold(group, &heartbeat(1, 2, 0));
+    }
+    one.hold_liveness(2);
+    assert_eq!(
+        one.stats.socket_writes.load(Ordering::Relaxed),
+        writes_before,
+        "held frames wait for send_held"
+    );
+    one.send_held();
+    for group in 0..groups {
+        assert_eq!(
+            receive_grouped(&mut two_inbound).await,
+            (group, heartbeat(1, 2, 0))
+        );
+    }
+    let writes = one.stats.socket_writes.load(Ordering::Relaxed) - writes_before;
+    // One write, or two when the socket took only part of it and the writer task wrote the
+    // rest; never one per frame.
+    assert!(
+        (1..=2).contains(&writes),
+        "{groups} probes and a ping took {writes} writes"
+    );
+    assert_eq!(one.stats.coalesced_sends.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        one.stats.frames_coalesced.load(Ordering::Relaxed),
+        u64::from(groups) + 1
+    );
+    assert_eq!(
+        one.stats.liveness_sent.load(Ordering::Relaxed) - liveness_before,
+        1
+    );
+    // Nothing held: nothing sent.
+    one.send_held();
+    assert_eq!(one.stats.coalesced_sends.load(Ordering::Relaxed), 1);
 }

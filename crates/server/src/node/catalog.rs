@@ -385,12 +385,11 @@ impl GroupCommand {
 mod tests {
     use super::*;
 
-    fn scratch_file(test: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("ballot-catalog-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir.join("groups")
+    /// A catalog file in a directory that goes with the returned guard.
+    fn scratch_file() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("groups");
+        (dir, path)
     }
 
     fn create(requested: Option<GroupId>, replicas: &[NodeId]) -> GroupCommand {
@@ -402,7 +401,7 @@ mod tests {
 
     #[test]
     fn creates_take_the_next_id_and_ids_are_never_reused() {
-        let path = scratch_file("ids");
+        let (_dir, path) = scratch_file();
         let mut catalog = GroupCatalog::open(path.clone()).unwrap();
         let first = catalog.apply(1, &create(None, &[3, 1, 2])).unwrap();
         assert_eq!(
@@ -453,7 +452,8 @@ mod tests {
 
     #[test]
     fn bad_commands_change_nothing_and_say_why() {
-        let mut catalog = GroupCatalog::open(scratch_file("bad")).unwrap();
+        let (_dir, path) = scratch_file();
+        let mut catalog = GroupCatalog::open(path).unwrap();
         for (command, error) in [
             (create(None, &[]), CatalogError::BadReplicas(vec![])),
             (create(None, &[1, 1]), CatalogError::BadReplicas(vec![1, 1])),
@@ -477,7 +477,7 @@ mod tests {
 
     #[test]
     fn replays_are_skipped_and_snapshots_restore() {
-        let path = scratch_file("replay");
+        let (_dir, path) = scratch_file();
         let mut catalog = GroupCatalog::open(path.clone()).unwrap();
         assert!(
             catalog.snapshot().is_empty(),
@@ -487,7 +487,8 @@ mod tests {
         assert_eq!(catalog.apply(5, &create(None, &[1])).unwrap(), None);
         assert_eq!(catalog.all().count(), 1);
         let image = catalog.snapshot();
-        let mut other = GroupCatalog::open(scratch_file("replay-other")).unwrap();
+        let (_other_dir, other_path) = scratch_file();
+        let mut other = GroupCatalog::open(other_path).unwrap();
         other.restore_if_behind(&image, 5).unwrap();
         assert_eq!(other.get(1), catalog.get(1));
         assert_eq!(other.next_id, 2);
@@ -503,7 +504,7 @@ mod tests {
 
     #[test]
     fn a_newer_version_is_refused_naming_both_versions() {
-        let path = scratch_file("newer");
+        let (_dir, path) = scratch_file();
         let mut newer = FILE_MAGIC.to_vec();
         newer.put_u32_le(FILE_FORMAT_VERSION + 1);
         newer.put_u64_le(1);

@@ -46,7 +46,7 @@ impl NodeLiveness {
     ) -> Vec<NodeId> {
         if ping && ticks.is_multiple_of(self.ping_every_ticks) {
             for &peer in peers {
-                transport.send_liveness(peer);
+                transport.hold_liveness(peer);
             }
         }
         let now = Instant::now();

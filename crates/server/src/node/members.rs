@@ -323,17 +323,16 @@ mod tests {
         }
     }
 
-    fn scratch_file(test: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("ballot-members-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir.join("members")
+    /// A registry file in a directory that goes with the returned guard.
+    fn scratch_file() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("members");
+        (dir, path)
     }
 
     #[test]
     fn a_version_1_file_opens_and_is_rewritten_as_the_current_version() {
-        let path = scratch_file("v1");
+        let (_dir, path) = scratch_file();
         let mut registry = MemberRegistry::open(path.clone(), [info(1)]).unwrap();
         registry.apply(3, &MemberCommand::Publish(info(2))).unwrap();
         registry.apply(4, &MemberCommand::ClusterId(77)).unwrap();
@@ -361,7 +360,7 @@ mod tests {
 
     #[test]
     fn a_newer_version_is_refused_naming_both_versions_and_left_untouched() {
-        let path = scratch_file("newer");
+        let (_dir, path) = scratch_file();
         let mut newer = FILE_MAGIC.to_vec();
         newer.put_u32_le(FILE_FORMAT_VERSION + 1);
         newer.put_u64_le(9);
@@ -379,9 +378,7 @@ mod tests {
 
     #[test]
     fn commands_persist_and_replays_are_skipped() {
-        let dir = std::env::temp_dir().join(format!("ballot-members-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("members");
+        let (dir, path) = scratch_file();
         let mut registry = MemberRegistry::open(path.clone(), [info(1)]).unwrap();
         registry.apply(5, &MemberCommand::Publish(info(2))).unwrap();
         registry.apply(6, &MemberCommand::Forget(1)).unwrap();
@@ -401,12 +398,12 @@ mod tests {
             "the first recorded id stays"
         );
         let snapshot = reopened.snapshot();
-        let mut restored = MemberRegistry::open(dir.join("other"), []).unwrap();
+        let mut restored = MemberRegistry::open(dir.path().join("other"), []).unwrap();
         restored.restore(&snapshot, 8).unwrap();
         assert_eq!(restored.get(2), Some(&info(2)));
         assert_eq!(restored.cluster_id(), Some(42));
         assert_eq!(
-            MemberRegistry::open(dir.join("other"), [])
+            MemberRegistry::open(dir.path().join("other"), [])
                 .unwrap()
                 .cluster_id(),
             Some(42),
@@ -416,7 +413,6 @@ mod tests {
         assert!(MemberRegistry::open(path, [])
             .unwrap_err()
             .contains("not a ballot member registry"));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -193,6 +193,8 @@ where
                 tracing::error!(%error, "storage failure: stopping this node");
                 break;
             }
+            // What the completions and the tick held (answers sent after a sync, liveness).
+            self.transport.send_held();
         }
         self.zero.shut_down();
         for host in self.groups.values_mut() {
@@ -310,6 +312,8 @@ where
             if in_flight.is_empty() {
                 break;
             }
+            // Probes held while the groups began go out before the sync, one write per peer.
+            self.transport.send_held();
             for (group, batch) in in_flight {
                 let host = match group {
                     0 => &mut self.zero,

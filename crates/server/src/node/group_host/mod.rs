@@ -762,7 +762,11 @@ where
 
     fn send(&mut self, message: R::Message) {
         self.counters.on_sent(&message);
-        self.transport.send_to_group(self.group, &message);
+        if message.probe().is_some() && !message.awaited_by_clients() {
+            self.transport.hold(self.group, &message);
+        } else {
+            self.transport.send_to_group(self.group, &message);
+        }
     }
 
     fn sync_log(&mut self) -> Result<(), StorageFailure> {
