@@ -15,6 +15,14 @@
 //! are gone. At the next start the log is read up to the hole, as a WAL's replay stops at the
 //! first record it cannot read.
 //!
+//! A synced entry can be damaged ([`Disk::damage_entry`], the `bit-flip` fault), as a flipped
+//! bit in a synced WAL record that later records follow: the real WAL's open refuses such a log
+//! (`WalError::Corrupt`), and so does a node over this disk, until an operator rebuilds it. A
+//! recovery that cut the log there instead, as if the damage were a torn tail (the
+//! `cut-at-damage` break), comes back without entries it acknowledged. (A damaged *last*
+//! record looks like a torn write and is cut by the real WAL, a trade-off storage.md states;
+//! the fault does not injure one.)
+//!
 //! Layout: the durable log is contiguous after its floor. Appending entries replaces any stored
 //! entry at the same index and everything after it (the `Ready` contract). Installing a
 //! snapshot keeps the entries after it only if the log holds the snapshot's last entry with the
@@ -107,6 +115,9 @@ pub struct Disk {
     written_last_index: LogIndex,
     /// The next sync fails (the `sync-fail` fault).
     sync_fails: bool,
+    /// A durable entry whose record reads back damaged (the `bit-flip` fault); later records
+    /// follow it. Permanent: only a wipe clears it.
+    damaged_entry: Option<LogIndex>,
 }
 
 impl Disk {
@@ -147,6 +158,30 @@ impl Disk {
     /// reboot clears a transient fault), and so does [`Disk::repair`].
     pub fn fail_next_sync(&mut self) {
         self.sync_fails = true;
+    }
+
+    /// Damages the durable record of entry `index`, which later durable entries follow (a bit
+    /// flipped in synced data).
+    pub fn damage_entry(&mut self, index: LogIndex) {
+        assert!(
+            index > self.floor_index() && index < self.last_index() && self.unsynced.is_empty(),
+            "only a synced entry that later synced entries follow is damaged"
+        );
+        self.damaged_entry = Some(index);
+    }
+
+    /// The entry whose record is damaged, if any: a replay stops there and refuses the log.
+    pub fn damaged_entry(&self) -> Option<LogIndex> {
+        self.damaged_entry
+    }
+
+    /// Cuts the log at the damaged record, as a replay that took the damage for a torn tail
+    /// would: that entry and every later one are gone. The `cut-at-damage` break.
+    pub fn cut_at_damage(&mut self) {
+        if let Some(index) = self.damaged_entry.take() {
+            self.entries.retain(|entry| entry.index < index);
+            self.written_last_index = self.last_index();
+        }
     }
 
     /// The disk works again (the heal).
@@ -432,6 +467,31 @@ mod tests {
         );
         disk.append(&entries(3..=3, 4), None)
             .expect("the log goes on from what a replay reads");
+    }
+
+    #[test]
+    fn a_damaged_entry_survives_crashes_and_a_cut_drops_it_and_everything_after() {
+        let mut disk = Disk::default();
+        disk.append(&entries(1..=5, 1), None).unwrap();
+        disk.sync().unwrap();
+        disk.damage_entry(3);
+        disk.crash(None);
+        disk.repair();
+        assert_eq!(disk.damaged_entry(), Some(3), "only a wipe clears damage");
+        disk.cut_at_damage();
+        assert_eq!(disk.damaged_entry(), None);
+        assert_eq!(positions(&disk), vec![(1, 1), (2, 1)]);
+        disk.append(&entries(3..=3, 2), None)
+            .expect("the log goes on from the cut");
+    }
+
+    #[test]
+    #[should_panic(expected = "later synced entries follow")]
+    fn the_last_entry_is_never_damaged() {
+        let mut disk = Disk::default();
+        disk.append(&entries(1..=2, 1), None).unwrap();
+        disk.sync().unwrap();
+        disk.damage_entry(2);
     }
 
     #[test]

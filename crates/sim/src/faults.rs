@@ -58,8 +58,20 @@
 //!   sent before the sync (which promise nothing durable) are already out; nothing that waits
 //!   for durability is sent. The heal repairs every disk.
 //!
-//! Never injected: corruption of durable data, loss of synced data, clock drift beyond what the
-//! tick model expresses, Byzantine messages. (The real WAL's handling of flipped bits and torn
+//! - `bit-flip`: a running node crashes, and a bit of one synced entry of one of its groups flips
+//!   (one of its last eight entries, never the last: later records follow it). At its restart
+//!   that replica refuses its log, as the WAL's open refuses a damaged record that valid ones
+//!   follow (`WalError::Corrupt`), and stays down; the operator's rebuild follows, etcd's
+//!   procedure for a member with a damaged data directory: the replica is removed from its
+//!   group, wiped, added back empty as a learner and promoted (the `membership` cycle from its
+//!   removal on). One damaged replica at a time, only in a group of at least three voters, and
+//!   no other membership cycle meanwhile. The node's other groups restart as after a crash.
+//!
+//! Never injected: a damaged *last* record (it looks like a torn write, and the real WAL cuts
+//! it: the trade-off in docs/design/storage.md, "Tail repair and corruption"), a damaged hard
+//! state or snapshot, a disk that reports a sync it did not do (no protocol that trusts its
+//! disk survives one: a forgotten vote elects two leaders), clock drift beyond what the tick
+//! model expresses, Byzantine messages. (The real WAL's handling of flipped bits and torn
 //! records is tested on real files: `crates/storage`.)
 
 use std::fmt;
@@ -100,10 +112,11 @@ pub enum FaultKind {
     Transfer,
     Groups,
     SyncFail,
+    BitFlip,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 16] = [
+    pub const ALL: [FaultKind; 17] = [
         FaultKind::Delay,
         FaultKind::Drop,
         FaultKind::Duplicate,
@@ -120,6 +133,7 @@ impl FaultKind {
         FaultKind::Transfer,
         FaultKind::Groups,
         FaultKind::SyncFail,
+        FaultKind::BitFlip,
     ];
 
     pub fn name(self) -> &'static str {
@@ -140,6 +154,7 @@ impl FaultKind {
             FaultKind::Transfer => "transfer",
             FaultKind::Groups => "groups",
             FaultKind::SyncFail => "sync-fail",
+            FaultKind::BitFlip => "bit-flip",
         }
     }
 
@@ -173,6 +188,10 @@ impl FaultKind {
             FaultKind::SyncFail => {
                 "a node's next fsync fails (EIO): its unsynced writes are lost, it stops, and it \
                  restarts later"
+            }
+            FaultKind::BitFlip => {
+                "a node crashes with a bit flipped in a synced entry of one group; that replica \
+                 refuses its log and is rebuilt (removed, wiped, added back)"
             }
         }
     }

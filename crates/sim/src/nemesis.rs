@@ -46,6 +46,21 @@ pub(crate) struct Nemesis {
     pub cycle: MembershipCycle,
     /// The group whose membership the cycle changes (one cycle at a time, in one group).
     pub cycle_group: usize,
+    /// The replica (group, node) whose disk the `bit-flip` fault damaged and that is not yet
+    /// being rebuilt; while there is one, no other membership cycle starts (the rebuild is
+    /// one, and the group must keep enough voters to remove the damaged one).
+    damaged: Option<Damaged>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Damaged {
+    group: usize,
+    node: NodeId,
+    /// It refused to start: the operator's rebuild is due.
+    refused: bool,
+    /// When to propose its removal (again: a group without a leader, or one in the middle of
+    /// another change, refuses it for now).
+    retry_at: u64,
 }
 
 impl Nemesis {
@@ -59,6 +74,18 @@ impl Nemesis {
             slow: None,
             cycle: MembershipCycle::Idle,
             cycle_group: 0,
+            damaged: None,
+        }
+    }
+
+    /// Replica `node` of `group` refused to start from a damaged disk: rebuild it (remove it,
+    /// wipe it, add it back) as soon as no other membership cycle runs.
+    pub fn rebuild_when_idle(&mut self, group: usize, node: NodeId) {
+        match &mut self.damaged {
+            Some(damaged) if damaged.group == group && damaged.node == node => {
+                damaged.refused = true;
+            }
+            _ => panic!("n{node} of group {group} refused a damage the nemesis did not make"),
         }
     }
 
@@ -352,6 +379,7 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
                 }
             }
             FaultKind::Membership => self.start_membership_cycle(),
+            FaultKind::BitFlip => self.flip_bit(&ids),
             FaultKind::Groups => {
                 if self.nemesis.rng.random_bool(0.5) {
                     self.create_group();
@@ -503,7 +531,7 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
     }
 
     fn start_membership_cycle(&mut self) {
-        if self.nemesis.cycle != MembershipCycle::Idle {
+        if self.nemesis.cycle != MembershipCycle::Idle || self.nemesis.damaged.is_some() {
             return;
         }
         self.nemesis.cycle_group = self.pick_group();
@@ -535,7 +563,7 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
         let group = self.nemesis.cycle_group;
         let membership = &self.groups[group].checks.committed_membership;
         match self.nemesis.cycle {
-            MembershipCycle::Idle => {}
+            MembershipCycle::Idle => self.start_rebuild(),
             MembershipCycle::Removing { node, retry_at } => {
                 if !membership.contains(node) {
                     self.stop_removed(node);
@@ -604,6 +632,113 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
                 }
             }
         }
+    }
+
+    /// Crashes a running node with a bit flipped in one of its groups' synced entries, one that
+    /// later entries follow: at its restart that replica refuses its log, as the WAL's open
+    /// refuses a damaged record that valid ones follow, and the operator rebuilds it.
+    fn flip_bit(&mut self, ids: &[NodeId]) {
+        if self.nemesis.cycle != MembershipCycle::Idle || self.nemesis.damaged.is_some() {
+            return;
+        }
+        let Some(victim) = self.random_up_node(ids) else {
+            return;
+        };
+        // A group the others can remove the victim from: at least three voters, no learners.
+        let candidates: Vec<usize> = (0..self.groups.len())
+            .filter(|&g| {
+                let group = &self.groups[g];
+                let membership = &group.checks.committed_membership;
+                group.is_live()
+                    && membership.voters.len() >= 3
+                    && membership.learners.is_empty()
+                    && membership.is_voter(victim)
+                    && group.nodes[victim as usize - 1].is_running()
+            })
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let group = candidates[self.nemesis.rng.random_range(0..candidates.len())];
+        let now = self.world.now;
+        let restart_at = now
+            + self
+                .nemesis
+                .rng
+                .random_range(faults::QUICK_REBOOT_MIN_TICKS..=faults::CRASH_DOWN_MAX_TICKS);
+        self.crash(victim, restart_at, false);
+        let disk = &mut self.groups[group].nodes[victim as usize - 1].disk;
+        let (floor, last) = (disk.floor_index(), disk.last_index());
+        let who = Who {
+            group: group as GroupId,
+            node: victim,
+        };
+        if last < floor + 2 {
+            trace_event!(
+                self.world.trace,
+                now,
+                "FAULT bit-flip: {who} crashed with no entry that a later one follows"
+            );
+            return;
+        }
+        // One of the last eight synced entries (what the node acknowledged lately), never
+        // the last one.
+        let lowest = (floor + 1).max(last.saturating_sub(8));
+        let index = self.nemesis.rng.random_range(lowest..last);
+        disk.damage_entry(index);
+        self.nemesis.damaged = Some(Damaged {
+            group,
+            node: victim,
+            refused: false,
+            retry_at: 0,
+        });
+        trace_event!(
+            self.world.trace,
+            now,
+            "FAULT bit-flip: {who} crashed; a bit of its synced entry {index} flipped (restart \
+             at {restart_at})"
+        );
+    }
+
+    /// The rebuild of a replica that refused its damaged disk, once no cycle runs: its removal
+    /// proposed, then the membership cycle from there (the wipe, the re-add, the promotion). An
+    /// engine that takes no membership changes keeps the replica down for the rest of the run.
+    fn start_rebuild(&mut self) {
+        let Some(damaged) = self.nemesis.damaged else {
+            return;
+        };
+        let slot = &self.groups[damaged.group].nodes[damaged.node as usize - 1];
+        if slot.liveness == Liveness::Removed {
+            // Its group was removed (the `groups` fault) with it.
+            self.nemesis.damaged = None;
+            return;
+        }
+        let now = self.world.now;
+        if !damaged.refused || now < damaged.retry_at {
+            return;
+        }
+        self.nemesis.cycle_group = damaged.group;
+        if !self.propose_change(MembershipChange::Remove(damaged.node)) {
+            self.nemesis.damaged = Some(Damaged {
+                retry_at: now + MEMBERSHIP_RETRY_TICKS,
+                ..damaged
+            });
+            return;
+        }
+        self.nemesis.damaged = None;
+        self.nemesis.cycle = MembershipCycle::Removing {
+            node: damaged.node,
+            retry_at: now + MEMBERSHIP_RETRY_TICKS,
+        };
+        let who = Who {
+            group: damaged.group as GroupId,
+            node: damaged.node,
+        };
+        trace_event!(
+            self.world.trace,
+            now,
+            "FAULT bit-flip: the operator rebuilds {who} (remove, wipe, add back)"
+        );
     }
 
     fn leader_membership_has(

@@ -30,15 +30,25 @@ pub enum DriverBreak {
     /// retry has nothing to write and succeeds, and the node acknowledges records that are not
     /// on its disk. Caught under `sync-fail`.
     RetryFailedSync,
+    /// Recovery cuts the log at a damaged record that later records follow, as if it were a
+    /// torn tail (a WAL that took every checksum failure for a torn write): the node comes back
+    /// without entries it acknowledged and votes and counts as if it never had them. Caught
+    /// under `bit-flip`.
+    CutAtDamage,
 }
 
 impl DriverBreak {
-    pub const ALL: [DriverBreak; 2] = [DriverBreak::ForgetBootstrap, DriverBreak::RetryFailedSync];
+    pub const ALL: [DriverBreak; 3] = [
+        DriverBreak::ForgetBootstrap,
+        DriverBreak::RetryFailedSync,
+        DriverBreak::CutAtDamage,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             DriverBreak::ForgetBootstrap => "forget-bootstrap",
             DriverBreak::RetryFailedSync => "retry-failed-sync",
+            DriverBreak::CutAtDamage => "cut-at-damage",
         }
     }
 
@@ -49,6 +59,9 @@ impl DriverBreak {
             }
             DriverBreak::RetryFailedSync => {
                 "a failed fsync is retried and the node carries on, acknowledging writes its disk lost"
+            }
+            DriverBreak::CutAtDamage => {
+                "recovery cuts the log at a damaged record that later ones follow, as if torn"
             }
         }
     }
@@ -71,6 +84,9 @@ pub enum Liveness {
     Removed,
     /// The replica refused to start from the durable state; the node stays down.
     Refused,
+    /// Its disk holds a damaged record (the `bit-flip` fault), so it refuses to start, as the
+    /// WAL's open does, until the operator rebuilds it: removed, wiped, added back.
+    Damaged,
 }
 
 /// Everything a node reports while it handles a `Ready`.
@@ -205,7 +221,7 @@ impl<R: Replica> Node<R> {
         );
         match broken {
             Some(DriverBreak::ForgetBootstrap) => self.bootstrap_in_memory = Some(membership),
-            Some(DriverBreak::RetryFailedSync) | None => self
+            Some(DriverBreak::RetryFailedSync | DriverBreak::CutAtDamage) | None => self
                 .disk
                 .bootstrap(membership, KvStore::default().encode_image()),
         }
@@ -222,6 +238,19 @@ impl<R: Replica> Node<R> {
 
     pub fn is_persisting(&self) -> bool {
         self.pending.is_some()
+    }
+
+    /// Whether the disk can be recovered for a start: a damaged record refuses it (the entry it
+    /// held is returned), unless the `cut-at-damage` break cuts the log there.
+    pub fn recover_damage(&mut self) -> Result<(), LogIndex> {
+        match self.disk.damaged_entry() {
+            None => Ok(()),
+            Some(_) if self.driver_break == Some(DriverBreak::CutAtDamage) => {
+                self.disk.cut_at_damage();
+                Ok(())
+            }
+            Some(index) => Err(index),
+        }
     }
 
     /// What the next incarnation starts from; the state machine is rebuilt from the durable

@@ -1182,15 +1182,26 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
         let seed = self.seed_rng.next_u64();
         let group_id = self.groups[group].id;
         let node = &mut self.groups[group].nodes[id as usize - 1];
+        let who = Who {
+            group: group_id,
+            node: id,
+        };
+        if let Err(index) = node.recover_damage() {
+            node.liveness = Liveness::Damaged;
+            trace_event!(
+                self.world.trace,
+                now,
+                "{who} refuses to start: the record of entry {index} is damaged and later records \
+                 follow it; the operator rebuilds it"
+            );
+            self.nemesis.rebuild_when_idle(group, id);
+            return;
+        }
         let start = node.prepare_start(seed);
         trace_event!(
             self.world.trace,
             now,
-            "{} starts (incarnation {}, {} entries, snapshot at {}, {:?})",
-            Who {
-                group: group_id,
-                node: id
-            },
+            "{who} starts (incarnation {}, {} entries, snapshot at {}, {:?})",
             start.incarnation,
             start.persisted.entries.len(),
             node.disk.snapshot_index(),
