@@ -5,7 +5,8 @@
 //! hints, retries retryable errors after a short backoff, and rotates to a random node when there
 //! is no hint. A write is decided by the first application, on any node, of the index it was
 //! proposed at: the same term means it took effect (with the state machine's result), another term
-//! means it definitely failed. A read is decided when its read state is served. An operation
+//! means it definitely failed, and so does the first application of an entry of a later term at
+//! a lower index (terms never go down along a log). A read is decided when its read state is served. An operation
 //! outstanding for `op_timeout_ticks` becomes `Unknown` (or `Failed` if it was never proposed
 //! anywhere), and a client with an `Unknown` operation is retired and replaced by a fresh client
 //! id: a process with an indeterminate operation never issues another.
@@ -252,6 +253,12 @@ impl Clients {
                 continue;
             };
             if position.index != index {
+                // A committed entry of a later term at a lower index: terms never go down along
+                // a log, so the entry proposed can never be committed (as a real client hears
+                // "leader changed" without waiting for its own index to be filled).
+                if position.index > index && position.term < term {
+                    self.complete(now, slot, Outcome::Failed, trace);
+                }
                 continue;
             }
             let ours = position.term == term && op_id == Some(self.history[pending.op].id);
@@ -469,10 +476,14 @@ impl Clients {
             self.history[pending.op].id,
             self.clients[slot].target
         );
-        // A stale leader can propose at an index a newer leader already committed.
+        // A stale leader can propose at an index a newer leader already committed, or after
+        // an entry of a later term that one committed (so its entry can never be).
         if applied
             .applied_term(position.index)
             .is_some_and(|term| term != position.term)
+            || applied
+                .latest_applied_term_through(position.index)
+                .is_some_and(|term| term > position.term)
         {
             self.complete(now, slot, Outcome::Failed, trace);
         }

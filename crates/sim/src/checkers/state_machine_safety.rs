@@ -83,6 +83,16 @@ impl StateMachineSafety {
             .map(|(term, _)| term)
     }
 
+    /// Term of the last entry applied by any node at or below `index`: the highest term the
+    /// committed log holds up to there (terms never go down along a log).
+    pub fn latest_applied_term_through(&self, index: LogIndex) -> Option<Term> {
+        let end = usize::try_from(index).map_or(self.applied.len(), |i| i.min(self.applied.len()));
+        self.applied[..end]
+            .iter()
+            .rev()
+            .find_map(|slot| slot.map(|(term, _)| term))
+    }
+
     /// Highest index any node has applied.
     pub fn highest_applied(&self) -> LogIndex {
         self.applied.len() as LogIndex
@@ -115,6 +125,21 @@ mod tests {
         assert!(bad.violation.is_some() && !bad.first);
         let same_term_other_payload = check.observe_apply(3, 3, 0, 1, 1, 0xb);
         assert!(same_term_other_payload.violation.is_some());
+    }
+
+    #[test]
+    fn the_latest_term_through_an_index_skips_what_no_node_applied() {
+        let mut check = StateMachineSafety::default();
+        assert_eq!(check.latest_applied_term_through(5), None);
+        check.observe_apply(1, 1, 0, 1, 1, 0xa);
+        check.observe_apply(1, 1, 1, 2, 3, 0xb);
+        // Index 3 comes in a snapshot on n1; n2 applies 4 after installing it.
+        check.observe_apply(2, 2, 3, 4, 5, 0xc);
+        assert_eq!(check.latest_applied_term_through(1), Some(1));
+        assert_eq!(check.latest_applied_term_through(3), Some(3));
+        assert_eq!(check.latest_applied_term_through(4), Some(5));
+        assert_eq!(check.latest_applied_term_through(100), Some(5));
+        assert_eq!(check.latest_applied_term_through(0), None);
     }
 
     #[test]

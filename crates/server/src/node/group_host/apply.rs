@@ -165,6 +165,22 @@ where
                 let _ = reply.send(Err(NodeError::LeaderChanged));
             }
         }
+        // Proposals of an earlier term after the last applied entry can never commit either: an
+        // entry of a later term is committed before their index, and terms never go down along
+        // a log. Answering now spares their clients the wait for their index to be filled,
+        // which on a quiet group lasts until their deadline.
+        let superseded: Vec<LogIndex> = self
+            .proposals
+            .range(last.index + 1..)
+            .filter(|(_, (term, _))| *term < last.term)
+            .map(|(&index, _)| index)
+            .collect();
+        for index in superseded {
+            if let Some((_, reply)) = self.proposals.remove(&index) {
+                self.counters.proposals_failed += 1;
+                let _ = reply.send(Err(NodeError::LeaderChanged));
+            }
+        }
         Ok(())
     }
 
