@@ -1,4 +1,4 @@
-//! The etcd v3 gRPC services (KV, Watch, Lease, Maintenance, Auth, Cluster) over a
+//! The etcd v3 gRPC services (KV, Watch, Lease, Maintenance, Auth, Cluster, Lock, Election) over a
 //! [`NodeHandle`], so unmodified etcd clients (`etcdctl`, Go `clientv3`, the `etcd-client` crate)
 //! work against ballot (DESIGN principle 9).
 //!
@@ -8,7 +8,10 @@
 //! synchronous cores (Raft, the MVCC store, the watch hub, the lessor). No lock is held across an
 //! `.await`: the only shared state is the [`NodeHandle`] and the immutable [`Context`].
 //!
-//! - [`kv`], [`watch`], [`lease`], [`maintenance`], [`auth`], [`cluster`]: one file per service.
+//! - [`kv`], [`watch`], [`lease`], [`maintenance`], [`auth`], [`cluster`], [`lock`],
+//!   [`election`]: one file per service.
+//! - [`recipe`]: etcd's mutex and election recipes, as steps over the KV and Lease services and
+//!   the watch hub, that the Lock and Election services are made of.
 //! - [`convert`]: proto <-> storage types; [`status`]: errors -> `tonic::Status` with etcd's
 //!   codes and exact messages; [`header`]: the `ResponseHeader` every response carries.
 //! - [`serve`]: HTTP/2 connections and gRPC framing, on h2 directly; KV's unary calls are
@@ -21,12 +24,15 @@
 pub mod auth;
 pub mod cluster;
 pub mod convert;
+pub mod election;
 pub mod forward;
 pub mod groups;
 pub mod header;
 pub mod kv;
 pub mod lease;
+pub mod lock;
 pub mod maintenance;
+pub mod recipe;
 pub mod serve;
 pub mod status;
 pub mod watch;
@@ -40,6 +46,8 @@ use ballot_proto::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
     lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
+use ballot_proto::v3electionpb::election_server::ElectionServer;
+use ballot_proto::v3lockpb::lock_server::LockServer;
 use std::sync::Arc;
 
 /// gRPC framing and header room allowed above `max_request_bytes` (etcd allows 512 KiB), so a
@@ -122,6 +130,14 @@ pub fn services(
     )
     .add_service(
         ClusterServer::new(cluster::ClusterService::new(context.clone()))
+            .max_decoding_message_size(decoding_max),
+    )
+    .add_service(
+        LockServer::new(lock::LockService::new(context.clone()))
+            .max_decoding_message_size(decoding_max),
+    )
+    .add_service(
+        ElectionServer::new(election::ElectionService::new(context.clone()))
             .max_decoding_message_size(decoding_max),
     )
     .add_service(ballot_proto::ballotpb::groups_server::GroupsServer::new(

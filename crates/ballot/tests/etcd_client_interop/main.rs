@@ -1,8 +1,8 @@
 #![cfg(feature = "interop-tests")]
 //! ballot as a third-party etcd v3 client sees it: real three-node clusters of `ballot server`
 //! processes on loopback ports, driven only through the `etcd-client` crate (its own generated
-//! protobuf code, its own channel balancing). Every KV, Txn, Watch, Lease, Cluster and
-//! Maintenance call is checked against what etcd answers: values, revisions, `prev_kv`, error
+//! protobuf code, its own channel balancing). Every KV, Txn, Watch, Lease, Cluster,
+//! Maintenance, Lock and Election call ([`coordination`]) is checked against what etcd answers: values, revisions, `prev_kv`, error
 //! codes and messages. Also: a follower serving every kind of request, a SIGKILLed leader with
 //! the client carrying on after the election, a restarted node catching up by snapshot, and
 //! each request limit refusing a request with nothing written.
@@ -27,6 +27,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tonic::Code;
+
+mod coordination;
 
 const BALLOT: &str = env!("CARGO_BIN_EXE_ballot");
 /// Longest one call may take; a healthy loopback cluster answers in milliseconds.
@@ -1078,7 +1080,7 @@ async fn lease_grant_keepalive_time_to_live_revoke_and_expiry() {
 // Cluster
 // ---------------------------------------------------------------------------------------------
 
-#[path = "../../server/tests/support/ports.rs"]
+#[path = "../../../server/tests/support/ports.rs"]
 mod ports;
 use ports::free_ports;
 
