@@ -146,3 +146,123 @@ fn deletes_report_what_they_removed() {
     drop(cluster);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `ballot ARGS...`; its exit status and what it printed on stdout and stderr.
+fn ballot(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ballot"))
+        .args(args)
+        .output()
+        .expect("ballot runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn fenced_writes_apply_only_while_the_lock_is_held_with_their_token() {
+    let dir = std::env::temp_dir().join(format!("ballot-native-fence-{}", std::process::id()));
+    let cluster = RunningCluster::start(env!("CARGO_BIN_EXE_ballot").as_ref(), 3, &dir, true)
+        .expect("cluster starts");
+    let port = cluster.plan.nodes[1].metrics_port;
+    let endpoints = format!("127.0.0.1:{}", cluster.plan.nodes[2].client_port);
+    // Two contenders for lock "jobs", as the lock recipes write them: the first created holds.
+    let holder = http(port, "PUT", "/v1/kv/jobs%2Fa", b"").body["revision"]
+        .as_i64()
+        .expect("the holder's revision");
+    let waiter = http(port, "PUT", "/v1/kv/jobs%2Fb", b"").body["revision"]
+        .as_i64()
+        .expect("the waiter's revision");
+
+    let fenced = |method: &str, key: &str, token: i64, value: &[u8]| {
+        http(
+            port,
+            method,
+            &format!("/v1/kv/{key}?fence=jobs:{token}"),
+            value,
+        )
+    };
+    let written = fenced("PUT", "out", holder, b"by the holder");
+    assert_eq!(written.status, 200, "{:?}", written.body);
+    let refused = fenced("PUT", "out", waiter, b"by the waiter");
+    assert_eq!(refused.status, 412, "{:?}", refused.body);
+    let message = refused.body["error"].as_str().unwrap();
+    assert!(
+        message.starts_with("ballot: the fence does not hold")
+            && message.contains(&format!("held with token {holder}")),
+        "{message}"
+    );
+    // Through gRPC metadata, from the CLI, on another member.
+    let (ok, text) = ballot(&[
+        "put",
+        "out",
+        "by the waiter",
+        "--fence",
+        &format!("jobs:{waiter}"),
+        "--endpoints",
+        &endpoints,
+    ]);
+    assert!(!ok && text.contains("the fence does not hold"), "{text}");
+
+    // The holder leaves: its token no longer holds, the waiter's does.
+    assert_eq!(http(port, "DELETE", "/v1/kv/jobs%2Fa", b"").status, 200);
+    let refused = fenced("PUT", "out", holder, b"by the old holder");
+    assert_eq!(refused.status, 412, "{:?}", refused.body);
+    assert!(refused.body["error"]
+        .as_str()
+        .unwrap()
+        .contains("no key under the lock has that token"));
+    let (ok, text) = ballot(&[
+        "put",
+        "out",
+        "by the waiter",
+        "--fence",
+        &format!("jobs:{waiter}"),
+        "--endpoints",
+        &endpoints,
+    ]);
+    assert!(ok, "{text}");
+    let refused = fenced("DELETE", "out", holder, b"");
+    assert_eq!(refused.status, 412, "{:?}", refused.body);
+    // A key re-created under the old holder's name has a new token: the old one stays dead.
+    assert_eq!(http(port, "PUT", "/v1/kv/jobs%2Fa", b"").status, 200);
+    assert_eq!(fenced("PUT", "out", holder, b"again").status, 412);
+
+    // Only the writes whose fence held were applied.
+    let out = http(port, "GET", "/v1/kv/out?level=consistent", b"");
+    assert_eq!(
+        out.body["kvs"][0]["value"], "by the waiter",
+        "{:?}",
+        out.body
+    );
+    assert_eq!(out.body["kvs"][0]["version"], 2, "{:?}", out.body);
+
+    // Bad fences are refused before anything is proposed.
+    for (fence, why) in [
+        ("jobs", "not LOCKNAME:TOKEN"),
+        ("jobs:0", "not a positive integer"),
+        (":5", "names no lock"),
+    ] {
+        let bad = http(port, "PUT", &format!("/v1/kv/out?fence={fence}"), b"x");
+        assert_eq!(bad.status, 400, "{fence}: {:?}", bad.body);
+        assert!(
+            bad.body["error"].as_str().unwrap().contains(why),
+            "{fence}: {:?}",
+            bad.body
+        );
+    }
+    let (ok, text) = ballot(&[
+        "put",
+        "out",
+        "x",
+        "--fence",
+        "jobs",
+        "--endpoints",
+        &endpoints,
+    ]);
+    assert!(!ok && text.contains("not LOCKNAME:TOKEN"), "{text}");
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+}

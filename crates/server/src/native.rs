@@ -12,19 +12,24 @@
 //!
 //! ```text
 //! GET    /v1/kv/<key>[?level=stale|default|consistent][&prefix]   200 JSON, 404 when absent
-//! PUT    /v1/kv/<key>    body: the value                          200 {"revision": N}
-//! DELETE /v1/kv/<key>[?prefix]                                    200 {"revision": N, "deleted": n}
+//! PUT    /v1/kv/<key>[?fence=LOCK:TOKEN]   body: the value        200 {"revision": N}
+//! DELETE /v1/kv/<key>[?prefix][&fence=LOCK:TOKEN]                 200 {"revision": N, "deleted": n}
 //! ```
+//!
+//! A write with `fence` is applied only while lock `LOCK` is held with `TOKEN`; otherwise it
+//! answers 412 and writes nothing ([`crate::etcd::fence`]).
 //!
 //! Each request runs through the etcd KV service in-process, so limits, errors and forwarding
 //! to the leader are the same as over gRPC; the level travels as [`READ_LEVEL_HEADER`] metadata.
 
+use crate::etcd::fence::{Fence, FENCE_HEADER};
 use crate::etcd::kv::{KvService, ReadLevel, READ_LEVEL_HEADER};
 use crate::etcd::Context;
 use ballot_proto::etcdserverpb as pb;
 use ballot_proto::etcdserverpb::kv_server::Kv;
 use ballot_storage::mvcc::types::prefix_end;
 use serde_json::{json, Value};
+use tonic::metadata::MetadataValue;
 use tonic::{Code, Request, Status};
 
 /// Path prefix of the key routes.
@@ -84,7 +89,7 @@ impl NativeApi {
         };
         let result = match method {
             "GET" => self.get(key, &query).await,
-            "PUT" | "POST" => self.put(key, body).await,
+            "PUT" | "POST" => self.put(key, body, &query).await,
             "DELETE" => self.delete(key, &query).await,
             other => {
                 return Answer::error(
@@ -129,16 +134,19 @@ impl NativeApi {
         Ok(answer)
     }
 
-    async fn put(&self, key: Vec<u8>, value: &[u8]) -> Result<Answer, Status> {
-        let response = self
-            .kv
-            .put(Request::new(pb::PutRequest {
-                key: key.into(),
-                value: value.to_vec().into(),
-                ..Default::default()
-            }))
-            .await?
-            .into_inner();
+    async fn put(&self, key: Vec<u8>, value: &[u8], query: &Query) -> Result<Answer, Status> {
+        if query.level.is_some() || query.prefix {
+            return Ok(Answer::error(
+                "400 Bad Request",
+                "a put takes only fence; level and prefix apply to reads and deletes",
+            ));
+        }
+        let request = query.fenced(Request::new(pb::PutRequest {
+            key: key.into(),
+            value: value.to_vec().into(),
+            ..Default::default()
+        }))?;
+        let response = self.kv.put(request).await?.into_inner();
         let revision = response.header.map_or(0, |h| h.revision);
         Ok(Answer::ok(json!({ "revision": revision })))
     }
@@ -155,15 +163,12 @@ impl NativeApi {
         } else {
             bytes::Bytes::new()
         };
-        let response = self
-            .kv
-            .delete_range(Request::new(pb::DeleteRangeRequest {
-                key: key.into(),
-                range_end,
-                ..Default::default()
-            }))
-            .await?
-            .into_inner();
+        let request = query.fenced(Request::new(pb::DeleteRangeRequest {
+            key: key.into(),
+            range_end,
+            ..Default::default()
+        }))?;
+        let response = self.kv.delete_range(request).await?.into_inner();
         let revision = response.header.map_or(0, |h| h.revision);
         Ok(Answer::ok(
             json!({ "revision": revision, "deleted": response.deleted }),
@@ -175,6 +180,7 @@ impl NativeApi {
 struct Query {
     level: Option<ReadLevel>,
     prefix: bool,
+    fence: Option<Fence>,
 }
 
 impl Query {
@@ -191,14 +197,30 @@ impl Query {
                 }
                 "prefix" if value.is_empty() || value == "true" => parsed.prefix = true,
                 "prefix" => return Err(format!("prefix takes no value, got {value:?}")),
+                "fence" => {
+                    let text = String::from_utf8(percent_decode(value)?)
+                        .map_err(|_| "the fence is not UTF-8".to_string())?;
+                    parsed.fence = Some(Fence::parse(&text)?);
+                }
                 other => {
                     return Err(format!(
-                        "unknown query parameter {other:?}; known: level, prefix"
+                        "unknown query parameter {other:?}; known: level, prefix, fence"
                     ))
                 }
             }
         }
         Ok(parsed)
+    }
+
+    /// `request` carrying this query's fence, if it has one.
+    fn fenced<T>(&self, mut request: Request<T>) -> Result<Request<T>, Status> {
+        if let Some(fence) = &self.fence {
+            let value = MetadataValue::try_from(fence.to_string()).map_err(|_| {
+                Status::invalid_argument(format!("fence {fence}: the lock name must be ASCII"))
+            })?;
+            request.metadata_mut().insert(FENCE_HEADER, value);
+        }
+        Ok(request)
     }
 }
 
@@ -227,7 +249,7 @@ fn percent_decode(text: &str) -> Result<Vec<u8>, String> {
             let hex = text
                 .get(i + 1..i + 3)
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("bad percent escape at byte {i} of the key"))?;
+                .ok_or_else(|| format!("bad percent escape at byte {i} of {text:?}"))?;
             out.push(hex);
             i += 3;
         } else {
@@ -266,9 +288,17 @@ mod tests {
             Query::parse("level=stale&prefix").unwrap(),
             Query {
                 level: Some(ReadLevel::Stale),
-                prefix: true
+                prefix: true,
+                fence: None,
             }
         );
+        assert_eq!(
+            Query::parse("fence=locks%2Fjobs:42").unwrap().fence,
+            Some(Fence::parse("locks/jobs:42").unwrap())
+        );
+        assert!(Query::parse("fence=jobs")
+            .unwrap_err()
+            .contains("not LOCKNAME:TOKEN"));
         assert!(Query::parse("level=fast")
             .unwrap_err()
             .contains("stale, default or consistent"));

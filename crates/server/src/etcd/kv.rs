@@ -7,8 +7,11 @@
 //! when `serializable`; ballot's read levels ([`ReadLevel`], in request metadata) add a leader
 //! lease read. On a follower, writes and linearizable reads go to the leader
 //! ([`super::forward`]). Transactions always go through the log, read-only ones included (the
-//! store has no read-only transaction path yet).
+//! store has no read-only transaction path yet). A Put, DeleteRange or Txn with
+//! [`super::fence::FENCE_HEADER`] metadata is applied only while its lock is held with its token
+//! ([`super::fence`]).
 
+use super::fence::{self, Fence};
 use super::{convert, forward, status, Context};
 use crate::node::NodeHandle;
 use ballot_core::{GroupId, ReadMode};
@@ -16,6 +19,8 @@ use ballot_proto::etcdserverpb as pb;
 use ballot_proto::etcdserverpb::kv_client::KvClient;
 use ballot_storage::mvcc::limits;
 use ballot_storage::mvcc::types::{Command, CommandResult};
+use pb::request_op::Request as Op;
+use pb::response_op::Response as OpResponse;
 use prost::Message;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Request, Response, Status};
@@ -302,6 +307,16 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
+        if let Some(fence) = Fence::of_request(request.metadata())? {
+            let op = Op::RequestPut(request.into_inner());
+            return match fence::apply(self, &fence, op).await? {
+                (header, OpResponse::ResponsePut(mut put)) => {
+                    put.header = Some(header);
+                    Ok(Response::new(put))
+                }
+                _ => Err(Status::internal("a fenced put answered as something else")),
+            };
+        }
         let forwarded = forward::is_forwarded(request.metadata());
         let target = group_of_request(&self.context, request.metadata()).await?;
         let message = request.into_inner();
@@ -334,6 +349,18 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
+        if let Some(fence) = Fence::of_request(request.metadata())? {
+            let op = Op::RequestDeleteRange(request.into_inner());
+            return match fence::apply(self, &fence, op).await? {
+                (header, OpResponse::ResponseDeleteRange(mut delete)) => {
+                    delete.header = Some(header);
+                    Ok(Response::new(delete))
+                }
+                _ => Err(Status::internal(
+                    "a fenced delete answered as something else",
+                )),
+            };
+        }
         let forwarded = forward::is_forwarded(request.metadata());
         let target = group_of_request(&self.context, request.metadata()).await?;
         let message = request.into_inner();
@@ -368,6 +395,16 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::TxnRequest>,
     ) -> Result<Response<pb::TxnResponse>, Status> {
+        if let Some(fence) = Fence::of_request(request.metadata())? {
+            let op = Op::RequestTxn(request.into_inner());
+            return match fence::apply(self, &fence, op).await? {
+                (header, OpResponse::ResponseTxn(mut txn)) => {
+                    txn.header = Some(header);
+                    Ok(Response::new(txn))
+                }
+                _ => Err(Status::internal("a fenced txn answered as something else")),
+            };
+        }
         let forwarded = forward::is_forwarded(request.metadata());
         let target = group_of_request(&self.context, request.metadata()).await?;
         let message = request.into_inner();

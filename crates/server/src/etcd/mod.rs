@@ -10,6 +10,7 @@
 //!
 //! - [`kv`], [`watch`], [`lease`], [`maintenance`], [`auth`], [`cluster`], [`lock`],
 //!   [`election`]: one file per service.
+//! - [`fence`]: writes applied only while a lock is held with a given token.
 //! - [`recipe`]: etcd's mutex and election recipes, as steps over the KV and Lease services and
 //!   the watch hub, that the Lock and Election services are made of.
 //! - [`convert`]: proto <-> storage types; [`status`]: errors -> `tonic::Status` with etcd's
@@ -25,6 +26,7 @@ pub mod auth;
 pub mod cluster;
 pub mod convert;
 pub mod election;
+pub mod fence;
 pub mod forward;
 pub mod groups;
 pub mod header;

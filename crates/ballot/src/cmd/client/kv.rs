@@ -10,6 +10,7 @@ use super::ClientError;
 use ballot_proto::etcdserverpb::kv_client::KvClient;
 use ballot_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
 use ballot_proto::etcdserverpb::{DeleteRangeRequest, PutRequest, RangeRequest};
+use ballot_server::etcd::fence::{Fence, FENCE_HEADER};
 use clap::{Args, ValueEnum};
 use std::ffi::OsString;
 use std::io::Read;
@@ -126,6 +127,8 @@ pub struct PutArgs {
     #[command(flatten)]
     pub op: PutOp,
     #[command(flatten)]
+    pub fence: FenceArg,
+    #[command(flatten)]
     pub connection: ConnectArgs,
 }
 
@@ -147,13 +150,42 @@ pub async fn put(args: PutArgs) -> Result<(), ClientError> {
     let (_, response) =
         endpoints
             .call(Retry::Write, |channel| {
-                let request = endpoints.key_request(request.clone());
+                let request = args.fence.on(endpoints.key_request(request.clone()));
                 async move {
                     Ok::<_, CallError>(KvClient::new(channel).put(request).await?.into_inner())
                 }
             })
             .await?;
     output::write_stdout(&output::put(format, &response))
+}
+
+/// `--fence` of `put` and `del`.
+#[derive(Args, Debug, Clone)]
+pub struct FenceArg {
+    /// Write only while lock LOCK is held with TOKEN (the lock's fencing token, its key's
+    /// create revision; `ballot lock` prints it), checked by the store in the same step as the
+    /// write: otherwise fail and write nothing.
+    #[arg(long, value_name = "LOCK:TOKEN", value_parser = parse_fence)]
+    pub fence: Option<Fence>,
+}
+
+impl FenceArg {
+    /// `request` carrying the fence, if one was given.
+    pub fn on<T>(&self, mut request: tonic::Request<T>) -> tonic::Request<T> {
+        if let Some(fence) = &self.fence {
+            let value = tonic::metadata::MetadataValue::try_from(fence.to_string())
+                .expect("parse_fence accepts ASCII only");
+            request.metadata_mut().insert(FENCE_HEADER, value);
+        }
+        request
+    }
+}
+
+fn parse_fence(text: &str) -> Result<Fence, String> {
+    if !text.is_ascii() {
+        return Err("the lock name must be ASCII (it travels as gRPC metadata)".into());
+    }
+    Fence::parse(text)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -366,6 +398,8 @@ pub struct DelArgs {
     #[command(flatten)]
     pub op: DelOp,
     #[command(flatten)]
+    pub fence: FenceArg,
+    #[command(flatten)]
     pub connection: ConnectArgs,
 }
 
@@ -376,7 +410,7 @@ pub async fn del(args: DelArgs) -> Result<(), ClientError> {
     let request = args.op.request()?;
     let (_, response) = endpoints
         .call(Retry::Write, |channel| {
-            let request = endpoints.key_request(request.clone());
+            let request = args.fence.on(endpoints.key_request(request.clone()));
             async move {
                 Ok::<_, CallError>(
                     KvClient::new(channel)
