@@ -580,6 +580,121 @@ fn next_lines(lines: &mpsc::Receiver<String>, count: usize) -> Vec<String> {
     seen
 }
 
+/// `ballot lock ARGS...` started in the background, its stdout as lines.
+fn lock_in_background(cluster: &Cluster, args: &[&str]) -> (Child, mpsc::Receiver<String>) {
+    let mut child = Command::new(BALLOT)
+        .arg("lock")
+        .args(args)
+        .env("BALLOT_ENDPOINTS", cluster.endpoints())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ballot lock runs");
+    let lines = read_lines(child.stdout.take().expect("stdout is piped"));
+    (child, lines)
+}
+
+/// Waits (at most 10 s) for `child` to exit; its status code and standard error.
+fn exit_of(child: &mut Child) -> (i32, String) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            let mut stderr = String::new();
+            if let Some(mut pipe) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+            }
+            return (status.code().unwrap_or(-1), stderr);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the process did not exit within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn lock_runs_a_command_with_its_fencing_token_and_kills_it_when_the_lease_is_lost() {
+    let cluster = Cluster::start("lock");
+    // The command gets the token and the key, writes through the fence, and its exit status
+    // is ballot's.
+    let script = format!(
+        "echo \"$BALLOT_LOCK_KEY $BALLOT_FENCING_TOKEN\"; \
+         {BALLOT} put --fence \"jobs:$BALLOT_FENCING_TOKEN\" out first && exit 7"
+    );
+    let run = cluster.ballot(&["lock", "jobs", "--", "sh", "-c", &script]);
+    assert_eq!(run.code, 7, "{run:?}");
+    let (key, token) = run
+        .stdout
+        .lines()
+        .next()
+        .and_then(|line| line.split_once(' '))
+        .unwrap_or_else(|| panic!("{run:?}"));
+    assert!(key.starts_with("jobs/"), "{run:?}");
+    let token: i64 = token.parse().unwrap_or_else(|_| panic!("{run:?}"));
+    assert!(
+        run.stdout.contains("OK"),
+        "the fenced put went through: {run:?}"
+    );
+    assert_eq!(
+        cluster.ballot_ok(&["get", "out", "--print-value-only"]),
+        "first\n"
+    );
+    // Released on exit: the key is gone, and the old token no longer fences anything.
+    assert_eq!(cluster.ballot_ok(&["get", "jobs/", "--prefix"]), "");
+    let stale = cluster.ballot(&["put", "out", "late", "--fence", &format!("jobs:{token}")]);
+    assert_eq!(stale.code, 1, "{stale:?}");
+    assert!(
+        stale.stderr.contains("the fence does not hold"),
+        "{stale:?}"
+    );
+
+    // A holder without a command prints its key and token and holds until interrupted; a
+    // second contender waits for it.
+    let (mut holder, holder_lines) = lock_in_background(&cluster, &["jobs"]);
+    let printed = next_lines(&holder_lines, 2);
+    let holder_token: i64 = printed[1].parse().unwrap_or_else(|_| panic!("{printed:?}"));
+    assert!(holder_token > token, "tokens only grow: {printed:?}");
+    let (mut waiter, waiter_lines) =
+        lock_in_background(&cluster, &["jobs", "--", "echo", "got it"]);
+    assert!(
+        waiter_lines
+            .recv_timeout(Duration::from_millis(500))
+            .is_err(),
+        "the waiter ran while the holder held the lock"
+    );
+    // SAFETY: kill(2) on a child of ours that has not been reaped.
+    let interrupted = unsafe { libc::kill(holder.id() as i32, libc::SIGINT) };
+    assert_eq!(interrupted, 0, "SIGINT the holder");
+    assert_eq!(exit_of(&mut holder).0, 0);
+    assert_eq!(next_lines(&waiter_lines, 1), ["got it"]);
+    assert_eq!(exit_of(&mut waiter).0, 0);
+
+    // The lease behind a running command is revoked from outside: the command is killed and
+    // ballot exits 1, naming what happened.
+    let (mut doomed, doomed_lines) = lock_in_background(
+        &cluster,
+        &[
+            "jobs",
+            "--ttl",
+            "3",
+            "--",
+            "sh",
+            "-c",
+            "echo $BALLOT_LOCK_KEY; exec sleep 60",
+        ],
+    );
+    let key = next_lines(&doomed_lines, 1).remove(0);
+    let lease = key.strip_prefix("jobs/").expect("the key is under jobs/");
+    cluster.ballot_ok(&["lease", "revoke", lease]);
+    let (code, stderr) = exit_of(&mut doomed);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("lost lock jobs") && stderr.contains("killed sh"),
+        "{stderr}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Without a server.
 // ---------------------------------------------------------------------------------------------
@@ -608,6 +723,7 @@ fn every_subcommand_explains_itself_with_an_example() {
         &["member", "update"],
         &["status"],
         &["snapshot", "save"],
+        &["lock"],
     ] {
         let mut args = command.to_vec();
         args.push("--help");

@@ -164,7 +164,7 @@ fn lease_not_found(endpoint: String) -> ClientError {
     }
 }
 
-async fn keep_alive_once(
+pub(super) async fn keep_alive_once(
     channel: tonic::transport::Channel,
     id: i64,
 ) -> Result<LeaseKeepAliveResponse, CallError> {

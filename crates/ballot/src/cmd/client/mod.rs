@@ -1,7 +1,7 @@
 //! The client subcommands (`put`, `get`, `del`, `txn`, `watch`, `lease`, `member`, `status`,
 //! `snapshot`): etcdctl's commands and output over the etcd v3 gRPC API, so they work against
-//! ballot and against etcd alike; and `group`, ballot's own (groups beside group 0), which
-//! works against ballot only.
+//! ballot and against etcd alike; `group` (groups beside group 0) and `lock` (a lock with a
+//! fencing token, around a command), ballot's own, which work against ballot only.
 //!
 //! Each file owns one command group: it parses flags into a request, sends it through
 //! [`connect::Endpoints`] (endpoint order, timeouts, failover) and hands the response to
@@ -14,6 +14,7 @@ pub mod connect;
 pub mod group;
 pub mod kv;
 pub mod lease;
+pub mod lock;
 pub mod member;
 pub mod output;
 pub mod snapshot;
@@ -48,6 +49,10 @@ pub enum ClientCommand {
     Snapshot(snapshot::SnapshotArgs),
     /// Replicated groups beside group 0 (ballot only): create, list, remove.
     Group(group::GroupArgs),
+    /// Take a lock and hold it until Ctrl-C, or run a command while holding it (ballot only):
+    /// the command gets the lock's fencing token in BALLOT_FENCING_TOKEN and is killed if the
+    /// lock's lease is lost.
+    Lock(lock::LockArgs),
 }
 
 /// Everything a client command can fail with, each with its exit status.
@@ -118,29 +123,32 @@ pub fn run(command: ClientCommand) -> ExitCode {
         let group = match &command {
             ClientCommand::Watch(args) => args.connection.group,
             ClientCommand::Lease(args) => args.connection.group,
+            ClientCommand::Lock(args) => args.connection.group,
             _ => 0,
         };
         if group != 0 {
             return Err(ClientError::Usage(format!(
-                "--group {group}: watches and leases are group 0's for now; --group applies to \
-                 put, get, del and txn"
+                "--group {group}: watches, leases and locks are group 0's for now; --group \
+                 applies to put, get, del and txn"
             )));
         }
+        let done = |outcome: Result<(), ClientError>| outcome.map(|()| ExitCode::SUCCESS);
         match command {
-            ClientCommand::Put(args) => kv::put(args).await,
-            ClientCommand::Get(args) => kv::get(args).await,
-            ClientCommand::Del(args) => kv::del(args).await,
-            ClientCommand::Txn(args) => txn::run(args).await,
-            ClientCommand::Watch(args) => watch::run(args).await,
-            ClientCommand::Lease(args) => lease::run(args).await,
-            ClientCommand::Member(args) => member::run(args).await,
-            ClientCommand::Status(args) => status::run(args).await,
-            ClientCommand::Snapshot(args) => snapshot::run(args).await,
-            ClientCommand::Group(args) => group::run(args).await,
+            ClientCommand::Put(args) => done(kv::put(args).await),
+            ClientCommand::Get(args) => done(kv::get(args).await),
+            ClientCommand::Del(args) => done(kv::del(args).await),
+            ClientCommand::Txn(args) => done(txn::run(args).await),
+            ClientCommand::Watch(args) => done(watch::run(args).await),
+            ClientCommand::Lease(args) => done(lease::run(args).await),
+            ClientCommand::Member(args) => done(member::run(args).await),
+            ClientCommand::Status(args) => done(status::run(args).await),
+            ClientCommand::Snapshot(args) => done(snapshot::run(args).await),
+            ClientCommand::Group(args) => done(group::run(args).await),
+            ClientCommand::Lock(args) => lock::run(args).await,
         }
     });
     match outcome {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             eprintln!("Error: {error}");
             ExitCode::from(error.exit_code())
