@@ -582,14 +582,18 @@ fn next_lines(lines: &mpsc::Receiver<String>, count: usize) -> Vec<String> {
 
 /// `ballot lock ARGS...` started in the background, its stdout as lines.
 fn lock_in_background(cluster: &Cluster, args: &[&str]) -> (Child, mpsc::Receiver<String>) {
+    in_background(cluster, &[&["lock"], args].concat())
+}
+
+/// `ballot ARGS...` started in the background, its stdout as lines.
+fn in_background(cluster: &Cluster, args: &[&str]) -> (Child, mpsc::Receiver<String>) {
     let mut child = Command::new(BALLOT)
-        .arg("lock")
         .args(args)
         .env("BALLOT_ENDPOINTS", cluster.endpoints())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("ballot lock runs");
+        .expect("ballot runs");
     let lines = read_lines(child.stdout.take().expect("stdout is piped"));
     (child, lines)
 }
@@ -663,9 +667,7 @@ fn lock_runs_a_command_with_its_fencing_token_and_kills_it_when_the_lease_is_los
             .is_err(),
         "the waiter ran while the holder held the lock"
     );
-    // SAFETY: kill(2) on a child of ours that has not been reaped.
-    let interrupted = unsafe { libc::kill(holder.id() as i32, libc::SIGINT) };
-    assert_eq!(interrupted, 0, "SIGINT the holder");
+    interrupt(&holder);
     assert_eq!(exit_of(&mut holder).0, 0);
     assert_eq!(next_lines(&waiter_lines, 1), ["got it"]);
     assert_eq!(exit_of(&mut waiter).0, 0);
@@ -693,6 +695,47 @@ fn lock_runs_a_command_with_its_fencing_token_and_kills_it_when_the_lease_is_los
         stderr.contains("lost lock jobs") && stderr.contains("killed sh"),
         "{stderr}"
     );
+}
+
+/// SIGINT, as Ctrl-C sends.
+fn interrupt(child: &Child) {
+    // SAFETY: kill(2) on a child of ours that has not been reaped.
+    let sent = unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    assert_eq!(sent, 0, "SIGINT {}", child.id());
+}
+
+#[test]
+fn elect_campaigns_holds_until_interrupted_and_observes() {
+    let cluster = Cluster::start("elect");
+    let (mut observer, observed) = in_background(&cluster, &["elect", "chief", "--observe"]);
+    let (mut alice, alice_lines) = in_background(&cluster, &["elect", "chief", "alice"]);
+    let won = next_lines(&alice_lines, 3);
+    assert!(won[0].starts_with("chief/") && won[1] == "alice", "{won:?}");
+    let alice_token: i64 = won[2].parse().unwrap_or_else(|_| panic!("{won:?}"));
+    assert_eq!(next_lines(&observed, 1), ["alice"]);
+
+    let (mut bob, bob_lines) = in_background(&cluster, &["elect", "chief", "bob"]);
+    assert!(
+        bob_lines.recv_timeout(Duration::from_millis(500)).is_err(),
+        "bob was elected while alice led"
+    );
+    interrupt(&alice);
+    assert_eq!(exit_of(&mut alice).0, 0, "alice resigns on Ctrl-C");
+    let won = next_lines(&bob_lines, 3);
+    assert_eq!(won[1], "bob", "{won:?}");
+    let bob_token: i64 = won[2].parse().unwrap_or_else(|_| panic!("{won:?}"));
+    assert!(
+        bob_token > alice_token,
+        "leadership tokens only grow: {won:?}"
+    );
+    assert_eq!(next_lines(&observed, 1), ["bob"]);
+    interrupt(&bob);
+    assert_eq!(exit_of(&mut bob).0, 0);
+    interrupt(&observer);
+    assert_eq!(exit_of(&mut observer).0, 0);
+
+    let usage = cluster.ballot(&["elect", "chief"]);
+    assert_eq!(usage.code, 2, "neither a value nor --observe: {usage:?}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -724,6 +767,7 @@ fn every_subcommand_explains_itself_with_an_example() {
         &["status"],
         &["snapshot", "save"],
         &["lock"],
+        &["elect"],
     ] {
         let mut args = command.to_vec();
         args.push("--help");

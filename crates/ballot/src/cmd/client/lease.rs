@@ -14,6 +14,7 @@ use ballot_proto::etcdserverpb::{
 };
 use clap::{Args, Subcommand};
 use std::time::Duration;
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 
 #[derive(Args, Debug)]
@@ -260,4 +261,83 @@ async fn keep_alive_stream(
             return Ok(Some("the keep-alive stream closed".into()));
         }
     }
+}
+
+/// Keeps the lease alive; knows when it must be taken as lost.
+pub(super) struct Renewals {
+    lease: i64,
+    ttl: Duration,
+    /// When the last renewal that succeeded was sent, plus the TTL: past it the lease may have
+    /// expired on the cluster, whatever this process hears later.
+    expires_by: Instant,
+}
+
+impl Renewals {
+    /// A new lease of `ttl_seconds`, and its renewals.
+    pub(super) async fn grant(
+        endpoints: &Endpoints,
+        ttl_seconds: i64,
+    ) -> Result<(i64, Renewals), ClientError> {
+        let (_, granted) = endpoints
+            .call(Retry::Write, |channel| async move {
+                let grant = LeaseGrantRequest {
+                    ttl: ttl_seconds,
+                    id: 0,
+                };
+                Ok::<_, CallError>(
+                    LeaseClient::new(channel)
+                        .lease_grant(grant)
+                        .await?
+                        .into_inner(),
+                )
+            })
+            .await?;
+        let ttl = Duration::from_secs(granted.ttl.max(1) as u64);
+        Ok((granted.id, Renewals::new(granted.id, ttl)))
+    }
+
+    fn new(lease: i64, ttl: Duration) -> Self {
+        Self {
+            lease,
+            ttl,
+            expires_by: Instant::now() + ttl,
+        }
+    }
+
+    /// Renews every third of the TTL; returns why the lease is lost: the cluster said it is
+    /// gone, or no renewal succeeded before the last one's TTL ran out.
+    pub(super) async fn until_lost(&mut self, endpoints: &Endpoints) -> String {
+        let interval = (self.ttl / 3).max(Duration::from_millis(200));
+        let mut last_failure = String::from("no renewal was answered");
+        loop {
+            let sent = Instant::now();
+            let lease = self.lease;
+            let renewal = endpoints.call(Retry::Read, |channel| keep_alive_once(channel, lease));
+            match tokio::time::timeout_at(self.expires_by, renewal).await {
+                Err(_) => {
+                    return format!("its TTL ran out since the last renewal ({last_failure})")
+                }
+                Ok(Ok((_, response))) if response.ttl <= 0 => {
+                    return "the cluster says the lease is gone (expired or revoked)".into()
+                }
+                Ok(Ok(_)) => self.expires_by = sent + self.ttl,
+                Ok(Err(error)) => last_failure = error.to_string(),
+            }
+            let next = (Instant::now() + interval).min(self.expires_by);
+            tokio::time::sleep_until(next).await;
+            if Instant::now() >= self.expires_by {
+                return format!("its TTL ran out since the last renewal ({last_failure})");
+            }
+        }
+    }
+}
+
+/// Revokes `lease`, best effort: what it kept goes at once rather than when it expires.
+pub(super) async fn revoke_lease(endpoints: &Endpoints, lease: i64) {
+    let _ = endpoints
+        .call(Retry::Write, |channel| async move {
+            let request = LeaseRevokeRequest { id: lease };
+            Ok::<_, CallError>(LeaseClient::new(channel).lease_revoke(request).await?)
+        })
+        .await;
 }

@@ -9,18 +9,14 @@
 //! writes refuse: COMMAND passes its token to `ballot put --fence NAME:TOKEN`.
 
 use super::connect::{CallError, ConnectArgs, Endpoints, Retry};
-use super::lease::keep_alive_once;
+use super::lease::{revoke_lease, Renewals};
 use super::ClientError;
-use ballot_proto::etcdserverpb::lease_client::LeaseClient;
-use ballot_proto::etcdserverpb::{LeaseGrantRequest, LeaseRevokeRequest};
 use ballot_proto::v3lockpb::lock_client::LockClient;
 use ballot_proto::v3lockpb::{LockRequest, UnlockRequest};
 use ballot_server::etcd::lock::FENCING_TOKEN_METADATA;
 use clap::Args;
 use std::ffi::OsString;
 use std::process::ExitCode;
-use std::time::Duration;
-use tokio::time::Instant;
 
 /// The environment variable COMMAND finds its fencing token in.
 pub const FENCING_TOKEN_ENV: &str = "BALLOT_FENCING_TOKEN";
@@ -47,20 +43,7 @@ pub struct LockArgs {
 
 pub async fn run(args: LockArgs) -> Result<ExitCode, ClientError> {
     let endpoints = Endpoints::from_args(&args.connection)?;
-    let ttl = args.ttl;
-    let (_, granted) = endpoints
-        .call(Retry::Write, |channel| async move {
-            let grant = LeaseGrantRequest { ttl, id: 0 };
-            Ok::<_, CallError>(
-                LeaseClient::new(channel)
-                    .lease_grant(grant)
-                    .await?
-                    .into_inner(),
-            )
-        })
-        .await?;
-    let lease = granted.id;
-    let mut renewals = Renewals::new(lease, Duration::from_secs(granted.ttl.max(1) as u64));
+    let (lease, mut renewals) = Renewals::grant(&endpoints, args.ttl).await?;
     let name = args.name.clone();
     let acquire = endpoints.call_with_timeout(Retry::Write, None, |channel| {
         let request = LockRequest {
@@ -82,7 +65,7 @@ pub async fn run(args: LockArgs) -> Result<ExitCode, ClientError> {
             return Err(lost_before_grant(&args.name, lease, lost))
         }
         _ = tokio::signal::ctrl_c() => {
-            revoke(&endpoints, lease).await;
+            revoke_lease(&endpoints, lease).await;
             return Ok(ExitCode::from(130));
         }
     };
@@ -112,7 +95,7 @@ pub async fn run(args: LockArgs) -> Result<ExitCode, ClientError> {
             async move { Ok::<_, CallError>(LockClient::new(channel).unlock(request).await?) }
         })
         .await;
-    revoke(&endpoints, lease).await;
+    revoke_lease(&endpoints, lease).await;
     outcome
 }
 
@@ -159,52 +142,6 @@ async fn run_holding(
     }
 }
 
-/// Keeps the lease alive; knows when it must be taken as lost.
-struct Renewals {
-    lease: i64,
-    ttl: Duration,
-    /// When the last renewal that succeeded was sent, plus the TTL: past it the lease may have
-    /// expired on the cluster, whatever this process hears later.
-    expires_by: Instant,
-}
-
-impl Renewals {
-    fn new(lease: i64, ttl: Duration) -> Self {
-        Self {
-            lease,
-            ttl,
-            expires_by: Instant::now() + ttl,
-        }
-    }
-
-    /// Renews every third of the TTL; returns why the lease is lost: the cluster said it is
-    /// gone, or no renewal succeeded before the last one's TTL ran out.
-    async fn until_lost(&mut self, endpoints: &Endpoints) -> String {
-        let interval = (self.ttl / 3).max(Duration::from_millis(200));
-        let mut last_failure = String::from("no renewal was answered");
-        loop {
-            let sent = Instant::now();
-            let lease = self.lease;
-            let renewal = endpoints.call(Retry::Read, |channel| keep_alive_once(channel, lease));
-            match tokio::time::timeout_at(self.expires_by, renewal).await {
-                Err(_) => {
-                    return format!("its TTL ran out since the last renewal ({last_failure})")
-                }
-                Ok(Ok((_, response))) if response.ttl <= 0 => {
-                    return "the cluster says the lease is gone (expired or revoked)".into()
-                }
-                Ok(Ok(_)) => self.expires_by = sent + self.ttl,
-                Ok(Err(error)) => last_failure = error.to_string(),
-            }
-            let next = (Instant::now() + interval).min(self.expires_by);
-            tokio::time::sleep_until(next).await;
-            if Instant::now() >= self.expires_by {
-                return format!("its TTL ran out since the last renewal ({last_failure})");
-            }
-        }
-    }
-}
-
 fn lost_lock(name: &str, lease: i64, why: &str, killed: Option<&OsString>) -> ClientError {
     let killed = killed
         .map(|program| format!("; killed {}", program.to_string_lossy()))
@@ -218,13 +155,4 @@ fn lost_before_grant(name: &str, lease: i64, why: String) -> ClientError {
     ClientError::Local(format!(
         "gave up waiting for lock {name}: lease {lease:016x}: {why}"
     ))
-}
-
-async fn revoke(endpoints: &Endpoints, lease: i64) {
-    let _ = endpoints
-        .call(Retry::Write, |channel| async move {
-            let request = LeaseRevokeRequest { id: lease };
-            Ok::<_, CallError>(LeaseClient::new(channel).lease_revoke(request).await?)
-        })
-        .await;
 }

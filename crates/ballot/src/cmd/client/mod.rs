@@ -1,7 +1,7 @@
 //! The client subcommands (`put`, `get`, `del`, `txn`, `watch`, `lease`, `member`, `status`,
 //! `snapshot`): etcdctl's commands and output over the etcd v3 gRPC API, so they work against
-//! ballot and against etcd alike; `group` (groups beside group 0) and `lock` (a lock with a
-//! fencing token, around a command), ballot's own, which work against ballot only.
+//! ballot and against etcd alike; `group` (groups beside group 0), `lock` (a lock with a
+//! fencing token, around a command) and `elect`, ballot's own, which work against ballot only.
 //!
 //! Each file owns one command group: it parses flags into a request, sends it through
 //! [`connect::Endpoints`] (endpoint order, timeouts, failover) and hands the response to
@@ -11,6 +11,7 @@
 //! 2 on bad usage (bad flags, unparsable `txn` input, an unsupported output format).
 
 pub mod connect;
+pub mod elect;
 pub mod group;
 pub mod kv;
 pub mod lease;
@@ -53,6 +54,9 @@ pub enum ClientCommand {
     /// the command gets the lock's fencing token in BALLOT_FENCING_TOKEN and is killed if the
     /// lock's lease is lost.
     Lock(lock::LockArgs),
+    /// Campaign to lead an election and hold leadership until Ctrl-C, or print each leader as
+    /// it changes with --observe (ballot only; etcdctl elect's keys).
+    Elect(elect::ElectArgs),
 }
 
 /// Everything a client command can fail with, each with its exit status.
@@ -124,6 +128,7 @@ pub fn run(command: ClientCommand) -> ExitCode {
             ClientCommand::Watch(args) => args.connection.group,
             ClientCommand::Lease(args) => args.connection.group,
             ClientCommand::Lock(args) => args.connection.group,
+            ClientCommand::Elect(args) => args.connection.group,
             _ => 0,
         };
         if group != 0 {
@@ -145,6 +150,7 @@ pub fn run(command: ClientCommand) -> ExitCode {
             ClientCommand::Snapshot(args) => done(snapshot::run(args).await),
             ClientCommand::Group(args) => done(group::run(args).await),
             ClientCommand::Lock(args) => lock::run(args).await,
+            ClientCommand::Elect(args) => elect::run(args).await,
         }
     });
     match outcome {
