@@ -266,3 +266,106 @@ fn fenced_writes_apply_only_while_the_lock_is_held_with_their_token() {
     drop(cluster);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn sequential_keys_only_grow_are_never_reused_and_can_be_ephemeral() {
+    let dir = std::env::temp_dir().join(format!("ballot-native-seq-{}", std::process::id()));
+    let cluster = RunningCluster::start(env!("CARGO_BIN_EXE_ballot").as_ref(), 3, &dir, true)
+        .expect("cluster starts");
+    let port = cluster.plan.nodes[0].metrics_port;
+    let endpoints = format!("127.0.0.1:{}", cluster.plan.nodes[1].client_port);
+    let next = |query: &str| {
+        let put = http(
+            port,
+            "PUT",
+            &format!("/v1/kv/q%2Fitem-?sequential{query}"),
+            b"v",
+        );
+        assert_eq!(put.status, 200, "{:?}", put.body);
+        put.body["key"]
+            .as_str()
+            .expect("the created key")
+            .to_string()
+    };
+    assert_eq!(next(""), "q/item-0000000001");
+    assert_eq!(next(""), "q/item-0000000002");
+    // A number is never given twice, even once its key is gone.
+    assert_eq!(
+        http(port, "DELETE", "/v1/kv/q%2Fitem-0000000002", b"").status,
+        200
+    );
+    assert_eq!(next(""), "q/item-0000000003");
+
+    // With a lease the key is ephemeral: it goes with the lease, the counter stays.
+    let (ok, granted) = ballot(&["lease", "grant", "60", "--endpoints", &endpoints]);
+    assert!(ok, "{granted}");
+    let lease = granted
+        .split_whitespace()
+        .nth(1)
+        .expect("lease ID granted ...");
+    let ephemeral = next(&format!("&lease={lease}"));
+    assert_eq!(ephemeral, "q/item-0000000004");
+    let (ok, revoked) = ballot(&["lease", "revoke", lease, "--endpoints", &endpoints]);
+    assert!(ok, "{revoked}");
+    let gone = http(
+        port,
+        "GET",
+        "/v1/kv/q%2Fitem-0000000004?level=consistent",
+        b"",
+    );
+    assert_eq!(gone.status, 404, "{:?}", gone.body);
+
+    // Writers racing for one prefix each get a number of their own, and none is skipped.
+    let writers: Vec<_> = (0..8)
+        .map(|_| {
+            std::thread::spawn(move || {
+                (0..5)
+                    .map(|_| {
+                        let put = http(port, "PUT", "/v1/kv/q%2Fitem-?sequential", b"v");
+                        assert_eq!(put.status, 200, "{:?}", put.body);
+                        put.body["key"].as_str().unwrap().to_string()
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut raced: Vec<String> = writers
+        .into_iter()
+        .flat_map(|writer| writer.join().expect("a writer"))
+        .collect();
+    raced.sort();
+    let expected: Vec<String> = (5..45).map(|n| format!("q/item-{n:010}")).collect();
+    assert_eq!(raced, expected);
+
+    // From the CLI, which prints the key it created.
+    let (ok, created) = ballot(&[
+        "put",
+        "--sequential",
+        "q/item-",
+        "v",
+        "--endpoints",
+        &endpoints,
+    ]);
+    assert!(ok, "{created}");
+    assert_eq!(created, "q/item-0000000045\n");
+
+    // The prefix's own key is the counter: anything else there is refused, nothing written.
+    assert_eq!(
+        http(port, "PUT", "/v1/kv/mine", b"not a number").status,
+        200
+    );
+    let refused = http(port, "PUT", "/v1/kv/mine?sequential", b"v");
+    assert_eq!(refused.status, 412, "{:?}", refused.body);
+    assert!(
+        refused.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("not a sequence counter"),
+        "{:?}",
+        refused.body
+    );
+    let listed = http(port, "GET", "/v1/kv/mine?prefix&level=consistent", b"");
+    assert_eq!(listed.body["kvs"].as_array().unwrap().len(), 1);
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+}

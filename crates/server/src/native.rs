@@ -12,18 +12,22 @@
 //!
 //! ```text
 //! GET    /v1/kv/<key>[?level=stale|default|consistent][&prefix]   200 JSON, 404 when absent
-//! PUT    /v1/kv/<key>[?fence=LOCK:TOKEN]   body: the value        200 {"revision": N}
+//! PUT    /v1/kv/<key>[?fence=LOCK:TOKEN][&lease=HEX]   body: the value   200 {"revision": N}
+//! PUT    /v1/kv/<prefix>?sequential[&lease=HEX]    body: the value   200 {"revision": N, "key": K}
 //! DELETE /v1/kv/<key>[?prefix][&fence=LOCK:TOKEN]                 200 {"revision": N, "deleted": n}
 //! ```
 //!
 //! A write with `fence` is applied only while lock `LOCK` is held with `TOKEN`; otherwise it
-//! answers 412 and writes nothing ([`crate::etcd::fence`]).
+//! answers 412 and writes nothing ([`crate::etcd::fence`]). A PUT with `sequential` creates the
+//! prefix's next numbered key ([`crate::etcd::sequential`]); `lease` (in hex, as `ballot lease
+//! grant` prints it) attaches the key to a lease.
 //!
 //! Each request runs through the etcd KV service in-process, so limits, errors and forwarding
 //! to the leader are the same as over gRPC; the level travels as [`READ_LEVEL_HEADER`] metadata.
 
 use crate::etcd::fence::{Fence, FENCE_HEADER};
 use crate::etcd::kv::{KvService, ReadLevel, READ_LEVEL_HEADER};
+use crate::etcd::sequential::{CREATED_KEY_METADATA, SEQUENTIAL_HEADER};
 use crate::etcd::Context;
 use ballot_proto::etcdserverpb as pb;
 use ballot_proto::etcdserverpb::kv_server::Kv;
@@ -138,17 +142,31 @@ impl NativeApi {
         if query.level.is_some() || query.prefix {
             return Ok(Answer::error(
                 "400 Bad Request",
-                "a put takes only fence; level and prefix apply to reads and deletes",
+                "a put takes fence, lease and sequential; level and prefix apply to reads and \
+                 deletes",
             ));
         }
-        let request = query.fenced(Request::new(pb::PutRequest {
+        let mut request = query.fenced(Request::new(pb::PutRequest {
             key: key.into(),
             value: value.to_vec().into(),
+            lease: query.lease.unwrap_or(0),
             ..Default::default()
         }))?;
-        let response = self.kv.put(request).await?.into_inner();
-        let revision = response.header.map_or(0, |h| h.revision);
-        Ok(Answer::ok(json!({ "revision": revision })))
+        if query.sequential {
+            request
+                .metadata_mut()
+                .insert(SEQUENTIAL_HEADER, MetadataValue::from_static("1"));
+        }
+        let response = self.kv.put(request).await?;
+        let created = response
+            .metadata()
+            .get_bin(CREATED_KEY_METADATA)
+            .and_then(|value| value.to_bytes().ok());
+        let revision = response.into_inner().header.map_or(0, |h| h.revision);
+        Ok(Answer::ok(match created {
+            Some(key) => json!({ "revision": revision, "key": String::from_utf8_lossy(&key) }),
+            None => json!({ "revision": revision }),
+        }))
     }
 
     async fn delete(&self, key: Vec<u8>, query: &Query) -> Result<Answer, Status> {
@@ -156,6 +174,12 @@ impl NativeApi {
             return Ok(Answer::error(
                 "400 Bad Request",
                 "level applies to reads only",
+            ));
+        }
+        if query.sequential || query.lease.is_some() {
+            return Ok(Answer::error(
+                "400 Bad Request",
+                "sequential and lease apply to puts only",
             ));
         }
         let range_end = if query.prefix {
@@ -181,6 +205,8 @@ struct Query {
     level: Option<ReadLevel>,
     prefix: bool,
     fence: Option<Fence>,
+    sequential: bool,
+    lease: Option<i64>,
 }
 
 impl Query {
@@ -197,16 +223,26 @@ impl Query {
                 }
                 "prefix" if value.is_empty() || value == "true" => parsed.prefix = true,
                 "prefix" => return Err(format!("prefix takes no value, got {value:?}")),
+                "sequential" if value.is_empty() || value == "true" => parsed.sequential = true,
+                "sequential" => return Err(format!("sequential takes no value, got {value:?}")),
+                "lease" => {
+                    let lease = i64::from_str_radix(value, 16)
+                        .ok()
+                        .filter(|lease| *lease > 0)
+                        .ok_or_else(|| {
+                            format!("lease is {value:?}; use a lease id in hex, as `ballot lease grant` prints it")
+                        })?;
+                    parsed.lease = Some(lease);
+                }
                 "fence" => {
                     let text = String::from_utf8(percent_decode(value)?)
                         .map_err(|_| "the fence is not UTF-8".to_string())?;
                     parsed.fence = Some(Fence::parse(&text)?);
                 }
-                other => {
-                    return Err(format!(
-                        "unknown query parameter {other:?}; known: level, prefix, fence"
-                    ))
-                }
+                other => return Err(format!(
+                    "unknown query parameter {other:?}; known: level, prefix, fence, sequential, \
+                         lease"
+                )),
             }
         }
         Ok(parsed)
@@ -290,6 +326,8 @@ mod tests {
                 level: Some(ReadLevel::Stale),
                 prefix: true,
                 fence: None,
+                sequential: false,
+                lease: None,
             }
         );
         assert_eq!(

@@ -9,9 +9,11 @@
 //! ([`super::forward`]). Transactions always go through the log, read-only ones included (the
 //! store has no read-only transaction path yet). A Put, DeleteRange or Txn with
 //! [`super::fence::FENCE_HEADER`] metadata is applied only while its lock is held with its token
-//! ([`super::fence`]).
+//! ([`super::fence`]). A Put with [`super::sequential::SEQUENTIAL_HEADER`] creates the next
+//! sequential key under its key ([`super::sequential`]).
 
-use super::fence::{self, Fence};
+use super::fence::{self, Fence, FENCE_HEADER};
+use super::sequential;
 use super::{convert, forward, status, Context};
 use crate::node::NodeHandle;
 use ballot_core::{GroupId, ReadMode};
@@ -189,6 +191,28 @@ impl KvService {
         Ok(())
     }
 
+    /// A Put of the next sequential key under its key ([`sequential`]).
+    async fn sequential_put(
+        &self,
+        request: Request<pb::PutRequest>,
+    ) -> Result<Response<pb::PutResponse>, Status> {
+        for other in [FENCE_HEADER, GROUP_HEADER] {
+            if request.metadata().contains_key(other) {
+                return Err(Status::invalid_argument(format!(
+                    "{} with {other}: sequential keys are group 0's and unfenced for now",
+                    sequential::SEQUENTIAL_HEADER
+                )));
+            }
+        }
+        let (key, answer) = sequential::put(self, request.into_inner()).await?;
+        let mut response = Response::new(answer);
+        response.metadata_mut().insert_bin(
+            sequential::CREATED_KEY_METADATA,
+            tonic::metadata::MetadataValue::from_bytes(&key),
+        );
+        Ok(response)
+    }
+
     /// Proposes `command` to `node`'s group; on a follower, `Err(channel)` says where to
     /// forward the request.
     async fn propose(
@@ -307,6 +331,9 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
+        if sequential::is_requested(request.metadata()) {
+            return self.sequential_put(request).await;
+        }
         if let Some(fence) = Fence::of_request(request.metadata())? {
             let op = Op::RequestPut(request.into_inner());
             return match fence::apply(self, &fence, op).await? {

@@ -11,6 +11,7 @@
 //! - [`kv`], [`watch`], [`lease`], [`maintenance`], [`auth`], [`cluster`], [`lock`],
 //!   [`election`]: one file per service.
 //! - [`fence`]: writes applied only while a lock is held with a given token.
+//! - [`sequential`]: Puts that create the next of a prefix's numbered keys.
 //! - [`recipe`]: etcd's mutex and election recipes, as steps over the KV and Lease services and
 //!   the watch hub, that the Lock and Election services are made of.
 //! - [`convert`]: proto <-> storage types; [`status`]: errors -> `tonic::Status` with etcd's
@@ -35,6 +36,7 @@ pub mod lease;
 pub mod lock;
 pub mod maintenance;
 pub mod recipe;
+pub mod sequential;
 pub mod serve;
 pub mod status;
 pub mod watch;

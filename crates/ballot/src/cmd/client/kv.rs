@@ -11,6 +11,7 @@ use ballot_proto::etcdserverpb::kv_client::KvClient;
 use ballot_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
 use ballot_proto::etcdserverpb::{DeleteRangeRequest, PutRequest, RangeRequest};
 use ballot_server::etcd::fence::{Fence, FENCE_HEADER};
+use ballot_server::etcd::sequential::{CREATED_KEY_METADATA, SEQUENTIAL_HEADER};
 use clap::{Args, ValueEnum};
 use std::ffi::OsString;
 use std::io::Read;
@@ -128,6 +129,11 @@ pub struct PutArgs {
     pub op: PutOp,
     #[command(flatten)]
     pub fence: FenceArg,
+    /// Create the next of KEY's numbered keys (KEY then a 10-digit number that only grows, as
+    /// ZooKeeper's sequential nodes; ephemeral with --lease) and print its name. KEY itself
+    /// keeps the last number.
+    #[arg(long, conflicts_with_all = ["fence", "prev_kv"])]
+    pub sequential: bool,
     #[command(flatten)]
     pub connection: ConnectArgs,
 }
@@ -147,15 +153,36 @@ pub async fn put(args: PutArgs) -> Result<(), ClientError> {
         }
     };
     let request = args.op.request(value);
-    let (_, response) =
-        endpoints
-            .call(Retry::Write, |channel| {
-                let request = args.fence.on(endpoints.key_request(request.clone()));
-                async move {
-                    Ok::<_, CallError>(KvClient::new(channel).put(request).await?.into_inner())
-                }
-            })
-            .await?;
+    let sequential = args.sequential;
+    let (_, (response, created)) = endpoints
+        .call(Retry::Write, |channel| {
+            let mut request = args.fence.on(endpoints.key_request(request.clone()));
+            if sequential {
+                request.metadata_mut().insert(
+                    SEQUENTIAL_HEADER,
+                    tonic::metadata::MetadataValue::from_static("1"),
+                );
+            }
+            async move {
+                let response = KvClient::new(channel).put(request).await?;
+                let created = response
+                    .metadata()
+                    .get_bin(CREATED_KEY_METADATA)
+                    .and_then(|key| key.to_bytes().ok());
+                Ok::<_, CallError>((response.into_inner(), created))
+            }
+        })
+        .await?;
+    if sequential {
+        let created = created.ok_or_else(|| {
+            ClientError::Local(
+                "the server created no sequential key: it is not a ballot server".into(),
+            )
+        })?;
+        let mut line = created.to_vec();
+        line.push(b'\n');
+        return output::write_stdout(&line);
+    }
     output::write_stdout(&output::put(format, &response))
 }
 
