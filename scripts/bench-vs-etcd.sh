@@ -18,7 +18,8 @@
 # Environment:
 #   BENCH_SECONDS    seconds per cell (default 10; 2 for a quick check, labelled a smoke run)
 #   BENCH_CLIENTS    client counts (default "1 16 64 256")
-#   BENCH_WORKLOADS  cells (default "put get get-serializable txn")
+#   BENCH_WORKLOADS  cells (default "put get get-serializable txn"; also "lock": every client
+#                    takes and releases one lock through the Lock service, etcd's and ours)
 #   BENCH_ROUNDS     ABBA rounds per cell (default 1: each system runs each cell twice)
 #   BENCH_KEY_SPACE  keys (default 10000)
 #   BENCH_OUT        markdown file to update (default docs/benchmarks.md; "-": stdout only)
@@ -146,6 +147,7 @@ run_cell() {
         get) flags=(get --no-preload) ;;
         get-serializable) flags=(get --serializable --no-preload) ;;
         txn) flags=(txn --no-preload) ;;
+        lock) flags=(lock --key-prefix "bench-lock") ;;
         *) log "unknown workload $workload"; exit 1 ;;
     esac
     before=$(cpu_ticks "${pids[@]}")

@@ -41,6 +41,9 @@ pub enum Workload {
     /// --watchers watch streams on the key space while the clients put; measures put-to-event
     /// delivery latency over every watcher.
     Watch,
+    /// Take and release one lock named by --key-prefix (the Lock service's Lock, then Unlock),
+    /// every client contending for it under a lease of its own. One operation is both requests.
+    Lock,
 }
 
 impl Workload {
@@ -51,6 +54,7 @@ impl Workload {
             Workload::Txn => "txn",
             Workload::Mixed => "mixed",
             Workload::Watch => "watch",
+            Workload::Lock => "lock",
         }
     }
 
@@ -110,7 +114,7 @@ pub struct BenchArgs {
     /// Number of distinct keys: <key-prefix> followed by a 10-digit index below this.
     #[arg(long, default_value_t = 10_000)]
     pub key_space: u64,
-    /// Keys start with this.
+    /// Keys start with this (for `lock`, the lock's name).
     #[arg(long, default_value = "bench/")]
     pub key_prefix: String,
     /// Operation n uses key n modulo --key-space instead of a random key.
@@ -273,9 +277,10 @@ impl Plan {
             }
         };
         within("--groups", args.groups as usize, 0, GROUPS_MAX)?;
-        if args.groups > 0 && workload == Workload::Watch {
+        if args.groups > 0 && matches!(workload, Workload::Watch | Workload::Lock) {
             return Err(
-                "--groups applies to put, get, txn and mixed: watches are group 0's".into(),
+                "--groups applies to put, get, txn and mixed: watches and locks are group 0's"
+                    .into(),
             );
         }
         if args.dial_timeout.is_zero() || args.command_timeout.is_zero() {

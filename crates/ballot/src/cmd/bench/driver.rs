@@ -10,7 +10,7 @@ use super::args::{Plan, Stop};
 use super::grpc::Connection;
 use super::keys::SplitMix64;
 use super::ops;
-use super::ops::Operations;
+use super::ops::{Operations, Session};
 use super::stats::{error_kind, timeout_kind, ClientStats, Live, Outcome};
 use ballot_proto::etcdserverpb::{RangeRequest, RangeResponse};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -143,12 +143,15 @@ async fn next_start(run: &Run, op_number: u64) -> Option<Instant> {
 pub async fn client(run: Arc<Run>, mut kv: Connection, index: usize) -> ClientStats {
     let mut stats = ClientStats::default();
     let mut rng = SplitMix64::new(index as u64);
+    let mut session = Session::default();
     loop {
         let op_number = run.next_op.fetch_add(1, Ordering::Relaxed);
         let Some(start) = next_start(&run, op_number).await else {
             break;
         };
-        let request = run.operations.run(&mut kv, op_number, &mut rng);
+        let request = run
+            .operations
+            .run(&mut kv, op_number, &mut rng, &mut session);
         let outcome = tokio::time::timeout(run.command_timeout, request).await;
         let latency = start.elapsed();
         let kind = match outcome {

@@ -40,6 +40,11 @@ pub struct KeySpace {
 }
 
 impl KeySpace {
+    /// What every key of the space starts with.
+    pub fn prefix(&self) -> &[u8] {
+        &self.prefix
+    }
+
     pub fn new(prefix: Vec<u8>, size: u64, sequential: bool) -> Self {
         assert!(size >= 1, "the key space holds at least one key");
         KeySpace {

@@ -10,6 +10,8 @@ use ballot_proto::etcdserverpb::{
     request_op, Compare, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp,
     TxnRequest, TxnResponse,
 };
+use ballot_proto::etcdserverpb::{LeaseGrantRequest, LeaseGrantResponse};
+use ballot_proto::v3lockpb::{LockRequest, LockResponse, UnlockRequest, UnlockResponse};
 use bytes::Bytes;
 use std::time::Instant;
 
@@ -17,6 +19,19 @@ use std::time::Instant;
 pub const RANGE: &str = "/etcdserverpb.KV/Range";
 pub const PUT: &str = "/etcdserverpb.KV/Put";
 pub const TXN: &str = "/etcdserverpb.KV/Txn";
+pub const LEASE_GRANT: &str = "/etcdserverpb.Lease/LeaseGrant";
+pub const LOCK: &str = "/v3lockpb.Lock/Lock";
+pub const UNLOCK: &str = "/v3lockpb.Lock/Unlock";
+
+/// The TTL of a lock client's lease, in seconds: longer than any run, so it never lapses.
+const LOCK_LEASE_TTL_SECONDS: i64 = 600;
+
+/// What one client keeps between its operations.
+#[derive(Default)]
+pub struct Session {
+    /// The lease this client's locks are taken under, granted by its first lock.
+    lock_lease: Option<i64>,
+}
 
 /// What every client of a run shares: the workload, keys and value.
 pub struct Operations {
@@ -51,7 +66,11 @@ impl Operations {
         kv: &mut Connection,
         op_number: u64,
         rng: &mut SplitMix64,
+        session: &mut Session,
     ) -> Result<Outcome, tonic::Status> {
+        if self.workload == Workload::Lock {
+            return self.lock_and_unlock(kv, session).await;
+        }
         let key = self.keys.key_for(op_number, rng);
         match self.workload {
             Workload::Put => self.put(kv, key, self.value.clone()).await,
@@ -64,7 +83,34 @@ impl Operations {
                 let value = keys::stamped_value(&self.value, sent_ns);
                 self.put(kv, key, value).await
             }
+            Workload::Lock => unreachable!("answered above"),
         }
+    }
+
+    /// Takes the lock named by the key prefix under this client's lease, then releases it.
+    async fn lock_and_unlock(
+        &self,
+        kv: &mut Connection,
+        session: &mut Session,
+    ) -> Result<Outcome, tonic::Status> {
+        let lease = match session.lock_lease {
+            Some(lease) => lease,
+            None => {
+                let grant = LeaseGrantRequest {
+                    ttl: LOCK_LEASE_TTL_SECONDS,
+                    id: 0,
+                };
+                let granted: LeaseGrantResponse = kv.unary(LEASE_GRANT, &grant).await?;
+                *session.lock_lease.insert(granted.id)
+            }
+        };
+        let lock = LockRequest {
+            name: Bytes::copy_from_slice(self.keys.prefix()),
+            lease,
+        };
+        let held: LockResponse = kv.unary(LOCK, &lock).await?;
+        let _: UnlockResponse = kv.unary(UNLOCK, &UnlockRequest { key: held.key }).await?;
+        Ok(Outcome::Lock)
     }
 
     pub async fn put(

@@ -22,6 +22,8 @@ pub enum Outcome {
     Swap {
         swapped: bool,
     },
+    /// A lock taken and released.
+    Lock,
 }
 
 #[derive(Default, Clone)]
@@ -31,6 +33,7 @@ pub struct ClientStats {
     pub gets: u64,
     pub swapped: u64,
     pub not_swapped: u64,
+    pub locks: u64,
     pub errors: u64,
     pub errors_by_kind: BTreeMap<String, u64>,
 }
@@ -43,6 +46,7 @@ impl ClientStats {
             Outcome::Get => self.gets += 1,
             Outcome::Swap { swapped: true } => self.swapped += 1,
             Outcome::Swap { swapped: false } => self.not_swapped += 1,
+            Outcome::Lock => self.locks += 1,
         }
     }
 
@@ -72,6 +76,7 @@ impl ClientStats {
         self.gets += other.gets;
         self.swapped += other.swapped;
         self.not_swapped += other.not_swapped;
+        self.locks += other.locks;
         for (kind, count) in &other.errors_by_kind {
             self.add_errors(kind.clone(), *count);
         }
