@@ -38,6 +38,46 @@ fn http(port: u16, method: &str, target: &str, body: &[u8]) -> Reply {
     }
 }
 
+/// A 3-node cluster of `ballot server` processes, stopped on drop; its directory is removed
+/// unless the test failed.
+struct Cluster {
+    running: RunningCluster,
+    dir: std::path::PathBuf,
+}
+
+impl Cluster {
+    fn start(test: &str) -> Cluster {
+        let dir = std::env::temp_dir().join(format!("ballot-native-{test}-{}", std::process::id()));
+        let running = RunningCluster::start(env!("CARGO_BIN_EXE_ballot").as_ref(), 3, &dir, true)
+            .expect("cluster starts");
+        Cluster { running, dir }
+    }
+}
+
+impl std::ops::Deref for Cluster {
+    type Target = RunningCluster;
+    fn deref(&self) -> &RunningCluster {
+        &self.running
+    }
+}
+
+impl std::ops::DerefMut for Cluster {
+    fn deref_mut(&mut self) -> &mut RunningCluster {
+        &mut self.running
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.running.stop();
+        if std::thread::panicking() {
+            eprintln!("cluster data and logs kept in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
 fn is_leader(port: u16) -> bool {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream
@@ -50,9 +90,7 @@ fn is_leader(port: u16) -> bool {
 
 #[test]
 fn read_levels_writes_and_errors_over_http() {
-    let dir = std::env::temp_dir().join(format!("ballot-native-{}", std::process::id()));
-    let mut cluster = RunningCluster::start(env!("CARGO_BIN_EXE_ballot").as_ref(), 3, &dir, true)
-        .expect("cluster starts");
+    let mut cluster = Cluster::start("levels");
     let nodes = cluster.plan.nodes.clone();
     let leader = nodes
         .iter()
@@ -121,15 +159,11 @@ fn read_levels_writes_and_errors_over_http() {
             refused.body
         );
     }
-    drop(cluster);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn deletes_report_what_they_removed() {
-    let dir = std::env::temp_dir().join(format!("ballot-native-del-{}", std::process::id()));
-    let cluster = RunningCluster::start(env!("CARGO_BIN_EXE_ballot").as_ref(), 3, &dir, true)
-        .expect("cluster starts");
+    let cluster = Cluster::start("del");
     let port = cluster.plan.nodes[0].metrics_port;
     for key in ["a/1", "a/2", "b"] {
         assert_eq!(
@@ -143,8 +177,6 @@ fn deletes_report_what_they_removed() {
     let left = http(port, "GET", "/v1/kv/a?prefix&level=consistent", b"");
     assert_eq!(left.body["kvs"].as_array().unwrap().len(), 0);
     assert_eq!(http(port, "GET", "/v1/kv/b", b"").status, 200);
-    drop(cluster);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `ballot ARGS...`; its exit status and what it printed on stdout and stderr.
@@ -163,9 +195,7 @@ fn ballot(args: &[&str]) -> (bool, String) {
 
 #[test]
 fn fenced_writes_apply_only_while_the_lock_is_held_with_their_token() {
-    let dir = std::env::temp_dir().join(format!("ballot-native-fence-{}", std::process::id()));
-    let cluster = RunningCluster::start(env!("CARGO_BIN_EXE_ballot").as_ref(), 3, &dir, true)
-        .expect("cluster starts");
+    let cluster = Cluster::start("fence");
     let port = cluster.plan.nodes[1].metrics_port;
     let endpoints = format!("127.0.0.1:{}", cluster.plan.nodes[2].client_port);
     // Two contenders for lock "jobs", as the lock recipes write them: the first created holds.
@@ -263,15 +293,11 @@ fn fenced_writes_apply_only_while_the_lock_is_held_with_their_token() {
         &endpoints,
     ]);
     assert!(!ok && text.contains("not LOCKNAME:TOKEN"), "{text}");
-    drop(cluster);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn sequential_keys_only_grow_are_never_reused_and_can_be_ephemeral() {
-    let dir = std::env::temp_dir().join(format!("ballot-native-seq-{}", std::process::id()));
-    let cluster = RunningCluster::start(env!("CARGO_BIN_EXE_ballot").as_ref(), 3, &dir, true)
-        .expect("cluster starts");
+    let cluster = Cluster::start("seq");
     let port = cluster.plan.nodes[0].metrics_port;
     let endpoints = format!("127.0.0.1:{}", cluster.plan.nodes[1].client_port);
     let next = |query: &str| {
@@ -366,6 +392,4 @@ fn sequential_keys_only_grow_are_never_reused_and_can_be_ephemeral() {
     );
     let listed = http(port, "GET", "/v1/kv/mine?prefix&level=consistent", b"");
     assert_eq!(listed.body["kvs"].as_array().unwrap().len(), 1);
-    drop(cluster);
-    let _ = std::fs::remove_dir_all(&dir);
 }

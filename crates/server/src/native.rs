@@ -239,10 +239,12 @@ impl Query {
                         .map_err(|_| "the fence is not UTF-8".to_string())?;
                     parsed.fence = Some(Fence::parse(&text)?);
                 }
-                other => return Err(format!(
+                other => {
+                    return Err(format!(
                     "unknown query parameter {other:?}; known: level, prefix, fence, sequential, \
                          lease"
-                )),
+                ))
+                }
             }
         }
         Ok(parsed)

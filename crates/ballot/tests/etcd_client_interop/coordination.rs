@@ -37,6 +37,27 @@ async fn grant(client: &mut Client, ttl_seconds: i64) -> i64 {
         .id()
 }
 
+/// A Lock call under `lease` on its own task, once it is second in line (its key is under the
+/// prefix beside the holder's) and has not been granted within [`NOT_GRANTED_WITHIN`].
+async fn waiting_lock(
+    client: &Client,
+    lease: i64,
+) -> tokio::task::JoinHandle<Result<etcd_client::LockResponse, etcd_client::Error>> {
+    let mut own = client.clone();
+    let mut waiter = tokio::spawn(async move {
+        own.lock("jobs", Some(LockOptions::new().with_lease(lease)))
+            .await
+    });
+    contenders(client, "jobs/", 2).await;
+    assert!(
+        tokio::time::timeout(NOT_GRANTED_WITHIN, &mut waiter)
+            .await
+            .is_err(),
+        "a waiter was granted the lock while its holder still held it"
+    );
+    waiter
+}
+
 #[tokio::test]
 async fn lock_grants_in_order_and_never_to_a_lost_lease() {
     let cluster = TestCluster::start("lock", &[]).await;
@@ -63,19 +84,7 @@ async fn lock_grants_in_order_and_never_to_a_lost_lease() {
 
     // A second contender waits while the first holds it...
     let second_lease = grant(&mut client, 30).await;
-    let mut second_client = client.clone();
-    let mut second = tokio::spawn(async move {
-        second_client
-            .lock("jobs", Some(LockOptions::new().with_lease(second_lease)))
-            .await
-    });
-    contenders(&client, "jobs/", 2).await;
-    assert!(
-        tokio::time::timeout(NOT_GRANTED_WITHIN, &mut second)
-            .await
-            .is_err(),
-        "a waiter was granted the lock while its holder still held it"
-    );
+    let second = waiting_lock(&client, second_lease).await;
     // ...and gets it when the holder unlocks, with a larger token.
     within("unlock", client.unlock(first.key()))
         .await
@@ -107,13 +116,7 @@ async fn lock_grants_in_order_and_never_to_a_lost_lease() {
     .expect("the client-side recipe's key");
     // A waiter whose lease is revoked while it waits is refused, not granted.
     let lost_lease = grant(&mut client, 30).await;
-    let mut lost_client = client.clone();
-    let lost = tokio::spawn(async move {
-        lost_client
-            .lock("jobs", Some(LockOptions::new().with_lease(lost_lease)))
-            .await
-    });
-    contenders(&client, "jobs/", 2).await;
+    let lost = waiting_lock(&client, lost_lease).await;
     within("revoke", client.lease_revoke(lost_lease))
         .await
         .expect("revoke");
@@ -135,19 +138,7 @@ async fn lock_grants_in_order_and_never_to_a_lost_lease() {
     .expect("lock");
     // Its lease outlives the wait below: only the withdrawal can delete its key in time.
     let quitter_lease = grant(&mut client, 120).await;
-    let mut quitter_client = client.clone();
-    let mut quitter = tokio::spawn(async move {
-        quitter_client
-            .lock("jobs", Some(LockOptions::new().with_lease(quitter_lease)))
-            .await
-    });
-    contenders(&client, "jobs/", 2).await;
-    assert!(
-        tokio::time::timeout(NOT_GRANTED_WITHIN, &mut quitter)
-            .await
-            .is_err(),
-        "a waiter was granted the lock while its holder still held it"
-    );
+    let quitter = waiting_lock(&client, quitter_lease).await;
     // The caller goes away: its call is cancelled.
     quitter.abort();
     let quitter_key = format!("jobs/{quitter_lease:x}");
@@ -187,7 +178,7 @@ async fn lock_grants_in_order_and_never_to_a_lost_lease() {
     assert_status(
         within("lock", client.lock("", None)).await,
         Code::InvalidArgument,
-        "LockRequest.name is empty; name the lock",
+        "LockRequest.name is empty; name the lock or election",
     );
 }
 

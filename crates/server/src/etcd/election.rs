@@ -45,16 +45,6 @@ impl ElectionService {
     }
 }
 
-/// An election must be named: without one the candidates' prefix would be `/`.
-fn check_name(name: &[u8]) -> Result<(), Status> {
-    if name.is_empty() {
-        return Err(Status::invalid_argument(
-            "the election's name is empty; name it",
-        ));
-    }
-    Ok(())
-}
-
 fn not_leader(detail: String) -> Status {
     status::with_detail(Code::Unknown, NOT_LEADER, detail)
 }
@@ -94,7 +84,7 @@ impl pb::election_server::Election for ElectionService {
         request: Request<pb::CampaignRequest>,
     ) -> Result<Response<pb::CampaignResponse>, Status> {
         let message = request.into_inner();
-        check_name(&message.name)?;
+        recipe::check_name(&message.name, "CampaignRequest.name")?;
         let recipe = &self.recipe;
         let lease = recipe.session_lease(message.lease).await?;
         let prefix = recipe::contenders_prefix(&message.name);
@@ -162,7 +152,7 @@ impl pb::election_server::Election for ElectionService {
         request: Request<pb::LeaderRequest>,
     ) -> Result<Response<pb::LeaderResponse>, Status> {
         let name = request.into_inner().name;
-        check_name(&name)?;
+        recipe::check_name(&name, "LeaderRequest.name")?;
         let prefix = recipe::contenders_prefix(&name);
         match self.recipe.first_created(&prefix).await? {
             (header, Some(kv)) => Ok(Response::new(pb::LeaderResponse {
@@ -180,7 +170,7 @@ impl pb::election_server::Election for ElectionService {
         request: Request<pb::LeaderRequest>,
     ) -> Result<Response<Self::ObserveStream>, Status> {
         let name = request.into_inner().name;
-        check_name(&name)?;
+        recipe::check_name(&name, "LeaderRequest.name")?;
         let (sender, receiver) = mpsc::channel(OBSERVED_LEADERS_QUEUED_MAX);
         let recipe = Recipe::new(self.recipe.context().clone());
         tokio::spawn(async move {

@@ -30,16 +30,6 @@ impl LockService {
     }
 }
 
-/// A lock name must be given: without one the contenders' prefix would be `/`.
-fn check_name(name: &[u8]) -> Result<(), Status> {
-    if name.is_empty() {
-        return Err(Status::invalid_argument(
-            "LockRequest.name is empty; name the lock",
-        ));
-    }
-    Ok(())
-}
-
 #[tonic::async_trait]
 impl pb::lock_server::Lock for LockService {
     async fn lock(
@@ -47,7 +37,7 @@ impl pb::lock_server::Lock for LockService {
         request: Request<pb::LockRequest>,
     ) -> Result<Response<pb::LockResponse>, Status> {
         let message = request.into_inner();
-        check_name(&message.name)?;
+        recipe::check_name(&message.name, "LockRequest.name")?;
         let recipe = &self.recipe;
         let lease = recipe.session_lease(message.lease).await?;
         let prefix = recipe::contenders_prefix(&message.name);

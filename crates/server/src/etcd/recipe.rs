@@ -179,6 +179,17 @@ impl Recipe {
     }
 }
 
+/// A lock or election must be named: without a name the contenders' prefix would be `/`.
+/// `field` names the request field in the refusal.
+pub fn check_name(name: &[u8], field: &str) -> Result<(), Status> {
+    if name.is_empty() {
+        return Err(Status::invalid_argument(format!(
+            "{field} is empty; name the lock or election"
+        )));
+    }
+    Ok(())
+}
+
 /// `NAME/`: the prefix every contender for `name` is under.
 pub fn contenders_prefix(name: &[u8]) -> Bytes {
     let mut prefix = name.to_vec();
