@@ -310,7 +310,12 @@ impl Drop for Withdraw {
         let Some((context, key, revision)) = self.pending.take() else {
             return;
         };
-        tokio::spawn(async move {
+        // Outside a runtime (the server stopping) there is nothing to withdraw with; the
+        // waiter's lease still ends its place in line.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
             let withdraw = pb::TxnRequest {
                 compare: vec![created_at(&key, revision)],
                 success: vec![delete_op(&key)],
