@@ -58,16 +58,21 @@ async fn waiting_lock(
     waiter
 }
 
-#[tokio::test]
-async fn lock_grants_in_order_and_never_to_a_lost_lease() {
-    let cluster = TestCluster::start("lock", &[]).await;
+/// A client of one follower only, so that every recipe step the server takes is forwarded.
+async fn follower_client(cluster: &TestCluster) -> Client {
     let names = cluster.names();
     let leader = cluster.leader(&names).await;
     let follower = names
         .iter()
         .find(|name| **name != leader)
         .expect("a follower");
-    let mut client = cluster.client_of(follower).await;
+    cluster.client_of(follower).await
+}
+
+#[tokio::test]
+async fn lock_grants_in_order_and_never_to_a_lost_lease() {
+    let cluster = TestCluster::start("lock", &[]).await;
+    let mut client = follower_client(&cluster).await;
 
     // The first contender holds the lock at once; its key is NAME/LEASE in hex.
     let first_lease = grant(&mut client, 30).await;
@@ -194,13 +199,7 @@ async fn observed(observer: &mut etcd_client::ObserveStream) -> String {
 #[tokio::test]
 async fn election_campaign_proclaim_observe_resign() {
     let cluster = TestCluster::start("election", &[]).await;
-    let names = cluster.names();
-    let leader = cluster.leader(&names).await;
-    let follower = names
-        .iter()
-        .find(|name| **name != leader)
-        .expect("a follower");
-    let mut client = cluster.client_of(follower).await;
+    let mut client = follower_client(&cluster).await;
 
     assert_status(
         within("leader", client.leader("chief")).await,
