@@ -713,6 +713,9 @@ fn elect_campaigns_holds_until_interrupted_and_observes() {
     assert!(won[0].starts_with("chief/") && won[1] == "alice", "{won:?}");
     let alice_token: i64 = won[2].parse().unwrap_or_else(|_| panic!("{won:?}"));
     assert_eq!(next_lines(&observed, 1), ["alice"]);
+    // A won campaign's rev fences writes as a lock's token does.
+    let alice_fence = format!("chief:{alice_token}");
+    cluster.ballot_ok(&["put", "out", "by alice", "--fence", &alice_fence]);
 
     let (mut bob, bob_lines) = in_background(&cluster, &["elect", "chief", "bob"]);
     assert!(
@@ -729,6 +732,14 @@ fn elect_campaigns_holds_until_interrupted_and_observes() {
         "leadership tokens only grow: {won:?}"
     );
     assert_eq!(next_lines(&observed, 1), ["bob"]);
+    let stale = cluster.ballot(&["put", "out", "late", "--fence", &alice_fence]);
+    assert!(
+        stale.code == 1
+            && stale
+                .stderr
+                .contains(&format!("held with token {bob_token}")),
+        "{stale:?}"
+    );
     interrupt(&bob);
     assert_eq!(exit_of(&mut bob).0, 0);
     interrupt(&observer);

@@ -240,10 +240,12 @@ fn fenced_writes_apply_only_while_the_lock_is_held_with_their_token() {
     assert_eq!(http(port, "DELETE", "/v1/kv/jobs%2Fa", b"").status, 200);
     let refused = fenced("PUT", "out", holder, b"by the old holder");
     assert_eq!(refused.status, 412, "{:?}", refused.body);
-    assert!(refused.body["error"]
-        .as_str()
-        .unwrap()
-        .contains("no key under the lock has that token"));
+    let message = refused.body["error"].as_str().unwrap();
+    assert!(
+        message.contains("no key under the lock has that token")
+            && message.contains(&format!("held with token {waiter}")),
+        "{message}"
+    );
     let (ok, text) = ballot(&[
         "put",
         "out",

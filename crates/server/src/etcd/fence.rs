@@ -112,9 +112,14 @@ pub async fn apply(
         .await?
         .into_inner();
     let Some(holder) = holder.kvs.into_iter().next() else {
+        let now = kv
+            .range(Request::new(recipe::first_created_under(&prefix)))
+            .await?
+            .into_inner();
+        let holder = now.kvs.first().map(|kv| kv.create_revision);
         return Err(not_held(
             fence,
-            None,
+            holder,
             "no key under the lock has that token",
         ));
     };
