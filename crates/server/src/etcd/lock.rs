@@ -86,7 +86,8 @@ impl pb::lock_server::Lock for LockService {
     ) -> Result<Response<pb::UnlockResponse>, Status> {
         let key = request.into_inner().key;
         if key.is_empty() {
-            return Err(Status::invalid_argument(status::EMPTY_KEY));
+            // Unknown, as etcd's Lock service answers every refusal of its steps.
+            return Err(Status::new(Code::Unknown, status::EMPTY_KEY));
         }
         let deleted = self.recipe.delete(key).await?;
         Ok(Response::new(pb::UnlockResponse {

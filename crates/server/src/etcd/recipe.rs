@@ -67,20 +67,18 @@ impl Recipe {
             ttl: SESSION_TTL_SECONDS,
             id: 0,
         };
-        Ok(self
-            .leases
-            .lease_grant(Request::new(grant))
-            .await?
-            .into_inner()
-            .id)
+        let granted = self.leases.lease_grant(Request::new(grant)).await;
+        Ok(granted.map_err(as_step_error)?.into_inner().id)
     }
 
     pub async fn txn(&self, txn: pb::TxnRequest) -> Result<pb::TxnResponse, Status> {
-        Ok(self.kv.txn(Request::new(txn)).await?.into_inner())
+        let answer = self.kv.txn(Request::new(txn)).await;
+        Ok(answer.map_err(as_step_error)?.into_inner())
     }
 
     pub async fn range(&self, range: pb::RangeRequest) -> Result<pb::RangeResponse, Status> {
-        Ok(self.kv.range(Request::new(range)).await?.into_inner())
+        let answer = self.kv.range(Request::new(range)).await;
+        Ok(answer.map_err(as_step_error)?.into_inner())
     }
 
     pub async fn delete(&self, key: Bytes) -> Result<pb::DeleteRangeResponse, Status> {
@@ -88,11 +86,8 @@ impl Recipe {
             key,
             ..Default::default()
         };
-        Ok(self
-            .kv
-            .delete_range(Request::new(delete))
-            .await?
-            .into_inner())
+        let answer = self.kv.delete_range(Request::new(delete)).await;
+        Ok(answer.map_err(as_step_error)?.into_inner())
     }
 
     /// The contender with the lowest create revision under `prefix` (the holder, the leader),
@@ -176,6 +171,21 @@ impl Recipe {
                 other => status::from_node(&other),
             })?;
         Ok(stream)
+    }
+}
+
+/// A step's refusal as etcd's Lock and Election services answer it: they run the recipe over a
+/// client of their own and return its errors as plain errors, so a refusal of the request
+/// (an unknown lease, an empty key) reaches the caller with code Unknown and etcd's message.
+/// Refusals a client retries (no leader, a timeout, too many requests) keep their code, so
+/// clients still retry them.
+fn as_step_error(status: Status) -> Status {
+    use tonic::Code;
+    match status.code() {
+        Code::InvalidArgument | Code::NotFound | Code::FailedPrecondition | Code::OutOfRange => {
+            Status::with_metadata(Code::Unknown, status.message(), status.metadata().clone())
+        }
+        _ => status,
     }
 }
 
