@@ -18,6 +18,7 @@ use super::kv::{KvService, GROUP_HEADER};
 use super::recipe;
 use ballot_proto::etcdserverpb as pb;
 use ballot_proto::etcdserverpb::kv_server::Kv;
+use ballot_storage::mvcc::types::prefix_end;
 use bytes::Bytes;
 use pb::compare::{CompareResult, CompareTarget, TargetUnion};
 use pb::request_op::Request as Op;
@@ -102,7 +103,7 @@ pub async fn apply(
     let holder = kv
         .range(Request::new(pb::RangeRequest {
             key: prefix.clone(),
-            range_end: ballot_storage::mvcc::types::prefix_end(&prefix),
+            range_end: prefix_end(&prefix),
             limit: 1,
             min_create_revision: fence.token,
             max_create_revision: fence.token,
@@ -130,7 +131,7 @@ pub async fn apply(
                 result: CompareResult::Greater as i32,
                 target: CompareTarget::Create as i32,
                 key: prefix.clone(),
-                range_end: ballot_storage::mvcc::types::prefix_end(&prefix),
+                range_end: prefix_end(&prefix),
                 target_union: Some(TargetUnion::CreateRevision(fence.token - 1)),
             },
             // ...and the key created at the token is still there.

@@ -191,6 +191,24 @@ impl KvService {
         Ok(())
     }
 
+    /// `op` applied behind `fence` ([`fence::apply`]): the answer `unwrap` finds in the fenced
+    /// txn's first response, with that txn's header.
+    async fn fenced<T: forward::Relayed>(
+        &self,
+        fence: Fence,
+        op: Op,
+        unwrap: fn(OpResponse) -> Option<T>,
+    ) -> Result<Response<T>, Status> {
+        let (header, answer) = fence::apply(self, &fence, op).await?;
+        let mut answer = unwrap(answer).ok_or_else(|| {
+            Status::internal("a fenced write answered as another kind of request")
+        })?;
+        if let Some(slot) = answer.header_mut() {
+            *slot = header;
+        }
+        Ok(Response::new(answer))
+    }
+
     /// A Put of the next sequential key under its key ([`sequential`]).
     async fn sequential_put(
         &self,
@@ -336,13 +354,12 @@ impl pb::kv_server::Kv for KvService {
         }
         if let Some(fence) = Fence::of_request(request.metadata())? {
             let op = Op::RequestPut(request.into_inner());
-            return match fence::apply(self, &fence, op).await? {
-                (header, OpResponse::ResponsePut(mut put)) => {
-                    put.header = Some(header);
-                    Ok(Response::new(put))
-                }
-                _ => Err(Status::internal("a fenced put answered as something else")),
-            };
+            return self
+                .fenced(fence, op, |answer| match answer {
+                    OpResponse::ResponsePut(put) => Some(put),
+                    _ => None,
+                })
+                .await;
         }
         let forwarded = forward::is_forwarded(request.metadata());
         let target = group_of_request(&self.context, request.metadata()).await?;
@@ -378,15 +395,12 @@ impl pb::kv_server::Kv for KvService {
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
         if let Some(fence) = Fence::of_request(request.metadata())? {
             let op = Op::RequestDeleteRange(request.into_inner());
-            return match fence::apply(self, &fence, op).await? {
-                (header, OpResponse::ResponseDeleteRange(mut delete)) => {
-                    delete.header = Some(header);
-                    Ok(Response::new(delete))
-                }
-                _ => Err(Status::internal(
-                    "a fenced delete answered as something else",
-                )),
-            };
+            return self
+                .fenced(fence, op, |answer| match answer {
+                    OpResponse::ResponseDeleteRange(delete) => Some(delete),
+                    _ => None,
+                })
+                .await;
         }
         let forwarded = forward::is_forwarded(request.metadata());
         let target = group_of_request(&self.context, request.metadata()).await?;
@@ -424,13 +438,12 @@ impl pb::kv_server::Kv for KvService {
     ) -> Result<Response<pb::TxnResponse>, Status> {
         if let Some(fence) = Fence::of_request(request.metadata())? {
             let op = Op::RequestTxn(request.into_inner());
-            return match fence::apply(self, &fence, op).await? {
-                (header, OpResponse::ResponseTxn(mut txn)) => {
-                    txn.header = Some(header);
-                    Ok(Response::new(txn))
-                }
-                _ => Err(Status::internal("a fenced txn answered as something else")),
-            };
+            return self
+                .fenced(fence, op, |answer| match answer {
+                    OpResponse::ResponseTxn(txn) => Some(txn),
+                    _ => None,
+                })
+                .await;
         }
         let forwarded = forward::is_forwarded(request.metadata());
         let target = group_of_request(&self.context, request.metadata()).await?;
