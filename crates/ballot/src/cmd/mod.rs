@@ -6,5 +6,6 @@ pub mod client;
 pub mod demo;
 pub mod demo_live;
 pub mod dev;
+pub mod sched;
 pub mod server;
 pub mod sim;

@@ -264,7 +264,7 @@ async fn keep_alive_stream(
 }
 
 /// Keeps the lease alive; knows when it must be taken as lost.
-pub(super) struct Renewals {
+pub(crate) struct Renewals {
     lease: i64,
     ttl: Duration,
     /// When the last renewal that succeeded was sent, plus the TTL: past it the lease may have
@@ -274,7 +274,7 @@ pub(super) struct Renewals {
 
 impl Renewals {
     /// A new lease of `ttl_seconds`, and its renewals.
-    pub(super) async fn grant(
+    pub(crate) async fn grant(
         endpoints: &Endpoints,
         ttl_seconds: i64,
     ) -> Result<(i64, Renewals), ClientError> {
@@ -306,7 +306,7 @@ impl Renewals {
 
     /// Renews every third of the TTL; returns why the lease is lost: the cluster said it is
     /// gone, or no renewal succeeded before the last one's TTL ran out.
-    pub(super) async fn until_lost(&mut self, endpoints: &Endpoints) -> String {
+    pub(crate) async fn until_lost(&mut self, endpoints: &Endpoints) -> String {
         let interval = (self.ttl / 3).max(Duration::from_millis(200));
         let mut last_failure = String::from("no renewal was answered");
         loop {
@@ -333,7 +333,7 @@ impl Renewals {
 }
 
 /// Revokes `lease`, best effort: what it kept goes at once rather than when it expires.
-pub(super) async fn revoke_lease(endpoints: &Endpoints, lease: i64) {
+pub(crate) async fn revoke_lease(endpoints: &Endpoints, lease: i64) {
     let _ = endpoints
         .call(Retry::Write, |channel| async move {
             let request = LeaseRevokeRequest { id: lease };

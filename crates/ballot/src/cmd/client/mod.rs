@@ -57,6 +57,12 @@ pub enum ClientCommand {
     /// Campaign to lead an election and hold leadership until Ctrl-C, or print each leader as
     /// it changes with --observe (ballot only; etcdctl elect's keys).
     Elect(elect::ElectArgs),
+    /// The job scheduler (ballot only): jobs with cron or periodic schedules, run by
+    /// `ballot worker` processes; status and run history.
+    Sched(crate::cmd::sched::SchedArgs),
+    /// Run a scheduler worker (ballot only): registers under a lease, campaigns to lead the
+    /// scheduler, executes the runs handed to it.
+    Worker(crate::cmd::sched::WorkerArgs),
 }
 
 /// Everything a client command can fail with, each with its exit status.
@@ -129,11 +135,13 @@ pub fn run(command: ClientCommand) -> ExitCode {
             ClientCommand::Lease(args) => args.connection.group,
             ClientCommand::Lock(args) => args.connection.group,
             ClientCommand::Elect(args) => args.connection.group,
+            ClientCommand::Sched(args) => args.connection.group,
+            ClientCommand::Worker(args) => args.connection.group,
             _ => 0,
         };
         if group != 0 {
             return Err(ClientError::Usage(format!(
-                "--group {group}: watches, leases and locks are group 0's for now; --group \
+                "--group {group}: watches, leases, locks and the scheduler are group 0's for now; --group \
                  applies to put, get, del and txn"
             )));
         }
@@ -151,6 +159,8 @@ pub fn run(command: ClientCommand) -> ExitCode {
             ClientCommand::Group(args) => done(group::run(args).await),
             ClientCommand::Lock(args) => lock::run(args).await,
             ClientCommand::Elect(args) => elect::run(args).await,
+            ClientCommand::Sched(args) => done(crate::cmd::sched::run(args).await),
+            ClientCommand::Worker(args) => done(crate::cmd::sched::run_worker(args).await),
         }
     });
     match outcome {
