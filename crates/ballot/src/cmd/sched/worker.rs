@@ -167,6 +167,14 @@ async fn campaign(config: &Config, store: &Store, mut mirror: Mirror, lease: i64
             .await
         {
             Ok(leader) => leader,
+            // The candidacy went with the lease (revoked, or expired while this process
+            // could not tell): the session is over, whatever the next renewal would say.
+            Err(error @ StoreError::Refused(_))
+                if error.to_string().contains("lease not found")
+                    || error.to_string().contains("election: not leader") =>
+            {
+                return format!("its candidacy is gone: {error}");
+            }
             Err(error) => {
                 eprintln!("worker {}: campaign failed: {error}", config.name);
                 tokio::time::sleep(Duration::from_secs(1)).await;
