@@ -60,6 +60,34 @@ pub struct CheckArgs {
     /// report them as not linearizable (exit 1). The proof that the check bites.
     #[arg(long)]
     pub serializable: bool,
+    /// What the clients do: `kv` (reads, writes and compare-and-swaps, checked for
+    /// linearizability) or `sched` (`ballot worker` processes running jobs every second,
+    /// checked for duplicate results; see below).
+    #[arg(long, value_enum, default_value_t = WorkloadKind::Kv)]
+    pub workload: WorkloadKind,
+    /// With --workload sched: worker processes.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(2..=16))]
+    pub workers: u32,
+    /// With --workload sched: jobs, each due every second.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub jobs: u32,
+    /// With --workload sched, a deliberate bug the check must catch: `unfenced` has the
+    /// workers' leader and executors write without their fences.
+    #[arg(long = "break", value_enum)]
+    pub broken: Option<SchedBreak>,
+}
+
+/// What `ballot check` runs against the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WorkloadKind {
+    Kv,
+    Sched,
+}
+
+/// Deliberate bugs of `--workload sched`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SchedBreak {
+    Unfenced,
 }
 
 impl CheckArgs {
@@ -96,6 +124,12 @@ impl CheckArgs {
                 DURATION_MAX.as_secs() / 3600,
                 self.duration
             ));
+        }
+        if self.broken.is_some() && self.workload != WorkloadKind::Sched {
+            return Err("--break applies to --workload sched (use --serializable for kv)".into());
+        }
+        if self.workload == WorkloadKind::Sched && (self.serializable || self.groups > 1) {
+            return Err("--serializable and --groups apply to --workload kv".into());
         }
         Ok(())
     }
@@ -291,7 +325,18 @@ fn help_text() -> String {
          on its own or did not recover); 2 on bad flags or a cluster that could not start.\n\n\
          Examples:\n  ballot check --nodes 3 --duration 60s --faults all\n  \
          ballot check --nodes 5 --duration 10m --faults all --seed 7\n  \
-         ballot check --faults partition --serializable    # must fail: stale reads\n",
+         ballot check --faults partition --serializable    # must fail: stale reads\n\n\
+         --workload sched: the same cluster and node faults, plus --workers `ballot worker` \
+         processes (lease TTL 3 s) running --jobs jobs due every second, whose command writes \
+         check/JOB/SLOT/TOKEN with the run's fence. Worker faults, one at a time: SIGKILL a \
+         worker (restarted later), SIGSTOP the leading worker past its lease (the two-leader \
+         window), and revoke a busy worker's lease behind its back (what a worker whose clock \
+         runs slow sees: its lease ends on the cluster before it thinks so). Verdict, from the \
+         store's whole history: no slot's result recorded twice, each slot's fenced writes \
+         accepted in increasing token order, and every slot due before the end either run or \
+         recorded as missed or skipped.\n  \
+         ballot check --workload sched --duration 60s\n  \
+         ballot check --workload sched --break unfenced    # must fail: duplicate results\n",
     );
     text
 }

@@ -24,6 +24,7 @@ mod nemesis;
 mod proxy;
 mod report;
 mod rng;
+mod sched;
 mod verdict;
 mod workload;
 
@@ -83,7 +84,8 @@ pub fn run(args: CheckArgs) -> ExitCode {
     };
     let outcome = runtime.block_on(async {
         tokio::select! {
-            outcome = check(&args, seed, &out) => Some(outcome),
+            outcome = check(&args, seed, &out), if args.workload == args::WorkloadKind::Kv => Some(outcome),
+            outcome = sched::check(&args, seed, &out, sched_command(&args, seed)), if args.workload == args::WorkloadKind::Sched => Some(outcome),
             _ = tokio::signal::ctrl_c() => None,
         }
     });
@@ -138,6 +140,19 @@ fn canonical_command(args: &CheckArgs, seed: u64) -> String {
         } else {
             ""
         }
+    )
+}
+
+/// The command that repeats a `--workload sched` run's schedule.
+fn sched_command(args: &CheckArgs, seed: u64) -> String {
+    format!(
+        "ballot check --workload sched --nodes {} --duration {} --faults {} --workers {} --jobs {} --seed {seed}{}",
+        args.nodes,
+        duration_text(args.duration),
+        args.faults,
+        args.workers,
+        args.jobs,
+        if args.broken.is_some() { " --break unfenced" } else { "" }
     )
 }
 

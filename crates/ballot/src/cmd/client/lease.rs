@@ -270,6 +270,10 @@ pub(crate) struct Renewals {
     /// When the last renewal that succeeded was sent, plus the TTL: past it the lease may have
     /// expired on the cluster, whatever this process hears later.
     expires_by: Instant,
+    /// How fast this process's clock runs against real time (1.0: true). Only `ballot check`
+    /// sets another rate, to show what a worker whose clock runs slow does: it renews late and
+    /// believes in its lease after the cluster has ended it.
+    clock_rate: f64,
 }
 
 impl Renewals {
@@ -301,13 +305,27 @@ impl Renewals {
             lease,
             ttl,
             expires_by: Instant::now() + ttl,
+            clock_rate: 1.0,
         }
+    }
+
+    /// The same renewals by a clock that runs at `rate` times real time.
+    pub(crate) fn with_clock_rate(mut self, rate: f64) -> Self {
+        assert!(rate > 0.0 && rate.is_finite(), "a clock rate is positive");
+        self.clock_rate = rate;
+        self.expires_by = Instant::now() + self.by_my_clock(self.ttl);
+        self
+    }
+
+    /// The real time that passes while this process's clock measures `duration`.
+    fn by_my_clock(&self, duration: Duration) -> Duration {
+        duration.div_f64(self.clock_rate)
     }
 
     /// Renews every third of the TTL; returns why the lease is lost: the cluster said it is
     /// gone, or no renewal succeeded before the last one's TTL ran out.
     pub(crate) async fn until_lost(&mut self, endpoints: &Endpoints) -> String {
-        let interval = (self.ttl / 3).max(Duration::from_millis(200));
+        let interval = self.by_my_clock((self.ttl / 3).max(Duration::from_millis(200)));
         let mut last_failure = String::from("no renewal was answered");
         loop {
             let sent = Instant::now();
@@ -320,7 +338,7 @@ impl Renewals {
                 Ok(Ok((_, response))) if response.ttl <= 0 => {
                     return "the cluster says the lease is gone (expired or revoked)".into()
                 }
-                Ok(Ok(_)) => self.expires_by = sent + self.ttl,
+                Ok(Ok(_)) => self.expires_by = sent + self.by_my_clock(self.ttl),
                 Ok(Err(error)) => last_failure = error.to_string(),
             }
             let next = (Instant::now() + interval).min(self.expires_by);

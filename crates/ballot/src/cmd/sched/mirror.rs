@@ -136,7 +136,7 @@ async fn watch_from(
 ) -> WatchEnd {
     let create = WatchCreateRequest {
         key: prefix.as_bytes().to_vec().into(),
-        range_end: prefix_end(prefix.as_bytes()).into(),
+        range_end: prefix_end(prefix.as_bytes()),
         start_revision: from,
         progress_notify: true,
         ..Default::default()

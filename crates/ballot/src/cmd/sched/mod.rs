@@ -154,6 +154,26 @@ pub struct WorkerArgs {
     pub connection: ConnectArgs,
 }
 
+/// Set (to anything) in a worker's environment: its leader and executors write without their
+/// fences. `ballot check --break unfenced` only; the check must catch it.
+pub const BREAK_UNFENCED_ENV: &str = "BALLOT_SCHED_BREAK_UNFENCED";
+/// A worker's lease clock rate against real time (`ballot check`'s clock-skew fault): 0.1
+/// renews ten times too late and believes in a lease the cluster has ended.
+pub const CLOCK_RATE_ENV: &str = "BALLOT_CLOCK_RATE";
+
+fn clock_rate() -> Result<f64, ClientError> {
+    match std::env::var(CLOCK_RATE_ENV) {
+        Err(_) => Ok(1.0),
+        Ok(text) => text
+            .parse::<f64>()
+            .ok()
+            .filter(|rate| *rate > 0.0 && rate.is_finite())
+            .ok_or_else(|| {
+                ClientError::Usage(format!("{CLOCK_RATE_ENV}={text}: give a positive number"))
+            }),
+    }
+}
+
 pub async fn run_worker(args: WorkerArgs) -> Result<(), ClientError> {
     job::check_name(&args.name).map_err(|error| {
         ClientError::Usage(error.to_string().replace("job name", "worker name"))
@@ -164,7 +184,8 @@ pub async fn run_worker(args: WorkerArgs) -> Result<(), ClientError> {
         slots: args.slots,
         ttl_s: args.ttl,
         campaign: !args.no_campaign,
-        fenced: std::env::var_os("BALLOT_SCHED_BREAK_UNFENCED").is_none(),
+        fenced: std::env::var_os(BREAK_UNFENCED_ENV).is_none(),
+        clock_rate: clock_rate()?,
     };
     worker::run(config, Store::new(endpoints)).await
 }
@@ -333,7 +354,7 @@ async fn add(store: &Store, args: AddArgs) -> Result<(), ClientError> {
 fn jobs_unchanged_since(revision: i64) -> ballot_proto::etcdserverpb::Compare {
     let mut compare = store::unchanged(run::JOBS.as_bytes(), revision + 1);
     compare.result = ballot_proto::etcdserverpb::compare::CompareResult::Less as i32;
-    compare.range_end = ballot_storage::mvcc::types::prefix_end(run::JOBS.as_bytes()).into();
+    compare.range_end = ballot_storage::mvcc::types::prefix_end(run::JOBS.as_bytes());
     compare
 }
 
@@ -594,7 +615,7 @@ async fn runs(
         };
         let _ = writeln!(
             text,
-            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t+{}ms\t{}",
             run.job,
             run.slot,
             format_ms(run.due_ms),
@@ -612,7 +633,7 @@ async fn runs(
             },
             run.exit_code.map_or("-".into(), |c| c.to_string()),
             run.duration_ms().map_or("-".into(), |ms| format!("{ms}ms")),
-            format!("+{}ms", run.created_ms - run.due_ms),
+            run.created_ms - run.due_ms,
             run.note
         );
     }

@@ -171,7 +171,7 @@ impl Store {
     ) -> Result<(i64, Vec<ballot_proto::mvccpb::KeyValue>), StoreError> {
         let request = RangeRequest {
             key: prefix.as_bytes().to_vec().into(),
-            range_end: prefix_end(prefix.as_bytes()).into(),
+            range_end: prefix_end(prefix.as_bytes()),
             ..Default::default()
         };
         let response = self
@@ -305,7 +305,7 @@ pub fn absent(key: &str) -> pb::Compare {
 /// A compare that no key under `prefix` exists.
 pub fn none_under(prefix: &str) -> pb::Compare {
     let mut compare = absent(prefix);
-    compare.range_end = prefix_end(prefix.as_bytes()).into();
+    compare.range_end = prefix_end(prefix.as_bytes());
     compare
 }
 
@@ -333,7 +333,7 @@ pub fn delete_prefix(prefix: &str) -> pb::RequestOp {
         request: Some(pb::request_op::Request::RequestDeleteRange(
             pb::DeleteRangeRequest {
                 key: prefix.as_bytes().to_vec().into(),
-                range_end: prefix_end(prefix.as_bytes()).into(),
+                range_end: prefix_end(prefix.as_bytes()),
                 ..Default::default()
             },
         )),

@@ -38,6 +38,9 @@ pub struct Config {
     /// Send the leader's and the executor's writes with their fences (false only for
     /// `ballot check`'s deliberate bug).
     pub fenced: bool,
+    /// How fast this worker's lease clock runs against real time (`ballot check`'s clock-skew
+    /// fault; 1.0 otherwise).
+    pub clock_rate: f64,
 }
 
 /// Environment variables a run's command finds.
@@ -86,7 +89,8 @@ async fn session(
     mirror: &Mirror,
 ) -> Result<SessionEnd, ClientError> {
     let endpoints = store.endpoints().clone();
-    let (lease, mut renewals) = Renewals::grant(&endpoints, config.ttl_s).await?;
+    let (lease, renewals) = Renewals::grant(&endpoints, config.ttl_s).await?;
+    let mut renewals = renewals.with_clock_rate(config.clock_rate);
     tokio::select! {
         registered = register(config, store, mirror.clone(), lease) => registered?,
         _ = tokio::signal::ctrl_c() => {
