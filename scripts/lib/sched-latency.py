@@ -47,7 +47,7 @@ def main():
         if not line:
             break
         arrived_ms = time.time_ns() / 1e6
-        for event in json.loads(line).get("events", []):
+        for event in json.loads(line).get("Events") or []:
             kv = event.get("kv")
             if not kv or event.get("type", 0) == 1:
                 continue

@@ -121,6 +121,23 @@ impl Fixture {
         }
     }
 
+    /// `job`'s run for `slot`, if it exists.
+    fn run(&self, job: &str, slot: &str) -> Option<Value> {
+        self.runs(job).into_iter().find(|run| run["slot"] == slot)
+    }
+
+    /// Waits for a run of `job` to be running: its slot and its worker.
+    fn started_run(&self, job: &str) -> (String, String) {
+        self.wait_for("the run to start", || {
+            let runs = self.runs(job);
+            let run = runs.iter().find(|run| state(run) == "running")?;
+            Some((
+                run["slot"].as_str()?.to_string(),
+                run["worker"].as_str()?.to_string(),
+            ))
+        })
+    }
+
     fn status(&self) -> Value {
         serde_json::from_str(&self.ballot_ok(&["sched", "status", "-w", "json"])).unwrap()
     }
@@ -405,28 +422,16 @@ fn a_stopped_workers_run_is_handed_on_and_its_late_writes_are_refused() {
         (fixture.status()["workers"].as_array()?.len() == 3).then_some(())
     });
     fixture.ballot_ok(&["sched", "job", "run-now", "slow"]);
-    let (slot, first) = fixture.wait_for("the run to start", || {
-        let runs = fixture.runs("slow");
-        let run = runs.iter().find(|run| state(run) == "running")?;
-        Some((
-            run["slot"].as_str()?.to_string(),
-            run["worker"].as_str()?.to_string(),
-        ))
-    });
+    let (slot, first) = fixture.started_run("slow");
     assert_ne!(first, "leader");
     signal(fixture.worker_pid(&first), "-STOP");
     let second = fixture.wait_for("the run handed on", || {
-        let runs = fixture.runs("slow");
-        let run = runs.iter().find(|run| run["slot"] == slot.as_str())?;
+        let run = fixture.run("slow", &slot)?;
         let worker = run["worker"].as_str()?;
         (worker != first && run["attempt"].as_u64()? >= 2).then(|| worker.to_string())
     });
     let done = fixture.wait_for("the handed-on run to finish", || {
-        let runs = fixture.runs("slow");
-        let run = runs
-            .iter()
-            .find(|run| run["slot"] == slot.as_str())?
-            .clone();
+        let run = fixture.run("slow", &slot)?;
         (state(&run) == "succeeded").then_some(run)
     });
     signal(fixture.worker_pid(&first), "-CONT");
@@ -496,22 +501,11 @@ fn revoked_leases_fence_off_an_executor_and_a_leader_that_have_not_noticed() {
     });
 
     fixture.ballot_ok(&["sched", "job", "run-now", "slow"]);
-    let (slot, first) = fixture.wait_for("the run to start", || {
-        let runs = fixture.runs("slow");
-        let run = runs.iter().find(|run| state(run) == "running")?;
-        Some((
-            run["slot"].as_str()?.to_string(),
-            run["worker"].as_str()?.to_string(),
-        ))
-    });
+    let (slot, first) = fixture.started_run("slow");
     let lease = lease_of(&fixture, &first).expect("the executor is registered");
     fixture.ballot_ok(&["lease", "revoke", &lease]);
     let done = fixture.wait_for("the run handed on and finished", || {
-        let runs = fixture.runs("slow");
-        let run = runs
-            .iter()
-            .find(|run| run["slot"] == slot.as_str())?
-            .clone();
+        let run = fixture.run("slow", &slot)?;
         (state(&run) == "succeeded" && run["worker"] != first.as_str()).then_some(run)
     });
     fixture.wait_for("the first execution's result to be refused", || {

@@ -67,11 +67,21 @@
 //!   removal on). One damaged replica at a time, only in a group of at least three voters, and
 //!   no other membership cycle meanwhile. The node's other groups restart as after a crash.
 //!
+//! - `clock-skew`: one running node's clock runs fast or slow, at a rate drawn from
+//!   `[CLOCK_RATE_MIN_PER_MILLE, CLOCK_RATE_MAX_PER_MILLE]` per mille of true time, for an
+//!   episode: it ticks its replicas that much more or less often (all of them; a node has one
+//!   clock), so its election timers, heartbeats and leader lease run at that rate. The bound is
+//!   what the replicas are configured to tolerate: Raft serves a lease read only within
+//!   `election_timeout_min - lease_clock_drift_ticks` of its own ticks (13 of 15), which stays
+//!   inside the followers' 15 at any rate from 0.92 to 1.08. A clock outside its configured
+//!   drift is an operator's broken promise, not a fault a protocol can survive (lease reads
+//!   would go stale), so it is not injected.
+//!
 //! Never injected: a damaged *last* record (it looks like a torn write, and the real WAL cuts
 //! it: the trade-off in docs/design/storage.md, "Tail repair and corruption"), a damaged hard
 //! state or snapshot, a disk that reports a sync it did not do (no protocol that trusts its
-//! disk survives one: a forgotten vote elects two leaders), clock drift beyond what the tick
-//! model expresses, Byzantine messages. (The real WAL's handling of flipped bits and torn
+//! disk survives one: a forgotten vote elects two leaders), clock drift beyond what the
+//! replicas are configured to tolerate (see `clock-skew`), Byzantine messages. (The real WAL's handling of flipped bits and torn
 //! records is tested on real files: `crates/storage`.)
 
 use std::fmt;
@@ -91,6 +101,9 @@ pub const QUICK_REBOOT_MAX_TICKS: u64 = 10;
 pub const ELECTION_CRASH_PROBABILITY: f64 = 0.1;
 pub const CRASH_DOWN_MIN_TICKS: u64 = 10;
 pub const CRASH_DOWN_MAX_TICKS: u64 = 150;
+/// The slowest and fastest clocks `clock-skew` gives a node, per mille of true time.
+pub const CLOCK_RATE_MIN_PER_MILLE: u32 = 920;
+pub const CLOCK_RATE_MAX_PER_MILLE: u32 = 1080;
 /// Replicas of a group the `groups` fault creates (fewer when the cluster is smaller).
 pub const GROUP_REPLICAS: usize = 3;
 
@@ -113,10 +126,11 @@ pub enum FaultKind {
     Groups,
     SyncFail,
     BitFlip,
+    ClockSkew,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 17] = [
+    pub const ALL: [FaultKind; 18] = [
         FaultKind::Delay,
         FaultKind::Drop,
         FaultKind::Duplicate,
@@ -134,6 +148,7 @@ impl FaultKind {
         FaultKind::Groups,
         FaultKind::SyncFail,
         FaultKind::BitFlip,
+        FaultKind::ClockSkew,
     ];
 
     pub fn name(self) -> &'static str {
@@ -155,6 +170,7 @@ impl FaultKind {
             FaultKind::Groups => "groups",
             FaultKind::SyncFail => "sync-fail",
             FaultKind::BitFlip => "bit-flip",
+            FaultKind::ClockSkew => "clock-skew",
         }
     }
 
@@ -188,6 +204,10 @@ impl FaultKind {
             FaultKind::SyncFail => {
                 "a node's next fsync fails (EIO): its unsynced writes are lost, it stops, and it \
                  restarts later"
+            }
+            FaultKind::ClockSkew => {
+                "a node's clock runs fast or slow (0.92x to 1.08x) for a while: its timers and \
+                 lease with it"
             }
             FaultKind::BitFlip => {
                 "a node crashes with a bit flipped in a synced entry of one group; that replica \

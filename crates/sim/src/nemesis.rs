@@ -43,6 +43,10 @@ pub(crate) struct Nemesis {
     next_episode_at: u64,
     partition_heal_at: Option<u64>,
     slow: Option<(u64, u64)>,
+    /// The node whose clock runs at another rate (`clock-skew`), and until when.
+    skew: Option<Skew>,
+    /// Per node, the thousandths of a tick its clock has run beyond the ticks it was given.
+    clock_debt_per_mille: Vec<u32>,
     pub cycle: MembershipCycle,
     /// The group whose membership the cycle changes (one cycle at a time, in one group).
     pub cycle_group: usize,
@@ -50,6 +54,14 @@ pub(crate) struct Nemesis {
     /// being rebuilt; while there is one, no other membership cycle starts (the rebuild is
     /// one, and the group must keep enough voters to remove the damaged one).
     damaged: Option<Damaged>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Skew {
+    /// Index of the node (its id minus one).
+    node: usize,
+    rate_per_mille: u32,
+    until: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +84,8 @@ impl Nemesis {
             next_episode_at: 0,
             partition_heal_at: None,
             slow: None,
+            skew: None,
+            clock_debt_per_mille: Vec::new(),
             cycle: MembershipCycle::Idle,
             cycle_group: 0,
             damaged: None,
@@ -100,6 +114,7 @@ impl Nemesis {
         self.chaos = false;
         self.partition_heal_at = None;
         self.slow = None;
+        self.skew = None;
         world.network.heal();
         world.network.faults = LinkFaults::RELIABLE;
         if let MembershipCycle::Removed { node, .. } = self.cycle {
@@ -122,6 +137,22 @@ impl Nemesis {
     fn episode(&mut self) -> u64 {
         self.rng
             .random_range(faults::EPISODE_MIN_TICKS..=faults::EPISODE_MAX_TICKS)
+    }
+
+    /// How many ticks node `index`'s clock runs while one tick of true time passes: 1, or 0 or
+    /// 2 now and then for the node whose clock is skewed.
+    pub fn clock_ticks(&mut self, index: usize) -> u32 {
+        let Some(skew) = self.skew.filter(|skew| skew.node == index) else {
+            return 1;
+        };
+        if self.clock_debt_per_mille.len() <= index {
+            self.clock_debt_per_mille.resize(index + 1, 0);
+        }
+        let debt = &mut self.clock_debt_per_mille[index];
+        *debt += skew.rate_per_mille;
+        let ticks = *debt / 1000;
+        *debt %= 1000;
+        ticks
     }
 
     /// Per-message faults for the current moment of the chaos phase.
@@ -163,6 +194,10 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
             self.nemesis.slow = None;
             self.world.network.faults = self.nemesis.link_faults();
             trace_event!(self.world.trace, now, "FAULT healed: slow network");
+        }
+        if self.nemesis.skew.is_some_and(|skew| now >= skew.until) {
+            self.nemesis.skew = None;
+            trace_event!(self.world.trace, now, "FAULT healed: clock skew");
         }
         if now < self.nemesis.next_episode_at {
             return;
@@ -264,6 +299,26 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
                     self.world.trace,
                     now,
                     "FAULT delay: +{extra} ticks per message until {until}"
+                );
+            }
+            FaultKind::ClockSkew => {
+                let node = self.nemesis.rng.random_range(0..count);
+                let rate_per_mille = self.nemesis.rng.random_range(
+                    faults::CLOCK_RATE_MIN_PER_MILLE..=faults::CLOCK_RATE_MAX_PER_MILLE,
+                );
+                let until = now + self.nemesis.episode();
+                self.nemesis.skew = Some(Skew {
+                    node,
+                    rate_per_mille,
+                    until,
+                });
+                trace_event!(
+                    self.world.trace,
+                    now,
+                    "FAULT clock-skew: n{}'s clock runs at {}.{:03}x until {until}",
+                    node + 1,
+                    rate_per_mille / 1000,
+                    rate_per_mille % 1000
                 );
             }
             kind if kind.is_partition() => {
@@ -810,5 +865,42 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
             node,
             retry_at: now + MEMBERSHIP_RETRY_TICKS,
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn skewed(rate_per_mille: u32) -> Nemesis {
+        let mut nemesis = Nemesis::new(FaultSet::default(), ChaCha8Rng::seed_from_u64(1));
+        nemesis.skew = Some(Skew {
+            node: 1,
+            rate_per_mille,
+            until: u64::MAX,
+        });
+        nemesis
+    }
+
+    #[test]
+    fn a_skewed_clock_runs_at_its_rate_and_the_others_keep_true_time() {
+        for rate in [
+            faults::CLOCK_RATE_MIN_PER_MILLE,
+            1000,
+            faults::CLOCK_RATE_MAX_PER_MILLE,
+        ] {
+            let mut nemesis = skewed(rate);
+            let skewed_ticks: u32 = (0..1000).map(|_| nemesis.clock_ticks(1)).sum();
+            let true_ticks: u32 = (0..1000).map(|_| nemesis.clock_ticks(0)).sum();
+            assert_eq!(skewed_ticks, rate, "1000 true ticks at {rate} per mille");
+            assert_eq!(true_ticks, 1000);
+        }
+        let mut slow = skewed(faults::CLOCK_RATE_MIN_PER_MILLE);
+        assert!(
+            (0..1000)
+                .map(|_| slow.clock_ticks(1))
+                .all(|ticks| ticks <= 1),
+            "a slow clock skips ticks, never bunches them"
+        );
     }
 }

@@ -965,10 +965,16 @@ impl<R: Replica, F: FnMut(ReplicaStart) -> Result<R, String>> Simulation<R, F> {
                 }
             }
         }
+        // One clock per node, shared by its groups (`clock-skew` makes one run fast or slow).
+        let ticks: Vec<u32> = (0..self.config.nodes)
+            .map(|index| self.nemesis.clock_ticks(index))
+            .collect();
         for group in 0..self.groups.len() {
-            for index in 0..self.config.nodes {
+            for (index, &node_ticks) in ticks.iter().enumerate() {
                 if let Some(replica) = self.groups[group].nodes[index].replica.as_mut() {
-                    replica.tick();
+                    for _ in 0..node_ticks {
+                        replica.tick();
+                    }
                     self.observe(group, index);
                 }
             }

@@ -648,22 +648,12 @@ mod tests {
         token: i64,
     ) -> Event {
         let run = Run {
-            job: job.into(),
-            slot: sched_run::slot_name(slot),
-            due_ms: slot * 1000,
             state,
             worker: worker.into(),
             worker_lease: 1,
             attempt,
-            leader_rev: 1,
             token,
-            created_ms: 0,
-            started_ms: 0,
-            finished_ms: 0,
-            spawn_us: 0,
-            exit_code: None,
-            output_tail: String::new(),
-            note: String::new(),
+            ..Run::queued(job, sched_run::slot_name(slot), slot * 1000, 0, 1)
         };
         Event {
             revision,

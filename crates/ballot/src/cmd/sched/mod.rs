@@ -425,22 +425,8 @@ async fn run_now(store: &Store, name: &str) -> Result<(), ClientError> {
     for counter in 1..=100 {
         let slot = run::manual_slot_name(now.div_euclid(1000), counter);
         let run = Run {
-            job: job.name.clone(),
-            slot: slot.clone(),
-            due_ms: now,
-            state: RunState::Queued,
-            worker: String::new(),
-            worker_lease: 0,
-            attempt: 0,
-            leader_rev: 0,
-            token: 0,
-            created_ms: now,
-            started_ms: 0,
-            finished_ms: 0,
-            spawn_us: 0,
-            exit_code: None,
-            output_tail: String::new(),
             note: "ballot sched job run-now".into(),
+            ..Run::queued(&job.name, slot.clone(), now, now, 0)
         };
         let key = run::run_key(name, &slot);
         let txn = store::txn(

@@ -258,24 +258,13 @@ impl Planner {
             )];
             for due_s in due {
                 let late = now_ms - due_s * 1000 > MISFIRE_GRACE_MS;
-                let mut run = Run {
-                    job: job.name.clone(),
-                    slot: run::slot_name(due_s),
-                    due_ms: due_s * 1000,
-                    state: RunState::Queued,
-                    worker: String::new(),
-                    worker_lease: 0,
-                    attempt: 0,
-                    leader_rev: self.leader_rev,
-                    token: 0,
-                    created_ms: now_ms,
-                    started_ms: 0,
-                    finished_ms: 0,
-                    spawn_us: 0,
-                    exit_code: None,
-                    output_tail: String::new(),
-                    note: String::new(),
-                };
+                let mut run = Run::queued(
+                    &job.name,
+                    run::slot_name(due_s),
+                    due_s * 1000,
+                    now_ms,
+                    self.leader_rev,
+                );
                 let runs_it = !late
                     || (job.misfire == Misfire::RunOnce
                         && !any_on_time

@@ -150,6 +150,29 @@ pub struct Run {
 }
 
 impl Run {
+    /// A run of `job` for `slot`, due at `due_ms`, recorded at `created_ms` as queued: no
+    /// worker, no attempt, no outcome yet.
+    pub fn queued(job: &str, slot: String, due_ms: i64, created_ms: i64, leader_rev: i64) -> Run {
+        Run {
+            job: job.to_string(),
+            slot,
+            due_ms,
+            state: RunState::Queued,
+            worker: String::new(),
+            worker_lease: 0,
+            attempt: 0,
+            leader_rev,
+            token: 0,
+            created_ms,
+            started_ms: 0,
+            finished_ms: 0,
+            spawn_us: 0,
+            exit_code: None,
+            output_tail: String::new(),
+            note: String::new(),
+        }
+    }
+
     /// Milliseconds the command ran (its last attempt), when it has finished.
     pub fn duration_ms(&self) -> Option<i64> {
         (self.finished_ms > 0 && self.started_ms > 0).then(|| self.finished_ms - self.started_ms)
@@ -205,22 +228,13 @@ mod tests {
     #[test]
     fn runs_round_trip_through_json() {
         let run = Run {
-            job: "j".into(),
-            slot: slot_name(5),
-            due_ms: 5000,
             state: RunState::Running,
             worker: "w1".into(),
             worker_lease: 7,
             attempt: 1,
-            leader_rev: 3,
             token: 9,
-            created_ms: 5010,
             started_ms: 5020,
-            finished_ms: 0,
-            spawn_us: 0,
-            exit_code: None,
-            output_tail: String::new(),
-            note: String::new(),
+            ..Run::queued("j", slot_name(5), 5000, 5010, 3)
         };
         let back: Run = serde_json::from_slice(&run.to_json()).unwrap();
         assert_eq!(back, run);

@@ -80,46 +80,32 @@ impl Store {
         let mut last_failure = String::from("no attempt finished in time");
         let mut failures_in_round = 0;
         loop {
-            let (index, channel) = match self.channel().await {
-                Ok(current) => current,
-                Err((index, why)) => {
-                    last_failure = format!("{}: {why}", self.endpoints.list[index]);
-                    self.advance(index);
-                    failures_in_round += 1;
-                    if !self
-                        .pause_after_round(&mut failures_in_round, give_up)
-                        .await
+            // Either an answer to return, or the endpoint that failed and why.
+            let (index, why) = match self.channel().await {
+                Err(failed) => failed,
+                Ok((index, channel)) => match tokio::time::timeout_at(give_up, op(channel)).await {
+                    Err(_) => return Err(StoreError::Unavailable(last_failure)),
+                    Ok(Ok(value)) => return Ok(value),
+                    Ok(Err(status))
+                        if status.code() == Code::FailedPrecondition
+                            && status.message().starts_with(NOT_HELD) =>
                     {
-                        return Err(StoreError::Unavailable(last_failure));
+                        return Err(StoreError::FenceLost(status.message().to_string()))
                     }
-                    continue;
-                }
-            };
-            let outcome = match tokio::time::timeout_at(give_up, op(channel)).await {
-                Ok(outcome) => outcome,
-                Err(_) => return Err(StoreError::Unavailable(last_failure)),
-            };
-            match outcome {
-                Ok(value) => return Ok(value),
-                Err(status)
-                    if status.code() == Code::FailedPrecondition
-                        && status.message().starts_with(NOT_HELD) =>
-                {
-                    return Err(StoreError::FenceLost(status.message().to_string()))
-                }
-                Err(status) if worth_another_member(&status) => {
-                    last_failure =
-                        format!("{}: {}", self.endpoints.list[index], status_text(&status));
-                    self.advance(index);
-                    failures_in_round += 1;
-                    if !self
-                        .pause_after_round(&mut failures_in_round, give_up)
-                        .await
-                    {
-                        return Err(StoreError::Unavailable(last_failure));
+                    Ok(Err(status)) if worth_another_member(&status) => {
+                        (index, status_text(&status))
                     }
-                }
-                Err(status) => return Err(StoreError::Refused(status_text(&status))),
+                    Ok(Err(status)) => return Err(StoreError::Refused(status_text(&status))),
+                },
+            };
+            last_failure = format!("{}: {why}", self.endpoints.list[index]);
+            self.advance(index);
+            failures_in_round += 1;
+            if !self
+                .pause_after_round(&mut failures_in_round, give_up)
+                .await
+            {
+                return Err(StoreError::Unavailable(last_failure));
             }
         }
     }
