@@ -179,6 +179,49 @@ fn deletes_report_what_they_removed() {
     assert_eq!(http(port, "GET", "/v1/kv/b", b"").status, 200);
 }
 
+#[test]
+fn the_schedulers_records_are_read_as_json_lists() {
+    let cluster = Cluster::start("sched");
+    let port = cluster.plan.nodes[1].metrics_port;
+    let run = br#"{"job":"j","slot":"000000000001","state":"queued"}"#;
+    for (key, value) in [
+        ("sched%2Fruns%2Fj%2F000000000001", &run[..]),
+        ("sched%2Fruns%2Fk%2F000000000001", b"not json"),
+        ("sched%2Fjobs%2Fj", br#"{"name":"j"}"#),
+    ] {
+        assert_eq!(
+            http(port, "PUT", &format!("/v1/kv/{key}"), value).status,
+            200
+        );
+    }
+    let runs = http(port, "GET", "/v1/sched/runs/j", b"");
+    assert_eq!(runs.status, 200, "{:?}", runs.body);
+    assert_eq!(
+        runs.body["runs"],
+        serde_json::json!([{"job":"j","slot":"000000000001","state":"queued"}])
+    );
+    let all = http(port, "GET", "/v1/sched/runs", b"");
+    assert_eq!(
+        all.body["runs"][1], "not json",
+        "a value that is not JSON comes as a string"
+    );
+    assert_eq!(
+        http(port, "GET", "/v1/sched/jobs", b"").body["jobs"][0]["name"],
+        "j"
+    );
+    assert_eq!(
+        http(port, "GET", "/v1/sched/workers", b"").body["workers"],
+        serde_json::json!([])
+    );
+    let unknown = http(port, "GET", "/v1/sched/cursors", b"");
+    assert_eq!(unknown.status, 404);
+    assert!(unknown.body["error"]
+        .as_str()
+        .unwrap()
+        .contains("use jobs, workers, runs"));
+    assert_eq!(http(port, "PUT", "/v1/sched/jobs", b"x").status, 405);
+}
+
 /// `ballot ARGS...`; its exit status and what it printed on stdout and stderr.
 fn ballot(args: &[&str]) -> (bool, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ballot"))

@@ -2,7 +2,7 @@
 //! plain HTTP/1.1. Small enough to write by hand: a few routes, one response per connection,
 //! bounded head and body sizes.
 
-use crate::native::{NativeApi, KV_PATH};
+use crate::native::{NativeApi, KV_PATH, SCHED_PATH};
 use crate::node::{
     LatencySnapshot, NodeHandle, ETCD_DISK_BOUNDS_MICROS, ETCD_ROUND_TRIP_BOUNDS_MICROS,
 };
@@ -19,7 +19,8 @@ use tokio::net::{TcpListener, TcpStream};
 const REQUEST_BYTES_MAX: usize = 8192;
 
 /// Serves until the task is dropped. Returns the bound address. With `native`, also serves the
-/// HTTP/JSON key API under [`crate::native::KV_PATH`], taking bodies up to `body_bytes_max`.
+/// HTTP/JSON key API under [`crate::native::KV_PATH`] (and the scheduler's records under
+/// [`crate::native::SCHED_PATH`]), taking bodies up to `body_bytes_max`.
 pub async fn serve(
     listen: SocketAddr,
     node: NodeHandle,
@@ -94,7 +95,7 @@ async fn answer(
             let (status, content_type, body) = health(node);
             (status, content_type, body.into_bytes())
         }
-        _ if path.starts_with(KV_PATH) && native.is_some() => {
+        _ if (path.starts_with(KV_PATH) || path.starts_with(SCHED_PATH)) && native.is_some() => {
             let (api, body_bytes_max) = native.expect("checked above");
             let length = content_length(&head).unwrap_or(0);
             if length > *body_bytes_max {

@@ -17,6 +17,13 @@
 //! DELETE /v1/kv/<key>[?prefix][&fence=LOCK:TOKEN]                 200 {"revision": N, "deleted": n}
 //! ```
 //!
+//! The scheduler's records (`ballot sched`, whose keys are JSON under `sched/`), read at the
+//! consistent level:
+//!
+//! ```text
+//! GET    /v1/sched/jobs | /v1/sched/workers | /v1/sched/runs[/<job>]   200 {"revision": N, "<what>": [...]}
+//! ```
+//!
 //! A write with `fence` is applied only while lock `LOCK` is held with `TOKEN`; otherwise it
 //! answers 412 and writes nothing ([`crate::etcd::fence`]). A PUT with `sequential` creates the
 //! prefix's next numbered key ([`crate::etcd::sequential`]); `lease` (in hex, as `ballot lease
@@ -38,6 +45,8 @@ use tonic::{Code, Request, Status};
 
 /// Path prefix of the key routes.
 pub const KV_PATH: &str = "/v1/kv/";
+/// Path prefix of the scheduler's read routes.
+pub const SCHED_PATH: &str = "/v1/sched/";
 
 /// One HTTP answer: status line, extra headers, JSON body.
 #[derive(Debug, Clone, PartialEq)]
@@ -79,6 +88,18 @@ impl NativeApi {
     /// Answers one request; `target` is the path with its query string.
     pub async fn handle(&self, method: &str, target: &str, body: &[u8]) -> Answer {
         let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        if let Some(what) = path.strip_prefix(SCHED_PATH) {
+            if method != "GET" {
+                return Answer::error(
+                    "405 Method Not Allowed",
+                    "the scheduler's records are read here; change them with ballot sched",
+                );
+            }
+            return self
+                .sched(what)
+                .await
+                .unwrap_or_else(|status| from_status(&status));
+        }
         let Some(raw_key) = path.strip_prefix(KV_PATH) else {
             return Answer::error("404 Not Found", format!("no route {path}"));
         };
@@ -103,6 +124,40 @@ impl NativeApi {
             }
         };
         result.unwrap_or_else(|status| from_status(&status))
+    }
+
+    /// `jobs`, `workers`, `runs` or `runs/<job>`: the records under `sched/` as one JSON list,
+    /// each stored value parsed (the scheduler stores JSON).
+    async fn sched(&self, what: &str) -> Result<Answer, Status> {
+        let (list, prefix) = match what.trim_end_matches('/').split_once('/') {
+            None if matches!(what, "jobs" | "workers" | "runs") => (what, format!("sched/{what}/")),
+            Some(("runs", job)) if !job.is_empty() && !job.contains('/') => {
+                ("runs", format!("sched/runs/{job}/"))
+            }
+            _ => {
+                return Ok(Answer::error(
+                    "404 Not Found",
+                    format!("no route {SCHED_PATH}{what}: use jobs, workers, runs or runs/<job>"),
+                ))
+            }
+        };
+        let mut request = Request::new(pb::RangeRequest {
+            key: prefix.clone().into_bytes().into(),
+            range_end: prefix_end(prefix.as_bytes()),
+            ..Default::default()
+        });
+        ReadLevel::Consistent.mark(request.metadata_mut());
+        let response = self.kv.range(request).await?.into_inner();
+        let records: Vec<Value> = response
+            .kvs
+            .iter()
+            .map(|kv| {
+                serde_json::from_slice(&kv.value)
+                    .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&kv.value).into()))
+            })
+            .collect();
+        let revision = response.header.as_ref().map_or(0, |h| h.revision);
+        Ok(Answer::ok(json!({ "revision": revision, list: records })))
     }
 
     async fn get(&self, key: Vec<u8>, query: &Query) -> Result<Answer, Status> {

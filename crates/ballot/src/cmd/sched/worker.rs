@@ -393,9 +393,18 @@ impl Execution {
                     );
                     return false;
                 }
+                // An answer that retrying will not change (it names why): stop, as above; the
+                // run is handed on once this worker's lease goes.
+                Err(StoreError::Refused(why)) => {
+                    eprintln!(
+                        "worker {}: {}/{}: the store refused this execution's record: {why}",
+                        self.worker, run.job, run.slot
+                    );
+                    return false;
+                }
                 // Keep trying while the lease may still hold; the session ends the task once
                 // it is lost.
-                Err(_) => {
+                Err(StoreError::Unavailable(_)) => {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(2));
                 }
