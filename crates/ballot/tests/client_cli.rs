@@ -779,6 +779,8 @@ fn every_subcommand_explains_itself_with_an_example() {
         &["snapshot", "save"],
         &["lock"],
         &["elect"],
+        &["sched", "job", "add"],
+        &["worker"],
     ] {
         let mut args = command.to_vec();
         args.push("--help");
