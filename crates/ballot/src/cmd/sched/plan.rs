@@ -27,6 +27,21 @@ pub struct Decision {
     pub runs: Vec<Run>,
 }
 
+impl Decision {
+    /// `run` written over its stored record, if that is still at `mod_revision`.
+    fn rewrite(what: What, run: Run, mod_revision: i64) -> Decision {
+        let key = run::run_key(&run.job, &run.slot);
+        Decision {
+            what,
+            txn: store::txn(
+                vec![store::unchanged(key.as_bytes(), mod_revision)],
+                vec![store::put(&key, run.to_json(), 0)],
+            ),
+            runs: vec![run],
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum What {
     /// Due slots of a scheduled job, and its cursor moved past them.
@@ -150,21 +165,7 @@ impl Planner {
                     run.worker, run.worker_lease
                 );
                 executors.assign(&mut next, route, None);
-                decisions.push(Decision {
-                    what: What::HandOver,
-                    txn: store::txn(
-                        vec![store::unchanged(
-                            run::run_key(&run.job, &run.slot).as_bytes(),
-                            stored.mod_revision,
-                        )],
-                        vec![store::put(
-                            &run::run_key(&run.job, &run.slot),
-                            next.to_json(),
-                            0,
-                        )],
-                    ),
-                    runs: vec![next],
-                });
+                decisions.push(Decision::rewrite(What::HandOver, next, stored.mod_revision));
             }
         }
 
@@ -198,21 +199,7 @@ impl Planner {
             next.leader_rev = self.leader_rev;
             next.attempt = next.attempt.max(1);
             busy_jobs.push(job.name.clone());
-            decisions.push(Decision {
-                what: What::Assign,
-                txn: store::txn(
-                    vec![store::unchanged(
-                        run::run_key(&next.job, &next.slot).as_bytes(),
-                        stored.mod_revision,
-                    )],
-                    vec![store::put(
-                        &run::run_key(&next.job, &next.slot),
-                        next.to_json(),
-                        0,
-                    )],
-                ),
-                runs: vec![next],
-            });
+            decisions.push(Decision::rewrite(What::Assign, next, stored.mod_revision));
         }
 
         // Due slots of scheduled jobs.
